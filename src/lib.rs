@@ -1,0 +1,16 @@
+//! keyferry: move encryption keys between the hosts of a privileged-access
+//! server pair in password-sealed bundles, rotate them with an audit trail,
+//! and operate the pair's PostgreSQL replication.
+//!
+//! Data flows one way: `cli` -> `ops` -> (`keyring`, `payload`, `audit`) ->
+//! `bundle` -> `fsutil`. Lower layers never call upper ones; cryptography
+//! never touches the file system and the file system layer never touches
+//! cryptography.
+
+pub mod audit;
+pub mod bundle;
+pub mod fsutil;
+pub mod kdf;
+pub mod keyring;
+pub mod payload;
+pub mod secret;

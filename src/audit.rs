@@ -1,0 +1,322 @@
+//! The node's audit log: JSON lines, one record per change, each carrying
+//! an HMAC-SHA256 chained to the previous record's, keyed by the node's audit
+//! key. The keystore records the head (last sequence number and MAC), so an
+//! edited, deleted, reordered or cut-off record is detected.
+//!
+//! Invariants:
+//! - a record holds no secret: callers pass only non-secret details
+//!   (fingerprints, file names, times), and the types here hold no keys;
+//! - sequence numbers start at 1 and grow by one; record n's `prev` is
+//!   record n-1's `mac` (64 zeros for the first);
+//! - the MAC covers the record's JSON without its `mac` member, so the
+//!   verifier recomputes it from what it reads.
+//!
+//! This module builds and checks records; `ops` decides when they are
+//! written, and `fsutil` writes them.
+
+use std::collections::BTreeMap;
+
+use hmac::{KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+use thiserror::Error;
+
+use crate::keyring::KeyMaterial;
+
+const MAC_LABEL: &[u8] = b"keyferry audit v1";
+const MAC_LEN: usize = 32;
+
+/// The last record the log must end with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuditHead {
+    pub seq: u64,
+    pub mac: [u8; MAC_LEN],
+}
+
+impl AuditHead {
+    /// Before the first record.
+    pub fn genesis() -> Self {
+        Self {
+            seq: 0,
+            mac: [0; MAC_LEN],
+        }
+    }
+
+    pub fn from_parts(seq: u64, mac_hex: &str) -> Option<Self> {
+        Some(Self {
+            seq,
+            mac: from_hex(mac_hex)?,
+        })
+    }
+
+    pub fn mac_hex(&self) -> String {
+        to_hex(&self.mac)
+    }
+}
+
+fn to_hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn from_hex(s: &str) -> Option<[u8; MAC_LEN]> {
+    if s.len() != MAC_LEN * 2
+        || !s
+            .bytes()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+    {
+        return None;
+    }
+    let mut out = [0u8; MAC_LEN];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Who made a change, from where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Actor {
+    pub host: String,
+    pub user: String,
+}
+
+impl Actor {
+    /// The host name and OS user of this process.
+    pub fn current() -> Self {
+        let host = gethostname::gethostname().to_string_lossy().into_owned();
+        let user = ["USER", "LOGNAME", "USERNAME"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+            .unwrap_or_else(|| "unknown".to_owned());
+        Self { host, user }
+    }
+}
+
+/// One audit record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    pub seq: u64,
+    /// RFC 3339 UTC.
+    pub time: String,
+    pub host: String,
+    pub user: String,
+    pub action: String,
+    pub details: BTreeMap<String, Value>,
+    pub prev: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+fn compute_mac(key: &KeyMaterial, record: &Record) -> [u8; MAC_LEN] {
+    let unsigned = Record {
+        mac: None,
+        ..record.clone()
+    };
+    let body = serde_json::to_vec(&unsigned).expect("records serialize");
+    let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key.as_bytes())
+        .expect("HMAC takes 32-byte keys");
+    mac.update(MAC_LABEL);
+    mac.update(&[0]);
+    mac.update(&body);
+    mac.finalize().into_bytes().into()
+}
+
+/// Builds the record that follows `head`, and the new head.
+pub fn next_record(
+    key: &KeyMaterial,
+    head: &AuditHead,
+    actor: &Actor,
+    time: &str,
+    action: &str,
+    details: BTreeMap<String, Value>,
+) -> (Record, AuditHead) {
+    let mut record = Record {
+        seq: head.seq + 1,
+        time: time.to_owned(),
+        host: actor.host.clone(),
+        user: actor.user.clone(),
+        action: action.to_owned(),
+        details,
+        prev: head.mac_hex(),
+        mac: None,
+    };
+    let mac = compute_mac(key, &record);
+    record.mac = Some(to_hex(&mac));
+    (
+        record,
+        AuditHead {
+            seq: head.seq + 1,
+            mac,
+        },
+    )
+}
+
+/// A record as one line of the log, newline included.
+pub fn to_line(record: &Record) -> Vec<u8> {
+    let mut line = serde_json::to_vec(record).expect("records serialize");
+    line.push(b'\n');
+    line
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum AuditError {
+    #[error("audit log line {0} is not a valid record: the log was edited")]
+    Malformed(usize),
+    #[error("audit log line {line}: expected sequence {expected}, found {found}: a record was deleted, inserted or moved")]
+    Sequence {
+        line: usize,
+        expected: u64,
+        found: u64,
+    },
+    #[error("audit log line {0}: the chain to the previous record is broken: a record was deleted or moved")]
+    Chain(usize),
+    #[error("audit log line {0}: the MAC does not match: the record was edited")]
+    Mac(usize),
+    #[error("the audit log ends at sequence {log} but the keystore records {head}: records were cut off the end")]
+    Truncated { log: u64, head: u64 },
+    #[error("the audit log goes on to sequence {log} but the keystore records {head}: records were added, or the keystore was restored from an old backup")]
+    Ahead { log: u64, head: u64 },
+    #[error(
+        "the audit log's last record is not the one the keystore records: the log was replaced"
+    )]
+    HeadMismatch,
+}
+
+/// Verifies a whole log against the keystore's head; returns the records.
+pub fn verify(log: &[u8], key: &KeyMaterial, head: &AuditHead) -> Result<Vec<Record>, AuditError> {
+    let mut records = Vec::new();
+    let mut expect = AuditHead::genesis();
+    for (i, line) in log.split(|b| *b == b'\n').enumerate() {
+        let line_no = i + 1;
+        if line.is_empty() {
+            // Only the end of the file may be empty (after the last newline).
+            continue;
+        }
+        let record: Record =
+            serde_json::from_slice(line).map_err(|_| AuditError::Malformed(line_no))?;
+        if record.seq != expect.seq + 1 {
+            return Err(if record.seq > head.seq && expect.seq == head.seq {
+                AuditError::Ahead {
+                    log: record.seq,
+                    head: head.seq,
+                }
+            } else {
+                AuditError::Sequence {
+                    line: line_no,
+                    expected: expect.seq + 1,
+                    found: record.seq,
+                }
+            });
+        }
+        if from_hex(&record.prev) != Some(expect.mac) {
+            return Err(AuditError::Chain(line_no));
+        }
+        let claimed = record
+            .mac
+            .as_deref()
+            .and_then(from_hex)
+            .ok_or(AuditError::Malformed(line_no))?;
+        let computed = compute_mac(key, &record);
+        if !bool::from(computed.ct_eq(&claimed)) {
+            return Err(AuditError::Mac(line_no));
+        }
+        expect = AuditHead {
+            seq: record.seq,
+            mac: computed,
+        };
+        records.push(record);
+    }
+    match expect.seq.cmp(&head.seq) {
+        std::cmp::Ordering::Less => Err(AuditError::Truncated {
+            log: expect.seq,
+            head: head.seq,
+        }),
+        std::cmp::Ordering::Greater => Err(AuditError::Ahead {
+            log: expect.seq,
+            head: head.seq,
+        }),
+        std::cmp::Ordering::Equal if !bool::from(expect.mac.ct_eq(&head.mac)) => {
+            Err(AuditError::HeadMismatch)
+        }
+        std::cmp::Ordering::Equal => Ok(records),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log_of(n: usize) -> (KeyMaterial, Vec<Vec<u8>>, AuditHead) {
+        let key = KeyMaterial::from_bytes([9; 32]);
+        let actor = Actor {
+            host: "db1".into(),
+            user: "ops".into(),
+        };
+        let mut head = AuditHead::genesis();
+        let mut lines = Vec::new();
+        for i in 0..n {
+            let mut details = BTreeMap::new();
+            details.insert("n".to_owned(), Value::from(i));
+            let (rec, h) = next_record(
+                &key,
+                &head,
+                &actor,
+                "2026-11-25T00:00:00Z",
+                "export",
+                details,
+            );
+            lines.push(to_line(&rec));
+            head = h;
+        }
+        (key, lines, head)
+    }
+
+    #[test]
+    fn an_intact_log_verifies() {
+        let (key, lines, head) = log_of(3);
+        let records = verify(&lines.concat(), &key, &head).unwrap();
+        assert_eq!(records.len(), 3);
+        assert_eq!(records[2].seq, 3);
+        assert!(verify(b"", &key, &AuditHead::genesis()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn tampering_is_detected_and_named() {
+        let (key, lines, head) = log_of(4);
+        let edited = String::from_utf8(lines[1].clone())
+            .unwrap()
+            .replace("\"n\":1", "\"n\":7");
+        let mut l = lines.clone();
+        l[1] = edited.into_bytes();
+        assert_eq!(verify(&l.concat(), &key, &head), Err(AuditError::Mac(2)));
+
+        let mut deleted = lines.clone();
+        deleted.remove(1);
+        assert!(matches!(
+            verify(&deleted.concat(), &key, &head),
+            Err(AuditError::Sequence {
+                line: 2,
+                expected: 2,
+                found: 3
+            })
+        ));
+
+        let mut reordered = lines.clone();
+        reordered.swap(1, 2);
+        assert!(verify(&reordered.concat(), &key, &head).is_err());
+
+        assert_eq!(
+            verify(&lines[..3].concat(), &key, &head),
+            Err(AuditError::Truncated { log: 3, head: 4 })
+        );
+
+        let other_key = KeyMaterial::from_bytes([8; 32]);
+        assert_eq!(
+            verify(&lines.concat(), &other_key, &head),
+            Err(AuditError::Mac(1))
+        );
+    }
+}

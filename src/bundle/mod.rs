@@ -1,0 +1,373 @@
+//! The sealed bundle, format version 1: a password-derived key commits to
+//! and unwraps a random file key, from which the payload key is derived; the
+//! payload is a STREAM of AES-256-GCM chunks. See DESIGN.md, "Bundle format",
+//! which this module implements byte for byte.
+//!
+//! Invariants:
+//! - a payload key is never used for two bundles: every bundle gets a fresh
+//!   random file key and payload salt;
+//! - opening checks happen in the documented order (magic; version and KDF
+//!   id; KDF limits; key commitment; unwrap; expiry; payload), and nothing is
+//!   decrypted before the commitment matched;
+//! - secret keys (KEK, file key, payload key) live in zeroizing buffers.
+//!
+//! This module never touches the file system: it reads and writes streams.
+
+pub mod armor;
+pub mod header;
+pub mod stream;
+
+use std::io::{self, BufRead, Read, Write};
+
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use aes_gcm::{Aes256Gcm, Tag};
+use hkdf::Hkdf;
+use sha2::Sha256;
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+use crate::kdf::{self, KdfError, KdfLimits, KdfParams};
+use crate::secret::Password;
+pub use armor::{ArmorReader, ArmorWriter};
+pub use header::{Header, HEADER_LEN};
+pub use stream::{StreamOpener, StreamSealer, CHUNK_SIZE};
+
+const FILE_KEY_LEN: usize = 32;
+const PAYLOAD_INFO: &[u8] = b"keyferry bundle v1 payload";
+/// The wrapped file key uses a fixed all-zero nonce: its key, the KEK, is
+/// unique to the bundle because the KDF salt is random.
+const WRAP_NONCE: [u8; 12] = [0; 12];
+
+#[derive(Debug, Error)]
+pub enum BundleError {
+    #[error(
+        "the file is empty (0 bytes): the copy was probably interrupted; copy the bundle again"
+    )]
+    Empty,
+    #[error("not a keyferry bundle (it starts with neither KFBUNDLE nor the armor BEGIN line): check the file name")]
+    NotABundle,
+    #[error(
+        "the bundle ends inside its header ({0} of 150 bytes): the copy was cut off; copy it again"
+    )]
+    TruncatedHeader(usize),
+    #[error("bundle format version {0} is not supported by this keyferry: upgrade keyferry on this host")]
+    UnsupportedVersion(u8),
+    #[error("the bundle uses KDF id {0}, which this keyferry does not know: upgrade keyferry on this host")]
+    UnsupportedKdf(u8),
+    #[error(transparent)]
+    Kdf(#[from] KdfError),
+    #[error(
+        "wrong password, or the bundle's header was modified (the two cannot be told apart): \
+         re-type the password shown at export, or export again"
+    )]
+    WrongPasswordOrModifiedHeader,
+    #[error(
+        "the bundle expired at {} (now {}): export a fresh one on the primary, \
+         or pass --allow-expired if you are sure it is the right bundle",
+        fmt_time(*expires), fmt_time(*now)
+    )]
+    Expired { expires: u64, now: u64 },
+    #[error("the bundle is truncated: its final chunk is missing; copy the whole file again")]
+    Truncated,
+    #[error("payload chunk {0} failed authentication: the bundle was modified or cut short; copy it again from the source")]
+    ModifiedChunk(u64),
+    #[error(
+        "the bundle has data after its final chunk: remove what was appended, or copy it again"
+    )]
+    TrailingData,
+    #[error("the bundle's final chunk is empty after data, which the format forbids: the bundle was tampered with")]
+    EmptyFinalChunk,
+    #[error("the bundle's payload continues after its end: the bundle was not made by keyferry")]
+    ExtraPayload,
+    #[error("malformed armor: {0}; paste the text again between the BEGIN and END lines")]
+    Armor(String),
+    #[error("the payload stream already failed")]
+    StreamAlreadyFailed,
+    #[error("cannot read or write the bundle: {0}")]
+    Io(#[source] io::Error),
+}
+
+impl BundleError {
+    /// Recovers the bundle error carried through an `io::Error` by the
+    /// streaming readers (their `Read` impls can only return `io::Error`).
+    pub fn from_stream_io(e: io::Error) -> Self {
+        if e.get_ref().is_some_and(|inner| inner.is::<BundleError>()) {
+            let inner = e.into_inner().expect("checked above");
+            return *inner.downcast::<BundleError>().expect("checked above");
+        }
+        BundleError::Io(e)
+    }
+}
+
+/// RFC 3339 UTC time of Unix seconds, for messages.
+pub fn fmt_time(secs: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.min(i32::MAX as u64 * 100));
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn random<const N: usize>() -> io::Result<[u8; N]> {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b)
+        .map_err(|e| io::Error::other(format!("OS random generator failed: {e}")))?;
+    Ok(b)
+}
+
+fn payload_key(file_key: &[u8], payload_salt: &[u8]) -> Zeroizing<[u8; 32]> {
+    let mut key = Zeroizing::new([0u8; 32]);
+    Hkdf::<Sha256>::new(Some(payload_salt), file_key)
+        .expand(PAYLOAD_INFO, key.as_mut())
+        .expect("32 bytes is a valid HKDF-SHA256 length");
+    key
+}
+
+/// What a new bundle's header says besides its keys.
+#[derive(Clone, Copy, Debug)]
+pub struct SealParams {
+    pub kdf: KdfParams,
+    /// Unix seconds.
+    pub created: u64,
+    pub expires: Option<u64>,
+    pub armor: bool,
+}
+
+enum Sink<W: Write> {
+    Binary(W),
+    Armored(ArmorWriter<W>),
+}
+
+impl<W: Write> Write for Sink<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sink::Binary(w) => w.write(buf),
+            Sink::Armored(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sink::Binary(w) => w.flush(),
+            Sink::Armored(w) => w.flush(),
+        }
+    }
+}
+
+/// A bundle being written: write the payload plaintext to it, then call
+/// [`finish`](Self::finish).
+pub struct BundleWriter<W: Write> {
+    stream: StreamSealer<Sink<W>>,
+    header: Header,
+}
+
+impl<W: Write> BundleWriter<W> {
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Seals the final chunk and returns the underlying writer.
+    pub fn finish(self) -> Result<W, BundleError> {
+        match self.stream.finish().map_err(BundleError::Io)? {
+            Sink::Binary(w) => Ok(w),
+            Sink::Armored(a) => a.finish().map_err(BundleError::Io),
+        }
+    }
+}
+
+impl<W: Write> Write for BundleWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+/// Starts a bundle: derives the KEK (the slow part), writes the header, and
+/// returns the writer for the payload.
+pub fn seal<W: Write>(
+    password: &Password,
+    params: &SealParams,
+    out: W,
+) -> Result<BundleWriter<W>, BundleError> {
+    params.kdf.check_for_export()?;
+    let kdf_salt = random().map_err(BundleError::Io)?;
+    let kek = kdf::derive_kek(password.as_bytes(), &kdf_salt, &params.kdf)?;
+    seal_with_kek(&kek, kdf_salt, params, out)
+}
+
+/// The part of [`seal`] after the KDF; separate so that benchmarks can
+/// measure the payload path alone.
+pub fn seal_with_kek<W: Write>(
+    kek: &[u8; 32],
+    kdf_salt: [u8; header::SALT_LEN],
+    params: &SealParams,
+    out: W,
+) -> Result<BundleWriter<W>, BundleError> {
+    let file_key: Zeroizing<[u8; FILE_KEY_LEN]> =
+        Zeroizing::new(random().map_err(BundleError::Io)?);
+    let mut header = Header {
+        kdf: params.kdf,
+        kdf_salt,
+        created: params.created,
+        expires: params.expires,
+        payload_salt: random().map_err(BundleError::Io)?,
+        commitment: [0; header::COMMITMENT_LEN],
+        wrapped_key: [0; header::WRAPPED_KEY_LEN],
+    };
+    header.commitment = header.compute_commitment(kek);
+    let mut wrapped = Zeroizing::new(*file_key);
+    let tag = Aes256Gcm::new(kek.into())
+        .encrypt_inout_detached(
+            &WRAP_NONCE.into(),
+            &header.wrap_aad(),
+            wrapped.as_mut_slice().into(),
+        )
+        .map_err(|_| BundleError::Io(io::Error::other("AES-GCM refused to wrap the file key")))?;
+    header.wrapped_key[..FILE_KEY_LEN].copy_from_slice(wrapped.as_slice());
+    header.wrapped_key[FILE_KEY_LEN..].copy_from_slice(&tag);
+
+    let mut sink = if params.armor {
+        Sink::Armored(ArmorWriter::new(out).map_err(BundleError::Io)?)
+    } else {
+        Sink::Binary(out)
+    };
+    sink.write_all(&header.encode()).map_err(BundleError::Io)?;
+    let key = payload_key(file_key.as_slice(), &header.payload_salt);
+    Ok(BundleWriter {
+        stream: StreamSealer::new(&key, sink),
+        header,
+    })
+}
+
+/// The bytes of a bundle, binary or armored, as found in a file.
+pub enum Source<R: BufRead> {
+    Binary(R),
+    Armored(ArmorReader<R>),
+}
+
+impl<R: BufRead> Read for Source<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Source::Binary(r) => r.read(buf),
+            Source::Armored(r) => r.read(buf),
+        }
+    }
+}
+
+impl<R: BufRead> Source<R> {
+    /// Tells binary from armored by the first bytes.
+    pub fn detect(mut input: R) -> Result<Self, BundleError> {
+        let first = input.fill_buf().map_err(BundleError::Io)?;
+        if first.is_empty() {
+            return Err(BundleError::Empty);
+        }
+        if armor::looks_armored(first) {
+            Ok(Source::Armored(ArmorReader::new(input)))
+        } else {
+            Ok(Source::Binary(input))
+        }
+    }
+
+    pub fn is_armored(&self) -> bool {
+        matches!(self, Source::Armored(_))
+    }
+}
+
+/// Reads and parses the header; checks structure only (no password).
+pub fn read_header<R: BufRead>(input: R) -> Result<(Header, Source<R>), BundleError> {
+    let mut source = Source::detect(input)?;
+    let mut bytes = [0u8; HEADER_LEN];
+    let mut filled = 0;
+    while filled < HEADER_LEN {
+        match source.read(&mut bytes[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(BundleError::from_stream_io(e)),
+        }
+    }
+    if filled == 0 {
+        return Err(BundleError::Empty);
+    }
+    Ok((Header::parse(&bytes[..filled])?, source))
+}
+
+/// How an importer opens bundles.
+#[derive(Clone, Copy, Debug)]
+pub struct OpenOptions {
+    pub limits: KdfLimits,
+    /// Unix seconds, to compare against the header's expiry.
+    pub now: u64,
+    pub allow_expired: bool,
+}
+
+/// An opened bundle: its authenticated header, and the payload as a reader
+/// that yields only authenticated plaintext.
+pub struct BundleReader<R: BufRead> {
+    header: Header,
+    stream: StreamOpener<Source<R>>,
+}
+
+impl<R: BufRead> BundleReader<R> {
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Reads to the end of the payload, failing if plaintext remains; this
+    /// also authenticates the final chunk.
+    pub fn expect_end(&mut self) -> Result<(), BundleError> {
+        self.stream.expect_end()
+    }
+}
+
+impl<R: BufRead> Read for BundleReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.read(buf)
+    }
+}
+
+/// Opens a bundle with a password, running every check up to the payload.
+pub fn open<R: BufRead>(
+    input: R,
+    password: &Password,
+    options: &OpenOptions,
+) -> Result<BundleReader<R>, BundleError> {
+    let (header, source) = read_header(input)?;
+    options.limits.check(&header.kdf)?;
+    let kek = kdf::derive_kek(password.as_bytes(), &header.kdf_salt, &header.kdf)?;
+    open_with_kek(&kek, header, source, options)
+}
+
+/// The part of [`open`] after the KDF.
+pub fn open_with_kek<R: BufRead>(
+    kek: &[u8; 32],
+    header: Header,
+    source: Source<R>,
+    options: &OpenOptions,
+) -> Result<BundleReader<R>, BundleError> {
+    if !header.verify_commitment(kek) {
+        return Err(BundleError::WrongPasswordOrModifiedHeader);
+    }
+    let mut file_key = Zeroizing::new([0u8; FILE_KEY_LEN]);
+    file_key.copy_from_slice(&header.wrapped_key[..FILE_KEY_LEN]);
+    let tag = Tag::try_from(&header.wrapped_key[FILE_KEY_LEN..]).expect("16-byte tag");
+    Aes256Gcm::new(kek.into())
+        .decrypt_inout_detached(
+            &WRAP_NONCE.into(),
+            &header.wrap_aad(),
+            file_key.as_mut_slice().into(),
+            &tag,
+        )
+        .map_err(|_| BundleError::WrongPasswordOrModifiedHeader)?;
+    if let Some(expires) = header.expires {
+        if options.now >= expires && !options.allow_expired {
+            return Err(BundleError::Expired {
+                expires,
+                now: options.now,
+            });
+        }
+    }
+    let key = payload_key(file_key.as_slice(), &header.payload_salt);
+    Ok(BundleReader {
+        stream: StreamOpener::new(&key, source),
+        header,
+    })
+}

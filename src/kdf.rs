@@ -1,0 +1,236 @@
+//! Argon2id: the parameters a bundle carries, the presets keyferry exports
+//! with, the limits an importer enforces, and the derivation itself.
+//!
+//! Invariants:
+//! - export never uses parameters below [`MIN_EXPORT_MEMORY_KIB`] /
+//!   [`MIN_EXPORT_TIME`]; parameters are chosen by preset or by the operator,
+//!   never calibrated per machine, so a bundle opens the same everywhere;
+//! - import refuses parameters above its limits *before* any memory is
+//!   allocated, so a hostile header cannot exhaust a host;
+//! - the derived key lives in a zeroizing buffer.
+
+use std::fmt;
+
+use argon2::{Algorithm, Argon2, Params, Version};
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+/// KDF id 0x01 in the bundle header: Argon2id, Argon2 version 0x13.
+pub const KDF_ID_ARGON2ID: u8 = 0x01;
+
+/// OWASP's floor for Argon2id (19 MiB, 2 passes); below it a bundle's
+/// password could be guessed too cheaply, so export refuses.
+pub const MIN_EXPORT_MEMORY_KIB: u32 = 19_456;
+pub const MIN_EXPORT_TIME: u32 = 2;
+
+/// Import limits: a header asking for more is refused unless the operator
+/// raises the memory limit (`--max-kdf-memory`). 1 GiB is the most a
+/// production host should give a single import.
+pub const MAX_IMPORT_MEMORY_KIB: u32 = 1024 * 1024;
+pub const MAX_IMPORT_TIME: u32 = 16;
+pub const MAX_IMPORT_LANES: u32 = 16;
+
+/// Argon2 needs at least 8 KiB of memory per lane.
+const MIN_MEMORY_PER_LANE_KIB: u32 = 8;
+
+/// Length of the key-encryption key.
+pub const KEK_LEN: usize = 32;
+
+/// Argon2id cost parameters as stored in a bundle header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KdfParams {
+    pub memory_kib: u32,
+    pub time: u32,
+    pub lanes: u32,
+}
+
+impl KdfParams {
+    /// RFC 9106 section 4, second recommended option: 64 MiB, 3 passes,
+    /// 4 lanes. Fast enough on a busy server, costly for a guesser.
+    pub const DEFAULT: Self = Self {
+        memory_kib: 64 * 1024,
+        time: 3,
+        lanes: 4,
+    };
+
+    /// For bundles that travel over untrusted channels: 256 MiB, 4 passes.
+    pub const STRONG: Self = Self {
+        memory_kib: 256 * 1024,
+        time: 4,
+        lanes: 4,
+    };
+
+    /// The floor: allowed for export, used by tests and test vectors.
+    pub const MINIMUM: Self = Self {
+        memory_kib: MIN_EXPORT_MEMORY_KIB,
+        time: MIN_EXPORT_TIME,
+        lanes: 1,
+    };
+
+    /// Checks parameters an operator asked export to use.
+    pub fn check_for_export(&self) -> Result<(), KdfError> {
+        if self.memory_kib < MIN_EXPORT_MEMORY_KIB || self.time < MIN_EXPORT_TIME {
+            return Err(KdfError::TooWeak(*self));
+        }
+        if self.lanes == 0 || self.lanes > MAX_IMPORT_LANES {
+            return Err(KdfError::BadLanes(self.lanes));
+        }
+        if self.memory_kib < MIN_MEMORY_PER_LANE_KIB * self.lanes {
+            return Err(KdfError::Invalid(*self));
+        }
+        // A bundle every default importer would refuse helps nobody.
+        KdfLimits::default()
+            .check(self)
+            .map_err(|_| KdfError::OverImportLimit(*self))
+    }
+
+    /// Memory in MiB, rounded up, for messages.
+    pub fn memory_mib(&self) -> u64 {
+        u64::from(self.memory_kib).div_ceil(1024)
+    }
+}
+
+impl fmt::Display for KdfParams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Argon2id m={} KiB ({} MiB), t={}, p={}",
+            self.memory_kib,
+            self.memory_mib(),
+            self.time,
+            self.lanes
+        )
+    }
+}
+
+/// What an importer is willing to spend on one bundle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KdfLimits {
+    pub max_memory_kib: u32,
+    pub max_time: u32,
+    pub max_lanes: u32,
+}
+
+impl Default for KdfLimits {
+    fn default() -> Self {
+        Self {
+            max_memory_kib: MAX_IMPORT_MEMORY_KIB,
+            max_time: MAX_IMPORT_TIME,
+            max_lanes: MAX_IMPORT_LANES,
+        }
+    }
+}
+
+impl KdfLimits {
+    /// Checks a bundle's parameters before anything is derived.
+    pub fn check(&self, params: &KdfParams) -> Result<(), KdfError> {
+        if params.memory_kib > self.max_memory_kib
+            || params.time > self.max_time
+            || params.lanes > self.max_lanes
+        {
+            return Err(KdfError::OverLimit {
+                asked: *params,
+                limits: *self,
+            });
+        }
+        if params.lanes == 0
+            || params.time == 0
+            || params.memory_kib < MIN_MEMORY_PER_LANE_KIB * params.lanes
+        {
+            return Err(KdfError::Invalid(*params));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum KdfError {
+    #[error(
+        "KDF parameters {0} are below the export floor of m={MIN_EXPORT_MEMORY_KIB} KiB, \
+         t={MIN_EXPORT_TIME}: use larger --kdf-memory/--kdf-time"
+    )]
+    TooWeak(KdfParams),
+    #[error("--kdf-lanes {0} is out of range: use 1 to {MAX_IMPORT_LANES}")]
+    BadLanes(u32),
+    #[error(
+        "KDF parameters {0} exceed what importers accept by default \
+         (m<={MAX_IMPORT_MEMORY_KIB} KiB, t<={MAX_IMPORT_TIME}, p<={MAX_IMPORT_LANES}): use smaller values"
+    )]
+    OverImportLimit(KdfParams),
+    #[error(
+        "the bundle asks for {asked}, over this host's limit of m={} KiB, t={}, p={}; \
+         if you trust where it came from, re-run with --max-kdf-memory {}",
+        limits.max_memory_kib, limits.max_time, limits.max_lanes, asked.memory_kib
+    )]
+    OverLimit { asked: KdfParams, limits: KdfLimits },
+    #[error("KDF parameters {0} are not valid for Argon2id (at least 8 KiB per lane, t>=1, p>=1)")]
+    Invalid(KdfParams),
+    #[error("Argon2id failed: {0}; the host may be out of memory")]
+    Derive(String),
+}
+
+/// Derives the key-encryption key from the canonical password bytes.
+pub fn derive_kek(
+    password: &[u8],
+    salt: &[u8],
+    params: &KdfParams,
+) -> Result<Zeroizing<[u8; KEK_LEN]>, KdfError> {
+    let argon_params = Params::new(params.memory_kib, params.time, params.lanes, Some(KEK_LEN))
+        .map_err(|_| KdfError::Invalid(*params))?;
+    let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, argon_params);
+    let mut kek = Zeroizing::new([0u8; KEK_LEN]);
+    argon
+        .hash_password_into(password, salt, kek.as_mut())
+        .map_err(|e| KdfError::Derive(e.to_string()))?;
+    Ok(kek)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn export_floor_and_import_ceiling() {
+        assert!(KdfParams::DEFAULT.check_for_export().is_ok());
+        assert!(KdfParams::STRONG.check_for_export().is_ok());
+        assert!(KdfParams::MINIMUM.check_for_export().is_ok());
+        let weak = KdfParams {
+            memory_kib: MIN_EXPORT_MEMORY_KIB - 1,
+            ..KdfParams::DEFAULT
+        };
+        assert!(matches!(weak.check_for_export(), Err(KdfError::TooWeak(_))));
+        let one_pass = KdfParams {
+            time: 1,
+            ..KdfParams::DEFAULT
+        };
+        assert!(matches!(
+            one_pass.check_for_export(),
+            Err(KdfError::TooWeak(_))
+        ));
+        let greedy = KdfParams {
+            memory_kib: MAX_IMPORT_MEMORY_KIB + 1,
+            ..KdfParams::DEFAULT
+        };
+        assert!(matches!(
+            KdfLimits::default().check(&greedy),
+            Err(KdfError::OverLimit { .. })
+        ));
+        let raised = KdfLimits {
+            max_memory_kib: MAX_IMPORT_MEMORY_KIB * 2,
+            ..KdfLimits::default()
+        };
+        assert!(raised.check(&greedy).is_ok());
+    }
+
+    #[test]
+    fn over_limit_message_says_how_much_and_which_flag() {
+        let greedy = KdfParams {
+            memory_kib: 2 * 1024 * 1024,
+            time: 3,
+            lanes: 4,
+        };
+        let msg = KdfLimits::default().check(&greedy).unwrap_err().to_string();
+        assert!(msg.contains("2048 MiB"), "{msg}");
+        assert!(msg.contains("--max-kdf-memory 2097152"), "{msg}");
+    }
+}

@@ -1,0 +1,386 @@
+//! Bundle passwords: generation, the canonical form, and where a password
+//! may come from.
+//!
+//! Invariants:
+//! - a [`Password`] zeroizes its bytes when dropped and cannot be printed:
+//!   it has no `Display`, and its `Debug` shows only a placeholder;
+//! - a password never comes from a command-line argument: only from a
+//!   terminal prompt, a file, an inherited file descriptor or a named
+//!   environment variable;
+//! - the bytes handed to the KDF are always the canonical form, on export
+//!   and on import alike.
+
+use std::fmt;
+use std::io::{self, IsTerminal, Read};
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+use zeroize::{Zeroize, Zeroizing};
+
+/// The alphabet of generated passwords: Crockford-style base32 without the
+/// letters that are misread (i, l, o, u), 5 bits a character.
+pub const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+/// 24 characters of 5 bits: 120 bits of entropy.
+pub const GENERATED_LEN: usize = 24;
+const GROUP_LEN: usize = 4;
+/// The longest password keyferry reads from a file, descriptor or variable;
+/// anything longer is almost certainly the wrong file.
+pub const MAX_PASSWORD_LEN: usize = 1024;
+/// Operators who bring their own password must bring at least this many
+/// characters.
+pub const MIN_CHOSEN_LEN: usize = 12;
+
+/// A bundle password in canonical form.
+#[derive(Clone)]
+pub struct Password(Zeroizing<String>);
+
+impl Password {
+    /// Canonicalises what an operator typed or supplied.
+    pub fn from_typed(typed: &str) -> Self {
+        Self(Zeroizing::new(canonicalize(typed)))
+    }
+
+    /// A fresh 120-bit password from the operating system's CSPRNG.
+    pub fn generate() -> Result<Self, SecretError> {
+        let mut raw = Zeroizing::new([0u8; GENERATED_LEN]);
+        getrandom::fill(raw.as_mut()).map_err(|e| SecretError::Random(e.to_string()))?;
+        // 256 is a multiple of 32, so masking is unbiased.
+        let mut chars = Zeroizing::new([0u8; GENERATED_LEN]);
+        for (c, r) in chars.iter_mut().zip(raw.iter()) {
+            *c = ALPHABET[usize::from(r & 0x1f)];
+        }
+        Ok(Self(Zeroizing::new(group(&chars[..]))))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+
+    /// The password itself, for the one place allowed to show it: the
+    /// operator's terminal right after export.
+    pub fn reveal(&self) -> &str {
+        &self.0
+    }
+
+    pub fn char_len(&self) -> usize {
+        self.0.chars().count()
+    }
+
+    /// Whether this is a generated-style password (24 alphabet characters).
+    pub fn is_generated_form(&self) -> bool {
+        generated_chars(&self.0).is_some()
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(<redacted>)")
+    }
+}
+
+/// Trims surrounding whitespace; a generated-style password typed in any
+/// case, with or without spaces and dashes, becomes lowercase groups of four
+/// joined by `-`. Anything else is kept as typed.
+pub fn canonicalize(typed: &str) -> String {
+    let trimmed = typed.trim();
+    match generated_chars(trimmed) {
+        Some(chars) => group(&chars),
+        None => trimmed.to_owned(),
+    }
+}
+
+/// The 24 lowercase alphabet characters of a generated-style password, or
+/// `None` when `s` is not one.
+fn generated_chars(s: &str) -> Option<Zeroizing<Vec<u8>>> {
+    let mut chars = Zeroizing::new(Vec::with_capacity(GENERATED_LEN));
+    for c in s.chars().filter(|c| *c != ' ' && *c != '-') {
+        let lower = c.to_ascii_lowercase();
+        if !lower.is_ascii() || !ALPHABET.contains(&(lower as u8)) || chars.len() == GENERATED_LEN {
+            return None;
+        }
+        chars.push(lower as u8);
+    }
+    (chars.len() == GENERATED_LEN).then_some(chars)
+}
+
+fn group(chars: &[u8]) -> String {
+    let mut out = String::with_capacity(chars.len() + chars.len() / GROUP_LEN);
+    for (i, c) in chars.iter().enumerate() {
+        if i > 0 && i % GROUP_LEN == 0 {
+            out.push('-');
+        }
+        out.push(char::from(*c));
+    }
+    out
+}
+
+/// Where a password comes from. There is deliberately no variant for a
+/// command-line value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PasswordSource {
+    /// Ask on the terminal without echo.
+    Prompt,
+    /// The first line of a file.
+    File(PathBuf),
+    /// The first line read from an inherited file descriptor (Unix).
+    Fd(i32),
+    /// The value of the named environment variable.
+    Env(String),
+}
+
+#[derive(Debug, Error)]
+pub enum SecretError {
+    #[error(
+        "no password source and no terminal to ask on: pass --password-file PATH, \
+         --password-fd N or --password-env NAME"
+    )]
+    NoTerminal,
+    #[error("cannot read the password from {what}: {source}")]
+    Read {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the password from {0} is empty: check the source")]
+    Empty(String),
+    #[error(
+        "the password from {0} is longer than {MAX_PASSWORD_LEN} bytes: is it the right source?"
+    )]
+    TooLong(String),
+    #[error("the password from {0} is not valid UTF-8: check the source")]
+    NotUtf8(String),
+    #[error("environment variable {0} is not set: export it or choose another source")]
+    EnvMissing(String),
+    #[error(
+        "--password-fd is not available on this platform: use --password-file or --password-env"
+    )]
+    FdUnsupported,
+    #[error("the two passwords typed do not match: try again")]
+    Mismatch,
+    #[error(
+        "a chosen password must have at least {MIN_CHOSEN_LEN} characters: \
+         use a longer one, or let keyferry generate one"
+    )]
+    TooShort,
+    #[error("the operating system's random generator failed: {0}")]
+    Random(String),
+}
+
+impl PasswordSource {
+    /// Reads the password; `prompt` is shown when asking on the terminal.
+    pub fn read(&self, prompt: &str) -> Result<Password, SecretError> {
+        let (what, raw) = match self {
+            PasswordSource::Prompt => ("the terminal".to_owned(), read_prompt(prompt)?),
+            PasswordSource::File(path) => (
+                format!("file {}", path.display()),
+                read_file(path).map_err(|source| SecretError::Read {
+                    what: format!("file {}", path.display()),
+                    source,
+                })?,
+            ),
+            PasswordSource::Fd(fd) => (
+                format!("file descriptor {fd}"),
+                platform::read_fd(*fd).map_err(|source| match source.kind() {
+                    io::ErrorKind::Unsupported => SecretError::FdUnsupported,
+                    _ => SecretError::Read {
+                        what: format!("file descriptor {fd}"),
+                        source,
+                    },
+                })?,
+            ),
+            PasswordSource::Env(name) => {
+                let value =
+                    std::env::var_os(name).ok_or_else(|| SecretError::EnvMissing(name.clone()))?;
+                let bytes = Zeroizing::new(value.into_encoded_bytes());
+                (format!("environment variable {name}"), bytes)
+            }
+        };
+        password_from_bytes(&what, raw)
+    }
+
+    /// Asks twice on the terminal for a password the operator chooses;
+    /// other sources are read once.
+    pub fn read_new(&self, prompt: &str) -> Result<Password, SecretError> {
+        let password = self.read(prompt)?;
+        if *self == PasswordSource::Prompt {
+            let again = self.read("Repeat the password: ")?;
+            if password.as_bytes() != again.as_bytes() {
+                return Err(SecretError::Mismatch);
+            }
+        }
+        if password.char_len() < MIN_CHOSEN_LEN {
+            return Err(SecretError::TooShort);
+        }
+        Ok(password)
+    }
+}
+
+/// Takes the first line of what a source gave (a trailing newline from
+/// `echo` or an editor is not part of the password).
+fn password_from_bytes(what: &str, mut raw: Zeroizing<Vec<u8>>) -> Result<Password, SecretError> {
+    if raw.len() > MAX_PASSWORD_LEN {
+        return Err(SecretError::TooLong(what.to_owned()));
+    }
+    if let Some(end) = raw.iter().position(|b| *b == b'\n') {
+        raw[end..].zeroize();
+        raw.truncate(end);
+    }
+    let text = std::str::from_utf8(&raw).map_err(|_| SecretError::NotUtf8(what.to_owned()))?;
+    let password = Password::from_typed(text);
+    if password.as_bytes().is_empty() {
+        return Err(SecretError::Empty(what.to_owned()));
+    }
+    Ok(password)
+}
+
+fn read_limited(mut reader: impl Read) -> io::Result<Zeroizing<Vec<u8>>> {
+    // Pre-sized and never grown past the limit, so no reallocation leaves a
+    // stray copy of the secret behind.
+    let mut buf = Zeroizing::new(vec![0u8; MAX_PASSWORD_LEN + 1]);
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        if buf[..filled].contains(&b'\n') {
+            break;
+        }
+    }
+    buf[filled..].zeroize();
+    buf.truncate(filled);
+    Ok(buf)
+}
+
+fn read_file(path: &Path) -> io::Result<Zeroizing<Vec<u8>>> {
+    read_limited(std::fs::File::open(path)?)
+}
+
+fn read_prompt(prompt: &str) -> Result<Zeroizing<Vec<u8>>, SecretError> {
+    if !std::io::stdin().is_terminal() && !std::io::stderr().is_terminal() {
+        return Err(SecretError::NoTerminal);
+    }
+    let typed = rpassword::prompt_password(prompt).map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::Unsupported => SecretError::NoTerminal,
+        _ => SecretError::Read {
+            what: "the terminal".to_owned(),
+            source,
+        },
+    })?;
+    Ok(Zeroizing::new(Zeroizing::new(typed).as_bytes().to_vec()))
+}
+
+/// Whether a terminal is there to prompt on.
+pub fn have_terminal() -> bool {
+    std::io::stdin().is_terminal() || std::io::stderr().is_terminal()
+}
+
+#[cfg(unix)]
+mod platform {
+    use std::fs::File;
+    use std::io;
+    use std::os::fd::FromRawFd;
+
+    use zeroize::Zeroizing;
+
+    pub fn read_fd(fd: i32) -> io::Result<Zeroizing<Vec<u8>>> {
+        if fd < 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "negative descriptor",
+            ));
+        }
+        // Refuse descriptors that are not open; `from_raw_fd` on a closed
+        // one would be undefined behaviour in spirit.
+        let probe = std::path::PathBuf::from(format!("/proc/self/fd/{fd}"));
+        if std::path::Path::new("/proc/self/fd").is_dir() && !probe.exists() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "descriptor is not open",
+            ));
+        }
+        // SAFETY: the operator handed us this descriptor to read the
+        // password from; we take ownership and close it when done, which is
+        // what a one-shot secret channel wants.
+        let file = unsafe { File::from_raw_fd(fd) };
+        super::read_limited(file)
+    }
+}
+
+#[cfg(windows)]
+mod platform {
+    use std::io;
+
+    use zeroize::Zeroizing;
+
+    pub fn read_fd(_fd: i32) -> io::Result<Zeroizing<Vec<u8>>> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_passwords_are_grouped_and_canonical() {
+        let p = Password::generate().unwrap();
+        let s = p.reveal();
+        assert_eq!(s.len(), 29);
+        assert_eq!(s.split('-').count(), 6);
+        assert!(s.split('-').all(|g| g.len() == 4));
+        assert!(p.is_generated_form());
+        assert_eq!(canonicalize(s), s);
+        assert_ne!(Password::generate().unwrap().reveal(), s);
+    }
+
+    #[test]
+    fn canonical_form_of_generated_style_passwords() {
+        let want = "k7q2-m9xd-pwr4-h3jt-8vcn-2bfa";
+        for typed in [
+            "k7q2-m9xd-pwr4-h3jt-8vcn-2bfa",
+            "K7Q2 M9XD PWR4 H3JT 8VCN 2BFA",
+            "  k7q2m9xdpwr4h3jt8vcn2bfa\n",
+            "K7Q2-M9XD PWR4-H3JT 8VCN-2BFA\t",
+        ] {
+            assert_eq!(canonicalize(typed), want, "{typed:?}");
+        }
+    }
+
+    #[test]
+    fn other_passwords_are_only_trimmed() {
+        assert_eq!(canonicalize("  vector password \r\n"), "vector password");
+        // 'i' is not in the alphabet: not a generated-style password.
+        assert_eq!(
+            canonicalize("K7Q2-M9XD-PWR4-H3JT-8VCN-2BFi"),
+            "K7Q2-M9XD-PWR4-H3JT-8VCN-2BFi"
+        );
+        // 25 characters: not one either.
+        assert_eq!(
+            canonicalize("k7q2-m9xd-pwr4-h3jt-8vcn-2bfaa"),
+            "k7q2-m9xd-pwr4-h3jt-8vcn-2bfaa"
+        );
+    }
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        let p = Password::from_typed("correct horse battery staple");
+        assert!(!format!("{p:?}").contains("horse"));
+    }
+
+    #[test]
+    fn file_source_takes_the_first_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "vector password\nsecond line\n").unwrap();
+        let p = PasswordSource::File(path.clone()).read("").unwrap();
+        assert_eq!(p.as_bytes(), b"vector password");
+        std::fs::write(&path, "\n").unwrap();
+        assert!(matches!(
+            PasswordSource::File(path).read(""),
+            Err(SecretError::Empty(_))
+        ));
+    }
+}
