@@ -9,8 +9,13 @@
 
 pub mod audit;
 pub mod bundle;
+pub mod cli;
 pub mod fsutil;
 pub mod kdf;
 pub mod keyring;
 pub mod payload;
 pub mod secret;
+pub mod error;
+pub mod ops;
+
+pub use error::{Error, Result};

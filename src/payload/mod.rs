@@ -149,7 +149,7 @@ fn read_document(
     let n = data
         .take(max as u64 + 1)
         .read_to_end(&mut buf)
-        .map_err(|e| ZipError::Io(e))?;
+        .map_err(zip::io_err)?;
     if n > max {
         return Err(ZipError::Rejected(
             name.to_owned(),
@@ -212,7 +212,7 @@ pub fn read<R: BufRead>(
                     ConfigFile::HaConfig
                 };
                 config.push(file);
-                sink.receive(file, data).map_err(ZipError::Io)
+                sink.receive(file, data).map_err(zip::io_err)
             }
             None => refuse(
                 PayloadError::ForbiddenEntry(name.to_owned(), why_forbidden(name)),

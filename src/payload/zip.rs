@@ -65,7 +65,7 @@ fn malformed(what: impl Into<String>) -> ZipError {
     ZipError::Malformed(what.into())
 }
 
-fn io_err(e: io::Error) -> ZipError {
+pub(crate) fn io_err(e: io::Error) -> ZipError {
     // Errors from the callback and the limit checks travel through Read as
     // io::Error; unwrap ours again.
     if e.get_ref().is_some_and(|i| i.is::<ZipError>()) {

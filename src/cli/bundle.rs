@@ -1,0 +1,177 @@
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::{print_json, PasswordArgs};
+use crate::bundle::fmt_time;
+use crate::error::{Error, Result};
+use crate::kdf::KdfParams;
+use crate::ops::export::{self, ExportOptions, Expiry};
+use crate::ops::import::{self, ImportOptions};
+use crate::ops::{inspect, Home};
+use crate::secret::PasswordSource;
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// The bundle file to create (never overwritten).
+    #[arg(short = 'n', long = "file", value_name = "FILE")]
+    file: PathBuf,
+    /// Also carry this node's ha.toml and the appsettings.json it names.
+    #[arg(long)]
+    with_config: bool,
+    /// Write the text (base64) form, for pasting through a clipboard.
+    #[arg(long)]
+    armor: bool,
+    /// How long the bundle stays importable: a duration (24h, 7d, 30m) or `never`.
+    #[arg(long, value_name = "DURATION|never", default_value = "24h", value_parser = Expiry::parse)]
+    expires: Expiry,
+    /// Argon2id memory in KiB (default 65536, at least 19456).
+    #[arg(long, value_name = "KIB", default_value_t = KdfParams::DEFAULT.memory_kib)]
+    kdf_memory: u32,
+    /// Argon2id passes (default 3, at least 2).
+    #[arg(long, value_name = "T", default_value_t = KdfParams::DEFAULT.time)]
+    kdf_time: u32,
+    /// Argon2id lanes (default 4).
+    #[arg(long, value_name = "P", default_value_t = KdfParams::DEFAULT.lanes)]
+    kdf_lanes: u32,
+    #[command(flatten)]
+    password: PasswordArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// The bundle file to import.
+    #[arg(short = 'n', long = "file", value_name = "FILE")]
+    file: PathBuf,
+    /// Take only the keys, even if the bundle carries configuration (remote service hosts).
+    #[arg(long)]
+    keys_only: bool,
+    /// Import a bundle whose expiry has passed.
+    #[arg(long)]
+    allow_expired: bool,
+    /// Allow bundles whose KDF needs up to this much memory, in KiB (default 1048576).
+    #[arg(long, value_name = "KIB")]
+    max_kdf_memory: Option<u32>,
+    /// Delete the bundle file after a successful import.
+    #[arg(long)]
+    delete: bool,
+    #[command(flatten)]
+    password: PasswordArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// The bundle file.
+    #[arg(short = 'n', long = "file", value_name = "FILE")]
+    file: PathBuf,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+fn expiry_text(expires: Option<u64>) -> String {
+    expires.map_or_else(|| "never".to_owned(), fmt_time)
+}
+
+pub fn export(home: &Home, args: ExportArgs) -> Result<()> {
+    let report = export::export(
+        home,
+        &ExportOptions {
+            file: args.file,
+            with_config: args.with_config,
+            armor: args.armor,
+            expiry: args.expires,
+            kdf: KdfParams {
+                memory_kib: args.kdf_memory,
+                time: args.kdf_time,
+                lanes: args.kdf_lanes,
+            },
+            password: args.password.source(),
+        },
+    )?;
+    println!("wrote {}", report.file.display());
+    println!("fingerprint {}", report.fingerprint);
+    println!("expires {}", expiry_text(report.expires));
+    println!(
+        "contents {}",
+        report
+            .contents
+            .iter()
+            .map(|c| c.entry_name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if let Some(password) = &report.generated_password {
+        // The one place a secret is shown: on the operator's terminal, not
+        // on stdout, which may be captured into a log.
+        eprintln!();
+        eprintln!("One-time password for this bundle (shown once, never stored):");
+        eprintln!();
+        eprintln!("    {}", password.reveal());
+        eprintln!();
+        eprintln!("Give it to the operator of the receiving host by a different channel than the file.");
+    }
+    Ok(())
+}
+
+pub fn import(home: &Home, args: ImportArgs) -> Result<()> {
+    let report = import::import(
+        home,
+        &ImportOptions {
+            file: args.file.clone(),
+            password: args.password.source().unwrap_or(PasswordSource::Prompt),
+            keys_only: args.keys_only,
+            allow_expired: args.allow_expired,
+            max_kdf_memory: args.max_kdf_memory,
+            delete: args.delete,
+        },
+    )?;
+    println!("imported keys from {} (made by node {:?} at {}, expires {})",
+        args.file.display(), report.source_node, fmt_time(report.created), expiry_text(report.expires));
+    println!(
+        "fingerprint before {}",
+        report.before.map_or_else(|| "(none: new node)".to_owned(), |f| f.to_string())
+    );
+    println!("fingerprint after  {}", report.after);
+    if report.before == Some(report.after) {
+        println!("the keys were already the same");
+    }
+    if !report.config_skipped.is_empty() {
+        println!(
+            "left alone (--keys-only): {}",
+            report
+                .config_skipped
+                .iter()
+                .map(|c| c.content().entry_name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    match report.deleted {
+        Some(Ok(())) => println!("deleted {}", args.file.display()),
+        Some(Err(why)) => {
+            return Err(Error::Refused(format!(
+                "the import succeeded, but the bundle could not be deleted ({why}): delete it by hand"
+            )))
+        }
+        None => eprintln!(
+            "Now delete {} (and any copy): it holds the keys, protected only by its password.",
+            args.file.display()
+        ),
+    }
+    Ok(())
+}
+
+pub fn inspect(args: InspectArgs) -> Result<()> {
+    let i = inspect::inspect(&args.file)?;
+    if args.json {
+        return print_json(&i);
+    }
+    println!("keyferry bundle, format version {}{}", i.format_version, if i.armored { ", armored" } else { "" });
+    println!("kdf      {} m={} KiB t={} p={}", i.kdf, i.kdf_memory_kib, i.kdf_time, i.kdf_lanes);
+    println!("created  {}", i.created);
+    println!("expires  {}", i.expires.as_deref().unwrap_or("never"));
+    println!("size     {} bytes", i.file_size);
+    println!("(header not yet authenticated: only import, with the password, proves it)");
+    Ok(())
+}

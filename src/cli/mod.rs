@@ -1,0 +1,136 @@
+//! Command-line definitions and one handler per command group. Each handler
+//! parses nothing itself and decides nothing: it calls one `ops` function and
+//! prints its report. Secrets are printed only to stderr, and only the
+//! password that export generated.
+
+mod audit;
+mod bundle;
+mod keys;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::ops::Home;
+use crate::secret::PasswordSource;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "keyferry",
+    version,
+    about = "Move encryption keys between the hosts of a server pair in password-sealed bundles, with an audit trail",
+    after_help = "Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong password or modified header, \
+                  4 malformed/modified bundle, 5 expired bundle, 6 KDF over import limit, 7 audit log damaged"
+)]
+pub struct Cli {
+    /// The node's home (keyring.json, audit.log, backups/). Default: $KEYFERRY_HOME,
+    /// else /var/lib/keyferry (Unix) or %ProgramData%\keyferry (Windows).
+    #[arg(long, global = true, value_name = "DIR")]
+    home: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create this node's keyring with one primary key (refuses if one exists).
+    Init,
+    /// Show the keyring.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Seal the keyring into a password-protected bundle file.
+    Export(bundle::ExportArgs),
+    /// Verify a bundle completely, then install its keys atomically.
+    Import(bundle::ImportArgs),
+    /// Show a bundle's header (no password needed; not authenticated).
+    Inspect(bundle::InspectArgs),
+    /// Show or verify the tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    /// Check the cryptography, the format vectors and a real round trip on this machine.
+    Selftest,
+}
+
+/// Where a password comes from. There is no option to pass one on the
+/// command line: it would end up in shell history and process listings.
+#[derive(Args, Debug, Default)]
+#[group(multiple = false)]
+pub struct PasswordArgs {
+    /// Read the password from the first line of this file.
+    #[arg(long, value_name = "PATH")]
+    password_file: Option<PathBuf>,
+    /// Read the password from this inherited file descriptor (Unix).
+    #[arg(long, value_name = "N")]
+    password_fd: Option<i32>,
+    /// Read the password from the environment variable of this name.
+    #[arg(long, value_name = "NAME")]
+    password_env: Option<String>,
+}
+
+impl PasswordArgs {
+    /// The source the operator named, if any.
+    fn source(&self) -> Option<PasswordSource> {
+        if let Some(p) = &self.password_file {
+            Some(PasswordSource::File(p.clone()))
+        } else if let Some(fd) = self.password_fd {
+            Some(PasswordSource::Fd(fd))
+        } else {
+            self.password_env.clone().map(PasswordSource::Env)
+        }
+    }
+}
+
+fn print_json<T: Serialize>(value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Error::Refused(format!("cannot render JSON: {e}")))?;
+    println!("{text}");
+    Ok(())
+}
+
+/// Parses the command line and runs the command.
+pub fn run() -> Result<()> {
+    let cli = Cli::parse();
+    let home = Home::resolve(cli.home);
+    match cli.command {
+        Command::Init => {
+            let report = crate::ops::init::init(&home)?;
+            println!("initialised {}", home.root().display());
+            println!("fingerprint {}", report.fingerprint);
+            Ok(())
+        }
+        Command::Keys(cmd) => keys::run(&home, cmd),
+        Command::Export(args) => bundle::export(&home, args),
+        Command::Import(args) => bundle::import(&home, args),
+        Command::Inspect(args) => bundle::inspect(args),
+        Command::Audit(cmd) => audit::run(&home, cmd),
+        Command::Selftest => selftest(),
+    }
+}
+
+fn selftest() -> Result<()> {
+    let report = crate::ops::selftest::selftest()?;
+    for c in &report.checks {
+        let mark = if c.passed { "ok  " } else { "FAIL" };
+        if c.detail.is_empty() {
+            println!("{mark} {}", c.name);
+        } else {
+            println!("{mark} {} — {}", c.name, c.detail);
+        }
+    }
+    println!(
+        "KDF at the default parameters ({}): {} ms on this machine",
+        crate::kdf::KdfParams::DEFAULT,
+        report.kdf_default_time.as_millis()
+    );
+    if report.passed() {
+        println!("selftest passed");
+        Ok(())
+    } else {
+        Err(Error::Refused(
+            "selftest FAILED: do not use this build; report the failing lines".into(),
+        ))
+    }
+}

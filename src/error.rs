@@ -1,0 +1,112 @@
+//! The crate's error type and the one table that maps every kind of failure
+//! to a process exit code (documented in README.md, "Exit codes").
+
+use std::io;
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use crate::audit::AuditError;
+use crate::bundle::BundleError;
+use crate::kdf::KdfError;
+use crate::keyring::KeyringError;
+use crate::payload::{PayloadError, ZipError};
+use crate::secret::SecretError;
+
+/// Exit codes. Scripts match on these; never renumber one.
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// Anything not listed below: I/O, node state, a refused operation.
+    pub const FAILURE: u8 = 1;
+    /// Bad arguments, a password source that cannot be used, parameters
+    /// export refuses.
+    pub const USAGE: u8 = 2;
+    /// Wrong password or modified header (they cannot be told apart).
+    pub const WRONG_PASSWORD: u8 = 3;
+    /// Not a bundle, malformed, truncated or modified bundle, invalid payload.
+    pub const BAD_BUNDLE: u8 = 4;
+    /// The bundle has expired.
+    pub const EXPIRED: u8 = 5;
+    /// The bundle asks for more KDF resources than this host allows.
+    pub const KDF_LIMIT: u8 = 6;
+    /// The audit log failed verification.
+    pub const AUDIT: u8 = 7;
+}
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error("the bundle's contents are invalid: {0}")]
+    Payload(#[from] PayloadError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error("{context}: {source}")]
+    Keyring {
+        context: String,
+        #[source]
+        source: KeyringError,
+    },
+    #[error("{0}; run `keyferry audit verify` and investigate before changing anything")]
+    Audit(#[from] AuditError),
+    #[error("no keyring in {0}: run `keyferry init` on the primary, or `keyferry import` on other nodes")]
+    NotInitialized(PathBuf),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl From<KdfError> for Error {
+    fn from(e: KdfError) -> Self {
+        Error::Bundle(BundleError::Kdf(e))
+    }
+}
+
+impl Error {
+    /// An I/O failure, saying what was being done.
+    pub fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+        let what = what.into();
+        move |source| Error::Io { what, source }
+    }
+
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Usage(_) => exit::USAGE,
+            Error::Secret(SecretError::Random(_)) => exit::FAILURE,
+            Error::Secret(SecretError::Read { .. }) => exit::FAILURE,
+            Error::Secret(_) => exit::USAGE,
+            Error::Bundle(b) => match b {
+                BundleError::WrongPasswordOrModifiedHeader => exit::WRONG_PASSWORD,
+                BundleError::Expired { .. } => exit::EXPIRED,
+                BundleError::Kdf(KdfError::OverLimit { .. }) => exit::KDF_LIMIT,
+                BundleError::Kdf(KdfError::Derive(_)) => exit::FAILURE,
+                BundleError::Kdf(KdfError::Invalid(_)) => exit::BAD_BUNDLE,
+                BundleError::Kdf(_) => exit::USAGE,
+                BundleError::Io(_) => exit::FAILURE,
+                _ => exit::BAD_BUNDLE,
+            },
+            Error::Payload(PayloadError::Zip(ZipError::Io(e))) if !is_bundle_io(e) => exit::FAILURE,
+            Error::Payload(_) => exit::BAD_BUNDLE,
+            Error::Audit(_) => exit::AUDIT,
+            Error::Keyring { .. }
+            | Error::NotInitialized(_)
+            | Error::Refused(_)
+            | Error::Io { .. } => exit::FAILURE,
+        }
+    }
+}
+
+/// Payload I/O errors that are really the bundle layer's (a modified chunk
+/// found while the zip was being read).
+fn is_bundle_io(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|i| i.is::<BundleError>())
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,168 @@
+//! `keyferry export`: seal the node's keyring (and, on request, the pair's
+//! configuration) into a password-protected bundle file.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{details, now_unix, record, Home};
+use crate::bundle::{self, SealParams};
+use crate::error::{Error, Result};
+use crate::fsutil::Staged;
+use crate::kdf::KdfParams;
+use crate::keyring::Fingerprint;
+use crate::payload;
+use crate::secret::{Password, PasswordSource};
+
+/// How long a bundle stays importable unless the operator says otherwise.
+pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(24 * 60 * 60);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expiry {
+    Never,
+    After(Duration),
+}
+
+impl Expiry {
+    /// Parses `never` or a duration such as `24h`, `7d`, `90m`.
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        if s.eq_ignore_ascii_case("never") {
+            return Ok(Expiry::Never);
+        }
+        let d = humantime::parse_duration(s)
+            .map_err(|e| format!("{s:?} is not a duration like 24h, 7d or 30m, nor `never`: {e}"))?;
+        if d.as_secs() == 0 {
+            return Err("an expiry of less than a second would expire at once: use e.g. 1h".into());
+        }
+        Ok(Expiry::After(d))
+    }
+
+    fn at(self, now: u64) -> Option<u64> {
+        match self {
+            Expiry::Never => None,
+            Expiry::After(d) => Some(now.saturating_add(d.as_secs())),
+        }
+    }
+}
+
+pub struct ExportOptions {
+    pub file: PathBuf,
+    pub with_config: bool,
+    pub armor: bool,
+    pub expiry: Expiry,
+    pub kdf: KdfParams,
+    /// `None`: generate a password and report it.
+    pub password: Option<PasswordSource>,
+}
+
+pub struct ExportReport {
+    pub file: PathBuf,
+    pub fingerprint: Fingerprint,
+    pub expires: Option<u64>,
+    pub kdf: KdfParams,
+    /// The generated password, to be shown to the operator once.
+    pub generated_password: Option<Password>,
+    pub contents: Vec<payload::Content>,
+}
+
+fn check_target(file: &Path) -> Result<&Path> {
+    if file.exists() {
+        return Err(Error::Refused(format!(
+            "{} already exists: delete it or choose another name (export never overwrites a file)",
+            file.display()
+        )));
+    }
+    let dir = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(Error::Usage(format!(
+            "the folder {} does not exist: create it or choose another path",
+            dir.display()
+        )));
+    }
+    Ok(dir)
+}
+
+pub fn export(home: &Home, opts: &ExportOptions) -> Result<ExportReport> {
+    opts.kdf.check_for_export()?;
+    if !home.root().is_dir() {
+        return Err(Error::NotInitialized(home.root().to_path_buf()));
+    }
+    let _lock = home.lock()?;
+    let mut store = home.load_keystore()?;
+    home.verify_audit(&store)?;
+    let dir = check_target(&opts.file)?;
+    let config = super::config::sources_for_export(home, opts.with_config)?;
+    let (password, generated) = match &opts.password {
+        Some(source) => (source.read_new("Bundle password: ")?, false),
+        None => (Password::generate()?, true),
+    };
+
+    let now = now_unix();
+    let params = SealParams {
+        kdf: opts.kdf,
+        created: now,
+        expires: opts.expiry.at(now),
+        armor: opts.armor,
+    };
+    let io_what = format!("cannot write the bundle in {}", dir.display());
+    let mut staged = Staged::new_in(dir).map_err(Error::io(io_what.clone()))?;
+    let fingerprint = store.keyring.fingerprint();
+    {
+        let out = BufWriter::with_capacity(bundle::CHUNK_SIZE, &mut staged);
+        let mut sealed = bundle::seal(&password, &params, out)?;
+        let mut sources = config.open_all()?;
+        payload::write(&mut sealed, &config.node_name, &store.keyring, sources.as_payload_sources())
+            .map_err(Error::io(io_what.clone()))?;
+        sealed
+            .finish()?
+            .flush()
+            .map_err(Error::io(io_what.clone()))?;
+    }
+    let mut contents = vec![payload::Content::Keyring];
+    contents.extend(config.files.iter().map(|(f, _)| f.content()));
+
+    let file_name = opts.file.display().to_string();
+    let line = record(
+        &mut store,
+        now,
+        "export",
+        details([
+            ("bundle", Value::from(file_name)),
+            ("fingerprint", Value::from(fingerprint.to_string())),
+            ("expires", params.expires.map(bundle::fmt_time).map_or(Value::Null, Value::from)),
+            ("kdf", Value::from(opts.kdf.to_string())),
+            ("armor", Value::from(opts.armor)),
+            (
+                "contents",
+                serde_json::to_value(&contents).expect("contents serialize"),
+            ),
+        ]),
+    );
+    let target = opts.file.clone();
+    home.commit(
+        &store,
+        &line,
+        now,
+        || {
+            staged
+                .persist_new(&target)
+                .map_err(Error::io(format!("cannot create {}", target.display())))
+        },
+        || {
+            let _ = std::fs::remove_file(&opts.file);
+        },
+    )?;
+    Ok(ExportReport {
+        file: opts.file.clone(),
+        fingerprint,
+        expires: params.expires,
+        kdf: opts.kdf,
+        generated_password: generated.then_some(password),
+        contents,
+    })
+}

@@ -1,0 +1,52 @@
+//! `keyferry init`: a new keyring with one primary key.
+
+use serde_json::Value;
+
+use super::{details, new_node_state, now_unix, record, Home};
+use crate::bundle;
+use crate::error::{Error, Result};
+use crate::keyring::store::Keystore;
+use crate::keyring::{Fingerprint, Keyring};
+
+pub struct InitReport {
+    pub fingerprint: Fingerprint,
+}
+
+pub fn init(home: &Home) -> Result<InitReport> {
+    home.create()?;
+    let _lock = home.lock()?;
+    if home.has_keystore() {
+        return Err(Error::Refused(format!(
+            "{} already holds a keyring: keyferry init never replaces one \
+             (use `keyferry import` to take another node's keys)",
+            home.root().display()
+        )));
+    }
+    if home.audit_path().exists() {
+        return Err(Error::Refused(format!(
+            "{} exists without a keyring: move it away (it belongs to a keyring that is gone) and run init again",
+            home.audit_path().display()
+        )));
+    }
+    let now = now_unix();
+    let keyring = Keyring::generate(&bundle::fmt_time(now)).map_err(|source| Error::Keyring {
+        context: "cannot create the keyring".into(),
+        source,
+    })?;
+    let fingerprint = keyring.fingerprint();
+    let mut store = Keystore {
+        keyring,
+        node: new_node_state()?,
+    };
+    let line = record(
+        &mut store,
+        now,
+        "init",
+        details([
+            ("fingerprint_after", Value::from(fingerprint.to_string())),
+            ("keys", Value::from(1)),
+        ]),
+    );
+    home.commit(&store, &line, now, || Ok(()), || ())?;
+    Ok(InitReport { fingerprint })
+}

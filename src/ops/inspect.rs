@@ -1,0 +1,54 @@
+//! `keyferry inspect`: what a bundle's header says, without the password.
+//! None of it is authenticated until the password is given; the output says
+//! so.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::open_bundle_file;
+use crate::bundle::{self, Header};
+use crate::error::Result;
+use crate::kdf::KdfParams;
+
+#[derive(Debug, Serialize)]
+pub struct Inspection {
+    pub format_version: u8,
+    pub armored: bool,
+    pub kdf: &'static str,
+    pub kdf_memory_kib: u32,
+    pub kdf_time: u32,
+    pub kdf_lanes: u32,
+    pub created: String,
+    pub expires: Option<String>,
+    pub file_size: u64,
+}
+
+pub fn inspect(path: &Path) -> Result<Inspection> {
+    let file: File = open_bundle_file(path)?;
+    let file_size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let (header, source) = bundle::read_header(BufReader::new(file))?;
+    let Header {
+        kdf: KdfParams {
+            memory_kib,
+            time,
+            lanes,
+        },
+        created,
+        expires,
+        ..
+    } = header;
+    Ok(Inspection {
+        format_version: bundle::header::FORMAT_VERSION,
+        armored: source.is_armored(),
+        kdf: "argon2id",
+        kdf_memory_kib: memory_kib,
+        kdf_time: time,
+        kdf_lanes: lanes,
+        created: bundle::fmt_time(created),
+        expires: expires.map(bundle::fmt_time),
+        file_size,
+    })
+}
