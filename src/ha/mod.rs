@@ -21,6 +21,7 @@
 
 pub mod addr;
 mod error;
+pub mod hba;
 
 pub use addr::PeerAddr;
 pub use error::{AddrRejection, Error, MarkerProblem};
