@@ -20,6 +20,7 @@
 //! problem and the way out on one line and never carry secrets.
 
 pub mod addr;
+pub mod archive;
 pub mod config;
 mod error;
 pub mod hba;
