@@ -128,19 +128,24 @@ fn postgres_accepts_the_blocks_hba_ensure_writes_and_reports_a_broken_line() {
         assert_eq!(rule.method, "md5");
     }
 
-    // PostgreSQL and keyferry's tokenizer agree on where records start.
-    let pg_lines: Vec<i32> = server
+    // PostgreSQL and keyferry's tokenizer agree on every record: where it
+    // starts, its databases and users (quotes, commas, continuations).
+    let pg_records: Vec<(i32, Vec<String>, Vec<String>)> = server
         .connect()
         .query(
-            "SELECT line_number FROM pg_hba_file_rules ORDER BY line_number",
+            "SELECT line_number, database, user_name FROM pg_hba_file_rules ORDER BY line_number",
             &[],
         )
         .unwrap()
         .iter()
-        .map(|row| row.get(0))
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
         .collect();
-    let our_lines: Vec<i32> = hba::tokenize(&text).iter().map(|r| r.line as i32).collect();
-    assert_eq!(our_lines, pg_lines);
+    let texts = |field: &[hba::HbaToken]| field.iter().map(|t| t.text.clone()).collect::<Vec<_>>();
+    let our_records: Vec<(i32, Vec<String>, Vec<String>)> = hba::tokenize(&text)
+        .iter()
+        .map(|r| (r.line as i32, texts(&r.fields[1]), texts(&r.fields[2])))
+        .collect();
+    assert_eq!(our_records, pg_records);
 
     // A bad line is reported with its number, the keyferry lines are not.
     let mut broken = text.clone();

@@ -111,6 +111,10 @@ fn unusable(ip: IpAddr) -> Option<AddrRejection> {
                 Some(AddrRejection::Unspecified)
             } else if v6.is_multicast() {
                 Some(AddrRejection::Multicast)
+            } else if v6.to_ipv4().is_some() {
+                // The deprecated IPv4-compatible form `::a.b.c.d`: like the
+                // mapped form, it would never match the peer's IPv4 packets.
+                Some(AddrRejection::Ipv4Mapped)
             } else {
                 None
             }
@@ -223,6 +227,7 @@ mod tests {
             ("2001:db8::2/128", CidrSuffix),
             ("::ffff:10.0.0.2", Ipv4Mapped),
             ("::ffff:127.0.0.1", Ipv4Mapped),
+            ("::10.0.0.2", Ipv4Mapped),
             ("[2001:db8::2]", Brackets),
             ("[2001:db8::2]:5432", Brackets),
             ("10.0.0.2:5432", PortSuffix),

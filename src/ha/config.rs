@@ -545,6 +545,11 @@ mod tests {
             (base.replace("\"10.0.0.2\"", "\"localhost\""), "secondary"),
             (base.replace("\"10.0.0.1\"", "\"127.0.0.1\""), "primary"),
             (base.replace("pam-a", ""), "node"),
+            (
+                base.replace("pam-a", &"n".repeat(MAX_NODE_NAME_CHARS + 1)),
+                "node",
+            ),
+            (base.replace("pam-a", " pam-a"), "node"),
             (format!("{base}pg_port = 0\n"), "pg_port"),
             (format!("{base}pg_port = 6500\n"), "web_port"),
             (

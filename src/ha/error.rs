@@ -137,7 +137,8 @@ pub enum AddrRejection {
     ZoneId,
     /// The user gave a `/prefix`; keyferry adds `/32` or `/128` itself.
     CidrSuffix,
-    /// An IPv4-mapped IPv6 address such as `::ffff:10.0.0.2`.
+    /// An IPv4 address written as IPv6: mapped (`::ffff:10.0.0.2`) or the
+    /// deprecated compatible form (`::10.0.0.2`).
     Ipv4Mapped,
     /// An address in brackets, as in URLs (`[fe80::1]`).
     Brackets,
@@ -168,7 +169,7 @@ impl fmt::Display for AddrRejection {
                 "give the bare IP address without a /prefix; keyferry writes /32 (IPv4) or /128 (IPv6) itself"
             }
             Self::Ipv4Mapped => {
-                "IPv4-mapped IPv6 addresses are not accepted; give the plain IPv4 form (e.g. 10.0.0.2)"
+                "IPv4 addresses written as IPv6 (IPv4-mapped ::ffff:a.b.c.d or ::a.b.c.d) are not accepted; give the plain IPv4 form (e.g. 10.0.0.2)"
             }
             Self::Brackets => "remove the square brackets; give the bare IPv6 address",
             Self::PortSuffix => "remove the :port suffix; ports are set with --pg-port and --web-port",
