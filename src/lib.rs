@@ -2,20 +2,21 @@
 //! server pair in password-sealed bundles, rotate them with an audit trail,
 //! and operate the pair's PostgreSQL replication.
 //!
-//! Data flows one way: `cli` -> `ops` -> (`keyring`, `payload`, `audit`) ->
-//! `bundle` -> `fsutil`. Lower layers never call upper ones; cryptography
-//! never touches the file system and the file system layer never touches
-//! cryptography.
+//! Data flows one way: `cli` -> `ops` -> (`keyring`, `payload`, `audit`,
+//! `ha`) -> `bundle` -> `fsutil`. Lower layers never call upper ones;
+//! cryptography never touches the file system and the file system layer
+//! never touches cryptography.
 
 pub mod audit;
 pub mod bundle;
 pub mod cli;
+pub mod error;
 pub mod fsutil;
+pub mod ha;
 pub mod kdf;
 pub mod keyring;
+pub mod ops;
 pub mod payload;
 pub mod secret;
-pub mod error;
-pub mod ops;
 
 pub use error::{Error, Result};

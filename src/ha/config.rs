@@ -1,0 +1,658 @@
+//! The pair description `ha.toml`.
+//!
+//! Owns the file's shape, its validation and its adjustment on import.
+//! Invariants of a [`HaConfig`] value (checked by [`HaConfig::validate`],
+//! which parsing always runs):
+//!
+//! - both addresses are [`PeerAddr`]s and differ;
+//! - the PostgreSQL and web ports are non-zero and differ;
+//! - the replication user can stand unquoted in `pg_hba.conf`;
+//! - every path is absolute, so no command's meaning depends on the
+//!   directory it was started from (the archive clean above all);
+//! - the node name is non-empty, printable and short.
+//!
+//! Fields are of two kinds. Pair-wide fields (addresses, ports, replication
+//! user) must be the same on both nodes. Node-local fields (node name,
+//! PostgreSQL directories, archive directory, service control, appsettings
+//! path) describe one machine. [`HaConfig::for_receiving_node`] keeps that
+//! split when a secondary takes the primary's `ha.toml` from a bundle.
+//!
+//! The file is versioned (`version = 1`) and unknown keys are refused, so a
+//! typo (`pg-port`) is an error and not a silently ignored setting.
+//!
+//! ```toml
+//! version = 1
+//! node = "pam-a"
+//! primary = "10.0.0.1"
+//! secondary = "10.0.0.2"
+//! pg_port = 5432
+//! web_port = 6500
+//! replication_user = "repuser"
+//! pg_bin = "/usr/lib/postgresql/15/bin"
+//! pg_data = "/var/lib/postgresql/15/main"
+//! archive_dir = "/var/lib/postgresql/wal-archive"
+//! appsettings = "/opt/pam/appsettings.json"
+//!
+//! [service]
+//! method = "pg_ctl"
+//! ```
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ha::addr::PeerAddr;
+use crate::ha::error::Error;
+use crate::ha::hba::validate_role_name;
+
+/// The `ha.toml` format version this build reads and writes.
+pub const CONFIG_VERSION: u32 = 1;
+/// PostgreSQL's default port.
+pub const DEFAULT_PG_PORT: u16 = 5432;
+/// The web services' default port.
+pub const DEFAULT_WEB_PORT: u16 = 6500;
+/// Default role used by the replica to stream from the primary.
+pub const DEFAULT_REPLICATION_USER: &str = "repuser";
+/// Longest node name accepted (it appears in audit records and status).
+pub const MAX_NODE_NAME_CHARS: usize = 64;
+
+/// Where the PostgreSQL programs are on a default installation.
+#[cfg(windows)]
+pub const DEFAULT_PG_BIN: &str = r"C:\Program Files\PostgreSQL\15\bin";
+/// Where the PostgreSQL data directory is on a default installation.
+#[cfg(windows)]
+pub const DEFAULT_PG_DATA: &str = r"C:\Program Files\PostgreSQL\15\data";
+/// Where the PostgreSQL programs are on a default installation.
+#[cfg(not(windows))]
+pub const DEFAULT_PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// Where the PostgreSQL data directory is on a default installation.
+#[cfg(not(windows))]
+pub const DEFAULT_PG_DATA: &str = "/var/lib/postgresql/15/main";
+
+/// How keyferry starts and stops the local PostgreSQL server.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ServiceControl {
+    /// `pg_ctl -D <pg_data>`, run as the OS user that owns the data
+    /// directory (PostgreSQL refuses to run as root or Administrator).
+    #[default]
+    PgCtl,
+    /// `systemctl start|stop <unit>`.
+    Systemd {
+        /// The unit, e.g. `postgresql@15-main`.
+        unit: String,
+    },
+    /// The Windows service manager (`sc start|stop <name>`).
+    WindowsService {
+        /// The service name, e.g. `postgresql-x64-15`.
+        name: String,
+    },
+}
+
+/// A validated `ha.toml`. See the module docs for the invariants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaConfig {
+    /// This node's name (node-local).
+    pub node: String,
+    /// Address of the node meant to run as primary (pair-wide).
+    pub primary: PeerAddr,
+    /// Address of the node meant to run as replica (pair-wide).
+    pub secondary: PeerAddr,
+    /// PostgreSQL port on both nodes (pair-wide).
+    pub pg_port: u16,
+    /// Web services port on both nodes (pair-wide).
+    pub web_port: u16,
+    /// Role the replica streams as (pair-wide).
+    pub replication_user: String,
+    /// Directory of `pg_ctl`, `pg_basebackup`, … (node-local).
+    pub pg_bin: PathBuf,
+    /// PostgreSQL data directory (node-local).
+    pub pg_data: PathBuf,
+    /// WAL archive directory, if the pair archives WAL (node-local).
+    pub archive_dir: Option<PathBuf>,
+    /// How the server is started and stopped (node-local).
+    pub service: ServiceControl,
+    /// Path of the application's `appsettings.json`, if any (node-local).
+    pub appsettings: Option<PathBuf>,
+}
+
+/// The file as stored; turned into a [`HaConfig`] only through validation.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    version: u32,
+    node: String,
+    primary: String,
+    secondary: String,
+    #[serde(default = "default_pg_port")]
+    pg_port: u16,
+    #[serde(default = "default_web_port")]
+    web_port: u16,
+    #[serde(default = "default_replication_user")]
+    replication_user: String,
+    pg_bin: PathBuf,
+    pg_data: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    archive_dir: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    appsettings: Option<PathBuf>,
+    #[serde(default)]
+    service: ServiceControl,
+}
+
+fn default_pg_port() -> u16 {
+    DEFAULT_PG_PORT
+}
+
+fn default_web_port() -> u16 {
+    DEFAULT_WEB_PORT
+}
+
+fn default_replication_user() -> String {
+    DEFAULT_REPLICATION_USER.to_owned()
+}
+
+/// A field whose value differs between two configurations, for showing an
+/// operator what an import would change. Values are display strings; none
+/// of them is secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldChange {
+    /// The `ha.toml` key.
+    pub field: &'static str,
+    /// The value before (`None`: absent).
+    pub before: Option<String>,
+    /// The value after (`None`: absent).
+    pub after: Option<String>,
+}
+
+impl fmt::Display for FieldChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "(not set)".to_owned());
+        write!(
+            f,
+            "{}: {} -> {}",
+            self.field,
+            show(&self.before),
+            show(&self.after)
+        )
+    }
+}
+
+impl HaConfig {
+    /// A configuration with the defaults for everything but the node name
+    /// and the two addresses. Fails like [`HaConfig::validate`].
+    pub fn new(node: &str, primary: PeerAddr, secondary: PeerAddr) -> Result<Self, Error> {
+        let config = Self {
+            node: node.to_owned(),
+            primary,
+            secondary,
+            pg_port: DEFAULT_PG_PORT,
+            web_port: DEFAULT_WEB_PORT,
+            replication_user: DEFAULT_REPLICATION_USER.to_owned(),
+            pg_bin: PathBuf::from(DEFAULT_PG_BIN),
+            pg_data: PathBuf::from(DEFAULT_PG_DATA),
+            archive_dir: None,
+            service: ServiceControl::default(),
+            appsettings: None,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses and validates `ha.toml` text.
+    pub fn from_toml(text: &str) -> Result<Self, Error> {
+        // Read the version on its own first, so that a file from a newer
+        // keyferry is reported as such and not as an unknown key.
+        #[derive(Deserialize)]
+        struct VersionOnly {
+            version: Option<u32>,
+        }
+        let syntax = |e: toml::de::Error| Error::ConfigSyntax {
+            line: e.span().map_or(1, |span| line_of(text, span.start)),
+            message: e.message().trim().replace('\n', " "),
+        };
+        let version = toml::from_str::<VersionOnly>(text).map_err(syntax)?.version;
+        match version {
+            Some(CONFIG_VERSION) => {}
+            Some(found) => {
+                return Err(Error::ConfigVersion {
+                    found,
+                    supported: CONFIG_VERSION,
+                })
+            }
+            None => {
+                return Err(Error::ConfigValue {
+                    field: "version",
+                    reason: format!("is missing; add `version = {CONFIG_VERSION}` at the top"),
+                })
+            }
+        }
+        let raw: RawConfig = toml::from_str(text).map_err(syntax)?;
+        let parse_addr = |field, value: &str| {
+            PeerAddr::parse(value).map_err(|e| Error::ConfigValue {
+                field,
+                reason: e.to_string(),
+            })
+        };
+        let config = Self {
+            node: raw.node,
+            primary: parse_addr("primary", &raw.primary)?,
+            secondary: parse_addr("secondary", &raw.secondary)?,
+            pg_port: raw.pg_port,
+            web_port: raw.web_port,
+            replication_user: raw.replication_user,
+            pg_bin: raw.pg_bin,
+            pg_data: raw.pg_data,
+            archive_dir: raw.archive_dir,
+            service: raw.service,
+            appsettings: raw.appsettings,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Writes the configuration as `ha.toml` text.
+    pub fn to_toml(&self) -> Result<String, Error> {
+        self.validate()?;
+        let raw = RawConfig {
+            version: CONFIG_VERSION,
+            node: self.node.clone(),
+            primary: self.primary.to_string(),
+            secondary: self.secondary.to_string(),
+            pg_port: self.pg_port,
+            web_port: self.web_port,
+            replication_user: self.replication_user.clone(),
+            pg_bin: self.pg_bin.clone(),
+            pg_data: self.pg_data.clone(),
+            archive_dir: self.archive_dir.clone(),
+            appsettings: self.appsettings.clone(),
+            service: self.service.clone(),
+        };
+        toml::to_string(&raw).map_err(|e| Error::ConfigSerialize {
+            message: e.to_string().trim().replace('\n', " "),
+        })
+    }
+
+    /// Checks the invariants listed in the module docs.
+    pub fn validate(&self) -> Result<(), Error> {
+        let invalid = |field, reason: &str| {
+            Err(Error::ConfigValue {
+                field,
+                reason: reason.to_owned(),
+            })
+        };
+        let name = self.node.as_str();
+        if name.trim().is_empty() {
+            return invalid(
+                "node",
+                "is empty; give this node a name, e.g. its host name",
+            );
+        }
+        if name.chars().count() > MAX_NODE_NAME_CHARS {
+            return invalid(
+                "node",
+                "is longer than 64 characters; choose a shorter name",
+            );
+        }
+        if name.chars().any(char::is_control) || name.trim() != name {
+            return invalid(
+                "node",
+                "has control characters or surrounding blanks; remove them",
+            );
+        }
+        if self.primary == self.secondary {
+            return invalid("secondary", "equals primary; give the other node's address");
+        }
+        if self.pg_port == 0 {
+            return invalid("pg_port", "is 0; give PostgreSQL's port (default 5432)");
+        }
+        if self.web_port == 0 {
+            return invalid(
+                "web_port",
+                "is 0; give the web services' port (default 6500)",
+            );
+        }
+        if self.pg_port == self.web_port {
+            return invalid(
+                "web_port",
+                "equals pg_port; the two services need their own ports",
+            );
+        }
+        validate_role_name(&self.replication_user).map_err(|e| Error::ConfigValue {
+            field: "replication_user",
+            reason: e.to_string(),
+        })?;
+        let paths: [(&'static str, Option<&Path>); 4] = [
+            ("pg_bin", Some(&self.pg_bin)),
+            ("pg_data", Some(&self.pg_data)),
+            ("archive_dir", self.archive_dir.as_deref()),
+            ("appsettings", self.appsettings.as_deref()),
+        ];
+        for (field, path) in paths {
+            if let Some(path) = path {
+                if !path.is_absolute() {
+                    return Err(Error::ConfigValue {
+                        field,
+                        reason: format!(
+                            "{:?} is not an absolute path; give the full path",
+                            path.display().to_string()
+                        ),
+                    });
+                }
+            }
+        }
+        let service_name = match &self.service {
+            ServiceControl::PgCtl => None,
+            ServiceControl::Systemd { unit } => Some(unit),
+            ServiceControl::WindowsService { name } => Some(name),
+        };
+        if service_name.is_some_and(|n| n.trim().is_empty()) {
+            return invalid("service", "names no service; give the unit or service name");
+        }
+        Ok(())
+    }
+
+    /// The configuration a node named `node` should install when it takes
+    /// `self` (the sender's `ha.toml`) from a bundle.
+    ///
+    /// Pair-wide fields always come from `self`. Node-local fields come from
+    /// `local` (the receiver's current `ha.toml`) when there is one, since
+    /// directories and service names may differ between machines; without
+    /// one they are taken from `self`, as the two nodes of a pair are usually
+    /// installed alike. The node name is always `node`.
+    pub fn for_receiving_node(
+        &self,
+        node: &str,
+        local: Option<&HaConfig>,
+    ) -> Result<HaConfig, Error> {
+        let base = local.unwrap_or(self);
+        let adjusted = HaConfig {
+            node: node.to_owned(),
+            primary: self.primary,
+            secondary: self.secondary,
+            pg_port: self.pg_port,
+            web_port: self.web_port,
+            replication_user: self.replication_user.clone(),
+            pg_bin: base.pg_bin.clone(),
+            pg_data: base.pg_data.clone(),
+            archive_dir: base.archive_dir.clone(),
+            service: base.service.clone(),
+            appsettings: base.appsettings.clone(),
+        };
+        adjusted.validate()?;
+        Ok(adjusted)
+    }
+
+    /// The fields whose values differ from `self` to `other`, in file order.
+    pub fn changes_to(&self, other: &HaConfig) -> Vec<FieldChange> {
+        let a = self.display_fields();
+        let b = other.display_fields();
+        a.into_iter()
+            .zip(b)
+            .filter(|((_, before), (_, after))| before != after)
+            .map(|((field, before), (_, after))| FieldChange {
+                field,
+                before,
+                after,
+            })
+            .collect()
+    }
+
+    fn display_fields(&self) -> [(&'static str, Option<String>); 11] {
+        let path = |p: &Path| Some(p.display().to_string());
+        [
+            ("node", Some(self.node.clone())),
+            ("primary", Some(self.primary.to_string())),
+            ("secondary", Some(self.secondary.to_string())),
+            ("pg_port", Some(self.pg_port.to_string())),
+            ("web_port", Some(self.web_port.to_string())),
+            ("replication_user", Some(self.replication_user.clone())),
+            ("pg_bin", path(&self.pg_bin)),
+            ("pg_data", path(&self.pg_data)),
+            ("archive_dir", self.archive_dir.as_deref().and_then(path)),
+            ("appsettings", self.appsettings.as_deref().and_then(path)),
+            ("service", Some(self.service.to_string())),
+        ]
+    }
+}
+
+impl fmt::Display for ServiceControl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::PgCtl => f.write_str("pg_ctl (as the data directory's owner)"),
+            Self::Systemd { unit } => write!(f, "systemd unit {unit}"),
+            Self::WindowsService { name } => write!(f, "Windows service {name}"),
+        }
+    }
+}
+
+/// 1-based line of byte offset `at` in `text`.
+fn line_of(text: &str, at: usize) -> usize {
+    let at = at.min(text.len());
+    text.as_bytes()[..at]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(windows)]
+    const ROOT: &str = r"C:\pam";
+    #[cfg(not(windows))]
+    const ROOT: &str = "/srv/pam";
+
+    fn abs(rel: &str) -> PathBuf {
+        Path::new(ROOT).join(rel)
+    }
+
+    fn addr(s: &str) -> PeerAddr {
+        PeerAddr::parse(s).unwrap()
+    }
+
+    fn sample() -> HaConfig {
+        HaConfig {
+            node: "pam-a".into(),
+            primary: addr("10.0.0.1"),
+            secondary: addr("10.0.0.2"),
+            pg_port: 5433,
+            web_port: 6501,
+            replication_user: "repuser".into(),
+            pg_bin: abs("pg/bin"),
+            pg_data: abs("pg/data"),
+            archive_dir: Some(abs("archive")),
+            service: ServiceControl::Systemd {
+                unit: "postgresql@15-main".into(),
+            },
+            appsettings: Some(abs("app/appsettings.json")),
+        }
+    }
+
+    fn toml_str(s: &Path) -> String {
+        // TOML basic strings escape backslashes (Windows paths).
+        s.display().to_string().replace('\\', "\\\\")
+    }
+
+    fn minimal_toml() -> String {
+        format!(
+            "version = 1\nnode = \"pam-a\"\nprimary = \"10.0.0.1\"\nsecondary = \"10.0.0.2\"\npg_bin = \"{}\"\npg_data = \"{}\"\n",
+            toml_str(&abs("bin")),
+            toml_str(&abs("data"))
+        )
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let config = sample();
+        let text = config.to_toml().unwrap();
+        assert_eq!(HaConfig::from_toml(&text).unwrap(), config, "{text}");
+        assert!(text.starts_with("version = 1\n"), "{text}");
+    }
+
+    #[test]
+    fn round_trips_ipv6_and_optional_fields_absent() {
+        let mut config = sample();
+        config.primary = addr("2001:db8::1");
+        config.secondary = addr("2001:db8::2");
+        config.archive_dir = None;
+        config.appsettings = None;
+        config.service = ServiceControl::PgCtl;
+        let text = config.to_toml().unwrap();
+        assert!(
+            !text.contains("archive_dir") && !text.contains("appsettings"),
+            "{text}"
+        );
+        assert_eq!(HaConfig::from_toml(&text).unwrap(), config);
+    }
+
+    #[test]
+    fn absent_keys_take_the_documented_defaults() {
+        let config = HaConfig::from_toml(&minimal_toml()).unwrap();
+        assert_eq!(config.pg_port, DEFAULT_PG_PORT);
+        assert_eq!(config.web_port, DEFAULT_WEB_PORT);
+        assert_eq!(config.replication_user, DEFAULT_REPLICATION_USER);
+        assert_eq!(config.service, ServiceControl::PgCtl);
+        assert_eq!(config.archive_dir, None);
+    }
+
+    #[test]
+    fn new_uses_platform_defaults() {
+        let config = HaConfig::new("pam-a", addr("10.0.0.1"), addr("10.0.0.2")).unwrap();
+        assert_eq!(config.pg_bin, Path::new(DEFAULT_PG_BIN));
+        assert_eq!(config.pg_data, Path::new(DEFAULT_PG_DATA));
+        assert_eq!(
+            HaConfig::from_toml(&config.to_toml().unwrap()).unwrap(),
+            config
+        );
+    }
+
+    fn value_error_field(result: Result<HaConfig, Error>) -> &'static str {
+        match result {
+            Err(Error::ConfigValue { field, .. }) => field,
+            other => panic!("expected a value error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn refuses_invalid_values_naming_the_field() {
+        let base = minimal_toml();
+        let cases = [
+            (base.replace("10.0.0.2", "10.0.0.1"), "secondary"),
+            (base.replace("\"10.0.0.2\"", "\"localhost\""), "secondary"),
+            (base.replace("\"10.0.0.1\"", "\"127.0.0.1\""), "primary"),
+            (base.replace("pam-a", ""), "node"),
+            (
+                base.replace("pam-a", &"n".repeat(MAX_NODE_NAME_CHARS + 1)),
+                "node",
+            ),
+            (base.replace("pam-a", " pam-a"), "node"),
+            (format!("{base}pg_port = 0\n"), "pg_port"),
+            (format!("{base}pg_port = 6500\n"), "web_port"),
+            (
+                format!("{base}replication_user = \"all\"\n"),
+                "replication_user",
+            ),
+            (format!("{base}archive_dir = \"archive\"\n"), "archive_dir"),
+            (
+                format!("{base}[service]\nmethod = \"systemd\"\nunit = \" \"\n"),
+                "service",
+            ),
+            (base.replace("version = 1\n", ""), "version"),
+        ];
+        for (text, field) in cases {
+            assert_eq!(
+                value_error_field(HaConfig::from_toml(&text)),
+                field,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn address_errors_keep_the_reason() {
+        let text = minimal_toml().replace("\"10.0.0.2\"", "\"fe80::2%eth0\"");
+        let message = HaConfig::from_toml(&text).unwrap_err().to_string();
+        assert!(
+            message.contains("secondary") && message.contains("zone ids"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_and_unknown_keys_give_a_line() {
+        let typo = format!("{}pg-port = 5432\n", minimal_toml());
+        match HaConfig::from_toml(&typo) {
+            Err(Error::ConfigSyntax { line, message }) => {
+                assert_eq!(line, 7, "{message}");
+                assert!(message.contains("pg-port"), "{message}");
+            }
+            other => panic!("unknown key must be refused: {other:?}"),
+        }
+        let broken = "version = 1\nnode = \"pam-a\n";
+        match HaConfig::from_toml(broken) {
+            Err(e @ Error::ConfigSyntax { line: 2, .. }) => assert!(!e.to_string().contains('\n')),
+            other => panic!("unterminated string: {other:?}"),
+        }
+        assert!(matches!(
+            HaConfig::from_toml("version = \"one\"\n"),
+            Err(Error::ConfigSyntax { line: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn a_newer_file_version_is_reported_as_such() {
+        let text = minimal_toml().replace("version = 1", "version = 2") + "future_key = true\n";
+        assert!(matches!(
+            HaConfig::from_toml(&text),
+            Err(Error::ConfigVersion {
+                found: 2,
+                supported: 1
+            })
+        ));
+    }
+
+    #[test]
+    fn receiving_node_keeps_pair_facts_and_its_own_name() {
+        let primary = sample();
+        let received = primary.for_receiving_node("pam-b", None).unwrap();
+        assert_eq!(received.node, "pam-b");
+        let changes = primary.changes_to(&received);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert_eq!(changes[0].to_string(), "node: pam-a -> pam-b");
+    }
+
+    #[test]
+    fn receiving_node_keeps_its_local_paths_and_takes_the_pair_facts() {
+        let incoming = sample();
+        let mut local = HaConfig::new("pam-b", addr("10.9.9.1"), addr("10.9.9.2")).unwrap();
+        local.pg_data = abs("other/data");
+        local.service = ServiceControl::PgCtl;
+        let merged = incoming.for_receiving_node("pam-b", Some(&local)).unwrap();
+        assert_eq!(merged.primary, incoming.primary);
+        assert_eq!(merged.secondary, incoming.secondary);
+        assert_eq!(
+            (merged.pg_port, merged.web_port),
+            (incoming.pg_port, incoming.web_port)
+        );
+        assert_eq!(merged.pg_data, local.pg_data);
+        assert_eq!(merged.service, ServiceControl::PgCtl);
+        assert_eq!(
+            merged.archive_dir, None,
+            "the local node has no archive dir"
+        );
+        let changed: Vec<&str> = local.changes_to(&merged).iter().map(|c| c.field).collect();
+        assert_eq!(changed, ["primary", "secondary", "pg_port", "web_port"]);
+    }
+
+    #[test]
+    fn receiving_node_name_is_validated() {
+        assert!(matches!(
+            sample().for_receiving_node("", None),
+            Err(Error::ConfigValue { field: "node", .. })
+        ));
+    }
+}

@@ -1,0 +1,1241 @@
+//! `pg_hba.conf`: keyferry's marked block per peer, and a tolerant reader for
+//! everything else.
+//!
+//! # The block
+//!
+//! For each peer keyferry owns exactly one block, and nothing outside it:
+//!
+//! ```text
+//! # BEGIN keyferry peer 10.0.0.2
+//! # Managed by keyferry (keyferry hba ensure / keyferry hba remove); edits inside this block are overwritten.
+//! host    replication     repuser         10.0.0.2/32             scram-sha-256
+//! host    all             all             10.0.0.2/32             scram-sha-256
+//! # END keyferry peer 10.0.0.2
+//! ```
+//!
+//! A marker is a line that, after optional blanks, reads `# BEGIN keyferry`
+//! or `# END keyferry` (any blanks between `#` and the word), followed by
+//! `peer <IP>` and optional trailing blanks. The IP is compared as an
+//! address, not as text. A line that starts like a marker but does not go on
+//! like one is an error, never ignored: the markers are the only thing that
+//! tells keyferry which lines are its own.
+//!
+//! # Invariants
+//!
+//! - Every byte outside keyferry's blocks is kept: comments, order, blank
+//!   lines, odd spacing, include directives, bytes that are not UTF-8, and
+//!   whether the file ends with a newline. For any file `x`,
+//!   `remove(ensure(x, p).text, p).text == x`.
+//! - New blocks are appended at the end of the file, in the file's dominant
+//!   line-ending style (CRLF when CRLF-terminated lines outnumber LF-only
+//!   ones, else LF). When the file does not end with a newline, the block is
+//!   preceded by one and itself ends without one, so the file keeps its
+//!   "no final newline" shape and removal can restore it exactly.
+//! - [`ensure`] is idempotent; with another user or method it rewrites the
+//!   block in place.
+//! - A file whose markers are broken (BEGIN without END, END without BEGIN,
+//!   nested or duplicate blocks, unreadable markers) is refused with
+//!   [`Error::HbaMarkers`] rather than edited by guesswork.
+//!
+//! Appending means that an earlier line matching the peer (for example a
+//! `reject` rule) still wins, because PostgreSQL uses the first matching
+//! line; [`rules_mentioning`] finds such lines so the caller can warn.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use crate::ha::addr::PeerAddr;
+use crate::ha::error::{Error, MarkerProblem};
+
+/// Word after `#` that opens a block.
+const BEGIN_WORD: &str = "BEGIN";
+/// Word after `#` that closes a block.
+const END_WORD: &str = "END";
+/// Identifies keyferry's markers among other BEGIN/END comments.
+const MARKER_OWNER: &str = "keyferry";
+/// What the block is keyed by.
+const MARKER_KIND: &str = "peer";
+/// Second line of every block, for the operator reading the file by hand.
+const BLOCK_NOTE: &str = "# Managed by keyferry (keyferry hba ensure / keyferry hba remove); edits inside this block are overwritten.";
+/// PostgreSQL's NAMEDATALEN - 1: longest role name in bytes.
+const MAX_ROLE_NAME_BYTES: usize = 63;
+/// Words that mean something else than a role in the user column of
+/// `pg_hba.conf` (or in the database column, for `replication`).
+const HBA_USER_KEYWORDS: [&str; 5] = ["all", "sameuser", "samerole", "samegroup", "replication"];
+
+/// The password authentication method written into keyferry's lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HbaMethod {
+    /// `scram-sha-256`, the default and what PostgreSQL recommends.
+    #[default]
+    ScramSha256,
+    /// `md5`, for pairs whose stored passwords are still MD5 hashes.
+    Md5,
+}
+
+impl HbaMethod {
+    /// The keyword as written in `pg_hba.conf`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ScramSha256 => "scram-sha-256",
+            Self::Md5 => "md5",
+        }
+    }
+}
+
+impl fmt::Display for HbaMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for HbaMethod {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "scram-sha-256" => Ok(Self::ScramSha256),
+            "md5" => Ok(Self::Md5),
+            other => Err(Error::HbaMethod {
+                given: other.to_owned(),
+            }),
+        }
+    }
+}
+
+/// Result of an edit: the whole new file and whether it differs from the old.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edit {
+    /// The complete new file content.
+    pub text: Vec<u8>,
+    /// `false` when `text` is byte-for-byte the input.
+    pub changed: bool,
+}
+
+/// One keyferry block found in a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedBlock {
+    /// The peer named by the markers.
+    pub peer: IpAddr,
+    /// 1-based line of the BEGIN marker.
+    pub begin_line: usize,
+    /// 1-based line of the END marker.
+    pub end_line: usize,
+    /// The records between the markers, as PostgreSQL would read them.
+    pub records: Vec<HbaRecord>,
+}
+
+impl ManagedBlock {
+    /// Whether the block holds exactly what [`ensure`] would write for
+    /// `repuser` and `method`.
+    pub fn is_current(&self, repuser: &str, method: HbaMethod) -> bool {
+        let Ok(peer) = PeerAddr::try_from(self.peer) else {
+            return false;
+        };
+        let expected = block_rules(&peer, repuser, method);
+        self.records.len() == expected.len()
+            && self.records.iter().zip(&expected).all(|(record, line)| {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                record.plain_words() == words
+            })
+    }
+}
+
+/// Makes sure `text` holds the block for `peer` allowing `repuser` to
+/// replicate and all users to connect to all databases from `peer` with
+/// `method`. See the module docs for where and how it is written.
+pub fn ensure(
+    text: &[u8],
+    peer: &PeerAddr,
+    repuser: &str,
+    method: HbaMethod,
+) -> Result<Edit, Error> {
+    validate_role_name(repuser)?;
+    let lines = split_lines(text);
+    let blocks = scan(text, &lines)?;
+    let eol = dominant_eol(&lines);
+    let mut wanted = Vec::new();
+    for (i, line) in block_lines(peer, repuser, method).iter().enumerate() {
+        if i > 0 {
+            wanted.extend_from_slice(eol);
+        }
+        wanted.extend_from_slice(line.as_bytes());
+    }
+
+    if let Some(block) = blocks.iter().find(|b| b.peer == peer.ip()) {
+        // Rewrite in place; the END line's own terminator (or its absence)
+        // is kept so the end of the file keeps its shape.
+        let start = lines[block.begin].start;
+        let end = lines[block.end].content_end;
+        if text[start..end] == wanted[..] {
+            return Ok(unchanged(text));
+        }
+        let mut out = Vec::with_capacity(text.len() + wanted.len());
+        out.extend_from_slice(&text[..start]);
+        out.extend_from_slice(&wanted);
+        out.extend_from_slice(&text[end..]);
+        return Ok(Edit {
+            text: out,
+            changed: true,
+        });
+    }
+
+    let mut out = Vec::with_capacity(text.len() + wanted.len() + 2 * eol.len());
+    out.extend_from_slice(text);
+    if text.is_empty() || text.ends_with(b"\n") {
+        out.extend_from_slice(&wanted);
+        out.extend_from_slice(eol);
+    } else {
+        out.extend_from_slice(eol);
+        out.extend_from_slice(&wanted);
+    }
+    Ok(Edit {
+        text: out,
+        changed: true,
+    })
+}
+
+/// Removes the block for `peer`, restoring the bytes as they were before
+/// [`ensure`] added it. No block for `peer` is not an error: nothing changes.
+pub fn remove(text: &[u8], peer: &PeerAddr) -> Result<Edit, Error> {
+    let lines = split_lines(text);
+    let blocks = scan(text, &lines)?;
+    let Some(block) = blocks.iter().find(|b| b.peer == peer.ip()) else {
+        return Ok(unchanged(text));
+    };
+    let end_line = &lines[block.end];
+    let mut start = lines[block.begin].start;
+    let end = end_line.end;
+    if end_line.end == end_line.content_end && block.begin > 0 {
+        // The block is the unterminated tail of the file: ensure put a
+        // line terminator before it, which goes with it.
+        start = lines[block.begin - 1].content_end;
+    }
+    let mut out = Vec::with_capacity(text.len());
+    out.extend_from_slice(&text[..start]);
+    out.extend_from_slice(&text[end..]);
+    Ok(Edit {
+        text: out,
+        changed: true,
+    })
+}
+
+/// Lists keyferry's blocks in file order.
+pub fn managed_blocks(text: &[u8]) -> Result<Vec<ManagedBlock>, Error> {
+    let lines = split_lines(text);
+    let blocks = scan(text, &lines)?;
+    let records = tokenize(text);
+    Ok(blocks
+        .iter()
+        .map(|b| {
+            let (first, last) = (b.begin + 1, b.end + 1);
+            ManagedBlock {
+                peer: b.peer,
+                begin_line: first,
+                end_line: last,
+                records: records
+                    .iter()
+                    .filter(|r| r.line > first && r.line < last)
+                    .cloned()
+                    .collect(),
+            }
+        })
+        .collect())
+}
+
+/// Checks that `name` can be written unquoted into the user column of
+/// `pg_hba.conf` and means one role both there and in SQL.
+pub fn validate_role_name(name: &str) -> Result<(), Error> {
+    let refuse = |reason| Error::RoleName {
+        name: name.to_owned(),
+        reason,
+    };
+    if name.is_empty() {
+        return Err(refuse("is empty"));
+    }
+    if name.len() > MAX_ROLE_NAME_BYTES {
+        return Err(refuse("is longer than PostgreSQL's 63-byte limit"));
+    }
+    if HBA_USER_KEYWORDS.contains(&name) {
+        return Err(refuse("is a pg_hba.conf keyword, not a role"));
+    }
+    if name.chars().any(|c| c.is_ascii_uppercase()) {
+        // Unquoted SQL folds to lower case but pg_hba.conf does not, so
+        // `CREATE ROLE RepUser` and a `RepUser` line would not match.
+        return Err(refuse(
+            "has upper-case letters, which SQL folds to lower case but pg_hba.conf does not",
+        ));
+    }
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !(first_ok && rest_ok) {
+        return Err(refuse(
+            "must start with a letter or '_' and hold only lower-case letters, digits and '_'",
+        ));
+    }
+    Ok(())
+}
+
+fn unchanged(text: &[u8]) -> Edit {
+    Edit {
+        text: text.to_vec(),
+        changed: false,
+    }
+}
+
+fn begin_marker(peer: &PeerAddr) -> String {
+    format!("# {BEGIN_WORD} {MARKER_OWNER} {MARKER_KIND} {peer}")
+}
+
+fn end_marker(peer: &PeerAddr) -> String {
+    format!("# {END_WORD} {MARKER_OWNER} {MARKER_KIND} {peer}")
+}
+
+/// The two rules, laid out in the columns of PostgreSQL's sample file.
+fn block_rules(peer: &PeerAddr, repuser: &str, method: HbaMethod) -> [String; 2] {
+    let cidr = peer.hba_cidr();
+    let rule = |database: &str, user: &str| {
+        format!(
+            "{:<7} {:<15} {:<15} {:<23} {}",
+            "host", database, user, cidr, method
+        )
+    };
+    [rule("replication", repuser), rule("all", "all")]
+}
+
+fn block_lines(peer: &PeerAddr, repuser: &str, method: HbaMethod) -> Vec<String> {
+    let [replication, all] = block_rules(peer, repuser, method);
+    vec![
+        begin_marker(peer),
+        BLOCK_NOTE.to_owned(),
+        replication,
+        all,
+        end_marker(peer),
+    ]
+}
+
+/// One physical line: `text[start..content_end]` is its content without the
+/// terminator, `text[content_end..end]` is `\n`, `\r\n` or empty (last line).
+#[derive(Debug, Clone, Copy)]
+struct Line {
+    start: usize,
+    content_end: usize,
+    end: usize,
+}
+
+fn split_lines(text: &[u8]) -> Vec<Line> {
+    let mut lines = Vec::new();
+    let mut start = 0;
+    while start < text.len() {
+        let (content_end, end) = match text[start..].iter().position(|&b| b == b'\n') {
+            Some(offset) => {
+                let newline = start + offset;
+                let content_end = if newline > start && text[newline - 1] == b'\r' {
+                    newline - 1
+                } else {
+                    newline
+                };
+                (content_end, newline + 1)
+            }
+            None => (text.len(), text.len()),
+        };
+        lines.push(Line {
+            start,
+            content_end,
+            end,
+        });
+        start = end;
+    }
+    lines
+}
+
+/// CRLF when CRLF-terminated lines outnumber LF-terminated ones; LF otherwise
+/// (including files with no terminated line at all).
+fn dominant_eol(lines: &[Line]) -> &'static [u8] {
+    let (mut crlf, mut lf) = (0usize, 0usize);
+    for line in lines {
+        match line.end - line.content_end {
+            2 => crlf += 1,
+            1 => lf += 1,
+            _ => {}
+        }
+    }
+    if crlf > lf {
+        b"\r\n"
+    } else {
+        b"\n"
+    }
+}
+
+/// A block as line indexes (0-based) into the split file.
+#[derive(Debug, Clone, Copy)]
+struct BlockSpan {
+    peer: IpAddr,
+    begin: usize,
+    end: usize,
+}
+
+enum Marker {
+    Begin(IpAddr),
+    End(IpAddr),
+}
+
+/// Reads a marker line. `Ok(None)`: not a marker; `Err`: starts like one but
+/// cannot be read.
+fn parse_marker(content: &[u8]) -> Result<Option<Marker>, MarkerProblem> {
+    // Markers are ASCII; lossy decoding keeps a line with stray bytes from
+    // passing as a marker (its IP then fails to parse) without failing on
+    // ordinary non-UTF-8 comments.
+    let content = String::from_utf8_lossy(content);
+    let Some(after_hash) = content.trim_start_matches([' ', '\t']).strip_prefix('#') else {
+        return Ok(None);
+    };
+    let mut words = after_hash.split_ascii_whitespace();
+    let begin = match (words.next(), words.next()) {
+        (Some(BEGIN_WORD), Some(MARKER_OWNER)) => true,
+        (Some(END_WORD), Some(MARKER_OWNER)) => false,
+        _ => return Ok(None),
+    };
+    let peer = match (words.next(), words.next(), words.next()) {
+        (Some(MARKER_KIND), Some(ip), None) => ip
+            .parse::<IpAddr>()
+            .map_err(|_| MarkerProblem::Unreadable)?,
+        _ => return Err(MarkerProblem::Unreadable),
+    };
+    Ok(Some(if begin {
+        Marker::Begin(peer)
+    } else {
+        Marker::End(peer)
+    }))
+}
+
+/// Finds keyferry's blocks, refusing any file whose markers are not a
+/// sequence of well-formed, non-nested, unique BEGIN/END pairs.
+fn scan(text: &[u8], lines: &[Line]) -> Result<Vec<BlockSpan>, Error> {
+    let broken = |index: usize, problem| Error::HbaMarkers {
+        line: index + 1,
+        problem,
+    };
+    let mut blocks: Vec<BlockSpan> = Vec::new();
+    let mut open: Option<(IpAddr, usize)> = None;
+    for (index, line) in lines.iter().enumerate() {
+        let marker =
+            parse_marker(&text[line.start..line.content_end]).map_err(|p| broken(index, p))?;
+        match (marker, open) {
+            (None, _) => {}
+            (Some(Marker::Begin(_)), Some((open_peer, _))) => {
+                return Err(broken(
+                    index,
+                    MarkerProblem::Nested {
+                        open: open_peer.to_string(),
+                    },
+                ));
+            }
+            (Some(Marker::Begin(peer)), None) => {
+                if let Some(first) = blocks.iter().find(|b| b.peer == peer) {
+                    return Err(broken(
+                        index,
+                        MarkerProblem::Duplicate {
+                            peer: peer.to_string(),
+                            first_line: first.begin + 1,
+                        },
+                    ));
+                }
+                open = Some((peer, index));
+            }
+            (Some(Marker::End(peer)), None) => {
+                return Err(broken(
+                    index,
+                    MarkerProblem::EndWithoutBegin {
+                        peer: peer.to_string(),
+                    },
+                ));
+            }
+            (Some(Marker::End(peer)), Some((open_peer, begin))) => {
+                if peer != open_peer {
+                    return Err(broken(
+                        index,
+                        MarkerProblem::MismatchedEnd {
+                            open: open_peer.to_string(),
+                            end: peer.to_string(),
+                        },
+                    ));
+                }
+                blocks.push(BlockSpan {
+                    peer,
+                    begin,
+                    end: index,
+                });
+                open = None;
+            }
+        }
+    }
+    if let Some((peer, begin)) = open {
+        return Err(broken(
+            begin,
+            MarkerProblem::BeginWithoutEnd {
+                peer: peer.to_string(),
+            },
+        ));
+    }
+    Ok(blocks)
+}
+
+// ---------------------------------------------------------------------------
+// Tolerant reader
+// ---------------------------------------------------------------------------
+
+/// One token of a field, as PostgreSQL reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HbaToken {
+    /// The token with quoting removed (`""` inside quotes becomes `"`).
+    pub text: String,
+    /// Whether any part was double-quoted; a quoted `"all"` is a name, not
+    /// the keyword.
+    pub quoted: bool,
+}
+
+/// One logical record of `pg_hba.conf`: its fields, each a comma-separated
+/// list of tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HbaRecord {
+    /// 1-based physical line where the record starts.
+    pub line: usize,
+    /// The fields in order (`host`, databases, users, address, ...).
+    pub fields: Vec<Vec<HbaToken>>,
+}
+
+impl HbaRecord {
+    /// The connection type or directive (`local`, `host`, `include`, …).
+    pub fn kind(&self) -> Option<&str> {
+        self.word(0)
+    }
+
+    /// The first token of field `index`, if any.
+    pub fn word(&self, index: usize) -> Option<&str> {
+        self.fields.get(index)?.first().map(|t| t.text.as_str())
+    }
+
+    /// Whether this is a `host*` record, which has an address field.
+    pub fn is_host_record(&self) -> bool {
+        self.kind().is_some_and(|k| k.starts_with("host"))
+    }
+
+    /// The address field of a `host*` record.
+    pub fn address(&self) -> Option<&str> {
+        if self.is_host_record() {
+            self.word(3)
+        } else {
+            None
+        }
+    }
+
+    /// The authentication method: the field after the address (and after
+    /// the netmask when the address is given as IP plus mask).
+    pub fn method(&self) -> Option<&str> {
+        if !self.is_host_record() {
+            return match self.kind() {
+                Some("local") => self.word(3),
+                _ => None,
+            };
+        }
+        let address = self.address()?;
+        let separate_mask = !address.contains('/') && address.parse::<IpAddr>().is_ok();
+        self.word(if separate_mask { 5 } else { 4 })
+    }
+
+    /// Every token's text, unquoted, in order: a flat view for comparisons
+    /// and display.
+    pub fn plain_words(&self) -> Vec<&str> {
+        self.fields
+            .iter()
+            .flatten()
+            .map(|t| t.text.as_str())
+            .collect()
+    }
+}
+
+/// Reads every record of a `pg_hba.conf` the way PostgreSQL's tokenizer
+/// does: backslash at the very end of a line continues it, `#` outside
+/// quotes starts a comment, fields are separated by blanks, tokens within a
+/// field by commas, and double quotes protect blanks, commas and `#` (a
+/// doubled `""` inside quotes is a literal quote). Never fails: bytes that
+/// are not UTF-8 are shown as U+FFFD, and an unterminated quote ends at the
+/// end of the line.
+pub fn tokenize(text: &[u8]) -> Vec<HbaRecord> {
+    let lines = split_lines(text);
+    let mut records = Vec::new();
+    let mut index = 0;
+    while index < lines.len() {
+        let first = index;
+        let mut logical: Vec<u8> = Vec::new();
+        loop {
+            let line = lines[index];
+            let mut content = &text[line.start..line.content_end];
+            // PostgreSQL strips any trailing CR/LF before looking for the
+            // continuation backslash.
+            while let Some(rest) = content.strip_suffix(b"\r") {
+                content = rest;
+            }
+            index += 1;
+            match content.strip_suffix(b"\\") {
+                Some(head) if index < lines.len() => logical.extend_from_slice(head),
+                Some(head) => {
+                    logical.extend_from_slice(head);
+                    break;
+                }
+                None => {
+                    logical.extend_from_slice(content);
+                    break;
+                }
+            }
+        }
+        let fields = tokenize_line(&String::from_utf8_lossy(&logical));
+        if !fields.is_empty() {
+            records.push(HbaRecord {
+                line: first + 1,
+                fields,
+            });
+        }
+    }
+    records
+}
+
+fn is_blank(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\r' | '\n' | '\u{b}' | '\u{c}')
+}
+
+/// Splits one logical line into fields of tokens (PostgreSQL's
+/// `next_field_expand` / `next_token`, without expanding `@file`).
+fn tokenize_line(line: &str) -> Vec<Vec<HbaToken>> {
+    let chars: Vec<char> = line.chars().collect();
+    let mut pos = 0;
+    let mut fields = Vec::new();
+    loop {
+        let mut field = Vec::new();
+        // A field goes on while its tokens end in an unquoted comma.
+        while let Some((token, terminating_comma)) = next_token(&chars, &mut pos) {
+            field.push(token);
+            if !terminating_comma {
+                break;
+            }
+        }
+        if field.is_empty() {
+            break;
+        }
+        fields.push(field);
+    }
+    fields
+}
+
+/// One token starting at `pos`: `None` at end of line or at a comment.
+fn next_token(chars: &[char], pos: &mut usize) -> Option<(HbaToken, bool)> {
+    while *pos < chars.len() && (is_blank(chars[*pos]) || chars[*pos] == ',') {
+        *pos += 1;
+    }
+    let mut text = String::new();
+    let (mut in_quote, mut was_quote, mut saw_quote) = (false, false, false);
+    let mut terminating_comma = false;
+    while *pos < chars.len() {
+        let c = chars[*pos];
+        if is_blank(c) && !in_quote {
+            break;
+        }
+        if c == '#' && !in_quote {
+            // A comment runs to the end of the line.
+            *pos = chars.len();
+            break;
+        }
+        *pos += 1;
+        if c == ',' && !in_quote {
+            terminating_comma = true;
+            break;
+        }
+        if c != '"' || was_quote {
+            text.push(c);
+        }
+        was_quote = in_quote && c == '"' && !was_quote;
+        if c == '"' {
+            in_quote = !in_quote;
+            saw_quote = true;
+        }
+    }
+    if saw_quote || !text.is_empty() {
+        Some((
+            HbaToken {
+                text,
+                quoted: saw_quote,
+            },
+            terminating_comma,
+        ))
+    } else {
+        None
+    }
+}
+
+/// How a record's address covers the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coverage {
+    /// The record names exactly the peer's address (`IP`, `IP/32`, `IP/128`
+    /// or IP with an all-ones mask).
+    Exact,
+    /// The record names a network that contains the peer.
+    Network,
+}
+
+/// A record outside keyferry's blocks whose address covers the peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerMention {
+    /// The record.
+    pub record: HbaRecord,
+    /// Whether it names the peer alone or a network around it.
+    pub coverage: Coverage,
+}
+
+/// Records outside keyferry's blocks whose IP address field covers `peer`.
+/// Records with `all`, `samehost`, `samenet` or host names are not
+/// reported: they depend on the server's interfaces or on DNS.
+pub fn rules_mentioning(text: &[u8], peer: &PeerAddr) -> Result<Vec<PeerMention>, Error> {
+    let blocks = managed_blocks(text)?;
+    let inside = |line: usize| {
+        blocks
+            .iter()
+            .any(|b| line >= b.begin_line && line <= b.end_line)
+    };
+    Ok(tokenize(text)
+        .into_iter()
+        .filter(|r| !inside(r.line))
+        .filter_map(|record| {
+            let coverage = coverage(&record, peer.ip())?;
+            Some(PeerMention { record, coverage })
+        })
+        .collect())
+}
+
+fn coverage(record: &HbaRecord, peer: IpAddr) -> Option<Coverage> {
+    let address = record.address()?;
+    let (network, prefix) = match address.split_once('/') {
+        Some((ip, prefix)) => (ip.parse::<IpAddr>().ok()?, prefix.parse::<u8>().ok()?),
+        None => {
+            let ip = address.parse::<IpAddr>().ok()?;
+            let mask = record.word(4)?.parse::<IpAddr>().ok();
+            (ip, mask.map_or(host_prefix(ip), mask_prefix))
+        }
+    };
+    let bits = host_prefix(network);
+    if prefix > bits || !same_family(network, peer) {
+        return None;
+    }
+    let (net, addr) = (as_bits(network), as_bits(peer));
+    let shift = u32::from(bits - prefix);
+    let matches = shift >= 128 || (net >> shift) == (addr >> shift);
+    match (matches, prefix == bits) {
+        (false, _) => None,
+        (true, true) => Some(Coverage::Exact),
+        (true, false) => Some(Coverage::Network),
+    }
+}
+
+fn host_prefix(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() {
+        32
+    } else {
+        128
+    }
+}
+
+fn same_family(a: IpAddr, b: IpAddr) -> bool {
+    a.is_ipv4() == b.is_ipv4()
+}
+
+fn as_bits(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+/// Leading one bits of a netmask. Masks with holes are rare enough in
+/// practice that counting up to the first zero is good enough for a warning.
+fn mask_prefix(mask: IpAddr) -> u8 {
+    let ones = match mask {
+        IpAddr::V4(v4) => u32::from(v4).leading_ones(),
+        IpAddr::V6(v6) => u128::from(v6).leading_ones(),
+    };
+    u8::try_from(ones).unwrap_or(u8::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &[u8] = include_bytes!("../../tests/vectors/hba/pg_hba.conf.sample.pg15");
+    const CRLF: &[u8] = include_bytes!("../../tests/vectors/hba/crlf.conf");
+    const INCLUDES: &[u8] = include_bytes!("../../tests/vectors/hba/includes.conf");
+    const NO_FINAL_NEWLINE: &[u8] = include_bytes!("../../tests/vectors/hba/no-final-newline.conf");
+    const ODD_SPACING: &[u8] = include_bytes!("../../tests/vectors/hba/odd-spacing.conf");
+
+    fn vectors() -> Vec<(&'static str, &'static [u8])> {
+        vec![
+            ("postgres sample", SAMPLE),
+            ("crlf", CRLF),
+            ("includes", INCLUDES),
+            ("no final newline", NO_FINAL_NEWLINE),
+            ("odd spacing", ODD_SPACING),
+            ("empty", b""),
+            ("only a newline", b"\n"),
+            ("latin-1 comment", b"# caf\xe9\nlocal all all peer\n"),
+        ]
+    }
+
+    fn peer(s: &str) -> PeerAddr {
+        PeerAddr::parse(s).unwrap()
+    }
+
+    fn ensure_ok(text: &[u8], p: &PeerAddr, method: HbaMethod) -> Edit {
+        ensure(text, p, "repuser", method).unwrap()
+    }
+
+    #[test]
+    fn remove_after_ensure_restores_every_vector_byte_for_byte() {
+        for (name, original) in vectors() {
+            for p in [peer("10.0.0.2"), peer("2001:db8::2")] {
+                let added = ensure_ok(original, &p, HbaMethod::ScramSha256);
+                assert!(added.changed, "{name}: ensure adds a block");
+                assert!(
+                    added.text.starts_with(original),
+                    "{name}: original bytes kept in front"
+                );
+                let removed = remove(&added.text, &p).unwrap();
+                assert!(removed.changed, "{name}");
+                assert_eq!(
+                    removed.text, original,
+                    "{name}: remove(ensure(x)) == x for {p}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn two_peers_come_off_in_either_order() {
+        let (a, b) = (peer("10.0.0.2"), peer("10.0.0.3"));
+        for (name, original) in vectors() {
+            let with_a = ensure_ok(original, &a, HbaMethod::Md5).text;
+            let with_both = ensure_ok(&with_a, &b, HbaMethod::Md5).text;
+            let a_first = remove(&remove(&with_both, &a).unwrap().text, &b)
+                .unwrap()
+                .text;
+            let b_first = remove(&remove(&with_both, &b).unwrap().text, &a)
+                .unwrap()
+                .text;
+            assert_eq!(a_first, original, "{name}: a then b");
+            assert_eq!(b_first, original, "{name}: b then a");
+        }
+    }
+
+    #[test]
+    fn ensure_twice_changes_nothing() {
+        let p = peer("10.0.0.2");
+        for (name, original) in vectors() {
+            let once = ensure_ok(original, &p, HbaMethod::ScramSha256);
+            let twice = ensure_ok(&once.text, &p, HbaMethod::ScramSha256);
+            assert!(!twice.changed, "{name}");
+            assert_eq!(twice.text, once.text, "{name}");
+        }
+    }
+
+    #[test]
+    fn ensure_writes_the_documented_block() {
+        let text = ensure_ok(
+            b"local all all peer\n",
+            &peer("10.0.0.2"),
+            HbaMethod::ScramSha256,
+        )
+        .text;
+        let expected = "local all all peer\n\
+            # BEGIN keyferry peer 10.0.0.2\n\
+            # Managed by keyferry (keyferry hba ensure / keyferry hba remove); edits inside this block are overwritten.\n\
+            host    replication     repuser         10.0.0.2/32             scram-sha-256\n\
+            host    all             all             10.0.0.2/32             scram-sha-256\n\
+            # END keyferry peer 10.0.0.2\n";
+        assert_eq!(String::from_utf8(text).unwrap(), expected);
+    }
+
+    #[test]
+    fn ipv6_peers_get_a_128_bit_prefix() {
+        let text = ensure_ok(b"", &peer("2001:db8::2"), HbaMethod::Md5).text;
+        let records = tokenize(&text);
+        assert_eq!(records.len(), 2);
+        for record in &records {
+            assert_eq!(record.address(), Some("2001:db8::2/128"));
+            assert_eq!(record.method(), Some("md5"));
+        }
+    }
+
+    #[test]
+    fn another_method_rewrites_the_block_in_place() {
+        let p = peer("10.0.0.2");
+        let with_block = ensure_ok(SAMPLE, &p, HbaMethod::ScramSha256).text;
+        let mut text = with_block.clone();
+        text.extend_from_slice(b"# operator line after the block\n");
+        let md5 = ensure_ok(&text, &p, HbaMethod::Md5);
+        assert!(md5.changed);
+        assert!(
+            md5.text.ends_with(b"# operator line after the block\n"),
+            "block stays in place"
+        );
+        let blocks = managed_blocks(&md5.text).unwrap();
+        assert_eq!(blocks.len(), 1);
+        assert!(blocks[0].is_current("repuser", HbaMethod::Md5));
+        assert!(!blocks[0].is_current("repuser", HbaMethod::ScramSha256));
+        let back = ensure_ok(&md5.text, &p, HbaMethod::ScramSha256).text;
+        assert_eq!(back, text, "switching back gives the first block again");
+    }
+
+    #[test]
+    fn another_replication_user_rewrites_the_block() {
+        let p = peer("10.0.0.2");
+        let first = ensure_ok(b"", &p, HbaMethod::ScramSha256).text;
+        let second = ensure(&first, &p, "standby_sync", HbaMethod::ScramSha256).unwrap();
+        assert!(second.changed);
+        let blocks = managed_blocks(&second.text).unwrap();
+        assert!(blocks[0].is_current("standby_sync", HbaMethod::ScramSha256));
+    }
+
+    #[test]
+    fn a_hand_edited_block_is_restored() {
+        let p = peer("10.0.0.2");
+        let good = ensure_ok(b"", &p, HbaMethod::ScramSha256).text;
+        let tampered = String::from_utf8(good.clone())
+            .unwrap()
+            .replace("scram-sha-256", "trust");
+        let repaired = ensure_ok(tampered.as_bytes(), &p, HbaMethod::ScramSha256);
+        assert!(repaired.changed);
+        assert_eq!(repaired.text, good);
+    }
+
+    #[test]
+    fn blocks_follow_the_files_line_endings() {
+        let text = ensure_ok(CRLF, &peer("10.0.0.2"), HbaMethod::ScramSha256).text;
+        let added = &text[CRLF.len()..];
+        let lf_only = added
+            .windows(2)
+            .filter(|w| w[1] == b'\n' && w[0] != b'\r')
+            .count();
+        assert_eq!(lf_only, 0, "no bare LF in a block added to a CRLF file");
+        assert_eq!(added.windows(2).filter(|w| w == b"\r\n").count(), 5);
+
+        let mostly_lf = b"a\r\nb\nc\n";
+        let text = ensure_ok(mostly_lf, &peer("10.0.0.2"), HbaMethod::ScramSha256).text;
+        assert!(
+            !text[mostly_lf.len()..].contains(&b'\r'),
+            "LF wins when it dominates"
+        );
+    }
+
+    #[test]
+    fn a_file_without_final_newline_keeps_that_shape() {
+        let text = ensure_ok(
+            b"local all all peer",
+            &peer("10.0.0.2"),
+            HbaMethod::ScramSha256,
+        )
+        .text;
+        assert!(text.starts_with(b"local all all peer\n# BEGIN keyferry peer 10.0.0.2\n"));
+        assert!(
+            text.ends_with(b"# END keyferry peer 10.0.0.2"),
+            "no newline added at the end"
+        );
+    }
+
+    #[test]
+    fn removing_an_absent_peer_changes_nothing() {
+        let edit = remove(SAMPLE, &peer("10.0.0.9")).unwrap();
+        assert!(!edit.changed);
+        assert_eq!(edit.text, SAMPLE);
+    }
+
+    #[test]
+    fn markers_match_by_address_not_spelling() {
+        let text = b"# BEGIN keyferry peer 2001:0db8:0:0::2\nhost all all 2001:db8::2/128 md5\n#END   keyferry peer 2001:db8::2  \n";
+        let blocks = managed_blocks(text).unwrap();
+        assert_eq!(blocks.len(), 1);
+        assert_eq!((blocks[0].begin_line, blocks[0].end_line), (1, 3));
+        let removed = remove(text, &peer("2001:db8::2")).unwrap();
+        assert_eq!(removed.text, b"");
+    }
+
+    fn marker_problem(text: &str) -> (usize, MarkerProblem) {
+        let p = peer("10.0.0.2");
+        let from_ensure = ensure(text.as_bytes(), &p, "repuser", HbaMethod::ScramSha256);
+        let from_remove = remove(text.as_bytes(), &p);
+        let from_list = managed_blocks(text.as_bytes());
+        match (from_ensure, from_remove, from_list) {
+            (
+                Err(Error::HbaMarkers { line, problem }),
+                Err(Error::HbaMarkers { .. }),
+                Err(Error::HbaMarkers { .. }),
+            ) => (line, problem),
+            other => panic!("broken markers must be refused by every entry point: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn broken_markers_are_refused_not_guessed() {
+        let begin = |ip: &str| format!("# BEGIN keyferry peer {ip}\n");
+        let end = |ip: &str| format!("# END keyferry peer {ip}\n");
+        let rule = "host all all 10.0.0.2/32 md5\n";
+        let ip = "10.0.0.2";
+        let other = "10.0.0.3";
+        let cases: Vec<(String, usize, MarkerProblem)> = vec![
+            (
+                format!("local all all peer\n{}{rule}", begin(ip)),
+                2,
+                MarkerProblem::BeginWithoutEnd { peer: ip.into() },
+            ),
+            (
+                format!("{rule}{}", end(ip)),
+                2,
+                MarkerProblem::EndWithoutBegin { peer: ip.into() },
+            ),
+            (
+                format!("{}{}{}{}", begin(ip), begin(other), end(other), end(ip)),
+                2,
+                MarkerProblem::Nested { open: ip.into() },
+            ),
+            (
+                format!("{}{}{}{}", begin(ip), end(ip), begin(ip), end(ip)),
+                3,
+                MarkerProblem::Duplicate {
+                    peer: ip.into(),
+                    first_line: 1,
+                },
+            ),
+            (
+                format!("{}{}", begin(ip), end(other)),
+                2,
+                MarkerProblem::MismatchedEnd {
+                    open: ip.into(),
+                    end: other.into(),
+                },
+            ),
+            (
+                "# BEGIN keyferry peer\n".into(),
+                1,
+                MarkerProblem::Unreadable,
+            ),
+            (
+                "# BEGIN keyferry peer db-host\n".into(),
+                1,
+                MarkerProblem::Unreadable,
+            ),
+            (
+                "# END keyferry 10.0.0.2\n".into(),
+                1,
+                MarkerProblem::Unreadable,
+            ),
+            (
+                "# BEGIN keyferry peer 10.0.0.2 extra\n".into(),
+                1,
+                MarkerProblem::Unreadable,
+            ),
+        ];
+        for (text, line, problem) in cases {
+            assert_eq!(marker_problem(&text), (line, problem), "file:\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_marker_with_stray_bytes_is_unreadable_not_ignored() {
+        let text = b"local all all peer\n# BEGIN keyferry peer 10.0.0.\xff\n";
+        assert!(matches!(
+            managed_blocks(text),
+            Err(Error::HbaMarkers {
+                line: 2,
+                problem: MarkerProblem::Unreadable
+            })
+        ));
+    }
+
+    #[test]
+    fn marker_errors_are_one_line_and_say_what_to_do() {
+        let message = ensure(
+            b"# BEGIN keyferry peer 10.0.0.2\n",
+            &peer("10.0.0.2"),
+            "repuser",
+            HbaMethod::Md5,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            message.contains("line 1") && message.contains("by hand"),
+            "{message}"
+        );
+        assert!(!message.contains('\n'));
+    }
+
+    #[test]
+    fn comments_that_merely_mention_keyferry_are_not_markers() {
+        let text = b"# keyferry manages the peer lines below\n# BEGIN of local rules\n# begin keyferry peer 10.0.0.2\n";
+        assert!(managed_blocks(text).unwrap().is_empty());
+        let edit = ensure_ok(text, &peer("10.0.0.2"), HbaMethod::Md5);
+        assert_eq!(remove(&edit.text, &peer("10.0.0.2")).unwrap().text, text);
+    }
+
+    #[test]
+    fn replication_user_names_that_could_mislead_are_refused() {
+        for bad in [
+            "",
+            "all",
+            "replication",
+            "sameuser",
+            "RepUser",
+            "rep user",
+            "rep,user",
+            "+admins",
+            "@users",
+            "\"q\"",
+            "9lives",
+            &"r".repeat(64),
+        ] {
+            assert!(
+                matches!(validate_role_name(bad), Err(Error::RoleName { .. })),
+                "{bad:?} should be refused"
+            );
+            assert!(
+                ensure(b"", &peer("10.0.0.2"), bad, HbaMethod::Md5).is_err(),
+                "{bad:?}"
+            );
+        }
+        for good in ["repuser", "_rep", "rep_2", &"r".repeat(63)] {
+            validate_role_name(good).unwrap_or_else(|e| panic!("{good:?}: {e}"));
+        }
+    }
+
+    #[test]
+    fn methods_parse_and_print_as_in_pg_hba() {
+        assert_eq!("md5".parse::<HbaMethod>().unwrap(), HbaMethod::Md5);
+        assert_eq!(
+            "scram-sha-256".parse::<HbaMethod>().unwrap(),
+            HbaMethod::ScramSha256
+        );
+        assert_eq!(HbaMethod::default().to_string(), "scram-sha-256");
+        assert!(matches!(
+            "trust".parse::<HbaMethod>(),
+            Err(Error::HbaMethod { .. })
+        ));
+    }
+
+    fn words(record: &HbaRecord) -> Vec<&str> {
+        record.plain_words()
+    }
+
+    #[test]
+    fn tokenizer_follows_postgres_rules() {
+        let text = b"# comment\n\
+            host all all 10.0.0.0/8 md5 # trailing comment\n\
+            \n\
+            host \"my db\",other \"all\" 10.0.0.2/32 md5\n\
+            host all all\\\n  10.0.0.3/32 trust\n\
+            host \"a\"\"b\" x 10.0.0.4/32 md5\r\n\
+            local all all peer#comment\n\
+            host\tdb1, db2\tall\t10.0.0.5 255.255.255.255 reject\n\
+            host \"unterminated 10.0.0.6/32\n";
+        let records = tokenize(text);
+        let lines: Vec<usize> = records.iter().map(|r| r.line).collect();
+        assert_eq!(lines, [2, 4, 5, 7, 8, 9, 10]);
+        assert_eq!(
+            words(&records[0]),
+            ["host", "all", "all", "10.0.0.0/8", "md5"]
+        );
+        assert_eq!(
+            records[1].fields[1].len(),
+            2,
+            "comma makes a list inside one field"
+        );
+        assert_eq!(records[1].fields[1][0].text, "my db");
+        assert!(records[1].fields[2][0].quoted, "quoted all is a name");
+        assert_eq!(
+            words(&records[2]),
+            ["host", "all", "all", "10.0.0.3/32", "trust"],
+            "continuation"
+        );
+        assert_eq!(
+            records[3].fields[1][0].text, "a\"b",
+            "doubled quote inside quotes"
+        );
+        assert_eq!(records[3].method(), Some("md5"));
+        assert_eq!(
+            words(&records[4]),
+            ["local", "all", "all", "peer"],
+            "# ends the token"
+        );
+        assert_eq!(
+            records[5].fields[1].len(),
+            2,
+            "a blank after a comma keeps the list"
+        );
+        assert_eq!(records[5].address(), Some("10.0.0.5"));
+        assert_eq!(
+            records[5].method(),
+            Some("reject"),
+            "method after a separate netmask"
+        );
+        assert_eq!(records[6].fields[1][0].text, "unterminated 10.0.0.6/32");
+    }
+
+    #[test]
+    fn tokenizer_reads_the_sample_file() {
+        let records = tokenize(SAMPLE);
+        let hosts: Vec<_> = records
+            .iter()
+            .filter(|r| r.kind() == Some("host"))
+            .collect();
+        assert_eq!(hosts.len(), 4, "{records:#?}");
+        assert!(hosts.iter().all(|r| r.method() == Some("@authmethodhost@")));
+    }
+
+    #[test]
+    fn finds_existing_lines_that_cover_the_peer() {
+        let p = peer("10.0.0.2");
+        let base = b"host all all 10.0.0.2/32 md5\n\
+            host all all 10.0.0.0/24 reject\n\
+            host all all 10.0.0.2 255.255.255.255 md5\n\
+            host all all 10.0.0.0 255.255.0.0 md5\n\
+            host all all 10.0.1.0/24 md5\n\
+            host all all 0.0.0.0/0 md5\n\
+            host all all ::/0 md5\n\
+            host all all all md5\n\
+            host all all pam-b.example.com md5\n\
+            local all all peer\n";
+        let text = ensure_ok(base, &p, HbaMethod::ScramSha256).text;
+        let found: Vec<(usize, Coverage)> = rules_mentioning(&text, &p)
+            .unwrap()
+            .iter()
+            .map(|m| (m.record.line, m.coverage))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (1, Coverage::Exact),
+                (2, Coverage::Network),
+                (3, Coverage::Exact),
+                (4, Coverage::Network),
+                (6, Coverage::Network),
+            ],
+            "keyferry's own lines are not reported"
+        );
+        let v6 = peer("2001:db8::2");
+        let v6_text = b"host all all 2001:db8::/32 md5\nhost all all 2001:db8::2/128 md5\nhost all all 10.0.0.2/32 md5\n";
+        let found: Vec<Coverage> = rules_mentioning(v6_text, &v6)
+            .unwrap()
+            .iter()
+            .map(|m| m.coverage)
+            .collect();
+        assert_eq!(found, [Coverage::Network, Coverage::Exact]);
+    }
+}

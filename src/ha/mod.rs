@@ -1,0 +1,29 @@
+//! The PostgreSQL HA pair: the pieces that need no running server and no
+//! other part of keyferry.
+//!
+//! This module owns
+//!
+//! - [`addr`]: what counts as a peer address (an IP literal that can stand in
+//!   `pg_hba.conf` as `IP/32` or `IP/128`);
+//! - [`hba`]: reading `pg_hba.conf` and editing keyferry's marked block per
+//!   peer without touching any other byte of the file;
+//! - [`config`]: the pair description `ha.toml`, its validation and its
+//!   adjustment when a secondary imports the primary's copy;
+//! - [`archive`]: recognising WAL archive files and removing only those.
+//!
+//! It depends on nothing else in the crate, so that the layers above (`ops`,
+//! `cli`) decide when files are written, backed up and audited. Everything
+//! here is pure (text in, text out) except [`archive`], which lists and removes
+//! files in the directory it is given and nowhere else.
+//!
+//! Errors are one [`Error`] type for the whole module; its messages name the
+//! problem and the way out on one line and never carry secrets.
+
+pub mod addr;
+pub mod archive;
+pub mod config;
+mod error;
+pub mod hba;
+
+pub use addr::PeerAddr;
+pub use error::{AddrRejection, Error, MarkerProblem};

@@ -1,0 +1,6 @@
+//! Helpers shared by integration tests. Each test binary uses only some of
+//! them, so unused-item warnings are expected per binary and silenced here.
+#![allow(dead_code)]
+
+#[cfg(unix)]
+pub mod pg;

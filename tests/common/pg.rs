@@ -1,0 +1,413 @@
+//! Real, throw-away PostgreSQL servers for tests.
+//!
+//! Follows `POSTGRES-TESTING.md` of the project: server binaries from
+//! `KEYFERRY_PG_BIN` or the newest `/usr/lib/postgresql/*/bin`; when the test
+//! runs as root (PostgreSQL refuses to), every server program runs as the
+//! `postgres` OS user through `runuser`, from `/`, on directories chowned to
+//! that user; each server has its own temporary directory, Unix socket
+//! directory and free loopback port; `C.UTF-8` locale; `initdb --no-sync` and
+//! `fsync = off` because the clusters are thrown away (never do this in
+//! product code); `wal_level = replica` so replicas can be made from them.
+//!
+//! Without server binaries a test gets `None` and a printed reason, so a
+//! developer machine without PostgreSQL still runs the rest of the suite;
+//! with `KEYFERRY_REQUIRE_PG=1` (set by CI) the absence is a failure.
+//!
+//! Dropping a [`PgServer`] stops it (`pg_ctl stop -m immediate`) and deletes
+//! its directory.
+
+use std::fs;
+use std::io::Write;
+use std::net::{Ipv4Addr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use postgres::{Client, NoTls};
+use tempfile::TempDir;
+
+/// Environment variable naming the directory with `initdb`, `pg_ctl`, ….
+pub const PG_BIN_ENV: &str = "KEYFERRY_PG_BIN";
+/// Environment variable that turns a missing server into a test failure.
+pub const REQUIRE_PG_ENV: &str = "KEYFERRY_REQUIRE_PG";
+/// Where Debian installs the server binaries, one directory per major.
+const DEBIAN_PG_ROOT: &str = "/usr/lib/postgresql";
+/// The OS user that runs the servers when the tests run as root.
+const PG_OS_USER: &str = "postgres";
+/// The only UTF-8 locale present on the test machines.
+const LOCALE: &str = "C.UTF-8";
+/// Superuser of every test cluster.
+pub const SUPERUSER: &str = "postgres";
+/// Password of that superuser. A fixed value is fine: the clusters listen on
+/// loopback only and live for one test.
+const SUPERUSER_PASSWORD: &str = "keyferry-test-superuser";
+/// Seconds `pg_ctl` waits for start or stop.
+const PG_CTL_WAIT_SECS: &str = "30";
+/// Attempts at finding a free port (another process may take the one we
+/// picked between probing and the server's bind).
+const PORT_ATTEMPTS: usize = 3;
+
+/// Options for a test server.
+#[derive(Debug, Clone, Default)]
+pub struct PgOptions {
+    /// Extra `postgresql.conf` lines, appended last (a later line wins).
+    pub extra_conf: Vec<String>,
+}
+
+/// How to run the server programs on this machine.
+#[derive(Debug, Clone)]
+struct PgInstall {
+    bin: PathBuf,
+    /// `Some((uid, gid))` of the `postgres` user when running as root.
+    run_as: Option<(u32, u32)>,
+}
+
+/// A running test server.
+pub struct PgServer {
+    install: PgInstall,
+    dir: TempDir,
+    data: PathBuf,
+    port: u16,
+    running: bool,
+}
+
+impl PgServer {
+    /// Creates and starts a fresh cluster, or returns `None` (after saying
+    /// why) when this machine has no PostgreSQL server binaries and
+    /// `KEYFERRY_REQUIRE_PG` is not `1`. Any failure once the binaries are
+    /// found panics with the server log: that is a broken test setup, not a
+    /// missing optional dependency.
+    pub fn start_primary(opts: PgOptions) -> Option<PgServer> {
+        let install = match find_install() {
+            Ok(install) => install,
+            Err(Unusable::Broken(reason)) => panic!("PostgreSQL test setup is broken: {reason}"),
+            Err(Unusable::Missing(reason)) => {
+                if std::env::var(REQUIRE_PG_ENV).as_deref() == Ok("1") {
+                    panic!("{REQUIRE_PG_ENV}=1 but no usable PostgreSQL: {reason}");
+                }
+                eprintln!("skipping PostgreSQL test: {reason} (set {REQUIRE_PG_ENV}=1 to make this a failure)");
+                return None;
+            }
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("keyferry-pg-")
+            .tempdir()
+            .expect("create temp dir");
+        install.give_to_server_user(dir.path());
+        let data = dir.path().join("data");
+        let socket_dir = dir.path().join("sock");
+        fs::create_dir(&socket_dir).expect("create socket dir");
+        install.give_to_server_user(&socket_dir);
+
+        let pwfile = dir.path().join("pwfile");
+        fs::write(&pwfile, SUPERUSER_PASSWORD).expect("write pwfile");
+        fs::set_permissions(&pwfile, fs::Permissions::from_mode(0o600)).expect("chmod pwfile");
+        install.give_to_server_user(&pwfile);
+
+        let initdb = install
+            .command("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args(["--no-sync", "-E", "UTF8", "-U", SUPERUSER])
+            .arg(format!("--locale={LOCALE}"))
+            .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .output()
+            .expect("run initdb");
+        check(&initdb, "initdb");
+        fs::remove_file(&pwfile).expect("remove pwfile");
+
+        let mut conf = vec![
+            "listen_addresses = '127.0.0.1'".to_owned(),
+            format!("unix_socket_directories = '{}'", socket_dir.display()),
+            "fsync = off".to_owned(),
+            "wal_level = replica".to_owned(),
+        ];
+        conf.extend(opts.extra_conf);
+        append_lines(&data.join("postgresql.conf"), &conf);
+
+        let mut server = PgServer {
+            install,
+            dir,
+            data,
+            port: 0,
+            running: false,
+        };
+        server.start_on_free_port();
+        Some(server)
+    }
+
+    fn start_on_free_port(&mut self) {
+        let log = self.dir.path().join("server.log");
+        for attempt in 1..=PORT_ATTEMPTS {
+            self.port = free_loopback_port();
+            append_lines(
+                &self.data.join("postgresql.conf"),
+                &[format!("port = {}", self.port)],
+            );
+            let start = self
+                .install
+                .command("pg_ctl")
+                .arg("-D")
+                .arg(&self.data)
+                .arg("-l")
+                .arg(&log)
+                .args(["-w", "-t", PG_CTL_WAIT_SECS, "start"])
+                .output()
+                .expect("run pg_ctl start");
+            if start.status.success() {
+                self.running = true;
+                return;
+            }
+            let log_text = fs::read_to_string(&log).unwrap_or_default();
+            let port_taken =
+                log_text.contains("could not bind") || log_text.contains("already in use");
+            if !port_taken || attempt == PORT_ATTEMPTS {
+                panic!(
+                    "pg_ctl start failed: {}\n--- server log ---\n{log_text}",
+                    String::from_utf8_lossy(&start.stderr)
+                );
+            }
+        }
+    }
+
+    /// The loopback port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
+    /// The server's `pg_hba.conf`.
+    pub fn hba_path(&self) -> PathBuf {
+        self.data.join("pg_hba.conf")
+    }
+
+    /// Reads `pg_hba.conf`.
+    pub fn read_hba(&self) -> Vec<u8> {
+        fs::read(self.hba_path()).expect("read pg_hba.conf")
+    }
+
+    /// Overwrites `pg_hba.conf` in place, so it keeps the owner and mode
+    /// the server needs to read it.
+    pub fn write_hba(&self, text: &[u8]) {
+        fs::write(self.hba_path(), text).expect("write pg_hba.conf");
+    }
+
+    /// A superuser connection over TCP with password authentication.
+    pub fn connect(&self) -> Client {
+        self.connect_as(SUPERUSER, SUPERUSER_PASSWORD)
+    }
+
+    /// A connection as `user` over TCP.
+    pub fn connect_as(&self, user: &str, password: &str) -> Client {
+        postgres::Config::new()
+            .host(&Ipv4Addr::LOCALHOST.to_string())
+            .port(self.port)
+            .user(user)
+            .password(password)
+            .dbname("postgres")
+            .connect(NoTls)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "connect to test server on port {} as {user}: {e}",
+                    self.port
+                )
+            })
+    }
+
+    /// Creates a login role with the REPLICATION attribute. Name and
+    /// password are quoted by the server (`format` with `%I` / `%L`).
+    pub fn create_replication_user(&self, name: &str, password: &str) {
+        let mut client = self.connect();
+        let row = client
+            .query_one(
+                "SELECT format('CREATE ROLE %I WITH LOGIN REPLICATION PASSWORD %L', $1::text, $2::text)",
+                &[&name, &password],
+            )
+            .expect("build CREATE ROLE");
+        let statement: String = row.get(0);
+        client
+            .batch_execute(&statement)
+            .expect("create replication user");
+    }
+
+    /// `(line_number, error)` of every line of the `pg_hba.conf` on disk
+    /// that PostgreSQL cannot use.
+    pub fn hba_file_errors(&self) -> Vec<(i32, String)> {
+        self.connect()
+            .query(
+                "SELECT line_number, error FROM pg_hba_file_rules WHERE error IS NOT NULL ORDER BY line_number",
+                &[],
+            )
+            .expect("query pg_hba_file_rules")
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect()
+    }
+
+    /// Runs one of the server's programs as the server's OS user.
+    pub fn run_tool(&self, program: &str, args: &[&str]) -> Output {
+        self.install
+            .command(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("run {program}: {e}"))
+    }
+
+    /// Stops the server now (immediate mode: the cluster is thrown away).
+    pub fn stop(&mut self) {
+        if !self.running {
+            return;
+        }
+        self.running = false;
+        let _ = self
+            .install
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "-w", "-t", PG_CTL_WAIT_SECS, "stop"])
+            .output();
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl PgInstall {
+    /// A command for one of the server programs, run as the server's OS
+    /// user when needed, from `/` (runuser keeps the caller's cwd, which the
+    /// `postgres` user may not be able to read) and in the C.UTF-8 locale.
+    fn command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        let mut command = if self.run_as.is_some() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", PG_OS_USER, "--"]).arg(path);
+            c
+        } else {
+            Command::new(path)
+        };
+        command
+            .current_dir("/")
+            .env("LANG", LOCALE)
+            .env("LC_ALL", LOCALE)
+            .env_remove("PGPASSWORD")
+            .env_remove("PGPASSFILE");
+        command
+    }
+
+    fn give_to_server_user(&self, path: &Path) {
+        if let Some((uid, gid)) = self.run_as {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                .unwrap_or_else(|e| panic!("chown {} to {PG_OS_USER}: {e}", path.display()));
+        }
+    }
+}
+
+/// Why no server can be started.
+enum Unusable {
+    /// No server installed: skip, unless CI requires PostgreSQL.
+    Missing(String),
+    /// Something is there but wrong (a bad `KEYFERRY_PG_BIN`, no `postgres`
+    /// user when running as root): always a failure, since skipping would
+    /// hide a misconfiguration.
+    Broken(String),
+}
+
+/// Finds the server binaries and decides whom they run as, or says why not.
+fn find_install() -> Result<PgInstall, Unusable> {
+    let bin = match std::env::var_os(PG_BIN_ENV) {
+        Some(dir) => PathBuf::from(dir),
+        None => newest_debian_bin().ok_or_else(|| {
+            Unusable::Missing(format!(
+                "no PostgreSQL server binaries in {DEBIAN_PG_ROOT}/*/bin and {PG_BIN_ENV} is not set"
+            ))
+        })?,
+    };
+    for program in ["initdb", "pg_ctl"] {
+        if !bin.join(program).is_file() {
+            return Err(Unusable::Broken(format!(
+                "{} has no {program}",
+                bin.display()
+            )));
+        }
+    }
+    let run_as = if id(&["-u"]).map_err(Unusable::Broken)? == 0 {
+        let user_id = |flag| {
+            id(&[flag, PG_OS_USER]).map_err(|e| {
+                Unusable::Broken(format!(
+                    "running as root needs the {PG_OS_USER} OS user: {e}"
+                ))
+            })
+        };
+        Some((user_id("-u")?, user_id("-g")?))
+    } else {
+        None
+    };
+    Ok(PgInstall { bin, run_as })
+}
+
+/// `/usr/lib/postgresql/<major>/bin` with the highest major that has initdb.
+fn newest_debian_bin() -> Option<PathBuf> {
+    fs::read_dir(DEBIAN_PG_ROOT)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let major: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").is_file().then_some((major, bin))
+        })
+        .max_by_key(|(major, _)| *major)
+        .map(|(_, bin)| bin)
+}
+
+fn id(args: &[&str]) -> Result<u32, String> {
+    let output = Command::new("id")
+        .args(args)
+        .output()
+        .map_err(|e| format!("run id: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "id {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .map_err(|e| format!("id {}: {e}", args.join(" ")))
+}
+
+fn free_loopback_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("probe a free loopback port")
+        .port()
+}
+
+fn append_lines(path: &Path, lines: &[String]) {
+    let mut file = fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    for line in lines {
+        writeln!(file, "{line}").expect("append config line");
+    }
+}
+
+fn check(output: &Output, what: &str) {
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
