@@ -21,10 +21,18 @@ fn print_record(r: &Record) {
     let details = r
         .details
         .iter()
-        .map(|(k, v)| format!("{k}={}", v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+        .map(|(k, v)| {
+            format!(
+                "{k}={}",
+                v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+            )
+        })
         .collect::<Vec<_>>()
         .join(" ");
-    println!("{:>5}  {}  {}@{}  {:<8} {details}", r.seq, r.time, r.user, r.host, r.action);
+    println!(
+        "{:>5}  {}  {}@{}  {:<8} {details}",
+        r.seq, r.time, r.user, r.host, r.action
+    );
 }
 
 pub fn run(home: &Home, cmd: AuditCommand) -> Result<()> {

@@ -6,7 +6,7 @@ use super::{print_json, PasswordArgs};
 use crate::bundle::fmt_time;
 use crate::error::{Error, Result};
 use crate::kdf::KdfParams;
-use crate::ops::export::{self, ExportOptions, Expiry};
+use crate::ops::export::{self, Expiry, ExportOptions};
 use crate::ops::import::{self, ImportOptions};
 use crate::ops::{inspect, Home};
 use crate::secret::PasswordSource;
@@ -109,7 +109,9 @@ pub fn export(home: &Home, args: ExportArgs) -> Result<()> {
         eprintln!();
         eprintln!("    {}", password.reveal());
         eprintln!();
-        eprintln!("Give it to the operator of the receiving host by a different channel than the file.");
+        eprintln!(
+            "Give it to the operator of the receiving host by a different channel than the file."
+        );
     }
     Ok(())
 }
@@ -126,11 +128,18 @@ pub fn import(home: &Home, args: ImportArgs) -> Result<()> {
             delete: args.delete,
         },
     )?;
-    println!("imported keys from {} (made by node {:?} at {}, expires {})",
-        args.file.display(), report.source_node, fmt_time(report.created), expiry_text(report.expires));
+    println!(
+        "imported keys from {} (made by node {:?} at {}, expires {})",
+        args.file.display(),
+        report.source_node,
+        fmt_time(report.created),
+        expiry_text(report.expires)
+    );
     println!(
         "fingerprint before {}",
-        report.before.map_or_else(|| "(none: new node)".to_owned(), |f| f.to_string())
+        report
+            .before
+            .map_or_else(|| "(none: new node)".to_owned(), |f| f.to_string())
     );
     println!("fingerprint after  {}", report.after);
     if report.before == Some(report.after) {
@@ -151,8 +160,8 @@ pub fn import(home: &Home, args: ImportArgs) -> Result<()> {
         Some(Ok(())) => println!("deleted {}", args.file.display()),
         Some(Err(why)) => {
             return Err(Error::Refused(format!(
-                "the import succeeded, but the bundle could not be deleted ({why}): delete it by hand"
-            )))
+            "the import succeeded, but the bundle could not be deleted ({why}): delete it by hand"
+        )))
         }
         None => eprintln!(
             "Now delete {} (and any copy): it holds the keys, protected only by its password.",
@@ -167,8 +176,15 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     if args.json {
         return print_json(&i);
     }
-    println!("keyferry bundle, format version {}{}", i.format_version, if i.armored { ", armored" } else { "" });
-    println!("kdf      {} m={} KiB t={} p={}", i.kdf, i.kdf_memory_kib, i.kdf_time, i.kdf_lanes);
+    println!(
+        "keyferry bundle, format version {}{}",
+        i.format_version,
+        if i.armored { ", armored" } else { "" }
+    );
+    println!(
+        "kdf      {} m={} KiB t={} p={}",
+        i.kdf, i.kdf_memory_kib, i.kdf_time, i.kdf_lanes
+    );
     println!("created  {}", i.created);
     println!("expires  {}", i.expires.as_deref().unwrap_or("never"));
     println!("size     {} bytes", i.file_size);

@@ -24,7 +24,10 @@ pub fn run(home: &Home, cmd: KeysCommand) -> Result<()> {
                 return print_json(&list);
             }
             println!("fingerprint {}", list.fingerprint);
-            println!("{:>4}  {:<9}  {:<20}  {:<11}", "id", "status", "created", "algorithm");
+            println!(
+                "{:>4}  {:<9}  {:<20}  {:<11}",
+                "id", "status", "created", "algorithm"
+            );
             for k in &list.keys {
                 println!(
                     "{:>4}  {:<9}  {:<20}  {:<11}{}",

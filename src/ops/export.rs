@@ -31,8 +31,9 @@ impl Expiry {
         if s.eq_ignore_ascii_case("never") {
             return Ok(Expiry::Never);
         }
-        let d = humantime::parse_duration(s)
-            .map_err(|e| format!("{s:?} is not a duration like 24h, 7d or 30m, nor `never`: {e}"))?;
+        let d = humantime::parse_duration(s).map_err(|e| {
+            format!("{s:?} is not a duration like 24h, 7d or 30m, nor `never`: {e}")
+        })?;
         if d.as_secs() == 0 {
             return Err("an expiry of less than a second would expire at once: use e.g. 1h".into());
         }
@@ -116,8 +117,13 @@ pub fn export(home: &Home, opts: &ExportOptions) -> Result<ExportReport> {
         let out = BufWriter::with_capacity(bundle::CHUNK_SIZE, &mut staged);
         let mut sealed = bundle::seal(&password, &params, out)?;
         let mut sources = config.open_all()?;
-        payload::write(&mut sealed, &config.node_name, &store.keyring, sources.as_payload_sources())
-            .map_err(Error::io(io_what.clone()))?;
+        payload::write(
+            &mut sealed,
+            &config.node_name,
+            &store.keyring,
+            sources.as_payload_sources(),
+        )
+        .map_err(Error::io(io_what.clone()))?;
         sealed
             .finish()?
             .flush()
@@ -134,7 +140,13 @@ pub fn export(home: &Home, opts: &ExportOptions) -> Result<ExportReport> {
         details([
             ("bundle", Value::from(file_name)),
             ("fingerprint", Value::from(fingerprint.to_string())),
-            ("expires", params.expires.map(bundle::fmt_time).map_or(Value::Null, Value::from)),
+            (
+                "expires",
+                params
+                    .expires
+                    .map(bundle::fmt_time)
+                    .map_or(Value::Null, Value::from),
+            ),
             ("kdf", Value::from(opts.kdf.to_string())),
             ("armor", Value::from(opts.armor)),
             (

@@ -47,9 +47,7 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
     let file = open_bundle_file(&opts.file)?;
     let (header, source) = bundle::read_header(BufReader::new(file))?;
     let limits = KdfLimits {
-        max_memory_kib: opts
-            .max_kdf_memory
-            .unwrap_or(kdf::MAX_IMPORT_MEMORY_KIB),
+        max_memory_kib: opts.max_kdf_memory.unwrap_or(kdf::MAX_IMPORT_MEMORY_KIB),
         ..KdfLimits::default()
     };
     limits.check(&header.kdf)?;
@@ -94,7 +92,9 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
     .map_err(payload_error)?;
     // The archive has ended; so must the authenticated stream (this reads
     // and checks the final chunk).
-    let left = rest.fill_buf().map_err(|e| Error::Bundle(BundleError::from_stream_io(e)))?;
+    let left = rest
+        .fill_buf()
+        .map_err(|e| Error::Bundle(BundleError::from_stream_io(e)))?;
     if !left.is_empty() {
         return Err(Error::Bundle(BundleError::ExtraPayload));
     }
@@ -129,10 +129,21 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
         "import",
         details([
             ("bundle", Value::from(opts.file.display().to_string())),
-            ("source_node", Value::from(payload.manifest.source_node.clone())),
+            (
+                "source_node",
+                Value::from(payload.manifest.source_node.clone()),
+            ),
             ("bundle_created", Value::from(bundle::fmt_time(created))),
-            ("bundle_expires", expires.map(bundle::fmt_time).map_or(Value::Null, Value::from)),
-            ("fingerprint_before", before.map_or(Value::Null, |f| Value::from(f.to_string()))),
+            (
+                "bundle_expires",
+                expires
+                    .map(bundle::fmt_time)
+                    .map_or(Value::Null, Value::from),
+            ),
+            (
+                "fingerprint_before",
+                before.map_or(Value::Null, |f| Value::from(f.to_string())),
+            ),
             ("fingerprint_after", Value::from(after.to_string())),
             ("keys_only", Value::from(opts.keys_only)),
         ]),

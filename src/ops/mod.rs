@@ -73,7 +73,11 @@ impl Home {
     /// `--home`, else `KEYFERRY_HOME`, else the platform default.
     pub fn resolve(explicit: Option<PathBuf>) -> Self {
         let root = explicit
-            .or_else(|| std::env::var_os(HOME_ENV).filter(|v| !v.is_empty()).map(PathBuf::from))
+            .or_else(|| {
+                std::env::var_os(HOME_ENV)
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from)
+            })
             .unwrap_or_else(platform::default_home);
         Self::new(root)
     }
@@ -102,23 +106,29 @@ impl Home {
                 self.root.display()
             )));
         }
-        fsutil::ensure_private_dir(&self.root)
-            .map_err(Error::io(format!("cannot create home {}", self.root.display())))
+        fsutil::ensure_private_dir(&self.root).map_err(Error::io(format!(
+            "cannot create home {}",
+            self.root.display()
+        )))
     }
 
     /// Takes the home's lock, so two keyferry processes never change one
     /// node at once. Released when the guard drops.
     pub fn lock(&self) -> Result<HomeLock> {
         let path = self.root.join(LOCK_FILE);
-        let file = fsutil::open_append_private(&path)
-            .map_err(Error::io(format!("cannot open the lock file {}", path.display())))?;
+        let file = fsutil::open_append_private(&path).map_err(Error::io(format!(
+            "cannot open the lock file {}",
+            path.display()
+        )))?;
         match file.try_lock() {
             Ok(()) => Ok(HomeLock { _file: file }),
             Err(fs::TryLockError::WouldBlock) => Err(Error::Refused(format!(
                 "another keyferry is working on {}: wait for it to finish",
                 self.root.display()
             ))),
-            Err(fs::TryLockError::Error(e)) => Err(Error::io(format!("cannot lock {}", path.display()))(e)),
+            Err(fs::TryLockError::Error(e)) => {
+                Err(Error::io(format!("cannot lock {}", path.display()))(e))
+            }
         }
     }
 
@@ -159,7 +169,11 @@ impl Home {
     /// Verifies the audit log against the keystore's head.
     pub fn verify_audit(&self, store: &Keystore) -> Result<Vec<audit::Record>> {
         let log = self.read_audit_log()?;
-        Ok(audit::verify(&log, &store.node.audit_key, &store.node.audit_head)?)
+        Ok(audit::verify(
+            &log,
+            &store.node.audit_key,
+            &store.node.audit_head,
+        )?)
     }
 
     fn append_audit(&self, line: &[u8]) -> Result<AuditUndo> {
@@ -170,7 +184,9 @@ impl Home {
         );
         let existed = path.exists();
         let mut file = fsutil::open_append_private(&path).map_err(Error::io(what.clone()))?;
-        let prev_len = file.seek(io::SeekFrom::End(0)).map_err(Error::io(what.clone()))?;
+        let prev_len = file
+            .seek(io::SeekFrom::End(0))
+            .map_err(Error::io(what.clone()))?;
         let undo = AuditUndo {
             path: path.clone(),
             prev_len,
@@ -186,12 +202,17 @@ impl Home {
 
     fn write_keystore(&self, store: &Keystore, now: u64) -> Result<()> {
         let path = self.keyring_path();
-        fsutil::replace_with_backup(&path, &store.to_json(), &self.backup_dir(), &file_stamp(now))
-            .map(|_| ())
-            .map_err(Error::io(format!(
-                "cannot write {}; nothing was changed",
-                path.display()
-            )))
+        fsutil::replace_with_backup(
+            &path,
+            &store.to_json(),
+            &self.backup_dir(),
+            &file_stamp(now),
+        )
+        .map(|_| ())
+        .map_err(Error::io(format!(
+            "cannot write {}; nothing was changed",
+            path.display()
+        )))
     }
 
     /// Applies a change in the order the module documentation gives:
@@ -245,7 +266,12 @@ pub struct HomeLock {
 
 /// Builds the audit record for `action` after the store's current head and
 /// moves the store's head on. Returns the line to append.
-fn record(store: &mut Keystore, now: u64, action: &str, details: BTreeMap<String, Value>) -> Vec<u8> {
+fn record(
+    store: &mut Keystore,
+    now: u64,
+    action: &str,
+    details: BTreeMap<String, Value>,
+) -> Vec<u8> {
     let (rec, head) = audit::next_record(
         &store.node.audit_key,
         &store.node.audit_head,

@@ -16,7 +16,7 @@ use hmac::Mac;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::export::{self, ExportOptions, Expiry};
+use super::export::{self, Expiry, ExportOptions};
 use super::import::{self, ImportOptions};
 use super::{init, Home};
 use crate::bundle::{self, BundleError, OpenOptions};
@@ -177,7 +177,9 @@ fn gcm_kat(cases: &[GcmKat]) -> Check {
         let cipher = Aes256Gcm::new_from_slice(&key).expect("32-byte key");
         let nonce: [u8; 12] = unhex(&c.nonce).try_into().expect("12-byte nonce");
         let mut buf = unhex(&c.plaintext);
-        let Ok(tag) = cipher.encrypt_inout_detached(&nonce.into(), &unhex(&c.aad), buf.as_mut_slice().into()) else {
+        let Ok(tag) =
+            cipher.encrypt_inout_detached(&nonce.into(), &unhex(&c.aad), buf.as_mut_slice().into())
+        else {
             return false;
         };
         if hex(&buf) != c.ciphertext || hex(&tag) != c.tag {
@@ -185,11 +187,20 @@ fn gcm_kat(cases: &[GcmKat]) -> Check {
         }
         let tag = Tag::try_from(&tag[..]).expect("16-byte tag");
         cipher
-            .decrypt_inout_detached(&nonce.into(), &unhex(&c.aad), buf.as_mut_slice().into(), &tag)
+            .decrypt_inout_detached(
+                &nonce.into(),
+                &unhex(&c.aad),
+                buf.as_mut_slice().into(),
+                &tag,
+            )
             .is_ok()
             && hex(&buf) == c.plaintext
     });
-    check("AES-256-GCM (GCM spec cases 13, 14)", ok, format!("{} cases", cases.len()))
+    check(
+        "AES-256-GCM (GCM spec cases 13, 14)",
+        ok,
+        format!("{} cases", cases.len()),
+    )
 }
 
 fn hkdf_kat(k: &HkdfKat) -> Check {
@@ -203,20 +214,29 @@ fn hkdf_kat(k: &HkdfKat) -> Check {
 }
 
 fn hmac_kat(k: &HmacKat) -> Check {
-    let mut mac = <hmac::Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&unhex(&k.key)).expect("any key");
+    let mut mac =
+        <hmac::Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&unhex(&k.key)).expect("any key");
     mac.update(&unhex(&k.data));
     let ok = hex(&mac.finalize().into_bytes()) == k.mac;
     check("HMAC-SHA256 (RFC 4231 case 2)", ok, "")
 }
 
 /// Opens one vector and returns the SHA-256 and length of its payload.
-pub fn open_vector(bytes: &[u8], password: &str, now: u64) -> std::result::Result<(String, u64), Error> {
+pub fn open_vector(
+    bytes: &[u8],
+    password: &str,
+    now: u64,
+) -> std::result::Result<(String, u64), Error> {
     let options = OpenOptions {
         limits: KdfLimits::default(),
         now,
         allow_expired: false,
     };
-    let mut reader = bundle::open(BufReader::new(bytes), &Password::from_typed(password), &options)?;
+    let mut reader = bundle::open(
+        BufReader::new(bytes),
+        &Password::from_typed(password),
+        &options,
+    )?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; bundle::CHUNK_SIZE];
     let mut len = 0u64;
@@ -271,8 +291,12 @@ fn vector_fingerprint_check(now: u64) -> Check {
                 allow_expired: false,
             },
         )?;
-        let (p, _) = payload::read(BufReader::new(&mut reader), payload::DEFAULT_MAX_TOTAL, &mut DiscardConfig)
-            .map_err(super::payload_error)?;
+        let (p, _) = payload::read(
+            BufReader::new(&mut reader),
+            payload::DEFAULT_MAX_TOTAL,
+            &mut DiscardConfig,
+        )
+        .map_err(super::payload_error)?;
         Ok(p.keyring.fingerprint().to_string())
     })();
     match result {
@@ -289,7 +313,10 @@ fn round_trip() -> Check {
     let name = "export -> import between two throw-away homes";
     let result = (|| -> Result<String> {
         let dir = tempfile::tempdir().map_err(Error::io("cannot create a temporary folder"))?;
-        let (a, b) = (Home::new(dir.path().join("a")), Home::new(dir.path().join("b")));
+        let (a, b) = (
+            Home::new(dir.path().join("a")),
+            Home::new(dir.path().join("b")),
+        );
         let created = init::init(&a)?;
         let pw_file = dir.path().join("pw");
         std::fs::write(&pw_file, "selftest password\n").map_err(Error::io("cannot write"))?;
