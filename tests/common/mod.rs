@@ -2,5 +2,7 @@
 //! them, so unused-item warnings are expected per binary and silenced here.
 #![allow(dead_code)]
 
+pub mod craft;
+pub mod node;
 #[cfg(unix)]
 pub mod pg;
