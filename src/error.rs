@@ -55,6 +55,8 @@ pub enum Error {
     NotInitialized(PathBuf),
     #[error("{0}")]
     Refused(String),
+    #[error(transparent)]
+    Ha(#[from] crate::ha::Error),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -95,6 +97,8 @@ impl Error {
             Error::Payload(PayloadError::Zip(ZipError::Io(e))) if !is_bundle_io(e) => exit::FAILURE,
             Error::Payload(_) => exit::BAD_BUNDLE,
             Error::Audit(_) => exit::AUDIT,
+            Error::Ha(crate::ha::Error::Address { .. }) => exit::USAGE,
+            Error::Ha(_) => exit::FAILURE,
             Error::Keyring { .. }
             | Error::NotInitialized(_)
             | Error::Refused(_)

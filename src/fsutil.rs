@@ -97,16 +97,63 @@ pub fn replace_with_backup(
     backup_dir: &Path,
     stamp: &str,
 ) -> io::Result<Option<PathBuf>> {
+    replace_with_backup_from(
+        target,
+        &mut &contents[..],
+        backup_dir,
+        stamp,
+        Ownership::OwnerOnly,
+    )
+}
+
+/// Who may read a replaced file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ownership {
+    /// Owner-only, whatever the old file allowed: for secrets.
+    OwnerOnly,
+    /// The old file's owner, group and mode, so that the service that reads
+    /// it (PostgreSQL, the application) still can; owner-only for a new file.
+    KeepExisting,
+}
+
+/// [`replace_with_backup`] streaming the new contents from `data`.
+pub fn replace_with_backup_from(
+    target: &Path,
+    data: &mut dyn io::Read,
+    backup_dir: &Path,
+    stamp: &str,
+    ownership: Ownership,
+) -> io::Result<Option<PathBuf>> {
     let dir = parent_dir(target);
     let mut staged = Staged::new_in(dir)?;
-    staged.write_all(contents)?;
-    let backup = if target.exists() {
-        Some(backup_file(target, backup_dir, stamp)?)
-    } else {
-        None
+    io::copy(data, &mut staged)?;
+    let existing = fs::metadata(target).ok();
+    if let (Ownership::KeepExisting, Some(meta)) = (ownership, &existing) {
+        platform::copy_owner_and_mode(meta, staged.file_mut())?;
+    }
+    let backup = match existing {
+        Some(_) => Some(backup_file(target, backup_dir, stamp)?),
+        None => None,
     };
     staged.persist_replace(target)?;
     Ok(backup)
+}
+
+/// Puts a backup made by [`replace_with_backup_from`] back in place
+/// atomically, keeping the backup; with no backup, removes `target` (it did
+/// not exist before).
+pub fn restore(target: &Path, backup: Option<&Path>) -> io::Result<()> {
+    match backup {
+        Some(b) => {
+            let mut staged = Staged::new_in(parent_dir(target))?;
+            io::copy(&mut File::open(b)?, &mut staged)?;
+            if let Ok(meta) = fs::metadata(target) {
+                platform::copy_owner_and_mode(&meta, staged.file_mut())?;
+            }
+            staged.persist_replace(target)
+        }
+        None => fs::remove_file(target),
+    }
 }
 
 /// Copies `target` into `backup_dir` as `<name>.<stamp>.bak` (owner-only,
@@ -192,6 +239,12 @@ mod platform {
     pub fn is_shared_readable(path: &Path) -> io::Result<bool> {
         Ok(fs::metadata(path)?.permissions().mode() & 0o077 != 0)
     }
+
+    pub fn copy_owner_and_mode(from: &fs::Metadata, to: &File) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        std::os::unix::fs::fchown(to, Some(from.uid()), Some(from.gid()))?;
+        to.set_permissions(fs::Permissions::from_mode(from.mode() & 0o7777))
+    }
 }
 
 #[cfg(windows)]
@@ -218,6 +271,12 @@ mod platform {
 
     pub fn is_shared_readable(_path: &Path) -> io::Result<bool> {
         Ok(false)
+    }
+
+    /// A new file in the same folder inherits that folder's ACL, which is
+    /// what the service reading the old file was given; nothing to copy.
+    pub fn copy_owner_and_mode(_from: &std::fs::Metadata, _to: &std::fs::File) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -246,6 +305,45 @@ mod tests {
         assert_eq!(fs::read(&again).unwrap(), b"two");
         assert!(!is_shared_readable(&target).unwrap());
         assert!(!is_shared_readable(&again).unwrap());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn keep_existing_keeps_owner_and_mode_and_restore_undoes() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("appsettings.json");
+        let backups = dir.path().join("backups");
+        fs::write(&target, b"old").unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o640)).unwrap();
+        let before = fs::metadata(&target).unwrap();
+        let backup = replace_with_backup_from(
+            &target,
+            &mut &b"new"[..],
+            &backups,
+            "s",
+            Ownership::KeepExisting,
+        )
+        .unwrap();
+        let after = fs::metadata(&target).unwrap();
+        assert_eq!(after.mode() & 0o7777, 0o640);
+        assert_eq!((after.uid(), after.gid()), (before.uid(), before.gid()));
+        restore(&target, backup.as_deref()).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"old");
+        assert_eq!(fs::metadata(&target).unwrap().mode() & 0o7777, 0o640);
+        let created = dir.path().join("new.json");
+        assert!(replace_with_backup_from(
+            &created,
+            &mut &b"x"[..],
+            &backups,
+            "s",
+            Ownership::KeepExisting
+        )
+        .unwrap()
+        .is_none());
+        assert_eq!(fs::metadata(&created).unwrap().mode() & 0o777, 0o600);
+        restore(&created, None).unwrap();
+        assert!(!created.exists());
     }
 
     #[test]
