@@ -22,19 +22,9 @@ fn stderr_of(out: &std::process::Output) -> String {
 /// Runs an import expected to fail and checks the exit code, a phrase of the
 /// message, and that neither the node nor the bundle's folder changed.
 fn refused(node: &Node, file: &Path, password: &str, code: i32, phrase: &str) {
+    let mut import = node.import_cmd_with(file, password);
     let before = snapshot(node.dir.path());
-    let pw = node.path("pw-refused");
-    fs::write(&pw, password).unwrap();
-    let out = node
-        .cmd()
-        .arg("import")
-        .arg("-n")
-        .arg(file)
-        .arg("--password-file")
-        .arg(&pw)
-        .output()
-        .unwrap();
-    fs::remove_file(&pw).unwrap();
+    let out = import.output().unwrap();
     let err = stderr_of(&out);
     assert_eq!(out.status.code(), Some(code), "stderr: {err}");
     assert!(err.contains(phrase), "expected {phrase:?} in: {err}");
@@ -157,12 +147,7 @@ fn the_independent_vectors_import_to_the_published_fingerprint() {
         let node = Node::empty();
         let file = node.path(name);
         fs::copy(Path::new(VECTORS).join(name), &file).unwrap();
-        let pw = node.password_file(VECTOR_PASSWORD);
-        node.cmd()
-            .args(["import", "-n"])
-            .arg(&file)
-            .arg("--password-file")
-            .arg(pw)
+        node.import_cmd_with(&file, VECTOR_PASSWORD)
             .assert()
             .success();
         assert_eq!(node.fingerprint(), VECTOR_FINGERPRINT, "{name}");
@@ -212,12 +197,8 @@ fn wrong_password_expired_and_kdf_limit_are_told_apart() {
         "expired at 2025-11-24T17:00:00Z",
     );
     // --allow-expired is the documented way out.
-    let pw = node.password_file(VECTOR_PASSWORD);
-    node.cmd()
-        .args(["import", "--allow-expired", "-n"])
-        .arg(&expired)
-        .arg("--password-file")
-        .arg(pw)
+    node.import_cmd_with(&expired, VECTOR_PASSWORD)
+        .arg("--allow-expired")
         .assert()
         .success();
 
@@ -304,14 +285,7 @@ fn broken_armor_is_refused_with_the_line() {
         "crlf.asc",
         format!("\r\n\r\n{}\r\n\r\n", lines.join("\r\n")),
     );
-    let pw = node.password_file(VECTOR_PASSWORD);
-    node.cmd()
-        .args(["import", "-n"])
-        .arg(&f)
-        .arg("--password-file")
-        .arg(pw)
-        .assert()
-        .success();
+    node.import_cmd_with(&f, VECTOR_PASSWORD).assert().success();
 }
 
 #[test]

@@ -197,18 +197,19 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
             ),
         ]),
     );
+    let mut report = ImportReport {
+        before,
+        after,
+        source_node: payload.manifest.source_node,
+        created,
+        expires,
+        config_skipped,
+        config,
+        dry_run: opts.dry_run,
+        deleted: None,
+    };
     if opts.dry_run {
-        return Ok(ImportReport {
-            before,
-            after,
-            source_node: payload.manifest.source_node,
-            created,
-            expires,
-            config_skipped,
-            config,
-            dry_run: true,
-            deleted: None,
-        });
+        return Ok(report);
     }
     if lock.is_none() {
         home.create()?;
@@ -224,18 +225,8 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
     )?;
     drop(lock);
 
-    let deleted = opts.delete.then(|| {
+    report.deleted = opts.delete.then(|| {
         std::fs::remove_file(&opts.file).map_err(|e| format!("{}: {e}", opts.file.display()))
     });
-    Ok(ImportReport {
-        before,
-        after,
-        source_node: payload.manifest.source_node,
-        created,
-        expires,
-        config_skipped,
-        config,
-        dry_run: false,
-        deleted,
-    })
+    Ok(report)
 }

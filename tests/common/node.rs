@@ -92,7 +92,12 @@ impl Node {
 
     /// `keyferry import -n FILE --password-file …` with [`PASSWORD`].
     pub fn import_cmd(&self, file: &Path) -> Command {
-        let pw = self.password_file(PASSWORD);
+        self.import_cmd_with(file, PASSWORD)
+    }
+
+    /// `keyferry import -n FILE --password-file …` with `password`.
+    pub fn import_cmd_with(&self, file: &Path, password: &str) -> Command {
+        let pw = self.password_file(password);
         let mut c = self.cmd();
         c.arg("import")
             .arg("-n")
