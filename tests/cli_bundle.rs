@@ -686,3 +686,22 @@ fn a_tampered_audit_log_is_detected_and_blocks_changes() {
     assert_eq!(actions, ["init", "export", "export"]);
     assert!(!log.contains(PASSWORD));
 }
+
+#[cfg(unix)]
+#[test]
+fn the_password_can_come_from_an_inherited_descriptor() {
+    let node = Node::empty();
+    let pw = node.password_file(VECTOR_PASSWORD);
+    let bin = assert_cmd::cargo::cargo_bin("keyferry");
+    let status = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(r#""$0" --home "$1" import -n "$2" --password-fd 3 3<"$3""#)
+        .arg(&bin)
+        .arg(&node.home)
+        .arg(Path::new(VECTORS).join("keys.kfb"))
+        .arg(&pw)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(node.fingerprint(), VECTOR_FINGERPRINT);
+}
