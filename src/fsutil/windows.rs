@@ -61,7 +61,7 @@ use windows_sys::Win32::Security::Authorization::{
     GetNamedSecurityInfoW, SDDL_REVISION_1, SE_FILE_OBJECT,
 };
 use windows_sys::Win32::Security::{
-    EqualSid, GetTokenInformation, IsWellKnownSid, TokenUser, WinBuiltinAdministratorsSid,
+    EqualSid, GetAce, GetTokenInformation, IsWellKnownSid, TokenUser, WinBuiltinAdministratorsSid,
     WinCreatorOwnerRightsSid, WinLocalSystemSid, ACCESS_ALLOWED_ACE, ACE_HEADER, ACL,
     DACL_SECURITY_INFORMATION, INHERIT_ONLY_ACE, OWNER_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR,
     PSID, SECURITY_ATTRIBUTES, TOKEN_QUERY, TOKEN_USER,
@@ -212,7 +212,7 @@ pub fn is_shared_readable(path: &Path) -> io::Result<bool> {
     for index in 0..u32::from(count) {
         let mut ace: *mut c_void = ptr::null_mut();
         // SAFETY: `index` < AceCount; GetAce stores a pointer into the ACL.
-        if unsafe { windows_sys::Win32::Security::GetAce(dacl, index, &mut ace) } == 0 {
+        if unsafe { GetAce(dacl, index, &mut ace) } == 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: every ACE starts with an ACE_HEADER.
