@@ -11,7 +11,8 @@
 #      Windows unit tests; a Windows export imported by the Linux binary and
 #      a Linux export imported by keyferry.exe, fingerprints compared; the
 #      DACL of every file and directory keyferry.exe created; the password
-#      prompt failing at once without a console.
+#      prompt on a console (driven through a pseudo-terminal), and failing
+#      at once without one.
 #
 # The shim and the DACL reader are test scaffolding: they live only in the
 # temporary directory and never ship. Exits non-zero on any failure; the
@@ -261,6 +262,28 @@ elif grep -q 'no console to ask on' <<<"$out" && ((SECONDS - t < 30)); then
 else
     printf '%s\n' "$out"
     fail "no console, no source: expected the NoTerminal error at once"
+fi
+# With a console (Wine makes one from a pseudo-terminal), the password is
+# typed at the prompt, not echoed, and a wrong one is refused with exit 3.
+PROMPT=tests/windows/console_prompt.py
+WIN3_HOME=$WORK/win3-home
+typed_pw=$(head -n1 "$PW" | tr -d '\r')
+if out=$(python3 "$PROMPT" "wrong password typed here" "$WINE" "$BIN/keyferry.exe" \
+    --home "$(winpath "$WIN3_HOME")" import -n "$(winpath "$WORK/from-linux.kfb")" 2>&1); then
+    fail "console prompt: a wrong password was accepted"
+elif [[ $? == 3 ]]; then
+    pass "console prompt: a wrong typed password is refused (exit 3)"
+else
+    printf '%s\n' "$out"
+    fail "console prompt: wrong password, expected exit 3"
+fi
+if out=$(python3 "$PROMPT" "$typed_pw" "$WINE" "$BIN/keyferry.exe" \
+    --home "$(winpath "$WIN3_HOME")" import -n "$(winpath "$WORK/from-linux.kfb")" 2>&1) &&
+    [[ "$(fp_of "$out")" == "$lin_fp" ]] && [[ "$out" != *"$typed_pw"* ]]; then
+    pass "console prompt: typed password imports, no echo"
+else
+    printf '%s\n' "$out"
+    fail "console prompt: typed password"
 fi
 if out=$(kf_win --home "$(winpath "$WIN2_HOME")" import -n "$(winpath "$WORK/from-linux.kfb")" \
     --password-fd 0 </dev/null 2>&1); then
