@@ -448,6 +448,33 @@ mod tests {
     }
 
     #[test]
+    fn created_directories_and_files_are_not_shared() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("a").join("home");
+        super::super::ensure_private_dir(&home).unwrap();
+        assert!(!is_shared_readable(&home).unwrap());
+        assert!(!is_shared_readable(home.parent().unwrap()).unwrap());
+        let log = home.join("audit.log");
+        drop(open_append_private(&log).unwrap());
+        assert!(!is_shared_readable(&log).unwrap());
+    }
+
+    /// `LockFileEx` needs read or write-data access; a plain append handle
+    /// has neither and fails on Windows (Wine does not enforce this).
+    #[test]
+    fn an_append_handle_can_take_the_home_lock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("keyferry.lock");
+        let first = open_append_private(&path).unwrap();
+        first.try_lock().unwrap();
+        let second = open_append_private(&path).unwrap();
+        assert!(matches!(
+            second.try_lock(),
+            Err(std::fs::TryLockError::WouldBlock)
+        ));
+    }
+
+    #[test]
     fn a_file_readable_by_everyone_is_shared() {
         let dir = tempfile::tempdir().unwrap();
         // Give Everyone read through a fresh, unprotected descriptor.
