@@ -2,18 +2,25 @@
 //! and staging files that vanish unless committed.
 //!
 //! Invariants:
-//! - a secret file is owner-only from the moment it exists (it is created
-//!   with mode 0600 on Unix; on Windows the new file inherits the home's
-//!   protected ACL, see [`restrict_dir`]), never chmod-ed after the fact;
+//! - a secret file is owner-only from the moment it exists, never restricted
+//!   after the fact: on Unix it is created with mode 0600 (directories
+//!   0700); on Windows it is created with a protected DACL (no inherited
+//!   ACEs) that grants full access to the current user, SYSTEM and the
+//!   Administrators group and to no one else, passed to `CreateFileW` /
+//!   `CreateDirectoryW` in the creation call itself (see the Windows
+//!   `platform` module);
 //! - a replaced file is never half-written: new contents go to a temporary
 //!   file in the same directory, are fsync-ed, then renamed over the old
-//!   name, and the directory is fsync-ed;
+//!   name, and the rename is made durable (the directory is fsync-ed on
+//!   Unix; `MoveFileExW` with `MOVEFILE_WRITE_THROUGH` on Windows);
 //! - before a file is replaced its previous version is copied into the
 //!   backup directory, so an operator can always go back by hand.
 //!
-//! This layer never touches cryptography; it moves bytes it is given.
+//! The shared code below says *what* happens; the `platform` modules (one
+//! per OS family, with the same functions) say *how*. This layer never
+//! touches cryptography; it moves bytes it is given.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -25,11 +32,7 @@ pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    platform::private_dir_mode(&mut builder);
-    builder.create(dir)?;
-    platform::restrict_dir(dir)
+    platform::create_private_dir_all(dir)
 }
 
 /// A new owner-only file in `dir` that is deleted when dropped, unless it is
@@ -41,12 +44,9 @@ pub struct Staged {
 
 impl Staged {
     pub fn new_in(dir: &Path) -> io::Result<Self> {
-        // tempfile creates the file with mode 0600 on Unix, atomically with
-        // the creation (O_EXCL), so no window exists where it is readable.
-        let file = tempfile::Builder::new()
-            .prefix(".keyferry-")
-            .suffix(".tmp")
-            .tempfile_in(dir)?;
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(".keyferry-").suffix(".tmp");
+        let file = platform::create_staged(&builder, dir)?;
         Ok(Self { file })
     }
 
@@ -67,16 +67,23 @@ impl Staged {
     /// Renames the staged file over `target`, replacing what is there.
     pub fn persist_replace(mut self, target: &Path) -> io::Result<()> {
         self.sync()?;
-        self.file.persist(target).map_err(|e| e.error)?;
+        platform::persist(self.file, target, Clobber::Replace)?;
         sync_parent(target)
     }
 
     /// Moves the staged file to `target`, failing if `target` exists.
     pub fn persist_new(mut self, target: &Path) -> io::Result<()> {
         self.sync()?;
-        self.file.persist_noclobber(target).map_err(|e| e.error)?;
+        platform::persist(self.file, target, Clobber::Refuse)?;
         sync_parent(target)
     }
+}
+
+/// Whether [`platform::persist`] may replace an existing target.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Clobber {
+    Replace,
+    Refuse,
 }
 
 impl Write for Staged {
@@ -127,13 +134,14 @@ pub fn replace_with_backup_from(
     let dir = parent_dir(target);
     let mut staged = Staged::new_in(dir)?;
     io::copy(data, &mut staged)?;
-    let existing = fs::metadata(target).ok();
-    if let (Ownership::KeepExisting, Some(meta)) = (ownership, &existing) {
-        platform::copy_owner_and_mode(meta, staged.file_mut())?;
+    let exists = target.exists();
+    if exists && ownership == Ownership::KeepExisting {
+        platform::copy_owner_and_mode(target, staged.file_mut())?;
     }
-    let backup = match existing {
-        Some(_) => Some(backup_file(target, backup_dir, stamp)?),
-        None => None,
+    let backup = if exists {
+        Some(backup_file(target, backup_dir, stamp)?)
+    } else {
+        None
     };
     staged.persist_replace(target)?;
     Ok(backup)
@@ -147,12 +155,12 @@ pub fn restore(target: &Path, backup: Option<&Path>) -> io::Result<()> {
         Some(b) => {
             let mut staged = Staged::new_in(parent_dir(target))?;
             io::copy(&mut File::open(b)?, &mut staged)?;
-            if let Ok(meta) = fs::metadata(target) {
-                platform::copy_owner_and_mode(&meta, staged.file_mut())?;
+            if target.exists() {
+                platform::copy_owner_and_mode(target, staged.file_mut())?;
             }
             staged.persist_replace(target)
         }
-        None => fs::remove_file(target),
+        None => std::fs::remove_file(target),
     }
 }
 
@@ -185,10 +193,7 @@ pub fn backup_file(target: &Path, backup_dir: &Path, stamp: &str) -> io::Result<
 
 /// Opens `path` for appending, creating it owner-only if missing.
 pub fn open_append_private(path: &Path) -> io::Result<File> {
-    let mut options = OpenOptions::new();
-    options.append(true).create(true);
-    platform::private_file_mode(&mut options);
-    options.open(path)
+    platform::open_append_private(path)
 }
 
 fn parent_dir(path: &Path) -> &Path {
@@ -199,17 +204,22 @@ fn parent_dir(path: &Path) -> &Path {
 }
 
 /// Makes a rename durable: on Unix the directory entry itself must be
-/// fsync-ed; Windows has no directory handles to sync and its
-/// `MoveFileEx(MOVEFILE_WRITE_THROUGH)` semantics cover it.
+/// fsync-ed; on Windows `platform::persist` already renamed with
+/// `MOVEFILE_WRITE_THROUGH`, which returns only once the move is on disk.
 fn sync_parent(path: &Path) -> io::Result<()> {
     platform::sync_dir(parent_dir(path))
 }
 
-/// Whether the file at `path` can be read by anyone but its owner.
+/// Whether the file at `path` can be read by anyone but its owner (on
+/// Windows: anyone but its owner, the current user, SYSTEM and the
+/// Administrators group, judged from the file's DACL).
 pub fn is_shared_readable(path: &Path) -> io::Result<bool> {
     platform::is_shared_readable(path)
 }
 
+/// Unix: permission bits at creation (`open(O_CREAT|O_EXCL, 0600)`,
+/// `mkdir(0700)`), `tempfile`'s own staging and rename, and an fsync of the
+/// directory after a rename.
 #[cfg(unix)]
 mod platform {
     use std::fs::{self, DirBuilder, File, OpenOptions};
@@ -217,19 +227,40 @@ mod platform {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
     use std::path::Path;
 
+    use tempfile::NamedTempFile;
+
+    use super::Clobber;
+
     const OWNER_ONLY_FILE: u32 = 0o600;
     const OWNER_ONLY_DIR: u32 = 0o700;
 
-    pub fn private_dir_mode(builder: &mut DirBuilder) {
-        builder.mode(OWNER_ONLY_DIR);
+    /// Creates `dir` and any missing parents with mode 0700.
+    pub fn create_private_dir_all(dir: &Path) -> io::Result<()> {
+        let mut builder = DirBuilder::new();
+        builder.recursive(true).mode(OWNER_ONLY_DIR);
+        builder.create(dir)
     }
 
-    pub fn private_file_mode(options: &mut OpenOptions) {
-        options.mode(OWNER_ONLY_FILE);
+    pub fn create_staged(builder: &tempfile::Builder, dir: &Path) -> io::Result<NamedTempFile> {
+        // tempfile creates the file with mode 0600 on Unix, atomically with
+        // the creation (O_EXCL), so no window exists where it is readable.
+        builder.tempfile_in(dir)
     }
 
-    pub fn restrict_dir(_dir: &Path) -> io::Result<()> {
-        Ok(())
+    pub fn persist(file: NamedTempFile, target: &Path, clobber: Clobber) -> io::Result<()> {
+        match clobber {
+            Clobber::Replace => file.persist(target).map(drop).map_err(|e| e.error),
+            Clobber::Refuse => file
+                .persist_noclobber(target)
+                .map(drop)
+                .map_err(|e| e.error),
+        }
+    }
+
+    pub fn open_append_private(path: &Path) -> io::Result<File> {
+        let mut options = OpenOptions::new();
+        options.append(true).create(true).mode(OWNER_ONLY_FILE);
+        options.open(path)
     }
 
     pub fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -240,49 +271,24 @@ mod platform {
         Ok(fs::metadata(path)?.permissions().mode() & 0o077 != 0)
     }
 
-    pub fn copy_owner_and_mode(from: &fs::Metadata, to: &File) -> io::Result<()> {
+    /// The file at `from`'s owner, group and mode onto `to` (changing the
+    /// owner needs root unless it is the caller's own file).
+    pub fn copy_owner_and_mode(from: &Path, to: &File) -> io::Result<()> {
         use std::os::unix::fs::MetadataExt;
-        std::os::unix::fs::fchown(to, Some(from.uid()), Some(from.gid()))?;
-        to.set_permissions(fs::Permissions::from_mode(from.mode() & 0o7777))
+        let meta = fs::metadata(from)?;
+        std::os::unix::fs::fchown(to, Some(meta.uid()), Some(meta.gid()))?;
+        to.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))
     }
 }
 
 #[cfg(windows)]
-mod platform {
-    use std::fs::{DirBuilder, OpenOptions};
-    use std::io;
-    use std::path::Path;
-
-    pub fn private_dir_mode(_builder: &mut DirBuilder) {}
-
-    pub fn private_file_mode(_options: &mut OpenOptions) {}
-
-    /// Files created in the home inherit its ACL. Until the home carries a
-    /// protected owner-only ACL (tracked in SECURITY.md), operators must
-    /// place it under a directory only administrators can read, which the
-    /// default `%ProgramData%\keyferry` is.
-    pub fn restrict_dir(_dir: &Path) -> io::Result<()> {
-        Ok(())
-    }
-
-    pub fn sync_dir(_dir: &Path) -> io::Result<()> {
-        Ok(())
-    }
-
-    pub fn is_shared_readable(_path: &Path) -> io::Result<bool> {
-        Ok(false)
-    }
-
-    /// A new file in the same folder inherits that folder's ACL, which is
-    /// what the service reading the old file was given; nothing to copy.
-    pub fn copy_owner_and_mode(_from: &std::fs::Metadata, _to: &std::fs::File) -> io::Result<()> {
-        Ok(())
-    }
-}
+#[path = "fsutil/windows.rs"]
+mod platform;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn replace_keeps_a_backup_of_the_previous_version() {

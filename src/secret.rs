@@ -11,7 +11,7 @@
 //!   and on import alike.
 
 use std::fmt;
-use std::io::{self, IsTerminal, Read};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
@@ -130,9 +130,20 @@ pub enum PasswordSource {
 
 #[derive(Debug, Error)]
 pub enum SecretError {
-    #[error(
-        "no password source and no terminal to ask on: pass --password-file PATH, \
-         --password-fd N or --password-env NAME"
+    #[cfg_attr(
+        not(windows),
+        error(
+            "no password source and no terminal to ask on: pass --password-file PATH, \
+             --password-fd N or --password-env NAME"
+        )
+    )]
+    #[cfg_attr(
+        windows,
+        error(
+            "no password source and no console to ask on: pass --password-file PATH \
+             or --password-env NAME (from Git Bash or another mintty terminal, which is \
+             not a console, run keyferry through winpty)"
+        )
     )]
     NoTerminal,
     #[error("cannot read the password from {what}: {source}")]
@@ -259,7 +270,7 @@ fn read_file(path: &Path) -> io::Result<Zeroizing<Vec<u8>>> {
 }
 
 fn read_prompt(prompt: &str) -> Result<Zeroizing<Vec<u8>>, SecretError> {
-    if !std::io::stdin().is_terminal() && !std::io::stderr().is_terminal() {
+    if !have_terminal() {
         return Err(SecretError::NoTerminal);
     }
     let typed = rpassword::prompt_password(prompt).map_err(|source| match source.kind() {
@@ -274,14 +285,21 @@ fn read_prompt(prompt: &str) -> Result<Zeroizing<Vec<u8>>, SecretError> {
 
 /// Whether a terminal is there to prompt on.
 pub fn have_terminal() -> bool {
-    std::io::stdin().is_terminal() || std::io::stderr().is_terminal()
+    platform::have_terminal()
 }
 
+/// Unix: the prompt goes through `/dev/tty` (rpassword), which exists when
+/// standard input or standard error is a terminal; `--password-fd` reads an
+/// inherited descriptor.
 #[cfg(unix)]
 mod platform {
     use std::fs::File;
-    use std::io;
+    use std::io::{self, IsTerminal};
     use std::os::fd::FromRawFd;
+
+    pub fn have_terminal() -> bool {
+        std::io::stdin().is_terminal() || std::io::stderr().is_terminal()
+    }
 
     use zeroize::Zeroizing;
 
@@ -309,11 +327,35 @@ mod platform {
     }
 }
 
+/// Windows: rpassword prompts on the process's console (`CONOUT$`) and
+/// reads it without echo (`CONIN$`, `ReadConsoleW`), so a prompt needs a
+/// real console. `std`'s `is_terminal` also says yes for an MSYS/mintty
+/// pseudo-terminal (Git Bash), where `CONIN$` is a hidden console nobody
+/// types into and the prompt would wait forever; so this asks the console
+/// itself: standard input or standard error must be a console handle
+/// (`GetConsoleMode` succeeds). A service, a scheduled task or a redirected
+/// run without a console gets the NoTerminal error at once.
+/// `--password-fd` has no Windows meaning and reports `Unsupported`.
 #[cfg(windows)]
 mod platform {
     use std::io;
 
+    use windows_sys::Win32::System::Console::{
+        GetConsoleMode, GetStdHandle, STD_ERROR_HANDLE, STD_INPUT_HANDLE,
+    };
     use zeroize::Zeroizing;
+
+    pub fn have_terminal() -> bool {
+        [STD_INPUT_HANDLE, STD_ERROR_HANDLE]
+            .into_iter()
+            .any(|which| {
+                let mut mode = 0u32;
+                // SAFETY: GetStdHandle takes no pointers; GetConsoleMode gets a
+                // valid out pointer and fails cleanly on a null, invalid or
+                // non-console handle.
+                unsafe { GetConsoleMode(GetStdHandle(which), &mut mode) != 0 }
+            })
+    }
 
     pub fn read_fd(_fd: i32) -> io::Result<Zeroizing<Vec<u8>>> {
         Err(io::Error::from(io::ErrorKind::Unsupported))

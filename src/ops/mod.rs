@@ -324,15 +324,59 @@ mod platform {
     }
 }
 
+/// Windows: `%ProgramData%\keyferry` (normally `C:\ProgramData\keyferry`),
+/// the machine-wide place for service data. `%ProgramData%` is used only
+/// when it is an absolute path (a relative or empty value would put the
+/// keys wherever the command happens to run); otherwise
+/// `%SystemDrive%\ProgramData`, otherwise `C:\ProgramData`. fsutil creates
+/// the directory with the owner-only DACL.
 #[cfg(windows)]
 mod platform {
     use std::path::PathBuf;
 
     pub fn default_home() -> PathBuf {
-        let base = std::env::var_os("ProgramData")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(r"C:\ProgramData"));
-        base.join("keyferry")
+        program_data(
+            std::env::var_os("ProgramData"),
+            std::env::var_os("SystemDrive"),
+        )
+        .join("keyferry")
+    }
+
+    fn program_data(
+        program_data: Option<std::ffi::OsString>,
+        system_drive: Option<std::ffi::OsString>,
+    ) -> PathBuf {
+        if let Some(p) = program_data.map(PathBuf::from).filter(|p| p.is_absolute()) {
+            return p;
+        }
+        match system_drive.and_then(|d| d.into_string().ok()) {
+            Some(d) if d.len() == 2 && d.ends_with(':') => {
+                PathBuf::from(format!(r"{d}\ProgramData"))
+            }
+            _ => PathBuf::from(r"C:\ProgramData"),
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::program_data;
+        use std::path::PathBuf;
+
+        #[test]
+        fn program_data_must_be_absolute() {
+            assert_eq!(
+                program_data(Some(r"D:\Data".into()), None),
+                PathBuf::from(r"D:\Data")
+            );
+            assert_eq!(
+                program_data(Some("relative".into()), Some("E:".into())),
+                PathBuf::from(r"E:\ProgramData")
+            );
+            assert_eq!(
+                program_data(Some("".into()), None),
+                PathBuf::from(r"C:\ProgramData")
+            );
+        }
     }
 }
 
