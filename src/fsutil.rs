@@ -9,7 +9,11 @@
 //!   file in the same directory, are fsync-ed, then renamed over the old
 //!   name, and the directory is fsync-ed;
 //! - before a file is replaced its previous version is copied into the
-//!   backup directory, so an operator can always go back by hand.
+//!   backup directory, so an operator can always go back by hand;
+//! - a file that belongs to another program (`pg_hba.conf`) is replaced by
+//!   [`replace_keeping_owner`], which gives the new version the old one's
+//!   owner, group and mode before it takes the old one's name, so the
+//!   program that reads it never sees a file it may not open.
 //!
 //! This layer never touches cryptography; it moves bytes it is given.
 
@@ -136,6 +140,27 @@ pub fn backup_file(target: &Path, backup_dir: &Path, stamp: &str) -> io::Result<
     unreachable!("u32 backup counter exhausted")
 }
 
+/// Replaces the existing file `target` with `contents` atomically, the new
+/// version carrying the old one's owner, group and permission bits (Unix;
+/// changing the owner needs root unless it is the caller's own file). On
+/// Windows the read-only flag is kept and the new file inherits the
+/// directory's ACL, as files created there by the server's installer do.
+/// Makes no backup: callers take one first with [`backup_file`].
+pub fn replace_keeping_owner(target: &Path, contents: &[u8]) -> io::Result<()> {
+    let original = fs::metadata(target)?;
+    let mut staged = Staged::new_in(parent_dir(target))?;
+    staged.write_all(contents)?;
+    staged.sync()?;
+    platform::copy_owner_and_mode(&original, staged.path())?;
+    staged.persist_replace(target)
+}
+
+/// Bytes available to an unprivileged user on the file system that holds
+/// `path` (which must exist).
+pub fn available_space(path: &Path) -> io::Result<u64> {
+    platform::available_space(path)
+}
+
 /// Opens `path` for appending, creating it owner-only if missing.
 pub fn open_append_private(path: &Path) -> io::Result<File> {
     let mut options = OpenOptions::new();
@@ -192,6 +217,32 @@ mod platform {
     pub fn is_shared_readable(path: &Path) -> io::Result<bool> {
         Ok(fs::metadata(path)?.permissions().mode() & 0o077 != 0)
     }
+
+    pub fn copy_owner_and_mode(original: &fs::Metadata, staged: &Path) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let current = fs::metadata(staged)?;
+        if (current.uid(), current.gid()) != (original.uid(), original.gid()) {
+            std::os::unix::fs::chown(staged, Some(original.uid()), Some(original.gid()))?;
+        }
+        // After chown, which may clear set-id bits.
+        fs::set_permissions(staged, fs::Permissions::from_mode(original.mode() & 0o7777))
+    }
+
+    pub fn available_space(path: &Path) -> io::Result<u64> {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let c_path = CString::new(path.as_os_str().as_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: statvfs only writes into the zeroed struct we own, and
+        // c_path is a valid NUL-terminated string for the whole call.
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+        Ok(u64::from(stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+    }
 }
 
 #[cfg(windows)]
@@ -218,6 +269,33 @@ mod platform {
 
     pub fn is_shared_readable(_path: &Path) -> io::Result<bool> {
         Ok(false)
+    }
+
+    pub fn copy_owner_and_mode(original: &std::fs::Metadata, staged: &Path) -> io::Result<()> {
+        let mut permissions = std::fs::metadata(staged)?.permissions();
+        permissions.set_readonly(original.permissions().readonly());
+        std::fs::set_permissions(staged, permissions)
+    }
+
+    pub fn available_space(path: &Path) -> io::Result<u64> {
+        use std::os::windows::ffi::OsStrExt;
+        use windows_sys::Win32::Storage::FileSystem::GetDiskFreeSpaceExW;
+        let wide: Vec<u16> = path.as_os_str().encode_wide().chain(Some(0)).collect();
+        let mut available: u64 = 0;
+        // SAFETY: `wide` is NUL-terminated and outlives the call; the other
+        // out-parameters may be null.
+        let ok = unsafe {
+            GetDiskFreeSpaceExW(
+                wide.as_ptr(),
+                &mut available,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        };
+        if ok == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(available)
     }
 }
 
@@ -256,6 +334,28 @@ mod tests {
             staged.write_all(b"half").unwrap();
         }
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn available_space_is_reported_for_an_existing_path() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(available_space(dir.path()).unwrap() > 0);
+        assert!(available_space(&dir.path().join("missing")).is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn replace_keeping_owner_keeps_the_mode_of_a_shared_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("pg_hba.conf");
+        fs::write(&target, b"old").unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o640)).unwrap();
+        replace_keeping_owner(&target, b"new").unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"new");
+        let mode = fs::metadata(&target).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o640);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

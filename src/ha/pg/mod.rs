@@ -214,7 +214,7 @@ pub fn from_postgres(target: &str, e: postgres::Error) -> PgError {
     }
     let io = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<io::Error>());
     match io {
-        Some(io) if !e.is_closed() => PgError::Unreachable {
+        Some(io) if is_unreachable_kind(io.kind()) => PgError::Unreachable {
             target: target.to_owned(),
             source: io::Error::new(io.kind(), one_line(&io.to_string())),
         },
@@ -223,6 +223,22 @@ pub fn from_postgres(target: &str, e: postgres::Error) -> PgError {
             message: one_line(&e.to_string()),
         },
     }
+}
+
+/// Errors of the connect itself: nothing listens there, or nothing could
+/// be reached. Anything later (a reset, an EOF mid-handshake) is a
+/// protocol failure: something answered.
+pub fn is_unreachable_kind(kind: io::ErrorKind) -> bool {
+    matches!(
+        kind,
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::TimedOut
+            | io::ErrorKind::WouldBlock
+            | io::ErrorKind::NotFound
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+            | io::ErrorKind::AddrNotAvailable
+    )
 }
 
 /// Collapses a multi-line message into one line.

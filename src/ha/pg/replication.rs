@@ -112,7 +112,9 @@ impl Conn {
             .map_err(|e| self.io(e))?;
         let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
         if !(4..=MAX_MESSAGE_LEN).contains(&len) {
-            return Err(self.protocol(format!("implausible message length {len}")));
+            return Err(self.protocol(format!(
+                "the answer is not PostgreSQL's protocol (message length {len}): is another service on that port?"
+            )));
         }
         let mut buf = BytesMut::zeroed(1 + len);
         buf[..5].copy_from_slice(&header);
