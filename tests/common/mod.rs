@@ -3,4 +3,6 @@
 #![allow(dead_code)]
 
 #[cfg(unix)]
+pub mod netns;
+#[cfg(unix)]
 pub mod pg;
