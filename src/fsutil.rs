@@ -9,11 +9,7 @@
 //!   file in the same directory, are fsync-ed, then renamed over the old
 //!   name, and the directory is fsync-ed;
 //! - before a file is replaced its previous version is copied into the
-//!   backup directory, so an operator can always go back by hand;
-//! - a file that belongs to another program (`pg_hba.conf`) is replaced by
-//!   [`replace_keeping_owner`], which gives the new version the old one's
-//!   owner, group and mode before it takes the old one's name, so the
-//!   program that reads it never sees a file it may not open.
+//!   backup directory, so an operator can always go back by hand.
 //!
 //! This layer never touches cryptography; it moves bytes it is given.
 
@@ -101,16 +97,63 @@ pub fn replace_with_backup(
     backup_dir: &Path,
     stamp: &str,
 ) -> io::Result<Option<PathBuf>> {
+    replace_with_backup_from(
+        target,
+        &mut &contents[..],
+        backup_dir,
+        stamp,
+        Ownership::OwnerOnly,
+    )
+}
+
+/// Who may read a replaced file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ownership {
+    /// Owner-only, whatever the old file allowed: for secrets.
+    OwnerOnly,
+    /// The old file's owner, group and mode, so that the service that reads
+    /// it (PostgreSQL, the application) still can; owner-only for a new file.
+    KeepExisting,
+}
+
+/// [`replace_with_backup`] streaming the new contents from `data`.
+pub fn replace_with_backup_from(
+    target: &Path,
+    data: &mut dyn io::Read,
+    backup_dir: &Path,
+    stamp: &str,
+    ownership: Ownership,
+) -> io::Result<Option<PathBuf>> {
     let dir = parent_dir(target);
     let mut staged = Staged::new_in(dir)?;
-    staged.write_all(contents)?;
-    let backup = if target.exists() {
-        Some(backup_file(target, backup_dir, stamp)?)
-    } else {
-        None
+    io::copy(data, &mut staged)?;
+    let existing = fs::metadata(target).ok();
+    if let (Ownership::KeepExisting, Some(meta)) = (ownership, &existing) {
+        platform::copy_owner_and_mode(meta, staged.file_mut())?;
+    }
+    let backup = match existing {
+        Some(_) => Some(backup_file(target, backup_dir, stamp)?),
+        None => None,
     };
     staged.persist_replace(target)?;
     Ok(backup)
+}
+
+/// Puts a backup made by [`replace_with_backup_from`] back in place
+/// atomically, keeping the backup; with no backup, removes `target` (it did
+/// not exist before).
+pub fn restore(target: &Path, backup: Option<&Path>) -> io::Result<()> {
+    match backup {
+        Some(b) => {
+            let mut staged = Staged::new_in(parent_dir(target))?;
+            io::copy(&mut File::open(b)?, &mut staged)?;
+            if let Ok(meta) = fs::metadata(target) {
+                platform::copy_owner_and_mode(&meta, staged.file_mut())?;
+            }
+            staged.persist_replace(target)
+        }
+        None => fs::remove_file(target),
+    }
 }
 
 /// Copies `target` into `backup_dir` as `<name>.<stamp>.bak` (owner-only,
@@ -138,21 +181,6 @@ pub fn backup_file(target: &Path, backup_dir: &Path, stamp: &str) -> io::Result<
         return staged.persist_new(&candidate).map(|()| candidate);
     }
     unreachable!("u32 backup counter exhausted")
-}
-
-/// Replaces the existing file `target` with `contents` atomically, the new
-/// version carrying the old one's owner, group and permission bits (Unix;
-/// changing the owner needs root unless it is the caller's own file). On
-/// Windows the read-only flag is kept and the new file inherits the
-/// directory's ACL, as files created there by the server's installer do.
-/// Makes no backup: callers take one first with [`backup_file`].
-pub fn replace_keeping_owner(target: &Path, contents: &[u8]) -> io::Result<()> {
-    let original = fs::metadata(target)?;
-    let mut staged = Staged::new_in(parent_dir(target))?;
-    staged.write_all(contents)?;
-    staged.sync()?;
-    platform::copy_owner_and_mode(&original, staged.path())?;
-    staged.persist_replace(target)
 }
 
 /// Bytes available to an unprivileged user on the file system that holds
@@ -218,14 +246,10 @@ mod platform {
         Ok(fs::metadata(path)?.permissions().mode() & 0o077 != 0)
     }
 
-    pub fn copy_owner_and_mode(original: &fs::Metadata, staged: &Path) -> io::Result<()> {
+    pub fn copy_owner_and_mode(from: &fs::Metadata, to: &File) -> io::Result<()> {
         use std::os::unix::fs::MetadataExt;
-        let current = fs::metadata(staged)?;
-        if (current.uid(), current.gid()) != (original.uid(), original.gid()) {
-            std::os::unix::fs::chown(staged, Some(original.uid()), Some(original.gid()))?;
-        }
-        // After chown, which may clear set-id bits.
-        fs::set_permissions(staged, fs::Permissions::from_mode(original.mode() & 0o7777))
+        std::os::unix::fs::fchown(to, Some(from.uid()), Some(from.gid()))?;
+        to.set_permissions(fs::Permissions::from_mode(from.mode() & 0o7777))
     }
 
     pub fn available_space(path: &Path) -> io::Result<u64> {
@@ -271,10 +295,10 @@ mod platform {
         Ok(false)
     }
 
-    pub fn copy_owner_and_mode(original: &std::fs::Metadata, staged: &Path) -> io::Result<()> {
-        let mut permissions = std::fs::metadata(staged)?.permissions();
-        permissions.set_readonly(original.permissions().readonly());
-        std::fs::set_permissions(staged, permissions)
+    /// A new file in the same folder inherits that folder's ACL, which is
+    /// what the service reading the old file was given; nothing to copy.
+    pub fn copy_owner_and_mode(_from: &std::fs::Metadata, _to: &std::fs::File) -> io::Result<()> {
+        Ok(())
     }
 
     pub fn available_space(path: &Path) -> io::Result<u64> {
@@ -326,6 +350,45 @@ mod tests {
         assert!(!is_shared_readable(&again).unwrap());
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn keep_existing_keeps_owner_and_mode_and_restore_undoes() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("appsettings.json");
+        let backups = dir.path().join("backups");
+        fs::write(&target, b"old").unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o640)).unwrap();
+        let before = fs::metadata(&target).unwrap();
+        let backup = replace_with_backup_from(
+            &target,
+            &mut &b"new"[..],
+            &backups,
+            "s",
+            Ownership::KeepExisting,
+        )
+        .unwrap();
+        let after = fs::metadata(&target).unwrap();
+        assert_eq!(after.mode() & 0o7777, 0o640);
+        assert_eq!((after.uid(), after.gid()), (before.uid(), before.gid()));
+        restore(&target, backup.as_deref()).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"old");
+        assert_eq!(fs::metadata(&target).unwrap().mode() & 0o7777, 0o640);
+        let created = dir.path().join("new.json");
+        assert!(replace_with_backup_from(
+            &created,
+            &mut &b"x"[..],
+            &backups,
+            "s",
+            Ownership::KeepExisting
+        )
+        .unwrap()
+        .is_none());
+        assert_eq!(fs::metadata(&created).unwrap().mode() & 0o777, 0o600);
+        restore(&created, None).unwrap();
+        assert!(!created.exists());
+    }
+
     #[test]
     fn a_dropped_staged_file_leaves_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
@@ -341,21 +404,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(available_space(dir.path()).unwrap() > 0);
         assert!(available_space(&dir.path().join("missing")).is_err());
-    }
-
-    #[cfg(unix)]
-    #[test]
-    fn replace_keeping_owner_keeps_the_mode_of_a_shared_file() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let target = dir.path().join("pg_hba.conf");
-        fs::write(&target, b"old").unwrap();
-        fs::set_permissions(&target, fs::Permissions::from_mode(0o640)).unwrap();
-        replace_keeping_owner(&target, b"new").unwrap();
-        assert_eq!(fs::read(&target).unwrap(), b"new");
-        let mode = fs::metadata(&target).unwrap().permissions().mode() & 0o7777;
-        assert_eq!(mode, 0o640);
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

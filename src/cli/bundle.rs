@@ -53,8 +53,17 @@ pub struct ImportArgs {
     #[arg(long, value_name = "KIB")]
     max_kdf_memory: Option<u32>,
     /// Delete the bundle file after a successful import.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "dry_run")]
     delete: bool,
+    /// Create ha.toml from the bundle on a node that has none.
+    #[arg(long)]
+    accept_config: bool,
+    /// This node's name in an ha.toml created with --accept-config (default: the host name).
+    #[arg(long, value_name = "NAME", requires = "accept_config")]
+    node: Option<String>,
+    /// Verify the bundle and show what would change, without changing anything.
+    #[arg(long)]
+    dry_run: bool,
     #[command(flatten)]
     password: PasswordArgs,
 }
@@ -126,10 +135,18 @@ pub fn import(home: &Home, args: ImportArgs) -> Result<()> {
             allow_expired: args.allow_expired,
             max_kdf_memory: args.max_kdf_memory,
             delete: args.delete,
+            accept_config: args.accept_config,
+            node_name: args.node,
+            dry_run: args.dry_run,
         },
     )?;
+    let verb = if report.dry_run {
+        "would import"
+    } else {
+        "imported"
+    };
     println!(
-        "imported keys from {} (made by node {:?} at {}, expires {})",
+        "{verb} keys from {} (made by node {:?} at {}, expires {})",
         args.file.display(),
         report.source_node,
         fmt_time(report.created),
@@ -155,6 +172,42 @@ pub fn import(home: &Home, args: ImportArgs) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+    }
+    for c in &report.config {
+        let what = match (c.unchanged, c.existed) {
+            (true, _) => "unchanged",
+            (false, true) => {
+                if report.dry_run {
+                    "would replace"
+                } else {
+                    "replaced (backup in backups/)"
+                }
+            }
+            (false, false) => {
+                if report.dry_run {
+                    "would create"
+                } else {
+                    "created"
+                }
+            }
+        };
+        println!(
+            "{} -> {}: {what}",
+            c.file.content().entry_name(),
+            c.target.display()
+        );
+        for ch in &c.changes {
+            println!(
+                "    {}: {} -> {}",
+                ch.field,
+                ch.before.as_deref().unwrap_or("(none)"),
+                ch.after.as_deref().unwrap_or("(none)")
+            );
+        }
+    }
+    if report.dry_run {
+        println!("dry run: nothing was changed");
+        return Ok(());
     }
     match report.deleted {
         Some(Ok(())) => println!("deleted {}", args.file.display()),

@@ -1,13 +1,15 @@
 //! The pair's configuration files as they travel in a bundle: which files
 //! an export carries, and (on import) where they are installed.
 
-use std::fs::File;
-use std::io::{Seek, SeekFrom};
-use std::path::PathBuf;
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 
 use super::Home;
 use crate::error::{Error, Result};
-use crate::payload::{zip, ConfigFile, ConfigSource};
+use crate::fsutil::{self, Staged};
+use crate::ha::config::{FieldChange, HaConfig};
+use crate::payload::{zip, ConfigFile, ConfigSink, ConfigSource};
 
 /// What an export puts into the payload besides the keys.
 pub struct ConfigPlan {
@@ -54,24 +56,275 @@ fn host_name() -> String {
     gethostname::gethostname().to_string_lossy().into_owned()
 }
 
+/// This node's `ha.toml`, if it has one.
+pub fn load_local(home: &Home) -> Result<Option<HaConfig>> {
+    let path = home.ha_config_path();
+    match fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(HaConfig::from_toml(&text)?)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(format!("cannot read {}", path.display()))(e)),
+    }
+}
+
 /// The configuration an export carries: nothing unless `with_config`, and
 /// then the node's `ha.toml` and the `appsettings.json` it names.
 pub fn sources_for_export(home: &Home, with_config: bool) -> Result<ConfigPlan> {
-    let ha_path = home.ha_config_path();
+    let local = if with_config { load_local(home)? } else { None };
     if !with_config {
         return Ok(ConfigPlan {
-            node_name: host_name(),
+            node_name: match load_local(home) {
+                Ok(Some(c)) => c.node,
+                _ => host_name(),
+            },
             files: Vec::new(),
         });
     }
-    if !ha_path.exists() {
+    let Some(ha) = local else {
         return Err(Error::Refused(format!(
             "--with-config needs this node's HA configuration, {}, which does not exist: \
              describe the pair first (`keyferry ha init`), or export without --with-config",
-            ha_path.display()
+            home.ha_config_path().display()
         )));
+    };
+    let mut files = vec![(ConfigFile::HaConfig, home.ha_config_path())];
+    if let Some(app) = &ha.appsettings {
+        if !app.is_file() {
+            return Err(Error::Refused(format!(
+                "ha.toml names {} as appsettings.json, but there is no such file: \
+                 fix the path with `keyferry ha init --appsettings PATH --force`",
+                app.display()
+            )));
+        }
+        files.push((ConfigFile::Appsettings, app.clone()));
     }
-    Err(Error::Refused(
-        "--with-config: reading ha.toml is not available in this build".into(),
+    Ok(ConfigPlan {
+        node_name: ha.node,
+        files,
+    })
+}
+
+/// Receives configuration entries while a payload is read, into owner-only
+/// staging files that vanish unless installed.
+pub struct StagingSink {
+    dir: PathBuf,
+    pub staged: Vec<(ConfigFile, Staged)>,
+}
+
+impl StagingSink {
+    /// Stages in the home when it exists (same file system as `ha.toml`),
+    /// else in the system's temporary folder, so a failed import of a
+    /// fresh node leaves no home behind.
+    pub fn new(home: &Home) -> Self {
+        let dir = if home.root().is_dir() {
+            home.root().to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        Self {
+            dir,
+            staged: Vec::new(),
+        }
+    }
+
+    fn take(&mut self, file: ConfigFile) -> Option<Staged> {
+        let i = self.staged.iter().position(|(f, _)| *f == file)?;
+        Some(self.staged.remove(i).1)
+    }
+}
+
+impl ConfigSink for StagingSink {
+    fn receive(&mut self, file: ConfigFile, data: &mut dyn Read) -> io::Result<()> {
+        let mut staged = Staged::new_in(&self.dir)?;
+        io::copy(data, &mut staged)?;
+        staged.sync()?;
+        self.staged.push((file, staged));
+        Ok(())
+    }
+}
+
+/// What an import does to one configuration file.
+pub struct FilePlan {
+    pub file: ConfigFile,
+    pub target: PathBuf,
+    /// Whether the file exists on this node already (else it is created).
+    pub existed: bool,
+    pub unchanged: bool,
+    /// For `ha.toml`: the fields that change.
+    pub changes: Vec<FieldChange>,
+    contents: Staged,
+}
+
+/// How an import may treat configuration.
+pub struct ConfigPolicy<'a> {
+    pub accept_config: bool,
+    /// The receiving node's name when it has no `ha.toml` yet.
+    pub node_name: Option<&'a str>,
+}
+
+fn same_bytes(a: &mut dyn Read, path: &Path) -> io::Result<bool> {
+    let mut b = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let (mut x, mut y) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    loop {
+        let n = read_full(a, &mut x)?;
+        let m = read_full(&mut b, &mut y)?;
+        if n != m || x[..n] != y[..m] {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+fn invalid_ha(e: crate::ha::Error) -> Error {
+    Error::Refused(format!(
+        "config/ha.toml in the bundle is not a valid pair description ({e}): export it again on the primary"
     ))
+}
+
+/// Decides where each staged file goes and what changes; writes nothing.
+pub fn plan_install(
+    home: &Home,
+    mut sink: StagingSink,
+    policy: &ConfigPolicy<'_>,
+) -> Result<Vec<FilePlan>> {
+    let local = load_local(home)?;
+    let mut plans = Vec::new();
+    let mut effective = local.clone();
+    if let Some(mut staged) = sink.take(ConfigFile::HaConfig) {
+        let mut text = String::new();
+        let f = staged.file_mut();
+        f.seek(SeekFrom::Start(0))
+            .map_err(Error::io("cannot read the staged ha.toml"))?;
+        f.read_to_string(&mut text).map_err(|_| {
+            invalid_ha(crate::ha::Error::ConfigSerialize {
+                message: "not UTF-8".into(),
+            })
+        })?;
+        let received = HaConfig::from_toml(&text).map_err(invalid_ha)?;
+        if local.is_none() && !policy.accept_config {
+            return Err(Error::Refused(format!(
+                "the bundle carries the pair's configuration and this node has no {}: \
+                 re-run with --accept-config to create it (add --node NAME to name this node), \
+                 or with --keys-only to take only the keys",
+                home.ha_config_path().display()
+            )));
+        }
+        let name = match (&local, policy.node_name) {
+            (Some(l), _) => l.node.clone(),
+            (None, Some(n)) => n.to_owned(),
+            (None, None) => host_name(),
+        };
+        let adjusted = received
+            .for_receiving_node(&name, local.as_ref())
+            .map_err(invalid_ha)?;
+        let rendered = adjusted.to_toml()?;
+        let mut contents = Staged::new_in(&sink.dir).map_err(Error::io("cannot stage ha.toml"))?;
+        contents
+            .write_all(rendered.as_bytes())
+            .and_then(|()| contents.sync())
+            .map_err(Error::io("cannot stage ha.toml"))?;
+        let changes = match &local {
+            Some(l) => l.changes_to(&adjusted),
+            None => Vec::new(),
+        };
+        plans.push(FilePlan {
+            file: ConfigFile::HaConfig,
+            target: home.ha_config_path(),
+            existed: local.is_some(),
+            unchanged: local.is_some() && changes.is_empty(),
+            changes,
+            contents,
+        });
+        effective = Some(adjusted);
+    }
+    if let Some(mut staged) = sink.take(ConfigFile::Appsettings) {
+        let Some(target) = effective.as_ref().and_then(|c| c.appsettings.clone()) else {
+            return Err(Error::Refused(
+                "the bundle carries appsettings.json but this node's ha.toml names no appsettings path: \
+                 set it with `keyferry ha init … --appsettings PATH`, or import with --keys-only"
+                    .into(),
+            ));
+        };
+        match target.parent() {
+            Some(dir) if dir.is_dir() => {}
+            _ => {
+                return Err(Error::Refused(format!(
+                    "the folder of {} does not exist: create it, or fix the appsettings path in ha.toml",
+                    target.display()
+                )))
+            }
+        }
+        let f = staged.file_mut();
+        f.seek(SeekFrom::Start(0))
+            .map_err(Error::io("cannot read the staged appsettings.json"))?;
+        let unchanged = same_bytes(f, &target)
+            .map_err(Error::io(format!("cannot read {}", target.display())))?;
+        plans.push(FilePlan {
+            file: ConfigFile::Appsettings,
+            existed: target.exists(),
+            target,
+            unchanged,
+            changes: Vec::new(),
+            contents: staged,
+        });
+    }
+    Ok(plans)
+}
+
+/// Installed files and their backups, to undo an install.
+pub struct Installed(Vec<(PathBuf, Option<PathBuf>)>);
+
+impl Installed {
+    /// Puts every installed file back as it was (best effort: each failure
+    /// is reported by `audit verify` only indirectly, so keep going).
+    pub fn undo(self) {
+        for (target, backup) in self.0.into_iter().rev() {
+            let _ = fsutil::restore(&target, backup.as_deref());
+        }
+    }
+}
+
+/// Installs the planned files (byte for byte, with backups, keeping each
+/// old file's owner and mode). On failure, what was installed is undone.
+pub fn install(home: &Home, plans: Vec<FilePlan>, stamp: &str) -> Result<Installed> {
+    let mut done = Installed(Vec::new());
+    for mut plan in plans.into_iter().filter(|p| !p.unchanged) {
+        let f = plan.contents.file_mut();
+        let result = f.seek(SeekFrom::Start(0)).and_then(|_| {
+            fsutil::replace_with_backup_from(
+                &plan.target,
+                f,
+                &home.backup_dir(),
+                stamp,
+                fsutil::Ownership::KeepExisting,
+            )
+        });
+        match result {
+            Ok(backup) => done.0.push((plan.target, backup)),
+            Err(e) => {
+                done.undo();
+                return Err(Error::io(format!(
+                    "cannot install {}",
+                    plan.target.display()
+                ))(e));
+            }
+        }
+    }
+    Ok(done)
 }

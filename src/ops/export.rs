@@ -165,7 +165,7 @@ pub fn export(home: &Home, opts: &ExportOptions) -> Result<ExportReport> {
                 .persist_new(&target)
                 .map_err(Error::io(format!("cannot create {}", target.display())))
         },
-        || {
+        |()| {
             let _ = std::fs::remove_file(&opts.file);
         },
     )?;

@@ -6,13 +6,14 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
+use super::config::{self, ConfigPolicy, Installed, StagingSink};
 use super::{details, new_node_state, now_unix, open_bundle_file, payload_error, record, Home};
 use crate::bundle::{self, BundleError, OpenOptions};
 use crate::error::{Error, Result};
 use crate::kdf::{self, KdfLimits};
 use crate::keyring::store::Keystore;
 use crate::keyring::Fingerprint;
-use crate::payload::{self, ConfigFile, DiscardConfig};
+use crate::payload::{self, ConfigFile, ConfigSink, DiscardConfig};
 use crate::secret::PasswordSource;
 
 pub struct ImportOptions {
@@ -23,6 +24,21 @@ pub struct ImportOptions {
     /// Raises the KDF memory limit (KiB).
     pub max_kdf_memory: Option<u32>,
     pub delete: bool,
+    /// Create `ha.toml` from the bundle on a node that has none.
+    pub accept_config: bool,
+    /// This node's name, for an `ha.toml` created by `accept_config`.
+    pub node_name: Option<String>,
+    /// Verify and show what would change, write nothing.
+    pub dry_run: bool,
+}
+
+/// What an import did (or, in a dry run, would do) to one configuration file.
+pub struct ConfigChange {
+    pub file: ConfigFile,
+    pub target: std::path::PathBuf,
+    pub existed: bool,
+    pub unchanged: bool,
+    pub changes: Vec<crate::ha::config::FieldChange>,
 }
 
 pub struct ImportReport {
@@ -34,6 +50,9 @@ pub struct ImportReport {
     /// Configuration the bundle carried and that was left alone
     /// (`--keys-only`).
     pub config_skipped: Vec<ConfigFile>,
+    /// Configuration installed (or that would be).
+    pub config: Vec<ConfigChange>,
+    pub dry_run: bool,
     /// Whether `--delete` removed the bundle; `Err` holds why it could not.
     pub deleted: Option<std::result::Result<(), String>>,
 }
@@ -83,11 +102,16 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
     )?;
     drop(kek);
 
-    let mut sink = DiscardConfig;
+    let mut staging = StagingSink::new(home);
+    let sink: &mut dyn ConfigSink = if opts.keys_only {
+        &mut DiscardConfig
+    } else {
+        &mut staging
+    };
     let (payload, mut rest) = payload::read(
         BufReader::with_capacity(bundle::CHUNK_SIZE, &mut reader),
         payload::DEFAULT_MAX_TOTAL,
-        &mut sink,
+        sink,
     )
     .map_err(payload_error)?;
     // The archive has ended; so must the authenticated stream (this reads
@@ -100,18 +124,33 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
     }
     drop(rest);
 
-    if !payload.config.is_empty() && !opts.keys_only {
-        return Err(Error::Refused(format!(
-            "this bundle also carries configuration ({}); installing configuration needs the HA \
-             configuration support: re-run with --keys-only to take only the keys",
-            payload
-                .config
-                .iter()
-                .map(|c| c.content().entry_name())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
+    let plans = if opts.keys_only {
+        Vec::new()
+    } else {
+        config::plan_install(
+            home,
+            staging,
+            &ConfigPolicy {
+                accept_config: opts.accept_config,
+                node_name: opts.node_name.as_deref(),
+            },
+        )?
+    };
+    let config: Vec<ConfigChange> = plans
+        .iter()
+        .map(|p| ConfigChange {
+            file: p.file,
+            target: p.target.clone(),
+            existed: p.existed,
+            unchanged: p.unchanged,
+            changes: p.changes.clone(),
+        })
+        .collect();
+    let config_skipped = if opts.keys_only {
+        payload.config.clone()
+    } else {
+        Vec::new()
+    };
 
     let before = existing.as_ref().map(|s| s.keyring.fingerprint());
     let after = payload.keyring.fingerprint();
@@ -146,13 +185,43 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
             ),
             ("fingerprint_after", Value::from(after.to_string())),
             ("keys_only", Value::from(opts.keys_only)),
+            (
+                "config_installed",
+                Value::from(
+                    config
+                        .iter()
+                        .filter(|c| !c.unchanged)
+                        .map(|c| c.target.display().to_string())
+                        .collect::<Vec<_>>(),
+                ),
+            ),
         ]),
     );
+    if opts.dry_run {
+        return Ok(ImportReport {
+            before,
+            after,
+            source_node: payload.manifest.source_node,
+            created,
+            expires,
+            config_skipped,
+            config,
+            dry_run: true,
+            deleted: None,
+        });
+    }
     if lock.is_none() {
         home.create()?;
         lock = Some(home.lock()?);
     }
-    home.commit(&store, &line, now, || Ok(()), || ())?;
+    let stamp = super::file_stamp(now);
+    home.commit(
+        &store,
+        &line,
+        now,
+        || config::install(home, plans, &stamp),
+        Installed::undo,
+    )?;
     drop(lock);
 
     let deleted = opts.delete.then(|| {
@@ -164,7 +233,9 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
         source_node: payload.manifest.source_node,
         created,
         expires,
-        config_skipped: payload.config,
+        config_skipped,
+        config,
+        dry_run: false,
         deleted,
     })
 }

@@ -47,6 +47,6 @@ pub fn init(home: &Home) -> Result<InitReport> {
             ("keys", Value::from(1)),
         ]),
     );
-    home.commit(&store, &line, now, || Ok(()), || ())?;
+    home.commit(&store, &line, now, || Ok(()), |()| ())?;
     Ok(InitReport { fingerprint })
 }

@@ -56,7 +56,7 @@ pub fn now_unix() -> u64 {
 }
 
 /// `20261125T231800Z`: sortable, and valid in a file name on every platform.
-fn file_stamp(secs: u64) -> String {
+pub(crate) fn file_stamp(secs: u64) -> String {
     bundle::fmt_time(secs).replace(['-', ':'], "")
 }
 
@@ -218,22 +218,26 @@ impl Home {
 
     /// Applies a change in the order the module documentation gives:
     /// audit record, then `effect`, then the keystore (which must already
-    /// carry the new head). On failure, what was done is undone.
-    fn commit(
+    /// carry the new head). On failure, what was done is undone: `undo`
+    /// receives what `effect` returned.
+    fn commit<T>(
         &self,
         store: &Keystore,
         record_line: &[u8],
         now: u64,
-        effect: impl FnOnce() -> Result<()>,
-        undo_effect: impl FnOnce(),
+        effect: impl FnOnce() -> Result<T>,
+        undo: impl FnOnce(T),
     ) -> Result<()> {
         let audit_undo = self.append_audit(record_line)?;
-        if let Err(e) = effect() {
-            audit_undo.undo();
-            return Err(e);
-        }
+        let done = match effect() {
+            Ok(done) => done,
+            Err(e) => {
+                audit_undo.undo();
+                return Err(e);
+            }
+        };
         if let Err(e) = self.write_keystore(store, now) {
-            undo_effect();
+            undo(done);
             audit_undo.undo();
             return Err(e);
         }

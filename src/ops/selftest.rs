@@ -341,6 +341,9 @@ fn round_trip() -> Check {
                 allow_expired: false,
                 max_kdf_memory: None,
                 delete: true,
+                accept_config: false,
+                node_name: None,
+                dry_run: false,
             },
         )?;
         if report.after != created.fingerprint {

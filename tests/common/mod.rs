@@ -2,7 +2,9 @@
 //! them, so unused-item warnings are expected per binary and silenced here.
 #![allow(dead_code)]
 
+pub mod craft;
 #[cfg(unix)]
 pub mod netns;
+pub mod node;
 #[cfg(unix)]
 pub mod pg;

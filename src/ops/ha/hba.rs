@@ -31,7 +31,7 @@ use serde_json::Value;
 
 use super::{audited, load_config, stamp};
 use crate::error::{Error, Result};
-use crate::fsutil;
+use crate::fsutil::{self, Ownership};
 use crate::ha::config::HaConfig;
 use crate::ha::hba::{self, Coverage, HbaMethod};
 use crate::ha::pg::{self, passfile, ConnSpec, Endpoint, PgError};
@@ -257,28 +257,29 @@ fn change(
         action,
         record_details,
         || {
-            let made = fsutil::backup_file(file, &home.backup_dir(), &stamp()).map_err(
-                Error::io(format!(
-                    "cannot back up {} into {}; nothing was changed",
-                    file.display(),
-                    home.backup_dir().display()
-                )),
-            )?;
-            *backup.borrow_mut() = Some(made);
-            fsutil::replace_keeping_owner(file, &edit.text).map_err(Error::io(format!(
-                "cannot write {}; nothing was changed",
-                file.display()
+            let made = fsutil::replace_with_backup_from(
+                file,
+                &mut &edit.text[..],
+                &home.backup_dir(),
+                &stamp(),
+                Ownership::KeepExisting,
+            )
+            .map_err(Error::io(format!(
+                "cannot write {} (or its backup into {}); nothing was changed",
+                file.display(),
+                home.backup_dir().display()
             )))?;
+            *backup.borrow_mut() = made.clone();
             if let Some((client, endpoint)) = server.borrow_mut().as_mut() {
                 if let Err(e) = check_and_reload(client, &endpoint.to_string(), file) {
-                    restore(file, &original);
+                    restore(file, made.as_deref());
                     return Err(e);
                 }
             }
             Ok(())
         },
         || {
-            restore(file, &original);
+            restore(file, backup.borrow().as_deref());
             if let Some((client, endpoint)) = server.borrow_mut().as_mut() {
                 let _ = pg::reload_conf(client, &endpoint.to_string());
             }
@@ -288,10 +289,12 @@ fn change(
     Ok(report)
 }
 
-/// Puts the original bytes back, with the file's owner and mode (best
-/// effort: this runs only while undoing a failed change).
-fn restore(file: &Path, original: &[u8]) {
-    let _ = fsutil::replace_keeping_owner(file, original);
+/// Puts the backup (the original bytes) back, with the file's owner and
+/// mode (best effort: this runs only while undoing a failed change).
+fn restore(file: &Path, backup: Option<&Path>) {
+    if backup.is_some() {
+        let _ = fsutil::restore(file, backup);
+    }
 }
 
 /// Runs PostgreSQL's parser over the file on disk; reloads when clean.

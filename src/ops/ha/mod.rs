@@ -53,7 +53,7 @@ fn audited(
     home.verify_audit(&store)?;
     let now = now_unix();
     let line = record(&mut store, now, action, record_details);
-    home.commit(&store, &line, now, effect, undo_effect)?;
+    home.commit(&store, &line, now, effect, |()| undo_effect())?;
     Ok(true)
 }
 
@@ -162,11 +162,6 @@ pub fn init(home: &Home, opts: &InitOptions) -> Result<InitReport> {
             home.backup_dir().display()
         )));
     }
-    let previous = if exists {
-        Some(fs::read(&path).map_err(Error::io(format!("cannot read {}", path.display())))?)
-    } else {
-        None
-    };
     let record_details = details([
         ("node", Value::from(config.node.clone())),
         ("primary", Value::from(config.primary.to_string())),
@@ -194,7 +189,11 @@ pub fn init(home: &Home, opts: &InitOptions) -> Result<InitReport> {
             *backup.borrow_mut() = made;
             Ok(())
         },
-        || restore_or_remove(&path, previous.as_deref()),
+        // Best effort: puts the previous version back, or removes the new
+        // file when there was none.
+        || {
+            let _ = fsutil::restore(&path, backup.borrow().as_deref());
+        },
     )?;
     Ok(InitReport {
         path,
@@ -202,25 +201,6 @@ pub fn init(home: &Home, opts: &InitOptions) -> Result<InitReport> {
         backup: backup.into_inner(),
         audited,
     })
-}
-
-/// Puts `previous` back at `path`, or removes `path` when there was
-/// nothing before (best effort: this runs only to undo a failed change).
-fn restore_or_remove(path: &Path, previous: Option<&[u8]>) {
-    match previous {
-        Some(bytes) => {
-            if let Ok(mut staged) = fsutil::Staged::new_in(path.parent().unwrap_or(Path::new(".")))
-            {
-                use std::io::Write;
-                if staged.write_all(bytes).is_ok() {
-                    let _ = staged.persist_replace(path);
-                }
-            }
-        }
-        None => {
-            let _ = fs::remove_file(path);
-        }
-    }
 }
 
 /// What `ha show` shows.

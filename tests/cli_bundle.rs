@@ -1,0 +1,714 @@
+//! The export -> import path through the real binary: what operators run on
+//! the primary, the secondary and the remote service hosts, and every way a
+//! bundle can be bad. Each refusal must exit with its documented code, say
+//! what is wrong, and leave the receiving node byte-for-byte as it was.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::craft;
+use common::node::{assert_same, snapshot, Node, FAST_KDF, PASSWORD};
+
+const VECTORS: &str = "tests/vectors/independent";
+const VECTOR_PASSWORD: &str = "k7q2-m9xd-pwr4-h3jt-8vcn-2bfa";
+const VECTOR_FINGERPRINT: &str = "kf1:4c0620564358b1c24928ebd0e738fa97a9810819";
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs an import expected to fail and checks the exit code, a phrase of the
+/// message, and that neither the node nor the bundle's folder changed.
+fn refused(node: &Node, file: &Path, password: &str, code: i32, phrase: &str) {
+    let before = snapshot(node.dir.path());
+    let pw = node.path("pw-refused");
+    fs::write(&pw, password).unwrap();
+    let out = node
+        .cmd()
+        .arg("import")
+        .arg("-n")
+        .arg(file)
+        .arg("--password-file")
+        .arg(&pw)
+        .output()
+        .unwrap();
+    fs::remove_file(&pw).unwrap();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(code), "stderr: {err}");
+    assert!(err.contains(phrase), "expected {phrase:?} in: {err}");
+    assert_eq!(err.lines().count(), 1, "one line, please: {err}");
+    assert_same(&before, &snapshot(node.dir.path()));
+}
+
+#[test]
+fn init_creates_a_keyring_once() {
+    let node = Node::initialised();
+    let fp = node.fingerprint();
+    assert!(fp.starts_with("kf1:") && fp.len() == 44, "{fp}");
+    assert!(fp[4..]
+        .bytes()
+        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    let before = snapshot(&node.home);
+    let out = node.cmd().arg("init").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr_of(&out).contains("already holds a keyring"));
+    assert_same(&before, &snapshot(&node.home));
+}
+
+#[test]
+fn export_then_import_binary_and_armored() {
+    let primary = Node::initialised();
+    for armor in [false, true] {
+        let secondary = Node::initialised();
+        let file = primary.path(if armor { "keys.asc" } else { "keys.exp" });
+        let extra: &[&str] = if armor { &["--armor"] } else { &[] };
+        primary.export(&file, extra);
+        let head = fs::read(&file).unwrap();
+        assert_eq!(head.starts_with(b"-----BEGIN KEYFERRY BUNDLE-----"), armor);
+        assert_eq!(head.starts_with(b"KFBUNDLE"), !armor);
+        let out = secondary.import_cmd(&file).output().unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(&format!("fingerprint after  {}", primary.fingerprint())),
+            "{stdout}"
+        );
+        assert!(
+            stderr_of(&out).contains("Now delete"),
+            "reminds to delete the bundle"
+        );
+        assert!(file.exists());
+        assert_eq!(secondary.fingerprint(), primary.fingerprint());
+        secondary.cmd().args(["audit", "verify"]).assert().success();
+        fs::remove_file(&file).unwrap();
+    }
+    primary.cmd().args(["audit", "verify"]).assert().success();
+}
+
+#[cfg(unix)]
+#[test]
+fn bundle_keyring_and_backups_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let primary = Node::initialised();
+    let file = primary.path("keys.exp");
+    primary.export(&file, &[]);
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&file), 0o600);
+    assert_eq!(mode(&primary.home.join("keyring.json")), 0o600);
+    assert_eq!(mode(&primary.home.join("audit.log")), 0o600);
+    assert_eq!(mode(&primary.home), 0o700);
+    let backups: Vec<_> = fs::read_dir(primary.home.join("backups"))
+        .unwrap()
+        .collect();
+    assert!(
+        !backups.is_empty(),
+        "export updated the keystore's audit head with a backup"
+    );
+    for b in backups {
+        assert_eq!(mode(&b.unwrap().path()), 0o600);
+    }
+}
+
+#[test]
+fn generated_password_goes_to_stderr_only_and_any_case_opens_it() {
+    let primary = Node::initialised();
+    let file = primary.path("keys.exp");
+    let out = primary
+        .cmd()
+        .arg("export")
+        .arg("-n")
+        .arg(&file)
+        .args(FAST_KDF)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    let password = err
+        .split_whitespace()
+        .find(|w| w.len() == 29 && w.matches('-').count() == 5)
+        .expect("password shown on stderr")
+        .to_owned();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(&password));
+    // Nor is it in the audit log or the keystore.
+    for f in ["audit.log", "keyring.json"] {
+        assert!(!fs::read_to_string(primary.home.join(f))
+            .unwrap()
+            .contains(&password));
+    }
+    // Typed back in capitals with spaces, as people do.
+    let typed = password.to_uppercase().replace('-', " ");
+    let secondary = Node::empty();
+    secondary
+        .cmd()
+        .env("KF_PW", typed)
+        .args(["import", "--password-env", "KF_PW", "--delete", "-n"])
+        .arg(&file)
+        .assert()
+        .success();
+    assert!(!file.exists(), "--delete removed the bundle");
+    assert_eq!(secondary.fingerprint(), primary.fingerprint());
+}
+
+#[test]
+fn the_independent_vectors_import_to_the_published_fingerprint() {
+    for name in ["keys.kfb", "keys.asc", "keys-p4.kfb"] {
+        let node = Node::empty();
+        let file = node.path(name);
+        fs::copy(Path::new(VECTORS).join(name), &file).unwrap();
+        let pw = node.password_file(VECTOR_PASSWORD);
+        node.cmd()
+            .args(["import", "-n"])
+            .arg(&file)
+            .arg("--password-file")
+            .arg(pw)
+            .assert()
+            .success();
+        assert_eq!(node.fingerprint(), VECTOR_FINGERPRINT, "{name}");
+    }
+}
+
+#[test]
+fn inspect_shows_the_header_without_a_password() {
+    let node = Node::empty();
+    let out = node
+        .cmd()
+        .args([
+            "inspect",
+            "--json",
+            "-n",
+            "tests/vectors/independent/keys-expired.kfb",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["kdf_memory_kib"], 19456);
+    assert_eq!(v["kdf_time"], 2);
+    assert_eq!(v["kdf_lanes"], 1);
+    assert_eq!(v["created"], "2025-11-24T16:00:00Z");
+    assert_eq!(v["expires"], "2025-11-24T17:00:00Z");
+    assert_eq!(v["armored"], false);
+}
+
+#[test]
+fn wrong_password_expired_and_kdf_limit_are_told_apart() {
+    let node = Node::initialised();
+    let keys = Path::new(VECTORS).join("keys.kfb");
+    refused(
+        &node,
+        &keys,
+        "k7q2-m9xd-pwr4-h3jt-8vcn-2bfb",
+        3,
+        "wrong password",
+    );
+    let expired = Path::new(VECTORS).join("keys-expired.kfb");
+    refused(
+        &node,
+        &expired,
+        VECTOR_PASSWORD,
+        5,
+        "expired at 2025-11-24T17:00:00Z",
+    );
+    // --allow-expired is the documented way out.
+    let pw = node.password_file(VECTOR_PASSWORD);
+    node.cmd()
+        .args(["import", "--allow-expired", "-n"])
+        .arg(&expired)
+        .arg("--password-file")
+        .arg(pw)
+        .assert()
+        .success();
+
+    // A header asking for 2 GiB: refused before any memory is spent.
+    let greedy = keyferry::kdf::KdfParams {
+        memory_kib: 2 * 1024 * 1024,
+        time: 3,
+        lanes: 4,
+    };
+    let params = keyferry::bundle::SealParams {
+        kdf: greedy,
+        created: craft::CREATED,
+        expires: None,
+        armor: false,
+    };
+    let w = keyferry::bundle::seal_with_kek(&[1; 32], [2; 16], &params, Vec::new()).unwrap();
+    let file = node.path("greedy.kfb");
+    fs::write(&file, w.finish().unwrap()).unwrap();
+    refused(&node, &file, PASSWORD, 6, "2048 MiB");
+    refused(&node, &file, PASSWORD, 6, "--max-kdf-memory 2097152");
+}
+
+#[test]
+fn our_own_expiry_is_enforced() {
+    let primary = Node::initialised();
+    let file = primary.path("keys.exp");
+    primary.export(&file, &["--expires", "1s"]);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    refused(&Node::initialised(), &file, PASSWORD, 5, "expired");
+}
+
+#[test]
+fn files_that_are_not_bundles() {
+    let node = Node::initialised();
+    let empty = node.path("empty.kfb");
+    fs::write(&empty, b"").unwrap();
+    refused(&node, &empty, PASSWORD, 4, "empty");
+    let text = node.path("notes.txt");
+    fs::write(&text, b"these are not the keys\n").unwrap();
+    refused(&node, &text, PASSWORD, 4, "not a keyferry bundle");
+    let short = node.path("short.kfb");
+    fs::write(
+        &short,
+        &fs::read(Path::new(VECTORS).join("keys.kfb")).unwrap()[..100],
+    )
+    .unwrap();
+    refused(&node, &short, VECTOR_PASSWORD, 4, "ends inside its header");
+    refused(&node, node.dir.path(), PASSWORD, 2, "is a directory");
+    refused(
+        &node,
+        &node.path("missing.kfb"),
+        PASSWORD,
+        2,
+        "does not exist",
+    );
+}
+
+#[test]
+fn broken_armor_is_refused_with_the_line() {
+    let node = Node::initialised();
+    let text = fs::read_to_string(Path::new(VECTORS).join("keys.asc")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let write = |name: &str, content: String| {
+        let p = node.path(name);
+        fs::write(&p, content).unwrap();
+        p
+    };
+    let mut bad_char = lines.clone();
+    let broken = format!("{}!{}", &lines[2][..10], &lines[2][11..]);
+    bad_char[2] = &broken;
+    let f = write("bad-char.asc", bad_char.join("\n"));
+    refused(&node, &f, VECTOR_PASSWORD, 4, "line 3");
+    let mut short_line = lines.clone();
+    let cut = &lines[2][..40];
+    short_line[2] = cut;
+    let f = write("short-line.asc", short_line.join("\n"));
+    refused(&node, &f, VECTOR_PASSWORD, 4, "malformed armor");
+    let f = write("no-end.asc", lines[..lines.len() - 1].join("\n"));
+    refused(&node, &f, VECTOR_PASSWORD, 4, "END line is missing");
+    let f = write("chatter.asc", format!("Here are the keys:\n{text}"));
+    refused(&node, &f, VECTOR_PASSWORD, 4, "BEGIN");
+    // CRLF and surrounding blank lines are fine.
+    let f = write(
+        "crlf.asc",
+        format!("\r\n\r\n{}\r\n\r\n", lines.join("\r\n")),
+    );
+    let pw = node.password_file(VECTOR_PASSWORD);
+    node.cmd()
+        .args(["import", "-n"])
+        .arg(&f)
+        .arg("--password-file")
+        .arg(pw)
+        .assert()
+        .success();
+}
+
+#[test]
+fn every_header_field_flip_is_refused_by_the_binary() {
+    let node = Node::initialised();
+    let good = fs::read(Path::new(VECTORS).join("keys.kfb")).unwrap();
+    // One bit in each field of the header (offsets from DESIGN.md).
+    for (offset, mask, code, phrase) in [
+        (0usize, 0x01u8, 4, "not a keyferry bundle"),
+        (8, 0x01, 4, "format version"),
+        (9, 0x01, 4, "KDF id"),
+        (10, 0x80, 6, "over this host's limit"), // memory cost far above 1 GiB
+        (12, 0x01, 3, "wrong password"),         // memory cost, still allowed
+        (17, 0x01, 3, "wrong password"),         // time cost
+        (21, 0x02, 3, "wrong password"),         // lanes (1 -> 3)
+        (21, 0x01, 4, "not valid for Argon2id"), // lanes (1 -> 0)
+        (30, 0x01, 3, "wrong password"),         // KDF salt
+        (40, 0x01, 3, "wrong password"),         // created
+        (50, 0x01, 3, "wrong password"),         // expires
+        (60, 0x01, 3, "wrong password"),         // payload salt
+        (80, 0x01, 3, "wrong password"),         // commitment
+        (120, 0x01, 3, "wrong password"),        // wrapped file key
+        (149, 0x01, 3, "wrong password"),        // its tag
+    ] {
+        let mut bad = good.clone();
+        bad[offset] ^= mask;
+        let f = node.path("flipped.kfb");
+        fs::write(&f, &bad).unwrap();
+        refused(&node, &f, VECTOR_PASSWORD, code, phrase);
+    }
+}
+
+/// A multi-chunk bundle: keys plus a 200 KiB appsettings.json.
+fn big_bundle(node: &Node) -> (Vec<u8>, String) {
+    let (payload, fp) = craft::payload_with_config(200 * 1024);
+    assert!(payload.len() > 3 * keyferry::bundle::CHUNK_SIZE);
+    let sealed = craft::seal(&payload, PASSWORD, false);
+    let f = node.path("big-ok.kfb");
+    fs::write(&f, &sealed).unwrap();
+    (sealed, fp)
+}
+
+#[test]
+fn damaged_multi_chunk_bundles_are_refused() {
+    use keyferry::bundle::{stream::SEALED_CHUNK_SIZE, HEADER_LEN};
+    let node = Node::initialised();
+    let (good, fp) = big_bundle(&node);
+    let chunk = |i: usize| HEADER_LEN + i * SEALED_CHUNK_SIZE;
+    let mut cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "at a chunk boundary",
+            good[..chunk(2)].to_vec(),
+            "final chunk is missing",
+        ),
+        (
+            "inside a chunk",
+            good[..chunk(1) + 1000].to_vec(),
+            "modified or cut short",
+        ),
+        (
+            "inside the last chunk",
+            good[..good.len() - 1].to_vec(),
+            "modified or cut short",
+        ),
+        (
+            "right after the header",
+            good[..HEADER_LEN].to_vec(),
+            "truncated",
+        ),
+    ];
+    let mut appended = good.clone();
+    appended.extend_from_slice(b"\n");
+    cases.push(("appended", appended, "data after its final chunk"));
+    let mut swapped = good.clone();
+    let (a, b) = swapped[chunk(0)..chunk(2)].split_at_mut(SEALED_CHUNK_SIZE);
+    a.swap_with_slice(b);
+    cases.push((
+        "two chunks swapped",
+        swapped,
+        "chunk 0 failed authentication",
+    ));
+    let mut flipped = good.clone();
+    flipped[chunk(1) + 7] ^= 0x80;
+    cases.push((
+        "a flipped payload bit",
+        flipped,
+        "chunk 1 failed authentication",
+    ));
+    for (what, bytes, phrase) in cases {
+        let f = node.path("damaged.kfb");
+        fs::write(&f, &bytes).unwrap();
+        eprintln!("case: {what}");
+        refused(&node, &f, PASSWORD, 4, phrase);
+    }
+    // The intact one imports (keys only: it carries configuration).
+    node.import_cmd(&node.path("big-ok.kfb"))
+        .arg("--keys-only")
+        .assert()
+        .success();
+    assert_eq!(node.fingerprint(), fp);
+}
+
+#[test]
+fn hostile_payloads_are_refused() {
+    let node = Node::initialised();
+    let (manifest, keyring) = manifest_and_keyring();
+    let big = vec![0u8; 65 * 1024 * 1024];
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "forbidden name",
+            craft::zip_of(
+                &[
+                    ("manifest.json", &manifest),
+                    ("keyring.json", &keyring),
+                    ("run.sh", b"rm -rf /"),
+                ],
+                false,
+            ),
+            "\"run.sh\", which is not allowed",
+        ),
+        (
+            "dot-dot path",
+            craft::zip_of(
+                &[
+                    ("manifest.json", &manifest),
+                    ("keyring.json", &keyring),
+                    ("../keyring.json", &keyring),
+                ],
+                false,
+            ),
+            "'..' paths are not allowed",
+        ),
+        (
+            "absolute path",
+            craft::zip_of(
+                &[
+                    ("manifest.json", &manifest),
+                    ("/etc/keyring.json", &keyring),
+                ],
+                false,
+            ),
+            "absolute paths are not allowed",
+        ),
+        (
+            "duplicate entry",
+            duplicate_entry_zip(&manifest, &keyring),
+            "keyring.json twice",
+        ),
+        (
+            "manifest not first",
+            craft::zip_of(
+                &[("keyring.json", &keyring), ("manifest.json", &manifest)],
+                false,
+            ),
+            "first entry must be manifest.json",
+        ),
+        (
+            "no keyring",
+            craft::zip_of(&[("manifest.json", &manifest)], false),
+            "has no keyring.json",
+        ),
+        (
+            "65 MiB of zeros deflated (a zip bomb)",
+            craft::zip_of(
+                &[
+                    ("manifest.json", &manifest),
+                    ("keyring.json", &keyring),
+                    ("config/appsettings.json", &big),
+                ],
+                true,
+            ),
+            "over the payload cap",
+        ),
+        (
+            "not a zip",
+            b"just some plaintext".to_vec(),
+            "payload archive is malformed",
+        ),
+    ];
+    for (what, payload, phrase) in cases {
+        eprintln!("case: {what}");
+        let f = node.path("hostile.kfb");
+        fs::write(&f, craft::seal(&payload, PASSWORD, false)).unwrap();
+        refused(&node, &f, PASSWORD, 4, phrase);
+    }
+}
+
+fn manifest_and_keyring() -> (Vec<u8>, Vec<u8>) {
+    craft::manifest_and_keyring()
+}
+
+/// The zip crate refuses to write a duplicate name, so the second entry is
+/// renamed in the bytes afterwards (same length, both headers).
+fn duplicate_entry_zip(manifest: &[u8], keyring: &[u8]) -> Vec<u8> {
+    let zip = craft::zip_of(
+        &[
+            ("manifest.json", manifest),
+            ("keyring.json", keyring),
+            ("keyring.jsoX", keyring),
+        ],
+        false,
+    );
+    let mut out = zip.clone();
+    let needle = b"keyring.jsoX";
+    let mut i = 0;
+    while let Some(pos) = out[i..].windows(needle.len()).position(|w| w == needle) {
+        out[i + pos + needle.len() - 1] = b'n';
+        i += pos + 1;
+    }
+    out
+}
+
+#[test]
+fn no_terminal_and_no_source_fails_at_once() {
+    let node = Node::initialised();
+    let out = node
+        .cmd()
+        .args(["import", "-n", "tests/vectors/independent/keys.kfb"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("--password-file"));
+}
+
+#[test]
+fn a_chosen_password_must_be_long_enough() {
+    let node = Node::initialised();
+    let pw = node.password_file("short");
+    let file = node.path("keys.exp");
+    let out = node
+        .cmd()
+        .args(["export", "-n"])
+        .arg(&file)
+        .arg("--password-file")
+        .arg(pw)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("at least 12 characters"));
+    assert!(!file.exists());
+}
+
+#[test]
+fn export_refuses_weak_kdf_parameters_and_existing_files() {
+    let node = Node::initialised();
+    let before = snapshot(node.dir.path());
+    let out = node
+        .cmd()
+        .args(["export", "-n"])
+        .arg(node.path("weak.exp"))
+        .args(["--kdf-memory", "8192"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("below the export floor"));
+    assert_same(&before, &snapshot(node.dir.path()));
+
+    let existing = node.path("existing.exp");
+    fs::write(&existing, b"keep me").unwrap();
+    let before = snapshot(node.dir.path());
+    let out = node
+        .cmd()
+        .args(["export", "-n"])
+        .arg(&existing)
+        .args(FAST_KDF)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr_of(&out).contains("already exists"));
+    assert_same(&before, &snapshot(node.dir.path()));
+}
+
+#[test]
+fn an_import_into_a_fresh_node_that_fails_leaves_no_home_behind() {
+    let node = Node::empty();
+    refused(
+        &node,
+        &Path::new(VECTORS).join("keys.kfb"),
+        "wrong password!",
+        3,
+        "wrong password",
+    );
+    assert!(!node.home.exists());
+}
+
+/// Makes a path immutable (even to root) for the life of the guard.
+#[cfg(target_os = "linux")]
+struct Immutable(std::path::PathBuf);
+
+#[cfg(target_os = "linux")]
+impl Immutable {
+    fn set(path: &Path) -> Option<Self> {
+        let ok = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Immutable(path.to_path_buf()))
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn an_unwritable_home_or_audit_log_changes_nothing() {
+    let primary = Node::initialised();
+    let file = primary.path("keys.exp");
+    primary.export(&file, &[]);
+    let node = Node::initialised();
+    for target in [node.home.clone(), node.home.join("audit.log")] {
+        let Some(_guard) = Immutable::set(&target) else {
+            eprintln!("skipped: chattr +i is not available here");
+            return;
+        };
+        let phrase = if target.ends_with("audit.log") {
+            "cannot write the audit record"
+        } else {
+            "nothing was changed"
+        };
+        refused(&node, &file, PASSWORD, 1, phrase);
+    }
+    let before = snapshot(primary.dir.path());
+    let _guard = Immutable::set(&primary.home.join("audit.log")).unwrap();
+    let out = primary
+        .cmd()
+        .args(["export", "-n"])
+        .arg(primary.path("again.exp"))
+        .args(FAST_KDF)
+        .arg("--password-file")
+        .arg(primary.password_file(PASSWORD))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(
+        !primary.path("again.exp").exists(),
+        "no bundle without its audit record"
+    );
+    let mut after = snapshot(primary.dir.path());
+    after.remove(Path::new("password.txt"));
+    let mut before = before;
+    before.remove(Path::new("password.txt"));
+    assert_same(&before, &after);
+}
+
+#[test]
+fn a_tampered_audit_log_is_detected_and_blocks_changes() {
+    let primary = Node::initialised();
+    primary.export(&primary.path("a.exp"), &[]);
+    primary.export(&primary.path("b.exp"), &[]);
+    primary.cmd().args(["audit", "verify"]).assert().success();
+    let log_path = primary.home.join("audit.log");
+    let log = fs::read_to_string(&log_path).unwrap();
+    assert_eq!(log.lines().count(), 3);
+
+    let edited = log.replacen("a.exp", "z.exp", 1);
+    fs::write(&log_path, &edited).unwrap();
+    let out = primary.cmd().args(["audit", "verify"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(7));
+    assert!(stderr_of(&out).contains("line 2"), "{}", stderr_of(&out));
+    let out = primary
+        .cmd()
+        .args(["export", "-n"])
+        .arg(primary.path("c.exp"))
+        .args(FAST_KDF)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7), "no change on a damaged log");
+
+    let cut: String = log.lines().take(2).map(|l| format!("{l}\n")).collect();
+    fs::write(&log_path, cut).unwrap();
+    let out = primary.cmd().args(["audit", "verify"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(7));
+    assert!(stderr_of(&out).contains("cut off"), "{}", stderr_of(&out));
+
+    fs::write(&log_path, &log).unwrap();
+    let out = primary
+        .cmd()
+        .args(["audit", "show", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let records: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let actions: Vec<_> = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(actions, ["init", "export", "export"]);
+    assert!(!log.contains(PASSWORD));
+}
