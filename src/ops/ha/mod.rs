@@ -20,8 +20,6 @@ pub mod check;
 pub mod hba;
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -63,15 +61,7 @@ fn stamp() -> String {
 }
 
 /// Reads `ha.toml`; `Ok(None)` when the node has none.
-pub fn load_config(home: &Home) -> Result<Option<HaConfig>> {
-    let path = home.ha_config_path();
-    let text = match fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(format!("cannot read {}", path.display()))(e)),
-    };
-    Ok(Some(HaConfig::from_toml(&text)?))
-}
+pub use crate::ops::config::load_local as load_config;
 
 /// Reads `ha.toml`, which must exist.
 pub fn require_config(home: &Home) -> Result<HaConfig> {
