@@ -31,6 +31,9 @@ pub mod exit {
     pub const KDF_LIMIT: u8 = 6;
     /// The audit log failed verification.
     pub const AUDIT: u8 = 7;
+    /// `keyferry ha check`: at least one preflight check failed (each
+    /// failure is on its own line, with its fix).
+    pub const PREFLIGHT: u8 = 8;
 }
 
 #[derive(Debug, Error)]
@@ -57,6 +60,8 @@ pub enum Error {
     Refused(String),
     #[error(transparent)]
     Ha(#[from] crate::ha::Error),
+    #[error("preflight failed: {failed} of {total} checks failed; fix them (each failed line says how) and run `keyferry ha check` again")]
+    Preflight { failed: usize, total: usize },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -97,7 +102,8 @@ impl Error {
             Error::Payload(PayloadError::Zip(ZipError::Io(e))) if !is_bundle_io(e) => exit::FAILURE,
             Error::Payload(_) => exit::BAD_BUNDLE,
             Error::Audit(_) => exit::AUDIT,
-            Error::Ha(crate::ha::Error::Address { .. }) => exit::USAGE,
+            Error::Preflight { .. } => exit::PREFLIGHT,
+            Error::Ha(e) if e.is_usage() => exit::USAGE,
             Error::Ha(_) => exit::FAILURE,
             Error::Keyring { .. }
             | Error::NotInitialized(_)

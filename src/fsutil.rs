@@ -191,6 +191,12 @@ pub fn backup_file(target: &Path, backup_dir: &Path, stamp: &str) -> io::Result<
     unreachable!("u32 backup counter exhausted")
 }
 
+/// Bytes available to an unprivileged user on the file system that holds
+/// `path` (which must exist).
+pub fn available_space(path: &Path) -> io::Result<u64> {
+    platform::available_space(path)
+}
+
 /// Opens `path` for appending, creating it owner-only if missing.
 pub fn open_append_private(path: &Path) -> io::Result<File> {
     platform::open_append_private(path)
@@ -279,6 +285,22 @@ mod platform {
         std::os::unix::fs::fchown(to, Some(meta.uid()), Some(meta.gid()))?;
         to.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))
     }
+
+    pub fn available_space(path: &Path) -> io::Result<u64> {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let c_path = CString::new(path.as_os_str().as_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: statvfs only writes into the zeroed struct we own, and
+        // c_path is a valid NUL-terminated string for the whole call.
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+        Ok(u64::from(stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+    }
 }
 
 #[cfg(windows)]
@@ -360,6 +382,13 @@ mod tests {
             staged.write_all(b"half").unwrap();
         }
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn available_space_is_reported_for_an_existing_path() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(available_space(dir.path()).unwrap() > 0);
+        assert!(available_space(&dir.path().join("missing")).is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 mod audit;
 mod bundle;
+mod ha;
 mod keys;
 
 use std::path::PathBuf;
@@ -22,7 +23,8 @@ use crate::secret::PasswordSource;
     version,
     about = "Move encryption keys between the hosts of a server pair in password-sealed bundles, with an audit trail",
     after_help = "Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong password or modified header, \
-                  4 malformed/modified bundle, 5 expired bundle, 6 KDF over import limit, 7 audit log damaged"
+                  4 malformed/modified bundle, 5 expired bundle, 6 KDF over import limit, 7 audit log damaged, \
+                  8 preflight (ha check) failed"
 )]
 pub struct Cli {
     /// The node's home (keyring.json, audit.log, backups/). Default: $KEYFERRY_HOME,
@@ -52,6 +54,12 @@ enum Command {
     Audit(audit::AuditCommand),
     /// Check the cryptography, the format vectors and a real round trip on this machine.
     Selftest,
+    /// The PostgreSQL HA pair: ha.toml, preflight, WAL archive.
+    #[command(subcommand)]
+    Ha(ha::HaCommand),
+    /// keyferry's replication lines in pg_hba.conf.
+    #[command(subcommand)]
+    Hba(ha::HbaCommand),
 }
 
 /// Where a password comes from. There is no option to pass one on the
@@ -107,6 +115,8 @@ pub fn run() -> Result<()> {
         Command::Inspect(args) => bundle::inspect(args),
         Command::Audit(cmd) => audit::run(&home, cmd),
         Command::Selftest => selftest(),
+        Command::Ha(cmd) => ha::run(&home, cmd),
+        Command::Hba(cmd) => ha::run_hba(&home, cmd),
     }
 }
 

@@ -114,6 +114,17 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Whether the error is about what the operator typed (an address, a
+    /// role name, a method) rather than about the state of the node.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            Error::Address { .. } | Error::RoleName { .. } | Error::HbaMethod { .. }
+        )
+    }
+}
+
 /// Why an address was refused. Each message says what to give instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

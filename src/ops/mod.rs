@@ -16,6 +16,7 @@
 pub mod audit_log;
 pub mod config;
 pub mod export;
+pub mod ha;
 pub mod import;
 pub mod init;
 pub mod inspect;

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod craft;
+#[cfg(unix)]
+pub mod netns;
 pub mod node;
 #[cfg(unix)]
 pub mod pg;

@@ -13,6 +13,11 @@
 //! developer machine without PostgreSQL still runs the rest of the suite;
 //! with `KEYFERRY_REQUIRE_PG=1` (set by CI) the absence is a failure.
 //!
+//! A server can run inside a network namespace ([`PgOptions::netns`], see
+//! `netns.rs`); its programs then run through `ip netns exec`, and the
+//! test's own SQL connections use its Unix socket (path-based sockets are
+//! shared across namespaces; local connections are trusted).
+//!
 //! Dropping a [`PgServer`] stops it (`pg_ctl stop -m immediate`) and deletes
 //! its directory.
 
@@ -52,6 +57,8 @@ const PORT_ATTEMPTS: usize = 3;
 pub struct PgOptions {
     /// Extra `postgresql.conf` lines, appended last (a later line wins).
     pub extra_conf: Vec<String>,
+    /// Run the server inside this network namespace.
+    pub netns: Option<String>,
 }
 
 /// How to run the server programs on this machine.
@@ -60,6 +67,8 @@ struct PgInstall {
     bin: PathBuf,
     /// `Some((uid, gid))` of the `postgres` user when running as root.
     run_as: Option<(u32, u32)>,
+    /// Network namespace the programs run in.
+    netns: Option<String>,
 }
 
 /// A running test server.
@@ -67,6 +76,7 @@ pub struct PgServer {
     install: PgInstall,
     dir: TempDir,
     data: PathBuf,
+    socket_dir: PathBuf,
     port: u16,
     running: bool,
 }
@@ -78,7 +88,7 @@ impl PgServer {
     /// found panics with the server log: that is a broken test setup, not a
     /// missing optional dependency.
     pub fn start_primary(opts: PgOptions) -> Option<PgServer> {
-        let install = match find_install() {
+        let mut install = match find_install() {
             Ok(install) => install,
             Err(Unusable::Broken(reason)) => panic!("PostgreSQL test setup is broken: {reason}"),
             Err(Unusable::Missing(reason)) => {
@@ -89,6 +99,7 @@ impl PgServer {
                 return None;
             }
         };
+        install.netns = opts.netns.clone();
         let dir = tempfile::Builder::new()
             .prefix("keyferry-pg-")
             .tempdir()
@@ -130,6 +141,7 @@ impl PgServer {
             install,
             dir,
             data,
+            socket_dir,
             port: 0,
             running: false,
         };
@@ -176,6 +188,21 @@ impl PgServer {
         self.port
     }
 
+    /// The Unix socket directory.
+    pub fn socket_dir(&self) -> &Path {
+        &self.socket_dir
+    }
+
+    /// The `postgres` OS user's (uid, gid) when the tests run as root.
+    pub fn server_owner(&self) -> Option<(u32, u32)> {
+        self.install.run_as
+    }
+
+    /// The directory of the server programs.
+    pub fn bin_dir(&self) -> &Path {
+        &self.install.bin
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         &self.data
@@ -204,8 +231,13 @@ impl PgServer {
 
     /// A connection as `user` over TCP.
     pub fn connect_as(&self, user: &str, password: &str) -> Client {
-        postgres::Config::new()
-            .host(&Ipv4Addr::LOCALHOST.to_string())
+        let mut config = postgres::Config::new();
+        if self.install.netns.is_some() {
+            config.host_path(&self.socket_dir);
+        } else {
+            config.host(&Ipv4Addr::LOCALHOST.to_string());
+        }
+        config
             .port(self.port)
             .user(user)
             .password(password)
@@ -286,12 +318,24 @@ impl PgInstall {
     /// `postgres` user may not be able to read) and in the C.UTF-8 locale.
     fn command(&self, program: &str) -> Command {
         let path = self.bin.join(program);
-        let mut command = if self.run_as.is_some() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", PG_OS_USER, "--"]).arg(path);
-            c
-        } else {
-            Command::new(path)
+        let mut command = match (&self.netns, self.run_as.is_some()) {
+            (Some(ns), true) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "runuser", "-u", PG_OS_USER, "--"])
+                    .arg(path);
+                c
+            }
+            (Some(ns), false) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(path);
+                c
+            }
+            (None, true) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", PG_OS_USER, "--"]).arg(path);
+                c
+            }
+            (None, false) => Command::new(path),
         };
         command
             .current_dir("/")
@@ -350,7 +394,11 @@ fn find_install() -> Result<PgInstall, Unusable> {
     } else {
         None
     };
-    Ok(PgInstall { bin, run_as })
+    Ok(PgInstall {
+        bin,
+        run_as,
+        netns: None,
+    })
 }
 
 /// `/usr/lib/postgresql/<major>/bin` with the highest major that has initdb.

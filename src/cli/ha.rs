@@ -1,0 +1,419 @@
+//! `keyferry ha …` and `keyferry hba …`: the HA pair's commands. Each
+//! handler calls one `ops::ha` function and prints its report.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use super::{print_json, PasswordArgs};
+use crate::error::{Error, Result};
+use crate::ha::hba::HbaMethod;
+use crate::ha::PeerAddr;
+use crate::keyring::Fingerprint;
+use crate::ops::ha::check::{self, human_bytes, CheckOptions, Status};
+use crate::ops::ha::hba::{
+    self, HbaChangeReport, HbaTarget, OtherRule, ServerAccess, ServerOutcome,
+};
+use crate::ops::ha::{self as ops_ha, InitOptions};
+use crate::ops::Home;
+
+/// Default timeout of every connection attempt, in milliseconds.
+const DEFAULT_TIMEOUT_MS: u64 = 3000;
+
+#[derive(Subcommand, Debug)]
+pub enum HaCommand {
+    /// Describe the pair in ha.toml (node name, addresses, ports, directories).
+    Init(InitArgs),
+    /// Print ha.toml.
+    Show {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Preflight: ports, replication connection, WAL settings, versions, data dir, archive, disk, keys.
+    Check(CheckArgs),
+    /// The WAL archive directory.
+    #[command(subcommand)]
+    Archive(ArchiveCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// This node's name (shown in status and audit records).
+    #[arg(long, value_name = "NAME")]
+    node: String,
+    /// IP address of the node that runs as primary (no host names).
+    #[arg(long, value_name = "IP", value_parser = PeerAddr::parse)]
+    primary: PeerAddr,
+    /// IP address of the node that runs as replica (no host names).
+    #[arg(long, value_name = "IP", value_parser = PeerAddr::parse)]
+    secondary: PeerAddr,
+    /// PostgreSQL port on both nodes [default: 5432].
+    #[arg(long, value_name = "PORT")]
+    pg_port: Option<u16>,
+    /// Web services port on both nodes [default: 6500].
+    #[arg(long, value_name = "PORT")]
+    web_port: Option<u16>,
+    /// Directory of pg_ctl, pg_basebackup, pg_controldata.
+    #[arg(long, value_name = "DIR")]
+    pg_bin: Option<PathBuf>,
+    /// PostgreSQL data directory.
+    #[arg(long, value_name = "DIR")]
+    pg_data: Option<PathBuf>,
+    /// WAL archive directory (archive_command's target), if the pair archives WAL.
+    #[arg(long, value_name = "DIR")]
+    archive_dir: Option<PathBuf>,
+    /// The application's appsettings.json.
+    #[arg(long, value_name = "PATH")]
+    appsettings: Option<PathBuf>,
+    /// Role the replica streams as [default: repuser].
+    #[arg(long, value_name = "ROLE")]
+    replication_user: Option<String>,
+    /// Replace an existing ha.toml (the old one is kept in backups/).
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+    /// Timeout of every connection attempt, in milliseconds.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_TIMEOUT_MS)]
+    timeout_ms: u64,
+    /// The other node's keyring fingerprint (`keyferry keys fingerprint` there).
+    #[arg(long, value_name = "kf1:…")]
+    peer_fingerprint: Option<Fingerprint>,
+    /// The replication user's password. Without a source: the libpq password
+    /// file (PGPASSFILE or ~/.pgpass) if it has an entry, else a prompt.
+    #[command(flatten)]
+    password: PasswordArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ArchiveCommand {
+    /// Remove WAL archive files (segments, .history, .backup, .partial) and nothing else.
+    Clean {
+        /// List what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The archive directory [default: archive_dir from ha.toml].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HbaCommand {
+    /// Add (or update) keyferry's two lines for a peer, check them with PostgreSQL, reload.
+    Ensure {
+        /// The other node's IP address.
+        #[arg(long, value_name = "IP", value_parser = PeerAddr::parse)]
+        peer: PeerAddr,
+        /// Authentication method of the two lines.
+        #[arg(long, value_name = "METHOD", default_value = "scram-sha-256", value_parser = ["scram-sha-256", "md5"])]
+        method: String,
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove keyferry's lines for a peer (nothing else), check, reload.
+    Remove {
+        /// The peer whose block goes.
+        #[arg(long, value_name = "IP", value_parser = PeerAddr::parse)]
+        peer: PeerAddr,
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List keyferry's blocks and warn about other lines that match the peers.
+    Show {
+        /// Also look for lines matching this address.
+        #[arg(long, value_name = "IP", value_parser = PeerAddr::parse)]
+        peer: Option<PeerAddr>,
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Which `pg_hba.conf`, which role, and how to reach the local server.
+#[derive(Args, Debug)]
+pub struct TargetArgs {
+    /// The pg_hba.conf [default: <pg_data>/pg_hba.conf from ha.toml].
+    #[arg(long, value_name = "PATH")]
+    file: Option<PathBuf>,
+    /// Role of the replication line [default: replication_user from ha.toml, else repuser].
+    #[arg(long, value_name = "ROLE")]
+    replication_user: Option<String>,
+    /// Do not contact the local server: write unchecked, reload by hand.
+    #[arg(long)]
+    offline: bool,
+    /// Reach the local server over TCP at this host instead of its Unix socket.
+    #[arg(long, value_name = "HOST", conflicts_with = "pg_socket_dir")]
+    pg_host: Option<String>,
+    /// The local server's Unix socket directory [default: /var/run/postgresql, then /tmp].
+    #[arg(long, value_name = "DIR")]
+    pg_socket_dir: Option<PathBuf>,
+    /// The local server's port [default: pg_port from ha.toml, else 5432].
+    #[arg(long, value_name = "PORT")]
+    pg_port: Option<u16>,
+    /// Superuser to check and reload as (password, if asked, from PGPASSFILE or ~/.pgpass).
+    #[arg(long, value_name = "ROLE")]
+    pg_user: Option<String>,
+    /// Timeout of the connection attempt, in milliseconds.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_TIMEOUT_MS)]
+    timeout_ms: u64,
+}
+
+impl TargetArgs {
+    fn target(self) -> HbaTarget {
+        HbaTarget {
+            file: self.file,
+            replication_user: self.replication_user,
+            server: ServerAccess {
+                offline: self.offline,
+                host: self.pg_host,
+                socket_dir: self.pg_socket_dir,
+                port: self.pg_port,
+                user: self.pg_user,
+                timeout: Duration::from_millis(self.timeout_ms),
+            },
+        }
+    }
+}
+
+fn not_audited_note(audited: bool) {
+    if !audited {
+        eprintln!("note: not audited: this node has no keyring yet (`keyferry import` on a secondary, `keyferry init` on the primary)");
+    }
+}
+
+pub fn run(home: &Home, cmd: HaCommand) -> Result<()> {
+    match cmd {
+        HaCommand::Init(a) => {
+            let report = ops_ha::init(
+                home,
+                &InitOptions {
+                    node: a.node,
+                    primary: a.primary,
+                    secondary: a.secondary,
+                    pg_port: a.pg_port,
+                    web_port: a.web_port,
+                    pg_bin: a.pg_bin,
+                    pg_data: a.pg_data,
+                    archive_dir: a.archive_dir,
+                    appsettings: a.appsettings,
+                    replication_user: a.replication_user,
+                    force: a.force,
+                },
+            )?;
+            println!("wrote {}", report.path.display());
+            if let Some(b) = &report.backup {
+                println!("previous version kept as {}", b.display());
+            }
+            not_audited_note(report.audited);
+            Ok(())
+        }
+        HaCommand::Show { json } => {
+            let report = ops_ha::show(home)?;
+            if json {
+                return print_json(&report);
+            }
+            println!("# {}", report.path.display());
+            print!("{}", report.toml);
+            Ok(())
+        }
+        HaCommand::Check(a) => {
+            let report = check::check(
+                home,
+                &CheckOptions {
+                    timeout: Duration::from_millis(a.timeout_ms),
+                    password: a.password.source(),
+                    peer_fingerprint: a.peer_fingerprint,
+                },
+            )?;
+            if a.json {
+                print_json(&report)?;
+            } else {
+                for c in &report.checks {
+                    let fix = c
+                        .fix
+                        .as_deref()
+                        .map(|f| format!(" — fix: {f}"))
+                        .unwrap_or_default();
+                    println!("{:<4} {:<18} {}{fix}", c.status.as_str(), c.name, c.message);
+                }
+            }
+            let failed = report.failed();
+            if failed > 0 {
+                return Err(Error::Preflight {
+                    failed,
+                    total: report.checks.len(),
+                });
+            }
+            if !a.json {
+                let warned = report
+                    .checks
+                    .iter()
+                    .filter(|c| c.status == Status::Warn)
+                    .count();
+                println!(
+                    "preflight passed ({} checks, {warned} warnings)",
+                    report.checks.len()
+                );
+            }
+            Ok(())
+        }
+        HaCommand::Archive(ArchiveCommand::Clean { dry_run, dir, json }) => {
+            let report = ops_ha::archive_clean(home, dir, dry_run)?;
+            if json {
+                return print_json(&report);
+            }
+            let count = report.files.len();
+            if report.dry_run {
+                for f in &report.files {
+                    println!(
+                        "would remove {} ({}, {})",
+                        f.path.display(),
+                        f.kind,
+                        human_bytes(f.bytes)
+                    );
+                }
+                println!(
+                    "dry run: {count} WAL archive files ({}) would be removed from {}; {} other entries kept",
+                    human_bytes(report.bytes),
+                    report.dir.display(),
+                    report.kept
+                );
+            } else {
+                println!(
+                    "removed {count} WAL archive files ({}) from {}; {} other entries kept",
+                    human_bytes(report.bytes),
+                    report.dir.display(),
+                    report.kept
+                );
+                for s in &report.skipped {
+                    println!("left alone (changed while cleaning): {}", s.display());
+                }
+                if count > 0 {
+                    not_audited_note(report.audited);
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_other_rules(peer: &str, rules: &[OtherRule]) {
+    for r in rules {
+        let order = if r.before_block {
+            "comes before keyferry's block, so PostgreSQL uses it first"
+        } else {
+            "comes after keyferry's block"
+        };
+        eprintln!(
+            "warning: line {} also matches {peer} ({} match, {order}): {}",
+            r.line, r.coverage, r.text
+        );
+    }
+}
+
+fn print_change(report: &HbaChangeReport, verb: &str) {
+    if !report.changed {
+        println!(
+            "{}: no change for {} (nothing written)",
+            report.file.display(),
+            report.peer
+        );
+    } else {
+        println!(
+            "{}: {verb} keyferry's block for {}",
+            report.file.display(),
+            report.peer
+        );
+        if let Some(b) = &report.backup {
+            println!("previous version kept as {}", b.display());
+        }
+        match &report.server {
+            ServerOutcome::CheckedAndReloaded { endpoint } => {
+                println!("PostgreSQL ({endpoint}) accepted the file and reloaded its configuration")
+            }
+            ServerOutcome::NotRunning { endpoint } => println!(
+                "no server answered ({endpoint}): the file was not checked by PostgreSQL; it is read at the next start"
+            ),
+            ServerOutcome::Offline => println!(
+                "--offline: not checked by PostgreSQL and not reloaded; run SELECT pg_reload_conf() (or pg_ctl reload) yourself"
+            ),
+            ServerOutcome::Unchanged => {}
+        }
+        not_audited_note(report.audited);
+    }
+    print_other_rules(&report.peer, &report.other_rules);
+}
+
+pub fn run_hba(home: &Home, cmd: HbaCommand) -> Result<()> {
+    match cmd {
+        HbaCommand::Ensure {
+            peer,
+            method,
+            target,
+            json,
+        } => {
+            let method: HbaMethod = method.parse()?;
+            let report = hba::ensure(home, peer, method, &target.target())?;
+            if json {
+                return print_json(&report);
+            }
+            print_change(&report, "wrote");
+            Ok(())
+        }
+        HbaCommand::Remove { peer, target, json } => {
+            let report = hba::remove(home, peer, &target.target())?;
+            if json {
+                return print_json(&report);
+            }
+            print_change(&report, "removed");
+            Ok(())
+        }
+        HbaCommand::Show { peer, target, json } => {
+            let report = hba::show(home, peer, &target.target())?;
+            if json {
+                return print_json(&report);
+            }
+            println!("# {}", report.file.display());
+            if report.blocks.is_empty() {
+                println!("no keyferry blocks");
+            }
+            for b in &report.blocks {
+                let state = if b.current {
+                    ""
+                } else {
+                    " (not what `hba ensure` writes: run it again)"
+                };
+                println!(
+                    "keyferry block for {} (lines {}-{}){state}",
+                    b.peer, b.begin_line, b.end_line
+                );
+                for rule in &b.rules {
+                    println!("    {rule}");
+                }
+            }
+            for p in &report.other_rules {
+                print_other_rules(&p.peer, &p.rules);
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,549 @@
+//! Talking to PostgreSQL: SQL through the `postgres` crate, the replication
+//! handshake through [`replication`], and the server's own programs
+//! (`pg_controldata`, `pg_ctl --version`) for what SQL cannot tell.
+//!
+//! This module owns how keyferry reaches a server ([`Endpoint`],
+//! [`ConnSpec`]), the few queries the HA commands need, and how their
+//! failures are reported ([`PgError`]: one line, the server's SQLSTATE kept
+//! so callers can give the right fix).
+//!
+//! Invariants:
+//! - passwords are only ever borrowed from the caller and handed to the
+//!   connection; they appear in no error, no log line and no command line
+//!   (the `postgres` crate keeps its own copy inside its `Config` for the
+//!   length of one connection attempt);
+//! - programs are run with the `C` locale so their output can be parsed, and
+//!   with `PGPASSWORD`/`PGPASSFILE` removed from their environment;
+//! - nothing here writes a file: `pg_hba.conf` edits, backups and audit
+//!   records belong to `ops`.
+
+pub mod passfile;
+pub mod replication;
+
+use std::fmt;
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use postgres::{Client, NoTls};
+
+/// SQLSTATE `28P01`: the password was wrong.
+pub const SQLSTATE_INVALID_PASSWORD: &str = "28P01";
+/// SQLSTATE `28000`: no `pg_hba.conf` line lets the connection in (or the
+/// role may not log in).
+pub const SQLSTATE_INVALID_AUTHORIZATION: &str = "28000";
+/// SQLSTATE `42501`: the role lacks a privilege (e.g. REPLICATION).
+pub const SQLSTATE_INSUFFICIENT_PRIVILEGE: &str = "42501";
+/// SQLSTATE `53300`: too many connections (all WAL senders busy).
+pub const SQLSTATE_TOO_MANY_CONNECTIONS: &str = "53300";
+
+/// The database the SQL connections of the HA checks use.
+pub const MAINTENANCE_DB: &str = "postgres";
+/// `application_name` of keyferry's connections, so they can be told apart
+/// in `pg_stat_activity`.
+pub const APPLICATION_NAME: &str = "keyferry";
+
+/// Why a PostgreSQL request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// Nothing answered (connection refused, timed out, no socket file).
+    #[error("cannot reach PostgreSQL at {target}: {source}")]
+    Unreachable {
+        /// Where keyferry tried to connect.
+        target: String,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The server answered with an error.
+    #[error("PostgreSQL at {target} refused: {message} (SQLSTATE {code})")]
+    Server {
+        /// Where the server is.
+        target: String,
+        /// The SQLSTATE.
+        code: String,
+        /// The server's message, detail and hint on one line.
+        message: String,
+    },
+    /// The conversation went wrong in some other way (unexpected message,
+    /// a connection cut in the middle, a feature keyferry does not speak).
+    #[error("talking to PostgreSQL at {target} failed: {message}")]
+    Protocol {
+        /// Where the server is.
+        target: String,
+        /// What happened, on one line.
+        message: String,
+    },
+    /// One of PostgreSQL's programs could not be run or failed.
+    #[error("{program} failed: {message}; check pg_bin in ha.toml and that the program runs")]
+    Tool {
+        /// The program's path.
+        program: String,
+        /// What went wrong, on one line.
+        message: String,
+    },
+}
+
+impl PgError {
+    /// The SQLSTATE of a server error.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            PgError::Server { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// Whether nothing answered at all (the server is not running there).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, PgError::Unreachable { .. })
+    }
+}
+
+/// Where a server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// TCP to a host name or IP address.
+    Tcp {
+        /// Host name or IP address.
+        host: String,
+        /// Port.
+        port: u16,
+    },
+    /// A Unix-domain socket directory (Unix only); the socket file is
+    /// `<dir>/.s.PGSQL.<port>`.
+    Socket {
+        /// The socket directory.
+        dir: PathBuf,
+        /// Port (part of the socket file's name).
+        port: u16,
+    },
+}
+
+impl Endpoint {
+    /// TCP to an IP address.
+    pub fn ip(ip: IpAddr, port: u16) -> Self {
+        Endpoint::Tcp {
+            host: ip.to_string(),
+            port,
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            Endpoint::Tcp { host, port } => write!(f, "{host}:{port}"),
+            Endpoint::Socket { dir, port } => {
+                write!(f, "socket {}/.s.PGSQL.{port}", dir.display())
+            }
+        }
+    }
+}
+
+/// One connection's parameters. The password is borrowed, never stored.
+#[derive(Clone, Copy)]
+pub struct ConnSpec<'a> {
+    /// Where.
+    pub endpoint: &'a Endpoint,
+    /// As which role.
+    pub user: &'a str,
+    /// To which database.
+    pub dbname: &'a str,
+    /// The password, when the server may ask for one.
+    pub password: Option<&'a [u8]>,
+    /// Connect (and, for the replication handshake, read) timeout.
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for ConnSpec<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnSpec")
+            .field("endpoint", self.endpoint)
+            .field("user", &self.user)
+            .field("dbname", &self.dbname)
+            .field("password", &self.password.map(|_| "<hidden>"))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// Opens a SQL connection.
+pub fn connect(spec: &ConnSpec<'_>) -> Result<Client, PgError> {
+    let target = spec.endpoint.to_string();
+    let mut config = postgres::Config::new();
+    config
+        .user(spec.user)
+        .dbname(spec.dbname)
+        .application_name(APPLICATION_NAME)
+        .connect_timeout(spec.timeout);
+    match spec.endpoint {
+        Endpoint::Tcp { host, port } => {
+            config.host(host).port(*port);
+        }
+        Endpoint::Socket { dir, port } => {
+            platform::socket_host(&mut config, dir, &target)?;
+            config.port(*port);
+        }
+    }
+    if let Some(password) = spec.password {
+        config.password(password);
+    }
+    config.connect(NoTls).map_err(|e| from_postgres(&target, e))
+}
+
+/// Turns a `postgres` crate error into a [`PgError`] for `target`.
+pub fn from_postgres(target: &str, e: postgres::Error) -> PgError {
+    if let Some(db) = e.as_db_error() {
+        let mut message = db.message().to_owned();
+        if let Some(detail) = db.detail() {
+            message.push_str("; ");
+            message.push_str(detail);
+        }
+        if let Some(hint) = db.hint() {
+            message.push_str("; hint: ");
+            message.push_str(hint);
+        }
+        return PgError::Server {
+            target: target.to_owned(),
+            code: db.code().code().to_owned(),
+            message: one_line(&message),
+        };
+    }
+    let io = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<io::Error>());
+    match io {
+        Some(io) if is_unreachable_kind(io.kind()) => PgError::Unreachable {
+            target: target.to_owned(),
+            source: io::Error::new(io.kind(), one_line(&io.to_string())),
+        },
+        _ => PgError::Protocol {
+            target: target.to_owned(),
+            message: one_line(&e.to_string()),
+        },
+    }
+}
+
+/// Errors of the connect itself: nothing listens there, or nothing could
+/// be reached. Anything later (a reset, an EOF mid-handshake) is a
+/// protocol failure: something answered.
+pub fn is_unreachable_kind(kind: io::ErrorKind) -> bool {
+    matches!(
+        kind,
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::TimedOut
+            | io::ErrorKind::WouldBlock
+            | io::ErrorKind::NotFound
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+            | io::ErrorKind::AddrNotAvailable
+    )
+}
+
+/// Collapses a multi-line message into one line.
+pub fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// What the HA checks need to know about a running server. Readable by any
+/// role that may log in (no superuser needed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerFacts {
+    /// `server_version_num`, e.g. 150014.
+    pub version_num: u32,
+    /// `wal_level`: `minimal`, `replica` or `logical`.
+    pub wal_level: String,
+    /// `max_wal_senders`.
+    pub max_wal_senders: u32,
+    /// WAL sender processes running now.
+    pub wal_senders_in_use: u32,
+    /// Sum of `pg_database_size` over the databases the role may connect
+    /// to (all of them for an ordinary role: CONNECT is granted to PUBLIC).
+    pub database_bytes: u64,
+}
+
+impl ServerFacts {
+    /// The major version (15 for 150014).
+    pub fn major(&self) -> u32 {
+        major_of_version_num(self.version_num)
+    }
+}
+
+/// The major version of a `server_version_num` (10 and later: the first
+/// two digits; 9.x: 90600 -> 906).
+pub fn major_of_version_num(num: u32) -> u32 {
+    if num >= 100_000 {
+        num / 10_000
+    } else {
+        num / 100
+    }
+}
+
+/// Reads [`ServerFacts`] over an open SQL connection.
+pub fn server_facts(client: &mut Client, target: &str) -> Result<ServerFacts, PgError> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version_num')::int, \
+                    current_setting('wal_level'), \
+                    current_setting('max_wal_senders')::int, \
+                    (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender')::int, \
+                    (SELECT coalesce(sum(pg_database_size(oid)), 0) FROM pg_database \
+                      WHERE has_database_privilege(oid, 'CONNECT'))::bigint",
+            &[],
+        )
+        .map_err(|e| from_postgres(target, e))?;
+    let non_negative = |v: i32| u32::try_from(v).unwrap_or(0);
+    Ok(ServerFacts {
+        version_num: non_negative(row.get(0)),
+        wal_level: row.get(1),
+        max_wal_senders: non_negative(row.get(2)),
+        wal_senders_in_use: non_negative(row.get(3)),
+        database_bytes: u64::try_from(row.get::<_, i64>(4)).unwrap_or(0),
+    })
+}
+
+/// The `pg_hba.conf` the server reads (`SHOW hba_file`; superuser or
+/// `pg_read_all_settings`).
+pub fn hba_file(client: &mut Client, target: &str) -> Result<PathBuf, PgError> {
+    let row = client
+        .query_one("SELECT current_setting('hba_file')", &[])
+        .map_err(|e| from_postgres(target, e))?;
+    Ok(PathBuf::from(row.get::<_, String>(0)))
+}
+
+/// A line of `pg_hba.conf` that PostgreSQL cannot use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HbaLineError {
+    /// 1-based line number (`None` when the server gives none).
+    pub line: Option<u32>,
+    /// The server's message.
+    pub error: String,
+}
+
+/// Parses the `pg_hba.conf` on disk now, with the server's own parser, and
+/// returns its bad lines (`pg_hba_file_rules`; superuser by default).
+pub fn hba_file_errors(client: &mut Client, target: &str) -> Result<Vec<HbaLineError>, PgError> {
+    let rows = client
+        .query(
+            "SELECT line_number, error FROM pg_hba_file_rules \
+             WHERE error IS NOT NULL ORDER BY line_number",
+            &[],
+        )
+        .map_err(|e| from_postgres(target, e))?;
+    Ok(rows
+        .iter()
+        .map(|row| HbaLineError {
+            line: row
+                .get::<_, Option<i32>>(0)
+                .and_then(|n| u32::try_from(n).ok()),
+            error: one_line(&row.get::<_, String>(1)),
+        })
+        .collect())
+}
+
+/// `SELECT pg_reload_conf()`: the postmaster re-reads its configuration
+/// files, `pg_hba.conf` among them.
+pub fn reload_conf(client: &mut Client, target: &str) -> Result<(), PgError> {
+    let row = client
+        .query_one("SELECT pg_reload_conf()", &[])
+        .map_err(|e| from_postgres(target, e))?;
+    if row.get::<_, bool>(0) {
+        Ok(())
+    } else {
+        Err(PgError::Protocol {
+            target: target.to_owned(),
+            message: "pg_reload_conf() returned false (the postmaster could not be signalled)"
+                .into(),
+        })
+    }
+}
+
+/// The path of one of PostgreSQL's programs in `pg_bin`.
+pub fn program(pg_bin: &Path, name: &str) -> PathBuf {
+    pg_bin.join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// Runs a PostgreSQL program and returns its standard output, or a
+/// [`PgError::Tool`] with the first line of what it said on failure.
+fn run_program(pg_bin: &Path, name: &str, args: &[&std::ffi::OsStr]) -> Result<String, PgError> {
+    let path = program(pg_bin, name);
+    let tool = |message: String| PgError::Tool {
+        program: path.display().to_string(),
+        message,
+    };
+    let output = Command::new(&path)
+        .args(args)
+        .env("LC_ALL", "C")
+        .env("LANG", "C")
+        .env("LC_MESSAGES", "C")
+        .env_remove("PGPASSWORD")
+        .env_remove("PGPASSFILE")
+        .output()
+        .map_err(|e| tool(e.to_string()))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(tool(format!("{} ({})", one_line(&stderr), output.status)));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The major version of the programs in `pg_bin` (from `pg_ctl --version`,
+/// e.g. `pg_ctl (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)` -> 15).
+pub fn binaries_major(pg_bin: &Path) -> Result<u32, PgError> {
+    let out = run_program(pg_bin, "pg_ctl", &["--version".as_ref()])?;
+    parse_version_major(&out).ok_or_else(|| PgError::Tool {
+        program: program(pg_bin, "pg_ctl").display().to_string(),
+        message: format!("unexpected --version output {:?}", one_line(&out)),
+    })
+}
+
+fn parse_version_major(text: &str) -> Option<u32> {
+    let after = text.split_once(')')?.1.trim_start();
+    let number: String = after.chars().take_while(char::is_ascii_digit).collect();
+    let major: u32 = number.parse().ok()?;
+    if major < 10 {
+        // 9.6 and older: major is "9.6".
+        let minor: String = after[number.len()..]
+            .strip_prefix('.')?
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        return Some(major * 100 + minor.parse::<u32>().ok()?);
+    }
+    Some(major)
+}
+
+/// What `pg_controldata` says about a data directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlData {
+    /// "Database cluster state", e.g. `in production`, `shut down`,
+    /// `in archive recovery`, `shut down in recovery`.
+    pub state: String,
+    /// "Database system identifier".
+    pub system_identifier: Option<String>,
+    /// "Latest checkpoint's TimeLineID".
+    pub timeline: Option<u32>,
+}
+
+/// Runs `pg_controldata -D <pg_data>`.
+pub fn controldata(pg_bin: &Path, pg_data: &Path) -> Result<ControlData, PgError> {
+    let out = run_program(
+        pg_bin,
+        "pg_controldata",
+        &["-D".as_ref(), pg_data.as_os_str()],
+    )?;
+    parse_controldata(&out).ok_or_else(|| PgError::Tool {
+        program: program(pg_bin, "pg_controldata").display().to_string(),
+        message: "its output has no \"Database cluster state\" line".into(),
+    })
+}
+
+fn parse_controldata(text: &str) -> Option<ControlData> {
+    let field = |name: &str| {
+        text.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            (key.trim() == name).then(|| value.trim().to_owned())
+        })
+    };
+    Some(ControlData {
+        state: field("Database cluster state")?,
+        system_identifier: field("Database system identifier"),
+        timeline: field("Latest checkpoint's TimeLineID").and_then(|t| t.parse().ok()),
+    })
+}
+
+#[cfg(unix)]
+mod platform {
+    use std::path::Path;
+
+    use super::PgError;
+
+    pub fn socket_host(
+        config: &mut postgres::Config,
+        dir: &Path,
+        _target: &str,
+    ) -> Result<(), PgError> {
+        config.host_path(dir);
+        Ok(())
+    }
+}
+
+#[cfg(windows)]
+mod platform {
+    use std::path::Path;
+
+    use super::PgError;
+
+    pub fn socket_host(
+        _config: &mut postgres::Config,
+        _dir: &Path,
+        target: &str,
+    ) -> Result<(), PgError> {
+        Err(PgError::Protocol {
+            target: target.to_owned(),
+            message: "Unix-domain sockets are not available on Windows; use --pg-host".into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_major_version_of_the_programs() {
+        let cases = [
+            (
+                "pg_ctl (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)\n",
+                Some(15),
+            ),
+            ("pg_ctl (PostgreSQL) 17.2\n", Some(17)),
+            ("pg_ctl (PostgreSQL) 9.6.24\n", Some(906)),
+            ("pg_ctl (PostgreSQL) 16devel\n", Some(16)),
+            ("something else", None),
+        ];
+        for (text, major) in cases {
+            assert_eq!(parse_version_major(text), major, "{text:?}");
+        }
+        assert_eq!(major_of_version_num(150014), 15);
+        assert_eq!(major_of_version_num(90624), 906);
+    }
+
+    #[test]
+    fn reads_pg_controldata_output() {
+        let text = "pg_control version number:            1300\n\
+                    Database system identifier:           7312345678901234567\n\
+                    Database cluster state:               shut down in recovery\n\
+                    Latest checkpoint's TimeLineID:       2\n";
+        let data = parse_controldata(text).unwrap();
+        assert_eq!(data.state, "shut down in recovery");
+        assert_eq!(
+            data.system_identifier.as_deref(),
+            Some("7312345678901234567")
+        );
+        assert_eq!(data.timeline, Some(2));
+        assert_eq!(parse_controldata("nothing"), None);
+    }
+
+    #[test]
+    fn endpoints_name_host_and_port() {
+        assert_eq!(
+            Endpoint::ip("10.0.0.1".parse().unwrap(), 5432).to_string(),
+            "10.0.0.1:5432"
+        );
+        assert_eq!(
+            Endpoint::ip("2001:db8::1".parse().unwrap(), 5432).to_string(),
+            "[2001:db8::1]:5432"
+        );
+        let socket = Endpoint::Socket {
+            dir: PathBuf::from("/run/pg"),
+            port: 5433,
+        };
+        assert_eq!(socket.to_string(), "socket /run/pg/.s.PGSQL.5433");
+    }
+}

@@ -1,0 +1,541 @@
+//! `keyferry hba ensure|remove|show`: keyferry's block for a peer in the
+//! server's `pg_hba.conf`.
+//!
+//! A change is made in this order, and undone on any failure:
+//!
+//! 1. the new text is computed ([`crate::ha::hba`]); no change means no
+//!    backup, no audit record, no reload;
+//! 2. when a server is running (it answers on the local socket or the
+//!    `--pg-host`/`--pg-port` given), keyferry connects first and makes sure
+//!    the server reads this very file (`hba_file`), so the check below
+//!    checks the right file;
+//! 3. the audit record (on a node with a keyring), then: a backup of the
+//!    file into the home's `backups/`, the new version written atomically
+//!    with the old one's owner, group and mode, PostgreSQL's own parser run
+//!    over it (`pg_hba_file_rules`), and only if it reports no error,
+//!    `pg_reload_conf()`. On an error the original bytes are put back (with
+//!    the same owner and mode) and nothing is reloaded.
+//!
+//! With no server running the file is written unchecked and the report
+//! says so; the server reads it at its next start. A server that seems to
+//! run (its `postmaster.pid` exists) but does not answer is an error, not a
+//! reason to skip the check; `--offline` skips the server on purpose.
+
+use std::cell::RefCell;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{audited, load_config, stamp};
+use crate::error::{Error, Result};
+use crate::fsutil::{self, Ownership};
+use crate::ha::config::HaConfig;
+use crate::ha::hba::{self, Coverage, HbaMethod};
+use crate::ha::pg::{self, passfile, ConnSpec, Endpoint, PgError};
+use crate::ha::PeerAddr;
+use crate::ops::{details, Home};
+
+/// Default role for the administrative connection (a superuser is needed
+/// for `pg_hba_file_rules`, `hba_file` and `pg_reload_conf()`).
+pub const DEFAULT_ADMIN_USER: &str = "postgres";
+/// Where the server's socket is on Debian/Ubuntu and Red Hat packages.
+#[cfg(unix)]
+pub const DEFAULT_SOCKET_DIRS: [&str; 2] = ["/var/run/postgresql", "/tmp"];
+
+/// Which file, which role, which server.
+#[derive(Debug, Clone, Default)]
+pub struct HbaTarget {
+    /// `pg_hba.conf`; default `<pg_data>/pg_hba.conf` from `ha.toml`.
+    pub file: Option<PathBuf>,
+    /// Default: `replication_user` from `ha.toml`, else `repuser`.
+    pub replication_user: Option<String>,
+    pub server: ServerAccess,
+}
+
+/// How to reach the local server to check and reload.
+#[derive(Debug, Clone, Default)]
+pub struct ServerAccess {
+    /// Do not contact a server at all.
+    pub offline: bool,
+    /// TCP host (name or address) instead of the Unix socket.
+    pub host: Option<String>,
+    /// Unix socket directory (default `/var/run/postgresql`, else `/tmp`).
+    pub socket_dir: Option<PathBuf>,
+    /// Default: `pg_port` from `ha.toml`, else 5432.
+    pub port: Option<u16>,
+    /// Default `postgres`. Its password, if the server asks, comes from the
+    /// libpq password file (`PGPASSFILE` or `~/.pgpass`).
+    pub user: Option<String>,
+    pub timeout: Duration,
+}
+
+/// What the server had to say about a change.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ServerOutcome {
+    /// `--offline`: no server contacted.
+    Offline,
+    /// Nothing answered and no `postmaster.pid`: written unchecked.
+    NotRunning { endpoint: String },
+    /// PostgreSQL parsed the new file without error and reloaded.
+    CheckedAndReloaded { endpoint: String },
+    /// The file did not change; no server contacted.
+    Unchanged,
+}
+
+/// What `hba ensure` / `hba remove` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct HbaChangeReport {
+    pub file: PathBuf,
+    pub peer: String,
+    pub changed: bool,
+    pub backup: Option<PathBuf>,
+    pub server: ServerOutcome,
+    pub audited: bool,
+    /// Lines outside keyferry's blocks that also match the peer.
+    pub other_rules: Vec<OtherRule>,
+}
+
+/// A line outside keyferry's blocks that matches the peer.
+#[derive(Debug, Clone, Serialize)]
+pub struct OtherRule {
+    pub line: usize,
+    pub text: String,
+    /// `exact` (the peer alone) or `network` (a network around it).
+    pub coverage: &'static str,
+    /// Whether it comes before keyferry's block and so decides first.
+    pub before_block: bool,
+}
+
+/// `keyferry hba ensure --peer IP [--method …]`.
+pub fn ensure(
+    home: &Home,
+    peer: PeerAddr,
+    method: HbaMethod,
+    target: &HbaTarget,
+) -> Result<HbaChangeReport> {
+    change(home, peer, target, Change::Ensure(method))
+}
+
+/// `keyferry hba remove --peer IP`.
+pub fn remove(home: &Home, peer: PeerAddr, target: &HbaTarget) -> Result<HbaChangeReport> {
+    change(home, peer, target, Change::Remove)
+}
+
+enum Change {
+    Ensure(HbaMethod),
+    Remove,
+}
+
+struct Resolved {
+    file: PathBuf,
+    replication_user: String,
+    /// Directories where a running server's `postmaster.pid` would be.
+    data_dirs: Vec<PathBuf>,
+    port: u16,
+}
+
+fn resolve(home: &Home, target: &HbaTarget) -> Result<Resolved> {
+    let config: Option<HaConfig> = load_config(home)?;
+    let file = match (&target.file, &config) {
+        (Some(f), _) => f.clone(),
+        (None, Some(c)) => c.pg_data.join("pg_hba.conf"),
+        (None, None) => {
+            return Err(Error::Usage(format!(
+                "no --file and no HA configuration at {}: give --file PATH, or describe the pair with `keyferry ha init`",
+                home.ha_config_path().display()
+            )))
+        }
+    };
+    let replication_user = target
+        .replication_user
+        .clone()
+        .or_else(|| config.as_ref().map(|c| c.replication_user.clone()))
+        .unwrap_or_else(|| crate::ha::config::DEFAULT_REPLICATION_USER.to_owned());
+    hba::validate_role_name(&replication_user)?;
+    let mut data_dirs = Vec::new();
+    if let Some(c) = &config {
+        data_dirs.push(c.pg_data.clone());
+    }
+    if let Some(parent) = file.parent() {
+        data_dirs.push(parent.to_path_buf());
+    }
+    let port = target
+        .server
+        .port
+        .or(config.as_ref().map(|c| c.pg_port))
+        .unwrap_or(crate::ha::config::DEFAULT_PG_PORT);
+    Ok(Resolved {
+        file,
+        replication_user,
+        data_dirs,
+        port,
+    })
+}
+
+fn read_hba(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::Usage(format!(
+            "{} does not exist: give the server's pg_hba.conf with --file, or fix pg_data in ha.toml",
+            path.display()
+        )),
+        _ => Error::io(format!("cannot read {}", path.display()))(e),
+    })
+}
+
+fn change(
+    home: &Home,
+    peer: PeerAddr,
+    target: &HbaTarget,
+    what: Change,
+) -> Result<HbaChangeReport> {
+    let r = resolve(home, target)?;
+    home.create()?;
+    let _lock = home.lock()?;
+    let original = read_hba(&r.file)?;
+    let (edit, action) = match what {
+        Change::Ensure(method) => (
+            hba::ensure(&original, &peer, &r.replication_user, method)?,
+            "hba-ensure",
+        ),
+        Change::Remove => (hba::remove(&original, &peer)?, "hba-remove"),
+    };
+    let mut report = HbaChangeReport {
+        file: r.file.clone(),
+        peer: peer.to_string(),
+        changed: edit.changed,
+        backup: None,
+        server: ServerOutcome::Unchanged,
+        audited: false,
+        other_rules: other_rules(&edit.text, &peer)?,
+    };
+    if !edit.changed {
+        return Ok(report);
+    }
+
+    let server = if target.server.offline {
+        None
+    } else {
+        connect_admin(&target.server, &r)?
+    };
+    report.server = match &server {
+        None if target.server.offline => ServerOutcome::Offline,
+        None => ServerOutcome::NotRunning {
+            endpoint: endpoints(&target.server, r.port)
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        },
+        Some((_, endpoint)) => ServerOutcome::CheckedAndReloaded {
+            endpoint: endpoint.to_string(),
+        },
+    };
+    let server = RefCell::new(server);
+    let backup = RefCell::new(None);
+    let file = &r.file;
+    let mut record_details = details([
+        ("peer", Value::from(peer.to_string())),
+        ("file", Value::from(file.display().to_string())),
+        ("replication_user", Value::from(r.replication_user.clone())),
+        (
+            "server_checked",
+            Value::from(matches!(
+                report.server,
+                ServerOutcome::CheckedAndReloaded { .. }
+            )),
+        ),
+    ]);
+    if let Change::Ensure(method) = what {
+        record_details.insert("method".into(), Value::from(method.as_str()));
+    }
+    report.audited = audited(
+        home,
+        action,
+        record_details,
+        || {
+            let made = fsutil::replace_with_backup_from(
+                file,
+                &mut &edit.text[..],
+                &home.backup_dir(),
+                &stamp(),
+                Ownership::KeepExisting,
+            )
+            .map_err(Error::io(format!(
+                "cannot write {} (or its backup into {}); nothing was changed",
+                file.display(),
+                home.backup_dir().display()
+            )))?;
+            *backup.borrow_mut() = made.clone();
+            if let Some((client, endpoint)) = server.borrow_mut().as_mut() {
+                if let Err(e) = check_and_reload(client, &endpoint.to_string(), file) {
+                    restore(file, made.as_deref());
+                    return Err(e);
+                }
+            }
+            Ok(())
+        },
+        || {
+            restore(file, backup.borrow().as_deref());
+            if let Some((client, endpoint)) = server.borrow_mut().as_mut() {
+                let _ = pg::reload_conf(client, &endpoint.to_string());
+            }
+        },
+    )?;
+    report.backup = backup.into_inner();
+    Ok(report)
+}
+
+/// Puts the backup (the original bytes) back, with the file's owner and
+/// mode (best effort: this runs only while undoing a failed change).
+fn restore(file: &Path, backup: Option<&Path>) {
+    if backup.is_some() {
+        let _ = fsutil::restore(file, backup);
+    }
+}
+
+/// Runs PostgreSQL's parser over the file on disk; reloads when clean.
+fn check_and_reload(client: &mut postgres::Client, target: &str, file: &Path) -> Result<()> {
+    let errors = pg::hba_file_errors(client, target).map_err(|e| {
+        Error::Refused(format!(
+            "cannot check {} with the server ({e}); the original was put back: connect as a superuser (--pg-user)",
+            file.display()
+        ))
+    })?;
+    if !errors.is_empty() {
+        let lines = errors
+            .iter()
+            .map(|e| match e.line {
+                Some(n) => format!("line {n}: {}", e.error),
+                None => e.error.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(Error::Refused(format!(
+            "PostgreSQL cannot use the new {} ({lines}); the original was put back and nothing was reloaded: fix those lines by hand, then run the command again",
+            file.display()
+        )));
+    }
+    pg::reload_conf(client, target).map_err(|e| {
+        Error::Refused(format!(
+            "pg_reload_conf() failed ({e}); the original {} was put back",
+            file.display()
+        ))
+    })
+}
+
+/// The endpoints tried for the administrative connection, in order.
+fn endpoints(access: &ServerAccess, port: u16) -> Vec<Endpoint> {
+    if let Some(host) = &access.host {
+        return vec![Endpoint::Tcp {
+            host: host.clone(),
+            port,
+        }];
+    }
+    if let Some(dir) = &access.socket_dir {
+        return vec![Endpoint::Socket {
+            dir: dir.clone(),
+            port,
+        }];
+    }
+    default_endpoints(port)
+}
+
+#[cfg(unix)]
+fn default_endpoints(port: u16) -> Vec<Endpoint> {
+    DEFAULT_SOCKET_DIRS
+        .iter()
+        .map(|d| Endpoint::Socket {
+            dir: PathBuf::from(d),
+            port,
+        })
+        .collect()
+}
+
+#[cfg(windows)]
+fn default_endpoints(port: u16) -> Vec<Endpoint> {
+    vec![Endpoint::Tcp {
+        host: "localhost".into(),
+        port,
+    }]
+}
+
+/// Connects to the local server as the administrative role, or returns
+/// `None` when no server runs. Refuses when a server seems to run but
+/// cannot be used, or reads another `pg_hba.conf`.
+fn connect_admin(
+    access: &ServerAccess,
+    r: &Resolved,
+) -> Result<Option<(postgres::Client, Endpoint)>> {
+    let user = access.user.as_deref().unwrap_or(DEFAULT_ADMIN_USER);
+    let mut last_unreachable: Option<PgError> = None;
+    for endpoint in endpoints(access, r.port) {
+        let host = match &endpoint {
+            Endpoint::Tcp { host, .. } => host.clone(),
+            Endpoint::Socket { .. } => "localhost".to_owned(),
+        };
+        let password = passfile::default_path().and_then(|path| {
+            passfile::lookup(
+                &path,
+                passfile::Key {
+                    host: &host,
+                    port: r.port,
+                    database: pg::MAINTENANCE_DB,
+                    user,
+                },
+            )
+            .ok()
+            .flatten()
+        });
+        let spec = ConnSpec {
+            endpoint: &endpoint,
+            user,
+            dbname: pg::MAINTENANCE_DB,
+            password: password.as_ref().map(|p| p.as_bytes()),
+            timeout: access.timeout,
+        };
+        match pg::connect(&spec) {
+            Ok(mut client) => {
+                same_hba_file(&mut client, &endpoint, &r.file)?;
+                return Ok(Some((client, endpoint)));
+            }
+            Err(e) if e.is_unreachable() => last_unreachable = Some(e),
+            Err(e) => {
+                return Err(Error::Refused(format!(
+                    "a server answers but keyferry cannot use it to check the new pg_hba.conf ({e}); nothing was changed: \
+                     connect as a superuser (--pg-user, password from PGPASSFILE or ~/.pgpass), or pass --offline to write unchecked and reload by hand"
+                )))
+            }
+        }
+    }
+    if let Some(pid) = r
+        .data_dirs
+        .iter()
+        .map(|d| d.join("postmaster.pid"))
+        .find(|p| p.is_file())
+    {
+        let why = last_unreachable.map(|e| e.to_string()).unwrap_or_default();
+        return Err(Error::Refused(format!(
+            "{} says a server is running, but it does not answer ({why}); nothing was changed: \
+             give --pg-socket-dir, or --pg-host and --pg-port, or pass --offline to write unchecked",
+            pid.display()
+        )));
+    }
+    Ok(None)
+}
+
+fn same_hba_file(client: &mut postgres::Client, endpoint: &Endpoint, file: &Path) -> Result<()> {
+    let served = pg::hba_file(client, &endpoint.to_string()).map_err(|e| {
+        Error::Refused(format!(
+            "cannot ask the server which pg_hba.conf it reads ({e}); nothing was changed: connect as a superuser (--pg-user)"
+        ))
+    })?;
+    let canonical = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    if canonical(&served) != canonical(file) {
+        return Err(Error::Refused(format!(
+            "the server at {endpoint} reads {}, not {}; nothing was changed: pass --file {}",
+            served.display(),
+            file.display(),
+            served.display()
+        )));
+    }
+    Ok(())
+}
+
+fn other_rules(text: &[u8], peer: &PeerAddr) -> Result<Vec<OtherRule>> {
+    let block_start = hba::managed_blocks(text)?
+        .iter()
+        .find(|b| b.peer == peer.ip())
+        .map(|b| b.begin_line);
+    Ok(hba::rules_mentioning(text, peer)?
+        .into_iter()
+        .map(|m| OtherRule {
+            line: m.record.line,
+            text: m.record.plain_words().join(" "),
+            coverage: match m.coverage {
+                Coverage::Exact => "exact",
+                Coverage::Network => "network",
+            },
+            before_block: block_start.is_none_or(|start| m.record.line < start),
+        })
+        .collect())
+}
+
+/// One keyferry block as `hba show` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlockView {
+    pub peer: String,
+    pub begin_line: usize,
+    pub end_line: usize,
+    pub rules: Vec<String>,
+    /// Whether it holds exactly what `ensure` writes for the configured
+    /// replication user (with either method).
+    pub current: bool,
+}
+
+/// Lines outside the blocks that match one peer.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerRules {
+    pub peer: String,
+    pub rules: Vec<OtherRule>,
+}
+
+/// What `hba show` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct HbaShowReport {
+    pub file: PathBuf,
+    pub blocks: Vec<BlockView>,
+    pub other_rules: Vec<PeerRules>,
+}
+
+/// `keyferry hba show [--peer IP]`: keyferry's blocks, and the other lines
+/// that match the peers (the block peers, the pair's two addresses and
+/// `peer`).
+pub fn show(home: &Home, peer: Option<PeerAddr>, target: &HbaTarget) -> Result<HbaShowReport> {
+    let r = resolve(home, target)?;
+    let text = read_hba(&r.file)?;
+    let blocks = hba::managed_blocks(&text)?;
+    let mut peers: Vec<PeerAddr> = blocks
+        .iter()
+        .filter_map(|b| PeerAddr::try_from(b.peer).ok())
+        .collect();
+    if let Some(config) = load_config(home)? {
+        peers.extend([config.primary, config.secondary]);
+    }
+    peers.extend(peer);
+    peers.sort();
+    peers.dedup();
+    let mut other = Vec::new();
+    for p in &peers {
+        let rules = other_rules(&text, p)?;
+        if !rules.is_empty() {
+            other.push(PeerRules {
+                peer: p.to_string(),
+                rules,
+            });
+        }
+    }
+    Ok(HbaShowReport {
+        file: r.file,
+        blocks: blocks
+            .iter()
+            .map(|b| BlockView {
+                peer: b.peer.to_string(),
+                begin_line: b.begin_line,
+                end_line: b.end_line,
+                rules: b
+                    .records
+                    .iter()
+                    .map(|rec| rec.plain_words().join(" "))
+                    .collect(),
+                current: [HbaMethod::ScramSha256, HbaMethod::Md5]
+                    .iter()
+                    .any(|m| b.is_current(&r.replication_user, *m)),
+            })
+            .collect(),
+        other_rules: other,
+    })
+}

@@ -1,0 +1,336 @@
+//! The HA pair's operations: `ha init` / `ha show` (the pair description
+//! `ha.toml`), `ha check` (preflight, in [`check`]), `hba ensure` /
+//! `hba remove` / `hba show` (in [`hba`]) and `ha archive clean`.
+//!
+//! Order and audit follow the rest of `ops` (see the parent module): every
+//! change is written through [`audited`], which on a node with a keyring
+//! appends the audit record first, then makes the change, then stores the
+//! new audit head in the keystore, undoing what was done on failure.
+//!
+//! A node without a keyring yet (a secondary is usually described and its
+//! `pg_hba.conf` prepared before the primary's keys are imported) may still
+//! run these commands: the change is made without an audit record and the
+//! report says so (`audited: false`). Creating a keyring just to audit would
+//! be wrong there, since the node's keys must come from the primary.
+//!
+//! Nothing here prints; reports go back to `cli`. No password is ever part
+//! of a report, an error or an audit record.
+
+pub mod check;
+pub mod hba;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{details, file_stamp, now_unix, record, Home};
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::ha::archive::{self, CleanPlan, WalFileKind};
+use crate::ha::config::HaConfig;
+use crate::ha::PeerAddr;
+
+/// Runs `effect` as the change `action`: under the commit protocol with an
+/// audit record when the node has a keyring (after verifying the log), else
+/// unaudited. The caller holds the home's lock. Returns whether an audit
+/// record was written.
+fn audited(
+    home: &Home,
+    action: &str,
+    record_details: BTreeMap<String, Value>,
+    effect: impl FnOnce() -> Result<()>,
+    undo_effect: impl FnOnce(),
+) -> Result<bool> {
+    if !home.has_keystore() {
+        effect()?;
+        return Ok(false);
+    }
+    let mut store = home.load_keystore()?;
+    home.verify_audit(&store)?;
+    let now = now_unix();
+    let line = record(&mut store, now, action, record_details);
+    home.commit(&store, &line, now, effect, |()| undo_effect())?;
+    Ok(true)
+}
+
+/// A backup stamp for now.
+fn stamp() -> String {
+    file_stamp(now_unix())
+}
+
+/// Reads `ha.toml`; `Ok(None)` when the node has none.
+pub use crate::ops::config::load_local as load_config;
+
+/// Reads `ha.toml`, which must exist.
+pub fn require_config(home: &Home) -> Result<HaConfig> {
+    load_config(home)?.ok_or_else(|| {
+        Error::Refused(format!(
+            "no HA configuration at {}: describe the pair first with `keyferry ha init --node NAME --primary IP --secondary IP`",
+            home.ha_config_path().display()
+        ))
+    })
+}
+
+/// What `ha init` was given.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub node: String,
+    pub primary: PeerAddr,
+    pub secondary: PeerAddr,
+    pub pg_port: Option<u16>,
+    pub web_port: Option<u16>,
+    pub pg_bin: Option<PathBuf>,
+    pub pg_data: Option<PathBuf>,
+    pub archive_dir: Option<PathBuf>,
+    pub appsettings: Option<PathBuf>,
+    pub replication_user: Option<String>,
+    /// Replace an existing `ha.toml` (its previous version goes to
+    /// `backups/`).
+    pub force: bool,
+}
+
+/// What `ha init` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct InitReport {
+    pub path: PathBuf,
+    pub config: HaConfigView,
+    /// The previous `ha.toml`, when `--force` replaced one.
+    pub backup: Option<PathBuf>,
+    pub audited: bool,
+}
+
+/// `ha.toml` as shown by `ha show --json` (the file's own keys).
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct HaConfigView(Value);
+
+impl HaConfigView {
+    fn of(config: &HaConfig) -> Result<Self> {
+        let text = config.to_toml()?;
+        let value: toml::Value = toml::from_str(&text)
+            .map_err(|e| Error::Refused(format!("cannot re-read the configuration: {e}")))?;
+        let json = serde_json::to_value(value)
+            .map_err(|e| Error::Refused(format!("cannot render the configuration: {e}")))?;
+        Ok(Self(json))
+    }
+}
+
+/// `keyferry ha init`: validates and writes `ha.toml` (owner-only,
+/// atomically). Refuses to replace an existing one unless `force`.
+pub fn init(home: &Home, opts: &InitOptions) -> Result<InitReport> {
+    let mut config = HaConfig::new(&opts.node, opts.primary, opts.secondary)?;
+    if let Some(port) = opts.pg_port {
+        config.pg_port = port;
+    }
+    if let Some(port) = opts.web_port {
+        config.web_port = port;
+    }
+    if let Some(bin) = &opts.pg_bin {
+        config.pg_bin = bin.clone();
+    }
+    if let Some(data) = &opts.pg_data {
+        config.pg_data = data.clone();
+    }
+    config.archive_dir = opts.archive_dir.clone();
+    config.appsettings = opts.appsettings.clone();
+    if let Some(user) = &opts.replication_user {
+        config.replication_user = user.clone();
+    }
+    config.validate()?;
+    let text = config.to_toml()?;
+
+    home.create()?;
+    let _lock = home.lock()?;
+    let path = home.ha_config_path();
+    let exists = path.exists();
+    if exists && !opts.force {
+        return Err(Error::Refused(format!(
+            "{} exists: show it with `keyferry ha show`, or replace it with `keyferry ha init … --force` (the old one is kept in {})",
+            path.display(),
+            home.backup_dir().display()
+        )));
+    }
+    let record_details = details([
+        ("node", Value::from(config.node.clone())),
+        ("primary", Value::from(config.primary.to_string())),
+        ("secondary", Value::from(config.secondary.to_string())),
+        ("pg_port", Value::from(config.pg_port)),
+        ("web_port", Value::from(config.web_port)),
+        (
+            "replication_user",
+            Value::from(config.replication_user.clone()),
+        ),
+        ("replaced", Value::from(exists)),
+    ]);
+    let backup = std::cell::RefCell::new(None);
+    let audited = audited(
+        home,
+        "ha-init",
+        record_details,
+        || {
+            let made =
+                fsutil::replace_with_backup(&path, text.as_bytes(), &home.backup_dir(), &stamp())
+                    .map_err(Error::io(format!(
+                    "cannot write {}; nothing was changed",
+                    path.display()
+                )))?;
+            *backup.borrow_mut() = made;
+            Ok(())
+        },
+        // Best effort: puts the previous version back, or removes the new
+        // file when there was none.
+        || {
+            let _ = fsutil::restore(&path, backup.borrow().as_deref());
+        },
+    )?;
+    Ok(InitReport {
+        path,
+        config: HaConfigView::of(&config)?,
+        backup: backup.into_inner(),
+        audited,
+    })
+}
+
+/// What `ha show` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShowReport {
+    pub path: PathBuf,
+    /// The configuration in `ha.toml`'s canonical form.
+    #[serde(skip)]
+    pub toml: String,
+    pub config: HaConfigView,
+}
+
+/// `keyferry ha show`.
+pub fn show(home: &Home) -> Result<ShowReport> {
+    let config = require_config(home)?;
+    Ok(ShowReport {
+        path: home.ha_config_path(),
+        toml: config.to_toml()?,
+        config: HaConfigView::of(&config)?,
+    })
+}
+
+/// One file of an archive clean.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArchiveEntry {
+    pub path: PathBuf,
+    pub kind: &'static str,
+    pub bytes: u64,
+}
+
+/// What `ha archive clean` did (or, with `--dry-run`, would do).
+#[derive(Debug, Clone, Serialize)]
+pub struct ArchiveCleanReport {
+    pub dir: PathBuf,
+    pub dry_run: bool,
+    /// The WAL archive files listed (dry run) or removed.
+    pub files: Vec<ArchiveEntry>,
+    pub bytes: u64,
+    /// Entries that are not WAL archive files and were left alone.
+    pub kept: usize,
+    /// Listed files that had changed when the clean reached them and were
+    /// left alone.
+    pub skipped: Vec<PathBuf>,
+    pub audited: bool,
+}
+
+fn kind_name(kind: WalFileKind) -> &'static str {
+    match kind {
+        WalFileKind::Segment => "segment",
+        WalFileKind::Partial => "partial",
+        WalFileKind::History => "history",
+        WalFileKind::Backup => "backup",
+    }
+}
+
+/// `keyferry ha archive clean [--dry-run] [--dir DIR]`: removes only WAL
+/// archive files (see [`crate::ha::archive`]) from the archive directory of
+/// `ha.toml` or `dir`. Refuses a directory inside a PostgreSQL data
+/// directory: `pg_wal` holds files with the same names that the server
+/// still needs.
+pub fn archive_clean(
+    home: &Home,
+    dir: Option<PathBuf>,
+    dry_run: bool,
+) -> Result<ArchiveCleanReport> {
+    let dir = match dir {
+        Some(d) => d,
+        None => require_config(home)?.archive_dir.ok_or_else(|| {
+            Error::Usage(
+                "ha.toml names no archive_dir: give the directory with --dir, or set it with `keyferry ha init … --archive-dir DIR --force`"
+                    .into(),
+            )
+        })?,
+    };
+    refuse_data_directory(&dir)?;
+    let plan = archive::plan(&dir)?;
+    let entries: Vec<ArchiveEntry> = plan
+        .files
+        .iter()
+        .map(|f| ArchiveEntry {
+            path: f.path.clone(),
+            kind: kind_name(f.kind),
+            bytes: f.size,
+        })
+        .collect();
+    let mut report = ArchiveCleanReport {
+        dir: dir.clone(),
+        dry_run,
+        files: entries,
+        bytes: plan.total_bytes(),
+        kept: plan.kept,
+        skipped: Vec::new(),
+        audited: false,
+    };
+    if dry_run || plan.files.is_empty() {
+        return Ok(report);
+    }
+    home.create()?;
+    let _lock = home.lock()?;
+    let done = std::cell::RefCell::new(None);
+    report.audited = audited(
+        home,
+        "ha-archive-clean",
+        details([
+            ("dir", Value::from(dir.display().to_string())),
+            ("files", Value::from(plan.files.len())),
+            ("bytes", Value::from(plan.total_bytes())),
+        ]),
+        || {
+            *done.borrow_mut() = Some(clean_plan(&plan)?);
+            Ok(())
+        },
+        // Removed files cannot come back; the audit record is what is
+        // undone, and the error says how many were removed.
+        || {},
+    )?;
+    if let Some(done) = done.into_inner() {
+        report.skipped = done.skipped;
+        let skipped: Vec<&PathBuf> = report.skipped.iter().collect();
+        report.files.retain(|f| !skipped.contains(&&f.path));
+        report.bytes = done.bytes;
+    }
+    Ok(report)
+}
+
+fn clean_plan(plan: &CleanPlan) -> Result<archive::CleanReport> {
+    Ok(archive::clean(plan)?)
+}
+
+/// Refuses `dir` when it is a data directory or directly inside one (its
+/// `pg_wal`), where WAL files are the server's and not an archive's.
+fn refuse_data_directory(dir: &Path) -> Result<()> {
+    let is_data_dir = |d: &Path| d.join("PG_VERSION").is_file() && d.join("global").is_dir();
+    let parent_is = dir.parent().is_some_and(is_data_dir);
+    if is_data_dir(dir) || parent_is {
+        return Err(Error::Refused(format!(
+            "{} is (inside) a PostgreSQL data directory, whose WAL files the server still needs: \
+             give the WAL archive directory (archive_command's target) instead",
+            dir.display()
+        )));
+    }
+    Ok(())
+}

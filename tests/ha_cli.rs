@@ -1,0 +1,583 @@
+//! The HA commands through the real binary, without a PostgreSQL server:
+//! `ha init` / `ha show`, `hba ensure|remove|show` on real files, and
+//! `ha archive clean`.
+#![cfg(unix)]
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+const SAMPLE: &[u8] = include_bytes!("vectors/hba/pg_hba.conf.sample.pg15");
+const CRLF: &[u8] = include_bytes!("vectors/hba/crlf.conf");
+const INCLUDES: &[u8] = include_bytes!("vectors/hba/includes.conf");
+const NO_FINAL_NEWLINE: &[u8] = include_bytes!("vectors/hba/no-final-newline.conf");
+const ODD_SPACING: &[u8] = include_bytes!("vectors/hba/odd-spacing.conf");
+
+fn keyferry(home: &Path) -> Command {
+    let mut c = Command::cargo_bin("keyferry").unwrap();
+    c.arg("--home").arg(home).env_remove("KEYFERRY_HOME");
+    c
+}
+
+fn stdout_of(c: &mut Command) -> String {
+    let out = c.assert().success().get_output().stdout.clone();
+    String::from_utf8(out).unwrap()
+}
+
+fn json_of(c: &mut Command) -> serde_json::Value {
+    serde_json::from_str(&stdout_of(c)).unwrap()
+}
+
+fn init_args<'a>(primary: &'a str, secondary: &'a str) -> Vec<&'a str> {
+    vec![
+        "ha",
+        "init",
+        "--node",
+        "pam-b",
+        "--primary",
+        primary,
+        "--secondary",
+        secondary,
+    ]
+}
+
+fn audit_actions(home: &Path) -> Vec<String> {
+    let text = fs::read_to_string(home.join("audit.log")).unwrap_or_default();
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["action"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+fn backups(home: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(home.join("backups"))
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn ha_init_refuses_addresses_that_cannot_stand_in_pg_hba_conf() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    // (address, words the refusal must contain)
+    let cases = [
+        ("localhost", "host names"),
+        ("pam-a.example.com", "host names"),
+        ("127.0.0.1", "loopback"),
+        ("::1", "loopback"),
+        ("0.0.0.0", "unspecified"),
+        ("::", "unspecified"),
+        ("224.0.0.1", "multicast"),
+        ("ff02::1", "multicast"),
+        ("255.255.255.255", "broadcast"),
+        ("fe80::1%eth0", "zone"),
+        ("10.0.0.1/32", "/prefix"),
+        ("::ffff:10.0.0.1", "IPv4"),
+        ("[2001:db8::1]", "brackets"),
+        ("10.0.0.1:5432", ":port"),
+        ("10.0.0.300", "not a valid"),
+        ("", "no address"),
+    ];
+    for (bad, why) in cases {
+        for flag_first in [true, false] {
+            let (primary, secondary) = if flag_first {
+                (bad, "10.0.0.2")
+            } else {
+                ("10.0.0.1", bad)
+            };
+            let out = keyferry(&home)
+                .args(init_args(primary, secondary))
+                .assert()
+                .code(2)
+                .get_output()
+                .clone();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let flag = if flag_first {
+                "--primary"
+            } else {
+                "--secondary"
+            };
+            assert!(
+                stderr.contains(why) && stderr.contains(flag),
+                "{bad:?}: {stderr}"
+            );
+        }
+    }
+    assert!(
+        !home.join("ha.toml").exists(),
+        "nothing written on a refusal"
+    );
+    // Accepted: IPv4 and IPv6, with pasted blanks.
+    keyferry(&home)
+        .args(init_args(" 10.0.0.1 ", "2001:db8::2"))
+        .assert()
+        .success();
+    let shown = json_of(keyferry(&home).args(["ha", "show", "--json"]));
+    assert_eq!(shown["config"]["primary"], "10.0.0.1");
+    assert_eq!(shown["config"]["secondary"], "2001:db8::2");
+}
+
+#[test]
+fn ha_init_writes_an_owner_only_file_refuses_to_overwrite_and_audits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    keyferry(&home).arg("init").assert().success();
+    let out = keyferry(&home)
+        .args(init_args("10.0.0.1", "10.0.0.2"))
+        .args([
+            "--pg-port",
+            "5433",
+            "--web-port",
+            "6501",
+            "--pg-bin",
+            "/opt/pg/bin",
+        ])
+        .args([
+            "--pg-data",
+            "/srv/pg/data",
+            "--archive-dir",
+            "/srv/pg/archive",
+        ])
+        .args([
+            "--appsettings",
+            "/opt/pam/appsettings.json",
+            "--replication-user",
+            "streamer",
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("not audited"));
+    let path = home.join("ha.toml");
+    let first = fs::read(&path).unwrap();
+    assert_eq!(
+        fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let text = stdout_of(keyferry(&home).args(["ha", "show"]));
+    for expected in [
+        "node = \"pam-b\"",
+        "pg_port = 5433",
+        "web_port = 6501",
+        "replication_user = \"streamer\"",
+        "archive_dir = \"/srv/pg/archive\"",
+        "appsettings = \"/opt/pam/appsettings.json\"",
+    ] {
+        assert!(text.contains(expected), "{expected} in {text}");
+    }
+
+    // A second init is refused and changes nothing.
+    keyferry(&home)
+        .args(init_args("10.0.0.1", "10.0.0.3"))
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("--force"));
+    assert_eq!(fs::read(&path).unwrap(), first);
+
+    // --force replaces it and keeps the old one.
+    keyferry(&home)
+        .args(init_args("10.0.0.1", "10.0.0.3"))
+        .arg("--force")
+        .assert()
+        .success();
+    let kept = backups(&home)
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("ha.toml")
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(fs::read(&kept[0]).unwrap(), first);
+    assert_eq!(audit_actions(&home), ["init", "ha-init", "ha-init"]);
+    keyferry(&home).args(["audit", "verify"]).assert().success();
+
+    // A relative path or equal ports are refused with the field named.
+    keyferry(&home)
+        .args(init_args("10.0.0.1", "10.0.0.3"))
+        .args(["--force", "--pg-data", "relative/dir"])
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("pg_data"));
+}
+
+#[test]
+fn ha_init_without_a_keyring_writes_unaudited_and_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    keyferry(&home)
+        .args(init_args("10.0.0.1", "10.0.0.2"))
+        .assert()
+        .success()
+        .stderr(predicates::str::contains("not audited"));
+    assert!(home.join("ha.toml").exists());
+    assert!(!home.join("audit.log").exists());
+}
+
+/// A pg_hba.conf owned like the server's: by `postgres` when the tests run
+/// as root and that user exists, mode 0640.
+fn server_like_file(dir: &Path, name: &str, bytes: &[u8]) -> (PathBuf, u32, u32) {
+    let path = dir.join(name);
+    fs::write(&path, bytes).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+    if let Some((uid, gid)) = postgres_ids() {
+        std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+    }
+    let m = fs::metadata(&path).unwrap();
+    (path, m.uid(), m.gid())
+}
+
+fn postgres_ids() -> Option<(u32, u32)> {
+    let id = |flag: &str| -> Option<u32> {
+        let out = std::process::Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    };
+    let root = std::process::Command::new("id").arg("-u").output().ok()?;
+    if String::from_utf8_lossy(&root.stdout).trim() != "0" {
+        return None;
+    }
+    Some((id("-u")?, id("-g")?))
+}
+
+fn assert_owner_and_mode(path: &Path, uid: u32, gid: u32) {
+    let m = fs::metadata(path).unwrap();
+    assert_eq!(
+        (m.uid(), m.gid()),
+        (uid, gid),
+        "owner of {}",
+        path.display()
+    );
+    assert_eq!(
+        m.permissions().mode() & 0o7777,
+        0o640,
+        "mode of {}",
+        path.display()
+    );
+}
+
+#[test]
+fn hba_ensure_and_remove_keep_every_other_byte_the_owner_and_the_mode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    keyferry(&home).arg("init").assert().success();
+    // An empty socket directory: no server answers, deterministically.
+    let no_server = tmp.path().join("no-server");
+    fs::create_dir(&no_server).unwrap();
+    let vectors: [(&str, &[u8]); 5] = [
+        ("sample", SAMPLE),
+        ("crlf", CRLF),
+        ("includes", INCLUDES),
+        ("no-final-newline", NO_FINAL_NEWLINE),
+        ("odd-spacing", ODD_SPACING),
+    ];
+    let mut expected_actions = vec!["init".to_owned()];
+    for (name, original) in vectors {
+        let (file, uid, gid) = server_like_file(tmp.path(), &format!("{name}.conf"), original);
+        let hba = |verb: &str, peer: &str, extra: &[&str]| {
+            let mut c = keyferry(&home);
+            c.args(["hba", verb, "--peer", peer, "--file"])
+                .arg(&file)
+                .arg("--pg-socket-dir")
+                .arg(&no_server)
+                .args(["--pg-port", "5999"])
+                .args(extra);
+            c
+        };
+        let conf_name = format!("{name}.conf");
+        let conf_backups = || {
+            backups(&home)
+                .into_iter()
+                .filter(|p| {
+                    p.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with(&conf_name)
+                })
+                .collect::<Vec<_>>()
+        };
+        let backups_before = conf_backups().len();
+        let report = json_of(&mut hba("ensure", "10.0.0.2", &["--json"]));
+        assert_eq!(report["changed"], true, "{name}");
+        assert_eq!(report["server"]["outcome"], "not_running", "{name}");
+        let after_v4 = fs::read(&file).unwrap();
+        assert!(
+            after_v4.starts_with(original),
+            "{name}: the original bytes come first"
+        );
+        let added = String::from_utf8_lossy(&after_v4[original.len()..]).into_owned();
+        assert!(
+            added.contains("host    replication     repuser         10.0.0.2/32"),
+            "{name}: {added}"
+        );
+        assert!(added.contains("scram-sha-256"), "{name}");
+        assert_owner_and_mode(&file, uid, gid);
+        let made = conf_backups();
+        assert_eq!(made.len(), backups_before + 1, "{name}: one backup");
+        let newest = made
+            .iter()
+            .max_by_key(|p| fs::metadata(p).unwrap().modified().unwrap())
+            .unwrap();
+        assert_eq!(
+            fs::read(newest).unwrap(),
+            original,
+            "{name}: the backup is the original"
+        );
+
+        // Twice: no change, no backup, no audit record.
+        let again = json_of(&mut hba("ensure", "10.0.0.2", &["--json"]));
+        assert_eq!(again["changed"], false, "{name}");
+        assert_eq!(fs::read(&file).unwrap(), after_v4);
+        assert_eq!(conf_backups().len(), backups_before + 1);
+
+        // IPv6 with md5; then both removed, in the other order.
+        hba("ensure", "2001:db8::2", &["--method", "md5"])
+            .assert()
+            .success();
+        let both = fs::read(&file).unwrap();
+        assert!(
+            String::from_utf8_lossy(&both).contains("2001:db8::2/128"),
+            "{name}"
+        );
+        hba("remove", "10.0.0.2", &[]).assert().success();
+        hba("remove", "2001:db8::2", &[]).assert().success();
+        assert_eq!(
+            fs::read(&file).unwrap(),
+            original,
+            "{name}: byte-identical after remove"
+        );
+        assert_owner_and_mode(&file, uid, gid);
+        let no_op = json_of(&mut hba("remove", "2001:db8::2", &["--json"]));
+        assert_eq!(no_op["changed"], false);
+        expected_actions
+            .extend(["hba-ensure", "hba-ensure", "hba-remove", "hba-remove"].map(String::from));
+    }
+    assert_eq!(audit_actions(&home), expected_actions);
+    keyferry(&home).args(["audit", "verify"]).assert().success();
+}
+
+#[test]
+fn hba_failures_leave_the_file_byte_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    keyferry(&home).arg("init").assert().success();
+    let log_before = fs::read(home.join("audit.log")).unwrap();
+
+    // Broken markers: refused, untouched.
+    let broken =
+        b"local all all peer\n# BEGIN keyferry peer 10.0.0.2\nhost all all 10.0.0.2/32 md5\n";
+    let (file, _, _) = server_like_file(tmp.path(), "broken.conf", broken);
+    keyferry(&home)
+        .args(["hba", "ensure", "--peer", "10.0.0.2", "--offline", "--file"])
+        .arg(&file)
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("line 2"));
+    assert_eq!(fs::read(&file).unwrap(), broken);
+
+    // A data directory whose postmaster.pid says a server runs, but nothing
+    // answers: refused rather than written unchecked.
+    let data = tmp.path().join("data");
+    fs::create_dir(&data).unwrap();
+    let (file, _, _) = server_like_file(&data, "pg_hba.conf", SAMPLE);
+    fs::write(data.join("postmaster.pid"), "12345\n").unwrap();
+    let empty = tmp.path().join("empty-sockets");
+    fs::create_dir(&empty).unwrap();
+    keyferry(&home)
+        .args(["hba", "ensure", "--peer", "10.0.0.2", "--file"])
+        .arg(&file)
+        .arg("--pg-socket-dir")
+        .arg(&empty)
+        .assert()
+        .code(1)
+        .stderr(
+            predicates::str::contains("postmaster.pid").and(predicates::str::contains("--offline")),
+        );
+    assert_eq!(fs::read(&file).unwrap(), SAMPLE);
+
+    // A missing file, a bad role name, a bad method.
+    keyferry(&home)
+        .args(["hba", "ensure", "--peer", "10.0.0.2", "--offline", "--file"])
+        .arg(tmp.path().join("missing.conf"))
+        .assert()
+        .code(2);
+    keyferry(&home)
+        .args([
+            "hba",
+            "ensure",
+            "--peer",
+            "10.0.0.2",
+            "--offline",
+            "--replication-user",
+            "all",
+            "--file",
+        ])
+        .arg(&file)
+        .assert()
+        .code(2);
+    keyferry(&home)
+        .args([
+            "hba",
+            "ensure",
+            "--peer",
+            "10.0.0.2",
+            "--offline",
+            "--method",
+            "trust",
+            "--file",
+        ])
+        .arg(&file)
+        .assert()
+        .code(2);
+    assert_eq!(fs::read(&file).unwrap(), SAMPLE);
+    assert_eq!(
+        fs::read(home.join("audit.log")).unwrap(),
+        log_before,
+        "no audit record for a failure"
+    );
+}
+
+#[test]
+fn hba_show_lists_blocks_and_warns_about_other_matching_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let mut text = b"host all all 10.0.0.0/8 reject\n".to_vec();
+    text.extend_from_slice(SAMPLE);
+    let (file, _, _) = server_like_file(tmp.path(), "pg_hba.conf", &text);
+    keyferry(&home)
+        .args(["hba", "ensure", "--peer", "10.0.0.2", "--offline", "--file"])
+        .arg(&file)
+        .assert()
+        .success()
+        .stderr(
+            predicates::str::contains("line 1 also matches 10.0.0.2")
+                .and(predicates::str::contains("first")),
+        );
+    let shown = json_of(
+        keyferry(&home)
+            .args(["hba", "show", "--json", "--file"])
+            .arg(&file),
+    );
+    assert_eq!(shown["blocks"][0]["peer"], "10.0.0.2");
+    assert_eq!(shown["blocks"][0]["current"], true);
+    assert_eq!(shown["other_rules"][0]["rules"][0]["line"], 1);
+    assert_eq!(shown["other_rules"][0]["rules"][0]["before_block"], true);
+    keyferry(&home)
+        .args(["hba", "show", "--file"])
+        .arg(&file)
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("keyferry block for 10.0.0.2"));
+}
+
+#[test]
+fn archive_clean_removes_wal_archive_files_and_nothing_else() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    keyferry(&home).arg("init").assert().success();
+    let archive = tmp.path().join("archive");
+    fs::create_dir(&archive).unwrap();
+    let wal = [
+        "000000010000000000000001",
+        "000000010000000000000002",
+        "000000010000000000000002.00000028.backup",
+        "00000002.history",
+        "000000010000000000000003.partial",
+    ];
+    for name in wal {
+        fs::write(archive.join(name), vec![7u8; 1000]).unwrap();
+    }
+    let others = [
+        "README",
+        "00000001000000000000000a",
+        "000000010000000000000004.gz",
+        "000000010000000000000001.bak",
+        "archive_status",
+    ];
+    for name in others {
+        fs::write(archive.join(name), b"keep me").unwrap();
+    }
+    fs::create_dir(archive.join("000000010000000000000009")).unwrap();
+    std::os::unix::fs::symlink(
+        archive.join("000000010000000000000001"),
+        archive.join("00000001000000000000000B"),
+    )
+    .unwrap();
+    keyferry(&home)
+        .args([
+            "ha",
+            "init",
+            "--node",
+            "a",
+            "--primary",
+            "10.0.0.1",
+            "--secondary",
+            "10.0.0.2",
+            "--archive-dir",
+        ])
+        .arg(&archive)
+        .assert()
+        .success();
+
+    let dry = stdout_of(keyferry(&home).args(["ha", "archive", "clean", "--dry-run"]));
+    assert!(
+        dry.contains("5 WAL archive files (4.9 KiB) would be removed"),
+        "{dry}"
+    );
+    assert!(archive.join(wal[0]).exists(), "a dry run removes nothing");
+    assert_eq!(audit_actions(&home), ["init", "ha-init"]);
+
+    let done = stdout_of(keyferry(&home).args(["ha", "archive", "clean"]));
+    assert!(
+        done.contains("removed 5 WAL archive files (4.9 KiB)"),
+        "{done}"
+    );
+    assert!(done.contains("7 other entries kept"), "{done}");
+    for name in wal {
+        assert!(!archive.join(name).exists(), "{name} removed");
+    }
+    for name in others {
+        assert_eq!(
+            fs::read(archive.join(name)).unwrap(),
+            b"keep me",
+            "{name} kept"
+        );
+    }
+    assert!(archive.join("000000010000000000000009").is_dir());
+    assert!(fs::symlink_metadata(archive.join("00000001000000000000000B")).is_ok());
+    assert_eq!(
+        audit_actions(&home),
+        ["init", "ha-init", "ha-archive-clean"]
+    );
+
+    // Nothing left: nothing to do, no record.
+    let again = stdout_of(keyferry(&home).args(["ha", "archive", "clean"]));
+    assert!(again.contains("removed 0 WAL archive files"), "{again}");
+    assert_eq!(audit_actions(&home).len(), 3);
+
+    // A data directory's pg_wal is refused, even given with --dir.
+    let data = tmp.path().join("data");
+    fs::create_dir_all(data.join("pg_wal")).unwrap();
+    fs::create_dir_all(data.join("global")).unwrap();
+    fs::write(data.join("PG_VERSION"), "15\n").unwrap();
+    fs::write(data.join("pg_wal").join(wal[0]), b"live WAL").unwrap();
+    keyferry(&home)
+        .args(["ha", "archive", "clean", "--dir"])
+        .arg(data.join("pg_wal"))
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("data directory"));
+    assert!(data.join("pg_wal").join(wal[0]).exists());
+}
