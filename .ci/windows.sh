@@ -4,7 +4,7 @@
 # Linux build.
 #
 #   1. install what is missing (the Rust target, MinGW-w64, Wine);
-#   2. build the Windows and the Linux release binaries, the Windows unit
+#   2. build the Windows and the Linux binaries (dev profile), the Windows unit
 #      tests, and two test helpers from tests/windows/ (the ProcessPrng shim
 #      DLL that Debian 12's Wine 8 lacks, and a DACL reader);
 #   3. in a temporary directory and WINEPREFIX: `keyferry.exe selftest`; the
@@ -61,16 +61,20 @@ echo "apt (mingw-w64, wine64): $((SECONDS - t))s"
 # ------------------------------------------------------------------ builds
 log "builds"
 t=$SECONDS
-cargo build --release --locked --target "$WIN_TARGET"
-cargo build --release --locked
+# The dev profile (dependencies optimised, see Cargo.toml): the Linux binary
+# is the one `cargo test` already built in .ci/run, and the Windows exe and
+# its unit tests share one build of the dependencies. Release builds would
+# add minutes to CI and test nothing more.
+cargo build --locked --target "$WIN_TARGET"
+cargo build --locked
 # The unit tests, compiled for Windows: they cover fsutil's DACLs, renames
 # and no-clobber moves, and the default home, on the Windows code paths.
-WIN_TEST_EXE=$(cargo test --release --locked --target "$WIN_TARGET" --lib --no-run \
+WIN_TEST_EXE=$(cargo test --locked --target "$WIN_TARGET" --lib --no-run \
     --message-format=json |
     grep -o '"executable":"[^"]*"' | tail -n1 | cut -d'"' -f4)
 echo "cargo builds: $((SECONDS - t))s"
-WIN_EXE=$TARGET_DIR/$WIN_TARGET/release/keyferry.exe
-LINUX_BIN=$TARGET_DIR/release/keyferry
+WIN_EXE=$TARGET_DIR/$WIN_TARGET/debug/keyferry.exe
+LINUX_BIN=$TARGET_DIR/debug/keyferry
 [[ -f "$WIN_EXE" && -x "$LINUX_BIN" && -f "$WIN_TEST_EXE" ]]
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/keyferry-windows.XXXXXX")
