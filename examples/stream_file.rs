@@ -1,0 +1,140 @@
+//! Seals or opens a file of any size through keyferry's streaming bundle
+//! path (the CLI caps its payloads; the library does not):
+//!
+//! ```text
+//! cargo run --release --example stream_file -- seal IN OUT
+//! cargo run --release --example stream_file -- open IN OUT
+//! ```
+//!
+//! The KEK comes from a fixed password ("stream_file example password") at
+//! `KdfParams::DEFAULT`; the bundle header carries the salt and parameters,
+//! so `open` derives the same KEK. Memory stays at one chunk plus buffers
+//! whatever the file size. On stderr it prints the KDF time and the payload
+//! time and throughput separately (BENCHMARKS.md uses the payload figure),
+//! one `key=value` per field.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use keyferry::bundle::{self, BundleError, OpenOptions, SealParams, CHUNK_SIZE};
+use keyferry::kdf::{derive_kek, KdfLimits, KdfParams};
+
+const PASSWORD: &[u8] = b"stream_file example password";
+/// Read and write in 1 MiB pieces: fewer syscalls than one per chunk.
+const IO_BUF: usize = 16 * CHUNK_SIZE;
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn report(kdf_secs: f64, payload_secs: f64, bytes: u64) {
+    eprintln!("kdf_seconds={kdf_secs:.3}");
+    eprintln!("payload_seconds={payload_secs:.3}");
+    eprintln!("payload_bytes={bytes}");
+    eprintln!(
+        "payload_mib_per_s={:.1}",
+        bytes as f64 / (1 << 20) as f64 / payload_secs.max(1e-9)
+    );
+}
+
+fn seal(input: &str, output: &str) -> Result<(), BundleError> {
+    let mut src = File::open(input).map_err(BundleError::Io)?;
+    let out = File::create(output).map_err(BundleError::Io)?;
+    let salt: [u8; 16] = {
+        let mut s = [0u8; 16];
+        getrandom::fill(&mut s).map_err(|e| BundleError::Io(io::Error::other(e.to_string())))?;
+        s
+    };
+    let t = Instant::now();
+    let kek = derive_kek(PASSWORD, &salt, &KdfParams::DEFAULT)?;
+    let kdf_secs = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let params = SealParams {
+        kdf: KdfParams::DEFAULT,
+        created: now_unix(),
+        expires: None,
+        armor: false,
+    };
+    let mut w = bundle::seal_with_kek(&kek, salt, &params, out)?;
+    let mut buf = vec![0u8; IO_BUF];
+    let mut total = 0u64;
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(BundleError::Io(e)),
+        };
+        w.write_all(&buf[..n]).map_err(BundleError::Io)?;
+        total += n as u64;
+    }
+    w.finish()?.sync_all().map_err(BundleError::Io)?;
+    report(kdf_secs, t.elapsed().as_secs_f64(), total);
+    Ok(())
+}
+
+fn open(input: &str, output: &str) -> Result<(), BundleError> {
+    let src = BufReader::with_capacity(IO_BUF, File::open(input).map_err(BundleError::Io)?);
+    let (header, source) = bundle::read_header(src)?;
+    let options = OpenOptions {
+        limits: KdfLimits::default(),
+        now: now_unix(),
+        allow_expired: false,
+    };
+    options.limits.check(&header.kdf)?;
+    let t = Instant::now();
+    let kek = derive_kek(PASSWORD, &header.kdf_salt, &header.kdf)?;
+    let kdf_secs = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let mut r = bundle::open_with_kek(&kek, header, source, &options)?;
+    // Write to a temporary name and rename at the end: a payload that fails
+    // authentication half-way never leaves a plausible-looking OUT behind.
+    let partial = format!("{output}.partial");
+    let mut out = File::create(&partial).map_err(BundleError::Io)?;
+    let mut buf = vec![0u8; IO_BUF];
+    let mut total = 0u64;
+    let result = (|| loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(BundleError::from_stream_io(e)),
+        };
+        out.write_all(&buf[..n]).map_err(BundleError::Io)?;
+        total += n as u64;
+    })();
+    if let Err(e) = result {
+        drop(out);
+        let _ = std::fs::remove_file(&partial);
+        return Err(e);
+    }
+    out.sync_all().map_err(BundleError::Io)?;
+    std::fs::rename(&partial, output).map_err(BundleError::Io)?;
+    report(kdf_secs, t.elapsed().as_secs_f64(), total);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let result = match args.get(1..) {
+        Some([cmd, input, output]) if cmd == "seal" => seal(input, output),
+        Some([cmd, input, output]) if cmd == "open" => open(input, output),
+        _ => {
+            eprintln!("usage: stream_file seal IN OUT | stream_file open IN OUT");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stream_file: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
