@@ -152,6 +152,9 @@ fn mem(mib: &str) -> Result<(), BundleError> {
     let seal_secs = t.elapsed().as_secs_f64();
     let sealed = &out[..sealed_len - rest];
 
+    // Plaintext goes into a pre-written buffer (the one copy any consumer
+    // makes) and is compared with the original after the clock stops.
+    let mut plain = vec![2u8; data.len() + 1];
     let t = Instant::now();
     let (header, source) = bundle::read_header(sealed)?;
     let options = OpenOptions {
@@ -160,9 +163,6 @@ fn mem(mib: &str) -> Result<(), BundleError> {
         allow_expired: false,
     };
     let mut r = bundle::open_with_kek(&kek, header, source, &options)?;
-    // Plaintext goes into a pre-written buffer (the one copy any consumer
-    // makes) and is compared with the original after the clock stops.
-    let mut plain = vec![2u8; data.len() + 1];
     let mut total = 0usize;
     loop {
         let end = (total + IO_BUF).min(plain.len());
