@@ -30,7 +30,7 @@ pub const SEALED_CHUNK_SIZE: usize = CHUNK_SIZE + TAG_SIZE;
 const NONCE_LEN: usize = 12;
 /// How many appended bytes the opener looks past to tell "data was appended"
 /// from "a chunk was modified".
-const MAX_TAIL_PROBE: usize = 1024;
+const MAX_TAIL_PROBE: usize = 64;
 /// The counter takes 11 bytes of the nonce; keyferry keeps it in a u64,
 /// which no payload can exhaust (2^64 chunks of 64 KiB).
 const COUNTER_OFFSET: usize = NONCE_LEN - 1 - 8;

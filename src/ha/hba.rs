@@ -209,8 +209,17 @@ pub fn remove(text: &[u8], peer: &PeerAddr) -> Result<Edit, Error> {
     let end = end_line.end;
     if end_line.end == end_line.content_end && block.begin > 0 {
         // The block is the unterminated tail of the file: ensure put a
-        // line terminator before it, which goes with it.
-        start = lines[block.begin - 1].content_end;
+        // line terminator before it, which goes with it. That terminator
+        // is the one ensure used inside the block (the BEGIN line's); the
+        // previous line's own split can mislead when the file ended in a
+        // lone CR ("a\r" + "\n" reads as one CRLF).
+        let begin = &lines[block.begin];
+        let eol = &text[begin.content_end..begin.end];
+        start = if text[..start].ends_with(eol) {
+            start - eol.len()
+        } else {
+            lines[block.begin - 1].content_end
+        };
     }
     let mut out = Vec::with_capacity(text.len());
     out.extend_from_slice(&text[..start]);
@@ -815,6 +824,29 @@ mod tests {
                 assert_eq!(
                     removed.text, original,
                     "{name}: remove(ensure(x)) == x for {p}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_file_ending_in_a_lone_cr_keeps_it() {
+        // Found by fuzz/hba: ensure appends "\n" + block after "…\r", the
+        // two read as one CRLF, and remove used to drop the CR.
+        for original in [
+            &b"host all all 10.1.1.1/32 md5\r"[..],
+            b"a\r\nb\r\nhost all all 10.1.1.1/32 md5\r",
+            b"a\nb\r",
+            b"\r",
+        ] {
+            for method in [HbaMethod::ScramSha256, HbaMethod::Md5] {
+                let p = peer("10.0.0.2");
+                let added = ensure_ok(original, &p, method);
+                assert_eq!(
+                    remove(&added.text, &p).unwrap().text,
+                    original,
+                    "{:?}",
+                    String::from_utf8_lossy(original)
                 );
             }
         }
