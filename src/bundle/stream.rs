@@ -15,6 +15,7 @@
 
 use std::io::{self, Read, Write};
 
+use aes_gcm::aead::inout::InOutBuf;
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use zeroize::{Zeroize, Zeroizing};
@@ -116,17 +117,22 @@ impl<W: Write> StreamSealer<W> {
         }
     }
 
-    fn seal_buffered(&mut self) -> io::Result<()> {
+    /// Seals one chunk and writes it out: the buffered plaintext, or
+    /// `from` (a whole chunk of the caller's data, encrypted straight into
+    /// the buffer so that it is not copied first).
+    fn seal_chunk(&mut self, from: Option<&[u8]>) -> io::Result<()> {
+        let len = from.map_or(self.filled, <[u8]>::len);
+        let (body, rest) = self.buf[..len + TAG_SIZE].split_at_mut(len);
+        let inout = match from {
+            Some(src) => InOutBuf::new(src, body).expect("equal lengths"),
+            None => body.into(),
+        };
         let tag = self
             .cipher
-            .encrypt_inout_detached(
-                &nonce(&self.nonce.bytes()),
-                &[],
-                (&mut self.buf[..self.filled]).into(),
-            )
+            .encrypt_inout_detached(&nonce(&self.nonce.bytes()), &[], inout)
             .map_err(|_| io::Error::other("AES-GCM refused to seal a chunk"))?;
-        self.buf[self.filled..self.filled + TAG_SIZE].copy_from_slice(&tag);
-        self.out.write_all(&self.buf[..self.filled + TAG_SIZE])?;
+        rest.copy_from_slice(&tag);
+        self.out.write_all(&self.buf[..len + TAG_SIZE])?;
         self.filled = 0;
         Ok(())
     }
@@ -134,7 +140,7 @@ impl<W: Write> StreamSealer<W> {
     /// Seals the buffered rest as the final chunk and returns the writer.
     pub fn finish(mut self) -> io::Result<W> {
         self.nonce.set_last();
-        self.seal_buffered()?;
+        self.seal_chunk(None)?;
         self.out.flush()?;
         Ok(self.out)
     }
@@ -148,8 +154,15 @@ impl<W: Write> Write for StreamSealer<W> {
         // A full buffer is sealed only once more data arrives: the final
         // chunk may be full, so we cannot know it is not the last before.
         if self.filled == CHUNK_SIZE {
-            self.seal_buffered()?;
+            self.seal_chunk(None)?;
             self.nonce.advance();
+        }
+        if self.filled == 0 && data.len() > CHUNK_SIZE {
+            // A whole chunk with more data after it cannot be the final
+            // one: seal it from the caller's buffer, saving a copy.
+            self.seal_chunk(Some(&data[..CHUNK_SIZE]))?;
+            self.nonce.advance();
+            return Ok(CHUNK_SIZE);
         }
         let n = data.len().min(CHUNK_SIZE - self.filled);
         self.buf[self.filled..self.filled + n].copy_from_slice(&data[..n]);
@@ -171,8 +184,11 @@ pub struct StreamOpener<R: Read> {
     /// One sealed chunk plus one byte of look-ahead, which tells whether a
     /// full chunk is the final one.
     buf: Zeroizing<Vec<u8>>,
-    /// Bytes of `buf` holding input not yet consumed as ciphertext.
+    /// Bytes of `buf` holding input read so far.
     pending: usize,
+    /// Bytes at the front of `buf` that belong to the chunk already opened
+    /// (the look-ahead follows them).
+    consumed: usize,
     /// Plaintext ready to hand out: `buf[pos..end]`.
     pos: usize,
     end: usize,
@@ -188,6 +204,7 @@ impl<R: Read> StreamOpener<R> {
             nonce: ChunkNonce::first(),
             buf: Zeroizing::new(vec![0u8; SEALED_CHUNK_SIZE + 1]),
             pending: 0,
+            consumed: 0,
             pos: 0,
             end: 0,
             done: false,
@@ -212,80 +229,85 @@ impl<R: Read> StreamOpener<R> {
         }
     }
 
-    fn decrypt(&mut self, len: usize, last: bool) -> bool {
+    /// Opens the sealed chunk `buf[..len]` with the given last flag, into
+    /// `dst` when given (the caller's buffer, saving a copy), else in place.
+    /// On failure nothing is written: the tag is checked first.
+    fn decrypt(&mut self, len: usize, last: bool, dst: Option<&mut [u8]>) -> bool {
         let (body, rest) = self.buf[..len].split_at_mut(len - TAG_SIZE);
         let tag = Tag::try_from(&rest[..TAG_SIZE]).expect("16-byte tag");
+        let inout = match dst {
+            Some(d) => InOutBuf::new(&*body, &mut d[..len - TAG_SIZE]).expect("equal lengths"),
+            None => body.into(),
+        };
         self.cipher
-            .decrypt_inout_detached(&nonce(&self.nonce.bytes_with(last)), &[], body.into(), &tag)
+            .decrypt_inout_detached(&nonce(&self.nonce.bytes_with(last)), &[], inout, &tag)
             .is_ok()
     }
 
-    fn next_chunk(&mut self) -> Result<(), BundleError> {
+    /// Reads and opens the next chunk, into `dst` when given (it must hold
+    /// a whole chunk), else into `buf`. Returns the plaintext length.
+    fn next_chunk(&mut self, mut dst: Option<&mut [u8]>) -> Result<usize, BundleError> {
+        if self.consumed > 0 {
+            self.buf.copy_within(self.consumed..self.pending, 0);
+            self.pending -= self.consumed;
+            self.consumed = 0;
+        }
         while self.pending < self.buf.len() {
             match self.input.read(&mut self.buf[self.pending..]) {
                 Ok(0) => break,
                 Ok(n) => self.pending += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(BundleError::Io(e)),
+                Err(e) => return Err(BundleError::from_stream_io(e)),
             }
         }
         let index = self.nonce.index();
         if self.pending > SEALED_CHUNK_SIZE {
             // More input follows: this must be a full, non-final chunk.
-            if !self.decrypt(SEALED_CHUNK_SIZE, false) {
-                return Err(if self.decrypt(SEALED_CHUNK_SIZE, true) {
+            if !self.decrypt(SEALED_CHUNK_SIZE, false, dst.as_deref_mut()) {
+                return Err(if self.decrypt(SEALED_CHUNK_SIZE, true, None) {
                     BundleError::TrailingData
                 } else {
                     BundleError::ModifiedChunk(index)
                 });
             }
-            self.pos = 0;
-            self.end = CHUNK_SIZE;
+            self.consumed = SEALED_CHUNK_SIZE;
             self.nonce.advance();
-            return Ok(());
+            return Ok(CHUNK_SIZE);
         }
         // The input ends within this chunk: it must be the final one.
         let len = self.pending;
         if len < TAG_SIZE {
             return Err(BundleError::Truncated);
         }
-        if !self.decrypt(len, true) {
-            return Err(if len == SEALED_CHUNK_SIZE && self.decrypt(len, false) {
-                // A valid non-final chunk with nothing after it: the final
-                // chunk was cut off.
-                BundleError::Truncated
-            } else if self.opens_without_a_tail(len) {
-                BundleError::TrailingData
-            } else {
-                // A chunk cut in the middle and a modified chunk look the
-                // same; the message names both.
-                BundleError::ModifiedChunk(index)
-            });
+        if !self.decrypt(len, true, dst.as_deref_mut()) {
+            return Err(
+                if len == SEALED_CHUNK_SIZE && self.decrypt(len, false, None) {
+                    // A valid non-final chunk with nothing after it: the final
+                    // chunk was cut off.
+                    BundleError::Truncated
+                } else if self.opens_without_a_tail(len) {
+                    BundleError::TrailingData
+                } else {
+                    // A chunk cut in the middle and a modified chunk look the
+                    // same; the message names both.
+                    BundleError::ModifiedChunk(index)
+                },
+            );
         }
         if len == TAG_SIZE && index > 0 {
             return Err(BundleError::EmptyFinalChunk);
         }
         self.nonce.set_last();
-        self.pos = 0;
-        self.end = len - TAG_SIZE;
         self.pending = 0;
         self.done = true;
-        Ok(())
+        Ok(len - TAG_SIZE)
     }
 
     /// Whether the final piece opens once a few appended bytes are cut off
     /// (a newline added by a transfer tool, say). Only on the failure path,
     /// and bounded by [`MAX_TAIL_PROBE`], so it costs at most a few ms.
     fn opens_without_a_tail(&mut self, len: usize) -> bool {
-        (1..=MAX_TAIL_PROBE.min(len - TAG_SIZE)).any(|k| self.decrypt(len - k, true))
-    }
-
-    fn shift_lookahead(&mut self) {
-        // After a full non-final chunk the look-ahead byte(s) move to the
-        // front; the plaintext has been handed out by then.
-        let extra = self.pending - SEALED_CHUNK_SIZE;
-        self.buf.copy_within(SEALED_CHUNK_SIZE..self.pending, 0);
-        self.pending = extra;
+        (1..=MAX_TAIL_PROBE.min(len - TAG_SIZE)).any(|k| self.decrypt(len - k, true, None))
     }
 }
 
@@ -298,16 +320,20 @@ impl<R: Read> Read for StreamOpener<R> {
             if self.done {
                 return Ok(0);
             }
-            // Wipe the plaintext handed out, then keep the look-ahead.
+            // Wipe the plaintext handed out before reading more.
             self.buf[..self.end].zeroize();
-            if self.end == CHUNK_SIZE && self.pending > SEALED_CHUNK_SIZE {
-                self.shift_lookahead();
-            }
             self.pos = 0;
             self.end = 0;
-            if let Err(e) = self.next_chunk() {
-                self.failed = true;
-                return Err(io::Error::other(e));
+            // A caller with room for a whole chunk gets it decrypted straight
+            // into its buffer; plaintext then never sits in ours.
+            let direct = out.len() >= CHUNK_SIZE;
+            match self.next_chunk(direct.then_some(&mut *out)) {
+                Ok(n) if direct => return Ok(n),
+                Ok(n) => self.end = n,
+                Err(e) => {
+                    self.failed = true;
+                    return Err(io::Error::other(e));
+                }
             }
         }
         let n = out.len().min(self.end - self.pos);
@@ -352,6 +378,40 @@ mod tests {
             assert_eq!(sealed.len(), len + chunks * TAG_SIZE, "len {len}");
             assert_eq!(open(&sealed).unwrap(), data, "len {len}");
         }
+    }
+
+    #[test]
+    fn any_mix_of_write_and_read_sizes_gives_the_same_bytes() {
+        let data: Vec<u8> = (0..3 * CHUNK_SIZE + 17).map(|i| (i % 247) as u8).collect();
+        let reference = seal(&data);
+        // Writes that take the buffered path and the copy-free path in turn.
+        let mut s = StreamSealer::new(&KEY, Vec::new());
+        let mut rest = &data[..];
+        for size in [5, CHUNK_SIZE + 1, CHUNK_SIZE, 2 * CHUNK_SIZE, 1]
+            .iter()
+            .cycle()
+        {
+            if rest.is_empty() {
+                break;
+            }
+            let n = (*size).min(rest.len());
+            s.write_all(&rest[..n]).unwrap();
+            rest = &rest[n..];
+        }
+        assert_eq!(s.finish().unwrap(), reference);
+        // Reads into buffers smaller and larger than a chunk, in turn.
+        let mut o = StreamOpener::new(&KEY, &reference[..]);
+        let mut out = Vec::new();
+        for size in [7, CHUNK_SIZE, 1, CHUNK_SIZE + 9, 3].iter().cycle() {
+            let mut buf = vec![0u8; *size];
+            let n = o.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(out, data);
+        assert!(o.is_complete());
     }
 
     #[test]

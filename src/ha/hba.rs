@@ -154,7 +154,7 @@ pub fn ensure(
     validate_role_name(repuser)?;
     let lines = split_lines(text);
     let blocks = scan(text, &lines)?;
-    let eol = dominant_eol(&lines);
+    let eol = dominant_eol(&lines, &blocks);
     let mut wanted = Vec::new();
     for (i, line) in block_lines(peer, repuser, method).iter().enumerate() {
         if i > 0 {
@@ -363,10 +363,14 @@ fn split_lines(text: &[u8]) -> Vec<Line> {
 }
 
 /// CRLF when CRLF-terminated lines outnumber LF-terminated ones; LF otherwise
-/// (including files with no terminated line at all).
-fn dominant_eol(lines: &[Line]) -> &'static [u8] {
+/// (including files with no terminated line at all). Lines inside keyferry's
+/// blocks do not count: they are ours, and counting them would let a
+/// rewritten block change the verdict, so that a second `ensure` rewrote it
+/// again (found by fuzzing, `tests/vectors/hba/regressions/`).
+fn dominant_eol(lines: &[Line], blocks: &[BlockSpan]) -> &'static [u8] {
     let (mut crlf, mut lf) = (0usize, 0usize);
-    for line in lines {
+    let managed = |i: usize| blocks.iter().any(|b| (b.begin..=b.end).contains(&i));
+    for (_, line) in lines.iter().enumerate().filter(|(i, _)| !managed(*i)) {
         match line.end - line.content_end {
             2 => crlf += 1,
             1 => lf += 1,
@@ -866,6 +870,42 @@ mod tests {
                 .text;
             assert_eq!(a_first, original, "{name}: a then b");
             assert_eq!(b_first, original, "{name}: b then a");
+        }
+    }
+
+    /// Inputs the `hba` fuzz target once failed on: the last byte picks the
+    /// peer, user and method as in `fuzz/fuzz_targets/hba.rs`.
+    #[test]
+    fn fuzz_regressions_keep_the_editor_invariants() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/hba/regressions");
+        let peers = ["10.20.30.41", "192.168.7.2", "fd00::17", "2001:db8::1"];
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let input = std::fs::read(&path).unwrap();
+            let (selector, text) = input.split_last().unwrap();
+            let p = peer(peers[usize::from(selector & 3)]);
+            let user = ["repuser", "replication_user"][usize::from((selector >> 2) & 1)];
+            let method = if selector & 8 == 0 {
+                HbaMethod::ScramSha256
+            } else {
+                HbaMethod::Md5
+            };
+            let had_block = managed_blocks(text)
+                .unwrap()
+                .iter()
+                .any(|b| b.peer == p.ip());
+            let added = ensure(text, &p, user, method).unwrap();
+            let again = ensure(&added.text, &p, user, method).unwrap();
+            assert!(
+                !again.changed,
+                "{}: ensure is not idempotent",
+                path.display()
+            );
+            let removed = remove(&added.text, &p).unwrap();
+            if !had_block {
+                assert_eq!(removed.text, text, "{}", path.display());
+            }
         }
     }
 
