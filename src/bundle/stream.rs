@@ -279,7 +279,7 @@ impl<R: Read> StreamOpener<R> {
         if len < TAG_SIZE {
             return Err(BundleError::Truncated);
         }
-        if !self.decrypt(len, true, dst.as_deref_mut()) {
+        if !self.decrypt(len, true, dst) {
             return Err(
                 if len == SEALED_CHUNK_SIZE && self.decrypt(len, false, None) {
                     // A valid non-final chunk with nothing after it: the final
