@@ -366,11 +366,20 @@ fn split_lines(text: &[u8]) -> Vec<Line> {
 /// (including files with no terminated line at all). Lines inside keyferry's
 /// blocks do not count: they are ours, and counting them would let a
 /// rewritten block change the verdict, so that a second `ensure` rewrote it
-/// again (found by fuzzing, `tests/vectors/hba/regressions/`).
+/// again (found by fuzzing, `tests/vectors/hba/regressions/`). Nor does the
+/// line before a block that ends the file unterminated: `ensure` gave that
+/// line its terminator when it appended the block (a lone CR then reads as
+/// CRLF).
 fn dominant_eol(lines: &[Line], blocks: &[BlockSpan]) -> &'static [u8] {
     let (mut crlf, mut lf) = (0usize, 0usize);
-    let managed = |i: usize| blocks.iter().any(|b| (b.begin..=b.end).contains(&i));
-    for (_, line) in lines.iter().enumerate().filter(|(i, _)| !managed(*i)) {
+    let ours = |i: usize| {
+        blocks.iter().any(|b| {
+            let end = &lines[b.end];
+            let appended_after = end.end == end.content_end && b.begin > 0 && i == b.begin - 1;
+            (b.begin..=b.end).contains(&i) || appended_after
+        })
+    };
+    for (_, line) in lines.iter().enumerate().filter(|(i, _)| !ours(*i)) {
         match line.end - line.content_end {
             2 => crlf += 1,
             1 => lf += 1,
