@@ -182,33 +182,12 @@ pub fn sync_dir(_dir: &Path) -> io::Result<()> {
 /// code does not parse counts as shared.
 pub fn is_shared_readable(path: &Path) -> io::Result<bool> {
     let user = CurrentUser::get()?;
-    let wide = wide(path)?;
-    let mut owner: PSID = ptr::null_mut();
-    let mut dacl: *mut ACL = ptr::null_mut();
-    let mut sd: PSECURITY_DESCRIPTOR = ptr::null_mut();
-    // SAFETY: `wide` is NUL-terminated; the out pointers are valid; on
-    // success `sd` is a LocalAlloc-ed block that `owner` and `dacl` point
-    // into, freed by `_guard` after the last use of either.
-    let err = unsafe {
-        GetNamedSecurityInfoW(
-            wide.as_ptr(),
-            SE_FILE_OBJECT,
-            OWNER_SECURITY_INFORMATION | DACL_SECURITY_INFORMATION,
-            &mut owner,
-            ptr::null_mut(),
-            &mut dacl,
-            ptr::null_mut(),
-            &mut sd,
-        )
-    };
-    if err != 0 {
-        return Err(io::Error::from_raw_os_error(err as i32));
-    }
-    let _guard = LocalBox(sd);
+    let security = FileSecurity::of(path)?;
+    let (owner, dacl) = (security.owner, security.dacl);
     if dacl.is_null() {
         return Ok(true);
     }
-    // SAFETY: `dacl` points at a valid ACL inside `sd`.
+    // SAFETY: `dacl` points at a valid ACL inside `security`.
     let count = unsafe { (*dacl).AceCount };
     for index in 0..u32::from(count) {
         let mut ace: *mut c_void = ptr::null_mut();
@@ -258,27 +237,8 @@ pub fn is_shared_readable(path: &Path) -> io::Result<bool> {
 /// owner stays the caller (changing it needs privileges a copy must not
 /// assume).
 pub fn copy_owner_and_mode(from: &Path, to: &File) -> io::Result<()> {
-    let wide = wide(from)?;
-    let mut dacl: *mut ACL = ptr::null_mut();
-    let mut sd: PSECURITY_DESCRIPTOR = ptr::null_mut();
-    // SAFETY: `wide` is NUL-terminated; the out pointers are valid; `sd` is
-    // LocalAlloc-ed and freed by `_guard` after the last use of `dacl`.
-    let err = unsafe {
-        GetNamedSecurityInfoW(
-            wide.as_ptr(),
-            SE_FILE_OBJECT,
-            DACL_SECURITY_INFORMATION,
-            ptr::null_mut(),
-            ptr::null_mut(),
-            &mut dacl,
-            ptr::null_mut(),
-            &mut sd,
-        )
-    };
-    if err != 0 {
-        return Err(io::Error::from_raw_os_error(err as i32));
-    }
-    let _guard = LocalBox(sd);
+    let security = FileSecurity::of(from)?;
+    let (sd, dacl) = (security.sd.0, security.dacl);
     let mut control: u16 = 0;
     let mut revision: u32 = 0;
     // SAFETY: `sd` is a valid security descriptor; out pointers are valid.
@@ -291,7 +251,7 @@ pub fn copy_owner_and_mode(from: &Path, to: &File) -> io::Result<()> {
         UNPROTECTED_DACL_SECURITY_INFORMATION
     };
     // SAFETY: `to` is an open file handle; `dacl` points into `sd`, which
-    // lives until `_guard` drops after this call.
+    // `security` keeps alive until after this call.
     let err = unsafe {
         SetSecurityInfo(
             to.as_raw_handle() as HANDLE,
@@ -422,6 +382,46 @@ fn owner_only_sddl(user_sid: &str, kind: Kind) -> String {
     }
     sddl.push_str(&format!("(A;{inherit};FA;;;SY)(A;{inherit};FA;;;BA)"));
     sddl
+}
+
+/// A file's owner and DACL as `GetNamedSecurityInfoW` returns them: both
+/// point into `sd`, which lives as long as this value.
+struct FileSecurity {
+    sd: LocalBox,
+    owner: PSID,
+    dacl: *mut ACL,
+}
+
+impl FileSecurity {
+    fn of(path: &Path) -> io::Result<Self> {
+        let wide = wide(path)?;
+        let mut owner: PSID = ptr::null_mut();
+        let mut dacl: *mut ACL = ptr::null_mut();
+        let mut sd: PSECURITY_DESCRIPTOR = ptr::null_mut();
+        // SAFETY: `wide` is NUL-terminated; the out pointers are valid; on
+        // success `sd` is a LocalAlloc-ed block that `owner` and `dacl`
+        // point into, owned (and freed) by the returned value.
+        let err = unsafe {
+            GetNamedSecurityInfoW(
+                wide.as_ptr(),
+                SE_FILE_OBJECT,
+                OWNER_SECURITY_INFORMATION | DACL_SECURITY_INFORMATION,
+                &mut owner,
+                ptr::null_mut(),
+                &mut dacl,
+                ptr::null_mut(),
+                &mut sd,
+            )
+        };
+        if err != 0 {
+            return Err(io::Error::from_raw_os_error(err as i32));
+        }
+        Ok(Self {
+            sd: LocalBox(sd),
+            owner,
+            dacl,
+        })
+    }
 }
 
 /// A block from `LocalAlloc` (as security APIs return), freed on drop.
