@@ -6,10 +6,11 @@
 #
 # Usage: fuzz/smoke.sh [SECONDS_PER_TARGET]   (default 30; or FUZZ_SMOKE_SECS)
 #
-# The smoke is deterministic: a fixed seed and a fixed number of runs per
-# target (about 30 s each here), so a CI run repeats exactly what passed on
-# the developer's machine instead of rolling new dice; SECONDS_PER_TARGET
-# only caps a slow machine. Exploration happens in long runs by hand (see
+# The smoke is close to repeatable: a fixed seed and a fixed number of runs
+# per target (about 30 s each here), so a CI run retraces what passed on the
+# developer's machine instead of rolling new dice (the order in which the
+# file system lists corpus files can still shift it a little);
+# SECONDS_PER_TARGET only caps a slow machine. Exploration happens in long runs by hand (see
 # fuzz/README.md), and every finding becomes a regression test.
 # One in-process job per target (libFuzzer's -jobs=1 would fork a worker
 # and leave fuzz-0.log in the working tree; a single job is the default).
