@@ -430,22 +430,10 @@ impl<W: Write> ZipWriter<W> {
         local.extend_from_slice(name.as_bytes());
         self.emit(&local)?;
 
-        let mut hasher = crc32fast::Hasher::new();
-        let mut buf = zeroize::Zeroizing::new(vec![0u8; 64 * 1024]);
-        let mut written = 0u64;
-        loop {
-            let n = data.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            written += n as u64;
-            if written > len {
-                break;
-            }
-            self.emit(&buf[..n])?;
-        }
-        if written != len || hasher.finalize() != crc {
+        // A file that grew meanwhile writes too much here; the check below
+        // fails the whole export then, and its staged bundle is discarded.
+        let (got_crc, written) = hash_blocks(data, |block| self.emit(block))?;
+        if written != len || got_crc != crc {
             return Err(io::Error::other(format!(
                 "{name} changed while it was being added: try again"
             )));
@@ -515,6 +503,16 @@ fn header_fields(crc: u32, size: u32, name_len: u16) -> [u8; 24] {
 /// CRC-32 and length of everything `r` yields: the first of the writer's
 /// two passes over a file.
 pub fn crc_and_len(r: &mut dyn Read) -> io::Result<(u32, u64)> {
+    hash_blocks(r, |_| Ok(()))
+}
+
+/// Reads `r` to its end in blocks, handing each to `each`, and returns the
+/// CRC-32 and length of all of it. The buffer is wiped afterwards:
+/// configuration files can hold connection strings.
+fn hash_blocks(
+    r: &mut dyn Read,
+    mut each: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<(u32, u64)> {
     let mut hasher = crc32fast::Hasher::new();
     let mut buf = zeroize::Zeroizing::new(vec![0u8; 64 * 1024]);
     let mut len = 0u64;
@@ -525,5 +523,6 @@ pub fn crc_and_len(r: &mut dyn Read) -> io::Result<(u32, u64)> {
         }
         hasher.update(&buf[..n]);
         len += n as u64;
+        each(&buf[..n])?;
     }
 }
