@@ -9,6 +9,8 @@
 //!   allocated, so a hostile header cannot exhaust a host;
 //! - the derived key lives in a zeroizing buffer.
 
+mod memory;
+
 use std::fmt;
 
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -179,15 +181,59 @@ pub fn derive_kek(
         .map_err(|_| KdfError::Invalid(*params))?;
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, argon_params);
     let mut kek = Zeroizing::new([0u8; KEK_LEN]);
-    argon
-        .hash_password_into(password, salt, kek.as_mut())
-        .map_err(|e| KdfError::Derive(e.to_string()))?;
+    hash_into(&argon, password, salt, kek.as_mut())?;
     Ok(kek)
+}
+
+/// Runs `argon` in working memory of its own (see [`memory`]): the one
+/// place keyferry calls Argon2, shared by [`derive_kek`] and the self-test's
+/// RFC 9106 vector.
+pub(crate) fn hash_into(
+    argon: &Argon2<'_>,
+    password: &[u8],
+    salt: &[u8],
+    out: &mut [u8],
+) -> Result<(), KdfError> {
+    let blocks = argon.params().block_count();
+    let mut memory = memory::ArgonMemory::new(blocks).ok_or_else(|| {
+        KdfError::Derive(format!(
+            "the OS refused {} MiB of working memory",
+            (blocks as u64).div_ceil(1024)
+        ))
+    })?;
+    argon
+        .hash_password_into_with_memory(password, salt, out, memory.blocks())
+        .map_err(|e| KdfError::Derive(e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_memory_gives_the_crates_own_result() {
+        // Odd sizes (not a multiple of 4 lanes' worth of blocks) and lane
+        // counts above and below the CPU count, against the `argon2`
+        // crate's own allocation.
+        for (m, t, p) in [(8, 1, 1), (100, 2, 3), (1031, 1, 4), (4096, 3, 8)] {
+            let params = KdfParams {
+                memory_kib: m,
+                time: t,
+                lanes: p,
+            };
+            let ours = derive_kek(b"password", b"somesalt", &params).unwrap();
+            let reference = Argon2::new(
+                Algorithm::Argon2id,
+                Version::V0x13,
+                Params::new(m, t, p, Some(KEK_LEN)).unwrap(),
+            );
+            let mut theirs = [0u8; KEK_LEN];
+            reference
+                .hash_password_into(b"password", b"somesalt", &mut theirs)
+                .unwrap();
+            assert_eq!(*ours, theirs, "m={m} t={t} p={p}");
+        }
+    }
 
     #[test]
     fn export_floor_and_import_ceiling() {
