@@ -7,6 +7,7 @@
 //! cryptography never touches the file system and the file system layer
 //! never touches cryptography.
 
+pub mod aead;
 pub mod audit;
 pub mod bundle;
 pub mod cli;

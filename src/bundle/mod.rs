@@ -19,13 +19,12 @@ pub mod stream;
 
 use std::io::{self, BufRead, Read, Write};
 
-use aes_gcm::aead::{AeadInOut, KeyInit};
-use aes_gcm::{Aes256Gcm, Tag};
 use hkdf::Hkdf;
 use sha2::Sha256;
 use thiserror::Error;
 use zeroize::Zeroizing;
 
+use crate::aead::Cipher;
 use crate::kdf::{self, KdfError, KdfLimits, KdfParams};
 use crate::secret::Password;
 pub use armor::{ArmorReader, ArmorWriter};
@@ -162,6 +161,12 @@ impl<W: Write> BundleWriter<W> {
         &self.header
     }
 
+    /// Seals all of `input` as payload without copying it through a
+    /// `Write` call (see [`StreamSealer::seal_from`]); returns its length.
+    pub fn seal_from<R: Read>(&mut self, input: &mut R) -> Result<u64, BundleError> {
+        self.stream.seal_from(input).map_err(BundleError::Io)
+    }
+
     /// Seals the final chunk and returns the underlying writer.
     pub fn finish(self) -> Result<W, BundleError> {
         match self.stream.finish().map_err(BundleError::Io)? {
@@ -214,13 +219,8 @@ pub fn seal_with_kek<W: Write>(
     };
     header.commitment = header.compute_commitment(kek);
     let mut wrapped = Zeroizing::new(*file_key);
-    let tag = Aes256Gcm::new(kek.into())
-        .encrypt_inout_detached(
-            &WRAP_NONCE.into(),
-            &header.wrap_aad(),
-            wrapped.as_mut_slice().into(),
-        )
-        .map_err(|_| BundleError::Io(io::Error::other("AES-GCM refused to wrap the file key")))?;
+    let tag =
+        Cipher::new(kek).seal_in_place(&WRAP_NONCE, &header.wrap_aad(), wrapped.as_mut_slice());
     header.wrapped_key[..FILE_KEY_LEN].copy_from_slice(wrapped.as_slice());
     header.wrapped_key[FILE_KEY_LEN..].copy_from_slice(&tag);
 
@@ -316,6 +316,13 @@ impl<R: BufRead> BundleReader<R> {
     pub fn expect_end(&mut self) -> Result<(), BundleError> {
         self.stream.expect_end()
     }
+
+    /// Opens the rest of the payload into `out`, a batch of chunks at a
+    /// time, with no copy besides the writer's (see
+    /// [`StreamOpener::open_to`]); returns the plaintext length.
+    pub fn open_to<W: Write>(&mut self, out: &mut W) -> Result<u64, BundleError> {
+        self.stream.open_to(out)
+    }
 }
 
 impl<R: BufRead> Read for BundleReader<R> {
@@ -348,12 +355,14 @@ pub fn open_with_kek<R: BufRead>(
     }
     let mut file_key = Zeroizing::new([0u8; FILE_KEY_LEN]);
     file_key.copy_from_slice(&header.wrapped_key[..FILE_KEY_LEN]);
-    let tag = Tag::try_from(&header.wrapped_key[FILE_KEY_LEN..]).expect("16-byte tag");
-    Aes256Gcm::new(kek.into())
-        .decrypt_inout_detached(
-            &WRAP_NONCE.into(),
+    let tag = header.wrapped_key[FILE_KEY_LEN..]
+        .try_into()
+        .expect("16-byte tag");
+    Cipher::new(kek)
+        .open_in_place(
+            &WRAP_NONCE,
             &header.wrap_aad(),
-            file_key.as_mut_slice().into(),
+            file_key.as_mut_slice(),
             &tag,
         )
         .map_err(|_| BundleError::WrongPasswordOrModifiedHeader)?;

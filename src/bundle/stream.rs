@@ -15,20 +15,17 @@
 
 use std::io::{self, Read, Write};
 
-use aes_gcm::aead::inout::InOutBuf;
-use aes_gcm::aead::{AeadInOut, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::BundleError;
+use crate::aead::{Cipher, NONCE_LEN, TAG_LEN};
 
 /// Plaintext bytes per chunk.
 pub const CHUNK_SIZE: usize = 65_536;
 /// AES-GCM tag length.
-pub const TAG_SIZE: usize = 16;
+pub const TAG_SIZE: usize = TAG_LEN;
 /// Ciphertext bytes of a full chunk.
 pub const SEALED_CHUNK_SIZE: usize = CHUNK_SIZE + TAG_SIZE;
-const NONCE_LEN: usize = 12;
 /// How many appended bytes the opener looks past to tell "data was appended"
 /// from "a chunk was modified".
 const MAX_TAIL_PROBE: usize = 64;
@@ -91,8 +88,22 @@ impl ChunkNonce {
     }
 }
 
-fn nonce(bytes: &[u8; NONCE_LEN]) -> Nonce<aes_gcm::aes::cipher::consts::U12> {
-    Nonce::try_from(&bytes[..]).expect("12-byte nonce")
+/// Sealed chunks gathered before a write, and read at once when opening:
+/// 16 chunks, about 1 MiB, so a file costs one read or write call per MiB
+/// instead of one per chunk, and memory stays bounded whatever the payload.
+const BATCH_CHUNKS: usize = 16;
+const BATCH_SIZE: usize = BATCH_CHUNKS * SEALED_CHUNK_SIZE;
+/// Alignment of the opener's reads (a cache line).
+const READ_ALIGN: usize = 64;
+
+/// Reads once, retrying on interruption; 0 means end of input.
+fn read_some<R: Read>(input: &mut R, into: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match input.read(into) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
 }
 
 /// Seals plaintext written to it into STREAM chunks written to `out`.
@@ -100,9 +111,15 @@ fn nonce(bytes: &[u8; NONCE_LEN]) -> Nonce<aes_gcm::aes::cipher::consts::U12> {
 /// final chunk, so the output can never be mistaken for a whole payload.
 pub struct StreamSealer<W: Write> {
     out: W,
-    cipher: Aes256Gcm,
+    cipher: Cipher,
     nonce: ChunkNonce,
-    buf: Zeroizing<Vec<u8>>,
+    /// Sealed chunks waiting to be written, then the plaintext of the chunk
+    /// being filled. Every chunk has a slot of [`SEALED_CHUNK_SIZE`] bytes,
+    /// so it is sealed where it lies and its tag goes right after it.
+    batch: Zeroizing<Vec<u8>>,
+    /// Bytes of sealed chunks at the front of `batch`.
+    sealed: usize,
+    /// Plaintext bytes in the slot after them.
     filled: usize,
 }
 
@@ -110,31 +127,75 @@ impl<W: Write> StreamSealer<W> {
     pub fn new(key: &[u8; 32], out: W) -> Self {
         Self {
             out,
-            cipher: Aes256Gcm::new(key.into()),
+            cipher: Cipher::new(key),
             nonce: ChunkNonce::first(),
-            buf: Zeroizing::new(vec![0u8; SEALED_CHUNK_SIZE]),
+            batch: Zeroizing::new(vec![0u8; BATCH_SIZE]),
+            sealed: 0,
             filled: 0,
         }
     }
 
-    /// Seals one chunk and writes it out: the buffered plaintext, or
-    /// `from` (a whole chunk of the caller's data, encrypted straight into
-    /// the buffer so that it is not copied first).
+    /// Seals one chunk in its slot: the plaintext filled there, or `from`
+    /// (a whole chunk of the caller's data, copied into the slot first).
+    /// Writes the batch out when it is full or this was the final chunk.
     fn seal_chunk(&mut self, from: Option<&[u8]>) -> io::Result<()> {
         let len = from.map_or(self.filled, <[u8]>::len);
-        let (body, rest) = self.buf[..len + TAG_SIZE].split_at_mut(len);
-        let inout = match from {
-            Some(src) => InOutBuf::new(src, body).expect("equal lengths"),
-            None => body.into(),
-        };
-        let tag = self
-            .cipher
-            .encrypt_inout_detached(&nonce(&self.nonce.bytes()), &[], inout)
-            .map_err(|_| io::Error::other("AES-GCM refused to seal a chunk"))?;
+        let slot = &mut self.batch[self.sealed..self.sealed + len + TAG_SIZE];
+        let (body, rest) = slot.split_at_mut(len);
+        if let Some(src) = from {
+            body.copy_from_slice(src);
+        }
+        let tag = self.cipher.seal_in_place(&self.nonce.bytes(), &[], body);
         rest.copy_from_slice(&tag);
-        self.out.write_all(&self.buf[..len + TAG_SIZE])?;
+        self.sealed += len + TAG_SIZE;
         self.filled = 0;
+        if self.nonce.is_last() || self.sealed == BATCH_SIZE {
+            self.out.write_all(&self.batch[..self.sealed])?;
+            self.sealed = 0;
+        }
         Ok(())
+    }
+
+    /// Seals everything `input` yields. The input is read straight into
+    /// the chunk slots and sealed there, so no byte is copied besides the
+    /// reader's own copy in: the fast path for files. Returns how many
+    /// plaintext bytes were read; call [`finish`](Self::finish) afterwards.
+    pub fn seal_from<R: Read>(&mut self, input: &mut R) -> io::Result<u64> {
+        let mut total = 0u64;
+        loop {
+            let n = if self.filled < CHUNK_SIZE {
+                let at = self.sealed + self.filled;
+                let n = read_some(input, &mut self.batch[at..self.sealed + CHUNK_SIZE])?;
+                self.filled += n;
+                n
+            } else if self.sealed + SEALED_CHUNK_SIZE < BATCH_SIZE {
+                // A full chunk is sealed only once more input shows it is
+                // not the final one: read ahead into the next slot.
+                let next = self.sealed + SEALED_CHUNK_SIZE;
+                let n = read_some(input, &mut self.batch[next..next + CHUNK_SIZE])?;
+                if n > 0 {
+                    self.seal_chunk(None)?;
+                    self.nonce.advance();
+                    self.filled = n;
+                }
+                n
+            } else {
+                // The batch has no next slot: look ahead by one byte.
+                let mut peek = Zeroizing::new([0u8; 1]);
+                let n = read_some(input, peek.as_mut_slice())?;
+                if n > 0 {
+                    self.seal_chunk(None)?;
+                    self.nonce.advance();
+                    self.batch[0] = peek[0];
+                    self.filled = 1;
+                }
+                n
+            };
+            if n == 0 {
+                return Ok(total);
+            }
+            total += n as u64;
+        }
     }
 
     /// Seals the buffered rest as the final chunk and returns the writer.
@@ -151,7 +212,7 @@ impl<W: Write> Write for StreamSealer<W> {
         if data.is_empty() {
             return Ok(0);
         }
-        // A full buffer is sealed only once more data arrives: the final
+        // A full chunk is sealed only once more data arrives: the final
         // chunk may be full, so we cannot know it is not the last before.
         if self.filled == CHUNK_SIZE {
             self.seal_chunk(None)?;
@@ -159,13 +220,14 @@ impl<W: Write> Write for StreamSealer<W> {
         }
         if self.filled == 0 && data.len() > CHUNK_SIZE {
             // A whole chunk with more data after it cannot be the final
-            // one: seal it from the caller's buffer, saving a copy.
+            // one: seal it now, without waiting for more.
             self.seal_chunk(Some(&data[..CHUNK_SIZE]))?;
             self.nonce.advance();
             return Ok(CHUNK_SIZE);
         }
         let n = data.len().min(CHUNK_SIZE - self.filled);
-        self.buf[self.filled..self.filled + n].copy_from_slice(&data[..n]);
+        let at = self.sealed + self.filled;
+        self.batch[at..at + n].copy_from_slice(&data[..n]);
         self.filled += n;
         Ok(n)
     }
@@ -176,20 +238,31 @@ impl<W: Write> Write for StreamSealer<W> {
     }
 }
 
+/// Where the opener puts a chunk's plaintext: its own buffer, after what it
+/// holds already, or the caller's (room for a whole chunk).
+enum Dest<'a> {
+    Plain,
+    Caller(&'a mut [u8]),
+}
+
 /// Reads STREAM chunks from `input` and yields authenticated plaintext.
 pub struct StreamOpener<R: Read> {
     input: R,
-    cipher: Aes256Gcm,
+    cipher: Cipher,
     nonce: ChunkNonce,
-    /// One sealed chunk plus one byte of look-ahead, which tells whether a
-    /// full chunk is the final one.
+    /// Input read ahead, up to a batch of sealed chunks plus one byte: the
+    /// byte after a full chunk tells whether it is the final one. Chunks
+    /// are opened from here into `plain` (or the caller's buffer), never in
+    /// place, so a failed chunk can be tried again to classify the damage.
     buf: Zeroizing<Vec<u8>>,
-    /// Bytes of `buf` holding input read so far.
+    /// `buf[start..pending]` is input not opened yet.
+    start: usize,
     pending: usize,
-    /// Bytes at the front of `buf` that belong to the chunk already opened
-    /// (the look-ahead follows them).
-    consumed: usize,
-    /// Plaintext ready to hand out: `buf[pos..end]`.
+    /// The input has ended: everything left is in `buf`.
+    eof: bool,
+    /// Authenticated plaintext of up to a batch of chunks; `plain[pos..end]`
+    /// is not handed out yet, and `plain[..end]` is wiped before reuse.
+    plain: Zeroizing<Vec<u8>>,
     pos: usize,
     end: usize,
     done: bool,
@@ -200,11 +273,13 @@ impl<R: Read> StreamOpener<R> {
     pub fn new(key: &[u8; 32], input: R) -> Self {
         Self {
             input,
-            cipher: Aes256Gcm::new(key.into()),
+            cipher: Cipher::new(key),
             nonce: ChunkNonce::first(),
-            buf: Zeroizing::new(vec![0u8; SEALED_CHUNK_SIZE + 1]),
+            buf: Zeroizing::new(vec![0u8; BATCH_SIZE + 1 + READ_ALIGN]),
+            start: 0,
             pending: 0,
-            consumed: 0,
+            eof: false,
+            plain: Zeroizing::new(vec![0u8; BATCH_CHUNKS * CHUNK_SIZE]),
             pos: 0,
             end: 0,
             done: false,
@@ -229,76 +304,149 @@ impl<R: Read> StreamOpener<R> {
         }
     }
 
-    /// Opens the sealed chunk `buf[..len]` with the given last flag, into
-    /// `dst` when given (the caller's buffer, saving a copy), else in place.
-    /// On failure nothing is written: the tag is checked first.
-    fn decrypt(&mut self, len: usize, last: bool, dst: Option<&mut [u8]>) -> bool {
-        let (body, rest) = self.buf[..len].split_at_mut(len - TAG_SIZE);
-        let tag = Tag::try_from(&rest[..TAG_SIZE]).expect("16-byte tag");
-        let inout = match dst {
-            Some(d) => InOutBuf::new(&*body, &mut d[..len - TAG_SIZE]).expect("equal lengths"),
-            None => body.into(),
+    /// Opens the rest of the payload into `out`, a batch of chunks at a
+    /// time: a batch is read in one call, opened into one buffer and
+    /// written with one call. Nothing of a chunk reaches `out` before it
+    /// authenticated. Returns how many plaintext bytes were written.
+    pub fn open_to<W: Write>(&mut self, out: &mut W) -> Result<u64, BundleError> {
+        if self.failed {
+            return Err(BundleError::StreamAlreadyFailed);
+        }
+        let mut total = 0u64;
+        loop {
+            if self.pos < self.end {
+                let written = out.write_all(&self.plain[self.pos..self.end]);
+                total += (self.end - self.pos) as u64;
+                self.pos = self.end;
+                if let Err(e) = written {
+                    self.failed = true;
+                    return Err(BundleError::Io(e));
+                }
+            }
+            self.wipe_handed_out();
+            if self.done {
+                return Ok(total);
+            }
+            // Open every chunk the buffer holds whole (reading more only
+            // before the first, which moves unopened input only).
+            while self.end + CHUNK_SIZE <= self.plain.len() {
+                match self.next_chunk(Dest::Plain) {
+                    Ok(n) => self.end += n,
+                    Err(e) => {
+                        self.failed = true;
+                        self.wipe_handed_out();
+                        return Err(e);
+                    }
+                }
+                if self.done || !self.holds_a_decidable_chunk() {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Wipes the plaintext already handed out.
+    fn wipe_handed_out(&mut self) {
+        self.plain[..self.end].zeroize();
+        (self.pos, self.end) = (0, 0);
+    }
+
+    /// Whether the buffer holds the next chunk whole and knows whether it
+    /// is the final one, so it can be opened without reading.
+    fn holds_a_decidable_chunk(&self) -> bool {
+        self.eof || self.pending - self.start > SEALED_CHUNK_SIZE
+    }
+
+    /// Moves the unopened input to the front and reads until the buffer is
+    /// full or the input ends.
+    fn fill(&mut self) -> Result<(), BundleError> {
+        // The unopened bytes go just before an aligned address, so that
+        // the reads after them land aligned: the kernel copies into an
+        // unaligned buffer at a fraction of the speed.
+        let base = self.buf.as_ptr() as usize;
+        let left = self.pending - self.start;
+        let to = (base + left).next_multiple_of(READ_ALIGN) - base - left;
+        self.buf.copy_within(self.start..self.pending, to);
+        (self.start, self.pending) = (to, to + left);
+        while self.pending < self.buf.len() {
+            let n = read_some(&mut self.input, &mut self.buf[self.pending..])
+                .map_err(BundleError::from_stream_io)?;
+            if n == 0 {
+                self.eof = true;
+                break;
+            }
+            self.pending += n;
+        }
+        Ok(())
+    }
+
+    /// Opens the sealed chunk `buf[start..start + len]` with the given last
+    /// flag into `dest`, leaving `buf` as it was. On failure the
+    /// destination holds zeros, never unauthenticated plaintext.
+    fn decrypt(&mut self, len: usize, last: bool, dest: &mut Dest<'_>) -> bool {
+        let (body, tag) = self.buf[self.start..self.start + len].split_at(len - TAG_SIZE);
+        let dst = match dest {
+            Dest::Plain => &mut self.plain[self.end..self.end + body.len()],
+            Dest::Caller(d) => &mut d[..body.len()],
         };
+        dst.copy_from_slice(body);
+        let tag = tag.try_into().expect("16-byte tag");
         self.cipher
-            .decrypt_inout_detached(&nonce(&self.nonce.bytes_with(last)), &[], inout, &tag)
+            .open_in_place(&self.nonce.bytes_with(last), &[], dst, tag)
             .is_ok()
     }
 
-    /// Reads and opens the next chunk, into `dst` when given (it must hold
-    /// a whole chunk), else into `buf`. Returns the plaintext length.
-    fn next_chunk(&mut self, mut dst: Option<&mut [u8]>) -> Result<usize, BundleError> {
-        if self.consumed > 0 {
-            self.buf.copy_within(self.consumed..self.pending, 0);
-            self.pending -= self.consumed;
-            self.consumed = 0;
-        }
-        while self.pending < self.buf.len() {
-            match self.input.read(&mut self.buf[self.pending..]) {
-                Ok(0) => break,
-                Ok(n) => self.pending += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(BundleError::from_stream_io(e)),
-            }
+    /// Whether the chunk opens with the given flag and length, tried on a
+    /// copy; the plaintext of a probe that opens is wiped at once.
+    fn probe(&mut self, len: usize, last: bool) -> bool {
+        let opens = self.decrypt(len, last, &mut Dest::Plain);
+        self.plain[self.end..self.end + len - TAG_SIZE].zeroize();
+        opens
+    }
+
+    /// Reads if needed and opens the next chunk into `dest`; returns the
+    /// plaintext length.
+    fn next_chunk(&mut self, mut dest: Dest<'_>) -> Result<usize, BundleError> {
+        if !self.holds_a_decidable_chunk() {
+            self.fill()?;
         }
         let index = self.nonce.index();
-        if self.pending > SEALED_CHUNK_SIZE {
+        if self.pending - self.start > SEALED_CHUNK_SIZE {
             // More input follows: this must be a full, non-final chunk.
-            if !self.decrypt(SEALED_CHUNK_SIZE, false, dst.as_deref_mut()) {
-                return Err(if self.decrypt(SEALED_CHUNK_SIZE, true, None) {
+            if !self.decrypt(SEALED_CHUNK_SIZE, false, &mut dest) {
+                return Err(if self.probe(SEALED_CHUNK_SIZE, true) {
                     BundleError::TrailingData
                 } else {
                     BundleError::ModifiedChunk(index)
                 });
             }
-            self.consumed = SEALED_CHUNK_SIZE;
+            self.start += SEALED_CHUNK_SIZE;
             self.nonce.advance();
             return Ok(CHUNK_SIZE);
         }
         // The input ends within this chunk: it must be the final one.
-        let len = self.pending;
+        let len = self.pending - self.start;
         if len < TAG_SIZE {
             return Err(BundleError::Truncated);
         }
-        if !self.decrypt(len, true, dst) {
-            return Err(
-                if len == SEALED_CHUNK_SIZE && self.decrypt(len, false, None) {
-                    // A valid non-final chunk with nothing after it: the final
-                    // chunk was cut off.
-                    BundleError::Truncated
-                } else if self.opens_without_a_tail(len) {
-                    BundleError::TrailingData
-                } else {
-                    // A chunk cut in the middle and a modified chunk look the
-                    // same; the message names both.
-                    BundleError::ModifiedChunk(index)
-                },
-            );
+        if !self.decrypt(len, true, &mut dest) {
+            return Err(if len == SEALED_CHUNK_SIZE && self.probe(len, false) {
+                // A valid non-final chunk with nothing after it: the final
+                // chunk was cut off.
+                BundleError::Truncated
+            } else if self.opens_without_a_tail(len) {
+                BundleError::TrailingData
+            } else {
+                // A chunk cut in the middle and a modified chunk look the
+                // same; the message names both.
+                BundleError::ModifiedChunk(index)
+            });
         }
         if len == TAG_SIZE && index > 0 {
             return Err(BundleError::EmptyFinalChunk);
         }
         self.nonce.set_last();
-        self.pending = 0;
+        self.start = self.pending;
         self.done = true;
         Ok(len - TAG_SIZE)
     }
@@ -307,7 +455,7 @@ impl<R: Read> StreamOpener<R> {
     /// (a newline added by a transfer tool, say). Only on the failure path,
     /// and bounded by [`MAX_TAIL_PROBE`], so it costs at most a few ms.
     fn opens_without_a_tail(&mut self, len: usize) -> bool {
-        (1..=MAX_TAIL_PROBE.min(len - TAG_SIZE)).any(|k| self.decrypt(len - k, true, None))
+        (1..=MAX_TAIL_PROBE.min(len - TAG_SIZE)).any(|k| self.probe(len - k, true))
     }
 }
 
@@ -320,14 +468,17 @@ impl<R: Read> Read for StreamOpener<R> {
             if self.done {
                 return Ok(0);
             }
-            // Wipe the plaintext handed out before reading more.
-            self.buf[..self.end].zeroize();
-            self.pos = 0;
-            self.end = 0;
-            // A caller with room for a whole chunk gets it decrypted straight
+            // Wipe the plaintext handed out before opening more.
+            self.wipe_handed_out();
+            // A caller with room for a whole chunk gets it opened straight
             // into its buffer; plaintext then never sits in ours.
             let direct = out.len() >= CHUNK_SIZE;
-            match self.next_chunk(direct.then_some(&mut *out)) {
+            let dest = if direct {
+                Dest::Caller(&mut *out)
+            } else {
+                Dest::Plain
+            };
+            match self.next_chunk(dest) {
                 Ok(n) if direct => return Ok(n),
                 Ok(n) => self.end = n,
                 Err(e) => {
@@ -337,7 +488,7 @@ impl<R: Read> Read for StreamOpener<R> {
             }
         }
         let n = out.len().min(self.end - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        out[..n].copy_from_slice(&self.plain[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
     }
@@ -355,12 +506,128 @@ mod tests {
         s.finish().unwrap()
     }
 
+    /// Opens through `Read`, and through `open_to`; both must agree, on
+    /// the plaintext and on the error.
     fn open(sealed: &[u8]) -> Result<Vec<u8>, BundleError> {
         let mut o = StreamOpener::new(&KEY, sealed);
-        let mut out = Vec::new();
-        o.read_to_end(&mut out)
-            .map_err(BundleError::from_stream_io)?;
-        Ok(out)
+        let mut read = Vec::new();
+        let by_read = o
+            .read_to_end(&mut read)
+            .map_err(BundleError::from_stream_io);
+        let mut written = Vec::new();
+        let by_open_to = StreamOpener::new(&KEY, sealed).open_to(&mut written);
+        match (by_read, by_open_to) {
+            (Ok(_), Ok(n)) => {
+                assert_eq!(n, written.len() as u64);
+                assert_eq!(read, written, "open_to and Read disagree");
+                Ok(read)
+            }
+            (Err(a), Err(b)) => {
+                assert_eq!(a.to_string(), b.to_string(), "open_to and Read disagree");
+                assert!(
+                    sealed_prefix_only(&written),
+                    "unauthenticated bytes written"
+                );
+                Err(a)
+            }
+            (a, b) => panic!("open_to and Read disagree: {a:?} / {b:?}"),
+        }
+    }
+
+    /// Plaintext handed out before a failure is whole chunks only.
+    fn sealed_prefix_only(written: &[u8]) -> bool {
+        written.len().is_multiple_of(CHUNK_SIZE)
+    }
+
+    /// A reader that hands out its bytes in pieces of varying size, down to
+    /// one byte, as pipes and sockets do.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            self.step = (self.step * 7 + 3) % 9001;
+            let n = out.len().min(self.data.len()).min(self.step + 1);
+            out[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    /// A writer that takes at most a few KiB per call.
+    struct Sip(Vec<u8>);
+
+    impl Write for Sip {
+        fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+            let n = data.len().min(5000);
+            self.0.extend_from_slice(&data[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn seal_from_and_open_to_match_the_byte_at_a_time_paths() {
+        let batch = BATCH_CHUNKS * CHUNK_SIZE;
+        for len in [
+            0,
+            1,
+            CHUNK_SIZE,
+            CHUNK_SIZE + 1,
+            batch - 1,
+            batch,
+            batch + 1,
+            2 * batch + CHUNK_SIZE + 17,
+        ] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+            let reference = seal(&data);
+            // Straight from a slice (whole chunks per read) and trickled.
+            let mut s = StreamSealer::new(&KEY, Vec::new());
+            assert_eq!(s.seal_from(&mut &data[..]).unwrap(), len as u64);
+            assert_eq!(s.finish().unwrap(), reference, "seal_from, len {len}");
+            let mut s = StreamSealer::new(&KEY, Vec::new());
+            let mut trickle = Trickle {
+                data: &data,
+                step: 0,
+            };
+            s.seal_from(&mut trickle).unwrap();
+            assert_eq!(s.finish().unwrap(), reference, "trickled, len {len}");
+            // Opened from a trickle into a writer that takes little at once.
+            let mut sip = Sip(Vec::new());
+            let trickle = Trickle {
+                data: &reference,
+                step: 0,
+            };
+            let n = StreamOpener::new(&KEY, trickle).open_to(&mut sip).unwrap();
+            assert_eq!(n, len as u64);
+            assert!(sip.0 == data, "open_to, len {len}");
+        }
+    }
+
+    #[test]
+    fn the_fast_paths_pick_up_where_the_others_left_off() {
+        let data: Vec<u8> = (0..3 * BATCH_CHUNKS * CHUNK_SIZE / 2 + 5)
+            .map(|i| (i % 241) as u8)
+            .collect();
+        let reference = seal(&data);
+        let mut s = StreamSealer::new(&KEY, Vec::new());
+        s.write_all(&data[..CHUNK_SIZE + 3]).unwrap();
+        s.seal_from(&mut &data[CHUNK_SIZE + 3..]).unwrap();
+        assert_eq!(s.finish().unwrap(), reference);
+
+        let mut o = StreamOpener::new(&KEY, &reference[..]);
+        let mut head = vec![0u8; 100];
+        o.read_exact(&mut head).unwrap();
+        let mut rest = Vec::new();
+        o.open_to(&mut rest).unwrap();
+        head.extend_from_slice(&rest);
+        assert!(head == data);
+        assert!(o.is_complete());
+        assert_eq!(o.read(&mut [0u8; 4]).unwrap(), 0);
     }
 
     #[test]
@@ -460,6 +727,15 @@ mod tests {
         let (a, b) = swapped.split_at_mut(SEALED_CHUNK_SIZE);
         a.swap_with_slice(&mut b[..SEALED_CHUNK_SIZE]);
         assert!(matches!(open(&swapped), Err(BundleError::ModifiedChunk(0))));
+        // A modified chunk in a later batch: earlier chunks may have been
+        // handed out, never a byte of the modified one.
+        let long = vec![3u8; 2 * BATCH_CHUNKS * CHUNK_SIZE];
+        let mut late = seal(&long);
+        late[(BATCH_CHUNKS + 3) * SEALED_CHUNK_SIZE + 9] ^= 0x40;
+        assert!(matches!(
+            open(&late),
+            Err(BundleError::ModifiedChunk(i)) if i == BATCH_CHUNKS as u64 + 3
+        ));
         // A flipped bit in the last chunk.
         let mut flipped = sealed.clone();
         *flipped.last_mut().unwrap() ^= 1;
@@ -469,22 +745,14 @@ mod tests {
     #[test]
     fn an_empty_final_chunk_after_data_is_refused() {
         // Hand-build: one full non-final chunk, then an empty final chunk.
-        let cipher = Aes256Gcm::new((&KEY).into());
+        let cipher = Cipher::new(&KEY);
         let mut nonce = ChunkNonce::first();
         let mut body = vec![1u8; CHUNK_SIZE];
-        let tag = cipher
-            .encrypt_inout_detached(
-                &super::nonce(&nonce.bytes()),
-                &[],
-                body.as_mut_slice().into(),
-            )
-            .unwrap();
+        let tag = cipher.seal_in_place(&nonce.bytes(), &[], &mut body);
         body.extend_from_slice(&tag);
         nonce.advance();
         nonce.set_last();
-        let tag = cipher
-            .encrypt_inout_detached(&super::nonce(&nonce.bytes()), &[], (&mut [][..]).into())
-            .unwrap();
+        let tag = cipher.seal_in_place(&nonce.bytes(), &[], &mut []);
         body.extend_from_slice(&tag);
         assert!(matches!(open(&body), Err(BundleError::EmptyFinalChunk)));
     }

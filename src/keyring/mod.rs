@@ -12,14 +12,14 @@ pub mod store;
 
 use std::fmt;
 
-use aes_gcm::aead::{AeadInOut, KeyInit};
-use aes_gcm::{Aes256Gcm, Tag};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 use zeroize::Zeroizing;
+
+use crate::aead::Cipher;
 
 pub const KEYRING_FORMAT: &str = "keyferry-keyring";
 pub const KEYRING_VERSION: u32 = 1;
@@ -326,9 +326,7 @@ impl Keyring {
         out.extend_from_slice(&key.id.to_be_bytes());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(plaintext);
-        let tag = Aes256Gcm::new(material.as_bytes().into())
-            .encrypt_inout_detached(&nonce.into(), aad, (&mut out[header..]).into())
-            .map_err(|_| KeyringError::Envelope)?;
+        let tag = Cipher::new(material.as_bytes()).seal_in_place(&nonce, aad, &mut out[header..]);
         out.extend_from_slice(&tag);
         Ok(out)
     }
@@ -351,9 +349,9 @@ impl Keyring {
             .expect("12 bytes");
         let (body, tag) = envelope[header..].split_at(envelope.len() - header - ENVELOPE_TAG_LEN);
         let mut plain = Zeroizing::new(body.to_vec());
-        let tag = Tag::try_from(tag).expect("16-byte tag");
-        Aes256Gcm::new(material.as_bytes().into())
-            .decrypt_inout_detached(&nonce.into(), aad, plain.as_mut_slice().into(), &tag)
+        let tag = tag.try_into().expect("16-byte tag");
+        Cipher::new(material.as_bytes())
+            .open_in_place(&nonce, aad, &mut plain, &tag)
             .map_err(|_| KeyringError::Envelope)?;
         Ok(plain)
     }
