@@ -13,7 +13,8 @@
 //! - the opener hands out plaintext only after its chunk authenticated, and
 //!   holds at most one chunk at a time: memory does not grow with the payload.
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
+use std::ops::Range;
 
 use zeroize::{Zeroize, Zeroizing};
 
@@ -238,11 +239,42 @@ impl<W: Write> Write for StreamSealer<W> {
     }
 }
 
-/// Where the opener puts a chunk's plaintext: its own buffer, after what it
-/// holds already, or the caller's (room for a whole chunk).
+/// Where the opener puts a chunk's plaintext: where the chunk lies in
+/// `buf` (only if the chunk will never need a second try), its own `plain`
+/// buffer after what that holds, or the caller's (room for a whole chunk).
 enum Dest<'a> {
+    InPlace,
     Plain,
     Caller(&'a mut [u8]),
+}
+
+/// Where a chunk's plaintext ended up.
+enum Opened {
+    Buf(Range<usize>),
+    Plain(Range<usize>),
+    Caller(usize),
+}
+
+impl Opened {
+    fn range(&self) -> Range<usize> {
+        match self {
+            Opened::Buf(r) | Opened::Plain(r) => r.clone(),
+            Opened::Caller(n) => 0..*n,
+        }
+    }
+}
+
+/// Writes every slice, in order, in as few calls as the writer allows.
+fn write_all_vectored<W: Write>(out: &mut W, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    while !slices.is_empty() {
+        match out.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Reads STREAM chunks from `input` and yields authenticated plaintext.
@@ -275,7 +307,7 @@ impl<R: Read> StreamOpener<R> {
             input,
             cipher: Cipher::new(key),
             nonce: ChunkNonce::first(),
-            buf: Zeroizing::new(vec![0u8; BATCH_SIZE + 1 + READ_ALIGN]),
+            buf: Zeroizing::new(vec![0u8; BATCH_SIZE + SEALED_CHUNK_SIZE + 1 + READ_ALIGN]),
             start: 0,
             pending: 0,
             eof: false,
@@ -305,40 +337,74 @@ impl<R: Read> StreamOpener<R> {
     }
 
     /// Opens the rest of the payload into `out`, a batch of chunks at a
-    /// time: a batch is read in one call, opened into one buffer and
-    /// written with one call. Nothing of a chunk reaches `out` before it
+    /// time: a batch is read in one call, opened where it lies and written
+    /// with one vectored call, so no byte is copied besides the reader's
+    /// and writer's own. Nothing of a chunk reaches `out` before it
     /// authenticated. Returns how many plaintext bytes were written.
     pub fn open_to<W: Write>(&mut self, out: &mut W) -> Result<u64, BundleError> {
         if self.failed {
             return Err(BundleError::StreamAlreadyFailed);
         }
         let mut total = 0u64;
+        let mut opened: Vec<Opened> = Vec::with_capacity(BATCH_CHUNKS + 1);
         loop {
+            // Plaintext a `read` left in `plain` goes first.
             if self.pos < self.end {
-                let written = out.write_all(&self.plain[self.pos..self.end]);
-                total += (self.end - self.pos) as u64;
-                self.pos = self.end;
-                if let Err(e) = written {
-                    self.failed = true;
-                    return Err(BundleError::Io(e));
+                opened.push(Opened::Plain(self.pos..self.end));
+            }
+            let written = {
+                let mut slices: Vec<IoSlice<'_>> = opened
+                    .iter()
+                    .filter(|o| !o.range().is_empty())
+                    .filter_map(|o| match o {
+                        Opened::Buf(r) => Some(IoSlice::new(&self.buf[r.clone()])),
+                        Opened::Plain(r) => Some(IoSlice::new(&self.plain[r.clone()])),
+                        Opened::Caller(_) => None, // only `read` opens into a caller's buffer
+                    })
+                    .collect();
+                write_all_vectored(out, &mut slices)
+            };
+            total += opened.iter().map(|o| o.range().len() as u64).sum::<u64>();
+            for o in opened.drain(..) {
+                if let Opened::Buf(r) = o {
+                    self.buf[r].zeroize();
                 }
             }
             self.wipe_handed_out();
+            if let Err(e) = written {
+                self.failed = true;
+                return Err(BundleError::Io(e));
+            }
             if self.done {
                 return Ok(total);
             }
-            // Open every chunk the buffer holds whole (reading more only
-            // before the first, which moves unopened input only).
-            while self.end + CHUNK_SIZE <= self.plain.len() {
-                match self.next_chunk(Dest::Plain) {
-                    Ok(n) => self.end += n,
+            // Open every chunk the buffer holds whole, reading more only
+            // before the first: a read moves the unopened input, so nothing
+            // opened may be in `buf` then.
+            loop {
+                match self.next_chunk(Dest::InPlace) {
+                    Ok(o) => {
+                        if let Opened::Plain(r) = &o {
+                            // Handed out by this call, not left for `read`.
+                            (self.pos, self.end) = (r.end, r.end);
+                        }
+                        opened.push(o);
+                    }
                     Err(e) => {
                         self.failed = true;
+                        for o in opened.drain(..) {
+                            if let Opened::Buf(r) = o {
+                                self.buf[r].zeroize();
+                            }
+                        }
                         self.wipe_handed_out();
                         return Err(e);
                     }
                 }
-                if self.done || !self.holds_a_decidable_chunk() {
+                if self.done
+                    || !self.holds_a_decidable_chunk()
+                    || self.end + CHUNK_SIZE > self.plain.len()
+                {
                     break;
                 }
             }
@@ -351,10 +417,12 @@ impl<R: Read> StreamOpener<R> {
         (self.pos, self.end) = (0, 0);
     }
 
-    /// Whether the buffer holds the next chunk whole and knows whether it
-    /// is the final one, so it can be opened without reading.
+    /// Whether the buffer holds enough to open the next chunk without
+    /// reading: all the input, or the chunk and more than a whole chunk
+    /// after it (so both whether it is final and how it is classified if
+    /// it fails are settled; see [`next_chunk`](Self::next_chunk)).
     fn holds_a_decidable_chunk(&self) -> bool {
-        self.eof || self.pending - self.start > SEALED_CHUNK_SIZE
+        self.eof || self.pending - self.start > 2 * SEALED_CHUNK_SIZE
     }
 
     /// Moves the unopened input to the front and reads until the buffer is
@@ -381,19 +449,28 @@ impl<R: Read> StreamOpener<R> {
     }
 
     /// Opens the sealed chunk `buf[start..start + len]` with the given last
-    /// flag into `dest`, leaving `buf` as it was. On failure the
-    /// destination holds zeros, never unauthenticated plaintext.
+    /// flag into `dest`; `buf` is left as it was unless that is `InPlace`.
+    /// On failure the destination holds zeros, never unauthenticated
+    /// plaintext.
     fn decrypt(&mut self, len: usize, last: bool, dest: &mut Dest<'_>) -> bool {
-        let (body, tag) = self.buf[self.start..self.start + len].split_at(len - TAG_SIZE);
+        let nonce = self.nonce.bytes_with(last);
+        let sealed = &mut self.buf[self.start..self.start + len];
+        let (body, tag) = sealed.split_at_mut(len - TAG_SIZE);
+        let tag: [u8; TAG_SIZE] = (&*tag).try_into().expect("16-byte tag");
         let dst = match dest {
-            Dest::Plain => &mut self.plain[self.end..self.end + body.len()],
-            Dest::Caller(d) => &mut d[..body.len()],
+            Dest::InPlace => body,
+            Dest::Plain => {
+                let d = &mut self.plain[self.end..self.end + body.len()];
+                d.copy_from_slice(body);
+                d
+            }
+            Dest::Caller(d) => {
+                let d = &mut d[..body.len()];
+                d.copy_from_slice(body);
+                d
+            }
         };
-        dst.copy_from_slice(body);
-        let tag = tag.try_into().expect("16-byte tag");
-        self.cipher
-            .open_in_place(&self.nonce.bytes_with(last), &[], dst, tag)
-            .is_ok()
+        self.cipher.open_in_place(&nonce, &[], dst, &tag).is_ok()
     }
 
     /// Whether the chunk opens with the given flag and length, tried on a
@@ -404,25 +481,43 @@ impl<R: Read> StreamOpener<R> {
         opens
     }
 
-    /// Reads if needed and opens the next chunk into `dest`; returns the
-    /// plaintext length.
-    fn next_chunk(&mut self, mut dest: Dest<'_>) -> Result<usize, BundleError> {
+    /// Reads if needed and opens the next chunk into `dest`, and says
+    /// where its plaintext is.
+    ///
+    /// A chunk that fails is classified from the input alone: a full chunk
+    /// with at most a chunk of input after it is tried as the final one
+    /// (appended data); a chunk with more after it is just modified. So
+    /// only the last two chunks of a payload need their ciphertext kept for
+    /// a second try, and every other chunk may be opened in place.
+    fn next_chunk(&mut self, mut dest: Dest<'_>) -> Result<Opened, BundleError> {
         if !self.holds_a_decidable_chunk() {
             self.fill()?;
         }
         let index = self.nonce.index();
-        if self.pending - self.start > SEALED_CHUNK_SIZE {
+        let at = self.start;
+        let after = (self.pending - self.start).saturating_sub(SEALED_CHUNK_SIZE);
+        if matches!(dest, Dest::InPlace) && after <= SEALED_CHUNK_SIZE {
+            dest = Dest::Plain;
+        }
+        let located = |dest: &Dest<'_>, end: usize, len: usize| match dest {
+            Dest::InPlace => Opened::Buf(at..at + len),
+            Dest::Plain => Opened::Plain(end..end + len),
+            Dest::Caller(_) => Opened::Caller(len),
+        };
+        if after > 0 {
             // More input follows: this must be a full, non-final chunk.
             if !self.decrypt(SEALED_CHUNK_SIZE, false, &mut dest) {
-                return Err(if self.probe(SEALED_CHUNK_SIZE, true) {
-                    BundleError::TrailingData
-                } else {
-                    BundleError::ModifiedChunk(index)
-                });
+                return Err(
+                    if after <= SEALED_CHUNK_SIZE && self.probe(SEALED_CHUNK_SIZE, true) {
+                        BundleError::TrailingData
+                    } else {
+                        BundleError::ModifiedChunk(index)
+                    },
+                );
             }
             self.start += SEALED_CHUNK_SIZE;
             self.nonce.advance();
-            return Ok(CHUNK_SIZE);
+            return Ok(located(&dest, self.end, CHUNK_SIZE));
         }
         // The input ends within this chunk: it must be the final one.
         let len = self.pending - self.start;
@@ -448,7 +543,7 @@ impl<R: Read> StreamOpener<R> {
         self.nonce.set_last();
         self.start = self.pending;
         self.done = true;
-        Ok(len - TAG_SIZE)
+        Ok(located(&dest, self.end, len - TAG_SIZE))
     }
 
     /// Whether the final piece opens once a few appended bytes are cut off
@@ -479,8 +574,8 @@ impl<R: Read> Read for StreamOpener<R> {
                 Dest::Plain
             };
             match self.next_chunk(dest) {
-                Ok(n) if direct => return Ok(n),
-                Ok(n) => self.end = n,
+                Ok(Opened::Caller(n)) => return Ok(n),
+                Ok(opened) => self.end = opened.range().end,
                 Err(e) => {
                     self.failed = true;
                     return Err(io::Error::other(e));
@@ -727,6 +822,18 @@ mod tests {
         let (a, b) = swapped.split_at_mut(SEALED_CHUNK_SIZE);
         a.swap_with_slice(&mut b[..SEALED_CHUNK_SIZE]);
         assert!(matches!(open(&swapped), Err(BundleError::ModifiedChunk(0))));
+        // Appended data is recognised as such up to a whole chunk of it;
+        // more than that after a full final chunk reads as a modified chunk.
+        let full = seal(&vec![1u8; CHUNK_SIZE]);
+        let mut up_to_a_chunk = full.clone();
+        up_to_a_chunk.extend_from_slice(&[b'j'; SEALED_CHUNK_SIZE]);
+        assert!(matches!(
+            open(&up_to_a_chunk),
+            Err(BundleError::TrailingData)
+        ));
+        let mut more = up_to_a_chunk.clone();
+        more.push(b'j');
+        assert!(matches!(open(&more), Err(BundleError::ModifiedChunk(0))));
         // A modified chunk in a later batch: earlier chunks may have been
         // handed out, never a byte of the modified one.
         let long = vec![3u8; 2 * BATCH_CHUNKS * CHUNK_SIZE];
