@@ -101,6 +101,34 @@ fn bundle_keyring_and_backups_are_owner_only() {
     }
 }
 
+#[cfg(unix)]
+#[test]
+fn a_home_others_can_read_is_used_with_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let node = Node::initialised();
+    let list = || node.cmd().args(["keys", "list"]).output().unwrap();
+    let quiet = list();
+    assert_eq!(quiet.status.code(), Some(0));
+    assert!(
+        !stderr_of(&quiet).contains("warning"),
+        "{}",
+        stderr_of(&quiet)
+    );
+
+    fs::set_permissions(&node.home, fs::Permissions::from_mode(0o755)).unwrap();
+    let out = list();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("can be read by other accounts") && err.contains("chmod 700"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line, please: {err}");
+    // Told, not changed behind the operator's back.
+    let mode = fs::metadata(&node.home).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o755);
+}
+
 #[test]
 fn generated_password_goes_to_stderr_only_and_any_case_opens_it() {
     let primary = Node::initialised();

@@ -102,6 +102,11 @@ fn print_json<T: Serialize>(value: &T) -> Result<()> {
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
     let home = Home::resolve(cli.home);
+    if !matches!(cli.command, Command::Inspect(_) | Command::Selftest) {
+        if let Some(warning) = home.sharing_warning() {
+            eprintln!("warning: {warning}");
+        }
+    }
     match cli.command {
         Command::Init => {
             let report = crate::ops::init::init(&home)?;

@@ -113,6 +113,23 @@ impl Home {
         )))
     }
 
+    /// A warning when an existing home can be read by other accounts. The
+    /// files keyferry puts in it are owner-only whatever the folder allows,
+    /// so this is not refused (as GnuPG does with its home), but their
+    /// names can be listed, so the operator should know and is told how to
+    /// restrict it.
+    pub fn sharing_warning(&self) -> Option<String> {
+        if !self.root.is_dir() || !fsutil::is_shared_readable(&self.root).unwrap_or(false) {
+            return None;
+        }
+        Some(format!(
+            "home {} can be read by other accounts (keyferry's files in it are still \
+             owner-only); restrict it: {}",
+            self.root.display(),
+            platform::restrict_command(&self.root)
+        ))
+    }
+
     /// Takes the home's lock, so two keyferry processes never change one
     /// node at once. Released when the guard drops.
     pub fn lock(&self) -> Result<HomeLock> {
@@ -323,6 +340,10 @@ mod platform {
     pub fn default_home() -> PathBuf {
         PathBuf::from("/var/lib/keyferry")
     }
+
+    pub fn restrict_command(home: &std::path::Path) -> String {
+        format!("chmod 700 '{}'", home.display())
+    }
 }
 
 /// Windows: `%ProgramData%\keyferry` (normally `C:\ProgramData\keyferry`),
@@ -334,6 +355,17 @@ mod platform {
 #[cfg(windows)]
 mod platform {
     use std::path::PathBuf;
+
+    /// Drops inherited entries and grants what keyferry's own files get:
+    /// the current account, SYSTEM and Administrators (by SID, so it works
+    /// in any language).
+    pub fn restrict_command(home: &std::path::Path) -> String {
+        format!(
+            "icacls \"{}\" /inheritance:r /grant:r \"%USERNAME%:(OI)(CI)F\" \
+             /grant:r *S-1-5-18:(OI)(CI)F /grant:r *S-1-5-32-544:(OI)(CI)F",
+            home.display()
+        )
+    }
 
     pub fn default_home() -> PathBuf {
         program_data(
