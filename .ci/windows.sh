@@ -256,6 +256,20 @@ else
     fail "reading DACLs"
 fi
 
+log "a pre-existing home other accounts can read"
+# Made by cmd, so it gets Wine's default descriptor (the control file's,
+# with its Everyone entry): keyferry uses it and says how to restrict it.
+shared="$WORK/shared-home"
+wine_run cmd /c "mkdir $(winpath "$shared")" >/dev/null 2>&1 || true
+if [[ "${control:-}" != *";;;WD)"* ]]; then
+    echo "  skipped: Wine shows no Everyone entry here, so sharing cannot be seen"
+elif out=$(kf_win init --home "$(winpath "$shared")" 2>&1) &&
+    grep -q 'can be read by other accounts.*icacls' <<<"$out"; then
+    pass "shared home: used, with a warning naming icacls"
+else
+    fail "shared home: no warning, or init failed: $out"
+fi
+
 log "password prompt without a console"
 t=$SECONDS
 if out=$(kf_win --home "$(winpath "$WIN2_HOME")" \
