@@ -11,7 +11,11 @@
 //!   ends, and a truncation, reordering, or appended data fails
 //!   authentication;
 //! - the opener hands out plaintext only after its chunk authenticated, and
-//!   holds at most one chunk at a time: memory does not grow with the payload.
+//!   a chunk that fails leaves zeros, never unauthenticated plaintext;
+//! - sealer and opener each hold at most a batch of chunks (about 1 MiB,
+//!   twice that for the opener): memory does not grow with the payload;
+//! - whether a failed chunk was damaged, cut or followed by appended data
+//!   is decided from the input alone, the same on every path.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::ops::Range;
