@@ -101,6 +101,59 @@ const BATCH_SIZE: usize = BATCH_CHUNKS * SEALED_CHUNK_SIZE;
 /// Alignment of the opener's reads (a cache line).
 const READ_ALIGN: usize = 64;
 
+/// A buffer that is wiped on drop up to the furthest byte ever written
+/// through it. Writing goes only through [`at_mut`](Self::at_mut),
+/// [`read_at`](Self::read_at) and [`copy_within`](Self::copy_within), which
+/// keep that mark, so nothing secret can escape the wipe; and a small
+/// payload leaves the rest of the allocation (fresh, lazily mapped pages)
+/// untouched instead of faulting in and wiping a whole batch.
+struct WipeBuf {
+    bytes: Vec<u8>,
+    written: usize,
+}
+
+impl WipeBuf {
+    fn new(len: usize) -> Self {
+        Self {
+            bytes: vec![0; len],
+            written: 0,
+        }
+    }
+
+    fn at_mut(&mut self, range: Range<usize>) -> &mut [u8] {
+        self.written = self.written.max(range.end);
+        &mut self.bytes[range]
+    }
+
+    /// One read from `input` into `[at..end]`; returns its length, and
+    /// marks what it read. (Bytes a reader writes past the length it
+    /// reports are its own misdoing; what keyferry itself puts in the
+    /// buffer, plaintext included, is always within a marked range.)
+    fn read_at<R: Read>(&mut self, input: &mut R, at: usize, end: usize) -> io::Result<usize> {
+        let n = read_some(input, &mut self.bytes[at..end])?;
+        self.written = self.written.max(at + n);
+        Ok(n)
+    }
+
+    fn copy_within(&mut self, src: Range<usize>, to: usize) {
+        self.written = self.written.max(to + src.len());
+        self.bytes.copy_within(src, to);
+    }
+}
+
+impl std::ops::Deref for WipeBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for WipeBuf {
+    fn drop(&mut self) {
+        self.bytes[..self.written].zeroize();
+    }
+}
+
 /// Reads once, retrying on interruption; 0 means end of input.
 fn read_some<R: Read>(input: &mut R, into: &mut [u8]) -> io::Result<usize> {
     loop {
@@ -121,7 +174,7 @@ pub struct StreamSealer<W: Write> {
     /// Sealed chunks waiting to be written, then the plaintext of the chunk
     /// being filled. Every chunk has a slot of [`SEALED_CHUNK_SIZE`] bytes,
     /// so it is sealed where it lies and its tag goes right after it.
-    batch: Zeroizing<Vec<u8>>,
+    batch: WipeBuf,
     /// Bytes of sealed chunks at the front of `batch`.
     sealed: usize,
     /// Plaintext bytes in the slot after them.
@@ -134,7 +187,7 @@ impl<W: Write> StreamSealer<W> {
             out,
             cipher: Cipher::new(key),
             nonce: ChunkNonce::first(),
-            batch: Zeroizing::new(vec![0u8; BATCH_SIZE]),
+            batch: WipeBuf::new(BATCH_SIZE),
             sealed: 0,
             filled: 0,
         }
@@ -145,7 +198,7 @@ impl<W: Write> StreamSealer<W> {
     /// Writes the batch out when it is full or this was the final chunk.
     fn seal_chunk(&mut self, from: Option<&[u8]>) -> io::Result<()> {
         let len = from.map_or(self.filled, <[u8]>::len);
-        let slot = &mut self.batch[self.sealed..self.sealed + len + TAG_SIZE];
+        let slot = self.batch.at_mut(self.sealed..self.sealed + len + TAG_SIZE);
         let (body, rest) = slot.split_at_mut(len);
         if let Some(src) = from {
             body.copy_from_slice(src);
@@ -170,14 +223,14 @@ impl<W: Write> StreamSealer<W> {
         loop {
             let n = if self.filled < CHUNK_SIZE {
                 let at = self.sealed + self.filled;
-                let n = read_some(input, &mut self.batch[at..self.sealed + CHUNK_SIZE])?;
+                let n = self.batch.read_at(input, at, self.sealed + CHUNK_SIZE)?;
                 self.filled += n;
                 n
             } else if self.sealed + SEALED_CHUNK_SIZE < BATCH_SIZE {
                 // A full chunk is sealed only once more input shows it is
                 // not the final one: read ahead into the next slot.
                 let next = self.sealed + SEALED_CHUNK_SIZE;
-                let n = read_some(input, &mut self.batch[next..next + CHUNK_SIZE])?;
+                let n = self.batch.read_at(input, next, next + CHUNK_SIZE)?;
                 if n > 0 {
                     self.seal_chunk(None)?;
                     self.nonce.advance();
@@ -191,7 +244,7 @@ impl<W: Write> StreamSealer<W> {
                 if n > 0 {
                     self.seal_chunk(None)?;
                     self.nonce.advance();
-                    self.batch[0] = peek[0];
+                    self.batch.at_mut(0..1)[0] = peek[0];
                     self.filled = 1;
                 }
                 n
@@ -232,7 +285,7 @@ impl<W: Write> Write for StreamSealer<W> {
         }
         let n = data.len().min(CHUNK_SIZE - self.filled);
         let at = self.sealed + self.filled;
-        self.batch[at..at + n].copy_from_slice(&data[..n]);
+        self.batch.at_mut(at..at + n).copy_from_slice(&data[..n]);
         self.filled += n;
         Ok(n)
     }
@@ -290,7 +343,7 @@ pub struct StreamOpener<R: Read> {
     /// byte after a full chunk tells whether it is the final one. Chunks
     /// are opened from here into `plain` (or the caller's buffer), never in
     /// place, so a failed chunk can be tried again to classify the damage.
-    buf: Zeroizing<Vec<u8>>,
+    buf: WipeBuf,
     /// `buf[start..pending]` is input not opened yet.
     start: usize,
     pending: usize,
@@ -298,7 +351,7 @@ pub struct StreamOpener<R: Read> {
     eof: bool,
     /// Authenticated plaintext of up to a batch of chunks; `plain[pos..end]`
     /// is not handed out yet, and `plain[..end]` is wiped before reuse.
-    plain: Zeroizing<Vec<u8>>,
+    plain: WipeBuf,
     pos: usize,
     end: usize,
     done: bool,
@@ -311,11 +364,11 @@ impl<R: Read> StreamOpener<R> {
             input,
             cipher: Cipher::new(key),
             nonce: ChunkNonce::first(),
-            buf: Zeroizing::new(vec![0u8; BATCH_SIZE + SEALED_CHUNK_SIZE + 1 + READ_ALIGN]),
+            buf: WipeBuf::new(BATCH_SIZE + SEALED_CHUNK_SIZE + 1 + READ_ALIGN),
             start: 0,
             pending: 0,
             eof: false,
-            plain: Zeroizing::new(vec![0u8; BATCH_CHUNKS * CHUNK_SIZE]),
+            plain: WipeBuf::new(BATCH_CHUNKS * CHUNK_SIZE),
             pos: 0,
             end: 0,
             done: false,
@@ -371,7 +424,7 @@ impl<R: Read> StreamOpener<R> {
             total += opened.iter().map(|o| o.range().len() as u64).sum::<u64>();
             for o in opened.drain(..) {
                 if let Opened::Buf(r) = o {
-                    self.buf[r].zeroize();
+                    self.buf.at_mut(r).zeroize();
                 }
             }
             self.wipe_handed_out();
@@ -398,7 +451,7 @@ impl<R: Read> StreamOpener<R> {
                         self.failed = true;
                         for o in opened.drain(..) {
                             if let Opened::Buf(r) = o {
-                                self.buf[r].zeroize();
+                                self.buf.at_mut(r).zeroize();
                             }
                         }
                         self.wipe_handed_out();
@@ -417,7 +470,7 @@ impl<R: Read> StreamOpener<R> {
 
     /// Wipes the plaintext already handed out.
     fn wipe_handed_out(&mut self) {
-        self.plain[..self.end].zeroize();
+        self.plain.at_mut(0..self.end).zeroize();
         (self.pos, self.end) = (0, 0);
     }
 
@@ -441,7 +494,10 @@ impl<R: Read> StreamOpener<R> {
         self.buf.copy_within(self.start..self.pending, to);
         (self.start, self.pending) = (to, to + left);
         while self.pending < self.buf.len() {
-            let n = read_some(&mut self.input, &mut self.buf[self.pending..])
+            let end = self.buf.len();
+            let n = self
+                .buf
+                .read_at(&mut self.input, self.pending, end)
                 .map_err(BundleError::from_stream_io)?;
             if n == 0 {
                 self.eof = true;
@@ -458,13 +514,13 @@ impl<R: Read> StreamOpener<R> {
     /// plaintext.
     fn decrypt(&mut self, len: usize, last: bool, dest: &mut Dest<'_>) -> bool {
         let nonce = self.nonce.bytes_with(last);
-        let sealed = &mut self.buf[self.start..self.start + len];
+        let sealed = self.buf.at_mut(self.start..self.start + len);
         let (body, tag) = sealed.split_at_mut(len - TAG_SIZE);
         let tag: [u8; TAG_SIZE] = (&*tag).try_into().expect("16-byte tag");
         let dst = match dest {
             Dest::InPlace => body,
             Dest::Plain => {
-                let d = &mut self.plain[self.end..self.end + body.len()];
+                let d = self.plain.at_mut(self.end..self.end + body.len());
                 d.copy_from_slice(body);
                 d
             }
@@ -481,7 +537,9 @@ impl<R: Read> StreamOpener<R> {
     /// copy; the plaintext of a probe that opens is wiped at once.
     fn probe(&mut self, len: usize, last: bool) -> bool {
         let opens = self.decrypt(len, last, &mut Dest::Plain);
-        self.plain[self.end..self.end + len - TAG_SIZE].zeroize();
+        self.plain
+            .at_mut(self.end..self.end + len - TAG_SIZE)
+            .zeroize();
         opens
     }
 
@@ -778,6 +836,21 @@ mod tests {
         }
         assert_eq!(out, data);
         assert!(o.is_complete());
+    }
+
+    #[test]
+    fn a_wipe_buffer_marks_every_byte_written_through_it() {
+        let mut b = WipeBuf::new(1000);
+        assert_eq!(b.written, 0);
+        b.at_mut(10..20).fill(1);
+        assert_eq!(b.written, 20);
+        b.at_mut(0..5).fill(1);
+        assert_eq!(b.written, 20, "the mark never moves back");
+        assert_eq!(b.read_at(&mut &[7u8; 30][..], 100, 500).unwrap(), 30);
+        assert_eq!(b.written, 130);
+        b.copy_within(100..130, 300);
+        assert_eq!(b.written, 330);
+        assert_eq!(&b[300..330], &[7u8; 30][..]);
     }
 
     #[test]
