@@ -404,19 +404,25 @@ impl<'de> Deserialize<'de> for Fingerprint {
 impl std::str::FromStr for Fingerprint {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
+        // Every byte must be an ASCII hex digit before the string is sliced
+        // in pairs: a multi-byte character keeps the byte length at 40 but
+        // puts a pair boundary inside the character (a panic, found by the
+        // `documents` fuzz target), and `u8::from_str_radix` would take a
+        // pair like "+f" as 0x0f.
         let hex = s
             .strip_prefix(FINGERPRINT_PREFIX)
             .filter(|h| h.len() == FINGERPRINT_BYTES * 2)
+            .filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))
             .ok_or_else(|| format!("{s:?} is not a kf1: fingerprint"))?;
-        let mut fp = [0u8; FINGERPRINT_BYTES];
-        for (i, b) in fp.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-                .map_err(|_| format!("{s:?} is not a kf1: fingerprint"))?;
-        }
         if hex.bytes().any(|c| c.is_ascii_uppercase()) {
             return Err(format!(
                 "{s:?} is not a kf1: fingerprint (hex must be lowercase)"
             ));
+        }
+        let mut fp = [0u8; FINGERPRINT_BYTES];
+        for (i, b) in fp.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+                .map_err(|_| format!("{s:?} is not a kf1: fingerprint"))?;
         }
         Ok(Fingerprint(fp))
     }
@@ -498,6 +504,27 @@ mod tests {
             disabled.decrypt(&sealed, b"row 7"),
             Err(KeyringError::KeyNotUsable(2, KeyStatus::Disabled))
         ));
+    }
+
+    #[test]
+    fn fingerprints_parse_only_as_forty_lowercase_hex_digits() {
+        let good = "kf1:4c0620564358b1c24928ebd0e738fa97a9810819";
+        assert_eq!(good.parse::<Fingerprint>().unwrap().to_string(), good);
+        // 40 bytes, but 'ɘ' is two of them: once a panic (slicing inside
+        // the character), found by the `documents` fuzz target.
+        let multibyte = "kf1:1dffb65\u{258}b90e9371c50bceb13f82b245f713703";
+        assert_eq!(multibyte.len(), 4 + 40);
+        assert!(multibyte.parse::<Fingerprint>().is_err());
+        // A sign that `u8::from_str_radix` would accept.
+        let signed = "kf1:+c0620564358b1c24928ebd0e738fa97a9810819";
+        assert!(signed.parse::<Fingerprint>().is_err());
+        let upper = "kf1:4C0620564358B1C24928EBD0E738FA97A9810819";
+        let err = upper.parse::<Fingerprint>().unwrap_err();
+        assert!(err.contains("lowercase"), "{err}");
+        assert!("kf1:4c06".parse::<Fingerprint>().is_err());
+        assert!("kf2:4c0620564358b1c24928ebd0e738fa97a9810819"
+            .parse::<Fingerprint>()
+            .is_err());
     }
 
     #[test]
