@@ -367,17 +367,18 @@ fn split_lines(text: &[u8]) -> Vec<Line> {
 /// blocks do not count: they are ours, and counting them would let a
 /// rewritten block change the verdict, so that a second `ensure` rewrote it
 /// again (found by fuzzing, `tests/vectors/hba/regressions/`). Nor does the
-/// line before a block that ends the file unterminated: `ensure` gave that
-/// line its terminator when it appended the block (a lone CR then reads as
-/// CRLF).
+/// line before the blocks that end the file unterminated: `ensure` gave that
+/// line its terminator when it appended the first of them (a lone CR then
+/// reads as CRLF), and it stays the line before them however many blocks
+/// are appended after (`finding-3.bin`: counting it once the second block
+/// came flipped the verdict).
 fn dominant_eol(lines: &[Line], blocks: &[BlockSpan]) -> &'static [u8] {
     let (mut crlf, mut lf) = (0usize, 0usize);
+    let appended_after = unterminated_tail_start(lines, blocks)
+        .filter(|begin| *begin > 0)
+        .map(|begin| begin - 1);
     let ours = |i: usize| {
-        blocks.iter().any(|b| {
-            let end = &lines[b.end];
-            let appended_after = end.end == end.content_end && b.begin > 0 && i == b.begin - 1;
-            (b.begin..=b.end).contains(&i) || appended_after
-        })
+        appended_after == Some(i) || blocks.iter().any(|b| (b.begin..=b.end).contains(&i))
     };
     for (_, line) in lines.iter().enumerate().filter(|(i, _)| !ours(*i)) {
         match line.end - line.content_end {
@@ -391,6 +392,23 @@ fn dominant_eol(lines: &[Line], blocks: &[BlockSpan]) -> &'static [u8] {
     } else {
         b"\n"
     }
+}
+
+/// Where the run of blocks that ends the file unterminated begins: the last
+/// block's END line has no terminator, and each block before it in the run
+/// ends on the line before the next one begins (as repeated `ensure` calls
+/// on an unterminated file leave them).
+fn unterminated_tail_start(lines: &[Line], blocks: &[BlockSpan]) -> Option<usize> {
+    let last = blocks.iter().max_by_key(|b| b.begin)?;
+    let end = &lines[last.end];
+    if end.end != end.content_end {
+        return None;
+    }
+    let mut begin = last.begin;
+    while let Some(prev) = blocks.iter().find(|b| b.end + 1 == begin) {
+        begin = prev.begin;
+    }
+    Some(begin)
 }
 
 /// A block as line indexes (0-based) into the split file.
