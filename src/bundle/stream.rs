@@ -12,13 +12,19 @@
 //!   authentication;
 //! - the opener hands out plaintext only after its chunk authenticated, and
 //!   a chunk that fails leaves zeros, never unauthenticated plaintext;
-//! - sealer and opener each hold at most a batch of chunks (about 1 MiB,
-//!   twice that for the opener): memory does not grow with the payload;
+//! - sealer and opener each hold at most four batches of chunks (about
+//!   4 MiB): memory does not grow with the payload;
+//! - a large payload is sealed and opened on two threads, but its nonces
+//!   are still taken in order from the one [`ChunkNonce`], on the caller's
+//!   thread, and only chunks already known not to be final (and, when
+//!   opening, whose failure could only mean modification) leave it;
 //! - whether a failed chunk was damaged, cut or followed by appended data
 //!   is decided from the input alone, the same on every path.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::ops::Range;
+use std::sync::mpsc;
+use std::{mem, thread};
 
 use zeroize::{Zeroize, Zeroizing};
 
@@ -98,6 +104,8 @@ impl ChunkNonce {
 /// instead of one per chunk, and memory stays bounded whatever the payload.
 const BATCH_CHUNKS: usize = 16;
 const BATCH_SIZE: usize = BATCH_CHUNKS * SEALED_CHUNK_SIZE;
+/// Plaintext bytes in a full batch.
+const BATCH_PLAINTEXT: usize = BATCH_CHUNKS * CHUNK_SIZE;
 /// Alignment of the opener's reads (a cache line).
 const READ_ALIGN: usize = 64;
 
@@ -164,6 +172,104 @@ fn read_some<R: Read>(input: &mut R, into: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// Seals the `len` plaintext bytes at `at` in `buf` in place and puts the
+/// tag right after them.
+fn seal_slot(cipher: &Cipher, buf: &mut WipeBuf, at: usize, len: usize, nonce: &[u8; NONCE_LEN]) {
+    let (body, tag) = buf.at_mut(at..at + len + TAG_SIZE).split_at_mut(len);
+    tag.copy_from_slice(&cipher.seal_in_place(nonce, &[], body));
+}
+
+/// The nonces of a whole batch of chunks that are not the final one, taken
+/// in order from the one [`ChunkNonce`], so handing the sealing to another
+/// thread cannot reuse or skip one.
+struct BatchNonces {
+    /// The index of the first chunk.
+    first: u64,
+    nonces: [[u8; NONCE_LEN]; BATCH_CHUNKS],
+}
+
+impl BatchNonces {
+    fn take(nonce: &mut ChunkNonce) -> Self {
+        Self {
+            first: nonce.index(),
+            nonces: std::array::from_fn(|_| {
+                let bytes = nonce.bytes();
+                nonce.advance();
+                bytes
+            }),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8; NONCE_LEN]> {
+        self.nonces.iter()
+    }
+}
+
+/// Buffers a pipelined sealer or opener cycles through: one this thread
+/// reads into while the second thread works on up to two, so neither
+/// waits for the other to wake up between batches.
+const PIPELINE_BUFFERS: usize = 3;
+
+/// A batch of full, non-final chunks on its way to or from the second
+/// thread.
+struct Batch {
+    buf: WipeBuf,
+    /// Where the first chunk starts in `buf`.
+    at: usize,
+    nonces: BatchNonces,
+    /// Set by the opener: the first chunk that did not authenticate.
+    failed: Option<usize>,
+}
+
+impl Batch {
+    fn new(buf: WipeBuf, at: usize, nonces: BatchNonces) -> Self {
+        Self {
+            buf,
+            at,
+            nonces,
+            failed: None,
+        }
+    }
+}
+
+/// Starts the second thread of a pipelined sealer or opener: it applies
+/// `job` to each batch it is sent and sends it back, in order. `None` if
+/// no thread could be started.
+fn start_worker<'scope>(
+    scope: &'scope thread::Scope<'scope, '_>,
+    name: &str,
+    job: impl Fn(&mut Batch) + Send + 'scope,
+) -> Option<(mpsc::SyncSender<Batch>, mpsc::Receiver<Batch>)> {
+    let (to_worker, work) = mpsc::sync_channel::<Batch>(PIPELINE_BUFFERS);
+    let (to_main, done) = mpsc::sync_channel::<Batch>(PIPELINE_BUFFERS);
+    thread::Builder::new()
+        .name(name.into())
+        .spawn_scoped(scope, move || {
+            for mut batch in work {
+                job(&mut batch);
+                if to_main.send(batch).is_err() {
+                    break;
+                }
+            }
+        })
+        .ok()?;
+    Some((to_worker, done))
+}
+
+/// The second thread ended without sending a batch back: it panicked,
+/// which is a bug (the scope re-raises the panic).
+fn worker_gone() -> io::Error {
+    io::Error::other("keyferry's cipher thread stopped")
+}
+
+/// Waits for the oldest batch the sealing thread holds and writes it;
+/// returns its buffer for reuse.
+fn write_sealed_batch<W: Write>(done: &mpsc::Receiver<Batch>, out: &mut W) -> io::Result<WipeBuf> {
+    let batch = done.recv().map_err(|_| worker_gone())?;
+    out.write_all(&batch.buf[..BATCH_SIZE])?;
+    Ok(batch.buf)
+}
+
 /// Seals plaintext written to it into STREAM chunks written to `out`.
 /// Call [`finish`](Self::finish): dropping it without finishing writes no
 /// final chunk, so the output can never be mistaken for a whole payload.
@@ -198,13 +304,13 @@ impl<W: Write> StreamSealer<W> {
     /// Writes the batch out when it is full or this was the final chunk.
     fn seal_chunk(&mut self, from: Option<&[u8]>) -> io::Result<()> {
         let len = from.map_or(self.filled, <[u8]>::len);
-        let slot = self.batch.at_mut(self.sealed..self.sealed + len + TAG_SIZE);
-        let (body, rest) = slot.split_at_mut(len);
         if let Some(src) = from {
-            body.copy_from_slice(src);
+            self.batch
+                .at_mut(self.sealed..self.sealed + len)
+                .copy_from_slice(src);
         }
-        let tag = self.cipher.seal_in_place(&self.nonce.bytes(), &[], body);
-        rest.copy_from_slice(&tag);
+        let nonce = self.nonce.bytes();
+        seal_slot(&self.cipher, &mut self.batch, self.sealed, len, &nonce);
         self.sealed += len + TAG_SIZE;
         self.filled = 0;
         if self.nonce.is_last() || self.sealed == BATCH_SIZE {
@@ -219,8 +325,18 @@ impl<W: Write> StreamSealer<W> {
     /// reader's own copy in: the fast path for files. Returns how many
     /// plaintext bytes were read; call [`finish`](Self::finish) afterwards.
     pub fn seal_from<R: Read>(&mut self, input: &mut R) -> io::Result<u64> {
+        self.seal_serially(input, true)
+    }
+
+    /// The one-thread loop of [`seal_from`](Self::seal_from). With
+    /// `then_pipeline`, it hands over to [`seal_pipelined`](Self::seal_pipelined)
+    /// at the first batch boundary after a whole batch of input.
+    fn seal_serially<R: Read>(&mut self, input: &mut R, then_pipeline: bool) -> io::Result<u64> {
         let mut total = 0u64;
         loop {
+            if then_pipeline && self.sealed == 0 && total > BATCH_PLAINTEXT as u64 {
+                return Ok(total + self.seal_pipelined(input)?);
+            }
             let n = if self.filled < CHUNK_SIZE {
                 let at = self.sealed + self.filled;
                 let n = self.batch.read_at(input, at, self.sealed + CHUNK_SIZE)?;
@@ -253,6 +369,120 @@ impl<W: Write> StreamSealer<W> {
                 return Ok(total);
             }
             total += n as u64;
+        }
+    }
+
+    /// Seals the rest of `input` with a second thread: while it seals a
+    /// batch, this thread writes the batch before and reads the next, so a
+    /// file is sealed at the speed of the slower of reading and sealing
+    /// rather than at the speed of both in turn. Entered at a batch
+    /// boundary (`sealed == 0`), once a whole batch of input showed that
+    /// the payload is large, so a small one never starts a thread. Only
+    /// batches of chunks already known not to be final go to the worker,
+    /// with nonces this thread took from [`ChunkNonce`] in order; the
+    /// chunks the input ends with are left for the one-thread path, as if
+    /// it had read them. If no thread can be started, it seals on this one.
+    fn seal_pipelined<R: Read>(&mut self, input: &mut R) -> io::Result<u64> {
+        let mut total = 0u64;
+        let outcome = {
+            let Self {
+                out,
+                cipher,
+                nonce,
+                batch,
+                filled,
+                ..
+            } = self;
+            let cipher = &*cipher;
+            thread::scope(|scope| {
+                let seal = |batch: &mut Batch| {
+                    for (i, n) in batch.nonces.iter().enumerate() {
+                        let at = batch.at + i * SEALED_CHUNK_SIZE;
+                        seal_slot(cipher, &mut batch.buf, at, CHUNK_SIZE, n);
+                    }
+                };
+                let Some((to_worker, done)) = start_worker(scope, "keyferry-seal", seal) else {
+                    return Ok(None);
+                };
+                let mut cur = mem::replace(batch, WipeBuf::new(0));
+                let mut spares: Vec<WipeBuf> = (1..PIPELINE_BUFFERS)
+                    .map(|_| WipeBuf::new(BATCH_SIZE))
+                    .collect();
+                let mut in_flight = 0;
+                let mut part = *filled;
+                loop {
+                    // Fill the slots of `cur`, then look one byte past them:
+                    // a full batch is known not to end the payload only once
+                    // a byte follows it.
+                    let mut full = 0;
+                    while full < BATCH_CHUNKS {
+                        let slot = full * SEALED_CHUNK_SIZE;
+                        let n = cur.read_at(input, slot + part, slot + CHUNK_SIZE)?;
+                        if n == 0 {
+                            break;
+                        }
+                        total += n as u64;
+                        part += n;
+                        if part == CHUNK_SIZE {
+                            full += 1;
+                            part = 0;
+                        }
+                    }
+                    let mut peek = Zeroizing::new([0u8; 1]);
+                    if full < BATCH_CHUNKS || read_some(input, peek.as_mut_slice())? == 0 {
+                        // The input ended in this batch: write the ones in
+                        // flight and leave these chunks to the caller.
+                        for _ in 0..in_flight {
+                            write_sealed_batch(&done, out)?;
+                        }
+                        return Ok(Some((cur, full, part)));
+                    }
+                    total += 1;
+                    let nonces = BatchNonces::take(nonce);
+                    to_worker
+                        .send(Batch::new(cur, 0, nonces))
+                        .map_err(|_| worker_gone())?;
+                    in_flight += 1;
+                    cur = match spares.pop() {
+                        Some(fresh) => fresh,
+                        None => {
+                            in_flight -= 1;
+                            write_sealed_batch(&done, out)?
+                        }
+                    };
+                    cur.at_mut(0..1)[0] = peek[0];
+                    part = 1;
+                }
+            })
+        };
+        match outcome {
+            Ok(Some((rest, full, part))) => {
+                // Slots `0..full` are full and `part` bytes follow them; the
+                // last chunk with data (or an empty one) is the final one.
+                let last = if part == 0 && full > 0 {
+                    full - 1
+                } else {
+                    full
+                };
+                self.batch = rest;
+                self.sealed = 0;
+                for _ in 0..last {
+                    self.filled = CHUNK_SIZE;
+                    self.seal_chunk(None)?;
+                    self.nonce.advance();
+                }
+                self.filled = if last < full { CHUNK_SIZE } else { part };
+                Ok(total)
+            }
+            Ok(None) => Ok(total + self.seal_serially(input, false)?),
+            Err(e) => {
+                // What was read is lost with the error; the sealer holds
+                // nothing more and its output can never open as complete.
+                self.batch = WipeBuf::new(BATCH_SIZE);
+                self.sealed = 0;
+                self.filled = 0;
+                Err(e)
+            }
         }
     }
 
@@ -334,6 +564,91 @@ fn write_all_vectored<W: Write>(out: &mut W, mut slices: &mut [IoSlice<'_>]) -> 
     Ok(())
 }
 
+/// Waits for the oldest batch the opening thread holds and writes its
+/// plaintext with one vectored call; returns its buffer for reuse. A chunk
+/// that failed there was modified, and nothing of its batch is written.
+fn write_opened_batch<W: Write>(
+    done: &mpsc::Receiver<Batch>,
+    out: &mut W,
+) -> Result<WipeBuf, BundleError> {
+    let batch = done.recv().map_err(|_| BundleError::Io(worker_gone()))?;
+    if let Some(i) = batch.failed {
+        return Err(BundleError::ModifiedChunk(batch.nonces.first + i as u64));
+    }
+    let mut slices: [IoSlice<'_>; BATCH_CHUNKS] = std::array::from_fn(|i| {
+        let chunk = batch.at + i * SEALED_CHUNK_SIZE;
+        IoSlice::new(&batch.buf[chunk..chunk + CHUNK_SIZE])
+    });
+    write_all_vectored(out, &mut slices).map_err(BundleError::Io)?;
+    Ok(batch.buf)
+}
+
+/// Opens the full, non-final chunk at `at` in `buf` in place; on failure
+/// it is left zeroed.
+fn open_slot(cipher: &Cipher, buf: &mut WipeBuf, at: usize, nonce: &[u8; NONCE_LEN]) -> bool {
+    let (body, tag) = buf
+        .at_mut(at..at + SEALED_CHUNK_SIZE)
+        .split_at_mut(CHUNK_SIZE);
+    let tag: [u8; TAG_SIZE] = (&*tag).try_into().expect("16-byte tag");
+    cipher.open_in_place(nonce, &[], body, &tag).is_ok()
+}
+
+/// Where the unopened input lies in a read-ahead buffer:
+/// `buf[start..pending]`.
+#[derive(Clone, Copy)]
+struct Unread {
+    start: usize,
+    pending: usize,
+}
+
+impl Unread {
+    /// Where `len` unopened bytes go in `buf`: just before an aligned
+    /// address, so that the reads after them land aligned (the kernel
+    /// copies into an unaligned buffer at a fraction of the speed).
+    fn aligned_start(buf: &WipeBuf, len: usize) -> usize {
+        let base = buf.as_ptr() as usize;
+        (base + len).next_multiple_of(READ_ALIGN) - base - len
+    }
+
+    /// Puts `bytes`, input carried over from another buffer, at the front
+    /// of `buf`.
+    fn place(buf: &mut WipeBuf, bytes: &[u8]) -> Self {
+        let start = Self::aligned_start(buf, bytes.len());
+        buf.at_mut(start..start + bytes.len())
+            .copy_from_slice(bytes);
+        Self {
+            start,
+            pending: start + bytes.len(),
+        }
+    }
+
+    /// Moves the unopened bytes to the front and reads until `buf` is full
+    /// or the input ends; returns where they are now, and whether it ended.
+    fn refill<R: Read>(
+        self,
+        buf: &mut WipeBuf,
+        input: &mut R,
+    ) -> Result<(Self, bool), BundleError> {
+        let left = self.pending - self.start;
+        let start = Self::aligned_start(buf, left);
+        if start != self.start {
+            buf.copy_within(self.start..self.pending, start);
+        }
+        let mut pending = start + left;
+        while pending < buf.len() {
+            let end = buf.len();
+            let n = buf
+                .read_at(input, pending, end)
+                .map_err(BundleError::from_stream_io)?;
+            if n == 0 {
+                return Ok((Self { start, pending }, true));
+            }
+            pending += n;
+        }
+        Ok((Self { start, pending }, false))
+    }
+}
+
 /// Reads STREAM chunks from `input` and yields authenticated plaintext.
 pub struct StreamOpener<R: Read> {
     input: R,
@@ -403,6 +718,7 @@ impl<R: Read> StreamOpener<R> {
             return Err(BundleError::StreamAlreadyFailed);
         }
         let mut total = 0u64;
+        let mut pipelined = false;
         let mut opened: Vec<Opened> = Vec::with_capacity(BATCH_CHUNKS + 1);
         loop {
             // Plaintext a `read` left in `plain` goes first.
@@ -434,6 +750,16 @@ impl<R: Read> StreamOpener<R> {
             }
             if self.done {
                 return Ok(total);
+            }
+            if !pipelined && !self.eof && total > BATCH_PLAINTEXT as u64 {
+                pipelined = true;
+                match self.open_pipelined(out) {
+                    Ok(n) => total += n.unwrap_or(0),
+                    Err(e) => {
+                        self.failed = true;
+                        return Err(e);
+                    }
+                }
             }
             // Open every chunk the buffer holds whole, reading more only
             // before the first: a read moves the unopened input, so nothing
@@ -485,27 +811,94 @@ impl<R: Read> StreamOpener<R> {
     /// Moves the unopened input to the front and reads until the buffer is
     /// full or the input ends.
     fn fill(&mut self) -> Result<(), BundleError> {
-        // The unopened bytes go just before an aligned address, so that
-        // the reads after them land aligned: the kernel copies into an
-        // unaligned buffer at a fraction of the speed.
-        let base = self.buf.as_ptr() as usize;
-        let left = self.pending - self.start;
-        let to = (base + left).next_multiple_of(READ_ALIGN) - base - left;
-        self.buf.copy_within(self.start..self.pending, to);
-        (self.start, self.pending) = (to, to + left);
-        while self.pending < self.buf.len() {
-            let end = self.buf.len();
-            let n = self
-                .buf
-                .read_at(&mut self.input, self.pending, end)
-                .map_err(BundleError::from_stream_io)?;
-            if n == 0 {
-                self.eof = true;
-                break;
-            }
-            self.pending += n;
-        }
+        let read = Unread {
+            start: self.start,
+            pending: self.pending,
+        };
+        let (read, eof) = read.refill(&mut self.buf, &mut self.input)?;
+        (self.start, self.pending) = (read.start, read.pending);
+        self.eof = eof;
         Ok(())
+    }
+
+    /// Opens whole batches on a second thread while this one writes the
+    /// batch before and reads the next, so a file opens at the speed of
+    /// the slower of its I/O and the cipher rather than both in turn.
+    /// Entered from [`open_to`](Self::open_to) with no plaintext pending,
+    /// once a whole batch of payload went by, so a small payload never
+    /// starts a thread. A batch goes to the worker only when more than a
+    /// chunk of input follows it: each of its chunks is then known not to
+    /// be the final one, and a failure can only mean it was modified
+    /// ([`next_chunk`](Self::next_chunk)'s rule), so nothing needs a second
+    /// try. The input's end is left in `buf` for the one-thread path.
+    /// Returns the plaintext bytes written, or `None` if no thread could
+    /// be started (nothing was read then).
+    fn open_pipelined<W: Write>(&mut self, out: &mut W) -> Result<Option<u64>, BundleError> {
+        let Self {
+            input,
+            cipher,
+            nonce,
+            buf,
+            start,
+            pending,
+            eof,
+            ..
+        } = self;
+        let cipher = &*cipher;
+        thread::scope(|scope| {
+            let open = |batch: &mut Batch| {
+                let Batch {
+                    buf,
+                    at,
+                    nonces,
+                    failed,
+                } = batch;
+                *failed = nonces
+                    .iter()
+                    .enumerate()
+                    .position(|(i, n)| !open_slot(cipher, buf, *at + i * SEALED_CHUNK_SIZE, n));
+            };
+            let Some((to_worker, done)) = start_worker(scope, "keyferry-open", open) else {
+                return Ok(None);
+            };
+            let mut total = 0u64;
+            let mut spares: Vec<WipeBuf> = (1..PIPELINE_BUFFERS)
+                .map(|_| WipeBuf::new(buf.len()))
+                .collect();
+            let mut in_flight = 0;
+            loop {
+                let read = Unread {
+                    start: *start,
+                    pending: *pending,
+                };
+                let (read, ended) = read.refill(buf, input)?;
+                (*start, *pending, *eof) = (read.start, read.pending, ended);
+                if ended {
+                    // (A buffer that did not fill ends the input.)
+                    for _ in 0..in_flight {
+                        write_opened_batch(&done, out)?;
+                        total += BATCH_PLAINTEXT as u64;
+                    }
+                    return Ok(Some(total));
+                }
+                let mut next = match spares.pop() {
+                    Some(fresh) => fresh,
+                    None => {
+                        in_flight -= 1;
+                        total += BATCH_PLAINTEXT as u64;
+                        write_opened_batch(&done, out)?
+                    }
+                };
+                let ahead = Unread::place(&mut next, &buf[*start + BATCH_SIZE..*pending]);
+                let nonces = BatchNonces::take(nonce);
+                let batch = Batch::new(mem::replace(buf, next), *start, nonces);
+                to_worker
+                    .send(batch)
+                    .map_err(|_| BundleError::Io(worker_gone()))?;
+                in_flight += 1;
+                (*start, *pending) = (ahead.start, ahead.pending);
+            }
+        })
     }
 
     /// Opens the sealed chunk `buf[start..start + len]` with the given last
@@ -738,7 +1131,15 @@ mod tests {
             batch - 1,
             batch,
             batch + 1,
+            // Past a batch the sealer hands whole batches to a second
+            // thread; the input can end anywhere in the batch after.
+            2 * batch,
+            2 * batch + 1,
+            2 * batch + CHUNK_SIZE,
             2 * batch + CHUNK_SIZE + 17,
+            3 * batch - 1,
+            3 * batch,
+            4 * batch + 1,
         ] {
             let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
             let reference = seal(&data);
@@ -762,6 +1163,102 @@ mod tests {
             let n = StreamOpener::new(&KEY, trickle).open_to(&mut sip).unwrap();
             assert_eq!(n, len as u64);
             assert!(sip.0 == data, "open_to, len {len}");
+        }
+    }
+
+    /// A reader or writer that fails after `left` bytes.
+    struct FailsAfter<T> {
+        inner: T,
+        left: usize,
+    }
+
+    fn broken() -> io::Error {
+        io::Error::other("disk on fire")
+    }
+
+    impl Read for FailsAfter<&[u8]> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            if self.left == 0 {
+                return Err(broken());
+            }
+            let n = out.len().min(self.left);
+            let n = self.inner.read(&mut out[..n])?;
+            self.left -= n;
+            Ok(n)
+        }
+    }
+
+    impl Write for FailsAfter<Vec<u8>> {
+        fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+            if self.left == 0 {
+                return Err(broken());
+            }
+            let n = data.len().min(self.left);
+            self.inner.extend_from_slice(&data[..n]);
+            self.left -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_io_error_while_a_batch_is_on_the_other_thread_is_returned_and_nothing_opens() {
+        let batch = BATCH_CHUNKS * CHUNK_SIZE;
+        let data: Vec<u8> = (0..5 * batch + 3).map(|i| (i % 239) as u8).collect();
+        let reference = seal(&data);
+        for fail_at in [batch + 5, 2 * batch, 3 * batch + CHUNK_SIZE + 1] {
+            // The reader fails part-way through the pipelined batches.
+            let mut input = FailsAfter {
+                inner: &data[..],
+                left: fail_at,
+            };
+            let mut s = StreamSealer::new(&KEY, Vec::new());
+            let e = s.seal_from(&mut input).unwrap_err();
+            assert_eq!(e.to_string(), "disk on fire");
+            // Finishing anyway seals a final chunk after a gap in the
+            // counter: the output can never open as a whole payload.
+            let out = s.finish().unwrap();
+            assert!(open(&out).is_err(), "a payload cut by a read error opened");
+
+            // The writer fails part-way: what it took is a prefix of the
+            // sealed payload, never anything else.
+            let sealed_at = fail_at + fail_at / CHUNK_SIZE * TAG_SIZE;
+            let mut s = StreamSealer::new(
+                &KEY,
+                FailsAfter {
+                    inner: Vec::new(),
+                    left: sealed_at,
+                },
+            );
+            let e = s.seal_from(&mut &data[..]).unwrap_err();
+            assert_eq!(e.to_string(), "disk on fire");
+            let taken = s.out.inner;
+            assert!(!taken.is_empty() && reference.starts_with(&taken));
+            assert!(open(&taken).is_err());
+
+            // Opening, with the reader failing, then the writer.
+            let input = FailsAfter {
+                inner: &reference[..],
+                left: sealed_at,
+            };
+            let e = StreamOpener::new(&KEY, input)
+                .open_to(&mut Vec::new())
+                .unwrap_err();
+            assert!(e.to_string().contains("disk on fire"), "{e}");
+            let mut output = FailsAfter {
+                inner: Vec::new(),
+                left: fail_at,
+            };
+            let mut o = StreamOpener::new(&KEY, &reference[..]);
+            let e = o.open_to(&mut output).unwrap_err();
+            assert!(e.to_string().contains("disk on fire"), "{e}");
+            assert!(output.inner.len() == fail_at && data.starts_with(&output.inner));
+            assert!(matches!(
+                o.open_to(&mut Vec::new()),
+                Err(BundleError::StreamAlreadyFailed)
+            ));
         }
     }
 
@@ -924,6 +1421,65 @@ mod tests {
         let mut flipped = sealed.clone();
         *flipped.last_mut().unwrap() ^= 1;
         assert!(matches!(open(&flipped), Err(BundleError::ModifiedChunk(2))));
+    }
+
+    #[test]
+    fn damage_to_a_large_payload_is_classified_the_same_as_to_a_small_one() {
+        // Past the first batch the opener hands whole batches to a second
+        // thread; whatever the damage and wherever it falls, it must be
+        // named as the one-thread path names it (`open` checks that `Read`
+        // and `open_to` agree too).
+        let batch = BATCH_CHUNKS * CHUNK_SIZE;
+        let data: Vec<u8> = (0..5 * batch + 100).map(|i| (i % 233) as u8).collect();
+        let sealed = seal(&data);
+        assert!(open(&sealed).unwrap() == data);
+        let last = (5 * BATCH_CHUNKS) as u64; // the short final chunk
+        let chunk = |k: u64| k as usize * SEALED_CHUNK_SIZE;
+        for k in [0, 15, 16, 17, 31, 32, 47, 48, 63, 64, 78, 79, last] {
+            let mut flipped = sealed.clone();
+            flipped[chunk(k) + 77] ^= 0x02;
+            assert!(
+                matches!(open(&flipped), Err(BundleError::ModifiedChunk(i)) if i == k),
+                "bit flipped in chunk {k}"
+            );
+            let cut = &sealed[..(chunk(k) + 1000).min(sealed.len() - 1)];
+            assert!(
+                matches!(open(cut), Err(BundleError::ModifiedChunk(i)) if i == k),
+                "cut inside chunk {k}"
+            );
+        }
+        for k in [16, 17, 33, 48, 64, 79, last] {
+            assert!(
+                matches!(open(&sealed[..chunk(k)]), Err(BundleError::Truncated)),
+                "cut after {k} whole chunks"
+            );
+        }
+        let mut dropped = sealed[..chunk(40)].to_vec();
+        dropped.extend_from_slice(&sealed[chunk(41)..]);
+        assert!(matches!(
+            open(&dropped),
+            Err(BundleError::ModifiedChunk(40))
+        ));
+        let mut appended = sealed.clone();
+        appended.push(b'\n');
+        assert!(matches!(open(&appended), Err(BundleError::TrailingData)));
+
+        // A payload of whole batches ends in a full final chunk: up to a
+        // chunk of appended data is named as such, more is a modified chunk.
+        let whole = seal(&data[..4 * batch]);
+        let final_chunk = (4 * BATCH_CHUNKS - 1) as u64;
+        assert!(open(&whole).unwrap() == data[..4 * batch]);
+        let mut up_to_a_chunk = whole.clone();
+        up_to_a_chunk.extend_from_slice(&[b'j'; SEALED_CHUNK_SIZE]);
+        assert!(matches!(
+            open(&up_to_a_chunk),
+            Err(BundleError::TrailingData)
+        ));
+        up_to_a_chunk.push(b'j');
+        assert!(matches!(
+            open(&up_to_a_chunk),
+            Err(BundleError::ModifiedChunk(i)) if i == final_chunk
+        ));
     }
 
     #[test]
