@@ -242,7 +242,19 @@ verdict() { python3 -c "print('met' if $1 else '**not met**')"; }
 v_raw=$(verdict "$r_seal_raw >= 0.9 and $r_open_raw >= 0.9")
 v_null_raw=$(verdict "$r_null_seal_raw >= 0.9 and $r_null_open_raw >= 0.9")
 v_mem_raw=$(verdict "$r_mem_seal_raw >= 0.9 and $r_mem_open_raw >= 0.9")
-v_age=$(verdict "$r_seal_age >= 3 and $r_open_age >= 3")
+# File to file, a side whose output cannot even be written at 3x age's
+# speed (writing zeros alone is slower) is out of reach for any tool here.
+v_age=$(python3 -c "
+seal, open_ = $r_seal_age >= 3, $r_open_age >= 3
+bound = {'seal': $r_write_age_enc, 'open': $r_write_age_dec}
+short = [s for s, ok in (('seal', seal), ('open', open_)) if not ok]
+if not short:
+    print('met')
+elif all(bound[s] < 3 for s in short):
+    print('**not met**: ' + ', '.join(short) + ' out of reach here for a stream (writing alone is under 3×)')
+else:
+    print('**not met**')
+")
 v_null_age=$(verdict "$r_null_seal_age >= 3 and $r_null_open_age >= 3")
 v_argon=$(verdict "$r_argon >= 1.5")
 v_mem=$(verdict "max($ours_seal_rss, $ours_open_rss, $export_rss, $import_rss) < $mem_limit")
