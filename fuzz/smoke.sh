@@ -20,7 +20,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 secs="${1:-${FUZZ_SMOKE_SECS:-30}}"
-targets=(bundle_open armor payload_zip documents hba)
+# shellcheck source=fuzz/targets.sh
+. fuzz/targets.sh
 
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
     echo "fuzz smoke: installing cargo-fuzz (about 1.5 min on a 2-core machine)"
@@ -32,21 +33,6 @@ start=$(date +%s)
 cargo fuzz build
 echo "fuzz smoke: build took $(( $(date +%s) - start )) s"
 
-# Read-only extra corpora: the independent test vectors and pg_hba samples.
-extra_dirs() {
-    case "$1" in
-        bundle_open | payload_zip | documents) echo tests/vectors/independent ;;
-        hba) echo tests/vectors/hba tests/vectors/hba/regressions ;;
-        *) ;;
-    esac
-}
-extra_flags() {
-    case "$1" in
-        # The vector folder holds 128 KiB bundles; documents are small.
-        documents) echo -max_len=16384 ;;
-        *) ;;
-    esac
-}
 # Runs per target: about 30 s each on a 2-core machine under ASan.
 runs_for() {
     case "$1" in
