@@ -36,7 +36,8 @@ pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// A new owner-only file in `dir` that is deleted when dropped, unless it is
-/// [`persist`](Staged::persist)-ed. Used for everything that must appear
+/// persisted ([`persist_replace`](Staged::persist_replace),
+/// [`persist_new`](Staged::persist_new)). Used for everything that must appear
 /// whole or not at all.
 pub struct Staged {
     file: NamedTempFile,

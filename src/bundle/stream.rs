@@ -210,6 +210,12 @@ impl BatchNonces {
 /// waits for the other to wake up between batches.
 const PIPELINE_BUFFERS: usize = 3;
 
+/// Whether a second thread can run beside this one: on a single CPU it
+/// would only add a hand-over per batch.
+fn a_second_thread_helps() -> bool {
+    thread::available_parallelism().is_ok_and(|n| n.get() > 1)
+}
+
 /// A batch of full, non-final chunks on its way to or from the second
 /// thread.
 struct Batch {
@@ -285,6 +291,10 @@ pub struct StreamSealer<W: Write> {
     sealed: usize,
     /// Plaintext bytes in the slot after them.
     filled: usize,
+    /// A read or write failed: what was sealed is incomplete, and the
+    /// sealer refuses to go on or to finish, so the output can never pass
+    /// for a whole payload.
+    failed: bool,
 }
 
 impl<W: Write> StreamSealer<W> {
@@ -296,7 +306,20 @@ impl<W: Write> StreamSealer<W> {
             batch: WipeBuf::new(BATCH_SIZE),
             sealed: 0,
             filled: 0,
+            failed: false,
         }
+    }
+
+    /// Runs `step` unless an earlier one failed, and remembers if it fails.
+    fn guard<T>(&mut self, step: impl FnOnce(&mut Self) -> io::Result<T>) -> io::Result<T> {
+        if self.failed {
+            return Err(io::Error::other(
+                "an earlier read or write of this payload failed; it is incomplete and cannot be finished",
+            ));
+        }
+        let result = step(self);
+        self.failed = result.is_err();
+        result
     }
 
     /// Seals one chunk in its slot: the plaintext filled there, or `from`
@@ -322,10 +345,13 @@ impl<W: Write> StreamSealer<W> {
 
     /// Seals everything `input` yields. The input is read straight into
     /// the chunk slots and sealed there, so no byte is copied besides the
-    /// reader's own copy in: the fast path for files. Returns how many
-    /// plaintext bytes were read; call [`finish`](Self::finish) afterwards.
+    /// reader's own copy in: the fast path for files. Past the first
+    /// batch, the chunks are sealed on a second thread while this one reads
+    /// and writes (`seal_pipelined`). Returns
+    /// how many plaintext bytes were read; call [`finish`](Self::finish)
+    /// afterwards. After an error the sealer refuses to go on or finish.
     pub fn seal_from<R: Read>(&mut self, input: &mut R) -> io::Result<u64> {
-        self.seal_serially(input, true)
+        self.guard(|s| s.seal_serially(input, a_second_thread_helps()))
     }
 
     /// The one-thread loop of [`seal_from`](Self::seal_from). With
@@ -475,28 +501,35 @@ impl<W: Write> StreamSealer<W> {
                 Ok(total)
             }
             Ok(None) => Ok(total + self.seal_serially(input, false)?),
-            Err(e) => {
-                // What was read is lost with the error; the sealer holds
-                // nothing more and its output can never open as complete.
-                self.batch = WipeBuf::new(BATCH_SIZE);
-                self.sealed = 0;
-                self.filled = 0;
-                Err(e)
-            }
+            // The sealer is done for (`guard`); what it held is wiped.
+            Err(e) => Err(e),
         }
     }
 
     /// Seals the buffered rest as the final chunk and returns the writer.
     pub fn finish(mut self) -> io::Result<W> {
-        self.nonce.set_last();
-        self.seal_chunk(None)?;
-        self.out.flush()?;
+        self.guard(|s| {
+            s.nonce.set_last();
+            s.seal_chunk(None)?;
+            s.out.flush()
+        })?;
         Ok(self.out)
     }
 }
 
 impl<W: Write> Write for StreamSealer<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.guard(|s| s.write_some(data))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        // Nothing can be flushed before the chunk is full.
+        Ok(())
+    }
+}
+
+impl<W: Write> StreamSealer<W> {
+    fn write_some(&mut self, data: &[u8]) -> io::Result<usize> {
         if data.is_empty() {
             return Ok(0);
         }
@@ -518,11 +551,6 @@ impl<W: Write> Write for StreamSealer<W> {
         self.batch.at_mut(at..at + n).copy_from_slice(&data[..n]);
         self.filled += n;
         Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        // Nothing can be flushed before the chunk is full.
-        Ok(())
     }
 }
 
@@ -712,13 +740,25 @@ impl<R: Read> StreamOpener<R> {
     /// time: a batch is read in one call, opened where it lies and written
     /// with one vectored call, so no byte is copied besides the reader's
     /// and writer's own. Nothing of a chunk reaches `out` before it
-    /// authenticated. Returns how many plaintext bytes were written.
+    /// authenticated. Past the first batch, the chunks are opened on a
+    /// second thread while this one reads and writes (`open_pipelined`).
+    /// Returns how many plaintext bytes were written.
     pub fn open_to<W: Write>(&mut self, out: &mut W) -> Result<u64, BundleError> {
+        self.open_to_with(out, a_second_thread_helps())
+    }
+
+    /// [`open_to`](Self::open_to), with the second thread allowed or not.
+    fn open_to_with<W: Write>(
+        &mut self,
+        out: &mut W,
+        two_threads: bool,
+    ) -> Result<u64, BundleError> {
         if self.failed {
             return Err(BundleError::StreamAlreadyFailed);
         }
         let mut total = 0u64;
-        let mut pipelined = false;
+        // Set once the pipeline has run, or when it is not to run.
+        let mut pipelined = !two_threads;
         let mut opened: Vec<Opened> = Vec::with_capacity(BATCH_CHUNKS + 1);
         loop {
             // Plaintext a `read` left in `plain` goes first.
@@ -1056,9 +1096,23 @@ mod tests {
         s.finish().unwrap()
     }
 
-    /// Opens through `Read`, and through `open_to`; both must agree, on
-    /// the plaintext and on the error.
+    /// Opens through `Read`, through `open_to`, and through `open_to` kept
+    /// to one thread; all must agree, on the plaintext and on the error.
     fn open(sealed: &[u8]) -> Result<Vec<u8>, BundleError> {
+        let mut one_thread = Vec::new();
+        let serial = StreamOpener::new(&KEY, sealed).open_to_with(&mut one_thread, false);
+        let opened = open_two_ways(sealed);
+        match (&opened, serial) {
+            (Ok(plain), Ok(_)) => assert!(*plain == one_thread, "one-thread open_to disagrees"),
+            (Err(a), Err(b)) => {
+                assert_eq!(a.to_string(), b.to_string(), "one-thread open_to disagrees")
+            }
+            (a, b) => panic!("one-thread open_to disagrees: {a:?} / {b:?}"),
+        }
+        opened
+    }
+
+    fn open_two_ways(sealed: &[u8]) -> Result<Vec<u8>, BundleError> {
         let mut o = StreamOpener::new(&KEY, sealed);
         let mut read = Vec::new();
         let by_read = o
@@ -1147,6 +1201,10 @@ mod tests {
             let mut s = StreamSealer::new(&KEY, Vec::new());
             assert_eq!(s.seal_from(&mut &data[..]).unwrap(), len as u64);
             assert_eq!(s.finish().unwrap(), reference, "seal_from, len {len}");
+            // On one thread, as on a single-CPU machine.
+            let mut s = StreamSealer::new(&KEY, Vec::new());
+            assert_eq!(s.seal_serially(&mut &data[..], false).unwrap(), len as u64);
+            assert_eq!(s.finish().unwrap(), reference, "one thread, len {len}");
             let mut s = StreamSealer::new(&KEY, Vec::new());
             let mut trickle = Trickle {
                 data: &data,
@@ -1217,10 +1275,12 @@ mod tests {
             let mut s = StreamSealer::new(&KEY, Vec::new());
             let e = s.seal_from(&mut input).unwrap_err();
             assert_eq!(e.to_string(), "disk on fire");
-            // Finishing anyway seals a final chunk after a gap in the
-            // counter: the output can never open as a whole payload.
-            let out = s.finish().unwrap();
-            assert!(open(&out).is_err(), "a payload cut by a read error opened");
+            // The sealer refuses to go on, or to finish what would pass
+            // for a whole (shorter) payload.
+            assert!(s.write(b"more").is_err());
+            assert!(s.seal_from(&mut &b"more"[..]).is_err());
+            let e = s.finish().unwrap_err();
+            assert!(e.to_string().contains("cannot be finished"), "{e}");
 
             // The writer fails part-way: what it took is a prefix of the
             // sealed payload, never anything else.

@@ -3,7 +3,7 @@
 //! `hba remove` / `hba show` (in [`hba`]) and `ha archive clean`.
 //!
 //! Order and audit follow the rest of `ops` (see the parent module): every
-//! change is written through [`audited`], which on a node with a keyring
+//! change is written through `audited`, which on a node with a keyring
 //! appends the audit record first, then makes the change, then stores the
 //! new audit head in the keystore, undoing what was done on failure.
 //!
