@@ -41,6 +41,7 @@ runs_for() {
         payload_zip) echo 300000 ;;
         documents) echo 40000 ;;
         hba) echo 60000 ;;
+        stream_damage) echo 2000 ;;
     esac
 }
 

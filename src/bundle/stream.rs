@@ -1160,18 +1160,50 @@ mod tests {
         }
     }
 
-    /// A writer that takes at most a few KiB per call.
-    struct Sip(Vec<u8>);
+    /// A writer that takes at most `per_call` bytes per call, and fails
+    /// once it has taken `left`.
+    struct Taker {
+        taken: Vec<u8>,
+        per_call: usize,
+        left: usize,
+    }
 
-    impl Write for Sip {
+    impl Taker {
+        /// A few KiB per call, never failing.
+        fn sip() -> Self {
+            Self {
+                taken: Vec::new(),
+                per_call: 5000,
+                left: usize::MAX,
+            }
+        }
+
+        fn failing_after(left: usize) -> Self {
+            Self {
+                taken: Vec::new(),
+                per_call: usize::MAX,
+                left,
+            }
+        }
+    }
+
+    impl Write for Taker {
         fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-            let n = data.len().min(5000);
-            self.0.extend_from_slice(&data[..n]);
+            if self.left == 0 {
+                return Err(broken());
+            }
+            let n = data.len().min(self.per_call).min(self.left);
+            self.taken.extend_from_slice(&data[..n]);
+            self.left -= n;
             Ok(n)
         }
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    fn broken() -> io::Error {
+        io::Error::other("disk on fire")
     }
 
     #[test]
@@ -1213,28 +1245,24 @@ mod tests {
             s.seal_from(&mut trickle).unwrap();
             assert_eq!(s.finish().unwrap(), reference, "trickled, len {len}");
             // Opened from a trickle into a writer that takes little at once.
-            let mut sip = Sip(Vec::new());
+            let mut sip = Taker::sip();
             let trickle = Trickle {
                 data: &reference,
                 step: 0,
             };
             let n = StreamOpener::new(&KEY, trickle).open_to(&mut sip).unwrap();
             assert_eq!(n, len as u64);
-            assert!(sip.0 == data, "open_to, len {len}");
+            assert!(sip.taken == data, "open_to, len {len}");
         }
     }
 
-    /// A reader or writer that fails after `left` bytes.
-    struct FailsAfter<T> {
-        inner: T,
+    /// A reader that fails after `left` bytes.
+    struct FailsAfter<'a> {
+        inner: &'a [u8],
         left: usize,
     }
 
-    fn broken() -> io::Error {
-        io::Error::other("disk on fire")
-    }
-
-    impl Read for FailsAfter<&[u8]> {
+    impl Read for FailsAfter<'_> {
         fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
             if self.left == 0 {
                 return Err(broken());
@@ -1243,21 +1271,6 @@ mod tests {
             let n = self.inner.read(&mut out[..n])?;
             self.left -= n;
             Ok(n)
-        }
-    }
-
-    impl Write for FailsAfter<Vec<u8>> {
-        fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-            if self.left == 0 {
-                return Err(broken());
-            }
-            let n = data.len().min(self.left);
-            self.inner.extend_from_slice(&data[..n]);
-            self.left -= n;
-            Ok(n)
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
         }
     }
 
@@ -1285,16 +1298,10 @@ mod tests {
             // The writer fails part-way: what it took is a prefix of the
             // sealed payload, never anything else.
             let sealed_at = fail_at + fail_at / CHUNK_SIZE * TAG_SIZE;
-            let mut s = StreamSealer::new(
-                &KEY,
-                FailsAfter {
-                    inner: Vec::new(),
-                    left: sealed_at,
-                },
-            );
+            let mut s = StreamSealer::new(&KEY, Taker::failing_after(sealed_at));
             let e = s.seal_from(&mut &data[..]).unwrap_err();
             assert_eq!(e.to_string(), "disk on fire");
-            let taken = s.out.inner;
+            let taken = s.out.taken;
             assert!(!taken.is_empty() && reference.starts_with(&taken));
             assert!(open(&taken).is_err());
 
@@ -1307,14 +1314,11 @@ mod tests {
                 .open_to(&mut Vec::new())
                 .unwrap_err();
             assert!(e.to_string().contains("disk on fire"), "{e}");
-            let mut output = FailsAfter {
-                inner: Vec::new(),
-                left: fail_at,
-            };
+            let mut output = Taker::failing_after(fail_at);
             let mut o = StreamOpener::new(&KEY, &reference[..]);
             let e = o.open_to(&mut output).unwrap_err();
             assert!(e.to_string().contains("disk on fire"), "{e}");
-            assert!(output.inner.len() == fail_at && data.starts_with(&output.inner));
+            assert!(output.taken.len() == fail_at && data.starts_with(&output.taken));
             assert!(matches!(
                 o.open_to(&mut Vec::new()),
                 Err(BundleError::StreamAlreadyFailed)
