@@ -23,7 +23,7 @@
 
 use std::io::{self, IoSlice, Read, Write};
 use std::ops::Range;
-use std::sync::mpsc;
+use std::sync::{mpsc, OnceLock};
 use std::{mem, thread};
 
 use zeroize::{Zeroize, Zeroizing};
@@ -212,8 +212,11 @@ const PIPELINE_BUFFERS: usize = 3;
 
 /// Whether a second thread can run beside this one: on a single CPU it
 /// would only add a hand-over per batch.
+/// Asked once per process: on Linux the answer reads the cgroup's CPU
+/// quota, which costs more than sealing a small payload.
 fn a_second_thread_helps() -> bool {
-    thread::available_parallelism().is_ok_and(|n| n.get() > 1)
+    static HELPS: OnceLock<bool> = OnceLock::new();
+    *HELPS.get_or_init(|| thread::available_parallelism().is_ok_and(|n| n.get() > 1))
 }
 
 /// A batch of full, non-final chunks on its way to or from the second
@@ -351,7 +354,7 @@ impl<W: Write> StreamSealer<W> {
     /// how many plaintext bytes were read; call [`finish`](Self::finish)
     /// afterwards. After an error the sealer refuses to go on or finish.
     pub fn seal_from<R: Read>(&mut self, input: &mut R) -> io::Result<u64> {
-        self.guard(|s| s.seal_serially(input, a_second_thread_helps()))
+        self.guard(|s| s.seal_serially(input, true))
     }
 
     /// The one-thread loop of [`seal_from`](Self::seal_from). With
@@ -360,7 +363,11 @@ impl<W: Write> StreamSealer<W> {
     fn seal_serially<R: Read>(&mut self, input: &mut R, then_pipeline: bool) -> io::Result<u64> {
         let mut total = 0u64;
         loop {
-            if then_pipeline && self.sealed == 0 && total > BATCH_PLAINTEXT as u64 {
+            if then_pipeline
+                && self.sealed == 0
+                && total > BATCH_PLAINTEXT as u64
+                && a_second_thread_helps()
+            {
                 return Ok(total + self.seal_pipelined(input)?);
             }
             let n = if self.filled < CHUNK_SIZE {
@@ -744,7 +751,7 @@ impl<R: Read> StreamOpener<R> {
     /// second thread while this one reads and writes (`open_pipelined`).
     /// Returns how many plaintext bytes were written.
     pub fn open_to<W: Write>(&mut self, out: &mut W) -> Result<u64, BundleError> {
-        self.open_to_with(out, a_second_thread_helps())
+        self.open_to_with(out, true)
     }
 
     /// [`open_to`](Self::open_to), with the second thread allowed or not.
@@ -791,7 +798,8 @@ impl<R: Read> StreamOpener<R> {
             if self.done {
                 return Ok(total);
             }
-            if !pipelined && !self.eof && total > BATCH_PLAINTEXT as u64 {
+            if !pipelined && !self.eof && total > BATCH_PLAINTEXT as u64 && a_second_thread_helps()
+            {
                 pipelined = true;
                 match self.open_pipelined(out) {
                     Ok(n) => total += n.unwrap_or(0),
