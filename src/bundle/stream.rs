@@ -109,26 +109,79 @@ const BATCH_PLAINTEXT: usize = BATCH_CHUNKS * CHUNK_SIZE;
 /// Alignment of the opener's reads (a cache line).
 const READ_ALIGN: usize = 64;
 
-/// A buffer that is wiped on drop up to the furthest byte ever written
-/// through it. Writing goes only through [`at_mut`](Self::at_mut),
+/// A buffer that is wiped on drop up to the furthest byte written
+/// through it, and that grows as it is written, up to a capacity fixed at
+/// creation. Writing goes only through [`at_mut`](Self::at_mut),
 /// [`read_at`](Self::read_at) and [`copy_within`](Self::copy_within), which
-/// keep that mark, so nothing secret can escape the wipe; and a small
-/// payload leaves the rest of the allocation (fresh, lazily mapped pages)
-/// untouched instead of faulting in and wiping a whole batch.
+/// grow the buffer first and keep that mark, so nothing secret can escape
+/// the wipe; growing copies what was written and wipes the old allocation.
+///
+/// Growing, not allocating a whole batch up front: once `malloc` has raised
+/// its mmap threshold past a megabyte (it does after the first such buffer
+/// is freed), a zeroed megabyte is a `memset` plus a page fault per 4 KiB,
+/// and opening a 1 KiB payload took about 110 µs (benches/NOTES.md).
 struct WipeBuf {
     bytes: Vec<u8>,
     written: usize,
+    cap: usize,
 }
 
+/// The first allocation of a [`WipeBuf`] that is written at all: what a
+/// small payload needs; from there it grows by [`GROWTH`].
+const FIRST_ALLOC: usize = 16 << 10;
+const GROWTH: usize = 4;
+
 impl WipeBuf {
-    fn new(len: usize) -> Self {
+    /// An empty buffer that may grow to `cap` bytes; allocates nothing yet.
+    fn new(cap: usize) -> Self {
         Self {
-            bytes: vec![0; len],
+            bytes: Vec::new(),
             written: 0,
+            cap,
+        }
+    }
+
+    fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// The length growing to hold `len` bytes gives: four times the
+    /// current length or [`FIRST_ALLOC`] if that is more, and the whole
+    /// capacity once that is more than half of it, so a buffer filled front
+    /// to back copies at most a third of its bytes once.
+    fn grown(&self, len: usize) -> usize {
+        let grown = len.max(GROWTH * self.bytes.len()).max(FIRST_ALLOC);
+        if 2 * grown > self.cap {
+            self.cap
+        } else {
+            grown
+        }
+    }
+
+    fn reserve(&mut self, len: usize) {
+        assert!(len <= self.cap, "WipeBuf grown past its capacity");
+        if len <= self.bytes.len() {
+            return;
+        }
+        // Zeroed by the allocator: fresh pages from the OS need no memset.
+        let mut bytes = vec![0; self.grown(len)];
+        bytes[..self.written].copy_from_slice(&self.bytes[..self.written]);
+        self.bytes[..self.written].zeroize();
+        self.bytes = bytes;
+    }
+
+    /// Where to read up to after `pending` bytes: the end of what is
+    /// allocated, or when that is full, the end of what growing gives.
+    fn read_limit(&self, pending: usize) -> usize {
+        if pending < self.bytes.len() {
+            self.bytes.len()
+        } else {
+            self.grown(pending + 1)
         }
     }
 
     fn at_mut(&mut self, range: Range<usize>) -> &mut [u8] {
+        self.reserve(range.end);
         self.written = self.written.max(range.end);
         &mut self.bytes[range]
     }
@@ -138,12 +191,14 @@ impl WipeBuf {
     /// reports are its own misdoing; what keyferry itself puts in the
     /// buffer, plaintext included, is always within a marked range.)
     fn read_at<R: Read>(&mut self, input: &mut R, at: usize, end: usize) -> io::Result<usize> {
+        self.reserve(end);
         let n = read_some(input, &mut self.bytes[at..end])?;
         self.written = self.written.max(at + n);
         Ok(n)
     }
 
     fn copy_within(&mut self, src: Range<usize>, to: usize) {
+        self.reserve(to + src.len());
         self.written = self.written.max(to + src.len());
         self.bytes.copy_within(src, to);
     }
@@ -670,8 +725,8 @@ impl Unread {
             buf.copy_within(self.start..self.pending, start);
         }
         let mut pending = start + left;
-        while pending < buf.len() {
-            let end = buf.len();
+        while pending < buf.cap() {
+            let end = buf.read_limit(pending);
             let n = buf
                 .read_at(input, pending, end)
                 .map_err(BundleError::from_stream_io)?;
@@ -834,7 +889,7 @@ impl<R: Read> StreamOpener<R> {
                 }
                 if self.done
                     || !self.holds_a_decidable_chunk()
-                    || self.end + CHUNK_SIZE > self.plain.len()
+                    || self.end + CHUNK_SIZE > self.plain.cap()
                 {
                     break;
                 }
@@ -911,7 +966,7 @@ impl<R: Read> StreamOpener<R> {
             };
             let mut total = 0u64;
             let mut spares: Vec<WipeBuf> = (1..PIPELINE_BUFFERS)
-                .map(|_| WipeBuf::new(buf.len()))
+                .map(|_| WipeBuf::new(buf.cap()))
                 .collect();
             let mut in_flight = 0;
             loop {
@@ -1420,6 +1475,36 @@ mod tests {
         b.copy_within(100..130, 300);
         assert_eq!(b.written, 330);
         assert_eq!(&b[300..330], &[7u8; 30][..]);
+    }
+
+    #[test]
+    fn a_wipe_buffer_grows_as_written_and_keeps_what_it_holds() {
+        let cap = BATCH_SIZE;
+        let mut b = WipeBuf::new(cap);
+        assert_eq!(b.len(), 0, "nothing allocated before the first write");
+        b.at_mut(0..3).copy_from_slice(b"abc");
+        assert_eq!(b.len(), FIRST_ALLOC, "a small payload takes a small buffer");
+        assert_eq!(b.read_limit(3), FIRST_ALLOC);
+        assert_eq!(b.read_limit(FIRST_ALLOC), GROWTH * FIRST_ALLOC);
+        // Growing in steps, then to the whole capacity, and no further.
+        b.at_mut(SEALED_CHUNK_SIZE - 1..SEALED_CHUNK_SIZE).fill(9);
+        assert_eq!(b.len(), SEALED_CHUNK_SIZE);
+        b.at_mut(2 * SEALED_CHUNK_SIZE..2 * SEALED_CHUNK_SIZE + 1)
+            .fill(8);
+        assert_eq!(b.len(), GROWTH * SEALED_CHUNK_SIZE);
+        b.at_mut(cap - 1..cap).fill(7);
+        assert_eq!(b.len(), cap);
+        assert_eq!(b.read_limit(cap), cap);
+        assert_eq!(&b[..3], b"abc");
+        assert_eq!(b[SEALED_CHUNK_SIZE - 1], 9);
+        assert_eq!(b[2 * SEALED_CHUNK_SIZE], 8);
+        assert_eq!(b.written, cap);
+    }
+
+    #[test]
+    #[should_panic(expected = "past its capacity")]
+    fn a_wipe_buffer_never_grows_past_its_capacity() {
+        WipeBuf::new(100).at_mut(0..101);
     }
 
     #[test]
