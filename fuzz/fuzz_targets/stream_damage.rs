@@ -1,0 +1,105 @@
+//! Damages a sealed STREAM payload of a few MiB, large enough that
+//! `open_to` hands whole batches of chunks to its second thread, in ways
+//! the fuzzer chooses (flipped bytes, cuts, appended bytes, chunks removed
+//! or swapped), and opens it through `Read` (one thread throughout) and
+//! through `open_to`.
+//!
+//! Invariants checked:
+//! - both paths give the same result: the same plaintext, or the same
+//!   error;
+//! - whatever opens is the original payload, byte for byte: no damage
+//!   opens (an edit that changes nothing aside);
+//! - before an error, both paths handed out only a prefix of the original
+//!   plaintext, and `open_to` only whole chunks of it.
+//!
+//! Input: one byte picks the payload, then up to four edits of five bytes
+//! each: an operation, a 24-bit position scaled to the sealed length, and
+//! a value.
+#![no_main]
+
+use std::io::{Read, Write};
+use std::sync::OnceLock;
+
+use keyferry::bundle::stream::SEALED_CHUNK_SIZE;
+use keyferry::bundle::{BundleError, StreamOpener, StreamSealer, CHUNK_SIZE};
+use libfuzzer_sys::fuzz_target;
+
+const KEY: [u8; 32] = [0x24; 32];
+/// Plaintext of a batch the opener hands over at once (16 chunks).
+const BATCH: usize = 16 * CHUNK_SIZE;
+/// Payload lengths: ending just past a batch boundary, exactly on one (a
+/// full final chunk), and in the middle of a chunk.
+const LENGTHS: [usize; 3] = [2 * BATCH + 1, 3 * BATCH, 3 * BATCH + CHUNK_SIZE + 77];
+const MAX_EDITS: usize = 4;
+
+/// (plaintext, sealed) for each length, sealed once per process.
+fn payloads() -> &'static [(Vec<u8>, Vec<u8>)] {
+    static PAYLOADS: OnceLock<Vec<(Vec<u8>, Vec<u8>)>> = OnceLock::new();
+    PAYLOADS.get_or_init(|| {
+        LENGTHS
+            .iter()
+            .map(|&len| {
+                let plain: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+                let mut s = StreamSealer::new(&KEY, Vec::new());
+                s.write_all(&plain).unwrap();
+                let sealed = s.finish().unwrap();
+                (plain, sealed)
+            })
+            .collect()
+    })
+}
+
+/// Applies one edit; `at` is a 24-bit fraction of the current length.
+fn edit(bytes: &mut Vec<u8>, op: u8, at: u32, value: u8) {
+    let len = bytes.len();
+    let pos = ((u64::from(at) * len as u64) >> 24) as usize;
+    let chunk = pos / SEALED_CHUNK_SIZE * SEALED_CHUNK_SIZE;
+    match op % 5 {
+        0 if pos < len => bytes[pos] ^= value,
+        1 => bytes.truncate(pos),
+        2 => bytes.extend(std::iter::repeat_n(value, pos % (2 * SEALED_CHUNK_SIZE + 2))),
+        3 if chunk < len => {
+            bytes.drain(chunk..(chunk + SEALED_CHUNK_SIZE).min(len));
+        }
+        4 if chunk + 2 * SEALED_CHUNK_SIZE <= len => {
+            let (a, b) = bytes[chunk..].split_at_mut(SEALED_CHUNK_SIZE);
+            a.swap_with_slice(&mut b[..SEALED_CHUNK_SIZE]);
+        }
+        _ => {}
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&pick, edits)) = data.split_first() else {
+        return;
+    };
+    let (plain, sealed) = &payloads()[usize::from(pick) % LENGTHS.len()];
+    let mut bytes = sealed.clone();
+    for e in edits.chunks_exact(5).take(MAX_EDITS) {
+        let at = u32::from_be_bytes([0, e[1], e[2], e[3]]);
+        edit(&mut bytes, e[0], at, e[4]);
+    }
+
+    let mut by_read = Vec::new();
+    let read = StreamOpener::new(&KEY, &bytes[..])
+        .read_to_end(&mut by_read)
+        .map_err(|e| BundleError::from_stream_io(e).to_string());
+    let mut by_open_to = Vec::new();
+    let open_to = StreamOpener::new(&KEY, &bytes[..])
+        .open_to(&mut by_open_to)
+        .map_err(|e| e.to_string());
+    match (read, open_to) {
+        (Ok(_), Ok(n)) => {
+            assert!(by_read == *plain, "damaged payload opened through Read");
+            assert!(by_open_to == *plain, "damaged payload opened through open_to");
+            assert_eq!(n, plain.len() as u64);
+        }
+        (Err(a), Err(b)) => {
+            assert_eq!(a, b, "Read and open_to name the damage differently");
+            assert!(plain.starts_with(&by_read), "Read handed out other bytes");
+            assert!(plain.starts_with(&by_open_to), "open_to wrote other bytes");
+            assert!(by_open_to.len() % CHUNK_SIZE == 0, "open_to wrote part of a chunk");
+        }
+        (a, b) => panic!("Read and open_to disagree: {a:?} / {b:?}"),
+    }
+});
