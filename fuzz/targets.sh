@@ -17,7 +17,7 @@ extra_dirs() {
 extra_flags() {
     case "$1" in
         # The vector folder holds 128 KiB bundles; documents are small.
-        documents) echo -max_len=16384 ;;
+        documents) echo -max_len=16384 -dict=fuzz/documents.dict ;;
         *) ;;
     esac
 }
