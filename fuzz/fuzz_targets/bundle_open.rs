@@ -57,7 +57,8 @@ fn stream_round_trip(data: &[u8]) {
     let (header, source) = bundle::read_header(&from_reader[..]).unwrap();
     let mut r = bundle::open_with_kek(&KEK, header, source, &open_options()).unwrap();
     let mut out = Vec::new();
-    r.open_to(&mut out).expect("own bundle opens through open_to");
+    r.open_to(&mut out)
+        .expect("own bundle opens through open_to");
     assert_eq!(out, data);
 
     // Cut 1..=256 bytes off the end (chosen by the data): never opens.

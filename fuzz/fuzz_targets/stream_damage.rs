@@ -57,7 +57,10 @@ fn edit(bytes: &mut Vec<u8>, op: u8, at: u32, value: u8) {
     match op % 5 {
         0 if pos < len => bytes[pos] ^= value,
         1 => bytes.truncate(pos),
-        2 => bytes.extend(std::iter::repeat_n(value, pos % (2 * SEALED_CHUNK_SIZE + 2))),
+        2 => bytes.extend(std::iter::repeat_n(
+            value,
+            pos % (2 * SEALED_CHUNK_SIZE + 2),
+        )),
         3 if chunk < len => {
             bytes.drain(chunk..(chunk + SEALED_CHUNK_SIZE).min(len));
         }
@@ -91,14 +94,20 @@ fuzz_target!(|data: &[u8]| {
     match (read, open_to) {
         (Ok(_), Ok(n)) => {
             assert!(by_read == *plain, "damaged payload opened through Read");
-            assert!(by_open_to == *plain, "damaged payload opened through open_to");
+            assert!(
+                by_open_to == *plain,
+                "damaged payload opened through open_to"
+            );
             assert_eq!(n, plain.len() as u64);
         }
         (Err(a), Err(b)) => {
             assert_eq!(a, b, "Read and open_to name the damage differently");
             assert!(plain.starts_with(&by_read), "Read handed out other bytes");
             assert!(plain.starts_with(&by_open_to), "open_to wrote other bytes");
-            assert!(by_open_to.len() % CHUNK_SIZE == 0, "open_to wrote part of a chunk");
+            assert!(
+                by_open_to.len() % CHUNK_SIZE == 0,
+                "open_to wrote part of a chunk"
+            );
         }
         (a, b) => panic!("Read and open_to disagree: {a:?} / {b:?}"),
     }
