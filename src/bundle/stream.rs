@@ -472,7 +472,7 @@ impl<W: Write> StreamSealer<W> {
     /// it had read them. If no thread can be started, it seals on this one.
     fn seal_pipelined<R: Read>(&mut self, input: &mut R) -> io::Result<u64> {
         let mut total = 0u64;
-        let outcome = {
+        let outcome: io::Result<Option<(WipeBuf, usize, usize)>> = {
             let Self {
                 out,
                 cipher,
@@ -543,8 +543,10 @@ impl<W: Write> StreamSealer<W> {
                 }
             })
         };
-        match outcome {
-            Ok(Some((rest, full, part))) => {
+        // On an error the sealer is done for (`guard`); what it held is
+        // wiped as the buffers drop.
+        match outcome? {
+            Some((rest, full, part)) => {
                 // Slots `0..full` are full and `part` bytes follow them; the
                 // last chunk with data (or an empty one) is the final one.
                 let last = if part == 0 && full > 0 {
@@ -562,9 +564,7 @@ impl<W: Write> StreamSealer<W> {
                 self.filled = if last < full { CHUNK_SIZE } else { part };
                 Ok(total)
             }
-            Ok(None) => Ok(total + self.seal_serially(input, false)?),
-            // The sealer is done for (`guard`); what it held is wiped.
-            Err(e) => Err(e),
+            None => Ok(total + self.seal_serially(input, false)?),
         }
     }
 
