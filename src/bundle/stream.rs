@@ -119,7 +119,7 @@ const READ_ALIGN: usize = 64;
 /// Growing, not allocating a whole batch up front: once `malloc` has raised
 /// its mmap threshold past a megabyte (it does after the first such buffer
 /// is freed), a zeroed megabyte is a `memset` plus a page fault per 4 KiB,
-/// and opening a 1 KiB payload took about 110 µs (benches/NOTES.md).
+/// and opening a 1 KiB payload took 83 µs (benches/NOTES.md).
 struct WipeBuf {
     bytes: Vec<u8>,
     written: usize,
@@ -685,7 +685,6 @@ fn open_slot(cipher: &Cipher, buf: &mut WipeBuf, at: usize, nonce: &[u8; NONCE_L
 
 /// Where the unopened input lies in a read-ahead buffer:
 /// `buf[start..pending]`.
-#[derive(Clone, Copy)]
 struct Unread {
     start: usize,
     pending: usize,
@@ -714,28 +713,24 @@ impl Unread {
 
     /// Moves the unopened bytes to the front and reads until `buf` is full
     /// or the input ends; returns where they are now, and whether it ended.
-    fn refill<R: Read>(
-        self,
-        buf: &mut WipeBuf,
-        input: &mut R,
-    ) -> Result<(Self, bool), BundleError> {
+    fn refill<R: Read>(&mut self, buf: &mut WipeBuf, input: &mut R) -> Result<bool, BundleError> {
         let left = self.pending - self.start;
         let start = Self::aligned_start(buf, left);
         if start != self.start {
             buf.copy_within(self.start..self.pending, start);
         }
-        let mut pending = start + left;
-        while pending < buf.cap() {
-            let end = buf.read_limit(pending);
+        (self.start, self.pending) = (start, start + left);
+        while self.pending < buf.cap() {
+            let end = buf.read_limit(self.pending);
             let n = buf
-                .read_at(input, pending, end)
+                .read_at(input, self.pending, end)
                 .map_err(BundleError::from_stream_io)?;
             if n == 0 {
-                return Ok((Self { start, pending }, true));
+                return Ok(true);
             }
-            pending += n;
+            self.pending += n;
         }
-        Ok((Self { start, pending }, false))
+        Ok(false)
     }
 }
 
@@ -749,9 +744,8 @@ pub struct StreamOpener<R: Read> {
     /// are opened from here into `plain` (or the caller's buffer), never in
     /// place, so a failed chunk can be tried again to classify the damage.
     buf: WipeBuf,
-    /// `buf[start..pending]` is input not opened yet.
-    start: usize,
-    pending: usize,
+    /// Where the input not opened yet lies in `buf`.
+    unread: Unread,
     /// The input has ended: everything left is in `buf`.
     eof: bool,
     /// Authenticated plaintext of up to a batch of chunks; `plain[pos..end]`
@@ -770,10 +764,12 @@ impl<R: Read> StreamOpener<R> {
             cipher: Cipher::new(key),
             nonce: ChunkNonce::first(),
             buf: WipeBuf::new(BATCH_SIZE + SEALED_CHUNK_SIZE + 1 + READ_ALIGN),
-            start: 0,
-            pending: 0,
+            unread: Unread {
+                start: 0,
+                pending: 0,
+            },
             eof: false,
-            plain: WipeBuf::new(BATCH_CHUNKS * CHUNK_SIZE),
+            plain: WipeBuf::new(BATCH_PLAINTEXT),
             pos: 0,
             end: 0,
             done: false,
@@ -908,19 +904,13 @@ impl<R: Read> StreamOpener<R> {
     /// after it (so both whether it is final and how it is classified if
     /// it fails are settled; see [`next_chunk`](Self::next_chunk)).
     fn holds_a_decidable_chunk(&self) -> bool {
-        self.eof || self.pending - self.start > 2 * SEALED_CHUNK_SIZE
+        self.eof || self.unread.pending - self.unread.start > 2 * SEALED_CHUNK_SIZE
     }
 
     /// Moves the unopened input to the front and reads until the buffer is
     /// full or the input ends.
     fn fill(&mut self) -> Result<(), BundleError> {
-        let read = Unread {
-            start: self.start,
-            pending: self.pending,
-        };
-        let (read, eof) = read.refill(&mut self.buf, &mut self.input)?;
-        (self.start, self.pending) = (read.start, read.pending);
-        self.eof = eof;
+        self.eof = self.unread.refill(&mut self.buf, &mut self.input)?;
         Ok(())
     }
 
@@ -942,8 +932,7 @@ impl<R: Read> StreamOpener<R> {
             cipher,
             nonce,
             buf,
-            start,
-            pending,
+            unread,
             eof,
             ..
         } = self;
@@ -970,13 +959,8 @@ impl<R: Read> StreamOpener<R> {
                 .collect();
             let mut in_flight = 0;
             loop {
-                let read = Unread {
-                    start: *start,
-                    pending: *pending,
-                };
-                let (read, ended) = read.refill(buf, input)?;
-                (*start, *pending, *eof) = (read.start, read.pending, ended);
-                if ended {
+                *eof = unread.refill(buf, input)?;
+                if *eof {
                     // (A buffer that did not fill ends the input.)
                     for _ in 0..in_flight {
                         write_opened_batch(&done, out)?;
@@ -992,14 +976,15 @@ impl<R: Read> StreamOpener<R> {
                         write_opened_batch(&done, out)?
                     }
                 };
-                let ahead = Unread::place(&mut next, &buf[*start + BATCH_SIZE..*pending]);
+                let ahead =
+                    Unread::place(&mut next, &buf[unread.start + BATCH_SIZE..unread.pending]);
                 let nonces = BatchNonces::take(nonce);
-                let batch = Batch::new(mem::replace(buf, next), *start, nonces);
+                let batch = Batch::new(mem::replace(buf, next), unread.start, nonces);
                 to_worker
                     .send(batch)
                     .map_err(|_| BundleError::Io(worker_gone()))?;
                 in_flight += 1;
-                (*start, *pending) = (ahead.start, ahead.pending);
+                *unread = ahead;
             }
         })
     }
@@ -1010,7 +995,7 @@ impl<R: Read> StreamOpener<R> {
     /// plaintext.
     fn decrypt(&mut self, len: usize, last: bool, dest: &mut Dest<'_>) -> bool {
         let nonce = self.nonce.bytes_with(last);
-        let sealed = self.buf.at_mut(self.start..self.start + len);
+        let sealed = self.buf.at_mut(self.unread.start..self.unread.start + len);
         let (body, tag) = sealed.split_at_mut(len - TAG_SIZE);
         let tag: [u8; TAG_SIZE] = (&*tag).try_into().expect("16-byte tag");
         let dst = match dest {
@@ -1052,8 +1037,8 @@ impl<R: Read> StreamOpener<R> {
             self.fill()?;
         }
         let index = self.nonce.index();
-        let at = self.start;
-        let after = (self.pending - self.start).saturating_sub(SEALED_CHUNK_SIZE);
+        let at = self.unread.start;
+        let after = (self.unread.pending - self.unread.start).saturating_sub(SEALED_CHUNK_SIZE);
         if matches!(dest, Dest::InPlace) && after <= SEALED_CHUNK_SIZE {
             dest = Dest::Plain;
         }
@@ -1073,12 +1058,12 @@ impl<R: Read> StreamOpener<R> {
                     },
                 );
             }
-            self.start += SEALED_CHUNK_SIZE;
+            self.unread.start += SEALED_CHUNK_SIZE;
             self.nonce.advance();
             return Ok(located(&dest, self.end, CHUNK_SIZE));
         }
         // The input ends within this chunk: it must be the final one.
-        let len = self.pending - self.start;
+        let len = self.unread.pending - self.unread.start;
         if len < TAG_SIZE {
             return Err(BundleError::Truncated);
         }
@@ -1099,7 +1084,7 @@ impl<R: Read> StreamOpener<R> {
             return Err(BundleError::EmptyFinalChunk);
         }
         self.nonce.set_last();
-        self.start = self.pending;
+        self.unread.start = self.unread.pending;
         self.done = true;
         Ok(located(&dest, self.end, len - TAG_SIZE))
     }
