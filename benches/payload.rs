@@ -51,7 +51,7 @@ fn opener(sealed: &[u8]) -> bundle::BundleReader<&[u8]> {
     bundle::open_with_kek(&KEK, header, source, &options).unwrap()
 }
 
-fn seal_from_into<W: Write>(mut data: &[u8], out: W) -> W {
+fn seal_from_into<W: Write + Send>(mut data: &[u8], out: W) -> W {
     let mut w = bundle::seal_with_kek(&KEK, [1; 16], &params(), out).unwrap();
     w.seal_from(&mut data).unwrap();
     w.finish().unwrap()

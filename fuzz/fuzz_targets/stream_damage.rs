@@ -1,8 +1,8 @@
 //! Damages a sealed STREAM payload of a few MiB, large enough that
-//! `open_to` hands whole batches of chunks to its second thread, in ways
-//! the fuzzer chooses (flipped bytes, cuts, appended bytes, chunks removed
-//! or swapped), and opens it through `Read` (one thread throughout) and
-//! through `open_to`.
+//! `open_to` hands whole batches of chunks to its cipher and writing
+//! threads, in ways the fuzzer chooses (flipped bytes, cuts, appended
+//! bytes, chunks removed or swapped), and opens it through `Read` (one
+//! thread throughout) and through `open_to`.
 //!
 //! Invariants checked:
 //! - both paths give the same result: the same plaintext, or the same

@@ -163,7 +163,12 @@ impl<W: Write> BundleWriter<W> {
 
     /// Seals all of `input` as payload without copying it through a
     /// `Write` call (see [`StreamSealer::seal_from`]); returns its length.
-    pub fn seal_from<R: Read>(&mut self, input: &mut R) -> Result<u64, BundleError> {
+    /// The sealed batches are written on a thread of their own, so the
+    /// writer must be `Send`.
+    pub fn seal_from<R: Read>(&mut self, input: &mut R) -> Result<u64, BundleError>
+    where
+        W: Send,
+    {
         self.stream.seal_from(input).map_err(BundleError::Io)
     }
 
@@ -319,8 +324,9 @@ impl<R: BufRead> BundleReader<R> {
 
     /// Opens the rest of the payload into `out`, a batch of chunks at a
     /// time, with no copy besides the writer's (see
-    /// [`StreamOpener::open_to`]); returns the plaintext length.
-    pub fn open_to<W: Write>(&mut self, out: &mut W) -> Result<u64, BundleError> {
+    /// [`StreamOpener::open_to`]); returns the plaintext length. The
+    /// plaintext is written on a thread of its own, so `out` must be `Send`.
+    pub fn open_to<W: Write + Send>(&mut self, out: &mut W) -> Result<u64, BundleError> {
         self.stream.open_to(out)
     }
 }

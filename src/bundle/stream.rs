@@ -14,10 +14,11 @@
 //!   a chunk that fails leaves zeros, never unauthenticated plaintext;
 //! - sealer and opener each hold at most four batches of chunks (about
 //!   4 MiB): memory does not grow with the payload;
-//! - a large payload is sealed and opened on two threads, but its nonces
-//!   are still taken in order from the one [`ChunkNonce`], on the caller's
-//!   thread, and only chunks already known not to be final (and, when
-//!   opening, whose failure could only mean modification) leave it;
+//! - a large payload is sealed and opened on three threads (the caller's
+//!   reads, one applies the cipher, one writes), but its nonces are still
+//!   taken in order from the one [`ChunkNonce`], on the caller's thread,
+//!   and only chunks already known not to be final (and, when opening,
+//!   whose failure could only mean modification) leave it;
 //! - whether a failed chunk was damaged, cut or followed by appended data
 //!   is decided from the input alone, the same on every path.
 
@@ -260,16 +261,17 @@ impl BatchNonces {
     }
 }
 
-/// Buffers a pipelined sealer or opener cycles through: one this thread
-/// reads into while the second thread works on up to two, so neither
-/// waits for the other to wake up between batches.
+/// Buffers a pipelined sealer or opener cycles through: one the caller's
+/// thread reads into while the cipher and writing threads hold the others,
+/// so no thread waits for another to wake up between batches. A fourth
+/// measured no faster (benches/NOTES.md).
 const PIPELINE_BUFFERS: usize = 3;
 
-/// Whether a second thread can run beside this one: on a single CPU it
-/// would only add a hand-over per batch.
+/// Whether threads beside this one can run at once: on a single CPU they
+/// would only add hand-overs per batch.
 /// Asked once per process: on Linux the answer reads the cgroup's CPU
 /// quota, which costs more than sealing a small payload.
-fn a_second_thread_helps() -> bool {
+fn other_threads_help() -> bool {
     static HELPS: OnceLock<bool> = OnceLock::new();
     *HELPS.get_or_init(|| thread::available_parallelism().is_ok_and(|n| n.get() > 1))
 }
@@ -296,42 +298,101 @@ impl Batch {
     }
 }
 
-/// Starts the second thread of a pipelined sealer or opener: it applies
-/// `job` to each batch it is sent and sends it back, in order. `None` if
-/// no thread could be started.
-fn start_worker<'scope>(
-    scope: &'scope thread::Scope<'scope, '_>,
-    name: &str,
-    job: impl Fn(&mut Batch) + Send + 'scope,
-) -> Option<(mpsc::SyncSender<Batch>, mpsc::Receiver<Batch>)> {
-    let (to_worker, work) = mpsc::sync_channel::<Batch>(PIPELINE_BUFFERS);
-    let (to_main, done) = mpsc::sync_channel::<Batch>(PIPELINE_BUFFERS);
-    thread::Builder::new()
-        .name(name.into())
-        .spawn_scoped(scope, move || {
-            for mut batch in work {
-                job(&mut batch);
-                if to_main.send(batch).is_err() {
-                    break;
+/// The two threads a pipelined sealer or opener runs beside the caller's,
+/// which keeps reading: the cipher thread applies its job to each batch and
+/// passes it on to the writing thread, which writes it and sends its buffer
+/// back for the caller to fill again. Batches keep their order. Neither
+/// channel can block its sender: no more batches exist than either holds.
+/// A write that fails stops both threads, and the caller gets its error
+/// at the next hand-over.
+struct Pipeline<E> {
+    to_cipher: mpsc::SyncSender<Batch>,
+    /// Buffers of written batches, oldest first; the writer's error last.
+    written: mpsc::Receiver<Result<WipeBuf, E>>,
+    /// The error for a thread that ended without one: it panicked, which
+    /// is a bug, and the scope re-raises the panic.
+    gone: fn() -> E,
+}
+
+impl<E: Send> Pipeline<E> {
+    /// Starts the cipher and writing threads in `scope`; `None` if either
+    /// could not be started.
+    fn start<'scope, W: Write + Send>(
+        scope: &'scope thread::Scope<'scope, '_>,
+        name: &str,
+        cipher: impl Fn(&mut Batch) + Send + 'scope,
+        out: &'scope mut W,
+        write: impl Fn(&mut W, &Batch) -> Result<(), E> + Send + 'scope,
+        gone: fn() -> E,
+    ) -> Option<Self>
+    where
+        E: 'scope,
+    {
+        let (to_cipher, work) = mpsc::sync_channel::<Batch>(PIPELINE_BUFFERS);
+        let (to_writer, ciphered) = mpsc::sync_channel::<Batch>(PIPELINE_BUFFERS);
+        let (to_reader, written) = mpsc::sync_channel(PIPELINE_BUFFERS + 1);
+        thread::Builder::new()
+            .name(format!("{name}-write"))
+            .spawn_scoped(scope, move || {
+                for batch in ciphered {
+                    if let Err(e) = write(out, &batch) {
+                        let _ = to_reader.send(Err(e));
+                        return;
+                    }
+                    if to_reader.send(Ok(batch.buf)).is_err() {
+                        return;
+                    }
                 }
-            }
+            })
+            .ok()?;
+        thread::Builder::new()
+            .name(name.into())
+            .spawn_scoped(scope, move || {
+                for mut batch in work {
+                    cipher(&mut batch);
+                    if to_writer.send(batch).is_err() {
+                        return;
+                    }
+                }
+            })
+            .ok()?;
+        Some(Self {
+            to_cipher,
+            written,
+            gone,
         })
-        .ok()?;
-    Some((to_worker, done))
+    }
+
+    /// Hands a batch to the cipher thread.
+    fn send(&self, batch: Batch) -> Result<(), E> {
+        self.to_cipher.send(batch).map_err(|_| self.why_stopped())
+    }
+
+    /// The buffer of the oldest batch in flight, once it is written.
+    fn written(&self) -> Result<WipeBuf, E> {
+        self.written.recv().unwrap_or_else(|_| Err((self.gone)()))
+    }
+
+    /// Waits until every batch sent is written.
+    fn finish(self) -> Result<(), E> {
+        drop(self.to_cipher);
+        // Ends when the writing thread does, after the last batch.
+        self.written.iter().try_for_each(|r| r.map(drop))
+    }
+
+    /// Why the threads stopped: the writer's error, which follows the
+    /// buffers it wrote before.
+    fn why_stopped(&self) -> E {
+        self.written
+            .iter()
+            .find_map(Result::err)
+            .unwrap_or_else(self.gone)
+    }
 }
 
-/// The second thread ended without sending a batch back: it panicked,
-/// which is a bug (the scope re-raises the panic).
-fn worker_gone() -> io::Error {
-    io::Error::other("keyferry's cipher thread stopped")
-}
-
-/// Waits for the oldest batch the sealing thread holds and writes it;
-/// returns its buffer for reuse.
-fn write_sealed_batch<W: Write>(done: &mpsc::Receiver<Batch>, out: &mut W) -> io::Result<WipeBuf> {
-    let batch = done.recv().map_err(|_| worker_gone())?;
-    out.write_all(&batch.buf[..BATCH_SIZE])?;
-    Ok(batch.buf)
+/// The pipeline's threads ended without an error: one panicked.
+fn pipeline_gone() -> io::Error {
+    io::Error::other("keyferry's cipher or writing thread stopped")
 }
 
 /// Seals plaintext written to it into STREAM chunks written to `out`.
@@ -404,24 +465,31 @@ impl<W: Write> StreamSealer<W> {
     /// Seals everything `input` yields. The input is read straight into
     /// the chunk slots and sealed there, so no byte is copied besides the
     /// reader's own copy in: the fast path for files. Past the first
-    /// batch, the chunks are sealed on a second thread while this one reads
-    /// and writes (`seal_pipelined`). Returns
-    /// how many plaintext bytes were read; call [`finish`](Self::finish)
-    /// afterwards. After an error the sealer refuses to go on or finish.
-    pub fn seal_from<R: Read>(&mut self, input: &mut R) -> io::Result<u64> {
+    /// batch, the chunks are sealed on a second thread and written on a
+    /// third while this one reads (`seal_pipelined`), so the writer must be
+    /// `Send`. Returns how many plaintext bytes were read; call
+    /// [`finish`](Self::finish) afterwards. After an error the sealer
+    /// refuses to go on or finish.
+    pub fn seal_from<R: Read>(&mut self, input: &mut R) -> io::Result<u64>
+    where
+        W: Send,
+    {
         self.guard(|s| s.seal_serially(input, true))
     }
 
     /// The one-thread loop of [`seal_from`](Self::seal_from). With
     /// `then_pipeline`, it hands over to [`seal_pipelined`](Self::seal_pipelined)
     /// at the first batch boundary after a whole batch of input.
-    fn seal_serially<R: Read>(&mut self, input: &mut R, then_pipeline: bool) -> io::Result<u64> {
+    fn seal_serially<R: Read>(&mut self, input: &mut R, then_pipeline: bool) -> io::Result<u64>
+    where
+        W: Send,
+    {
         let mut total = 0u64;
         loop {
             if then_pipeline
                 && self.sealed == 0
                 && total > BATCH_PLAINTEXT as u64
-                && a_second_thread_helps()
+                && other_threads_help()
             {
                 return Ok(total + self.seal_pipelined(input)?);
             }
@@ -460,17 +528,21 @@ impl<W: Write> StreamSealer<W> {
         }
     }
 
-    /// Seals the rest of `input` with a second thread: while it seals a
-    /// batch, this thread writes the batch before and reads the next, so a
-    /// file is sealed at the speed of the slower of reading and sealing
-    /// rather than at the speed of both in turn. Entered at a batch
+    /// Seals the rest of `input` on a [`Pipeline`]: while one thread seals
+    /// a batch and another writes the batch before, this one reads the
+    /// next, so a file is sealed at the speed of the slowest of reading,
+    /// sealing and writing rather than at the speed of all three in turn
+    /// (on two CPUs, reading and sealing share one). Entered at a batch
     /// boundary (`sealed == 0`), once a whole batch of input showed that
     /// the payload is large, so a small one never starts a thread. Only
-    /// batches of chunks already known not to be final go to the worker,
+    /// batches of chunks already known not to be final go to the cipher thread,
     /// with nonces this thread took from [`ChunkNonce`] in order; the
     /// chunks the input ends with are left for the one-thread path, as if
     /// it had read them. If no thread can be started, it seals on this one.
-    fn seal_pipelined<R: Read>(&mut self, input: &mut R) -> io::Result<u64> {
+    fn seal_pipelined<R: Read>(&mut self, input: &mut R) -> io::Result<u64>
+    where
+        W: Send,
+    {
         let mut total = 0u64;
         let outcome: io::Result<Option<(WipeBuf, usize, usize)>> = {
             let Self {
@@ -489,14 +561,16 @@ impl<W: Write> StreamSealer<W> {
                         seal_slot(cipher, &mut batch.buf, at, CHUNK_SIZE, n);
                     }
                 };
-                let Some((to_worker, done)) = start_worker(scope, "keyferry-seal", seal) else {
+                let write = |out: &mut W, batch: &Batch| out.write_all(&batch.buf[..BATCH_SIZE]);
+                let Some(pipeline) =
+                    Pipeline::start(scope, "keyferry-seal", seal, out, write, pipeline_gone)
+                else {
                     return Ok(None);
                 };
                 let mut cur = mem::replace(batch, WipeBuf::new(0));
                 let mut spares: Vec<WipeBuf> = (1..PIPELINE_BUFFERS)
                     .map(|_| WipeBuf::new(BATCH_SIZE))
                     .collect();
-                let mut in_flight = 0;
                 let mut part = *filled;
                 loop {
                     // Fill the slots of `cur`, then look one byte past them:
@@ -518,25 +592,17 @@ impl<W: Write> StreamSealer<W> {
                     }
                     let mut peek = Zeroizing::new([0u8; 1]);
                     if full < BATCH_CHUNKS || read_some(input, peek.as_mut_slice())? == 0 {
-                        // The input ended in this batch: write the ones in
-                        // flight and leave these chunks to the caller.
-                        for _ in 0..in_flight {
-                            write_sealed_batch(&done, out)?;
-                        }
+                        // The input ended in this batch: let the batches in
+                        // flight be written, and leave these chunks to the
+                        // caller.
+                        pipeline.finish()?;
                         return Ok(Some((cur, full, part)));
                     }
                     total += 1;
-                    let nonces = BatchNonces::take(nonce);
-                    to_worker
-                        .send(Batch::new(cur, 0, nonces))
-                        .map_err(|_| worker_gone())?;
-                    in_flight += 1;
+                    pipeline.send(Batch::new(cur, 0, BatchNonces::take(nonce)))?;
                     cur = match spares.pop() {
                         Some(fresh) => fresh,
-                        None => {
-                            in_flight -= 1;
-                            write_sealed_batch(&done, out)?
-                        }
+                        None => pipeline.written()?,
                     };
                     cur.at_mut(0..1)[0] = peek[0];
                     part = 1;
@@ -654,14 +720,10 @@ fn write_all_vectored<W: Write>(out: &mut W, mut slices: &mut [IoSlice<'_>]) -> 
     Ok(())
 }
 
-/// Waits for the oldest batch the opening thread holds and writes its
-/// plaintext with one vectored call; returns its buffer for reuse. A chunk
-/// that failed there was modified, and nothing of its batch is written.
-fn write_opened_batch<W: Write>(
-    done: &mpsc::Receiver<Batch>,
-    out: &mut W,
-) -> Result<WipeBuf, BundleError> {
-    let batch = done.recv().map_err(|_| BundleError::Io(worker_gone()))?;
+/// Writes the plaintext of a batch the cipher thread opened, with one
+/// vectored call. A chunk that failed there was modified, and nothing of
+/// its batch is written.
+fn write_opened_batch<W: Write>(out: &mut W, batch: &Batch) -> Result<(), BundleError> {
     if let Some(i) = batch.failed {
         return Err(BundleError::ModifiedChunk(batch.nonces.first + i as u64));
     }
@@ -669,8 +731,7 @@ fn write_opened_batch<W: Write>(
         let chunk = batch.at + i * SEALED_CHUNK_SIZE;
         IoSlice::new(&batch.buf[chunk..chunk + CHUNK_SIZE])
     });
-    write_all_vectored(out, &mut slices).map_err(BundleError::Io)?;
-    Ok(batch.buf)
+    write_all_vectored(out, &mut slices).map_err(BundleError::Io)
 }
 
 /// Opens the full, non-final chunk at `at` in `buf` in place; on failure
@@ -799,24 +860,25 @@ impl<R: Read> StreamOpener<R> {
     /// with one vectored call, so no byte is copied besides the reader's
     /// and writer's own. Nothing of a chunk reaches `out` before it
     /// authenticated. Past the first batch, the chunks are opened on a
-    /// second thread while this one reads and writes (`open_pipelined`).
-    /// Returns how many plaintext bytes were written.
-    pub fn open_to<W: Write>(&mut self, out: &mut W) -> Result<u64, BundleError> {
+    /// second thread and written on a third while this one reads
+    /// (`open_pipelined`), so `out` must be `Send`. Returns how many
+    /// plaintext bytes were written.
+    pub fn open_to<W: Write + Send>(&mut self, out: &mut W) -> Result<u64, BundleError> {
         self.open_to_with(out, true)
     }
 
-    /// [`open_to`](Self::open_to), with the second thread allowed or not.
-    fn open_to_with<W: Write>(
+    /// [`open_to`](Self::open_to), with the pipeline allowed or not.
+    fn open_to_with<W: Write + Send>(
         &mut self,
         out: &mut W,
-        two_threads: bool,
+        pipelined_allowed: bool,
     ) -> Result<u64, BundleError> {
         if self.failed {
             return Err(BundleError::StreamAlreadyFailed);
         }
         let mut total = 0u64;
         // Set once the pipeline has run, or when it is not to run.
-        let mut pipelined = !two_threads;
+        let mut pipelined = !pipelined_allowed;
         let mut opened: Vec<Opened> = Vec::with_capacity(BATCH_CHUNKS + 1);
         loop {
             // Plaintext a `read` left in `plain` goes first.
@@ -849,8 +911,7 @@ impl<R: Read> StreamOpener<R> {
             if self.done {
                 return Ok(total);
             }
-            if !pipelined && !self.eof && total > BATCH_PLAINTEXT as u64 && a_second_thread_helps()
-            {
+            if !pipelined && !self.eof && total > BATCH_PLAINTEXT as u64 && other_threads_help() {
                 pipelined = true;
                 match self.open_pipelined(out) {
                     Ok(n) => total += n.unwrap_or(0),
@@ -914,19 +975,20 @@ impl<R: Read> StreamOpener<R> {
         Ok(())
     }
 
-    /// Opens whole batches on a second thread while this one writes the
-    /// batch before and reads the next, so a file opens at the speed of
-    /// the slower of its I/O and the cipher rather than both in turn.
+    /// Opens whole batches on a [`Pipeline`]: while one thread opens a
+    /// batch and another writes the batch before, this one reads the next,
+    /// so a file opens at the speed of the slowest of the three rather than
+    /// all of them in turn.
     /// Entered from [`open_to`](Self::open_to) with no plaintext pending,
     /// once a whole batch of payload went by, so a small payload never
-    /// starts a thread. A batch goes to the worker only when more than a
+    /// starts a thread. A batch goes to the cipher thread only when more than a
     /// chunk of input follows it: each of its chunks is then known not to
     /// be the final one, and a failure can only mean it was modified
     /// ([`next_chunk`](Self::next_chunk)'s rule), so nothing needs a second
     /// try. The input's end is left in `buf` for the one-thread path.
     /// Returns the plaintext bytes written, or `None` if no thread could
     /// be started (nothing was read then).
-    fn open_pipelined<W: Write>(&mut self, out: &mut W) -> Result<Option<u64>, BundleError> {
+    fn open_pipelined<W: Write + Send>(&mut self, out: &mut W) -> Result<Option<u64>, BundleError> {
         let Self {
             input,
             cipher,
@@ -950,40 +1012,36 @@ impl<R: Read> StreamOpener<R> {
                     .enumerate()
                     .position(|(i, n)| !open_slot(cipher, buf, *at + i * SEALED_CHUNK_SIZE, n));
             };
-            let Some((to_worker, done)) = start_worker(scope, "keyferry-open", open) else {
+            let Some(pipeline) = Pipeline::start(
+                scope,
+                "keyferry-open",
+                open,
+                out,
+                write_opened_batch,
+                || BundleError::Io(pipeline_gone()),
+            ) else {
                 return Ok(None);
             };
-            let mut total = 0u64;
+            let mut sent = 0u64;
             let mut spares: Vec<WipeBuf> = (1..PIPELINE_BUFFERS)
                 .map(|_| WipeBuf::new(buf.cap()))
                 .collect();
-            let mut in_flight = 0;
             loop {
                 *eof = unread.refill(buf, input)?;
                 if *eof {
                     // (A buffer that did not fill ends the input.)
-                    for _ in 0..in_flight {
-                        write_opened_batch(&done, out)?;
-                        total += BATCH_PLAINTEXT as u64;
-                    }
-                    return Ok(Some(total));
+                    pipeline.finish()?;
+                    return Ok(Some(sent * BATCH_PLAINTEXT as u64));
                 }
                 let mut next = match spares.pop() {
                     Some(fresh) => fresh,
-                    None => {
-                        in_flight -= 1;
-                        total += BATCH_PLAINTEXT as u64;
-                        write_opened_batch(&done, out)?
-                    }
+                    None => pipeline.written()?,
                 };
                 let ahead =
                     Unread::place(&mut next, &buf[unread.start + BATCH_SIZE..unread.pending]);
                 let nonces = BatchNonces::take(nonce);
-                let batch = Batch::new(mem::replace(buf, next), unread.start, nonces);
-                to_worker
-                    .send(batch)
-                    .map_err(|_| BundleError::Io(worker_gone()))?;
-                in_flight += 1;
+                pipeline.send(Batch::new(mem::replace(buf, next), unread.start, nonces))?;
+                sent += 1;
                 *unread = ahead;
             }
         })
@@ -1372,6 +1430,35 @@ mod tests {
                 Err(BundleError::StreamAlreadyFailed)
             ));
         }
+    }
+
+    #[test]
+    fn a_failed_write_on_the_writing_thread_stops_the_reading_within_a_few_batches() {
+        let batch = BATCH_CHUNKS * CHUNK_SIZE;
+        // Far more input than the writer will take; the reading must not
+        // run on to its end once the writer has failed.
+        let endless = 64 * batch as u64;
+        let mut input = io::repeat(5).take(endless);
+        let mut s = StreamSealer::new(&KEY, Taker::failing_after(2 * BATCH_SIZE + 7));
+        let e = s.seal_from(&mut input).unwrap_err();
+        assert_eq!(e.to_string(), "disk on fire");
+        let read = endless - input.limit();
+        let bound = (3 + PIPELINE_BUFFERS as u64 + 1) * batch as u64;
+        assert!(read <= bound, "read {read} bytes after the write failed");
+
+        let sealed = seal(&vec![5; 24 * batch]);
+        let mut rest = &sealed[..];
+        let mut output = Taker::failing_after(2 * batch + 7);
+        let e = StreamOpener::new(&KEY, &mut rest)
+            .open_to(&mut output)
+            .unwrap_err();
+        assert!(e.to_string().contains("disk on fire"), "{e}");
+        let read = sealed.len() - rest.len();
+        assert!(
+            read <= 8 * BATCH_SIZE,
+            "read {read} bytes after the write failed"
+        );
+        assert_eq!(output.taken.len(), 2 * batch + 7);
     }
 
     #[test]
