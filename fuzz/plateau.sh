@@ -32,6 +32,19 @@ segments="${3:-3}"
 [[ " ${targets[*]} " == *" $t "* ]] || { echo "plateau: no target $t (${targets[*]})" >&2; exit 2; }
 mkdir -p "fuzz/corpus-work/$t" fuzz/corpus-work/logs
 cargo fuzz build -O "$t"
+# Edges covered in keyferry's own functions (src/), from a replay of the
+# corpus with -print_coverage=1: parsers beneath ours (serde_json,
+# toml_edit) keep adding edges of their own for hours, so a target that
+# feeds them has plateaued when this count stops growing.
+own_edges() {
+    # shellcheck disable=SC2046
+    cargo fuzz run -O "$t" "fuzz/corpus-work/$t" "fuzz/corpus/$t" $(extra_dirs "$t") -- \
+        -runs=0 -print_coverage=1 $(extra_flags "$t") 2>&1 |
+        awk -v src="$PWD/src/" '/^(UN)?COVERED_FUNC/ && index($NF, src) == 1 {
+            for (i = 1; i < NF; i++) if ($i == "edges:") { split($(i + 1), e, "/"); got += e[1]; all += e[2] }
+        } END { printf "%d/%d", got, all }'
+}
+echo "plateau: $t own edges (src/) at start: $(own_edges)"
 for i in $(seq "$segments"); do
     log="fuzz/corpus-work/logs/$t-$(date +%Y%m%d-%H%M%S).log"
     # shellcheck disable=SC2046
@@ -41,5 +54,5 @@ for i in $(seq "$segments"); do
     start=$(grep -m1 INITED "$log" | grep -oE 'cov: [0-9]+ ft: [0-9]+')
     end=$(grep -E '^#[0-9]+' "$log" | tail -1 | grep -oE 'cov: [0-9]+ ft: [0-9]+')
     execs=$(awk '/number_of_executed_units/ {print $2}' "$log")
-    echo "plateau: $t segment $i/$segments, ${secs} s: [$start] -> [$end], $execs execs ($log)"
+    echo "plateau: $t segment $i/$segments, ${secs} s: [$start] -> [$end], own edges $(own_edges), $execs execs ($log)"
 done
