@@ -535,10 +535,11 @@ impl<W: Write> StreamSealer<W> {
     /// (on two CPUs, reading and sealing share one). Entered at a batch
     /// boundary (`sealed == 0`), once a whole batch of input showed that
     /// the payload is large, so a small one never starts a thread. Only
-    /// batches of chunks already known not to be final go to the cipher thread,
-    /// with nonces this thread took from [`ChunkNonce`] in order; the
-    /// chunks the input ends with are left for the one-thread path, as if
-    /// it had read them. If no thread can be started, it seals on this one.
+    /// batches of chunks already known not to be final go to the cipher
+    /// thread, with nonces this thread took from [`ChunkNonce`] in order;
+    /// the chunks the input ends with are left for the one-thread path, as
+    /// if it had read them. If no thread can be started, it seals on this
+    /// one.
     fn seal_pipelined<R: Read>(&mut self, input: &mut R) -> io::Result<u64>
     where
         W: Send,
@@ -981,9 +982,9 @@ impl<R: Read> StreamOpener<R> {
     /// all of them in turn.
     /// Entered from [`open_to`](Self::open_to) with no plaintext pending,
     /// once a whole batch of payload went by, so a small payload never
-    /// starts a thread. A batch goes to the cipher thread only when more than a
-    /// chunk of input follows it: each of its chunks is then known not to
-    /// be the final one, and a failure can only mean it was modified
+    /// starts a thread. A batch goes to the cipher thread only when more
+    /// than a chunk of input follows it: each of its chunks is then known
+    /// not to be the final one, and a failure can only mean it was modified
     /// ([`next_chunk`](Self::next_chunk)'s rule), so nothing needs a second
     /// try. The input's end is left in `buf` for the one-thread path.
     /// Returns the plaintext bytes written, or `None` if no thread could
