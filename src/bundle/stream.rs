@@ -22,7 +22,7 @@
 //! - whether a failed chunk was damaged, cut or followed by appended data
 //!   is decided from the input alone, the same on every path.
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::ops::Range;
 use std::sync::{mpsc, OnceLock};
 use std::{mem, thread};
@@ -195,6 +195,41 @@ impl WipeBuf {
         self.reserve(end);
         let n = read_some(input, &mut self.bytes[at..end])?;
         self.written = self.written.max(at + n);
+        Ok(n)
+    }
+
+    /// One vectored read of plaintext into the chunk slots of a batch,
+    /// starting `from` plaintext bytes in (slot `from / CHUNK_SIZE`), and
+    /// past the last slot into `peek`; returns its length, and marks what
+    /// it read. One call per batch, rather than one per slot: the caller's
+    /// thread does nothing but read, and is the slowest of the three.
+    fn read_slots<R: Read>(
+        &mut self,
+        input: &mut R,
+        from: usize,
+        peek: &mut [u8],
+    ) -> io::Result<usize> {
+        self.reserve(BATCH_SIZE);
+        let (full, part) = (from / CHUNK_SIZE, from % CHUNK_SIZE);
+        let mut slices: Vec<IoSliceMut<'_>> = self.bytes[..BATCH_SIZE]
+            .chunks_mut(SEALED_CHUNK_SIZE)
+            .skip(full)
+            .enumerate()
+            .map(|(i, slot)| IoSliceMut::new(&mut slot[if i == 0 { part } else { 0 }..CHUNK_SIZE]))
+            .chain(std::iter::once(IoSliceMut::new(peek)))
+            .collect();
+        let n = loop {
+            match input.read_vectored(&mut slices) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                other => break other?,
+            }
+        };
+        let end = (from + n).min(BATCH_PLAINTEXT);
+        if end > from {
+            let last = end - 1;
+            let furthest = last / CHUNK_SIZE * SEALED_CHUNK_SIZE + last % CHUNK_SIZE + 1;
+            self.written = self.written.max(furthest);
+        }
         Ok(n)
     }
 
@@ -572,41 +607,35 @@ impl<W: Write> StreamSealer<W> {
                 let mut spares: Vec<WipeBuf> = (1..PIPELINE_BUFFERS)
                     .map(|_| WipeBuf::new(BATCH_SIZE))
                     .collect();
-                let mut part = *filled;
+                // Plaintext bytes in the slots of `cur`.
+                let mut got = *filled;
                 loop {
-                    // Fill the slots of `cur`, then look one byte past them:
-                    // a full batch is known not to end the payload only once
-                    // a byte follows it.
-                    let mut full = 0;
-                    while full < BATCH_CHUNKS {
-                        let slot = full * SEALED_CHUNK_SIZE;
-                        let n = cur.read_at(input, slot + part, slot + CHUNK_SIZE)?;
+                    // Fill the slots of `cur`, and read one byte past them:
+                    // a full batch is known not to end the payload only
+                    // once a byte follows it.
+                    let mut peek = Zeroizing::new([0u8; 1]);
+                    while got <= BATCH_PLAINTEXT {
+                        let n = cur.read_slots(input, got, peek.as_mut_slice())?;
                         if n == 0 {
                             break;
                         }
                         total += n as u64;
-                        part += n;
-                        if part == CHUNK_SIZE {
-                            full += 1;
-                            part = 0;
-                        }
+                        got += n;
                     }
-                    let mut peek = Zeroizing::new([0u8; 1]);
-                    if full < BATCH_CHUNKS || read_some(input, peek.as_mut_slice())? == 0 {
+                    if got <= BATCH_PLAINTEXT {
                         // The input ended in this batch: let the batches in
                         // flight be written, and leave these chunks to the
                         // caller.
                         pipeline.finish()?;
-                        return Ok(Some((cur, full, part)));
+                        return Ok(Some((cur, got / CHUNK_SIZE, got % CHUNK_SIZE)));
                     }
-                    total += 1;
                     pipeline.send(Batch::new(cur, 0, BatchNonces::take(nonce)))?;
                     cur = match spares.pop() {
                         Some(fresh) => fresh,
                         None => pipeline.written()?,
                     };
                     cur.at_mut(0..1)[0] = peek[0];
-                    part = 1;
+                    got = 1;
                 }
             })
         };
@@ -1265,6 +1294,25 @@ mod tests {
             self.data = &self.data[n..];
             Ok(n)
         }
+
+        /// One call fills the buffers in order, as `readv` on a pipe does,
+        /// and stops anywhere: inside a buffer, at its end, or several
+        /// buffers on (up to about two chunks).
+        fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+            self.step = (self.step * 7 + 3) % 9001;
+            let mut left = self.step * 13 + 1;
+            let mut n = 0;
+            for buf in bufs {
+                let k = buf.len().min(left).min(self.data.len());
+                buf[..k].copy_from_slice(&self.data[..k]);
+                self.data = &self.data[k..];
+                (n, left) = (n + k, left - k);
+                if k < buf.len() {
+                    break;
+                }
+            }
+            Ok(n)
+        }
     }
 
     /// A writer that takes at most `per_call` bytes per call, and fails
@@ -1336,7 +1384,8 @@ mod tests {
         ] {
             let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
             let reference = seal(&data);
-            // Straight from a slice (whole chunks per read) and trickled.
+            // Straight from a slice (a whole batch per vectored read) and
+            // trickled, in pieces that end anywhere.
             let mut s = StreamSealer::new(&KEY, Vec::new());
             assert_eq!(s.seal_from(&mut &data[..]).unwrap(), len as u64);
             assert_eq!(s.finish().unwrap(), reference, "seal_from, len {len}");
@@ -1548,6 +1597,32 @@ mod tests {
         b.copy_within(100..130, 300);
         assert_eq!(b.written, 330);
         assert_eq!(&b[300..330], &[7u8; 30][..]);
+
+        // A read into the chunk slots of a batch marks up to the last byte
+        // it put in a slot; tag gaps it skipped over count as written.
+        let mut b = WipeBuf::new(BATCH_SIZE);
+        let input = vec![5u8; CHUNK_SIZE + 10];
+        let mut peek = [0u8; 1];
+        let from = CHUNK_SIZE - 20;
+        assert_eq!(
+            b.read_slots(&mut &input[..], from, &mut peek).unwrap(),
+            input.len()
+        );
+        assert_eq!(b.written, SEALED_CHUNK_SIZE + CHUNK_SIZE - 10);
+        assert!(b[from..CHUNK_SIZE].iter().all(|&x| x == 5));
+        assert_eq!(
+            b[CHUNK_SIZE..SEALED_CHUNK_SIZE],
+            [0; TAG_SIZE],
+            "a tag slot is skipped"
+        );
+        // Past the last slot, a read goes into `peek`.
+        let input = vec![6u8; BATCH_PLAINTEXT + 10];
+        let mut b = WipeBuf::new(BATCH_SIZE);
+        assert_eq!(
+            b.read_slots(&mut &input[..], 0, &mut peek).unwrap(),
+            BATCH_PLAINTEXT + 1
+        );
+        assert_eq!((b.written, peek), (BATCH_SIZE - TAG_SIZE, [6]));
     }
 
     #[test]
