@@ -13,14 +13,15 @@
 //!
 //! In memory it seals, then opens, the data in place. File to file it does
 //! the least I/O the format allows, the same as the bundle layer's
-//! `seal_from`/`open_to`: a batch of 16 chunks read into their slots,
+//! `seal_from`/`open_to`: a batch of 16 chunks read into their slots
+//! (one vectored read),
 //! sealed or opened in place, and written with one call; `copy` runs that
 //! loop without the cipher, the ceiling file I/O puts on any tool here.
 //! Prints `key=value` lines on stderr: `seal_mib_per_s`/`open_mib_per_s`
 //! in memory, `payload_mib_per_s` for a file.
 
 use std::fs::File;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::time::Instant;
 
 use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
@@ -92,6 +93,32 @@ fn fill(input: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+/// Reads into the first `lens.len()` chunk slots of `buf` with vectored
+/// reads (one per batch from a file), as the bundle layer's sealer does,
+/// until they are full or the input ends; sets each slot's length.
+fn fill_slots(input: &mut File, buf: &mut [u8], lens: &mut [usize]) -> io::Result<()> {
+    let mut got = 0;
+    let want = lens.len() * CHUNK;
+    while got < want {
+        let (full, part) = (got / CHUNK, got % CHUNK);
+        let mut slices: Vec<IoSliceMut<'_>> = buf
+            .chunks_mut(SEALED)
+            .take(lens.len())
+            .skip(full)
+            .enumerate()
+            .map(|(i, slot)| IoSliceMut::new(&mut slot[if i == 0 { part } else { 0 }..CHUNK]))
+            .collect();
+        match input.read_vectored(&mut slices)? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    for (k, len) in lens.iter_mut().enumerate() {
+        *len = got.saturating_sub(k * CHUNK).min(CHUNK);
+    }
+    Ok(())
+}
+
 fn write_all_vectored(out: &mut File, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
     while !slices.is_empty() {
         let n = out.write_vectored(slices)?;
@@ -127,9 +154,8 @@ fn file(mode: Mode, input: &str, output: &str) -> io::Result<u64> {
             // Plaintext chunks read into their slots, sealed there, written
             // with their tags in one call.
             Mode::Seal | Mode::Copy => {
-                for (k, len) in lens.iter_mut().enumerate().take(batch) {
-                    let slot = &mut buf[k * SEALED..k * SEALED + CHUNK];
-                    *len = fill(&mut src, slot)?;
+                fill_slots(&mut src, &mut buf, &mut lens[..batch])?;
+                for (k, len) in lens.iter().enumerate().take(batch) {
                     if mode == Mode::Seal {
                         let i = index + k;
                         let (body, rest) = buf[k * SEALED..].split_at_mut(*len);
