@@ -200,14 +200,15 @@ impl WipeBuf {
 
     /// One vectored read of plaintext into the chunk slots of a batch,
     /// starting `from` plaintext bytes in (slot `from / CHUNK_SIZE`), and
-    /// past the last slot into `peek`; returns its length, and marks what
-    /// it read. One call per batch, rather than one per slot: the caller's
-    /// thread does nothing but read, and is the slowest of the three.
+    /// past the last slot into the one byte of `peek`; returns its length,
+    /// and marks what it read. One call per batch, rather than one per
+    /// slot: the caller's thread does nothing but read, and to a fast
+    /// output it is the slowest of the three.
     fn read_slots<R: Read>(
         &mut self,
         input: &mut R,
         from: usize,
-        peek: &mut [u8],
+        peek: &mut [u8; 1],
     ) -> io::Result<usize> {
         self.reserve(BATCH_SIZE);
         let (full, part) = (from / CHUNK_SIZE, from % CHUNK_SIZE);
@@ -216,7 +217,7 @@ impl WipeBuf {
             .skip(full)
             .enumerate()
             .map(|(i, slot)| IoSliceMut::new(&mut slot[if i == 0 { part } else { 0 }..CHUNK_SIZE]))
-            .chain(std::iter::once(IoSliceMut::new(peek)))
+            .chain(std::iter::once(IoSliceMut::new(peek.as_mut_slice())))
             .collect();
         let n = loop {
             match input.read_vectored(&mut slices) {
@@ -615,7 +616,7 @@ impl<W: Write> StreamSealer<W> {
                     // once a byte follows it.
                     let mut peek = Zeroizing::new([0u8; 1]);
                     while got <= BATCH_PLAINTEXT {
-                        let n = cur.read_slots(input, got, peek.as_mut_slice())?;
+                        let n = cur.read_slots(input, got, &mut peek)?;
                         if n == 0 {
                             break;
                         }
