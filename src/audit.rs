@@ -185,63 +185,121 @@ pub enum AuditError {
     HeadMismatch,
 }
 
+/// The longest run of records at the start of a log that chain and verify.
+#[derive(Debug)]
+pub struct ValidPrefix {
+    pub records: Vec<Record>,
+    /// The head after the last valid record.
+    pub head: AuditHead,
+    /// Bytes of the log the valid records take up.
+    pub len: usize,
+    /// Why the prefix ends before the log does, if it does.
+    pub error: Option<AuditError>,
+}
+
+/// Walks the log from its start and stops at the first record that does not
+/// verify. `head` only names the error of a record past it.
+pub fn valid_prefix(log: &[u8], key: &KeyMaterial, head: &AuditHead) -> ValidPrefix {
+    let mut prefix = ValidPrefix {
+        records: Vec::new(),
+        head: AuditHead::genesis(),
+        len: 0,
+        error: None,
+    };
+    let mut offset = 0;
+    for (i, line) in log.split_inclusive(|b| *b == b'\n').enumerate() {
+        let line_no = i + 1;
+        match check_line(line, line_no, key, &prefix.head, head) {
+            Ok(None) => {}
+            Ok(Some((record, next))) => {
+                prefix.records.push(record);
+                prefix.head = next;
+                prefix.len = offset + line.len();
+            }
+            Err(e) => {
+                prefix.error = Some(e);
+                return prefix;
+            }
+        }
+        offset += line.len();
+    }
+    prefix
+}
+
+/// Checks one line after `expect`; `Ok(None)` for an empty final line.
+fn check_line(
+    line: &[u8],
+    line_no: usize,
+    key: &KeyMaterial,
+    expect: &AuditHead,
+    head: &AuditHead,
+) -> Result<Option<(Record, AuditHead)>, AuditError> {
+    let Some(body) = line.strip_suffix(b"\n") else {
+        // A last line without its newline: a write that was cut short.
+        return if line.is_empty() {
+            Ok(None)
+        } else {
+            Err(AuditError::Malformed(line_no))
+        };
+    };
+    if body.is_empty() {
+        return Err(AuditError::Malformed(line_no));
+    }
+    let record: Record =
+        serde_json::from_slice(body).map_err(|_| AuditError::Malformed(line_no))?;
+    if record.seq != expect.seq + 1 {
+        return Err(if record.seq > head.seq && expect.seq == head.seq {
+            AuditError::Ahead {
+                log: record.seq,
+                head: head.seq,
+            }
+        } else {
+            AuditError::Sequence {
+                line: line_no,
+                expected: expect.seq + 1,
+                found: record.seq,
+            }
+        });
+    }
+    if from_hex(&record.prev) != Some(expect.mac) {
+        return Err(AuditError::Chain(line_no));
+    }
+    let claimed = record
+        .mac
+        .as_deref()
+        .and_then(from_hex)
+        .ok_or(AuditError::Malformed(line_no))?;
+    let computed = compute_mac(key, &record);
+    if !bool::from(computed.ct_eq(&claimed)) {
+        return Err(AuditError::Mac(line_no));
+    }
+    let next = AuditHead {
+        seq: record.seq,
+        mac: computed,
+    };
+    Ok(Some((record, next)))
+}
+
 /// Verifies a whole log against the keystore's head; returns the records.
 pub fn verify(log: &[u8], key: &KeyMaterial, head: &AuditHead) -> Result<Vec<Record>, AuditError> {
-    let mut records = Vec::new();
-    let mut expect = AuditHead::genesis();
-    for (i, line) in log.split(|b| *b == b'\n').enumerate() {
-        let line_no = i + 1;
-        if line.is_empty() {
-            // Only the end of the file may be empty (after the last newline).
-            continue;
-        }
-        let record: Record =
-            serde_json::from_slice(line).map_err(|_| AuditError::Malformed(line_no))?;
-        if record.seq != expect.seq + 1 {
-            return Err(if record.seq > head.seq && expect.seq == head.seq {
-                AuditError::Ahead {
-                    log: record.seq,
-                    head: head.seq,
-                }
-            } else {
-                AuditError::Sequence {
-                    line: line_no,
-                    expected: expect.seq + 1,
-                    found: record.seq,
-                }
-            });
-        }
-        if from_hex(&record.prev) != Some(expect.mac) {
-            return Err(AuditError::Chain(line_no));
-        }
-        let claimed = record
-            .mac
-            .as_deref()
-            .and_then(from_hex)
-            .ok_or(AuditError::Malformed(line_no))?;
-        let computed = compute_mac(key, &record);
-        if !bool::from(computed.ct_eq(&claimed)) {
-            return Err(AuditError::Mac(line_no));
-        }
-        expect = AuditHead {
-            seq: record.seq,
-            mac: computed,
-        };
-        records.push(record);
+    let prefix = valid_prefix(log, key, head);
+    if let Some(e) = prefix.error {
+        return Err(e);
     }
-    match expect.seq.cmp(&head.seq) {
+    let end = prefix.head;
+    match end.seq.cmp(&head.seq) {
         std::cmp::Ordering::Less => Err(AuditError::Truncated {
-            log: expect.seq,
+            log: end.seq,
             head: head.seq,
         }),
         std::cmp::Ordering::Greater => Err(AuditError::Ahead {
-            log: expect.seq,
+            log: end.seq,
             head: head.seq,
         }),
-        std::cmp::Ordering::Equal if !bool::from(expect.mac.ct_eq(&head.mac)) => {
+        std::cmp::Ordering::Equal if !bool::from(end.mac.ct_eq(&head.mac)) => {
             Err(AuditError::HeadMismatch)
         }
-        std::cmp::Ordering::Equal => Ok(records),
+        std::cmp::Ordering::Equal => Ok(prefix.records),
     }
 }
 

@@ -132,20 +132,63 @@ pub fn replace_with_backup_from(
     stamp: &str,
     ownership: Ownership,
 ) -> io::Result<Option<PathBuf>> {
-    let dir = parent_dir(target);
-    let mut staged = Staged::new_in(dir)?;
-    io::copy(data, &mut staged)?;
-    let exists = target.exists();
-    if exists && ownership == Ownership::KeepExisting {
-        platform::copy_owner_and_mode(target, staged.file_mut())?;
-    }
-    let backup = if exists {
-        Some(backup_file(target, backup_dir, stamp)?)
-    } else {
-        None
-    };
-    staged.persist_replace(target)?;
+    let replacement = Replacement::prepare(target, data, backup_dir, stamp, ownership)?;
+    let backup = replacement.backup().map(Path::to_path_buf);
+    replacement.commit()?;
     Ok(backup)
+}
+
+/// A replacement made ready (new contents staged and synced beside the
+/// target, the old version backed up) but not yet done: the caller can
+/// journal its undo before [`commit`](Replacement::commit) renames it into
+/// place.
+pub struct Replacement {
+    target: PathBuf,
+    staged: Staged,
+    backup: Option<PathBuf>,
+}
+
+impl Replacement {
+    pub fn prepare(
+        target: &Path,
+        data: &mut dyn io::Read,
+        backup_dir: &Path,
+        stamp: &str,
+        ownership: Ownership,
+    ) -> io::Result<Self> {
+        let mut staged = Staged::new_in(parent_dir(target))?;
+        io::copy(data, &mut staged)?;
+        staged.sync()?;
+        let exists = target.exists();
+        if exists && ownership == Ownership::KeepExisting {
+            platform::copy_owner_and_mode(target, staged.file_mut())?;
+        }
+        let backup = if exists {
+            Some(backup_file(target, backup_dir, stamp)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            target: target.to_path_buf(),
+            staged,
+            backup,
+        })
+    }
+
+    /// The copy of the previous version, when there was one.
+    pub fn backup(&self) -> Option<&Path> {
+        self.backup.as_deref()
+    }
+
+    /// The staged new contents.
+    pub fn staged_path(&self) -> &Path {
+        self.staged.path()
+    }
+
+    /// Renames the new contents over the target.
+    pub fn commit(self) -> io::Result<()> {
+        self.staged.persist_replace(&self.target)
+    }
 }
 
 /// Puts a backup made by [`replace_with_backup_from`] back in place
@@ -213,7 +256,7 @@ fn parent_dir(path: &Path) -> &Path {
 /// Makes a rename durable: on Unix the directory entry itself must be
 /// fsync-ed; on Windows `platform::persist` already renamed with
 /// `MOVEFILE_WRITE_THROUGH`, which returns only once the move is on disk.
-fn sync_parent(path: &Path) -> io::Result<()> {
+pub fn sync_parent(path: &Path) -> io::Result<()> {
     platform::sync_dir(parent_dir(path))
 }
 

@@ -16,6 +16,7 @@ pub mod fsutil;
 pub mod ha;
 pub mod kdf;
 pub mod keyring;
+pub mod node;
 pub mod ops;
 pub mod payload;
 pub mod secret;

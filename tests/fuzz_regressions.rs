@@ -8,8 +8,8 @@ use std::io::Read;
 use std::path::Path;
 
 use keyferry::ha::config::HaConfig;
-use keyferry::keyring::store::Keystore;
 use keyferry::keyring::Keyring;
+use keyferry::node::keystore::Keystore;
 use keyferry::payload::{self, ConfigFile, ConfigSink};
 
 const SAMPLE_KEYRING: &str = r#"{"format":"keyferry-keyring","version":1,"primary":1,"keys":[

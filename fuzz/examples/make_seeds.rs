@@ -189,7 +189,7 @@ fn document_seeds() {
     put("documents", "keystore.json", keystore_json().as_bytes());
     put("documents", "manifest.json", manifest_json().as_bytes());
     put("documents", "ha.toml", ha_toml().as_bytes());
-    assert!(keyferry::keyring::store::Keystore::from_json(keystore_json().as_bytes()).is_ok());
+    assert!(keyferry::node::keystore::Keystore::from_json(keystore_json().as_bytes()).is_ok());
     let zipped = zip_with_manifest(manifest_json().as_bytes());
     assert!(keyferry_fuzz::read_payload_capped(&zipped[..], 1 << 20).is_ok());
     // The payload path the manifest goes through, for payload_zip too.

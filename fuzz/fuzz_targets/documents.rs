@@ -13,7 +13,7 @@
 #![no_main]
 
 use keyferry::ha::config::HaConfig;
-use keyferry::keyring::store::Keystore;
+use keyferry::node::keystore::Keystore;
 use keyferry::keyring::Keyring;
 use keyferry_fuzz::{read_payload_capped, zip_with_manifest, SMALL_CAP};
 use libfuzzer_sys::fuzz_target;

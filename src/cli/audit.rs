@@ -15,6 +15,14 @@ pub enum AuditCommand {
     },
     /// Check the chain of MACs and that no record was cut off the end.
     Verify,
+    /// Show why the log does not verify and, with --apply, resolve it: keep
+    /// the records that verify, copy the whole log aside, and add a record
+    /// saying so.
+    Repair {
+        /// Make the repair (without it, only show what it would do).
+        #[arg(long)]
+        apply: bool,
+    },
 }
 
 fn print_record(r: &Record) {
@@ -45,6 +53,40 @@ pub fn run(home: &Home, cmd: AuditCommand) -> Result<()> {
                 records.iter().for_each(print_record);
             }
             verdict
+        }
+        AuditCommand::Repair { apply } => {
+            let r = home.repair_audit(apply)?;
+            let Some(problem) = &r.problem else {
+                println!("audit log intact: nothing to repair");
+                return Ok(());
+            };
+            println!("problem: {problem}");
+            println!(
+                "{} records from the start verify; the keystore records sequence {}",
+                r.kept, r.keystore_seq
+            );
+            if r.dropped_bytes > 0 {
+                println!(
+                    "{} bytes after them do not verify and {}",
+                    r.dropped_bytes,
+                    if r.applied {
+                        "were removed from the log"
+                    } else {
+                        "would be removed from the log (the whole log is copied aside first)"
+                    }
+                );
+            }
+            if let Some(copy) = &r.damaged_copy {
+                println!("the whole damaged log was copied to {}", copy.display());
+            }
+            if r.applied {
+                println!("repaired: an audit-repair record says what was found; `keyferry audit verify` passes");
+            } else {
+                println!(
+                    "run `keyferry audit repair --apply` to resolve it with an audit-repair record"
+                );
+            }
+            Ok(())
         }
         AuditCommand::Verify => {
             let records = audit_log::verify(home)?;

@@ -106,6 +106,9 @@ pub fn run() -> Result<()> {
         if let Some(warning) = home.sharing_warning() {
             eprintln!("warning: {warning}");
         }
+        if let Some(recovered) = home.recover()? {
+            eprintln!("note: {recovered}");
+        }
     }
     match cli.command {
         Command::Init => {

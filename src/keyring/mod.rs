@@ -8,8 +8,6 @@
 //! - a destroyed key has no material, every other key has 32 bytes of it;
 //! - key material lives in zeroizing buffers and never appears in `Debug`.
 
-pub mod store;
-
 use std::fmt;
 
 use base64::engine::general_purpose::STANDARD;

@@ -9,6 +9,7 @@ use super::Home;
 use crate::error::{Error, Result};
 use crate::fsutil::{self, Staged};
 use crate::ha::config::{FieldChange, HaConfig};
+use crate::node::Change;
 use crate::payload::{zip, ConfigFile, ConfigSink, ConfigSource};
 
 /// What an export puts into the payload besides the keys.
@@ -287,44 +288,17 @@ pub fn plan_install(
     Ok(plans)
 }
 
-/// Installed files and their backups, to undo an install.
-pub struct Installed(Vec<(PathBuf, Option<PathBuf>)>);
-
-impl Installed {
-    /// Puts every installed file back as it was (best effort: each failure
-    /// is reported by `audit verify` only indirectly, so keep going).
-    pub fn undo(self) {
-        for (target, backup) in self.0.into_iter().rev() {
-            let _ = fsutil::restore(&target, backup.as_deref());
-        }
-    }
-}
-
-/// Installs the planned files (byte for byte, with backups, keeping each
-/// old file's owner and mode). On failure, what was installed is undone.
-pub fn install(home: &Home, plans: Vec<FilePlan>, stamp: &str) -> Result<Installed> {
-    let mut done = Installed(Vec::new());
+/// Installs the planned files byte for byte, each a step of `change` (with
+/// a backup, keeping each old file's owner and mode), so that a failure or a
+/// crash puts every one back.
+pub fn install(change: &mut Change<'_>, plans: Vec<FilePlan>) -> Result<()> {
     for mut plan in plans.into_iter().filter(|p| !p.unchanged) {
         let f = plan.contents.file_mut();
-        let result = f.seek(SeekFrom::Start(0)).and_then(|_| {
-            fsutil::replace_with_backup_from(
-                &plan.target,
-                f,
-                &home.backup_dir(),
-                stamp,
-                fsutil::Ownership::KeepExisting,
-            )
-        });
-        match result {
-            Ok(backup) => done.0.push((plan.target, backup)),
-            Err(e) => {
-                done.undo();
-                return Err(Error::io(format!(
-                    "cannot install {}",
-                    plan.target.display()
-                ))(e));
-            }
-        }
+        f.seek(SeekFrom::Start(0)).map_err(Error::io(format!(
+            "cannot read the staged {}",
+            plan.target.display()
+        )))?;
+        change.replace_file(&plan.target, f, fsutil::Ownership::KeepExisting)?;
     }
-    Ok(done)
+    Ok(())
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{details, now_unix, record, Home};
+use super::{details, now_unix, Home};
 use crate::bundle::{self, SealParams};
 use crate::error::{Error, Result};
 use crate::fsutil::Staged;
@@ -93,9 +93,8 @@ pub fn export(home: &Home, opts: &ExportOptions) -> Result<ExportReport> {
     if !home.root().is_dir() {
         return Err(Error::NotInitialized(home.root().to_path_buf()));
     }
-    let _lock = home.lock()?;
-    let mut store = home.load_keystore()?;
-    home.verify_audit(&store)?;
+    let mut node = home.open(false)?;
+    let store = node.require_keystore()?;
     let dir = check_target(&opts.file)?;
     let config = super::config::sources_for_export(home, opts.with_config)?;
     let (password, generated) = match &opts.password {
@@ -133,9 +132,7 @@ pub fn export(home: &Home, opts: &ExportOptions) -> Result<ExportReport> {
     contents.extend(config.files.iter().map(|(f, _)| f.content()));
 
     let file_name = opts.file.display().to_string();
-    let line = record(
-        &mut store,
-        now,
+    let mut change = node.begin(
         "export",
         details([
             ("bundle", Value::from(file_name)),
@@ -154,21 +151,9 @@ pub fn export(home: &Home, opts: &ExportOptions) -> Result<ExportReport> {
                 serde_json::to_value(&contents).expect("contents serialize"),
             ),
         ]),
-    );
-    let target = opts.file.clone();
-    home.commit(
-        &store,
-        &line,
-        now,
-        || {
-            staged
-                .persist_new(&target)
-                .map_err(Error::io(format!("cannot create {}", target.display())))
-        },
-        |()| {
-            let _ = std::fs::remove_file(&opts.file);
-        },
     )?;
+    change.create_file(staged, &opts.file)?;
+    change.finish()?;
     Ok(ExportReport {
         file: opts.file.clone(),
         fingerprint,

@@ -6,12 +6,11 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use super::config::{self, ConfigPolicy, Installed, StagingSink};
-use super::{details, new_node_state, now_unix, open_bundle_file, payload_error, record, Home};
+use super::config::{self, ConfigPolicy, StagingSink};
+use super::{details, now_unix, open_bundle_file, payload_error, Home};
 use crate::bundle::{self, BundleError, OpenOptions};
 use crate::error::{Error, Result};
 use crate::kdf::{self, KdfLimits};
-use crate::keyring::store::Keystore;
 use crate::keyring::Fingerprint;
 use crate::payload::{self, ConfigFile, ConfigSink, DiscardConfig};
 use crate::secret::PasswordSource;
@@ -58,8 +57,10 @@ pub struct ImportReport {
 }
 
 pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
-    let mut lock = if home.root().is_dir() {
-        Some(home.lock()?)
+    // A home that does not exist yet is created only once the bundle has
+    // been verified: a failed import leaves no trace.
+    let mut node = if home.root().is_dir() {
+        Some(home.open(false)?)
     } else {
         None
     };
@@ -71,18 +72,16 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
     };
     limits.check(&header.kdf)?;
 
-    let existing = if home.has_keystore() {
-        let store = home.load_keystore()?;
-        home.verify_audit(&store)?;
-        Some(store)
-    } else if home.audit_path().exists() {
+    let existing = node
+        .as_ref()
+        .and_then(|n| n.keystore())
+        .map(|s| s.keyring.fingerprint());
+    if existing.is_none() && home.audit_path().exists() {
         return Err(Error::Refused(format!(
             "{} exists without a keyring: move it away (it belongs to a keyring that is gone) and import again",
             home.audit_path().display()
         )));
-    } else {
-        None
-    };
+    }
 
     let password = opts.password.read("Bundle password: ")?;
     let kek = kdf::derive_kek(password.as_bytes(), &header.kdf_salt, &header.kdf)?;
@@ -152,51 +151,38 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
         Vec::new()
     };
 
-    let before = existing.as_ref().map(|s| s.keyring.fingerprint());
+    let before = existing;
     let after = payload.keyring.fingerprint();
-    let node = match existing {
-        Some(s) => s.node,
-        None => new_node_state()?,
-    };
-    let mut store = Keystore {
-        keyring: payload.keyring,
-        node,
-    };
-    let line = record(
-        &mut store,
-        now,
-        "import",
-        details([
-            ("bundle", Value::from(opts.file.display().to_string())),
-            (
-                "source_node",
-                Value::from(payload.manifest.source_node.clone()),
+    let record_details = details([
+        ("bundle", Value::from(opts.file.display().to_string())),
+        (
+            "source_node",
+            Value::from(payload.manifest.source_node.clone()),
+        ),
+        ("bundle_created", Value::from(bundle::fmt_time(created))),
+        (
+            "bundle_expires",
+            expires
+                .map(bundle::fmt_time)
+                .map_or(Value::Null, Value::from),
+        ),
+        (
+            "fingerprint_before",
+            before.map_or(Value::Null, |f| Value::from(f.to_string())),
+        ),
+        ("fingerprint_after", Value::from(after.to_string())),
+        ("keys_only", Value::from(opts.keys_only)),
+        (
+            "config_installed",
+            Value::from(
+                config
+                    .iter()
+                    .filter(|c| !c.unchanged)
+                    .map(|c| c.target.display().to_string())
+                    .collect::<Vec<_>>(),
             ),
-            ("bundle_created", Value::from(bundle::fmt_time(created))),
-            (
-                "bundle_expires",
-                expires
-                    .map(bundle::fmt_time)
-                    .map_or(Value::Null, Value::from),
-            ),
-            (
-                "fingerprint_before",
-                before.map_or(Value::Null, |f| Value::from(f.to_string())),
-            ),
-            ("fingerprint_after", Value::from(after.to_string())),
-            ("keys_only", Value::from(opts.keys_only)),
-            (
-                "config_installed",
-                Value::from(
-                    config
-                        .iter()
-                        .filter(|c| !c.unchanged)
-                        .map(|c| c.target.display().to_string())
-                        .collect::<Vec<_>>(),
-                ),
-            ),
-        ]),
-    );
+        ),
+    ]);
     let mut report = ImportReport {
         before,
         after,
@@ -211,19 +197,14 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
     if opts.dry_run {
         return Ok(report);
     }
-    if lock.is_none() {
-        home.create()?;
-        lock = Some(home.lock()?);
-    }
-    let stamp = super::file_stamp(now);
-    home.commit(
-        &store,
-        &line,
-        now,
-        || config::install(home, plans, &stamp),
-        Installed::undo,
-    )?;
-    drop(lock);
+    let node = match &mut node {
+        Some(n) => n,
+        None => node.insert(home.open(true)?),
+    };
+    let mut change = node.begin("import", record_details)?;
+    config::install(&mut change, plans)?;
+    change.set_keyring(payload.keyring);
+    change.finish()?;
 
     report.deleted = opts.delete.then(|| {
         std::fs::remove_file(&opts.file).map_err(|e| format!("{}: {e}", opts.file.display()))

@@ -2,10 +2,9 @@
 
 use serde_json::Value;
 
-use super::{details, new_node_state, now_unix, record, Home};
+use super::{details, now_unix, Home};
 use crate::bundle;
 use crate::error::{Error, Result};
-use crate::keyring::store::Keystore;
 use crate::keyring::{Fingerprint, Keyring};
 
 pub struct InitReport {
@@ -13,9 +12,8 @@ pub struct InitReport {
 }
 
 pub fn init(home: &Home) -> Result<InitReport> {
-    home.create()?;
-    let _lock = home.lock()?;
-    if home.has_keystore() {
+    let mut node = home.open(true)?;
+    if node.keystore().is_some() {
         return Err(Error::Refused(format!(
             "{} already holds a keyring: keyferry init never replaces one \
              (use `keyferry import` to take another node's keys)",
@@ -28,25 +26,20 @@ pub fn init(home: &Home) -> Result<InitReport> {
             home.audit_path().display()
         )));
     }
-    let now = now_unix();
-    let keyring = Keyring::generate(&bundle::fmt_time(now)).map_err(|source| Error::Keyring {
-        context: "cannot create the keyring".into(),
-        source,
-    })?;
+    let keyring =
+        Keyring::generate(&bundle::fmt_time(now_unix())).map_err(|source| Error::Keyring {
+            context: "cannot create the keyring".into(),
+            source,
+        })?;
     let fingerprint = keyring.fingerprint();
-    let mut store = Keystore {
-        keyring,
-        node: new_node_state()?,
-    };
-    let line = record(
-        &mut store,
-        now,
+    let mut change = node.begin(
         "init",
         details([
             ("fingerprint_after", Value::from(fingerprint.to_string())),
             ("keys", Value::from(1)),
         ]),
-    );
-    home.commit(&store, &line, now, || Ok(()), |()| ())?;
+    )?;
+    change.set_keyring(keyring);
+    change.finish()?;
     Ok(InitReport { fingerprint })
 }

@@ -21,7 +21,6 @@
 //! run (its `postmaster.pid` exists) but does not answer is an error, not a
 //! reason to skip the check; `--offline` skips the server on purpose.
 
-use std::cell::RefCell;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -29,9 +28,9 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{audited, load_config, stamp};
+use super::load_config;
 use crate::error::{Error, Result};
-use crate::fsutil::{self, Ownership};
+use crate::fsutil::Ownership;
 use crate::ha::config::HaConfig;
 use crate::ha::hba::{self, Coverage, HbaMethod};
 use crate::ha::pg::{self, passfile, ConnSpec, Endpoint, PgError};
@@ -193,8 +192,7 @@ fn change(
     what: Change,
 ) -> Result<HbaChangeReport> {
     let r = resolve(home, target)?;
-    home.create()?;
-    let _lock = home.lock()?;
+    let mut node = home.open(true)?;
     let original = read_hba(&r.file)?;
     let (edit, action) = match what {
         Change::Ensure(method) => (
@@ -234,8 +232,7 @@ fn change(
             endpoint: endpoint.to_string(),
         },
     };
-    let server = RefCell::new(server);
-    let backup = RefCell::new(None);
+    let mut server = server;
     let file = &r.file;
     let mut record_details = details([
         ("peer", Value::from(peer.to_string())),
@@ -252,53 +249,29 @@ fn change(
     if let Change::Ensure(method) = what {
         record_details.insert("method".into(), Value::from(method.as_str()));
     }
-    report.audited = audited(
-        home,
-        action,
-        record_details,
-        || {
-            let made = fsutil::replace_with_backup_from(
-                file,
-                &mut &edit.text[..],
-                &home.backup_dir(),
-                &stamp(),
-                Ownership::KeepExisting,
-            )
-            .map_err(Error::io(format!(
-                "cannot write {} (or its backup into {}); nothing was changed",
-                file.display(),
-                home.backup_dir().display()
-            )))?;
-            *backup.borrow_mut() = made.clone();
-            if let Some((client, endpoint)) = server.borrow_mut().as_mut() {
-                if let Err(e) = check_and_reload(client, &endpoint.to_string(), file) {
-                    restore(file, made.as_deref());
-                    return Err(e);
-                }
-            }
-            Ok(())
-        },
-        || {
-            restore(file, backup.borrow().as_deref());
-            if let Some((client, endpoint)) = server.borrow_mut().as_mut() {
-                let _ = pg::reload_conf(client, &endpoint.to_string());
-            }
-        },
-    )?;
-    report.backup = backup.into_inner();
+    let mut change = node.begin(action, record_details)?;
+    report.backup = change.replace_file(file, &mut &edit.text[..], Ownership::KeepExisting)?;
+    if let Some((client, endpoint)) = server.as_mut() {
+        if let Err(e) = check_rules(client, &endpoint.to_string(), file) {
+            change.abort()?;
+            return Err(e);
+        }
+    }
+    report.audited = change.finish()?.audited;
+    if let Some((client, endpoint)) = server.as_mut() {
+        pg::reload_conf(client, &endpoint.to_string()).map_err(|e| {
+            Error::Refused(format!(
+                "the new {} is in place and PostgreSQL accepts it, but pg_reload_conf() failed ({e}): \
+                 run `SELECT pg_reload_conf()` as a superuser",
+                file.display()
+            ))
+        })?;
+    }
     Ok(report)
 }
 
-/// Puts the backup (the original bytes) back, with the file's owner and
-/// mode (best effort: this runs only while undoing a failed change).
-fn restore(file: &Path, backup: Option<&Path>) {
-    if backup.is_some() {
-        let _ = fsutil::restore(file, backup);
-    }
-}
-
-/// Runs PostgreSQL's parser over the file on disk; reloads when clean.
-fn check_and_reload(client: &mut postgres::Client, target: &str, file: &Path) -> Result<()> {
+/// Runs PostgreSQL's parser over the file on disk.
+fn check_rules(client: &mut postgres::Client, target: &str, file: &Path) -> Result<()> {
     let errors = pg::hba_file_errors(client, target).map_err(|e| {
         Error::Refused(format!(
             "cannot check {} with the server ({e}); the original was put back: connect as a superuser (--pg-user)",
@@ -319,12 +292,7 @@ fn check_and_reload(client: &mut postgres::Client, target: &str, file: &Path) ->
             file.display()
         )));
     }
-    pg::reload_conf(client, target).map_err(|e| {
-        Error::Refused(format!(
-            "pg_reload_conf() failed ({e}); the original {} was put back",
-            file.display()
-        ))
-    })
+    Ok(())
 }
 
 /// The endpoints tried for the administrative connection, in order.

@@ -2,10 +2,9 @@
 //! `ha.toml`), `ha check` (preflight, in [`check`]), `hba ensure` /
 //! `hba remove` / `hba show` (in [`hba`]) and `ha archive clean`.
 //!
-//! Order and audit follow the rest of `ops` (see the parent module): every
-//! change is written through `audited`, which on a node with a keyring
-//! appends the audit record first, then makes the change, then stores the
-//! new audit head in the keystore, undoing what was done on failure.
+//! Every change goes through the node's change type
+//! ([`crate::node::Change`]): journaled, audited on a node with a keyring,
+//! undone on failure.
 //!
 //! A node without a keyring yet (a secondary is usually described and its
 //! `pg_hba.conf` prepared before the primary's keys are imported) may still
@@ -19,46 +18,17 @@
 pub mod check;
 pub mod hba;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{details, file_stamp, now_unix, record, Home};
+use super::{details, Home};
 use crate::error::{Error, Result};
-use crate::fsutil;
-use crate::ha::archive::{self, CleanPlan, WalFileKind};
+use crate::fsutil::Ownership;
+use crate::ha::archive::{self, WalFileKind};
 use crate::ha::config::HaConfig;
 use crate::ha::PeerAddr;
-
-/// Runs `effect` as the change `action`: under the commit protocol with an
-/// audit record when the node has a keyring (after verifying the log), else
-/// unaudited. The caller holds the home's lock. Returns whether an audit
-/// record was written.
-fn audited(
-    home: &Home,
-    action: &str,
-    record_details: BTreeMap<String, Value>,
-    effect: impl FnOnce() -> Result<()>,
-    undo_effect: impl FnOnce(),
-) -> Result<bool> {
-    if !home.has_keystore() {
-        effect()?;
-        return Ok(false);
-    }
-    let mut store = home.load_keystore()?;
-    home.verify_audit(&store)?;
-    let now = now_unix();
-    let line = record(&mut store, now, action, record_details);
-    home.commit(&store, &line, now, effect, |()| undo_effect())?;
-    Ok(true)
-}
-
-/// A backup stamp for now.
-fn stamp() -> String {
-    file_stamp(now_unix())
-}
 
 /// Reads `ha.toml`; `Ok(None)` when the node has none.
 pub use crate::ops::config::load_local as load_config;
@@ -141,8 +111,7 @@ pub fn init(home: &Home, opts: &InitOptions) -> Result<InitReport> {
     config.validate()?;
     let text = config.to_toml()?;
 
-    home.create()?;
-    let _lock = home.lock()?;
+    let mut node = home.open(true)?;
     let path = home.ha_config_path();
     let exists = path.exists();
     if exists && !opts.force {
@@ -164,31 +133,13 @@ pub fn init(home: &Home, opts: &InitOptions) -> Result<InitReport> {
         ),
         ("replaced", Value::from(exists)),
     ]);
-    let backup = std::cell::RefCell::new(None);
-    let audited = audited(
-        home,
-        "ha-init",
-        record_details,
-        || {
-            let made =
-                fsutil::replace_with_backup(&path, text.as_bytes(), &home.backup_dir(), &stamp())
-                    .map_err(Error::io(format!(
-                    "cannot write {}; nothing was changed",
-                    path.display()
-                )))?;
-            *backup.borrow_mut() = made;
-            Ok(())
-        },
-        // Best effort: puts the previous version back, or removes the new
-        // file when there was none.
-        || {
-            let _ = fsutil::restore(&path, backup.borrow().as_deref());
-        },
-    )?;
+    let mut change = node.begin("ha-init", record_details)?;
+    let backup = change.replace_file(&path, &mut text.as_bytes(), Ownership::OwnerOnly)?;
+    let audited = change.finish()?.audited;
     Ok(InitReport {
         path,
         config: HaConfigView::of(&config)?,
-        backup: backup.into_inner(),
+        backup,
         audited,
     })
 }
@@ -288,36 +239,37 @@ pub fn archive_clean(
     if dry_run || plan.files.is_empty() {
         return Ok(report);
     }
-    home.create()?;
-    let _lock = home.lock()?;
-    let done = std::cell::RefCell::new(None);
-    report.audited = audited(
-        home,
+    let mut node = home.open(true)?;
+    let mut change = node.begin(
         "ha-archive-clean",
         details([
             ("dir", Value::from(dir.display().to_string())),
             ("files", Value::from(plan.files.len())),
             ("bytes", Value::from(plan.total_bytes())),
         ]),
-        || {
-            *done.borrow_mut() = Some(clean_plan(&plan)?);
-            Ok(())
-        },
-        // Removed files cannot come back; the audit record is what is
-        // undone, and the error says how many were removed.
-        || {},
     )?;
-    if let Some(done) = done.into_inner() {
-        report.skipped = done.skipped;
-        let skipped: Vec<&PathBuf> = report.skipped.iter().collect();
-        report.files.retain(|f| !skipped.contains(&&f.path));
-        report.bytes = done.bytes;
-    }
+    let removes = plan.files.iter().map(|f| f.path.clone()).collect();
+    let done = change.irreversible("removing WAL archive files", removes, |progress| {
+        let result = archive::clean(&plan);
+        match &result {
+            Ok(done) => {
+                progress.set("removed", done.removed);
+                progress.set("removed_bytes", done.bytes);
+                progress.set("skipped", done.skipped.len());
+            }
+            Err(crate::ha::Error::ArchiveRemove { removed, .. }) => {
+                progress.set("removed", *removed);
+            }
+            Err(_) => {}
+        }
+        Ok(result?)
+    })?;
+    report.audited = change.finish()?.audited;
+    report.skipped = done.skipped;
+    let skipped: Vec<&PathBuf> = report.skipped.iter().collect();
+    report.files.retain(|f| !skipped.contains(&&f.path));
+    report.bytes = done.bytes;
     Ok(report)
-}
-
-fn clean_plan(plan: &CleanPlan) -> Result<archive::CleanReport> {
-    Ok(archive::clean(plan)?)
 }
 
 /// Refuses `dir` when it is a data directory or directly inside one (its

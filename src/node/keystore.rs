@@ -1,5 +1,7 @@
 //! The node's keystore: its keyring plus node-local state that is never
-//! exported (the audit key and the audit log's head).
+//! exported (the audit key and the audit log's head). It lives here, in the
+//! node's module, and not in `keyring`: the keyring knows nothing of the
+//! audit log, so the two modules do not depend on each other.
 //!
 //! The keystore is the `keyring.json` in the node's home. It is a keyring
 //! document with one more member, `node`, which a keyring reader ignores; the
@@ -9,11 +11,11 @@
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::{
+use crate::audit::AuditHead;
+use crate::keyring::{
     to_json_zeroizing, Key, KeyMaterial, Keyring, KeyringError, SecretText, KEYRING_FORMAT,
     KEYRING_VERSION,
 };
-use crate::audit::AuditHead;
 
 /// Node-local state kept next to the keys.
 #[derive(Clone, Debug, PartialEq, Eq)]

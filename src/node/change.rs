@@ -1,0 +1,427 @@
+//! The one change type: every operation that changes a node goes through a
+//! [`Change`] (`node.begin(action, details)` → steps with their undo →
+//! irreversible steps → `finish`), and the audit record states how it
+//! ended.
+//!
+//! Order of writes, and why a crash at any point is recoverable:
+//!
+//! 1. `begin` writes the journal (phase `steps`, no undo yet);
+//! 2. each step journals its undo, then applies; a failure undoes every
+//!    step so far, newest first, and removes the journal;
+//! 3. the commit appends the audit record (synced) after journaling it as
+//!    pending, then replaces the keystore carrying the new audit head; the
+//!    keystore rename is the commit point. A crash before it leaves a
+//!    journal that names the record, which recovery cuts off again before
+//!    undoing the steps; a crash after it leaves a keystore whose head
+//!    matches the journal, and recovery only removes the journal;
+//! 4. an irreversible step is preceded by a commit whose record says it
+//!    started (an operation whose record cannot be written does not
+//!    happen), journals what it is about to remove, and is followed by a
+//!    record of its outcome: done, or failed after how much. Recovery
+//!    counts what an interrupted one got done and records that.
+//!
+//! A node without a keystore (a secondary described before its keys are
+//! imported) has no audit log: its changes are journaled and undone in the
+//! same way, and the receipt says they were not audited.
+//!
+//! Dropping an unfinished change undoes it (best effort; what cannot be
+//! undone stays in the journal for the next run).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::journal::{Journal, Phase, Undo};
+use super::keystore::{Keystore, NodeState};
+use super::{file_stamp, now_unix, Node};
+use crate::audit::{self, Actor, AuditHead};
+use crate::bundle;
+use crate::error::{Error, Result};
+use crate::fsutil::{self, Ownership, Replacement, Staged};
+use crate::keyring::{KeyMaterial, Keyring};
+
+/// How a change ended, for the caller's report.
+#[derive(Debug, Clone, Default)]
+pub struct Receipt {
+    /// Whether the change was audited (the node has a keystore).
+    pub audited: bool,
+    /// The keystore's previous version, when the keys changed.
+    pub keystore_backup: Option<PathBuf>,
+}
+
+/// What an irreversible step got done, for its outcome record.
+#[derive(Debug, Default)]
+pub struct Progress {
+    details: BTreeMap<String, Value>,
+}
+
+impl Progress {
+    /// Records a fact about how far the step got (counts, not secrets).
+    pub fn set(&mut self, key: &str, value: impl Into<Value>) {
+        self.details.insert(key.to_owned(), value.into());
+    }
+}
+
+/// A change to a node under way. See the module documentation.
+pub struct Change<'n> {
+    node: &'n mut Node,
+    journal: Journal,
+    action: String,
+    details: BTreeMap<String, Value>,
+    /// Replaces the keystore's keyring when the change commits.
+    keyring: Option<Keyring>,
+    receipt: Receipt,
+    open: bool,
+}
+
+impl Node {
+    /// Starts a change named `action` (the audit record's action), with the
+    /// record's details so far.
+    pub fn begin(&mut self, action: &str, details: BTreeMap<String, Value>) -> Result<Change<'_>> {
+        let journal = Journal::new(action, bundle::fmt_time(now_unix()));
+        let path = self.home.journal_path();
+        journal.write(&path).map_err(Error::io(format!(
+            "cannot write the journal {}; nothing was changed",
+            path.display()
+        )))?;
+        Ok(Change {
+            node: self,
+            journal,
+            action: action.to_owned(),
+            details,
+            keyring: None,
+            receipt: Receipt::default(),
+            open: true,
+        })
+    }
+}
+
+impl Change<'_> {
+    /// Adds a detail to the audit record.
+    pub fn detail(&mut self, key: &str, value: impl Into<Value>) {
+        self.details.insert(key.to_owned(), value.into());
+    }
+
+    /// The keyring the keystore will hold when the change commits.
+    pub fn set_keyring(&mut self, keyring: Keyring) {
+        self.keyring = Some(keyring);
+    }
+
+    /// Journals `undo`, then runs `apply`. On failure every step so far is
+    /// undone and the error returned.
+    pub fn step<T>(&mut self, undo: Undo, apply: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.journal.undo.push(undo);
+        if let Err(e) = self.write_journal() {
+            self.journal.undo.pop();
+            return Err(self.fail(e));
+        }
+        apply().map_err(|e| self.fail(e))
+    }
+
+    /// Replaces (or creates) `target` with `data`, backing up the old
+    /// version into the home's backups: a step whose undo puts the old
+    /// version back (or removes the new file). Returns the backup's path.
+    pub fn replace_file(
+        &mut self,
+        target: &Path,
+        data: &mut dyn Read,
+        ownership: Ownership,
+    ) -> Result<Option<PathBuf>> {
+        let what = format!("cannot write {}; nothing was changed", target.display());
+        let replacement = Replacement::prepare(
+            target,
+            data,
+            &self.node.home.backup_dir(),
+            &file_stamp(now_unix()),
+            ownership,
+        )
+        .map_err(Error::io(what.clone()))
+        .map_err(|e| self.fail(e))?;
+        let undo = match replacement.backup() {
+            Some(backup) => Undo::restore(target, backup),
+            None => Undo::remove_copy_of(target, replacement.staged_path()),
+        }
+        .map_err(Error::io(what.clone()))
+        .map_err(|e| self.fail(e))?;
+        let backup = replacement.backup().map(Path::to_path_buf);
+        self.step(undo, || replacement.commit().map_err(Error::io(what)))?;
+        Ok(backup)
+    }
+
+    /// Moves the staged file to `target`, which must not exist: a step
+    /// whose undo removes it again.
+    pub fn create_file(&mut self, staged: Staged, target: &Path) -> Result<()> {
+        let what = format!("cannot create {}", target.display());
+        let undo = Undo::remove_copy_of(target, staged.path())
+            .map_err(Error::io(what.clone()))
+            .map_err(|e| self.fail(e))?;
+        self.step(undo, || staged.persist_new(target).map_err(Error::io(what)))
+    }
+
+    /// Runs an effect that cannot be undone. What was done so far is
+    /// committed first, with a record that it started; `removes` lists the
+    /// files it will remove, so that an interrupted run can be counted.
+    /// Afterwards the change goes on; a failure is recorded (with what
+    /// `apply` noted in its [`Progress`]) before it is returned.
+    pub fn irreversible<T>(
+        &mut self,
+        what: &str,
+        removes: Vec<PathBuf>,
+        apply: impl FnOnce(&mut Progress) -> Result<T>,
+    ) -> Result<T> {
+        let mut started = self.details.clone();
+        started.insert("step".into(), Value::from(what));
+        self.commit("started", started)?;
+        self.journal.phase = Phase::Irreversible {
+            what: what.to_owned(),
+            removes,
+        };
+        self.write_journal()?;
+        let mut progress = Progress::default();
+        let result = apply(&mut progress);
+        self.journal.phase = Phase::Steps;
+        self.details.insert("step".into(), Value::from(what));
+        self.details.extend(progress.details);
+        if let Err(e) = &result {
+            let mut failed = self.details.clone();
+            failed.insert("error".into(), Value::from(e.to_string()));
+            self.commit("failed", failed)?;
+            self.close_journal()?;
+        }
+        result
+    }
+
+    /// Commits the change with the outcome "done" and ends it.
+    pub fn finish(mut self) -> Result<Receipt> {
+        let details = self.details.clone();
+        self.commit("done", details)?;
+        self.close_journal()?;
+        Ok(std::mem::take(&mut self.receipt))
+    }
+
+    /// Undoes every step so far and ends the change.
+    pub fn abort(mut self) -> Result<()> {
+        self.rollback()
+    }
+
+    fn write_journal(&self) -> Result<()> {
+        let path = self.node.home.journal_path();
+        self.journal.write(&path).map_err(Error::io(format!(
+            "cannot write the journal {}",
+            path.display()
+        )))
+    }
+
+    fn close_journal(&mut self) -> Result<()> {
+        self.open = false;
+        let path = self.node.home.journal_path();
+        // The change is committed: a journal left behind is harmless (the
+        // next run sees the keystore at its head and removes it).
+        Journal::remove(&path).map_err(Error::io(format!(
+            "the change is done, but the journal {} could not be removed; the next keyferry command removes it",
+            path.display()
+        )))
+    }
+
+    /// Undoes what was done after a failure and returns the error to report.
+    fn fail(&mut self, e: Error) -> Error {
+        match self.rollback() {
+            Ok(()) => e,
+            Err(undo) => Error::Refused(format!(
+                "{e}; undoing it failed too ({undo}): the journal {} lists what is left, \
+                 and the next keyferry command on this home finishes the undo",
+                self.node.home.journal_path().display()
+            )),
+        }
+    }
+
+    fn rollback(&mut self) -> Result<()> {
+        self.open = false;
+        undo_all(&self.journal.undo)?;
+        self.journal.undo.clear();
+        let path = self.node.home.journal_path();
+        Journal::remove(&path).map_err(Error::io(format!("cannot remove {}", path.display())))
+    }
+
+    /// Appends the record and replaces the keystore with the new head; on
+    /// failure undoes everything. Without a keystore (and no keyring to
+    /// install) there is nothing to audit: the steps so far simply stand.
+    fn commit(&mut self, outcome: &str, mut details: BTreeMap<String, Value>) -> Result<()> {
+        details.insert("outcome".into(), Value::from(outcome));
+        let new_store = match (self.node.store.clone(), self.keyring.take()) {
+            (Some(old), keyring) => Keystore {
+                keyring: keyring.unwrap_or(old.keyring),
+                node: old.node,
+            },
+            (None, Some(keyring)) => Keystore {
+                keyring,
+                node: new_node_state().map_err(|e| self.fail(e))?,
+            },
+            (None, None) => {
+                self.journal.undo.clear();
+                return Ok(());
+            }
+        };
+        let backup = commit_audited(
+            self.node,
+            &mut self.journal,
+            new_store,
+            &self.action,
+            details,
+        )
+        .map_err(|e| self.fail(e))?;
+        if backup.is_some() {
+            self.receipt.keystore_backup = backup;
+        }
+        self.receipt.audited = true;
+        self.journal.undo.clear();
+        self.journal.phase = Phase::Steps;
+        Ok(())
+    }
+}
+
+impl Drop for Change<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            // An error between begin and finish: undo; if that fails, the
+            // journal stays for the next run.
+            let _ = self.rollback();
+        }
+    }
+}
+
+/// Runs every undo, newest first; stops at the first that fails (the
+/// journal still lists it and those before it).
+pub(super) fn undo_all(undo: &[Undo]) -> Result<()> {
+    for u in undo.iter().rev() {
+        u.apply()
+            .map_err(|e| Error::Refused(format!("cannot {}: {e}", u.describe())))?;
+    }
+    Ok(())
+}
+
+/// Fresh node-local state for a node that has none yet.
+fn new_node_state() -> Result<NodeState> {
+    Ok(NodeState {
+        audit_key: KeyMaterial::generate().map_err(|source| Error::Keyring {
+            context: "cannot create the audit key".into(),
+            source,
+        })?,
+        audit_head: AuditHead::genesis(),
+    })
+}
+
+/// Appends the record for `store` (moving its head on) and replaces the
+/// keystore: steps 3 of the module documentation. Returns the keystore
+/// backup, if one was made. On failure the log is cut back; the caller
+/// undoes its steps.
+pub(super) fn commit_audited(
+    node: &mut Node,
+    journal: &mut Journal,
+    mut store: Keystore,
+    action: &str,
+    details: BTreeMap<String, Value>,
+) -> Result<Option<PathBuf>> {
+    let home = node.home.clone();
+    let now = now_unix();
+    let (record, head) = audit::next_record(
+        &store.node.audit_key,
+        &store.node.audit_head,
+        &Actor::current(),
+        &bundle::fmt_time(now),
+        action,
+        details,
+    );
+    store.node.audit_head = head;
+    let line = audit::to_line(&record);
+    let log_path = home.audit_path();
+    let (log_len, log_existed) = match fs::metadata(&log_path) {
+        Ok(m) => (m.len(), true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => (0, false),
+        Err(e) => return Err(Error::io(format!("cannot read {}", log_path.display()))(e)),
+    };
+    journal.phase = Phase::Committing {
+        log_len,
+        log_existed,
+        record: String::from_utf8_lossy(&line).into_owned(),
+        head_seq: head.seq,
+        head_mac: head.mac_hex(),
+    };
+    let journal_path = home.journal_path();
+    journal.write(&journal_path).map_err(Error::io(format!(
+        "cannot write the journal {}; nothing was changed",
+        journal_path.display()
+    )))?;
+    append_record(&log_path, &line).map_err(|e| {
+        let _ = cut_log(&log_path, log_len, log_existed);
+        Error::io(format!(
+            "cannot write the audit record to {}; nothing was changed",
+            log_path.display()
+        ))(e)
+    })?;
+    let keys_changed = node
+        .store
+        .as_ref()
+        .is_none_or(|o| o.keyring != store.keyring);
+    let backup = write_keystore(&home, &store, keys_changed, now).inspect_err(|_| {
+        let _ = cut_log(&log_path, log_len, log_existed);
+    })?;
+    node.store = Some(store);
+    Ok(backup)
+}
+
+fn append_record(path: &Path, line: &[u8]) -> io::Result<()> {
+    let mut file = fsutil::open_append_private(path)?;
+    file.seek(io::SeekFrom::End(0))?;
+    file.write_all(line)?;
+    file.sync_all()
+}
+
+/// Cuts the log back to `len` bytes (removes it when it did not exist).
+pub(super) fn cut_log(path: &Path, len: u64, existed: bool) -> io::Result<()> {
+    if !existed && len == 0 {
+        return match fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => fsutil::sync_parent(path),
+        };
+    }
+    let f = fs::OpenOptions::new().write(true).open(path)?;
+    f.set_len(len)?;
+    f.sync_all()
+}
+
+/// Replaces the keystore atomically; backs up the old one first when the
+/// keys change (a new audit head alone is not worth a copy of the keys).
+fn write_keystore(
+    home: &super::Home,
+    store: &Keystore,
+    keys_changed: bool,
+    now: u64,
+) -> Result<Option<PathBuf>> {
+    let path = home.keyring_path();
+    let what = format!("cannot write {}; nothing was changed", path.display());
+    let backup = if keys_changed && path.exists() {
+        Some(
+            fsutil::backup_file(&path, &home.backup_dir(), &file_stamp(now))
+                .map_err(Error::io(what.clone()))?,
+        )
+    } else {
+        None
+    };
+    let mut staged = Staged::new_in(home.root()).map_err(Error::io(what.clone()))?;
+    staged
+        .write_all(&store.to_json())
+        .and_then(|()| staged.persist_replace(&path))
+        .map_err(Error::io(what))?;
+    Ok(backup)
+}
+
+/// Reads the whole file, for recovery's look at the log's tail.
+pub(super) fn read_all(path: &Path) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    File::open(path)?.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}

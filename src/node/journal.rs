@@ -1,0 +1,309 @@
+//! The journal of the change in progress: `journal.json` in the home, written
+//! before every effect, so that a process killed at any moment leaves enough
+//! behind for the next run to finish or undo what it was doing.
+//!
+//! Invariants:
+//! - an effect is journaled (with its undo) before it is applied, so the
+//!   journal always names at least every effect that may have happened;
+//! - every undo is idempotent and checks before it acts: it may run for an
+//!   effect that never happened (the process died between the journal write
+//!   and the effect), so it never removes or overwrites anything it cannot
+//!   prove is its own (a file is removed only when its contents hash to what
+//!   the step wrote; a move is undone only when the destination exists and
+//!   the source does not);
+//! - the journal holds no secret: paths, hashes, the pending audit record
+//!   (which holds none either);
+//! - paths are absolute, so recovery does not depend on the working
+//!   directory of the run that recovers.
+//!
+//! The journal is written whole, atomically (staged file, fsync, rename),
+//! and removed when the change is finished or undone.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::fsutil;
+
+const FORMAT: &str = "keyferry-journal";
+const VERSION: u32 = 1;
+
+/// What was under way when the journal was last written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "kebab-case")]
+pub enum Phase {
+    /// Undoable steps are being applied; nothing is committed.
+    Steps,
+    /// The audit record below is being appended and the keystore replaced;
+    /// the change is committed exactly when the keystore's audit head is
+    /// `head_seq`/`head_mac`.
+    Committing {
+        /// Length of `audit.log` before the record.
+        log_len: u64,
+        /// Whether `audit.log` existed before the record.
+        log_existed: bool,
+        /// The record's line, to recognise it (or a torn prefix of it).
+        record: String,
+        head_seq: u64,
+        head_mac: String,
+    },
+    /// An irreversible step is running: its start is committed and audited;
+    /// what it did must be found out and audited by whoever recovers.
+    Irreversible {
+        what: String,
+        /// Files the step removes, to count what it got done.
+        removes: Vec<PathBuf>,
+    },
+}
+
+/// How to take back one effect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "undo", rename_all = "kebab-case")]
+pub enum Undo {
+    /// The step created `path` with contents hashing to `sha256`.
+    Remove { path: PathBuf, sha256: String },
+    /// The step replaced `path`; its previous contents are in `backup`.
+    Restore { path: PathBuf, backup: PathBuf },
+    /// The step moved `from` to `to`.
+    MoveBack { from: PathBuf, to: PathBuf },
+}
+
+impl Undo {
+    /// Removing `path`, created with `contents`.
+    pub fn remove(path: &Path, contents: &[u8]) -> io::Result<Self> {
+        Ok(Self::Remove {
+            path: std::path::absolute(path)?,
+            sha256: hex_sha256(contents),
+        })
+    }
+
+    /// Removing `path`, created as a copy of the file `source`.
+    pub fn remove_copy_of(path: &Path, source: &Path) -> io::Result<Self> {
+        Ok(Self::Remove {
+            path: std::path::absolute(path)?,
+            sha256: file_sha256(source)?,
+        })
+    }
+
+    /// Putting `backup` back over `path`.
+    pub fn restore(path: &Path, backup: &Path) -> io::Result<Self> {
+        Ok(Self::Restore {
+            path: std::path::absolute(path)?,
+            backup: std::path::absolute(backup)?,
+        })
+    }
+
+    /// Moving `to` back to `from`.
+    pub fn move_back(from: &Path, to: &Path) -> io::Result<Self> {
+        Ok(Self::MoveBack {
+            from: std::path::absolute(from)?,
+            to: std::path::absolute(to)?,
+        })
+    }
+
+    /// Takes the effect back, if it happened.
+    pub fn apply(&self) -> io::Result<()> {
+        match self {
+            Undo::Remove { path, sha256 } => match file_sha256(path) {
+                Ok(found) if found == *sha256 => {
+                    fs::remove_file(path)?;
+                    fsutil::sync_parent(path)
+                }
+                // Not there (the step never ran), or not ours: leave it.
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
+            },
+            Undo::Restore { path, backup } => {
+                if file_sha256(path).ok() == Some(file_sha256(backup)?) {
+                    return Ok(());
+                }
+                fsutil::restore(path, Some(backup))
+            }
+            Undo::MoveBack { from, to } => match (exists(from)?, exists(to)?) {
+                (false, true) => {
+                    fs::rename(to, from)?;
+                    fsutil::sync_parent(from)?;
+                    fsutil::sync_parent(to)
+                }
+                (true, false) => Ok(()),
+                (both, _) => Err(io::Error::other(format!(
+                    "cannot move {} back to {}: {}",
+                    to.display(),
+                    from.display(),
+                    if both { "both exist" } else { "neither exists" }
+                ))),
+            },
+        }
+    }
+
+    /// What this undo restores, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Undo::Remove { path, .. } => format!("remove {}", path.display()),
+            Undo::Restore { path, backup } => {
+                format!("restore {} from {}", path.display(), backup.display())
+            }
+            Undo::MoveBack { from, to } => {
+                format!("move {} back to {}", to.display(), from.display())
+            }
+        }
+    }
+}
+
+fn exists(p: &Path) -> io::Result<bool> {
+    match fs::symlink_metadata(p) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn file_sha256(path: &Path) -> io::Result<String> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// The journal file's contents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Journal {
+    format: String,
+    version: u32,
+    /// The audit action of the change.
+    pub action: String,
+    /// When it started, RFC 3339 UTC.
+    pub started: String,
+    /// Undos of the effects journaled so far, oldest first.
+    pub undo: Vec<Undo>,
+    #[serde(flatten)]
+    pub phase: Phase,
+}
+
+impl Journal {
+    pub fn new(action: &str, started: String) -> Self {
+        Self {
+            format: FORMAT.to_owned(),
+            version: VERSION,
+            action: action.to_owned(),
+            started,
+            undo: Vec::new(),
+            phase: Phase::Steps,
+        }
+    }
+
+    /// Reads the journal at `path`; `Ok(None)` when there is none.
+    pub fn read(path: &Path) -> io::Result<Option<Self>> {
+        let bytes = match fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let journal: Journal = serde_json::from_slice(&bytes)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        if journal.format != FORMAT || journal.version != VERSION {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("format {} version {}", journal.format, journal.version),
+            ));
+        }
+        Ok(Some(journal))
+    }
+
+    /// Writes the journal to `path` atomically.
+    pub fn write(&self, path: &Path) -> io::Result<()> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut staged = fsutil::Staged::new_in(dir)?;
+        serde_json::to_writer_pretty(&mut staged, self).map_err(io::Error::other)?;
+        staged.write_all(b"\n")?;
+        staged.persist_replace(path)
+    }
+
+    /// Removes the journal at `path` durably.
+    pub fn remove(path: &Path) -> io::Result<()> {
+        match fs::remove_file(path) {
+            Ok(()) => fsutil::sync_parent(path),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.json");
+        let mut j = Journal::new("import", "2026-12-01T00:00:00Z".into());
+        j.undo
+            .push(Undo::remove(&dir.path().join("a"), b"x").unwrap());
+        j.phase = Phase::Committing {
+            log_len: 10,
+            log_existed: true,
+            record: "{}\n".into(),
+            head_seq: 2,
+            head_mac: "00".repeat(32),
+        };
+        j.write(&path).unwrap();
+        assert_eq!(Journal::read(&path).unwrap(), Some(j));
+        Journal::remove(&path).unwrap();
+        assert_eq!(Journal::read(&path).unwrap(), None);
+    }
+
+    #[test]
+    fn remove_takes_only_its_own_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bundle");
+        let undo = Undo::remove(&path, b"ours").unwrap();
+        undo.apply().unwrap(); // never created: nothing to do
+        fs::write(&path, b"someone else's").unwrap();
+        undo.apply().unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"someone else's");
+        fs::write(&path, b"ours").unwrap();
+        undo.apply().unwrap();
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn restore_and_move_back_are_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let backup = dir.path().join("f.bak");
+        fs::write(&path, b"old").unwrap();
+        fs::write(&backup, b"old").unwrap();
+        let undo = Undo::restore(&path, &backup).unwrap();
+        undo.apply().unwrap();
+        fs::write(&path, b"new").unwrap();
+        undo.apply().unwrap();
+        undo.apply().unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"old");
+
+        let from = dir.path().join("data");
+        let to = dir.path().join("data.old");
+        fs::create_dir(&from).unwrap();
+        let undo = Undo::move_back(&from, &to).unwrap();
+        undo.apply().unwrap(); // never moved
+        fs::rename(&from, &to).unwrap();
+        undo.apply().unwrap();
+        undo.apply().unwrap();
+        assert!(from.is_dir() && !to.exists());
+    }
+}
