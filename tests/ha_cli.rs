@@ -557,15 +557,17 @@ fn archive_clean_removes_wal_archive_files_and_nothing_else() {
     }
     assert!(archive.join("000000010000000000000009").is_dir());
     assert!(fs::symlink_metadata(archive.join("00000001000000000000000B")).is_ok());
+    // Removing cannot be undone: one record before (started), one after
+    // (done, with the count).
     assert_eq!(
         audit_actions(&home),
-        ["init", "ha-init", "ha-archive-clean"]
+        ["init", "ha-init", "ha-archive-clean", "ha-archive-clean"]
     );
 
     // Nothing left: nothing to do, no record.
     let again = stdout_of(keyferry(&home).args(["ha", "archive", "clean"]));
     assert!(again.contains("removed 0 WAL archive files"), "{again}");
-    assert_eq!(audit_actions(&home).len(), 3);
+    assert_eq!(audit_actions(&home).len(), 4);
 
     // A data directory's pg_wal is refused, even given with --dir.
     let data = tmp.path().join("data");
@@ -580,4 +582,59 @@ fn archive_clean_removes_wal_archive_files_and_nothing_else() {
         .code(1)
         .stderr(predicates::str::contains("data directory"));
     assert!(data.join("pg_wal").join(wal[0]).exists());
+}
+
+/// A removal that fails half-way cannot be undone: the log says it started,
+/// then that it failed and how many files were removed before the failure.
+#[cfg(target_os = "linux")]
+#[test]
+fn archive_clean_that_fails_half_way_is_on_record_with_its_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    keyferry(&home).arg("init").assert().success();
+    let archive = tmp.path().join("archive");
+    fs::create_dir(&archive).unwrap();
+    let names: Vec<String> = (1..=6)
+        .map(|i| format!("0000000100000000000000{i:02X}"))
+        .collect();
+    for name in &names {
+        fs::write(archive.join(name), [7u8; 100]).unwrap();
+    }
+    // An immutable file cannot be removed, even by root.
+    let stuck = archive.join(&names[3]);
+    let immutable = std::process::Command::new("chattr")
+        .arg("+i")
+        .arg(&stuck)
+        .status();
+    if !immutable.is_ok_and(|s| s.success()) {
+        eprintln!("SKIP: chattr +i is not available on this file system");
+        return;
+    }
+    let out = keyferry(&home)
+        .args(["ha", "archive", "clean", "--dir"])
+        .arg(&archive)
+        .output()
+        .unwrap();
+    let _ = std::process::Command::new("chattr")
+        .arg("-i")
+        .arg(&stuck)
+        .status();
+    assert_eq!(out.status.code(), Some(1));
+    let left: Vec<&String> = names.iter().filter(|n| archive.join(n).exists()).collect();
+    let removed = names.len() - left.len();
+    assert!(removed < names.len() && left.contains(&&names[3]));
+    keyferry(&home).args(["audit", "verify"]).assert().success();
+    let records: Vec<serde_json::Value> =
+        json_of(keyferry(&home).args(["audit", "show", "--json"]))
+            .as_array()
+            .unwrap()
+            .clone();
+    let clean: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["action"] == "ha-archive-clean")
+        .collect();
+    assert_eq!(clean.len(), 2);
+    assert_eq!(clean[0]["details"]["outcome"], "started");
+    assert_eq!(clean[1]["details"]["outcome"], "failed");
+    assert_eq!(clean[1]["details"]["removed"], removed as u64);
 }

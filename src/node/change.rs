@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::journal::{Journal, Phase, Undo};
+use super::journal::{Irreversible, Journal, Phase, Undo};
 use super::keystore::{Keystore, NodeState};
 use super::{file_stamp, now_unix, Node};
 use crate::audit::{self, Actor, AuditHead};
@@ -74,6 +74,8 @@ pub struct Change<'n> {
     /// Replaces the keystore's keyring when the change commits.
     keyring: Option<Keyring>,
     receipt: Receipt,
+    /// The irreversible step that ran, whose outcome is not yet on record.
+    ran: Option<Irreversible>,
     open: bool,
 }
 
@@ -94,6 +96,7 @@ impl Node {
             details,
             keyring: None,
             receipt: Receipt::default(),
+            ran: None,
             open: true,
         })
     }
@@ -172,14 +175,16 @@ impl Change<'_> {
         removes: Vec<PathBuf>,
         apply: impl FnOnce(&mut Progress) -> Result<T>,
     ) -> Result<T> {
-        let mut started = self.details.clone();
-        started.insert("step".into(), Value::from(what));
-        self.commit("started", started)?;
-        self.journal.phase = Phase::Irreversible {
+        let plan = Irreversible {
             what: what.to_owned(),
             removes,
         };
+        let mut started = self.details.clone();
+        started.insert("step".into(), Value::from(what));
+        self.commit("started", started, Some(plan.clone()))?;
+        self.journal.phase = Phase::Irreversible(plan.clone());
         self.write_journal()?;
+        self.ran = Some(plan);
         let mut progress = Progress::default();
         let result = apply(&mut progress);
         self.journal.phase = Phase::Steps;
@@ -188,7 +193,7 @@ impl Change<'_> {
         if let Err(e) = &result {
             let mut failed = self.details.clone();
             failed.insert("error".into(), Value::from(e.to_string()));
-            self.commit("failed", failed)?;
+            self.commit("failed", failed, None)?;
             self.close_journal()?;
         }
         result
@@ -197,7 +202,7 @@ impl Change<'_> {
     /// Commits the change with the outcome "done" and ends it.
     pub fn finish(mut self) -> Result<Receipt> {
         let details = self.details.clone();
-        self.commit("done", details)?;
+        self.commit("done", details, None)?;
         self.close_journal()?;
         Ok(std::mem::take(&mut self.receipt))
     }
@@ -249,7 +254,12 @@ impl Change<'_> {
     /// Appends the record and replaces the keystore with the new head; on
     /// failure undoes everything. Without a keystore (and no keyring to
     /// install) there is nothing to audit: the steps so far simply stand.
-    fn commit(&mut self, outcome: &str, mut details: BTreeMap<String, Value>) -> Result<()> {
+    fn commit(
+        &mut self,
+        outcome: &str,
+        mut details: BTreeMap<String, Value>,
+        on_commit: Option<Irreversible>,
+    ) -> Result<()> {
         details.insert("outcome".into(), Value::from(outcome));
         let new_store = match (self.node.store.clone(), self.keyring.take()) {
             (Some(old), keyring) => Keystore {
@@ -265,12 +275,17 @@ impl Change<'_> {
                 return Ok(());
             }
         };
+        let plans = Plans {
+            on_commit,
+            on_rollback: self.ran.take(),
+        };
         let backup = commit_audited(
             self.node,
             &mut self.journal,
             new_store,
             &self.action,
             details,
+            plans,
         )
         .map_err(|e| self.fail(e))?;
         if backup.is_some() {
@@ -314,6 +329,13 @@ fn new_node_state() -> Result<NodeState> {
     })
 }
 
+/// The irreversible steps around a commit (see [`Phase::Committing`]).
+#[derive(Default)]
+pub(super) struct Plans {
+    pub on_commit: Option<Irreversible>,
+    pub on_rollback: Option<Irreversible>,
+}
+
 /// Appends the record for `store` (moving its head on) and replaces the
 /// keystore: steps 3 of the module documentation. Returns the keystore
 /// backup, if one was made. On failure the log is cut back; the caller
@@ -324,6 +346,7 @@ pub(super) fn commit_audited(
     mut store: Keystore,
     action: &str,
     details: BTreeMap<String, Value>,
+    plans: Plans,
 ) -> Result<Option<PathBuf>> {
     let home = node.home.clone();
     let now = now_unix();
@@ -349,6 +372,8 @@ pub(super) fn commit_audited(
         record: String::from_utf8_lossy(&line).into_owned(),
         head_seq: head.seq,
         head_mac: head.mac_hex(),
+        on_commit: plans.on_commit,
+        on_rollback: plans.on_rollback,
     };
     let journal_path = home.journal_path();
     journal.write(&journal_path).map_err(Error::io(format!(

@@ -49,14 +49,26 @@ pub enum Phase {
         record: String,
         head_seq: u64,
         head_mac: String,
+        /// An irreversible step that starts once this record is committed:
+        /// recovery records it as interrupted if the record did commit.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        on_commit: Option<Irreversible>,
+        /// An irreversible step whose outcome this record is: recovery
+        /// records it as interrupted if the record did not commit.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        on_rollback: Option<Irreversible>,
     },
     /// An irreversible step is running: its start is committed and audited;
     /// what it did must be found out and audited by whoever recovers.
-    Irreversible {
-        what: String,
-        /// Files the step removes, to count what it got done.
-        removes: Vec<PathBuf>,
-    },
+    Irreversible(Irreversible),
+}
+
+/// An irreversible step, as the journal names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Irreversible {
+    pub what: String,
+    /// Files the step removes, to count what it got done.
+    pub removes: Vec<PathBuf>,
 }
 
 /// How to take back one effect.
@@ -261,6 +273,11 @@ mod tests {
             record: "{}\n".into(),
             head_seq: 2,
             head_mac: "00".repeat(32),
+            on_commit: None,
+            on_rollback: Some(Irreversible {
+                what: "removing".into(),
+                removes: vec![dir.path().join("b")],
+            }),
         };
         j.write(&path).unwrap();
         assert_eq!(Journal::read(&path).unwrap(), Some(j));

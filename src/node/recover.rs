@@ -15,8 +15,8 @@ use std::fmt;
 
 use serde_json::Value;
 
-use super::change::{commit_audited, cut_log, read_all, undo_all};
-use super::journal::{Journal, Phase};
+use super::change::{commit_audited, cut_log, read_all, undo_all, Plans};
+use super::journal::{Irreversible, Journal, Phase};
 use super::{Home, Node};
 use crate::error::{Error, Result};
 
@@ -98,6 +98,8 @@ pub(super) fn recover(home: &Home) -> Result<Option<Recovered>> {
             record,
             head_seq,
             head_mac,
+            on_commit,
+            on_rollback,
         } => {
             let head = if home.has_keystore() {
                 Some(home.load_keystore()?.node.audit_head)
@@ -105,27 +107,22 @@ pub(super) fn recover(home: &Home) -> Result<Option<Recovered>> {
                 None
             };
             if head.is_some_and(|h| h.seq == *head_seq && h.mac_hex() == *head_mac) {
-                RecoveryOutcome::Finished
+                match on_commit {
+                    Some(plan) => interrupted(home, &journal, plan)?,
+                    None => RecoveryOutcome::Finished,
+                }
             } else {
                 cut_pending(home, *log_len, *log_existed, record)?;
                 undo_all(&journal.undo).map_err(|e| stuck(&path, e))?;
-                RecoveryOutcome::Undone {
-                    steps: journal.undo.len(),
+                match on_rollback {
+                    Some(plan) => interrupted(home, &journal, plan)?,
+                    None => RecoveryOutcome::Undone {
+                        steps: journal.undo.len(),
+                    },
                 }
             }
         }
-        Phase::Irreversible { what, removes } => {
-            let removed = removes
-                .iter()
-                .filter(|p| std::fs::symlink_metadata(p).is_err())
-                .count();
-            record_interrupted(home, &journal, what, removed, removes.len())?;
-            RecoveryOutcome::Interrupted {
-                what: what.clone(),
-                removed,
-                planned: removes.len(),
-            }
-        }
+        Phase::Irreversible(plan) => interrupted(home, &journal, plan)?,
     };
     Journal::remove(&path).map_err(Error::io(format!("cannot remove {}", path.display())))?;
     Ok(Some(Recovered {
@@ -133,6 +130,21 @@ pub(super) fn recover(home: &Home) -> Result<Option<Recovered>> {
         started: journal.started,
         outcome,
     }))
+}
+
+/// Counts what an interrupted irreversible step got done and records it.
+fn interrupted(home: &Home, journal: &Journal, plan: &Irreversible) -> Result<RecoveryOutcome> {
+    let removed = plan
+        .removes
+        .iter()
+        .filter(|p| std::fs::symlink_metadata(p).is_err())
+        .count();
+    record_interrupted(home, journal, &plan.what, removed, plan.removes.len())?;
+    Ok(RecoveryOutcome::Interrupted {
+        what: plan.what.clone(),
+        removed,
+        planned: plan.removes.len(),
+    })
 }
 
 fn tracing_note(journal: &Journal) {
@@ -201,6 +213,13 @@ fn record_interrupted(
         .keystore()
         .cloned()
         .expect("for_recovery has a keystore");
-    commit_audited(&mut node, &mut pending, keystore, &journal.action, details)?;
+    commit_audited(
+        &mut node,
+        &mut pending,
+        keystore,
+        &journal.action,
+        details,
+        Plans::default(),
+    )?;
     Ok(())
 }
