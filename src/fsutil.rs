@@ -43,10 +43,21 @@ pub struct Staged {
     file: NamedTempFile,
 }
 
+/// Every staged file's name starts with this and ends with [`STAGED_SUFFIX`].
+pub const STAGED_PREFIX: &str = ".keyferry-";
+pub const STAGED_SUFFIX: &str = ".tmp";
+
 impl Staged {
     pub fn new_in(dir: &Path) -> io::Result<Self> {
+        Self::new_tagged_in(dir, "")
+    }
+
+    /// A staged file whose name carries `tag` after the common prefix, so
+    /// that whoever knows the tag can find it after a crash.
+    pub fn new_tagged_in(dir: &Path, tag: &str) -> io::Result<Self> {
         let mut builder = tempfile::Builder::new();
-        builder.prefix(".keyferry-").suffix(".tmp");
+        let prefix = format!("{STAGED_PREFIX}{tag}");
+        builder.prefix(&prefix).suffix(STAGED_SUFFIX);
         let file = platform::create_staged(&builder, dir)?;
         Ok(Self { file })
     }
@@ -132,7 +143,8 @@ pub fn replace_with_backup_from(
     stamp: &str,
     ownership: Ownership,
 ) -> io::Result<Option<PathBuf>> {
-    let replacement = Replacement::prepare(target, data, backup_dir, stamp, ownership)?;
+    let staged = Staged::new_in(parent_dir(target))?;
+    let replacement = Replacement::prepare(target, staged, data, backup_dir, stamp, ownership)?;
     let backup = replacement.backup().map(Path::to_path_buf);
     replacement.commit()?;
     Ok(backup)
@@ -149,14 +161,15 @@ pub struct Replacement {
 }
 
 impl Replacement {
+    /// `staged` must be in the target's directory.
     pub fn prepare(
         target: &Path,
+        mut staged: Staged,
         data: &mut dyn io::Read,
         backup_dir: &Path,
         stamp: &str,
         ownership: Ownership,
     ) -> io::Result<Self> {
-        let mut staged = Staged::new_in(parent_dir(target))?;
         io::copy(data, &mut staged)?;
         staged.sync()?;
         let exists = target.exists();
@@ -189,6 +202,49 @@ impl Replacement {
     pub fn commit(self) -> io::Result<()> {
         self.staged.persist_replace(&self.target)
     }
+}
+
+/// Removes the staged files in `dir` whose names start with
+/// [`STAGED_PREFIX`] + `tag` (regular files only; links are left alone),
+/// left behind by a process that was killed. Returns how many.
+pub fn sweep_staged(dir: &Path, tag: &str) -> io::Result<usize> {
+    let prefix = format!("{STAGED_PREFIX}{tag}");
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(&prefix)
+            && name.ends_with(STAGED_SUFFIX)
+            && entry.file_type()?.is_file()
+        {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Whether `dir` holds staged files (see [`sweep_staged`]).
+pub fn has_staged(dir: &Path) -> io::Result<bool> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(STAGED_PREFIX) && name.ends_with(STAGED_SUFFIX) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Puts a backup made by [`replace_with_backup_from`] back in place
@@ -246,7 +302,7 @@ pub fn open_append_private(path: &Path) -> io::Result<File> {
     platform::open_append_private(path)
 }
 
-fn parent_dir(path: &Path) -> &Path {
+pub fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),

@@ -68,6 +68,8 @@ impl Progress {
 /// A change to a node under way. See the module documentation.
 pub struct Change<'n> {
     node: &'n mut Node,
+    /// Tags the change's staged files, so recovery can find them.
+    tag: String,
     journal: Journal,
     action: String,
     details: BTreeMap<String, Value>,
@@ -89,8 +91,12 @@ impl Node {
             "cannot write the journal {}; nothing was changed",
             path.display()
         )))?;
+        let mut tag = [0u8; 6];
+        getrandom::fill(&mut tag)
+            .map_err(|e| Error::Refused(format!("the system's random source failed: {e}")))?;
         Ok(Change {
             node: self,
+            tag: format!("{}-", hex::encode(tag)),
             journal,
             action: action.to_owned(),
             details,
@@ -124,6 +130,27 @@ impl Change<'_> {
         apply().map_err(|e| self.fail(e))
     }
 
+    /// A staged file in `dir` for this change (to be persisted by a step);
+    /// a crash before then leaves nothing behind that recovery does not
+    /// remove.
+    pub fn stage_in(&mut self, dir: &Path) -> Result<Staged> {
+        let what = format!("cannot write in {}", dir.display());
+        let known = self
+            .journal
+            .undo
+            .iter()
+            .any(|u| matches!(u, Undo::Sweep { dir: d, .. } if std::path::absolute(dir).is_ok_and(|a| a == *d)));
+        if !known {
+            let undo = Undo::sweep(dir, &self.tag)
+                .map_err(Error::io(what.clone()))
+                .map_err(|e| self.fail(e))?;
+            self.step(undo, || Ok(()))?;
+        }
+        Staged::new_tagged_in(dir, &self.tag)
+            .map_err(Error::io(what))
+            .map_err(|e| self.fail(e))
+    }
+
     /// Replaces (or creates) `target` with `data`, backing up the old
     /// version into the home's backups: a step whose undo puts the old
     /// version back (or removes the new file). Returns the backup's path.
@@ -134,8 +161,10 @@ impl Change<'_> {
         ownership: Ownership,
     ) -> Result<Option<PathBuf>> {
         let what = format!("cannot write {}; nothing was changed", target.display());
+        let staged = self.stage_in(fsutil::parent_dir(target))?;
         let replacement = Replacement::prepare(
             target,
+            staged,
             data,
             &self.node.home.backup_dir(),
             &file_stamp(now_unix()),

@@ -81,6 +81,9 @@ pub enum Undo {
     Restore { path: PathBuf, backup: PathBuf },
     /// The step moved `from` to `to`.
     MoveBack { from: PathBuf, to: PathBuf },
+    /// The change stages files in `dir` under its own tag; a crash may
+    /// leave some there.
+    Sweep { dir: PathBuf, tag: String },
 }
 
 impl Undo {
@@ -116,9 +119,18 @@ impl Undo {
         })
     }
 
+    /// Sweeping the change's staged files out of `dir`.
+    pub fn sweep(dir: &Path, tag: &str) -> io::Result<Self> {
+        Ok(Self::Sweep {
+            dir: std::path::absolute(dir)?,
+            tag: tag.to_owned(),
+        })
+    }
+
     /// Takes the effect back, if it happened.
     pub fn apply(&self) -> io::Result<()> {
         match self {
+            Undo::Sweep { dir, tag } => fsutil::sweep_staged(dir, tag).map(drop),
             Undo::Remove { path, sha256 } => match file_sha256(path) {
                 Ok(found) if found == *sha256 => {
                     fs::remove_file(path)?;
@@ -162,6 +174,7 @@ impl Undo {
             Undo::MoveBack { from, to } => {
                 format!("move {} back to {}", to.display(), from.display())
             }
+            Undo::Sweep { dir, .. } => format!("remove staged files from {}", dir.display()),
         }
     }
 }

@@ -224,6 +224,7 @@ impl Home {
         }
         let lock = self.lock()?;
         let recovered = recover::recover(self)?;
+        sweep_home(self);
         let store = if self.has_keystore() {
             let store = self.load_keystore()?;
             self.verify_audit(&store)?;
@@ -242,11 +243,26 @@ impl Home {
     /// For commands that only read: when an interrupted change left a
     /// journal, takes the lock and finishes or undoes it first.
     pub fn recover(&self) -> Result<Option<Recovered>> {
-        if !self.journal_path().exists() {
+        let staged_left = [self.root().to_path_buf(), self.backup_dir()]
+            .iter()
+            .any(|d| fsutil::has_staged(d).unwrap_or(false));
+        if !self.journal_path().exists() && !staged_left {
             return Ok(None);
         }
         let _lock = self.lock()?;
-        recover::recover(self)
+        let recovered = recover::recover(self);
+        sweep_home(self);
+        recovered
+    }
+}
+
+/// Staged files in the home and its backups belong to a keyferry that was
+/// killed (the caller holds the lock, so no other is writing them).
+fn sweep_home(home: &Home) {
+    for dir in [home.root().to_path_buf(), home.backup_dir()] {
+        if let Err(e) = fsutil::sweep_staged(&dir, "") {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove staged files");
+        }
     }
 }
 

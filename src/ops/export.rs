@@ -10,7 +10,6 @@ use serde_json::Value;
 use super::{details, now_unix, Home};
 use crate::bundle::{self, SealParams};
 use crate::error::{Error, Result};
-use crate::fsutil::Staged;
 use crate::kdf::KdfParams;
 use crate::keyring::Fingerprint;
 use crate::payload;
@@ -109,33 +108,15 @@ pub fn export(home: &Home, opts: &ExportOptions) -> Result<ExportReport> {
         expires: opts.expiry.at(now),
         armor: opts.armor,
     };
-    let io_what = format!("cannot write the bundle in {}", dir.display());
-    let mut staged = Staged::new_in(dir).map_err(Error::io(io_what.clone()))?;
-    let fingerprint = store.keyring.fingerprint();
-    {
-        let out = BufWriter::with_capacity(bundle::CHUNK_SIZE, &mut staged);
-        let mut sealed = bundle::seal(&password, &params, out)?;
-        let mut sources = config.open_all()?;
-        payload::write(
-            &mut sealed,
-            &config.node_name,
-            &store.keyring,
-            sources.as_payload_sources(),
-        )
-        .map_err(Error::io(io_what.clone()))?;
-        sealed
-            .finish()?
-            .flush()
-            .map_err(Error::io(io_what.clone()))?;
-    }
+    let keyring = store.keyring.clone();
+    let fingerprint = keyring.fingerprint();
     let mut contents = vec![payload::Content::Keyring];
     contents.extend(config.files.iter().map(|(f, _)| f.content()));
 
-    let file_name = opts.file.display().to_string();
     let mut change = node.begin(
         "export",
         details([
-            ("bundle", Value::from(file_name)),
+            ("bundle", Value::from(opts.file.display().to_string())),
             ("fingerprint", Value::from(fingerprint.to_string())),
             (
                 "expires",
@@ -152,6 +133,24 @@ pub fn export(home: &Home, opts: &ExportOptions) -> Result<ExportReport> {
             ),
         ]),
     )?;
+    let io_what = format!("cannot write the bundle in {}", dir.display());
+    let mut staged = change.stage_in(dir)?;
+    {
+        let out = BufWriter::with_capacity(bundle::CHUNK_SIZE, &mut staged);
+        let mut sealed = bundle::seal(&password, &params, out)?;
+        let mut sources = config.open_all()?;
+        payload::write(
+            &mut sealed,
+            &config.node_name,
+            &keyring,
+            sources.as_payload_sources(),
+        )
+        .map_err(Error::io(io_what.clone()))?;
+        sealed
+            .finish()?
+            .flush()
+            .map_err(Error::io(io_what.clone()))?;
+    }
     change.create_file(staged, &opts.file)?;
     change.finish()?;
     Ok(ExportReport {
