@@ -735,3 +735,88 @@ fn the_password_can_come_from_an_inherited_descriptor() {
     assert!(status.success());
     assert_eq!(node.fingerprint(), VECTOR_FINGERPRINT);
 }
+
+/// Adds a key with fresh material to a node's keystore by hand (there is no
+/// rotate command yet); the audit head is untouched, so the node stays valid.
+fn add_key_by_hand(node: &Node, id: u32) {
+    let path = node.home.join("keyring.json");
+    let mut doc: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    let material = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode([id as u8; 32])
+    };
+    doc["keys"].as_array_mut().unwrap().push(serde_json::json!({
+        "id": id, "status": "enabled", "created": "2026-12-01T00:00:00Z",
+        "algorithm": "aes-256-gcm", "material": material,
+    }));
+    fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+}
+
+#[test]
+fn an_import_that_would_lose_keys_is_refused_unless_asked() {
+    // Another pair's bundle: same id 1, different material.
+    let other_pair = Node::initialised();
+    let foreign = other_pair.path("foreign.exp");
+    other_pair.export(&foreign, &[]);
+    let node = Node::initialised();
+    node.password_file(PASSWORD);
+    let before = snapshot(node.dir.path());
+    let out = node
+        .import_cmd_keeping_keys(&foreign, PASSWORD)
+        .output()
+        .unwrap();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("key 1 (REPLACED") && err.contains("--replace-keys"),
+        "{err}"
+    );
+    assert!(
+        err.contains("backups"),
+        "says where the backup would be: {err}"
+    );
+    assert_same(&before, &snapshot(node.dir.path()));
+
+    // --dry-run lists the difference key by key, and changes nothing.
+    let out = node
+        .import_cmd_keeping_keys(&foreign, PASSWORD)
+        .arg("--dry-run")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(text.contains("key 1: REPLACED"), "{text}");
+    assert_same(&before, &snapshot(node.dir.path()));
+
+    // A replayed old bundle that would roll {1, 2} back to {1}.
+    let old = node.path("old.exp");
+    node.export(&old, &[]);
+    add_key_by_hand(&node, 2);
+    node.cmd().args(["audit", "verify"]).assert().success();
+    let before = snapshot(node.dir.path());
+    let out = node
+        .import_cmd_keeping_keys(&old, PASSWORD)
+        .output()
+        .unwrap();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("key 2 (REMOVED)"), "{err}");
+    assert_same(&before, &snapshot(node.dir.path()));
+
+    // Asked for, it goes ahead and keeps the old keystore.
+    let out = node
+        .import_cmd_keeping_keys(&foreign, PASSWORD)
+        .arg("--replace-keys")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(text.contains("previous keystore kept as"), "{text}");
+    assert_eq!(node.fingerprint(), other_pair.fingerprint());
+
+    // Taking the same keys again, or more keys, needs no flag.
+    other_pair.export(&other_pair.path("again.exp"), &[]);
+    node.import_cmd_keeping_keys(&other_pair.path("again.exp"), PASSWORD)
+        .assert()
+        .success();
+}

@@ -309,7 +309,8 @@ fn kill_during_import() {
                 .arg("-n")
                 .arg(dir.join("keys.exp"))
                 .arg("--password-file")
-                .arg(dir.join("password.txt"));
+                .arg(dir.join("password.txt"))
+                .arg("--replace-keys");
             c
         },
         check: &|dir, completed| {

@@ -64,6 +64,10 @@ pub struct ImportArgs {
     /// Verify the bundle and show what would change, without changing anything.
     #[arg(long)]
     dry_run: bool,
+    /// Allow the import to remove key material this node holds, or to give
+    /// one of its key ids different material (refused otherwise).
+    #[arg(long)]
+    replace_keys: bool,
     #[command(flatten)]
     password: PasswordArgs,
 }
@@ -138,6 +142,7 @@ pub fn import(home: &Home, args: ImportArgs) -> Result<()> {
             accept_config: args.accept_config,
             node_name: args.node,
             dry_run: args.dry_run,
+            replace_keys: args.replace_keys,
         },
     )?;
     let verb = if report.dry_run {
@@ -161,6 +166,22 @@ pub fn import(home: &Home, args: ImportArgs) -> Result<()> {
     println!("fingerprint after  {}", report.after);
     if report.before == Some(report.after) {
         println!("the keys were already the same");
+    }
+    if let Some(diff) = &report.keys {
+        if report.dry_run || report.before != Some(report.after) {
+            for (id, change) in &diff.keys {
+                println!("key {id}: {change}");
+            }
+            if diff.primary_before != diff.primary_after {
+                println!(
+                    "primary key: {} -> {}",
+                    diff.primary_before, diff.primary_after
+                );
+            }
+        }
+    }
+    if let Some(backup) = &report.keystore_backup {
+        println!("previous keystore kept as {}", backup.display());
     }
     if !report.config_skipped.is_empty() {
         println!(

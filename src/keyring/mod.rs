@@ -8,7 +8,11 @@
 //! - a destroyed key has no material, every other key has 32 bytes of it;
 //! - key material lives in zeroizing buffers and never appears in `Debug`.
 
+mod diff;
+
 use std::fmt;
+
+pub use diff::{KeyChange, KeyDiff};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;

@@ -11,7 +11,7 @@ use super::{details, now_unix, open_bundle_file, payload_error, Home};
 use crate::bundle::{self, BundleError, OpenOptions};
 use crate::error::{Error, Result};
 use crate::kdf::{self, KdfLimits};
-use crate::keyring::Fingerprint;
+use crate::keyring::{Fingerprint, KeyDiff};
 use crate::payload::{self, ConfigFile, ConfigSink, DiscardConfig};
 use crate::secret::PasswordSource;
 
@@ -29,6 +29,9 @@ pub struct ImportOptions {
     pub node_name: Option<String>,
     /// Verify and show what would change, write nothing.
     pub dry_run: bool,
+    /// Allow an import that removes key material this node holds, or
+    /// gives one of its key ids different material.
+    pub replace_keys: bool,
 }
 
 /// What an import did (or, in a dry run, would do) to one configuration file.
@@ -52,6 +55,12 @@ pub struct ImportReport {
     /// Configuration installed (or that would be).
     pub config: Vec<ConfigChange>,
     pub dry_run: bool,
+    /// Key by key, what the import does to the node's keys (`None` on a
+    /// node without keys).
+    pub keys: Option<KeyDiff>,
+    /// Where the keystore's previous version was kept, when the keys
+    /// changed.
+    pub keystore_backup: Option<PathBuf>,
     /// Whether `--delete` removed the bundle; `Err` holds why it could not.
     pub deleted: Option<std::result::Result<(), String>>,
 }
@@ -72,10 +81,11 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
     };
     limits.check(&header.kdf)?;
 
-    let existing = node
+    let existing_keyring = node
         .as_ref()
         .and_then(|n| n.keystore())
-        .map(|s| s.keyring.fingerprint());
+        .map(|s| s.keyring.clone());
+    let existing = existing_keyring.as_ref().map(|k| k.fingerprint());
     if existing.is_none() && home.audit_path().exists() {
         return Err(Error::Refused(format!(
             "{} exists without a keyring: move it away (it belongs to a keyring that is gone) and import again",
@@ -192,22 +202,52 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
         config_skipped,
         config,
         dry_run: opts.dry_run,
+        keys: existing_keyring.map(|k| KeyDiff::between(&k, &payload.keyring)),
+        keystore_backup: None,
         deleted: None,
     };
     if opts.dry_run {
         return Ok(report);
     }
+    // The state that counts is the one read under the lock.
     let node = match &mut node {
         Some(n) => n,
         None => node.insert(home.open(true)?),
     };
+    report.keys = node
+        .keystore()
+        .map(|s| KeyDiff::between(&s.keyring, &payload.keyring));
+    report.before = node.keystore().map(|s| s.keyring.fingerprint());
+    if let Some(diff) = report.keys.as_ref().filter(|_| !opts.replace_keys) {
+        refuse_lost_keys(home, diff)?;
+    }
     let mut change = node.begin("import", record_details)?;
     config::install(&mut change, plans)?;
     change.set_keyring(payload.keyring);
-    change.finish()?;
+    report.keystore_backup = change.finish()?.keystore_backup;
 
     report.deleted = opts.delete.then(|| {
         std::fs::remove_file(&opts.file).map_err(|e| format!("{}: {e}", opts.file.display()))
     });
     Ok(report)
+}
+
+/// Refuses an import that would lose key material the node holds.
+fn refuse_lost_keys(home: &Home, diff: &KeyDiff) -> Result<()> {
+    let lost = diff.lost();
+    if lost.is_empty() {
+        return Ok(());
+    }
+    let ids = lost
+        .iter()
+        .map(|id| format!("{id} ({})", diff.keys[id]))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(Error::Refused(format!(
+        "this bundle would take away key material this node holds: key {ids}; data encrypted \
+         under it would become unreadable. Check that the bundle comes from this pair's current \
+         primary (`keyferry import --dry-run` lists every key); to replace the keys anyway, add \
+         --replace-keys (the current keystore is then kept in {})",
+        home.backup_dir().display()
+    )))
 }

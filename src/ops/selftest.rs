@@ -331,6 +331,7 @@ fn round_trip() -> Check {
                 accept_config: false,
                 node_name: None,
                 dry_run: false,
+                replace_keys: false,
             },
         )?;
         if report.after != created.fingerprint {

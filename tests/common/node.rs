@@ -95,8 +95,20 @@ impl Node {
         self.import_cmd_with(file, PASSWORD)
     }
 
-    /// `keyferry import -n FILE --password-file …` with `password`.
+    /// `keyferry import -n FILE --password-file … --replace-keys` with
+    /// `password`. Most tests import a bundle from one fresh node into
+    /// another, which replaces the receiving node's own key 1: that is what
+    /// `--replace-keys` allows. Tests of the refusal itself use
+    /// [`Node::import_cmd_keeping_keys`].
     pub fn import_cmd_with(&self, file: &Path, password: &str) -> Command {
+        let mut c = self.import_cmd_keeping_keys(file, password);
+        c.arg("--replace-keys");
+        c
+    }
+
+    /// `keyferry import -n FILE --password-file …`, refused when it would
+    /// take key material away from the node.
+    pub fn import_cmd_keeping_keys(&self, file: &Path, password: &str) -> Command {
         let pw = self.password_file(password);
         let mut c = self.cmd();
         c.arg("import")
