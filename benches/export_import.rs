@@ -84,6 +84,7 @@ fn import_opts(file: PathBuf, password_file: &Path) -> ImportOptions {
         accept_config: true,
         node_name: Some("bench-b".into()),
         dry_run: false,
+        replace_keys: true,
     }
 }
 
