@@ -316,6 +316,17 @@ pub fn sync_parent(path: &Path) -> io::Result<()> {
     platform::sync_dir(parent_dir(path))
 }
 
+/// Why another account could control `path` (a symbolic link; owned by
+/// another account; writable by group or others), or `None`. With
+/// `follow`, a link to a directory is judged by its target (an operator may
+/// link the home elsewhere); keyferry's own files are never followed.
+/// On Windows this returns `None`: the files keyferry creates there carry a
+/// protected DACL from their creation, and an ACL audit of existing files
+/// is not done here.
+pub fn foreign_control(path: &Path, follow: bool) -> io::Result<Option<String>> {
+    platform::foreign_control(path, follow)
+}
+
 /// Whether the file at `path` can be read by anyone but its owner (on
 /// Windows: anyone but its owner, the current user, SYSTEM and the
 /// Administrators group, judged from the file's DACL).
@@ -365,8 +376,39 @@ mod platform {
 
     pub fn open_append_private(path: &Path) -> io::Result<File> {
         let mut options = OpenOptions::new();
-        options.append(true).create(true).mode(OWNER_ONLY_FILE);
+        options
+            .append(true)
+            .create(true)
+            .mode(OWNER_ONLY_FILE)
+            .custom_flags(libc::O_NOFOLLOW);
         options.open(path)
+    }
+
+    pub fn foreign_control(path: &Path, follow: bool) -> io::Result<Option<String>> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = if follow {
+            fs::metadata(path)?
+        } else {
+            fs::symlink_metadata(path)?
+        };
+        if meta.file_type().is_symlink() {
+            return Ok(Some("is a symbolic link".into()));
+        }
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if meta.uid() != me {
+            return Ok(Some(format!(
+                "is owned by uid {}, not by this account (uid {me})",
+                meta.uid()
+            )));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Ok(Some(format!(
+                "can be written by other accounts (mode {:o})",
+                meta.mode() & 0o7777
+            )));
+        }
+        Ok(None)
     }
 
     pub fn sync_dir(dir: &Path) -> io::Result<()> {

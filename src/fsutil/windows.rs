@@ -236,6 +236,11 @@ pub fn is_shared_readable(path: &Path) -> io::Result<bool> {
 /// copied as it is; an inherited one is re-inherited from the folder. The
 /// owner stays the caller (changing it needs privileges a copy must not
 /// assume).
+/// See [`crate::fsutil::foreign_control`]: not judged on Windows.
+pub fn foreign_control(_path: &Path, _follow: bool) -> io::Result<Option<String>> {
+    Ok(None)
+}
+
 pub fn copy_owner_and_mode(from: &Path, to: &File) -> io::Result<()> {
     let security = FileSecurity::of(from)?;
     let (sd, dacl) = (security.sd.0, security.dacl);

@@ -137,6 +137,7 @@ impl Home {
     /// Takes the home's lock, so two keyferry processes never change one
     /// node at once. Released when the guard drops.
     pub fn lock(&self) -> Result<HomeLock> {
+        self.refuse_foreign_control()?;
         let path = self.root.join(LOCK_FILE);
         let file = fsutil::open_append_private(&path).map_err(Error::io(format!(
             "cannot open the lock file {}",
@@ -152,6 +153,39 @@ impl Home {
                 Err(Error::io(format!("cannot lock {}", path.display()))(e))
             }
         }
+    }
+
+    /// Refuses a home, or one of keyferry's files in it, that another
+    /// account could change or that is a symbolic link: root would
+    /// otherwise write where a link points, or export keys another account
+    /// planted.
+    pub fn refuse_foreign_control(&self) -> Result<()> {
+        let ours = [
+            KEYRING_FILE,
+            AUDIT_FILE,
+            LOCK_FILE,
+            JOURNAL_FILE,
+            HA_CONFIG_FILE,
+            BACKUP_DIR,
+        ];
+        let checks = std::iter::once((self.root.clone(), true))
+            .chain(ours.iter().map(|name| (self.root.join(name), false)));
+        for (path, follow) in checks {
+            let problem = match fsutil::foreign_control(&path, follow) {
+                Ok(p) => p,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(Error::io(format!("cannot examine {}", path.display()))(e)),
+            };
+            if let Some(problem) = problem {
+                return Err(Error::Refused(format!(
+                    "{} {problem}: keyferry does not use a home that another account can change; \
+                     make the home and its files owned by this account and writable by it alone \
+                     (and replace a link with the file it points to)",
+                    path.display()
+                )));
+            }
+        }
+        Ok(())
     }
 
     pub fn has_keystore(&self) -> bool {

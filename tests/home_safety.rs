@@ -1,0 +1,147 @@
+//! The home against concurrent runs and other accounts: races that really
+//! race, links that are really planted.
+
+mod common;
+
+use std::fs;
+use std::process::{Command, Stdio};
+
+use common::node::{Node, PASSWORD};
+
+fn bin() -> std::path::PathBuf {
+    assert_cmd::cargo::cargo_bin("keyferry")
+}
+
+/// Several imports started together into a home that does not exist yet:
+/// each either succeeds or is refused because another keyferry holds the
+/// home, and the node ends with one valid audit chain.
+#[test]
+fn concurrent_imports_into_a_new_home_leave_one_valid_chain() {
+    let primary = Node::initialised();
+    let bundle = primary.path("keys.exp");
+    primary.export(&bundle, &[]);
+    let pw = primary.password_file(PASSWORD);
+    for round in 0..5 {
+        let home = primary.path(&format!("new-home-{round}"));
+        let children: Vec<_> = (0..4)
+            .map(|_| {
+                Command::new(bin())
+                    .arg("--home")
+                    .arg(&home)
+                    .arg("import")
+                    .arg("-n")
+                    .arg(&bundle)
+                    .arg("--password-file")
+                    .arg(&pw)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let mut succeeded = 0;
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            if out.status.success() {
+                succeeded += 1;
+            } else {
+                assert!(
+                    err.contains("another keyferry is working"),
+                    "a failed racer must say why: {err}"
+                );
+            }
+        }
+        assert!(succeeded >= 1);
+        let verify = Command::new(bin())
+            .arg("--home")
+            .arg(&home)
+            .args(["audit", "show", "--json"])
+            .output()
+            .unwrap();
+        assert!(verify.status.success());
+        let records: Vec<serde_json::Value> = serde_json::from_slice(&verify.stdout).unwrap();
+        assert_eq!(records.len(), succeeded, "one record per successful import");
+        let seqs: Vec<u64> = records.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, (1..=succeeded as u64).collect::<Vec<_>>());
+        Command::new(bin())
+            .arg("--home")
+            .arg(&home)
+            .args(["audit", "verify"])
+            .assert_success();
+    }
+    let _ = fs::remove_file(pw);
+}
+
+trait AssertSuccess {
+    fn assert_success(&mut self);
+}
+
+impl AssertSuccess for Command {
+    fn assert_success(&mut self) {
+        let out = self.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[cfg(unix)]
+fn refused_without_change(node: &Node, args: &[&str], phrase: &str) {
+    let before = common::node::snapshot(node.dir.path());
+    let out = node.cmd().args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(phrase), "expected {phrase:?} in {err}");
+    common::node::assert_same(&before, &common::node::snapshot(node.dir.path()));
+}
+
+/// A home, or a file in it, that another account can change is refused; a
+/// link planted in place of keyferry's own files is never followed.
+#[cfg(unix)]
+#[test]
+fn a_home_another_account_controls_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let node = Node::initialised();
+    node.password_file(PASSWORD);
+    let export = ["export", "-n", "keys.exp", "--password-env", "KF_NONE"];
+
+    fs::set_permissions(&node.home, fs::Permissions::from_mode(0o777)).unwrap();
+    refused_without_change(&node, &export, "can be written by other accounts");
+    fs::set_permissions(&node.home, fs::Permissions::from_mode(0o700)).unwrap();
+
+    let keyring = node.home.join("keyring.json");
+    fs::set_permissions(&keyring, fs::Permissions::from_mode(0o666)).unwrap();
+    refused_without_change(&node, &export, "keyring.json can be written");
+    fs::set_permissions(&keyring, fs::Permissions::from_mode(0o600)).unwrap();
+
+    // Links planted where keyferry's files are: the targets stay untouched.
+    let elsewhere = node.path("elsewhere");
+    fs::write(&elsewhere, b"not keyferry's").unwrap();
+    for name in ["audit.log", "keyferry.lock"] {
+        let path = node.home.join(name);
+        let saved = node.path("saved");
+        if path.exists() {
+            fs::rename(&path, &saved).unwrap();
+        }
+        std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+        refused_without_change(&node, &export, "is a symbolic link");
+        fs::remove_file(&path).unwrap();
+        if saved.exists() {
+            fs::rename(&saved, &path).unwrap();
+        }
+        assert_eq!(fs::read(&elsewhere).unwrap(), b"not keyferry's");
+    }
+
+    // Owned by another account (only root can hand a home away).
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        std::os::unix::fs::chown(&node.home, Some(65534), None).unwrap();
+        refused_without_change(&node, &["init"], "is owned by uid 65534");
+        std::os::unix::fs::chown(&node.home, Some(0), None).unwrap();
+    }
+    node.cmd().args(["audit", "verify"]).assert().success();
+}
