@@ -60,6 +60,20 @@ enum Command {
     /// keyferry's replication lines in pg_hba.conf.
     #[command(subcommand)]
     Hba(ha::HbaCommand),
+    /// The home's backups/ (previous versions of replaced files).
+    #[command(subcommand)]
+    Backups(BackupsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum BackupsCommand {
+    /// Remove all but the newest backups of each file (keystore backups hold keys).
+    Prune {
+        /// Versions to keep per file (default: `keep` under [backups] in the
+        /// home's keyferry.toml, else 10).
+        #[arg(long, value_name = "N")]
+        keep: Option<usize>,
+    },
 }
 
 /// Where a password comes from. There is no option to pass one on the
@@ -125,6 +139,18 @@ pub fn run() -> Result<()> {
         Command::Selftest => selftest(),
         Command::Ha(cmd) => ha::run(&home, cmd),
         Command::Hba(cmd) => ha::run_hba(&home, cmd),
+        Command::Backups(BackupsCommand::Prune { keep }) => {
+            let report = home.prune_backups(keep)?;
+            for f in &report.removed {
+                println!("removed {}", f.display());
+            }
+            println!(
+                "{} old backups removed; the newest {} of each file are kept",
+                report.removed.len(),
+                report.keep
+            );
+            Ok(())
+        }
     }
 }
 

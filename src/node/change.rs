@@ -50,6 +50,8 @@ pub struct Receipt {
     pub audited: bool,
     /// The keystore's previous version, when the keys changed.
     pub keystore_backup: Option<PathBuf>,
+    /// Old backups removed to keep the home's limit per file.
+    pub pruned: usize,
 }
 
 /// What an irreversible step got done, for its outcome record.
@@ -78,6 +80,9 @@ pub struct Change<'n> {
     receipt: Receipt,
     /// The irreversible step that ran, whose outcome is not yet on record.
     ran: Option<Irreversible>,
+    /// Backups kept per file, and the files this change backed up.
+    keep: usize,
+    backed_up: std::collections::BTreeSet<String>,
     open: bool,
 }
 
@@ -85,6 +90,7 @@ impl Node {
     /// Starts a change named `action` (the audit record's action), with the
     /// record's details so far.
     pub fn begin(&mut self, action: &str, details: BTreeMap<String, Value>) -> Result<Change<'_>> {
+        let keep = self.home.backups_keep()?;
         let journal = Journal::new(action, bundle::fmt_time(now_unix()));
         let path = self.home.journal_path();
         journal.write(&path).map_err(Error::io(format!(
@@ -103,6 +109,8 @@ impl Node {
             keyring: None,
             receipt: Receipt::default(),
             ran: None,
+            keep,
+            backed_up: Default::default(),
             open: true,
         })
     }
@@ -180,6 +188,11 @@ impl Change<'_> {
         .map_err(|e| self.fail(e))?;
         let backup = replacement.backup().map(Path::to_path_buf);
         self.step(undo, || replacement.commit().map_err(Error::io(what)))?;
+        if backup.is_some() {
+            if let Some(name) = target.file_name() {
+                self.backed_up.insert(name.to_string_lossy().into_owned());
+            }
+        }
         Ok(backup)
     }
 
@@ -233,6 +246,12 @@ impl Change<'_> {
         let details = self.details.clone();
         self.commit("done", details, None)?;
         self.close_journal()?;
+        let backup_dir = self.node.home.backup_dir();
+        self.receipt.pruned = self
+            .backed_up
+            .iter()
+            .map(|name| super::backups::prune_file(&backup_dir, name, self.keep))
+            .sum();
         Ok(std::mem::take(&mut self.receipt))
     }
 
@@ -319,6 +338,7 @@ impl Change<'_> {
         .map_err(|e| self.fail(e))?;
         if backup.is_some() {
             self.receipt.keystore_backup = backup;
+            self.backed_up.insert(super::KEYRING_FILE.to_owned());
         }
         self.receipt.audited = true;
         self.journal.undo.clear();

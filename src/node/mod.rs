@@ -18,6 +18,7 @@
 //! - a keystore backup is made only when the keys change, never for a new
 //!   audit head alone.
 
+mod backups;
 mod change;
 mod journal;
 pub mod keystore;
@@ -33,6 +34,7 @@ use crate::audit;
 use crate::bundle;
 use crate::error::{Error, Result};
 use crate::fsutil;
+pub use backups::{PruneReport, DEFAULT_KEEP, SETTINGS_FILE};
 pub use change::{Change, Progress, Receipt};
 pub use journal::Undo;
 use keystore::Keystore;
@@ -167,6 +169,7 @@ impl Home {
             JOURNAL_FILE,
             HA_CONFIG_FILE,
             BACKUP_DIR,
+            SETTINGS_FILE,
         ];
         let checks = std::iter::once((self.root.clone(), true))
             .chain(ours.iter().map(|name| (self.root.join(name), false)));
