@@ -85,6 +85,7 @@ fn import_opts(file: PathBuf, password_file: &Path) -> ImportOptions {
         node_name: Some("bench-b".into()),
         dry_run: false,
         replace_keys: true,
+        paths: Default::default(),
     }
 }
 

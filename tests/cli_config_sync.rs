@@ -137,16 +137,86 @@ fn a_node_without_ha_toml_must_accept_the_config() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--accept-config"));
     assert_same(&before, &snapshot(&fresh.home));
 
-    fresh
+    // The bundle never chooses this node's paths: without them on the
+    // command line they stay unset (appsettings.json is not installed) and
+    // the import says so.
+    let out = fresh
         .import_cmd(&file)
         .args(["--accept-config", "--node", "db2"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("archive_dir left unset"), "{text}");
+    assert!(text.contains("appsettings.json: not installed"), "{text}");
+    let c = read_config(&fresh);
+    assert_eq!(c.node, "db2");
+    assert_eq!(c.pg_data, PathBuf::from("/var/lib/postgresql/15/main"));
+    assert_eq!((c.appsettings, c.archive_dir), (None, None));
+    assert!(!Path::new("/srv/pg/primary").exists());
+}
+
+#[test]
+fn accept_config_takes_paths_from_the_command_line_only() {
+    let (_primary, file) = primary_bundle();
+    let fresh = Node::initialised();
+    let app = fresh.path("my-appsettings.json");
+    fresh
+        .import_cmd(&file)
+        .args([
+            "--accept-config",
+            "--node",
+            "db2",
+            "--pg-data",
+            "/srv/pg/mine",
+        ])
+        .arg("--appsettings")
+        .arg(&app)
         .assert()
         .success();
     let c = read_config(&fresh);
-    assert_eq!(c.node, "db2");
-    // Without a local file, paths come from the primary's description.
-    assert_eq!(c.pg_data, PathBuf::from("/srv/pg/primary"));
-    assert_eq!(fs::read(c.appsettings.unwrap()).unwrap(), APPSETTINGS);
+    assert_eq!(c.pg_data, PathBuf::from("/srv/pg/mine"));
+    assert_eq!(c.appsettings.as_deref(), Some(app.as_path()));
+    assert_eq!(fs::read(&app).unwrap(), APPSETTINGS);
+
+    // With an ha.toml of its own, a node keeps its paths: options that
+    // would change them are a usage error.
+    fresh
+        .import_cmd(&file)
+        .args(["--accept-config", "--archive-dir", "/srv/elsewhere"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("keeps its own paths"));
+}
+
+/// A sender who sets appsettings to the receiver's own audit log gets
+/// nothing written there: the path is not taken from the bundle, and an
+/// operator's path inside the home is refused too.
+#[test]
+fn nothing_is_installed_inside_the_home() {
+    let primary = Node::initialised();
+    let app = describe_pair(&primary, "db1", "/srv/pg/primary");
+    fs::write(&app, APPSETTINGS).unwrap();
+    let file = primary.path("keys.exp");
+    primary.export(&file, &["--with-config"]);
+
+    let fresh = Node::initialised();
+    let audit_log = fresh.home.join("audit.log");
+    let before = fs::read(&audit_log).unwrap();
+    fresh
+        .import_cmd(&file)
+        .args(["--accept-config", "--node", "db2"])
+        .arg("--appsettings")
+        .arg(&audit_log)
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("inside keyferry's home"));
+    assert_eq!(fs::read(&audit_log).unwrap(), before);
+    fresh.cmd().args(["audit", "verify"]).assert().success();
 }
 
 #[test]

@@ -61,6 +61,16 @@ pub struct ImportArgs {
     /// This node's name in an ha.toml created with --accept-config (default: the host name).
     #[arg(long, value_name = "NAME", requires = "accept_config")]
     node: Option<String>,
+    /// This node's PostgreSQL data directory, for an ha.toml created with
+    /// --accept-config (a bundle never chooses this node's paths).
+    #[arg(long, value_name = "DIR", requires = "accept_config")]
+    pg_data: Option<PathBuf>,
+    /// This node's WAL archive directory, for an ha.toml created with --accept-config.
+    #[arg(long, value_name = "DIR", requires = "accept_config")]
+    archive_dir: Option<PathBuf>,
+    /// Where this node's appsettings.json is, for an ha.toml created with --accept-config.
+    #[arg(long, value_name = "PATH", requires = "accept_config")]
+    appsettings: Option<PathBuf>,
     /// Verify the bundle and show what would change, without changing anything.
     #[arg(long)]
     dry_run: bool,
@@ -141,6 +151,11 @@ pub fn import(home: &Home, args: ImportArgs) -> Result<()> {
             delete: args.delete,
             accept_config: args.accept_config,
             node_name: args.node,
+            paths: crate::ha::config::LocalPaths {
+                pg_data: args.pg_data,
+                archive_dir: args.archive_dir,
+                appsettings: args.appsettings,
+            },
             dry_run: args.dry_run,
             replace_keys: args.replace_keys,
         },
@@ -195,6 +210,19 @@ pub fn import(home: &Home, args: ImportArgs) -> Result<()> {
         );
     }
     for c in &report.config {
+        if c.target.as_os_str().is_empty() {
+            println!(
+                "{}: not installed: this node names no path for it (give --appsettings PATH with --accept-config, or set it with `keyferry ha init … --appsettings PATH --force`)",
+                c.file.content().entry_name()
+            );
+            continue;
+        }
+        for (field, flag) in &c.unset {
+            println!(
+                "{}: {field} left unset (the bundle never sets this node's paths; give {flag} with --accept-config, or use `keyferry ha init … --force`)",
+                c.target.display()
+            );
+        }
         let what = match (c.unchanged, c.existed) {
             (true, _) => "unchanged",
             (false, true) => {

@@ -153,6 +153,21 @@ fn default_replication_user() -> String {
     DEFAULT_REPLICATION_USER.to_owned()
 }
 
+/// The receiving node's own paths, from the import's command line, for a
+/// node that has no `ha.toml` yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalPaths {
+    pub pg_data: Option<PathBuf>,
+    pub archive_dir: Option<PathBuf>,
+    pub appsettings: Option<PathBuf>,
+}
+
+impl LocalPaths {
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
 /// A field whose value differs between two configurations, for showing an
 /// operator what an import would change. Values are display strings; none
 /// of them is secret.
@@ -356,17 +371,32 @@ impl HaConfig {
     /// The configuration a node named `node` should install when it takes
     /// `self` (the sender's `ha.toml`) from a bundle.
     ///
-    /// Pair-wide fields always come from `self`. Node-local fields come from
-    /// `local` (the receiver's current `ha.toml`) when there is one, since
-    /// directories and service names may differ between machines; without
-    /// one they are taken from `self`, as the two nodes of a pair are usually
-    /// installed alike. The node name is always `node`.
+    /// Pair-wide fields always come from `self`. Node-local fields (paths,
+    /// how the server is started) never do: a bundle must not choose where
+    /// anything is written on the receiving node. They come from `local`
+    /// (the receiver's current `ha.toml`) when there is one, else from
+    /// `given` (the import's command line) and the defaults; a path given
+    /// nowhere stays unset. The node name is always `node`.
     pub fn for_receiving_node(
         &self,
         node: &str,
         local: Option<&HaConfig>,
+        given: &LocalPaths,
     ) -> Result<HaConfig, Error> {
-        let base = local.unwrap_or(self);
+        let fresh;
+        let base = match local {
+            Some(l) => l,
+            None => {
+                let mut c = HaConfig::new(node, self.primary, self.secondary)?;
+                if let Some(d) = &given.pg_data {
+                    c.pg_data = d.clone();
+                }
+                c.archive_dir = given.archive_dir.clone();
+                c.appsettings = given.appsettings.clone();
+                fresh = c;
+                &fresh
+            }
+        };
         let adjusted = HaConfig {
             node: node.to_owned(),
             primary: self.primary,
@@ -618,11 +648,29 @@ mod tests {
     #[test]
     fn receiving_node_keeps_pair_facts_and_its_own_name() {
         let primary = sample();
-        let received = primary.for_receiving_node("pam-b", None).unwrap();
+        let received = primary
+            .for_receiving_node("pam-b", None, &LocalPaths::default())
+            .unwrap();
         assert_eq!(received.node, "pam-b");
-        let changes = primary.changes_to(&received);
-        assert_eq!(changes.len(), 1, "{changes:?}");
-        assert_eq!(changes[0].to_string(), "node: pam-a -> pam-b");
+        assert_eq!(
+            (received.primary, received.secondary),
+            (primary.primary, primary.secondary)
+        );
+        assert_eq!(
+            (received.archive_dir.as_ref(), received.appsettings.as_ref()),
+            (None, None),
+            "the sender's paths are never taken"
+        );
+        assert_eq!(received.pg_data, PathBuf::from(DEFAULT_PG_DATA));
+        let given = LocalPaths {
+            pg_data: Some(abs("mine/data")),
+            archive_dir: Some(abs("mine/archive")),
+            appsettings: Some(abs("mine/appsettings.json")),
+        };
+        let received = primary.for_receiving_node("pam-b", None, &given).unwrap();
+        assert_eq!(received.pg_data, abs("mine/data"));
+        assert_eq!(received.archive_dir, Some(abs("mine/archive")));
+        assert_eq!(received.appsettings, Some(abs("mine/appsettings.json")));
     }
 
     #[test]
@@ -631,7 +679,9 @@ mod tests {
         let mut local = HaConfig::new("pam-b", addr("10.9.9.1"), addr("10.9.9.2")).unwrap();
         local.pg_data = abs("other/data");
         local.service = ServiceControl::PgCtl;
-        let merged = incoming.for_receiving_node("pam-b", Some(&local)).unwrap();
+        let merged = incoming
+            .for_receiving_node("pam-b", Some(&local), &LocalPaths::default())
+            .unwrap();
         assert_eq!(merged.primary, incoming.primary);
         assert_eq!(merged.secondary, incoming.secondary);
         assert_eq!(
@@ -651,7 +701,7 @@ mod tests {
     #[test]
     fn receiving_node_name_is_validated() {
         assert!(matches!(
-            sample().for_receiving_node("", None),
+            sample().for_receiving_node("", None, &LocalPaths::default()),
             Err(Error::ConfigValue { field: "node", .. })
         ));
     }

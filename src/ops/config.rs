@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use super::Home;
 use crate::error::{Error, Result};
 use crate::fsutil::{self, Staged};
-use crate::ha::config::{FieldChange, HaConfig};
+use crate::ha::config::{FieldChange, HaConfig, LocalPaths};
 use crate::node::Change;
 use crate::payload::{zip, ConfigFile, ConfigSink, ConfigSource};
 
@@ -152,6 +152,9 @@ pub struct FilePlan {
     pub unchanged: bool,
     /// For `ha.toml`: the fields that change.
     pub changes: Vec<FieldChange>,
+    /// Node-local paths left unset (the field, and the import option that
+    /// sets it); for appsettings.json: not installed, no path.
+    pub unset: Vec<(&'static str, &'static str)>,
     contents: Staged,
 }
 
@@ -160,6 +163,8 @@ pub struct ConfigPolicy<'a> {
     pub accept_config: bool,
     /// The receiving node's name when it has no `ha.toml` yet.
     pub node_name: Option<&'a str>,
+    /// The receiving node's paths when it has no `ha.toml` yet.
+    pub paths: &'a LocalPaths,
 }
 
 fn same_bytes(a: &mut dyn Read, path: &Path) -> io::Result<bool> {
@@ -218,6 +223,13 @@ pub fn plan_install(
             })
         })?;
         let received = HaConfig::from_toml(&text).map_err(invalid_ha)?;
+        if local.is_some() && !policy.paths.is_empty() {
+            return Err(Error::Usage(format!(
+                "this node already has {}, which keeps its own paths: drop --pg-data, \
+                 --archive-dir and --appsettings, or change them with `keyferry ha init … --force`",
+                home.ha_config_path().display()
+            )));
+        }
         if local.is_none() && !policy.accept_config {
             return Err(Error::Refused(format!(
                 "the bundle carries the pair's configuration and this node has no {}: \
@@ -232,7 +244,7 @@ pub fn plan_install(
             (None, None) => host_name(),
         };
         let adjusted = received
-            .for_receiving_node(&name, local.as_ref())
+            .for_receiving_node(&name, local.as_ref(), policy.paths)
             .map_err(invalid_ha)?;
         let rendered = adjusted.to_toml()?;
         let mut contents = Staged::new_in(&sink.dir).map_err(Error::io("cannot stage ha.toml"))?;
@@ -244,24 +256,48 @@ pub fn plan_install(
             Some(l) => l.changes_to(&adjusted),
             None => Vec::new(),
         };
+        let unset = [
+            (
+                "archive_dir",
+                adjusted.archive_dir.is_none(),
+                "--archive-dir",
+            ),
+            (
+                "appsettings",
+                adjusted.appsettings.is_none(),
+                "--appsettings",
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, unset, _)| *unset)
+        .map(|(field, _, flag)| (field, flag))
+        .collect();
         plans.push(FilePlan {
             file: ConfigFile::HaConfig,
             target: home.ha_config_path(),
             existed: local.is_some(),
             unchanged: local.is_some() && changes.is_empty(),
             changes,
+            unset,
             contents,
         });
         effective = Some(adjusted);
     }
     if let Some(mut staged) = sink.take(ConfigFile::Appsettings) {
         let Some(target) = effective.as_ref().and_then(|c| c.appsettings.clone()) else {
-            return Err(Error::Refused(
-                "the bundle carries appsettings.json but this node's ha.toml names no appsettings path: \
-                 set it with `keyferry ha init … --appsettings PATH`, or import with --keys-only"
-                    .into(),
-            ));
+            // Where it goes is this node's decision, never the bundle's.
+            plans.push(FilePlan {
+                file: ConfigFile::Appsettings,
+                target: PathBuf::new(),
+                existed: false,
+                unchanged: true,
+                changes: Vec::new(),
+                unset: vec![("appsettings", "--appsettings")],
+                contents: staged,
+            });
+            return Ok(plans);
         };
+        refuse_inside_home(home, &target)?;
         match target.parent() {
             Some(dir) if dir.is_dir() => {}
             _ => {
@@ -282,10 +318,26 @@ pub fn plan_install(
             target,
             unchanged,
             changes: Vec::new(),
+            unset: Vec::new(),
             contents: staged,
         });
     }
     Ok(plans)
+}
+
+/// Nothing but keyferry's own files is ever installed inside the home.
+fn refuse_inside_home(home: &Home, target: &Path) -> Result<()> {
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let dir = canonical(target.parent().unwrap_or(Path::new(".")));
+    if dir.starts_with(canonical(home.root())) {
+        return Err(Error::Refused(format!(
+            "{} is inside keyferry's home {}, where only keyferry's own files go: \
+             give the application's real appsettings.json path",
+            target.display(),
+            home.root().display()
+        )));
+    }
+    Ok(())
 }
 
 /// Installs the planned files byte for byte, each a step of `change` (with

@@ -10,6 +10,7 @@ use super::config::{self, ConfigPolicy, StagingSink};
 use super::{details, now_unix, open_bundle_file, payload_error, Home};
 use crate::bundle::{self, BundleError, OpenOptions};
 use crate::error::{Error, Result};
+use crate::ha::config::LocalPaths;
 use crate::kdf::{self, KdfLimits};
 use crate::keyring::{Fingerprint, KeyDiff};
 use crate::payload::{self, ConfigFile, ConfigSink, DiscardConfig};
@@ -27,6 +28,9 @@ pub struct ImportOptions {
     pub accept_config: bool,
     /// This node's name, for an `ha.toml` created by `accept_config`.
     pub node_name: Option<String>,
+    /// This node's paths, for an `ha.toml` created by `accept_config`
+    /// (never taken from the bundle).
+    pub paths: LocalPaths,
     /// Verify and show what would change, write nothing.
     pub dry_run: bool,
     /// Allow an import that removes key material this node holds, or
@@ -41,6 +45,9 @@ pub struct ConfigChange {
     pub existed: bool,
     pub unchanged: bool,
     pub changes: Vec<crate::ha::config::FieldChange>,
+    /// Node-local paths left unset, with the option that sets them; for
+    /// appsettings.json, that it was not installed for want of a path.
+    pub unset: Vec<(&'static str, &'static str)>,
 }
 
 pub struct ImportReport {
@@ -142,6 +149,7 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
             &ConfigPolicy {
                 accept_config: opts.accept_config,
                 node_name: opts.node_name.as_deref(),
+                paths: &opts.paths,
             },
         )?
     };
@@ -153,6 +161,7 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
             existed: p.existed,
             unchanged: p.unchanged,
             changes: p.changes.clone(),
+            unset: p.unset.clone(),
         })
         .collect();
     let config_skipped = if opts.keys_only {

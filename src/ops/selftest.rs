@@ -332,6 +332,7 @@ fn round_trip() -> Check {
                 node_name: None,
                 dry_run: false,
                 replace_keys: false,
+                paths: Default::default(),
             },
         )?;
         if report.after != created.fingerprint {
