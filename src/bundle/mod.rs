@@ -161,17 +161,6 @@ impl<W: Write> BundleWriter<W> {
         &self.header
     }
 
-    /// Seals all of `input` as payload without copying it through a
-    /// `Write` call (see [`StreamSealer::seal_from`]); returns its length.
-    /// The sealed batches are written on a thread of their own, so the
-    /// writer must be `Send`.
-    pub fn seal_from<R: Read>(&mut self, input: &mut R) -> Result<u64, BundleError>
-    where
-        W: Send,
-    {
-        self.stream.seal_from(input).map_err(BundleError::Io)
-    }
-
     /// Seals the final chunk and returns the underlying writer.
     pub fn finish(self) -> Result<W, BundleError> {
         match self.stream.finish().map_err(BundleError::Io)? {
@@ -320,14 +309,6 @@ impl<R: BufRead> BundleReader<R> {
     /// also authenticates the final chunk.
     pub fn expect_end(&mut self) -> Result<(), BundleError> {
         self.stream.expect_end()
-    }
-
-    /// Opens the rest of the payload into `out`, a batch of chunks at a
-    /// time, with no copy besides the writer's (see
-    /// [`StreamOpener::open_to`]); returns the plaintext length. The
-    /// plaintext is written on a thread of its own, so `out` must be `Send`.
-    pub fn open_to<W: Write + Send>(&mut self, out: &mut W) -> Result<u64, BundleError> {
-        self.stream.open_to(out)
     }
 }
 
