@@ -1,5 +1,5 @@
 //! The bundle's payload path with the KDF excluded: `seal_with_kek` and
-//! `open_with_kek` (header, key commitment, file-key wrap, HKDF, STREAM
+//! `read_header(..)?.unlock_with_kek` (header, key commitment, file-key wrap, HKDF, STREAM
 //! AES-256-GCM chunks) at 1 KiB, 64 KiB, 1 MiB and 64 MiB.
 //!
 //! Each through `Write`/`Read` (`io::copy`), as export and import run it.
@@ -43,12 +43,13 @@ fn seal_into<W: Write>(data: &[u8], out: W) -> W {
 /// Opens `sealed` with the fixed KEK, up to the payload.
 fn opener(sealed: &[u8]) -> bundle::BundleReader<&[u8]> {
     let options = OpenOptions {
-        limits: KdfLimits::default(),
         now: 1_764_000_000,
         allow_expired: false,
     };
-    let (header, source) = bundle::read_header(sealed).unwrap();
-    bundle::open_with_kek(&KEK, header, source, &options).unwrap()
+    bundle::read_header(sealed, &KdfLimits::default())
+        .unwrap()
+        .unlock_with_kek(&KEK, &options)
+        .unwrap()
 }
 
 /// Opens `sealed` and streams the payload into `out`; returns its length.

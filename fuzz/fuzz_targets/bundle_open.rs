@@ -18,7 +18,7 @@
 use std::io::{Read, Write};
 
 use keyferry::bundle::{self, BundleError, SealParams, Source, StreamOpener};
-use keyferry_fuzz::{import_bytes, open_options, ImportError, SMALL_KDF};
+use keyferry_fuzz::{import_bytes, open_options, ImportError, SMALL_KDF, SMALL_LIMITS};
 use libfuzzer_sys::fuzz_target;
 
 const KEK: [u8; 32] = [0x42; 32];
@@ -35,12 +35,13 @@ fn stream_round_trip(data: &[u8]) {
     let sealed = w.finish().unwrap();
 
     let open = |bytes: &[u8]| -> Result<Vec<u8>, BundleError> {
-        let (header, source) = bundle::read_header(bytes)?;
-        let mut r = bundle::open_with_kek(&KEK, header, source, &open_options())?;
+        let mut r =
+            bundle::read_header(bytes, &SMALL_LIMITS)?.unlock_with_kek(&KEK, &open_options())?;
         let mut out = Vec::new();
-        r.read_to_end(&mut out)
-            .map_err(BundleError::from_stream_io)?;
-        Ok(out)
+        match r.read_to_end(&mut out) {
+            Ok(_) => Ok(out),
+            Err(e) => Err(r.take_error().unwrap_or(BundleError::Io(e))),
+        }
     };
     assert_eq!(open(&sealed).expect("own bundle opens"), data);
 

@@ -19,7 +19,7 @@ use std::io::{Read, Write};
 use std::sync::OnceLock;
 
 use keyferry::bundle::stream::SEALED_CHUNK_SIZE;
-use keyferry::bundle::{BundleError, StreamOpener, StreamSealer, CHUNK_SIZE};
+use keyferry::bundle::{SealedInput, StreamOpener, StreamSealer, CHUNK_SIZE};
 use libfuzzer_sys::fuzz_target;
 
 const KEY: [u8; 32] = [0x24; 32];
@@ -80,9 +80,13 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let mut by_read = Vec::new();
-    let read = StreamOpener::new(&KEY, &bytes[..])
-        .read_to_end(&mut by_read)
-        .map_err(|e| BundleError::from_stream_io(e).to_string());
+    let mut opener = StreamOpener::new(&KEY, &bytes[..]);
+    let read = opener.read_to_end(&mut by_read).map_err(|_| {
+        opener
+            .take_error()
+            .expect("a failure is kept typed")
+            .to_string()
+    });
     match read {
         Ok(_) => assert!(by_read == *plain, "damaged payload opened"),
         Err(named) => {
@@ -91,10 +95,10 @@ fuzz_target!(|data: &[u8]| {
                 by_read.len() % CHUNK_SIZE == 0,
                 "handed out part of a chunk"
             );
-            let in_pieces = StreamOpener::new(&KEY, Pieces(&bytes[..]))
-                .read_to_end(&mut Vec::new())
-                .map_err(|e| BundleError::from_stream_io(e).to_string());
-            assert_eq!(in_pieces, Err(named), "named differently in pieces");
+            let mut opener = StreamOpener::new(&KEY, Pieces(&bytes[..]));
+            assert!(opener.read_to_end(&mut Vec::new()).is_err());
+            let in_pieces = opener.take_error().map(|e| e.to_string());
+            assert_eq!(in_pieces, Some(named), "named differently in pieces");
         }
     }
 });
@@ -110,3 +114,5 @@ impl Read for Pieces<'_> {
         Ok(n)
     }
 }
+
+impl SealedInput for Pieces<'_> {}

@@ -21,9 +21,12 @@
 //!   ciphertext; every buffer that holds plaintext is wiped before it is
 //!   reused or freed;
 //! - whether a failed chunk was damaged, cut or followed by appended data
-//!   is decided from the input alone.
+//!   is decided from the input alone;
+//! - the opener's failures are [`BundleError`]s: a caller that reads it
+//!   through `Read`/`BufRead` gets an `io::Error` with the same message,
+//!   and the typed error from [`StreamOpener::take_error`].
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 
 use zeroize::{Zeroize, Zeroizing};
 
@@ -188,8 +191,21 @@ impl<W: Write> Write for StreamSealer<W> {
     }
 }
 
-/// Reads STREAM chunks from `input` and yields authenticated plaintext.
-pub struct StreamOpener<R: Read> {
+/// Where the opener reads sealed bytes from: any reader, and for a reader
+/// whose own failures are bundle errors (the armor's), the typed error
+/// behind the `io::Error` it returned.
+pub trait SealedInput: Read {
+    /// The bundle error behind the last failed read, if it was one.
+    fn take_error(&mut self) -> Option<BundleError> {
+        None
+    }
+}
+
+impl SealedInput for &[u8] {}
+
+/// Reads STREAM chunks from `input` and yields authenticated plaintext,
+/// through `Read` and `BufRead`.
+pub struct StreamOpener<R: SealedInput> {
     input: R,
     cipher: Cipher,
     nonce: ChunkNonce,
@@ -206,10 +222,13 @@ pub struct StreamOpener<R: Read> {
     plain: Zeroizing<Vec<u8>>,
     pos: usize,
     done: bool,
+    /// Set by the first failure; every later call fails too.
     failed: bool,
+    /// That failure, until [`take_error`](Self::take_error) takes it.
+    failure: Option<BundleError>,
 }
 
-impl<R: Read> StreamOpener<R> {
+impl<R: SealedInput> StreamOpener<R> {
     pub fn new(key: &[u8; 32], input: R) -> Self {
         Self {
             input,
@@ -223,7 +242,31 @@ impl<R: Read> StreamOpener<R> {
             pos: 0,
             done: false,
             failed: false,
+            failure: None,
         }
+    }
+
+    /// The error that stopped the stream, once: what a `Read` or `BufRead`
+    /// caller got as an `io::Error`, typed.
+    pub fn take_error(&mut self) -> Option<BundleError> {
+        self.failure.take()
+    }
+
+    /// Opens chunks until plaintext is pending or the payload has ended,
+    /// and returns what is pending (empty at the end).
+    fn fill_plain(&mut self) -> Result<&[u8], BundleError> {
+        if self.failed {
+            return Err(BundleError::StreamAlreadyFailed);
+        }
+        while self.pos == self.plain.len() && !self.done {
+            if let Err(e) = self.open_next() {
+                self.failed = true;
+                self.plain.zeroize();
+                self.pos = 0;
+                return Err(e);
+            }
+        }
+        Ok(&self.plain[self.pos..])
     }
 
     /// Whether the final chunk has been read and authenticated and all of
@@ -236,11 +279,10 @@ impl<R: Read> StreamOpener<R> {
     /// any plaintext is left: used where the caller's parser has already
     /// consumed all it expects.
     pub fn expect_end(&mut self) -> Result<(), BundleError> {
-        let mut probe = [0u8; 1];
-        match self.read(&mut probe) {
-            Ok(0) => Ok(()),
-            Ok(_) => Err(BundleError::ExtraPayload),
-            Err(e) => Err(BundleError::from_stream_io(e)),
+        if self.fill_plain()?.is_empty() {
+            Ok(())
+        } else {
+            Err(BundleError::ExtraPayload)
         }
     }
 
@@ -257,7 +299,7 @@ impl<R: Read> StreamOpener<R> {
                 }
                 Ok(n) => self.end += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(BundleError::from_stream_io(e)),
+                Err(e) => return Err(self.input.take_error().unwrap_or(BundleError::Io(e))),
             }
         }
         Ok(())
@@ -354,23 +396,31 @@ impl<R: Read> StreamOpener<R> {
     }
 }
 
-impl<R: Read> Read for StreamOpener<R> {
+impl<R: SealedInput> BufRead for StreamOpener<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        // The typed error is kept for `take_error` (the first one only: a
+        // call after a failure says so, and must not replace it).
+        if let Err(e) = self.fill_plain() {
+            let message = e.to_string();
+            if !matches!(e, BundleError::StreamAlreadyFailed) {
+                self.failure = Some(e);
+            }
+            return Err(io::Error::new(io::ErrorKind::InvalidData, message));
+        }
+        Ok(&self.plain[self.pos..])
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.pos = (self.pos + amount).min(self.plain.len());
+    }
+}
+
+impl<R: SealedInput> Read for StreamOpener<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.failed {
-            return Err(io::Error::other(BundleError::StreamAlreadyFailed));
-        }
-        while self.pos == self.plain.len() {
-            if self.done {
-                return Ok(0);
-            }
-            if let Err(e) = self.open_next() {
-                self.failed = true;
-                return Err(io::Error::other(e));
-            }
-        }
-        let n = out.len().min(self.plain.len() - self.pos);
-        out[..n].copy_from_slice(&self.plain[self.pos..self.pos + n]);
-        self.pos += n;
+        let pending = self.fill_buf()?;
+        let n = out.len().min(pending.len());
+        out[..n].copy_from_slice(&pending[..n]);
+        self.consume(n);
         Ok(n)
     }
 }
@@ -391,15 +441,17 @@ mod tests {
     /// out before a failure is whole chunks of plaintext.
     fn open(sealed: &[u8]) -> Result<Vec<u8>, BundleError> {
         let mut out = Vec::new();
-        let result = StreamOpener::new(&KEY, sealed).read_to_end(&mut out);
-        match result {
+        let mut opener = StreamOpener::new(&KEY, sealed);
+        match opener.read_to_end(&mut out) {
             Ok(_) => Ok(out),
             Err(e) => {
                 assert!(
                     out.len().is_multiple_of(CHUNK_SIZE),
                     "part of a chunk handed out before a failure"
                 );
-                Err(BundleError::from_stream_io(e))
+                let typed = opener.take_error().expect("a failure is kept typed");
+                assert_eq!(e.to_string(), typed.to_string());
+                Err(typed)
             }
         }
     }
@@ -420,6 +472,8 @@ mod tests {
             Ok(n)
         }
     }
+
+    impl SealedInput for Trickle<'_> {}
 
     /// A writer that fails once it has taken `left` bytes.
     struct FailingAfter {
@@ -631,10 +685,15 @@ mod tests {
                 step: 0,
             },
         );
-        let e = o.read_to_end(&mut Vec::new()).unwrap_err();
+        assert!(o.read_to_end(&mut Vec::new()).is_err());
         assert!(matches!(
-            BundleError::from_stream_io(e),
-            BundleError::ModifiedChunk(7)
+            o.take_error(),
+            Some(BundleError::ModifiedChunk(7))
+        ));
+        // Later calls fail too, and say why without hiding the first error.
+        assert!(matches!(
+            o.expect_end(),
+            Err(BundleError::StreamAlreadyFailed)
         ));
     }
 

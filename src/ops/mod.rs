@@ -32,12 +32,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 use crate::audit::{self, Actor, AuditHead};
-use crate::bundle::{self, BundleError};
+use crate::bundle;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::keyring::store::Keystore;
 use crate::keyring::KeyMaterial;
-use crate::payload::{PayloadError, ZipError};
 
 pub const KEYRING_FILE: &str = "keyring.json";
 pub const AUDIT_FILE: &str = "audit.log";
@@ -315,18 +314,6 @@ fn new_node_state() -> Result<crate::keyring::store::NodeState> {
         })?,
         audit_head: AuditHead::genesis(),
     })
-}
-
-/// Turns a payload error back into the bundle error it carries, when the
-/// payload reader only saw the bundle failing underneath it.
-fn payload_error(e: PayloadError) -> Error {
-    match e {
-        PayloadError::Zip(ZipError::Io(io)) => match BundleError::from_stream_io(io) {
-            BundleError::Io(io) => Error::Payload(PayloadError::Zip(ZipError::Io(io))),
-            b => Error::Bundle(b),
-        },
-        other => Error::Payload(other),
-    }
 }
 
 fn details<const N: usize>(pairs: [(&str, Value); N]) -> BTreeMap<String, Value> {

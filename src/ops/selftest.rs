@@ -5,7 +5,6 @@
 //! The vectors are compiled in from `tests/vectors/`, so the binary checks
 //! itself wherever it is copied.
 
-use std::io::{BufReader, Read};
 use std::time::{Duration, Instant};
 
 use argon2::{Algorithm, Argon2, AssociatedData, ParamsBuilder, Version};
@@ -207,29 +206,27 @@ pub fn open_vector(
     password: &str,
     now: u64,
 ) -> std::result::Result<(String, u64), Error> {
-    let options = OpenOptions {
-        limits: KdfLimits::default(),
-        now,
-        allow_expired: false,
-    };
-    let mut reader = bundle::open(
-        BufReader::new(bytes),
+    let mut reader = bundle::read_header(bytes, &KdfLimits::default())?.unlock(
         &Password::from_typed(password),
-        &options,
+        &OpenOptions {
+            now,
+            allow_expired: false,
+        },
     )?;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; bundle::CHUNK_SIZE];
-    let mut len = 0u64;
-    loop {
-        let n = reader
-            .read(&mut buf)
-            .map_err(|e| Error::Bundle(BundleError::from_stream_io(e)))?;
-        if n == 0 {
-            break;
+    let len = reader.parse_payload(|plain| -> std::result::Result<u64, BundleError> {
+        let mut len = 0;
+        loop {
+            let chunk = plain.fill_buf().map_err(BundleError::Io)?;
+            if chunk.is_empty() {
+                return Ok(len);
+            }
+            h.update(chunk);
+            let n = chunk.len();
+            plain.consume(n);
+            len += n as u64;
         }
-        h.update(&buf[..n]);
-        len += n as u64;
-    }
+    })?;
     Ok((hex::encode(h.finalize()), len))
 }
 
@@ -262,21 +259,16 @@ fn vector_fingerprint_check(now: u64) -> Check {
         .find(|(v, _)| v.file == "keys.kfb")
         .expect("keys.kfb is listed");
     let result = (|| -> Result<String> {
-        let mut reader = bundle::open(
-            BufReader::new(bytes),
+        let mut reader = bundle::read_header(bytes, &KdfLimits::default())?.unlock(
             &Password::from_typed(&v.password),
             &OpenOptions {
-                limits: KdfLimits::default(),
                 now,
                 allow_expired: false,
             },
         )?;
-        let (p, _) = payload::read(
-            BufReader::new(&mut reader),
-            payload::DEFAULT_MAX_TOTAL,
-            &mut DiscardConfig,
-        )
-        .map_err(super::payload_error)?;
+        let p = reader.parse_payload(|plain| {
+            payload::read(plain, payload::DEFAULT_MAX_TOTAL, &mut DiscardConfig).map(|(p, _)| p)
+        })?;
         Ok(p.keyring.fingerprint().to_string())
     })();
     match result {
