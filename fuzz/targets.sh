@@ -18,14 +18,6 @@ extra_flags() {
     case "$1" in
         # The vector folder holds 128 KiB bundles; documents are small.
         documents) echo -max_len=16384 -dict=fuzz/documents.dict ;;
-        # open_to runs its cipher and writing threads here. The scope that
-        # joins them returns once their closures do, before the C library
-        # has run their thread-local destructors, so a leak check in that
-        # window finds std's channel context and glibc's destructor list
-        # still allocated: LeakSanitizer reported 112 bytes once in 46 369
-        # runs, and a replay of the corpus with it leaks nothing. Leaks are
-        # checked by every other target.
-        stream_damage) echo -detect_leaks=0 ;;
         *) ;;
     esac
 }

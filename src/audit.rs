@@ -52,27 +52,16 @@ impl AuditHead {
     }
 
     pub fn mac_hex(&self) -> String {
-        to_hex(&self.mac)
+        hex::encode(self.mac)
     }
 }
 
-fn to_hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
+/// A MAC as written in the log: lowercase hex only, so that one MAC has
+/// one spelling.
 fn from_hex(s: &str) -> Option<[u8; MAC_LEN]> {
-    if s.len() != MAC_LEN * 2
-        || !s
-            .bytes()
-            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
-    {
-        return None;
-    }
     let mut out = [0u8; MAC_LEN];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
+    hex::decode_to_slice(s, &mut out).ok()?;
+    (!s.bytes().any(|c| c.is_ascii_uppercase())).then_some(out)
 }
 
 /// Who made a change, from where.
@@ -144,7 +133,7 @@ pub fn next_record(
         mac: None,
     };
     let mac = compute_mac(key, &record);
-    record.mac = Some(to_hex(&mac));
+    record.mac = Some(hex::encode(mac));
     (
         record,
         AuditHead {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 use crate::audit::AuditError;
-use crate::bundle::BundleError;
+use crate::bundle::{BundleError, PayloadFailure};
 use crate::kdf::KdfError;
 use crate::keyring::KeyringError;
 use crate::payload::{PayloadError, ZipError};
@@ -99,7 +99,7 @@ impl Error {
                 BundleError::Io(_) => exit::FAILURE,
                 _ => exit::BAD_BUNDLE,
             },
-            Error::Payload(PayloadError::Zip(ZipError::Io(e))) if !is_bundle_io(e) => exit::FAILURE,
+            Error::Payload(PayloadError::Zip(ZipError::Io(_))) => exit::FAILURE,
             Error::Payload(_) => exit::BAD_BUNDLE,
             Error::Audit(_) => exit::AUDIT,
             Error::Preflight { .. } => exit::PREFLIGHT,
@@ -113,10 +113,15 @@ impl Error {
     }
 }
 
-/// Payload I/O errors that are really the bundle layer's (a modified chunk
-/// found while the zip was being read).
-fn is_bundle_io(e: &io::Error) -> bool {
-    e.get_ref().is_some_and(|i| i.is::<BundleError>())
+/// A payload parsed from a bundle: the bundle's own failure, or what the
+/// parser refused.
+impl<E: Into<Error>> From<PayloadFailure<E>> for Error {
+    fn from(e: PayloadFailure<E>) -> Self {
+        match e {
+            PayloadFailure::Bundle(b) => Error::Bundle(b),
+            PayloadFailure::Parse(p) => p.into(),
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

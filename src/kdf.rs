@@ -7,13 +7,15 @@
 //!   never calibrated per machine, so a bundle opens the same everywhere;
 //! - import refuses parameters above its limits *before* any memory is
 //!   allocated, so a hostile header cannot exhaust a host;
+//! - Argon2's working memory is a `Vec` of blocks that this module
+//!   allocates (an allocation failure is an error, not an abort) and wipes
+//!   before it is freed: the last block of each lane is all an attacker
+//!   needs to recompute the derived key;
 //! - the derived key lives in a zeroizing buffer.
-
-mod memory;
 
 use std::fmt;
 
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
@@ -185,8 +187,8 @@ pub fn derive_kek(
     Ok(kek)
 }
 
-/// Runs `argon` in working memory of its own (see [`memory`]): the one
-/// place keyferry calls Argon2, shared by [`derive_kek`] and the self-test's
+/// Runs `argon` in working memory that is wiped afterwards: the one place
+/// keyferry calls Argon2, shared by [`derive_kek`] and the self-test's
 /// RFC 9106 vector.
 pub(crate) fn hash_into(
     argon: &Argon2<'_>,
@@ -194,15 +196,17 @@ pub(crate) fn hash_into(
     salt: &[u8],
     out: &mut [u8],
 ) -> Result<(), KdfError> {
-    let blocks = argon.params().block_count();
-    let mut memory = memory::ArgonMemory::new(blocks).ok_or_else(|| {
+    let count = argon.params().block_count();
+    let mut memory: Zeroizing<Vec<Block>> = Zeroizing::new(Vec::new());
+    memory.try_reserve_exact(count).map_err(|_| {
         KdfError::Derive(format!(
-            "the OS refused {} MiB of working memory",
-            (blocks as u64).div_ceil(1024)
+            "cannot allocate {} MiB of working memory",
+            (count as u64).div_ceil(1024)
         ))
     })?;
+    memory.resize(count, Block::default());
     argon
-        .hash_password_into_with_memory(password, salt, out, memory.blocks())
+        .hash_password_into_with_memory(password, salt, out, memory.as_mut_slice())
         .map_err(|e| KdfError::Derive(e.to_string()))
 }
 
@@ -211,7 +215,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn own_memory_gives_the_crates_own_result() {
+    fn wiped_memory_gives_the_crates_own_result() {
         // Odd sizes (not a multiple of 4 lanes' worth of blocks) and lane
         // counts above and below the CPU count, against the `argon2`
         // crate's own allocation.

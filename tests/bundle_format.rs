@@ -4,7 +4,7 @@
 //! payload sizes around the chunk boundaries round-trip, and no single-bit
 //! change anywhere in a header is accepted.
 
-use std::io::{BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 
 use aes_gcm::aead::{AeadInOut, KeyInit};
@@ -23,34 +23,33 @@ const OWN: &str = "tests/vectors/own";
 const INDEPENDENT: &str = "tests/vectors/independent";
 
 fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
+    hex::decode(s).unwrap()
 }
 
 fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    hex::encode(b)
 }
 
 fn options(now: u64) -> OpenOptions {
     OpenOptions {
-        limits: KdfLimits::default(),
         now,
         allow_expired: false,
     }
 }
 
-fn open_all(bytes: &[u8], password: &str, now: u64) -> Result<Vec<u8>, BundleError> {
-    let mut r = bundle::open(
-        BufReader::new(bytes),
-        &Password::from_typed(password),
-        &options(now),
-    )?;
+/// Reads the whole payload, with the stream's typed error on failure.
+fn read_all(mut r: bundle::BundleReader<impl BufRead>) -> Result<Vec<u8>, BundleError> {
     let mut out = Vec::new();
-    r.read_to_end(&mut out)
-        .map_err(BundleError::from_stream_io)?;
-    Ok(out)
+    match r.read_to_end(&mut out) {
+        Ok(_) => Ok(out),
+        Err(e) => Err(r.take_error().unwrap_or(BundleError::Io(e))),
+    }
+}
+
+fn open_all(bytes: &[u8], password: &str, now: u64) -> Result<Vec<u8>, BundleError> {
+    let r = bundle::read_header(BufReader::new(bytes), &KdfLimits::default())?
+        .unlock(&Password::from_typed(password), &options(now))?;
+    read_all(r)
 }
 
 #[derive(Deserialize)]
@@ -206,13 +205,9 @@ fn seal_fast(payload: &[u8], armor: bool) -> Vec<u8> {
 }
 
 fn open_fast(bytes: &[u8]) -> Result<Vec<u8>, BundleError> {
-    let (header, source) = bundle::read_header(BufReader::new(bytes))?;
-    KdfLimits::default().check(&header.kdf)?;
-    let mut r = bundle::open_with_kek(&[7; 32], header, source, &options(2))?;
-    let mut out = Vec::new();
-    r.read_to_end(&mut out)
-        .map_err(BundleError::from_stream_io)?;
-    Ok(out)
+    let r = bundle::read_header(BufReader::new(bytes), &KdfLimits::default())?
+        .unlock_with_kek(&[7; 32], &options(2))?;
+    read_all(r)
 }
 
 #[test]

@@ -16,10 +16,11 @@ use libfuzzer_sys::fuzz_target;
 
 fn dearmor(text: &[u8]) -> Result<Vec<u8>, BundleError> {
     let mut out = Vec::new();
-    ArmorReader::new(text)
-        .read_to_end(&mut out)
-        .map_err(BundleError::from_stream_io)?;
-    Ok(out)
+    let mut reader = ArmorReader::new(text);
+    match reader.read_to_end(&mut out) {
+        Ok(_) => Ok(out),
+        Err(e) => Err(reader.take_error().unwrap_or(BundleError::Io(e))),
+    }
 }
 
 fn armor(data: &[u8], write_size: usize) -> Vec<u8> {

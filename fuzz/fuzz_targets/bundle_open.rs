@@ -9,18 +9,16 @@
 //! - whatever opens is authentic: the plaintext a successful import read is
 //!   never larger than the ciphertext it came from;
 //! - the stream layer round-trips: the input, sealed as a payload under a
-//!   fixed KEK (through `Write` and through `seal_from`, which must give the
-//!   same bytes), opens back to the same bytes (through `Read` and through
-//!   `open_to`), and (for small inputs) the same bundle cut short by a
-//!   fuzz-chosen amount never opens;
-//! - the input taken as a bare STREAM body opens the same way, or fails
-//!   with the same error, through `Read` and through `open_to`.
+//!   fixed KEK, opens back to the same bytes, and (for small inputs) the
+//!   same bundle cut short by a fuzz-chosen amount never opens;
+//! - the input taken as a bare STREAM body never opens to more bytes than
+//!   it holds, and never panics.
 #![no_main]
 
 use std::io::{Read, Write};
 
 use keyferry::bundle::{self, BundleError, SealParams, Source, StreamOpener};
-use keyferry_fuzz::{import_bytes, open_options, ImportError, SMALL_KDF};
+use keyferry_fuzz::{import_bytes, open_options, ImportError, SMALL_KDF, SMALL_LIMITS};
 use libfuzzer_sys::fuzz_target;
 
 const KEK: [u8; 32] = [0x42; 32];
@@ -35,31 +33,17 @@ fn stream_round_trip(data: &[u8]) {
     let mut w = bundle::seal_with_kek(&KEK, [0; 16], &params, Vec::new()).unwrap();
     w.write_all(data).unwrap();
     let sealed = w.finish().unwrap();
-    let mut w = bundle::seal_with_kek(&KEK, [0; 16], &params, Vec::new()).unwrap();
-    w.seal_from(&mut &data[..]).unwrap();
-    let from_reader = w.finish().unwrap();
-    // The header's salts are random; the payload after it must match.
-    assert_eq!(
-        sealed.len(),
-        from_reader.len(),
-        "seal_from and Write disagree on length"
-    );
 
     let open = |bytes: &[u8]| -> Result<Vec<u8>, BundleError> {
-        let (header, source) = bundle::read_header(bytes)?;
-        let mut r = bundle::open_with_kek(&KEK, header, source, &open_options())?;
+        let mut r =
+            bundle::read_header(bytes, &SMALL_LIMITS)?.unlock_with_kek(&KEK, &open_options())?;
         let mut out = Vec::new();
-        r.read_to_end(&mut out)
-            .map_err(BundleError::from_stream_io)?;
-        Ok(out)
+        match r.read_to_end(&mut out) {
+            Ok(_) => Ok(out),
+            Err(e) => Err(r.take_error().unwrap_or(BundleError::Io(e))),
+        }
     };
     assert_eq!(open(&sealed).expect("own bundle opens"), data);
-    let (header, source) = bundle::read_header(&from_reader[..]).unwrap();
-    let mut r = bundle::open_with_kek(&KEK, header, source, &open_options()).unwrap();
-    let mut out = Vec::new();
-    r.open_to(&mut out)
-        .expect("own bundle opens through open_to");
-    assert_eq!(out, data);
 
     // Cut 1..=256 bytes off the end (chosen by the data): never opens.
     // Only for small payloads: a damaged final chunk makes the opener try
@@ -72,20 +56,11 @@ fn stream_round_trip(data: &[u8]) {
     }
 }
 
-/// The input as a bare STREAM body: both ways of opening it agree.
-fn stream_paths_agree(data: &[u8]) {
-    let mut by_read = Vec::new();
-    let read = StreamOpener::new(&KEK, data)
-        .read_to_end(&mut by_read)
-        .map_err(|e| BundleError::from_stream_io(e).to_string());
-    let mut by_open_to = Vec::new();
-    let open_to = StreamOpener::new(&KEK, data)
-        .open_to(&mut by_open_to)
-        .map_err(|e| e.to_string());
-    match (read, open_to) {
-        (Ok(_), Ok(_)) => assert_eq!(by_read, by_open_to),
-        (Err(a), Err(b)) => assert_eq!(a, b),
-        (a, b) => panic!("Read and open_to disagree: {a:?} / {b:?}"),
+/// The input as a bare STREAM body: whatever opens is shorter than it.
+fn bare_stream(data: &[u8]) {
+    let mut out = Vec::new();
+    if StreamOpener::new(&KEK, data).read_to_end(&mut out).is_ok() {
+        assert!(out.len() + 16 <= data.len(), "opened more than it held");
     }
 }
 
@@ -101,6 +76,6 @@ fuzz_target!(|data: &[u8]| {
     }
     if data.len() <= 2 * bundle::CHUNK_SIZE + 1 {
         stream_round_trip(data);
-        stream_paths_agree(data);
+        bare_stream(data);
     }
 });

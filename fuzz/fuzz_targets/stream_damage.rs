@@ -1,16 +1,14 @@
-//! Damages a sealed STREAM payload of a few MiB, large enough that
-//! `open_to` hands whole batches of chunks to its cipher and writing
-//! threads, in ways the fuzzer chooses (flipped bytes, cuts, appended
-//! bytes, chunks removed or swapped), and opens it through `Read` (one
-//! thread throughout) and through `open_to`.
+//! Damages a sealed STREAM payload of a few chunks in ways the fuzzer
+//! chooses (flipped bytes, cuts, appended bytes, chunks removed or
+//! swapped), and opens it through the opener's `Read`, as import does.
 //!
 //! Invariants checked:
-//! - both paths give the same result: the same plaintext, or the same
-//!   error;
 //! - whatever opens is the original payload, byte for byte: no damage
 //!   opens (an edit that changes nothing aside);
-//! - before an error, both paths handed out only a prefix of the original
-//!   plaintext, and `open_to` only whole chunks of it.
+//! - before an error, the opener handed out only a prefix of the original
+//!   plaintext, in whole chunks;
+//! - the damage is named the same whether the input arrives at once or in
+//!   small pieces.
 //!
 //! Input: one byte picks the payload, then up to four edits of five bytes
 //! each: an operation, a 24-bit position scaled to the sealed length, and
@@ -21,15 +19,13 @@ use std::io::{Read, Write};
 use std::sync::OnceLock;
 
 use keyferry::bundle::stream::SEALED_CHUNK_SIZE;
-use keyferry::bundle::{BundleError, StreamOpener, StreamSealer, CHUNK_SIZE};
+use keyferry::bundle::{SealedInput, StreamOpener, StreamSealer, CHUNK_SIZE};
 use libfuzzer_sys::fuzz_target;
 
 const KEY: [u8; 32] = [0x24; 32];
-/// Plaintext of a batch the opener hands over at once (16 chunks).
-const BATCH: usize = 16 * CHUNK_SIZE;
-/// Payload lengths: ending just past a batch boundary, exactly on one (a
+/// Payload lengths: ending just past a chunk boundary, exactly on one (a
 /// full final chunk), and in the middle of a chunk.
-const LENGTHS: [usize; 3] = [2 * BATCH + 1, 3 * BATCH, 3 * BATCH + CHUNK_SIZE + 77];
+const LENGTHS: [usize; 3] = [3 * CHUNK_SIZE + 1, 4 * CHUNK_SIZE, 4 * CHUNK_SIZE + 77];
 const MAX_EDITS: usize = 4;
 
 /// (plaintext, sealed) for each length, sealed once per process.
@@ -84,31 +80,39 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let mut by_read = Vec::new();
-    let read = StreamOpener::new(&KEY, &bytes[..])
-        .read_to_end(&mut by_read)
-        .map_err(|e| BundleError::from_stream_io(e).to_string());
-    let mut by_open_to = Vec::new();
-    let open_to = StreamOpener::new(&KEY, &bytes[..])
-        .open_to(&mut by_open_to)
-        .map_err(|e| e.to_string());
-    match (read, open_to) {
-        (Ok(_), Ok(n)) => {
-            assert!(by_read == *plain, "damaged payload opened through Read");
+    let mut opener = StreamOpener::new(&KEY, &bytes[..]);
+    let read = opener.read_to_end(&mut by_read).map_err(|_| {
+        opener
+            .take_error()
+            .expect("a failure is kept typed")
+            .to_string()
+    });
+    match read {
+        Ok(_) => assert!(by_read == *plain, "damaged payload opened"),
+        Err(named) => {
+            assert!(plain.starts_with(&by_read), "handed out other bytes");
             assert!(
-                by_open_to == *plain,
-                "damaged payload opened through open_to"
+                by_read.len() % CHUNK_SIZE == 0,
+                "handed out part of a chunk"
             );
-            assert_eq!(n, plain.len() as u64);
+            let mut opener = StreamOpener::new(&KEY, Pieces(&bytes[..]));
+            assert!(opener.read_to_end(&mut Vec::new()).is_err());
+            let in_pieces = opener.take_error().map(|e| e.to_string());
+            assert_eq!(in_pieces, Some(named), "named differently in pieces");
         }
-        (Err(a), Err(b)) => {
-            assert_eq!(a, b, "Read and open_to name the damage differently");
-            assert!(plain.starts_with(&by_read), "Read handed out other bytes");
-            assert!(plain.starts_with(&by_open_to), "open_to wrote other bytes");
-            assert!(
-                by_open_to.len() % CHUNK_SIZE == 0,
-                "open_to wrote part of a chunk"
-            );
-        }
-        (a, b) => panic!("Read and open_to disagree: {a:?} / {b:?}"),
     }
 });
+
+/// A reader that hands out at most 1000 bytes per call.
+struct Pieces<'a>(&'a [u8]);
+
+impl Read for Pieces<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let n = out.len().min(self.0.len()).min(1000);
+        out[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        Ok(n)
+    }
+}
+
+impl SealedInput for Pieces<'_> {}

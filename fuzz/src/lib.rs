@@ -9,9 +9,9 @@
 //! millisecond, and a header asking for more is refused before any memory
 //! is allocated (which is itself one of the checked invariants).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, Read, Write};
 
-use keyferry::bundle::{self, BundleError, OpenOptions, SealParams};
+use keyferry::bundle::{self, BundleError, OpenOptions, PayloadFailure, SealParams};
 use keyferry::kdf::{self, KdfLimits, KdfParams};
 use keyferry::keyring::Keyring;
 use keyferry::payload::{self, ConfigFile, ConfigSink, Payload, PayloadError};
@@ -44,7 +44,6 @@ pub const NOW: u64 = 1_764_000_000;
 
 pub fn open_options() -> OpenOptions {
     OpenOptions {
-        limits: SMALL_LIMITS,
         now: NOW,
         allow_expired: false,
     }
@@ -105,20 +104,15 @@ pub enum ImportError {
 /// stream.
 pub fn import_bytes(bytes: &[u8]) -> Result<Payload, ImportError> {
     let password = Password::from_typed(PASSWORD);
-    let mut reader =
-        bundle::open(bytes, &password, &open_options()).map_err(ImportError::Bundle)?;
-    let (payload, mut rest) = read_payload_capped(
-        BufReader::with_capacity(bundle::CHUNK_SIZE, &mut reader),
-        SMALL_CAP,
-    )
-    .map_err(ImportError::Payload)?;
-    let left = rest
-        .fill_buf()
-        .map_err(|e| ImportError::Bundle(BundleError::from_stream_io(e)))?;
-    if !left.is_empty() {
-        return Err(ImportError::Bundle(BundleError::ExtraPayload));
-    }
-    Ok(payload)
+    let mut reader = bundle::read_header(bytes, &SMALL_LIMITS)
+        .and_then(|locked| locked.unlock(&password, &open_options()))
+        .map_err(ImportError::Bundle)?;
+    reader
+        .parse_payload(|plain| read_payload_capped(plain, SMALL_CAP).map(|(payload, _)| payload))
+        .map_err(|e| match e {
+            PayloadFailure::Bundle(e) => ImportError::Bundle(e),
+            PayloadFailure::Parse(e) => ImportError::Payload(e),
+        })
 }
 
 /// A small valid keyring (three keys, one destroyed), as JSON.

@@ -6,7 +6,10 @@
 //! - the reader accepts LF or CRLF line ends and whitespace before the BEGIN
 //!   line and after the END line, nothing else: every other deviation is an
 //!   error that names the line;
-//! - it streams: one line is held at a time, whatever the bundle's size.
+//! - it streams: one line is held at a time, whatever the bundle's size;
+//! - its failures are [`BundleError`]s: a `Read` caller gets an
+//!   `io::Error` with the same message, and the typed error from
+//!   [`ArmorReader::take_error`].
 
 use std::io::{self, BufRead, Read, Write};
 
@@ -108,6 +111,8 @@ pub struct ArmorReader<R: BufRead> {
     decoded: [u8; LINE_BYTES],
     pos: usize,
     end: usize,
+    /// The error of the last failed read, until taken.
+    failure: Option<BundleError>,
 }
 
 impl<R: BufRead> ArmorReader<R> {
@@ -120,7 +125,13 @@ impl<R: BufRead> ArmorReader<R> {
             decoded: [0; LINE_BYTES],
             pos: 0,
             end: 0,
+            failure: None,
         }
+    }
+
+    /// The error behind the last `io::Error` a read returned, typed.
+    pub fn take_error(&mut self) -> Option<BundleError> {
+        self.failure.take()
     }
 
     fn bad(&self, what: &str) -> BundleError {
@@ -227,7 +238,11 @@ impl<R: BufRead> Read for ArmorReader<R> {
             if self.state == State::AfterEnd {
                 return Ok(0);
             }
-            self.refill().map_err(io::Error::other)?;
+            if let Err(e) = self.refill() {
+                let message = e.to_string();
+                self.failure = Some(e);
+                return Err(io::Error::new(io::ErrorKind::InvalidData, message));
+            }
         }
         let n = out.len().min(self.end - self.pos);
         out[..n].copy_from_slice(&self.decoded[self.pos..self.pos + n]);
@@ -248,10 +263,11 @@ mod tests {
 
     fn dearmor(text: &str) -> Result<Vec<u8>, BundleError> {
         let mut out = Vec::new();
-        ArmorReader::new(text.as_bytes())
-            .read_to_end(&mut out)
-            .map_err(BundleError::from_stream_io)?;
-        Ok(out)
+        let mut reader = ArmorReader::new(text.as_bytes());
+        match reader.read_to_end(&mut out) {
+            Ok(_) => Ok(out),
+            Err(e) => Err(reader.take_error().unwrap_or(BundleError::Io(e))),
+        }
     }
 
     #[test]

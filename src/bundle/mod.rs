@@ -8,7 +8,15 @@
 //!   random file key and payload salt;
 //! - opening checks happen in the documented order (magic; version and KDF
 //!   id; KDF limits; key commitment; unwrap; expiry; payload), and nothing is
-//!   decrypted before the commitment matched;
+//!   decrypted before the commitment matched. The order is kept by the
+//!   types: [`read_header`] checks the limits and returns a [`Locked`]
+//!   bundle, the only thing that can be unlocked with a password
+//!   ([`Locked::unlock`]), which gives the [`BundleReader`] over the
+//!   payload; [`inspect`] reads a header for display and cannot unlock;
+//! - errors are typed all the way: the readers underneath (armor, STREAM)
+//!   keep their [`BundleError`] when `Read` makes them return an
+//!   `io::Error`, and [`BundleReader::take_error`] and
+//!   [`BundleReader::parse_payload`] hand it back;
 //! - secret keys (KEK, file key, payload key) live in zeroizing buffers.
 //!
 //! This module never touches the file system: it reads and writes streams.
@@ -29,7 +37,7 @@ use crate::kdf::{self, KdfError, KdfLimits, KdfParams};
 use crate::secret::Password;
 pub use armor::{ArmorReader, ArmorWriter};
 pub use header::{Header, HEADER_LEN};
-pub use stream::{StreamOpener, StreamSealer, CHUNK_SIZE};
+pub use stream::{SealedInput, StreamOpener, StreamSealer, CHUNK_SIZE};
 
 const FILE_KEY_LEN: usize = 32;
 const PAYLOAD_INFO: &[u8] = b"keyferry bundle v1 payload";
@@ -84,18 +92,6 @@ pub enum BundleError {
     StreamAlreadyFailed,
     #[error("cannot read or write the bundle: {0}")]
     Io(#[source] io::Error),
-}
-
-impl BundleError {
-    /// Recovers the bundle error carried through an `io::Error` by the
-    /// streaming readers (their `Read` impls can only return `io::Error`).
-    pub fn from_stream_io(e: io::Error) -> Self {
-        if e.get_ref().is_some_and(|inner| inner.is::<BundleError>()) {
-            let inner = e.into_inner().expect("checked above");
-            return *inner.downcast::<BundleError>().expect("checked above");
-        }
-        BundleError::Io(e)
-    }
 }
 
 /// RFC 3339 UTC time of Unix seconds, for messages.
@@ -159,17 +155,6 @@ pub struct BundleWriter<W: Write> {
 impl<W: Write> BundleWriter<W> {
     pub fn header(&self) -> &Header {
         &self.header
-    }
-
-    /// Seals all of `input` as payload without copying it through a
-    /// `Write` call (see [`StreamSealer::seal_from`]); returns its length.
-    /// The sealed batches are written on a thread of their own, so the
-    /// writer must be `Send`.
-    pub fn seal_from<R: Read>(&mut self, input: &mut R) -> Result<u64, BundleError>
-    where
-        W: Send,
-    {
-        self.stream.seal_from(input).map_err(BundleError::Io)
     }
 
     /// Seals the final chunk and returns the underlying writer.
@@ -257,6 +242,15 @@ impl<R: BufRead> Read for Source<R> {
     }
 }
 
+impl<R: BufRead> SealedInput for Source<R> {
+    fn take_error(&mut self) -> Option<BundleError> {
+        match self {
+            Source::Binary(_) => None,
+            Source::Armored(r) => r.take_error(),
+        }
+    }
+}
+
 impl<R: BufRead> Source<R> {
     /// Tells binary from armored by the first bytes.
     pub fn detect(mut input: R) -> Result<Self, BundleError> {
@@ -276,8 +270,8 @@ impl<R: BufRead> Source<R> {
     }
 }
 
-/// Reads and parses the header; checks structure only (no password).
-pub fn read_header<R: BufRead>(input: R) -> Result<(Header, Source<R>), BundleError> {
+/// Reads and parses the header: the magic, the version and the KDF id.
+fn parse_header<R: BufRead>(input: R) -> Result<(Header, Source<R>), BundleError> {
     let mut source = Source::detect(input)?;
     let mut bytes = [0u8; HEADER_LEN];
     let mut filled = 0;
@@ -286,7 +280,7 @@ pub fn read_header<R: BufRead>(input: R) -> Result<(Header, Source<R>), BundleEr
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(BundleError::from_stream_io(e)),
+            Err(e) => return Err(source.take_error().unwrap_or(BundleError::Io(e))),
         }
     }
     if filled == 0 {
@@ -295,17 +289,124 @@ pub fn read_header<R: BufRead>(input: R) -> Result<(Header, Source<R>), BundleEr
     Ok((Header::parse(&bytes[..filled])?, source))
 }
 
-/// How an importer opens bundles.
+/// What a bundle's header says, read for display (`keyferry inspect`):
+/// nothing is authenticated and no limit is checked, and it cannot be
+/// unlocked; an import goes through [`read_header`].
+#[derive(Clone, Debug)]
+pub struct Inspected {
+    pub header: Header,
+    pub armored: bool,
+}
+
+/// Reads a bundle's header for display; see [`Inspected`].
+pub fn inspect<R: BufRead>(input: R) -> Result<Inspected, BundleError> {
+    let (header, source) = parse_header(input)?;
+    Ok(Inspected {
+        header,
+        armored: source.is_armored(),
+    })
+}
+
+/// The first phase of opening: reads the header and checks its KDF
+/// parameters against `limits`, before any memory is spent on the KDF.
+/// Unlock what it returns with the password.
+pub fn read_header<R: BufRead>(input: R, limits: &KdfLimits) -> Result<Locked<R>, BundleError> {
+    let (header, source) = parse_header(input)?;
+    limits.check(&header.kdf)?;
+    Ok(Locked { header, source })
+}
+
+/// How an importer opens bundles, beyond the limits [`read_header`] took.
 #[derive(Clone, Copy, Debug)]
 pub struct OpenOptions {
-    pub limits: KdfLimits,
     /// Unix seconds, to compare against the header's expiry.
     pub now: u64,
     pub allow_expired: bool,
 }
 
-/// An opened bundle: its authenticated header, and the payload as a reader
-/// that yields only authenticated plaintext.
+/// A bundle whose header was read and whose KDF parameters are within the
+/// importer's limits; nothing in it is authenticated yet.
+pub struct Locked<R: BufRead> {
+    header: Header,
+    source: Source<R>,
+}
+
+impl<R: BufRead> Locked<R> {
+    /// The header as read: not authenticated until [`unlock`](Self::unlock)
+    /// succeeds.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    pub fn is_armored(&self) -> bool {
+        self.source.is_armored()
+    }
+
+    /// The second phase: derives the KEK from the password (the slow
+    /// part), checks the key commitment, unwraps the file key and checks the
+    /// expiry; returns the reader of the authenticated payload.
+    pub fn unlock(
+        self,
+        password: &Password,
+        options: &OpenOptions,
+    ) -> Result<BundleReader<R>, BundleError> {
+        let kek = kdf::derive_kek(password.as_bytes(), &self.header.kdf_salt, &self.header.kdf)?;
+        self.unlock_with_kek(&kek, options)
+    }
+
+    /// The part of [`unlock`](Self::unlock) after the KDF; separate so that
+    /// benchmarks and fuzzing can open with a fixed KEK.
+    pub fn unlock_with_kek(
+        self,
+        kek: &[u8; 32],
+        options: &OpenOptions,
+    ) -> Result<BundleReader<R>, BundleError> {
+        let Self { header, source } = self;
+        if !header.verify_commitment(kek) {
+            return Err(BundleError::WrongPasswordOrModifiedHeader);
+        }
+        let mut file_key = Zeroizing::new([0u8; FILE_KEY_LEN]);
+        file_key.copy_from_slice(&header.wrapped_key[..FILE_KEY_LEN]);
+        let tag = header.wrapped_key[FILE_KEY_LEN..]
+            .try_into()
+            .expect("16-byte tag");
+        Cipher::new(kek)
+            .open_in_place(
+                &WRAP_NONCE,
+                &header.wrap_aad(),
+                file_key.as_mut_slice(),
+                &tag,
+            )
+            .map_err(|_| BundleError::WrongPasswordOrModifiedHeader)?;
+        if let Some(expires) = header.expires {
+            if options.now >= expires && !options.allow_expired {
+                return Err(BundleError::Expired {
+                    expires,
+                    now: options.now,
+                });
+            }
+        }
+        let key = payload_key(file_key.as_slice(), &header.payload_salt);
+        Ok(BundleReader {
+            stream: StreamOpener::new(&key, source),
+            header,
+        })
+    }
+}
+
+/// Why a payload could not be parsed: the bundle failed under the parser
+/// (the stream's own error, not what the parser made of it), or the parser
+/// refused what it read.
+#[derive(Debug, Error)]
+pub enum PayloadFailure<E> {
+    #[error(transparent)]
+    Bundle(BundleError),
+    #[error(transparent)]
+    Parse(E),
+}
+
+/// An unlocked bundle: its authenticated header, and the payload as a
+/// reader (`Read` and `BufRead`) that yields only authenticated plaintext.
 pub struct BundleReader<R: BufRead> {
     header: Header,
     stream: StreamOpener<Source<R>>,
@@ -322,12 +423,26 @@ impl<R: BufRead> BundleReader<R> {
         self.stream.expect_end()
     }
 
-    /// Opens the rest of the payload into `out`, a batch of chunks at a
-    /// time, with no copy besides the writer's (see
-    /// [`StreamOpener::open_to`]); returns the plaintext length. The
-    /// plaintext is written on a thread of its own, so `out` must be `Send`.
-    pub fn open_to<W: Write + Send>(&mut self, out: &mut W) -> Result<u64, BundleError> {
-        self.stream.open_to(out)
+    /// The error behind the last failed read, typed (see
+    /// [`StreamOpener::take_error`]).
+    pub fn take_error(&mut self) -> Option<BundleError> {
+        self.stream.take_error()
+    }
+
+    /// Runs `parse` over the payload, then checks that the payload ends
+    /// where `parse` stopped (which authenticates the final chunk). If the
+    /// stream failed under `parse`, the stream's error is returned.
+    pub fn parse_payload<T, E>(
+        &mut self,
+        parse: impl FnOnce(&mut dyn BufRead) -> Result<T, E>,
+    ) -> Result<T, PayloadFailure<E>> {
+        let parsed = parse(&mut self.stream);
+        if let Some(e) = self.stream.take_error() {
+            return Err(PayloadFailure::Bundle(e));
+        }
+        let value = parsed.map_err(PayloadFailure::Parse)?;
+        self.stream.expect_end().map_err(PayloadFailure::Bundle)?;
+        Ok(value)
     }
 }
 
@@ -337,52 +452,111 @@ impl<R: BufRead> Read for BundleReader<R> {
     }
 }
 
-/// Opens a bundle with a password, running every check up to the payload.
-pub fn open<R: BufRead>(
-    input: R,
-    password: &Password,
-    options: &OpenOptions,
-) -> Result<BundleReader<R>, BundleError> {
-    let (header, source) = read_header(input)?;
-    options.limits.check(&header.kdf)?;
-    let kek = kdf::derive_kek(password.as_bytes(), &header.kdf_salt, &header.kdf)?;
-    open_with_kek(&kek, header, source, options)
+impl<R: BufRead> BufRead for BundleReader<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.stream.fill_buf()
+    }
+    fn consume(&mut self, amount: usize) {
+        self.stream.consume(amount)
+    }
 }
 
-/// The part of [`open`] after the KDF.
-pub fn open_with_kek<R: BufRead>(
-    kek: &[u8; 32],
-    header: Header,
-    source: Source<R>,
-    options: &OpenOptions,
-) -> Result<BundleReader<R>, BundleError> {
-    if !header.verify_commitment(kek) {
-        return Err(BundleError::WrongPasswordOrModifiedHeader);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEK: [u8; 32] = [3; 32];
+    const OPTIONS: OpenOptions = OpenOptions {
+        now: 10,
+        allow_expired: false,
+    };
+
+    fn sealed(payload: &[u8], kdf: KdfParams) -> Vec<u8> {
+        let params = SealParams {
+            kdf,
+            created: 1,
+            expires: None,
+            armor: false,
+        };
+        let mut w = seal_with_kek(&KEK, [9; 16], &params, Vec::new()).unwrap();
+        w.write_all(payload).unwrap();
+        w.finish().unwrap()
     }
-    let mut file_key = Zeroizing::new([0u8; FILE_KEY_LEN]);
-    file_key.copy_from_slice(&header.wrapped_key[..FILE_KEY_LEN]);
-    let tag = header.wrapped_key[FILE_KEY_LEN..]
-        .try_into()
-        .expect("16-byte tag");
-    Cipher::new(kek)
-        .open_in_place(
-            &WRAP_NONCE,
-            &header.wrap_aad(),
-            file_key.as_mut_slice(),
-            &tag,
-        )
-        .map_err(|_| BundleError::WrongPasswordOrModifiedHeader)?;
-    if let Some(expires) = header.expires {
-        if options.now >= expires && !options.allow_expired {
-            return Err(BundleError::Expired {
-                expires,
-                now: options.now,
-            });
-        }
+
+    #[test]
+    fn limits_are_checked_by_read_header_and_not_by_inspect() {
+        let greedy = KdfParams {
+            memory_kib: 2 * 1024 * 1024,
+            ..KdfParams::DEFAULT
+        };
+        let bytes = sealed(b"x", greedy);
+        assert!(matches!(
+            read_header(&bytes[..], &KdfLimits::default()),
+            Err(BundleError::Kdf(KdfError::OverLimit { .. }))
+        ));
+        let shown = inspect(&bytes[..]).unwrap();
+        assert_eq!(shown.header.kdf, greedy);
+        assert!(!shown.armored);
     }
-    let key = payload_key(file_key.as_slice(), &header.payload_salt);
-    Ok(BundleReader {
-        stream: StreamOpener::new(&key, source),
-        header,
-    })
+
+    #[test]
+    fn a_failure_under_the_payload_parser_is_the_bundle_error() {
+        let payload = vec![1u8; 3 * CHUNK_SIZE];
+        let mut bytes = sealed(&payload, KdfParams::MINIMUM);
+        bytes[HEADER_LEN + stream::SEALED_CHUNK_SIZE + 5] ^= 1;
+        let mut reader = read_header(&bytes[..], &KdfLimits::default())
+            .unwrap()
+            .unlock_with_kek(&KEK, &OPTIONS)
+            .unwrap();
+        // A parser that turns every read error into its own.
+        let result = reader.parse_payload(|plain| {
+            io::copy(plain, &mut io::sink()).map_err(|_| "the parser's own error")
+        });
+        assert!(matches!(
+            result,
+            Err(PayloadFailure::Bundle(BundleError::ModifiedChunk(1)))
+        ));
+    }
+
+    #[test]
+    fn a_payload_must_end_where_its_parser_stops() {
+        let bytes = sealed(b"expected and more", KdfParams::MINIMUM);
+        let mut reader = read_header(&bytes[..], &KdfLimits::default())
+            .unwrap()
+            .unlock_with_kek(&KEK, &OPTIONS)
+            .unwrap();
+        let result = reader.parse_payload(|plain| {
+            let mut first = [0u8; 8];
+            plain.read_exact(&mut first).map(|()| first)
+        });
+        assert!(matches!(
+            result,
+            Err(PayloadFailure::Bundle(BundleError::ExtraPayload))
+        ));
+    }
+
+    #[test]
+    fn a_broken_armor_line_is_the_armor_error() {
+        let params = SealParams {
+            kdf: KdfParams::MINIMUM,
+            created: 1,
+            expires: None,
+            armor: true,
+        };
+        let mut w = seal_with_kek(&KEK, [9; 16], &params, Vec::new()).unwrap();
+        w.write_all(&[5u8; 1000]).unwrap();
+        let text = String::from_utf8(w.finish().unwrap()).unwrap();
+        // Break a data line well inside the payload.
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        lines[10].replace_range(0..1, "*");
+        let broken = lines.join("\n");
+        let mut reader = read_header(broken.as_bytes(), &KdfLimits::default())
+            .unwrap()
+            .unlock_with_kek(&KEK, &OPTIONS)
+            .unwrap();
+        assert!(reader.read_to_end(&mut Vec::new()).is_err());
+        assert!(
+            matches!(reader.take_error(), Some(BundleError::Armor(m)) if m.contains("line 11")),
+        );
+    }
 }

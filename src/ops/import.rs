@@ -1,14 +1,14 @@
 //! `keyferry import`: open a bundle, verify all of it, then install its keys
 //! (and, with the HA configuration, its configuration files) atomically.
 
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::path::PathBuf;
 
 use serde_json::Value;
 
 use super::config::{self, ConfigPolicy, StagingSink};
-use super::{details, now_unix, open_bundle_file, payload_error, Home};
-use crate::bundle::{self, BundleError, OpenOptions};
+use super::{details, now_unix, open_bundle_file, Home};
+use crate::bundle::{self, OpenOptions};
 use crate::error::{Error, Result};
 use crate::ha::config::LocalPaths;
 use crate::kdf::{self, KdfLimits};
@@ -81,12 +81,11 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
         None
     };
     let file = open_bundle_file(&opts.file)?;
-    let (header, source) = bundle::read_header(BufReader::new(file))?;
     let limits = KdfLimits {
         max_memory_kib: opts.max_kdf_memory.unwrap_or(kdf::MAX_IMPORT_MEMORY_KIB),
         ..KdfLimits::default()
     };
-    limits.check(&header.kdf)?;
+    let locked = bundle::read_header(BufReader::new(file), &limits)?;
 
     let existing_keyring = node
         .as_ref()
@@ -101,22 +100,17 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
     }
 
     let password = opts.password.read("Bundle password: ")?;
-    let kek = kdf::derive_kek(password.as_bytes(), &header.kdf_salt, &header.kdf)?;
-    drop(password);
     let now = now_unix();
-    let created = header.created;
-    let expires = header.expires;
-    let mut reader = bundle::open_with_kek(
-        &kek,
-        header,
-        source,
+    let mut reader = locked.unlock(
+        &password,
         &OpenOptions {
-            limits,
             now,
             allow_expired: opts.allow_expired,
         },
     )?;
-    drop(kek);
+    drop(password);
+    let created = reader.header().created;
+    let expires = reader.header().expires;
 
     let mut staging = StagingSink::new(home);
     let sink: &mut dyn ConfigSink = if opts.keys_only {
@@ -124,21 +118,10 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
     } else {
         &mut staging
     };
-    let (payload, mut rest) = payload::read(
-        BufReader::with_capacity(bundle::CHUNK_SIZE, &mut reader),
-        payload::DEFAULT_MAX_TOTAL,
-        sink,
-    )
-    .map_err(payload_error)?;
-    // The archive has ended; so must the authenticated stream (this reads
-    // and checks the final chunk).
-    let left = rest
-        .fill_buf()
-        .map_err(|e| Error::Bundle(BundleError::from_stream_io(e)))?;
-    if !left.is_empty() {
-        return Err(Error::Bundle(BundleError::ExtraPayload));
-    }
-    drop(rest);
+    // The archive must end where the authenticated stream does.
+    let payload = reader.parse_payload(|plain| {
+        payload::read(plain, payload::DEFAULT_MAX_TOTAL, sink).map(|(payload, _)| payload)
+    })?;
 
     let plans = if opts.keys_only {
         Vec::new()

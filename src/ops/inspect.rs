@@ -29,7 +29,7 @@ pub struct Inspection {
 pub fn inspect(path: &Path) -> Result<Inspection> {
     let file: File = open_bundle_file(path)?;
     let file_size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let (header, source) = bundle::read_header(BufReader::new(file))?;
+    let bundle::Inspected { header, armored } = bundle::inspect(BufReader::new(file))?;
     let Header {
         kdf: KdfParams {
             memory_kib,
@@ -42,7 +42,7 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
     } = header;
     Ok(Inspection {
         format_version: bundle::header::FORMAT_VERSION,
-        armored: source.is_armored(),
+        armored,
         kdf: "argon2id",
         kdf_memory_kib: memory_kib,
         kdf_time: time,

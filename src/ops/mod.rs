@@ -22,22 +22,8 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::bundle::BundleError;
 use crate::error::{Error, Result};
 pub use crate::node::{now_unix, Home, HOME_ENV};
-use crate::payload::{PayloadError, ZipError};
-
-/// Turns a payload error back into the bundle error it carries, when the
-/// payload reader only saw the bundle failing underneath it.
-fn payload_error(e: PayloadError) -> Error {
-    match e {
-        PayloadError::Zip(ZipError::Io(io)) => match BundleError::from_stream_io(io) {
-            BundleError::Io(io) => Error::Payload(PayloadError::Zip(ZipError::Io(io))),
-            b => Error::Bundle(b),
-        },
-        other => Error::Payload(other),
-    }
-}
 
 pub(crate) fn details<const N: usize>(pairs: [(&str, Value); N]) -> BTreeMap<String, Value> {
     pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()

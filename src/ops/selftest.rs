@@ -5,7 +5,6 @@
 //! The vectors are compiled in from `tests/vectors/`, so the binary checks
 //! itself wherever it is copied.
 
-use std::io::{BufReader, Read};
 use std::time::{Duration, Instant};
 
 use argon2::{Algorithm, Argon2, AssociatedData, ParamsBuilder, Version};
@@ -117,14 +116,7 @@ pub fn bundle_vectors() -> Vec<(Vector, &'static [u8])> {
 }
 
 fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("KAT hex"))
-        .collect()
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    hex::decode(s).expect("KAT hex")
 }
 
 /// One line of the report.
@@ -164,8 +156,8 @@ fn argon2_kat(k: &Argon2Kat) -> Check {
         .expect("KAT secret");
     let mut out = [0u8; 32];
     let ok = kdf::hash_into(&argon, &unhex(&k.password), &unhex(&k.salt), &mut out).is_ok()
-        && hex(&out) == k.tag;
-    check("Argon2id (RFC 9106 5.3)", ok, hex(&out))
+        && hex::encode(out) == k.tag;
+    check("Argon2id (RFC 9106 5.3)", ok, hex::encode(out))
 }
 
 fn gcm_kat(cases: &[GcmKat]) -> Check {
@@ -175,13 +167,13 @@ fn gcm_kat(cases: &[GcmKat]) -> Check {
         let nonce: [u8; 12] = unhex(&c.nonce).try_into().expect("12-byte nonce");
         let mut buf = unhex(&c.plaintext);
         let tag = cipher.seal_in_place(&nonce, &unhex(&c.aad), &mut buf);
-        if hex(&buf) != c.ciphertext || hex(&tag) != c.tag {
+        if hex::encode(&buf) != c.ciphertext || hex::encode(tag) != c.tag {
             return false;
         }
         cipher
             .open_in_place(&nonce, &unhex(&c.aad), &mut buf, &tag)
             .is_ok()
-            && hex(&buf) == c.plaintext
+            && hex::encode(&buf) == c.plaintext
     });
     check(
         "AES-256-GCM (GCM spec cases 13, 14)",
@@ -204,7 +196,7 @@ fn hmac_kat(k: &HmacKat) -> Check {
     let mut mac =
         <hmac::Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&unhex(&k.key)).expect("any key");
     mac.update(&unhex(&k.data));
-    let ok = hex(&mac.finalize().into_bytes()) == k.mac;
+    let ok = hex::encode(mac.finalize().into_bytes()) == k.mac;
     check("HMAC-SHA256 (RFC 4231 case 2)", ok, "")
 }
 
@@ -214,30 +206,28 @@ pub fn open_vector(
     password: &str,
     now: u64,
 ) -> std::result::Result<(String, u64), Error> {
-    let options = OpenOptions {
-        limits: KdfLimits::default(),
-        now,
-        allow_expired: false,
-    };
-    let mut reader = bundle::open(
-        BufReader::new(bytes),
+    let mut reader = bundle::read_header(bytes, &KdfLimits::default())?.unlock(
         &Password::from_typed(password),
-        &options,
+        &OpenOptions {
+            now,
+            allow_expired: false,
+        },
     )?;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; bundle::CHUNK_SIZE];
-    let mut len = 0u64;
-    loop {
-        let n = reader
-            .read(&mut buf)
-            .map_err(|e| Error::Bundle(BundleError::from_stream_io(e)))?;
-        if n == 0 {
-            break;
+    let len = reader.parse_payload(|plain| -> std::result::Result<u64, BundleError> {
+        let mut len = 0;
+        loop {
+            let chunk = plain.fill_buf().map_err(BundleError::Io)?;
+            if chunk.is_empty() {
+                return Ok(len);
+            }
+            h.update(chunk);
+            let n = chunk.len();
+            plain.consume(n);
+            len += n as u64;
         }
-        h.update(&buf[..n]);
-        len += n as u64;
-    }
-    Ok((hex(&h.finalize()), len))
+    })?;
+    Ok((hex::encode(h.finalize()), len))
 }
 
 fn vector_checks(now: u64) -> Vec<Check> {
@@ -269,21 +259,16 @@ fn vector_fingerprint_check(now: u64) -> Check {
         .find(|(v, _)| v.file == "keys.kfb")
         .expect("keys.kfb is listed");
     let result = (|| -> Result<String> {
-        let mut reader = bundle::open(
-            BufReader::new(bytes),
+        let mut reader = bundle::read_header(bytes, &KdfLimits::default())?.unlock(
             &Password::from_typed(&v.password),
             &OpenOptions {
-                limits: KdfLimits::default(),
                 now,
                 allow_expired: false,
             },
         )?;
-        let (p, _) = payload::read(
-            BufReader::new(&mut reader),
-            payload::DEFAULT_MAX_TOTAL,
-            &mut DiscardConfig,
-        )
-        .map_err(super::payload_error)?;
+        let p = reader.parse_payload(|plain| {
+            payload::read(plain, payload::DEFAULT_MAX_TOTAL, &mut DiscardConfig).map(|(p, _)| p)
+        })?;
         Ok(p.keyring.fingerprint().to_string())
     })();
     match result {

@@ -66,15 +66,6 @@ fn malformed(what: impl Into<String>) -> ZipError {
 }
 
 pub(crate) fn io_err(e: io::Error) -> ZipError {
-    // Errors from the callback and the limit checks travel through Read as
-    // io::Error; unwrap ours again.
-    if e.get_ref().is_some_and(|i| i.is::<ZipError>()) {
-        return *e
-            .into_inner()
-            .expect("checked")
-            .downcast::<ZipError>()
-            .expect("checked");
-    }
     if e.kind() == io::ErrorKind::UnexpectedEof {
         return malformed("it ends in the middle of a record");
     }
@@ -147,7 +138,10 @@ struct Checked<R> {
     size: u64,
     /// The most this entry may still produce before the payload cap.
     budget: u64,
-    cap: u64,
+    /// The entry went over the cap: a read failed for that reason, and the
+    /// reader reports it as [`ZipError::TooLarge`], whatever the callback
+    /// made of the `io::Error`.
+    over_cap: bool,
 }
 
 impl<R: Read> Read for Checked<R> {
@@ -159,10 +153,11 @@ impl<R: Read> Read for Checked<R> {
             .min(usize::try_from(self.budget + 1).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..want])?;
         if n as u64 > self.budget {
-            return Err(io::Error::other(ZipError::TooLarge {
-                name: self.name.clone(),
-                cap: self.cap,
-            }));
+            self.over_cap = true;
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("entry {} is over the payload cap", self.name),
+            ));
         }
         self.budget -= n as u64;
         self.size += n as u64;
@@ -371,10 +366,17 @@ fn run_entry<R: Read>(
         crc: crc32fast::Hasher::new(),
         size: 0,
         budget,
-        cap,
+        over_cap: false,
     };
-    on_entry(name, &mut checked)?;
-    io::copy(&mut checked, &mut io::sink()).map_err(io_err)?;
+    let result = on_entry(name, &mut checked)
+        .and_then(|()| io::copy(&mut checked, &mut io::sink()).map_err(io_err));
+    if checked.over_cap {
+        return Err(ZipError::TooLarge {
+            name: name.to_owned(),
+            cap,
+        });
+    }
+    result?;
     let Checked { crc, size, .. } = checked;
     Ok((size, crc.finalize()))
 }
@@ -524,5 +526,34 @@ fn hash_blocks(
         hasher.update(&buf[..n]);
         len += n as u64;
         each(&buf[..n])?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_over_the_cap_is_too_large_whatever_the_callback_makes_of_it() {
+        let mut w = ZipWriter::new(Vec::new());
+        w.add_bytes("big", &[7u8; 100]).unwrap();
+        let zip = w.finish().unwrap();
+        // The callback reads, fails, and reports a refusal of its own; or
+        // reads nothing and leaves the rest to the reader.
+        for reads in [true, false] {
+            let result = read_archive(&zip[..], 50, |name, data| {
+                if reads {
+                    let mut all = Vec::new();
+                    data.read_to_end(&mut all)
+                        .map_err(|e| ZipError::Rejected(name.into(), e.to_string()))?;
+                }
+                Ok(())
+            });
+            assert!(
+                matches!(result, Err(ZipError::TooLarge { cap: 50, .. })),
+                "reads {reads}: {result:?}"
+            );
+        }
+        assert!(read_archive(&zip[..], 100, |_, _| Ok(())).is_ok());
     }
 }
