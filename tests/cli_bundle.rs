@@ -20,8 +20,56 @@ fn stderr_of(out: &std::process::Output) -> String {
 }
 
 /// Runs an import expected to fail and checks the exit code, a phrase of the
-/// message, and that neither the node nor the bundle's folder changed.
+/// message, and that nothing changed but the record of the attempt: the
+/// keys, every other file and the bundle's folder are as they were, and the
+/// audit log (still valid) ends with an `import-refused` record.
 fn refused(node: &Node, file: &Path, password: &str, code: i32, phrase: &str) {
+    // Only a refusal about the bundle itself (exit codes 3 to 6) is on
+    // record, and only on a node with keys.
+    if !node.home.join("keyring.json").exists() || !(3..=6).contains(&code) {
+        return refused_without_trace(node, file, password, code, phrase);
+    }
+    let mut import = node.import_cmd_with(file, password);
+    let fingerprint = node.fingerprint();
+    let records = |node: &Node| {
+        let out = node
+            .cmd()
+            .args(["audit", "show", "--json"])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+    };
+    let before_records = records(node);
+    let before = snapshot(node.dir.path());
+    let out = import.output().unwrap();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(code), "stderr: {err}");
+    assert!(err.contains(phrase), "expected {phrase:?} in: {err}");
+    assert_eq!(err.lines().count(), 1, "one line, please: {err}");
+    let mut after = snapshot(node.dir.path());
+    let mut before = before;
+    let home = node.home.strip_prefix(node.dir.path()).unwrap();
+    for f in ["keyring.json", "audit.log"] {
+        let p = home.join(f);
+        before.remove(&p);
+        after.remove(&p);
+    }
+    assert_same(&before, &after);
+    assert_eq!(node.fingerprint(), fingerprint);
+    node.cmd().args(["audit", "verify"]).assert().success();
+    let now = records(node);
+    assert_eq!(now.len(), before_records.len() + 1);
+    let last = now.last().unwrap();
+    assert_eq!(last["action"], "import-refused");
+    assert_eq!(last["details"]["exit_code"], code);
+    assert!(
+        !last.to_string().contains(password),
+        "no password on record"
+    );
+}
+
+/// A refused import that is not on record leaves no trace at all.
+fn refused_without_trace(node: &Node, file: &Path, password: &str, code: i32, phrase: &str) {
     let mut import = node.import_cmd_with(file, password);
     let before = snapshot(node.dir.path());
     let out = import.output().unwrap();
@@ -819,4 +867,36 @@ fn an_import_that_would_lose_keys_is_refused_unless_asked() {
     node.import_cmd_keeping_keys(&other_pair.path("again.exp"), PASSWORD)
         .assert()
         .success();
+}
+
+/// A bundle made "in the future" (the sender's clock is ahead) imports,
+/// with a warning that names the difference.
+#[test]
+fn a_bundle_from_the_future_imports_with_a_clock_warning() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (payload, fingerprint) = common::craft::payload_with_config(0);
+    let node = Node::empty();
+    fs::create_dir_all(node.dir.path()).unwrap();
+    for (ahead, warned) in [(60, false), (2 * 3600, true)] {
+        let file = node.path(&format!("ahead-{ahead}.kfb"));
+        fs::write(
+            &file,
+            common::craft::seal_created(&payload, PASSWORD, false, now + ahead),
+        )
+        .unwrap();
+        let out = node.import_cmd(&file).output().unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        let err = stderr_of(&out);
+        assert_eq!(err.contains("after this host's clock"), warned, "{err}");
+        if warned {
+            assert!(
+                err.contains("2h") || err.contains("1h 59m"),
+                "names the difference: {err}"
+            );
+        }
+        assert_eq!(node.fingerprint(), fingerprint);
+    }
 }

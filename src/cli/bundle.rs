@@ -172,6 +172,13 @@ pub fn import(home: &Home, args: ImportArgs) -> Result<()> {
         fmt_time(report.created),
         expiry_text(report.expires)
     );
+    if let Some(ahead) = report.clock_behind {
+        eprintln!(
+            "warning: the bundle was made {} after this host's clock says it is now: \
+             check both hosts' clocks (the bundle's expiry is judged by this one)",
+            humantime::format_duration(std::time::Duration::from_secs(ahead))
+        );
+    }
     println!(
         "fingerprint before {}",
         report

@@ -68,9 +68,16 @@ pub struct ImportReport {
     /// Where the keystore's previous version was kept, when the keys
     /// changed.
     pub keystore_backup: Option<PathBuf>,
+    /// Seconds by which the bundle's creation time is ahead of this
+    /// host's clock, when more than [`CLOCK_SKEW_ALLOWED`].
+    pub clock_behind: Option<u64>,
     /// Whether `--delete` removed the bundle; `Err` holds why it could not.
     pub deleted: Option<std::result::Result<(), String>>,
 }
+
+/// A bundle made up to this many seconds "in the future" is normal clock
+/// drift between two hosts; more is worth a warning.
+pub const CLOCK_SKEW_ALLOWED: u64 = 5 * 60;
 
 pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
     // A home that does not exist yet is created only once the bundle has
@@ -85,7 +92,6 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
         max_memory_kib: opts.max_kdf_memory.unwrap_or(kdf::MAX_IMPORT_MEMORY_KIB),
         ..KdfLimits::default()
     };
-    let locked = bundle::read_header(BufReader::new(file), &limits)?;
 
     let existing_keyring = node
         .as_ref()
@@ -99,29 +105,46 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
         )));
     }
 
-    let password = opts.password.read("Bundle password: ")?;
     let now = now_unix();
-    let mut reader = locked.unlock(
-        &password,
-        &OpenOptions {
-            now,
-            allow_expired: opts.allow_expired,
-        },
-    )?;
-    drop(password);
-    let created = reader.header().created;
-    let expires = reader.header().expires;
-
     let mut staging = StagingSink::new(home);
-    let sink: &mut dyn ConfigSink = if opts.keys_only {
-        &mut DiscardConfig
-    } else {
-        &mut staging
+    let mut header = None;
+    let opened = (|| -> Result<crate::payload::Payload> {
+        let locked = bundle::read_header(BufReader::new(file), &limits)?;
+        header = Some(locked.header().clone());
+        let password = opts.password.read("Bundle password: ")?;
+        let mut reader = locked.unlock(
+            &password,
+            &OpenOptions {
+                now,
+                allow_expired: opts.allow_expired,
+            },
+        )?;
+        drop(password);
+        let sink: &mut dyn ConfigSink = if opts.keys_only {
+            &mut DiscardConfig
+        } else {
+            &mut staging
+        };
+        // The archive must end where the authenticated stream does.
+        Ok(reader.parse_payload(|plain| {
+            payload::read(plain, payload::DEFAULT_MAX_TOTAL, sink).map(|(payload, _)| payload)
+        })?)
+    })();
+    let payload = match opened {
+        Ok(p) => p,
+        Err(e) => {
+            let about_the_bundle = matches!(e, Error::Bundle(_) | Error::Payload(_));
+            if let Some(node) = node
+                .as_mut()
+                .filter(|n| about_the_bundle && n.keystore().is_some())
+            {
+                audit_refused(node, &opts.file, header.as_ref(), &e);
+            }
+            return Err(e);
+        }
     };
-    // The archive must end where the authenticated stream does.
-    let payload = reader.parse_payload(|plain| {
-        payload::read(plain, payload::DEFAULT_MAX_TOTAL, sink).map(|(payload, _)| payload)
-    })?;
+    let header = header.expect("a bundle that opened has a header");
+    let (created, expires) = (header.created, header.expires);
 
     let plans = if opts.keys_only {
         Vec::new()
@@ -186,6 +209,9 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
         ),
     ]);
     let mut report = ImportReport {
+        clock_behind: created
+            .checked_sub(now)
+            .filter(|ahead| *ahead > CLOCK_SKEW_ALLOWED),
         before,
         after,
         source_node: payload.manifest.source_node,
@@ -242,4 +268,39 @@ fn refuse_lost_keys(home: &Home, diff: &KeyDiff) -> Result<()> {
          --replace-keys (the current keystore is then kept in {})",
         home.backup_dir().display()
     )))
+}
+
+/// Records a refused import (wrong password, damaged or expired bundle…):
+/// the attempt is on record although nothing else changes. Best effort:
+/// the refusal is what the operator must see, whatever happens here.
+fn audit_refused(
+    node: &mut crate::node::Node,
+    file: &std::path::Path,
+    header: Option<&bundle::Header>,
+    error: &Error,
+) {
+    let mut record = details([
+        ("bundle", Value::from(file.display().to_string())),
+        ("error", Value::from(error.to_string())),
+        ("exit_code", Value::from(error.exit_code())),
+    ]);
+    if let Some(h) = header {
+        record.insert(
+            "bundle_created".into(),
+            Value::from(bundle::fmt_time(h.created)),
+        );
+        record.insert(
+            "bundle_expires".into(),
+            h.expires
+                .map(bundle::fmt_time)
+                .map_or(Value::Null, Value::from),
+        );
+        record.insert("kdf".into(), Value::from(h.kdf.to_string()));
+    }
+    let written = node
+        .begin("import-refused", record)
+        .and_then(|c| c.finish());
+    if let Err(e) = written {
+        tracing::warn!(error = %e, "the refused import could not be recorded");
+    }
 }

@@ -13,9 +13,14 @@ pub const CREATED: u64 = 1_764_000_000;
 
 /// Seals `payload` with the fast KDF.
 pub fn seal(payload: &[u8], password: &str, armor: bool) -> Vec<u8> {
+    seal_created(payload, password, armor, CREATED)
+}
+
+/// [`seal`] with the creation time `created` (Unix seconds).
+pub fn seal_created(payload: &[u8], password: &str, armor: bool, created: u64) -> Vec<u8> {
     let params = SealParams {
         kdf: KdfParams::MINIMUM,
-        created: CREATED,
+        created,
         expires: None,
         armor,
     };
