@@ -900,3 +900,54 @@ fn a_bundle_from_the_future_imports_with_a_clock_warning() {
         assert_eq!(node.fingerprint(), fingerprint);
     }
 }
+
+/// A sender's `source_node` cannot forge audit lines or drive the terminal,
+/// and a long one is a malformed payload.
+#[test]
+fn a_hostile_source_node_is_escaped_and_capped() {
+    let keyring = keyferry::keyring::Keyring::generate("2026-11-25T00:00:00Z").unwrap();
+    let manifest = |source: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "format": "keyferry-payload",
+            "version": 1,
+            "source_node": source,
+            "created_by": "test",
+            "keyring_fingerprint": keyring.fingerprint().to_string(),
+            "contents": ["keyring"],
+        }))
+        .unwrap()
+    };
+    let keyring_json = keyring.to_json().to_vec();
+    let node = Node::empty();
+    fs::create_dir_all(node.dir.path()).unwrap();
+    let bundle = |name: &str, source: &str| {
+        let zip = common::craft::zip_of(
+            &[
+                ("manifest.json", &manifest(source)),
+                ("keyring.json", &keyring_json),
+            ],
+            false,
+        );
+        let file = node.path(name);
+        fs::write(&file, common::craft::seal(&zip, PASSWORD, false)).unwrap();
+        file
+    };
+    let forged = "db1\n    9  2026-01-01T00:00:00Z  root@db1  destroy  \x1b[2J";
+    node.import_cmd(&bundle("forged.kfb", forged))
+        .assert()
+        .success();
+    let out = node.cmd().args(["audit", "show"]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 1, "one record, one line: {text}");
+    assert!(!text.contains('\x1b'), "no raw escape: {text:?}");
+    assert!(text.contains("\\n") && text.contains("\\u{1b}"), "{text:?}");
+
+    let long = "x".repeat(256);
+    refused(
+        &node,
+        &bundle("long.kfb", &long),
+        PASSWORD,
+        4,
+        "source_node is longer than 255",
+    );
+}

@@ -25,21 +25,27 @@ pub enum AuditCommand {
     },
 }
 
+/// A record's text may come from a bundle's sender (its `source_node`) or
+/// another host: control characters are shown escaped, so that no value can
+/// forge a line of the listing or drive the terminal.
 fn print_record(r: &Record) {
+    let clean = super::printable;
     let details = r
         .details
         .iter()
         .map(|(k, v)| {
-            format!(
-                "{k}={}",
-                v.as_str().map_or_else(|| v.to_string(), str::to_owned)
-            )
+            let value = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+            format!("{}={}", clean(k), clean(&value))
         })
         .collect::<Vec<_>>()
         .join(" ");
     println!(
         "{:>5}  {}  {}@{}  {:<8} {details}",
-        r.seq, r.time, r.user, r.host, r.action
+        r.seq,
+        clean(&r.time),
+        clean(&r.user),
+        clean(&r.host),
+        clean(&r.action)
     );
 }
 

@@ -23,6 +23,9 @@ use crate::keyring::{Fingerprint, Keyring, KeyringError};
 pub use zip::ZipError;
 
 pub const MANIFEST: &str = "manifest.json";
+/// The longest `source_node` a manifest may carry (a host name is at most
+/// 253 characters); it is shown to operators and written to the audit log.
+pub const MAX_SOURCE_NODE: usize = 255;
 pub const KEYRING: &str = "keyring.json";
 pub const APPSETTINGS: &str = "config/appsettings.json";
 pub const HA_CONFIG: &str = "config/ha.toml";
@@ -238,6 +241,11 @@ pub fn read<R: BufRead>(
         return Err(PayloadError::Manifest(format!(
             "version {} is not supported by this keyferry: upgrade keyferry",
             manifest.version
+        )));
+    }
+    if manifest.source_node.chars().count() > MAX_SOURCE_NODE {
+        return Err(PayloadError::Manifest(format!(
+            "source_node is longer than {MAX_SOURCE_NODE} characters"
         )));
     }
     let keyring = Keyring::from_json(&keyring_bytes)?;
