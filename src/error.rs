@@ -92,7 +92,9 @@ impl Error {
             Error::Bundle(b) => match b {
                 BundleError::WrongPasswordOrModifiedHeader => exit::WRONG_PASSWORD,
                 BundleError::Expired { .. } => exit::EXPIRED,
-                BundleError::Kdf(KdfError::OverLimit { .. }) => exit::KDF_LIMIT,
+                BundleError::Kdf(KdfError::OverLimit { .. } | KdfError::OverFixedLimit { .. }) => {
+                    exit::KDF_LIMIT
+                }
                 BundleError::Kdf(KdfError::Derive(_)) => exit::FAILURE,
                 BundleError::Kdf(KdfError::Invalid(_)) => exit::BAD_BUNDLE,
                 BundleError::Kdf(_) => exit::USAGE,

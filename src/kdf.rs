@@ -128,10 +128,13 @@ impl Default for KdfLimits {
 impl KdfLimits {
     /// Checks a bundle's parameters before anything is derived.
     pub fn check(&self, params: &KdfParams) -> Result<(), KdfError> {
-        if params.memory_kib > self.max_memory_kib
-            || params.time > self.max_time
-            || params.lanes > self.max_lanes
-        {
+        if params.time > self.max_time || params.lanes > self.max_lanes {
+            return Err(KdfError::OverFixedLimit {
+                asked: *params,
+                limits: *self,
+            });
+        }
+        if params.memory_kib > self.max_memory_kib {
             return Err(KdfError::OverLimit {
                 asked: *params,
                 limits: *self,
@@ -167,6 +170,12 @@ pub enum KdfError {
         limits.max_memory_kib, limits.max_time, limits.max_lanes, asked.memory_kib
     )]
     OverLimit { asked: KdfParams, limits: KdfLimits },
+    #[error(
+        "the bundle asks for {asked}, over the limits of t<={}, p<={} that every importer keeps \
+         (no option raises them): export it again on the primary with smaller --kdf-time and --kdf-lanes",
+        limits.max_time, limits.max_lanes
+    )]
+    OverFixedLimit { asked: KdfParams, limits: KdfLimits },
     #[error("KDF parameters {0} are not valid for Argon2id (at least 8 KiB per lane, t>=1, p>=1)")]
     Invalid(KdfParams),
     #[error("Argon2id failed: {0}; the host may be out of memory")]
@@ -282,5 +291,20 @@ mod tests {
         let msg = KdfLimits::default().check(&greedy).unwrap_err().to_string();
         assert!(msg.contains("2048 MiB"), "{msg}");
         assert!(msg.contains("--max-kdf-memory 2097152"), "{msg}");
+        for slow in [
+            KdfParams {
+                time: 17,
+                ..KdfParams::DEFAULT
+            },
+            KdfParams {
+                lanes: 17,
+                memory_kib: 1 << 20,
+                ..KdfParams::DEFAULT
+            },
+        ] {
+            let msg = KdfLimits::default().check(&slow).unwrap_err().to_string();
+            assert!(!msg.contains("--max-kdf-memory"), "{msg}");
+            assert!(msg.contains("no option raises them"), "{msg}");
+        }
     }
 }

@@ -638,3 +638,31 @@ fn archive_clean_that_fails_half_way_is_on_record_with_its_count() {
     assert_eq!(clean[1]["details"]["outcome"], "failed");
     assert_eq!(clean[1]["details"]["removed"], removed as u64);
 }
+
+/// A value typed on `ha init`'s command line that ha.toml cannot hold is a
+/// usage error (exit 2) that names the option, and nothing is written.
+#[test]
+fn ha_init_bad_values_are_usage_errors_naming_the_option() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    keyferry(&home).arg("init").assert().success();
+    let cases: [(&[&str], &str); 5] = [
+        (&["--node", "a", "--pg-port", "0"], "--pg-port"),
+        (&["--node", "a", "--secondary", "10.0.0.1"], "--secondary"),
+        (&["--node", ""], "--node"),
+        (&["--node", "a", "--web-port", "5432"], "--web-port"),
+        (&["--node", "a", "--pg-data", "relative/dir"], "--pg-data"),
+    ];
+    for (args, option) in cases {
+        let mut c = keyferry(&home);
+        c.args(["ha", "init", "--primary", "10.0.0.1"]).args(args);
+        if !args.contains(&"--secondary") {
+            c.args(["--secondary", "10.0.0.2"]);
+        }
+        let out = c.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(option), "{args:?}: {err}");
+        assert!(!home.join("ha.toml").exists());
+    }
+}

@@ -61,6 +61,42 @@ pub struct InitOptions {
     pub force: bool,
 }
 
+/// `ha.toml` as the options describe it, validated.
+fn config_from_options(opts: &InitOptions) -> std::result::Result<HaConfig, crate::ha::Error> {
+    let mut config = HaConfig::new(&opts.node, opts.primary, opts.secondary)?;
+    if let Some(port) = opts.pg_port {
+        config.pg_port = port;
+    }
+    if let Some(port) = opts.web_port {
+        config.web_port = port;
+    }
+    if let Some(bin) = &opts.pg_bin {
+        config.pg_bin = bin.clone();
+    }
+    if let Some(data) = &opts.pg_data {
+        config.pg_data = data.clone();
+    }
+    config.archive_dir = opts.archive_dir.clone();
+    config.appsettings = opts.appsettings.clone();
+    if let Some(user) = &opts.replication_user {
+        config.replication_user = user.clone();
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+/// A value the operator typed on the command line that `ha.toml` cannot
+/// hold is a usage error naming the option (exit code 2).
+fn as_usage(e: crate::ha::Error) -> Error {
+    match e {
+        crate::ha::Error::ConfigValue { field, reason } => {
+            Error::Usage(format!("--{}: {field} {reason}", field.replace('_', "-")))
+        }
+        other if other.is_usage() => Error::Ha(other),
+        other => Error::Usage(other.to_string()),
+    }
+}
+
 /// What `ha init` did.
 #[derive(Debug, Clone, Serialize)]
 pub struct InitReport {
@@ -90,27 +126,8 @@ impl HaConfigView {
 /// `keyferry ha init`: validates and writes `ha.toml` (owner-only,
 /// atomically). Refuses to replace an existing one unless `force`.
 pub fn init(home: &Home, opts: &InitOptions) -> Result<InitReport> {
-    let mut config = HaConfig::new(&opts.node, opts.primary, opts.secondary)?;
-    if let Some(port) = opts.pg_port {
-        config.pg_port = port;
-    }
-    if let Some(port) = opts.web_port {
-        config.web_port = port;
-    }
-    if let Some(bin) = &opts.pg_bin {
-        config.pg_bin = bin.clone();
-    }
-    if let Some(data) = &opts.pg_data {
-        config.pg_data = data.clone();
-    }
-    config.archive_dir = opts.archive_dir.clone();
-    config.appsettings = opts.appsettings.clone();
-    if let Some(user) = &opts.replication_user {
-        config.replication_user = user.clone();
-    }
-    config.validate()?;
+    let config = config_from_options(opts).map_err(as_usage)?;
     let text = config.to_toml()?;
-
     let mut node = home.open(true)?;
     let path = home.ha_config_path();
     let exists = path.exists();
