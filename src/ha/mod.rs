@@ -10,15 +10,14 @@
 //! - [`config`]: the pair description `ha.toml`, its validation and its
 //!   adjustment when a secondary imports the primary's copy;
 //! - [`archive`]: recognising WAL archive files and removing only those;
-//! - [`pg`]: reaching PostgreSQL (SQL, the replication handshake, the
-//!   libpq password file, `pg_controldata`);
 //! - [`net`]: TCP reachability and "is this address mine".
 //!
-//! It depends on nothing else in the crate, so that the layers above (`ops`,
-//! `cli`) decide when files are written, backed up and audited. [`addr`],
-//! [`hba`] and [`config`] are pure (text in, text out); [`archive`] lists and
-//! removes files in the directory it is given and nowhere else; [`pg`] and
-//! [`net`] talk to servers and run PostgreSQL's programs but write nothing.
+//! It depends on nothing else in the crate but [`crate::pg`] (reaching
+//! PostgreSQL), so that the layers above (`ops`, `cli`) decide when files
+//! are written, backed up and audited. [`addr`], [`hba`] and [`config`] are
+//! pure (text in, text out); [`archive`] lists and removes files in the
+//! directory it is given and nowhere else; [`net`] opens and closes sockets
+//! but writes nothing.
 //!
 //! Errors are one [`Error`] type for the whole module; its messages name the
 //! problem and the way out on one line and never carry secrets.
@@ -29,7 +28,6 @@ pub mod config;
 mod error;
 pub mod hba;
 pub mod net;
-pub mod pg;
 
 pub use addr::PeerAddr;
 pub use error::{AddrRejection, Error, MarkerProblem};

@@ -35,10 +35,10 @@ use crate::error::Result;
 use crate::ha::archive;
 use crate::ha::config::HaConfig;
 use crate::ha::net;
-use crate::ha::pg::{self, passfile, replication, ConnSpec, Endpoint, PgError, ServerFacts};
 use crate::ha::PeerAddr;
 use crate::keyring::Fingerprint;
 use crate::ops::Home;
+use crate::pg::{self, passfile, replication, ConnSpec, Endpoint, PgError, ServerFacts};
 use crate::secret::{self, PasswordSource};
 
 /// Warn when the free space is below this multiple of the primary's size

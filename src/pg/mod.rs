@@ -1,11 +1,14 @@
-//! Talking to PostgreSQL: SQL through the `postgres` crate, the replication
-//! handshake through [`replication`], and the server's own programs
-//! (`pg_controldata`, `pg_ctl --version`) for what SQL cannot tell.
+//! Reaching PostgreSQL, for the HA pair and for the application's own
+//! database alike: SQL through the `postgres` crate, the replication
+//! handshake through [`replication`], the libpq password file through
+//! [`passfile`], and the server's own programs (`pg_controldata`,
+//! `pg_ctl`) for what SQL cannot tell.
 //!
 //! This module owns how keyferry reaches a server ([`Endpoint`],
-//! [`ConnSpec`]), the few queries the HA commands need, and how their
-//! failures are reported ([`PgError`]: one line, the server's SQLSTATE kept
-//! so callers can give the right fix).
+//! [`ConnSpec`]: a plain connection description, not tied to `ha.toml`),
+//! the queries its callers need, and how their failures are reported
+//! ([`PgError`]: one line, the server's SQLSTATE kept so callers can give
+//! the right fix). It depends on nothing else in the crate.
 //!
 //! Invariants:
 //! - passwords are only ever borrowed from the caller and handed to the
