@@ -12,6 +12,7 @@ pub mod audit;
 pub mod bundle;
 pub mod cli;
 pub mod error;
+pub mod fmt;
 pub mod fsutil;
 pub mod ha;
 pub mod kdf;

@@ -32,6 +32,7 @@ use zeroize::Zeroizing;
 
 use super::require_config;
 use crate::error::Result;
+use crate::fmt::human_bytes;
 use crate::ha::archive;
 use crate::ha::config::HaConfig;
 use crate::ha::net;
@@ -752,32 +753,5 @@ fn keyring_check(home: &Home, peer: Option<&Fingerprint>, c: &mut Checks) {
             format!("this node's keyring is {mine}; the other node's is not visible from here"),
             "run `keyferry keys fingerprint` on the other node and pass it with --peer-fingerprint",
         ),
-    }
-}
-
-/// `1.5 GiB`, `48.0 MiB`, `512 B`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut value = n as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_read_like_df_h() {
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(48 * 1024 * 1024), "48.0 MiB");
-        assert_eq!(human_bytes(3 * 1024 * 1024 * 1024 / 2), "1.5 GiB");
     }
 }
