@@ -10,14 +10,16 @@
 //! - [`config`]: the pair description `ha.toml`, its validation and its
 //!   adjustment when a secondary imports the primary's copy;
 //! - [`archive`]: recognising WAL archive files and removing only those;
-//! - [`net`]: TCP reachability and "is this address mine".
+//! - [`net`]: TCP reachability and "is this address mine";
+//! - [`role`]: a node's [`Role`] (`Running Primary`, `Running Replica`,
+//!   `Stopped`, `Unreachable`) and the rule that finds it.
 //!
 //! It depends on nothing else in the crate but [`crate::pg`] (reaching
 //! PostgreSQL), so that the layers above (`ops`, `cli`) decide when files
 //! are written, backed up and audited. [`addr`], [`hba`] and [`config`] are
 //! pure (text in, text out); [`archive`] lists and removes files in the
-//! directory it is given and nowhere else; [`net`] opens and closes sockets
-//! but writes nothing.
+//! directory it is given and nowhere else; [`net`] and [`role`] connect to
+//! servers and run PostgreSQL's programs but write nothing.
 //!
 //! Errors are one [`Error`] type for the whole module; its messages name the
 //! problem and the way out on one line and never carry secrets.
@@ -28,6 +30,8 @@ pub mod config;
 mod error;
 pub mod hba;
 pub mod net;
+pub mod role;
 
 pub use addr::PeerAddr;
 pub use error::{AddrRejection, Error, MarkerProblem};
+pub use role::Role;

@@ -149,6 +149,51 @@ impl PgServer {
         Some(server)
     }
 
+    /// A streaming replica of this server: `pg_basebackup -R -X stream`
+    /// over the primary's Unix socket (local connections are trusted) into
+    /// a new temporary directory, with its own socket directory and port.
+    pub fn start_replica(&self) -> PgServer {
+        let install = self.install.clone();
+        let dir = tempfile::Builder::new()
+            .prefix("keyferry-pg-replica-")
+            .tempdir()
+            .expect("create temp dir");
+        install.give_to_server_user(dir.path());
+        let data = dir.path().join("data");
+        let socket_dir = dir.path().join("sock");
+        fs::create_dir(&socket_dir).expect("create socket dir");
+        install.give_to_server_user(&socket_dir);
+        let port = self.port.to_string();
+        let backup = install
+            .command("pg_basebackup")
+            .arg("-D")
+            .arg(&data)
+            .arg("-h")
+            .arg(&self.socket_dir)
+            .args(["-p", &port, "-U", SUPERUSER, "-R", "-X", "stream"])
+            .args(["-c", "fast", "--no-sync"])
+            .output()
+            .expect("run pg_basebackup");
+        check(&backup, "pg_basebackup");
+        append_lines(
+            &data.join("postgresql.conf"),
+            &[format!(
+                "unix_socket_directories = '{}'",
+                socket_dir.display()
+            )],
+        );
+        let mut replica = PgServer {
+            install,
+            dir,
+            data,
+            socket_dir,
+            port: 0,
+            running: false,
+        };
+        replica.start_on_free_port();
+        replica
+    }
+
     fn start_on_free_port(&mut self) {
         let log = self.dir.path().join("server.log");
         for attempt in 1..=PORT_ATTEMPTS {
