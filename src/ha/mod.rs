@@ -1,5 +1,5 @@
-//! The PostgreSQL HA pair: the pieces that need no running server and no
-//! other part of keyferry.
+//! The PostgreSQL HA pair as a library: its description, addresses,
+//! `pg_hba.conf` lines, WAL archive, preflight checks and node roles.
 //!
 //! This module owns
 //!
@@ -11,14 +11,17 @@
 //!   adjustment when a secondary imports the primary's copy;
 //! - [`archive`]: recognising WAL archive files and removing only those;
 //! - [`net`]: TCP reachability and "is this address mine";
+//! - [`preflight`]: the named checks of the pair's preflight, each
+//!   returning a [`preflight::Fact`];
 //! - [`role`]: a node's [`Role`] (`Running Primary`, `Running Replica`,
 //!   `Stopped`, `Unreachable`) and the rule that finds it.
 //!
 //! It depends on nothing else in the crate but [`crate::pg`] (reaching
-//! PostgreSQL), so that the layers above (`ops`, `cli`) decide when files
-//! are written, backed up and audited. [`addr`], [`hba`] and [`config`] are
-//! pure (text in, text out); [`archive`] lists and removes files in the
-//! directory it is given and nowhere else; [`net`] and [`role`] connect to
+//! PostgreSQL), [`crate::fmt`] and [`crate::fsutil`]'s free-space probe, so
+//! that the layers above (`ops`, `cli`) decide when files are written,
+//! backed up and audited. [`addr`], [`hba`] and [`config`] are pure (text
+//! in, text out); [`archive`] lists and removes files in the directory it is
+//! given and nowhere else; [`net`], [`preflight`] and [`role`] connect to
 //! servers and run PostgreSQL's programs but write nothing.
 //!
 //! Errors are one [`Error`] type for the whole module; its messages name the
@@ -30,6 +33,7 @@ pub mod config;
 mod error;
 pub mod hba;
 pub mod net;
+pub mod preflight;
 pub mod role;
 
 pub use addr::PeerAddr;

@@ -34,6 +34,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use postgres::{Client, NoTls};
+use zeroize::Zeroizing;
 
 /// SQLSTATE `28P01`: the password was wrong.
 pub const SQLSTATE_INVALID_PASSWORD: &str = "28P01";
@@ -173,6 +174,57 @@ impl fmt::Debug for ConnSpec<'_> {
             .field("password", &self.password.map(|_| "<hidden>"))
             .field("timeout", &self.timeout)
             .finish()
+    }
+}
+
+/// Where a connection's password comes from. Holds it only in zeroizing
+/// storage and never shows it.
+pub enum Credentials {
+    /// Given by the operator (a prompt, a file, a descriptor, a variable).
+    Given(Zeroizing<Vec<u8>>),
+    /// Looked up per connection in this libpq password file.
+    Passfile(PathBuf),
+    /// None: the server must not ask for one.
+    None,
+}
+
+impl Credentials {
+    /// The password for a connection to `host:port`, `database`, as `user`
+    /// (`replication` as the database of a physical replication
+    /// connection, as libpq matches it).
+    pub fn for_conn(
+        &self,
+        host: &str,
+        port: u16,
+        database: &str,
+        user: &str,
+    ) -> Option<Zeroizing<Vec<u8>>> {
+        match self {
+            Credentials::Given(p) => Some(p.clone()),
+            Credentials::Passfile(path) => passfile::lookup(
+                path,
+                passfile::Key {
+                    host,
+                    port,
+                    database,
+                    user,
+                },
+            )
+            .ok()
+            .flatten()
+            .map(|p| Zeroizing::new(p.as_bytes().to_vec())),
+            Credentials::None => None,
+        }
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credentials::Given(_) => f.write_str("Credentials::Given(<hidden>)"),
+            Credentials::Passfile(path) => write!(f, "Credentials::Passfile({path:?})"),
+            Credentials::None => f.write_str("Credentials::None"),
+        }
     }
 }
 
