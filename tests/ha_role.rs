@@ -13,25 +13,31 @@ use std::time::Duration;
 
 use common::pg::{PgOptions, PgServer};
 use keyferry::ha::role::{self, LocalServer, Role};
-use keyferry::pg::{self, ConnSpec, Endpoint};
+use keyferry::pg::{self, ConnSpec, Endpoint, PgError};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 const PASSWORD: &str = "role check";
 
-fn role_of(server: &PgServer, local: bool) -> Role {
+/// `role::observe` of `server` over TCP as repuser with `password`; with
+/// `local`, the server's data directory counts as this machine's.
+fn observe(server: &PgServer, password: &str, local: bool) -> Result<Role, PgError> {
     let endpoint = Endpoint::ip(Ipv4Addr::LOCALHOST.into(), server.port());
     let spec = ConnSpec {
         endpoint: &endpoint,
         user: "repuser",
         dbname: pg::MAINTENANCE_DB,
-        password: Some(PASSWORD.as_bytes()),
+        password: Some(password.as_bytes()),
         timeout: TIMEOUT,
     };
     let local = local.then(|| LocalServer {
         pg_bin: server.bin_dir(),
         pg_data: server.data_dir(),
     });
-    role::observe(&spec, local).expect("a role, not an error")
+    role::observe(&spec, local)
+}
+
+fn role_of(server: &PgServer, local: bool) -> Role {
+    observe(server, PASSWORD, local).expect("a role, not an error")
 }
 
 #[test]
@@ -63,18 +69,6 @@ fn a_server_that_refuses_is_an_error_not_a_role() {
         return;
     };
     server.create_replication_user("repuser", PASSWORD);
-    let endpoint = Endpoint::ip(Ipv4Addr::LOCALHOST.into(), server.port());
-    let spec = ConnSpec {
-        endpoint: &endpoint,
-        user: "repuser",
-        dbname: pg::MAINTENANCE_DB,
-        password: Some(b"wrong"),
-        timeout: TIMEOUT,
-    };
-    let local = LocalServer {
-        pg_bin: server.bin_dir(),
-        pg_data: server.data_dir(),
-    };
-    let err = role::observe(&spec, Some(local)).unwrap_err();
+    let err = observe(&server, "wrong", true).unwrap_err();
     assert_eq!(err.code(), Some(pg::SQLSTATE_INVALID_PASSWORD), "{err}");
 }

@@ -707,31 +707,27 @@ mod tests {
 
     #[test]
     fn wal_checks_read_the_primarys_settings() {
-        assert_eq!(
-            wal_level(Some(&server(150000, "replica", 10, 0))).status,
-            Status::Ok
-        );
-        assert_eq!(
-            wal_level(Some(&server(150000, "logical", 10, 0))).status,
-            Status::Ok
-        );
+        type Check = fn(Option<&ServerFacts>) -> Fact;
+        let cases: [(Check, &str, u32, u32, Status); 5] = [
+            (wal_level, "replica", 10, 0, Status::Ok),
+            (wal_level, "logical", 10, 0, Status::Ok),
+            (wal_level, "minimal", 10, 0, Status::Fail),
+            (max_wal_senders, "replica", 0, 0, Status::Fail),
+            (max_wal_senders, "replica", 2, 2, Status::Fail),
+        ];
+        for (check, level, max, used, status) in cases {
+            let fact = check(Some(&server(150000, level, max, used)));
+            assert_eq!(fact.status, status, "{fact:?}");
+            assert_eq!(fact.fix.is_some(), status != Status::Ok, "{fact:?}");
+        }
         let minimal = wal_level(Some(&server(150000, "minimal", 10, 0)));
-        assert_eq!(minimal.status, Status::Fail);
         assert!(minimal.fix.unwrap().contains("wal_level = replica"));
-        assert_eq!(wal_level(None).status, Status::Warn);
-        assert_eq!(
-            max_wal_senders(Some(&server(150000, "replica", 0, 0))).status,
-            Status::Fail
-        );
-        assert_eq!(
-            max_wal_senders(Some(&server(150000, "replica", 2, 2))).status,
-            Status::Fail
-        );
         let free = max_wal_senders(Some(&server(150000, "replica", 10, 3)));
         assert_eq!(
             (free.status, free.message.as_str()),
             (Status::Ok, "primary max_wal_senders = 10, 3 in use, 7 free")
         );
+        assert_eq!(wal_level(None).status, Status::Warn);
         assert_eq!(max_wal_senders(None).status, Status::Warn);
     }
 

@@ -100,15 +100,7 @@ impl PgServer {
             }
         };
         install.netns = opts.netns.clone();
-        let dir = tempfile::Builder::new()
-            .prefix("keyferry-pg-")
-            .tempdir()
-            .expect("create temp dir");
-        install.give_to_server_user(dir.path());
-        let data = dir.path().join("data");
-        let socket_dir = dir.path().join("sock");
-        fs::create_dir(&socket_dir).expect("create socket dir");
-        install.give_to_server_user(&socket_dir);
+        let (dir, data, socket_dir) = install.server_dirs("keyferry-pg-");
 
         let pwfile = dir.path().join("pwfile");
         fs::write(&pwfile, SUPERUSER_PASSWORD).expect("write pwfile");
@@ -137,16 +129,7 @@ impl PgServer {
         conf.extend(opts.extra_conf);
         append_lines(&data.join("postgresql.conf"), &conf);
 
-        let mut server = PgServer {
-            install,
-            dir,
-            data,
-            socket_dir,
-            port: 0,
-            running: false,
-        };
-        server.start_on_free_port();
-        Some(server)
+        Some(PgServer::launch(install, dir, data, socket_dir))
     }
 
     /// A streaming replica of this server: `pg_basebackup -R -X stream`
@@ -154,15 +137,7 @@ impl PgServer {
     /// a new temporary directory, with its own socket directory and port.
     pub fn start_replica(&self) -> PgServer {
         let install = self.install.clone();
-        let dir = tempfile::Builder::new()
-            .prefix("keyferry-pg-replica-")
-            .tempdir()
-            .expect("create temp dir");
-        install.give_to_server_user(dir.path());
-        let data = dir.path().join("data");
-        let socket_dir = dir.path().join("sock");
-        fs::create_dir(&socket_dir).expect("create socket dir");
-        install.give_to_server_user(&socket_dir);
+        let (dir, data, socket_dir) = install.server_dirs("keyferry-pg-replica-");
         let port = self.port.to_string();
         let backup = install
             .command("pg_basebackup")
@@ -182,7 +157,12 @@ impl PgServer {
                 socket_dir.display()
             )],
         );
-        let mut replica = PgServer {
+        PgServer::launch(install, dir, data, socket_dir)
+    }
+
+    /// Starts the server of a prepared data directory on a free port.
+    fn launch(install: PgInstall, dir: TempDir, data: PathBuf, socket_dir: PathBuf) -> PgServer {
+        let mut server = PgServer {
             install,
             dir,
             data,
@@ -190,8 +170,8 @@ impl PgServer {
             port: 0,
             running: false,
         };
-        replica.start_on_free_port();
-        replica
+        server.start_on_free_port();
+        server
     }
 
     fn start_on_free_port(&mut self) {
@@ -389,6 +369,22 @@ impl PgInstall {
             .env_remove("PGPASSWORD")
             .env_remove("PGPASSFILE");
         command
+    }
+
+    /// A new temporary directory for one server, given to the server's
+    /// user, with the (not yet created) data directory's path and a socket
+    /// directory inside.
+    fn server_dirs(&self, prefix: &str) -> (TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir()
+            .expect("create temp dir");
+        self.give_to_server_user(dir.path());
+        let data = dir.path().join("data");
+        let socket_dir = dir.path().join("sock");
+        fs::create_dir(&socket_dir).expect("create socket dir");
+        self.give_to_server_user(&socket_dir);
+        (dir, data, socket_dir)
     }
 
     fn give_to_server_user(&self, path: &Path) {

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Makes vectors.json from docs/envelope.md with Python's `cryptography`
-package: an implementation independent of keyferry's. Run from this
-directory: python3 make_vectors.py > vectors.json"""
+package: an implementation independent of keyferry's. Every byte string
+is standard padded base64. Run from this directory: python3 make_vectors.py > vectors.json"""
 import base64, json, struct
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -19,14 +19,15 @@ for name, key_id, key, nonce, pt, aad in CASES:
     prefix = b"\x01" + struct.pack(">I", key_id)
     ct = AESGCM(key).encrypt(nonce, pt, prefix + aad)  # ciphertext || tag
     env = prefix + nonce + ct
+    b64 = lambda b: base64.b64encode(b).decode()
     out.append({
         "name": name,
         "key_id": key_id,
-        "key_hex": key.hex(),
-        "nonce_hex": nonce.hex(),
-        "plaintext_hex": pt.hex(),
-        "aad_hex": aad.hex(),
-        "envelope_hex": env.hex(),
-        "text": "kfe1:%d:%s" % (key_id, base64.b64encode(env).decode()),
+        "key": b64(key),
+        "nonce": b64(nonce),
+        "plaintext": b64(pt),
+        "aad": b64(aad),
+        "envelope": b64(env),
+        "text": "kfe1:%d:%s" % (key_id, b64(env)),
     })
 print(json.dumps(out, indent=2))
