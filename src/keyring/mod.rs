@@ -72,13 +72,15 @@ pub enum KeyringError {
     AlreadyPrimary(u32),
     #[error("key {id} is the primary and cannot be {action}: promote another key first")]
     PrimaryLocked { id: u32, action: &'static str },
-    #[error("key {id} is {status}; only {wanted} key can be {action}")]
+    #[error("key {id} is {status}; only {wanted} key can be {action}: {fix}")]
     WrongStatus {
         id: u32,
         status: KeyStatus,
         /// "an enabled" or "a disabled".
         wanted: &'static str,
         action: &'static str,
+        /// What to do instead.
+        fix: &'static str,
     },
     #[error(
         "key ids are exhausted (the highest is {}): start a new keyring",
@@ -401,6 +403,17 @@ impl Keyring {
         if key.status == wanted {
             return Ok(());
         }
+        let fix = match (key.status, wanted) {
+            (KeyStatus::Destroyed, _) => "a destroyed key stays destroyed; add a new key instead",
+            (KeyStatus::Disabled, KeyStatus::Enabled) if action == "disabled" => {
+                "it already is; nothing to do"
+            }
+            (KeyStatus::Disabled, _) => "enable it first",
+            (KeyStatus::Enabled, KeyStatus::Disabled) if action == "enabled" => {
+                "it already is; nothing to do"
+            }
+            (KeyStatus::Enabled, _) => "disable it first, once no stored value is sealed under it",
+        };
         Err(KeyringError::WrongStatus {
             id,
             status: key.status,
@@ -410,6 +423,7 @@ impl Keyring {
                 KeyStatus::Destroyed => "a destroyed",
             },
             action,
+            fix,
         })
     }
 
@@ -631,6 +645,7 @@ mod tests {
         k.disable(1).unwrap();
         let e = k.promote(1).unwrap_err();
         assert!(wrong(1, KeyStatus::Disabled, "promoted")(&e), "{e}");
+        assert!(e.to_string().ends_with("enable it first"), "{e}");
         k.destroy(1).unwrap();
         let e = k.promote(1).unwrap_err();
         assert!(wrong(1, KeyStatus::Destroyed, "promoted")(&e), "{e}");
@@ -669,14 +684,15 @@ mod tests {
         // Destroy: only a disabled key (disable first).
         let e = k.destroy(two).unwrap_err();
         assert!(wrong(2, KeyStatus::Enabled, "destroyed")(&e), "{e}");
-        assert!(
-            e.to_string()
-                .contains("only a disabled key can be destroyed"),
-            "{e}"
+        assert_eq!(
+            e.to_string(),
+            "key 2 is enabled; only a disabled key can be destroyed: \
+             disable it first, once no stored value is sealed under it"
         );
         k.disable(two).unwrap();
         let e = k.disable(two).unwrap_err();
         assert!(wrong(2, KeyStatus::Disabled, "disabled")(&e), "{e}");
+        assert!(e.to_string().ends_with("nothing to do"), "{e}");
         let material = k.key(two).unwrap().material.clone();
         k.enable(two).unwrap();
         assert_eq!(k.key(two).unwrap().status, KeyStatus::Enabled);
