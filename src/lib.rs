@@ -3,15 +3,16 @@
 //! and operate the pair's PostgreSQL replication.
 //!
 //! Data flows one way: `cli` -> `ops` -> (`keyring`, `payload`, `audit`,
-//! `ha`) -> `bundle` -> `fsutil`. Lower layers never call upper ones;
-//! cryptography never touches the file system and the file system layer
-//! never touches cryptography.
+//! `ha`, `pg`) -> `bundle` -> `fsutil`; `ha` reaches PostgreSQL through
+//! `pg`. Lower layers never call upper ones; cryptography never touches the
+//! file system and the file system layer never touches cryptography.
 
 pub mod aead;
 pub mod audit;
 pub mod bundle;
 pub mod cli;
 pub mod error;
+pub mod fmt;
 pub mod fsutil;
 pub mod ha;
 pub mod kdf;
@@ -19,6 +20,7 @@ pub mod keyring;
 pub mod node;
 pub mod ops;
 pub mod payload;
+pub mod pg;
 pub mod secret;
 
 pub use error::{Error, Result};

@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use common::pg::{PgOptions, PgServer};
-use keyferry::ha::pg::{self, replication, ConnSpec, Endpoint};
+use keyferry::pg::{self, replication, ConnSpec, Endpoint};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 const PASSWORD: &str = "rep: 'secret' \"pw\"";

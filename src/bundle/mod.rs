@@ -94,11 +94,9 @@ pub enum BundleError {
     Io(#[source] io::Error),
 }
 
-/// RFC 3339 UTC time of Unix seconds, for messages.
-pub fn fmt_time(secs: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.min(i32::MAX as u64 * 100));
-    humantime::format_rfc3339_seconds(t).to_string()
-}
+/// Kept for callers being changed in parallel (`node/`, `ops/import.rs`);
+/// new code uses [`crate::fmt::fmt_time`].
+pub use crate::fmt::fmt_time;
 
 fn random<const N: usize>() -> io::Result<[u8; N]> {
     let mut b = [0u8; N];

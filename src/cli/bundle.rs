@@ -3,8 +3,8 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{print_json, PasswordArgs};
-use crate::bundle::fmt_time;
 use crate::error::{Error, Result};
+use crate::fmt::fmt_time;
 use crate::kdf::KdfParams;
 use crate::ops::export::{self, Expiry, ExportOptions};
 use crate::ops::import::{self, ImportOptions};

@@ -8,10 +8,11 @@ use clap::{Args, Subcommand};
 
 use super::{print_json, PasswordArgs};
 use crate::error::{Error, Result};
+use crate::fmt::human_bytes;
 use crate::ha::hba::HbaMethod;
 use crate::ha::PeerAddr;
 use crate::keyring::Fingerprint;
-use crate::ops::ha::check::{self, human_bytes, CheckOptions, Status};
+use crate::ops::ha::check::{self, CheckOptions, Status};
 use crate::ops::ha::hba::{
     self, HbaChangeReport, HbaTarget, OtherRule, ServerAccess, ServerOutcome,
 };

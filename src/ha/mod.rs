@@ -1,5 +1,5 @@
-//! The PostgreSQL HA pair: the pieces that need no running server and no
-//! other part of keyferry.
+//! The PostgreSQL HA pair as a library: its description, addresses,
+//! `pg_hba.conf` lines, WAL archive, preflight checks and node roles.
 //!
 //! This module owns
 //!
@@ -10,15 +10,19 @@
 //! - [`config`]: the pair description `ha.toml`, its validation and its
 //!   adjustment when a secondary imports the primary's copy;
 //! - [`archive`]: recognising WAL archive files and removing only those;
-//! - [`pg`]: reaching PostgreSQL (SQL, the replication handshake, the
-//!   libpq password file, `pg_controldata`);
-//! - [`net`]: TCP reachability and "is this address mine".
+//! - [`net`]: TCP reachability and "is this address mine";
+//! - [`preflight`]: the named checks of the pair's preflight, each
+//!   returning a [`preflight::Fact`];
+//! - [`role`]: a node's [`Role`] (`Running Primary`, `Running Replica`,
+//!   `Stopped`, `Unreachable`) and the rule that finds it.
 //!
-//! It depends on nothing else in the crate, so that the layers above (`ops`,
-//! `cli`) decide when files are written, backed up and audited. [`addr`],
-//! [`hba`] and [`config`] are pure (text in, text out); [`archive`] lists and
-//! removes files in the directory it is given and nowhere else; [`pg`] and
-//! [`net`] talk to servers and run PostgreSQL's programs but write nothing.
+//! It depends on nothing else in the crate but [`crate::pg`] (reaching
+//! PostgreSQL), [`crate::fmt`] and [`crate::fsutil`]'s free-space probe, so
+//! that the layers above (`ops`, `cli`) decide when files are written,
+//! backed up and audited. [`addr`], [`hba`] and [`config`] are pure (text
+//! in, text out); [`archive`] lists and removes files in the directory it is
+//! given and nowhere else; [`net`], [`preflight`] and [`role`] connect to
+//! servers and run PostgreSQL's programs but write nothing.
 //!
 //! Errors are one [`Error`] type for the whole module; its messages name the
 //! problem and the way out on one line and never carry secrets.
@@ -29,7 +33,9 @@ pub mod config;
 mod error;
 pub mod hba;
 pub mod net;
-pub mod pg;
+pub mod preflight;
+pub mod role;
 
 pub use addr::PeerAddr;
 pub use error::{AddrRejection, Error, MarkerProblem};
+pub use role::Role;

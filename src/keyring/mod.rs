@@ -1,14 +1,26 @@
 //! Versioned data-encryption keys: the `keyring.json` document, its
-//! fingerprint, and the envelope API that encrypts under the primary key.
+//! fingerprint, the lifecycle operations of a staged rotation
+//! ([`Keyring::add`], [`Keyring::promote`], [`Keyring::disable`],
+//! [`Keyring::enable`], [`Keyring::destroy`]) and, in [`envelope`], the
+//! format that seals stored values under the primary key.
 //!
-//! Invariants (checked whenever a keyring is built or parsed, so no other
-//! code has to):
-//! - key ids are unique and ascending;
-//! - the primary key exists, is enabled and has material;
+//! Invariants (checked whenever a keyring is built or parsed, and kept by
+//! every operation, so no other code has to):
+//! - key ids are unique and ascending; a new key gets the highest id + 1, so
+//!   an id is never reused, even after its key is destroyed;
+//! - the primary key exists, is enabled and has material, so it can never
+//!   be disabled or destroyed (promote another key first);
 //! - a destroyed key has no material, every other key has 32 bytes of it;
+//! - only an enabled key can be promoted or disabled, only a disabled key
+//!   can be enabled or destroyed (disable first, so a key still in use is
+//!   not destroyed by mistake), and a destroyed key stays destroyed;
 //! - key material lives in zeroizing buffers and never appears in `Debug`.
+//!
+//! The operations change the keyring in memory only: writing it, backing it
+//! up and auditing the change belong to the layers above.
 
 mod diff;
+pub mod envelope;
 
 use std::fmt;
 
@@ -21,8 +33,6 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
-use crate::aead::Cipher;
-
 pub const KEYRING_FORMAT: &str = "keyferry-keyring";
 pub const KEYRING_VERSION: u32 = 1;
 pub const ALGORITHM: &str = "aes-256-gcm";
@@ -31,9 +41,6 @@ const FINGERPRINT_LABEL: &[u8] = b"keyferry keyring v1";
 /// Bytes of SHA-256 kept in a fingerprint: 160 bits, as the design says.
 const FINGERPRINT_BYTES: usize = 20;
 pub const FINGERPRINT_PREFIX: &str = "kf1:";
-const ENVELOPE_NONCE_LEN: usize = 12;
-const ENVELOPE_TAG_LEN: usize = 16;
-const ENVELOPE_ID_LEN: usize = 4;
 
 #[derive(Debug, Error)]
 pub enum KeyringError {
@@ -59,12 +66,27 @@ pub enum KeyringError {
     MaterialEncoding(u32),
     #[error("key {0}: created time {1:?} is not an RFC 3339 UTC time")]
     Created(u32, String),
-    #[error("no key with id {0} in this keyring")]
+    #[error("no key with id {0} in this keyring: list the keys with `keyferry keys list`")]
     UnknownKey(u32),
-    #[error("key {0} is {1}: data sealed under it cannot be decrypted until it is enabled")]
-    KeyNotUsable(u32, KeyStatus),
-    #[error("the ciphertext is malformed or was modified")]
-    Envelope,
+    #[error("key {0} is already the primary: nothing to promote")]
+    AlreadyPrimary(u32),
+    #[error("key {id} is the primary and cannot be {action}: promote another key first")]
+    PrimaryLocked { id: u32, action: &'static str },
+    #[error("key {id} is {status}; only {wanted} key can be {action}: {fix}")]
+    WrongStatus {
+        id: u32,
+        status: KeyStatus,
+        /// "an enabled" or "a disabled".
+        wanted: &'static str,
+        action: &'static str,
+        /// What to do instead.
+        fix: &'static str,
+    },
+    #[error(
+        "key ids are exhausted (the highest is {}): start a new keyring",
+        u32::MAX
+    )]
+    IdsExhausted,
     #[error("the operating system's random generator failed: {0}")]
     Random(String),
 }
@@ -211,32 +233,7 @@ impl Keyring {
 
     /// Builds a keyring, checking every invariant.
     pub fn new(primary: u32, keys: Vec<Key>) -> Result<Self, KeyringError> {
-        if keys.is_empty() {
-            return Err(KeyringError::NoKeys);
-        }
-        for pair in keys.windows(2) {
-            if pair[1].id <= pair[0].id {
-                return Err(KeyringError::Order(pair[1].id, pair[0].id));
-            }
-        }
-        for k in &keys {
-            if k.algorithm != ALGORITHM {
-                return Err(KeyringError::Algorithm(k.id, k.algorithm.clone()));
-            }
-            if (k.status == KeyStatus::Destroyed) != k.material.is_none() {
-                return Err(KeyringError::Material(k.id));
-            }
-            if humantime::parse_rfc3339(&k.created).is_err() {
-                return Err(KeyringError::Created(k.id, k.created.clone()));
-            }
-        }
-        let p = keys
-            .iter()
-            .find(|k| k.id == primary)
-            .ok_or(KeyringError::PrimaryMissing(primary))?;
-        if p.status != KeyStatus::Enabled || p.material.is_none() {
-            return Err(KeyringError::PrimaryNotUsable(primary));
-        }
+        check_invariants(primary, &keys)?;
         Ok(Self { primary, keys })
     }
 
@@ -316,47 +313,170 @@ impl Keyring {
         Fingerprint(fp)
     }
 
-    /// Seals `plaintext` under the primary key: `key id (u32 BE) || nonce ||
-    /// ciphertext || tag`.
-    pub fn encrypt(&self, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, KeyringError> {
-        let key = self.key(self.primary).expect("primary exists by invariant");
-        let material = key.material.as_ref().expect("primary has material");
-        let mut nonce = [0u8; ENVELOPE_NONCE_LEN];
-        getrandom::fill(&mut nonce).map_err(|e| KeyringError::Random(e.to_string()))?;
-        let header = ENVELOPE_ID_LEN + ENVELOPE_NONCE_LEN;
-        let mut out = Vec::with_capacity(header + plaintext.len() + ENVELOPE_TAG_LEN);
-        out.extend_from_slice(&key.id.to_be_bytes());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(plaintext);
-        let tag = Cipher::new(material.as_bytes()).seal_in_place(&nonce, aad, &mut out[header..]);
-        out.extend_from_slice(&tag);
-        Ok(out)
+    /// Adds a new enabled key with fresh random material and returns its
+    /// id (the highest id + 1). The primary does not change: the new key
+    /// is distributed first and promoted later.
+    pub fn add(&mut self, created: &str) -> Result<u32, KeyringError> {
+        self.add_material(KeyMaterial::generate()?, created)
     }
 
-    /// Opens an envelope made by [`encrypt`](Self::encrypt) with any enabled
-    /// key of this keyring.
-    pub fn decrypt(&self, envelope: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyringError> {
-        let header = ENVELOPE_ID_LEN + ENVELOPE_NONCE_LEN;
-        if envelope.len() < header + ENVELOPE_TAG_LEN {
-            return Err(KeyringError::Envelope);
+    /// [`add`](Self::add) with given material (an import, or a test).
+    pub fn add_material(
+        &mut self,
+        material: KeyMaterial,
+        created: &str,
+    ) -> Result<u32, KeyringError> {
+        let last = self.keys.last().map_or(0, |k| k.id);
+        let id = last.checked_add(1).ok_or(KeyringError::IdsExhausted)?;
+        if humantime::parse_rfc3339(created).is_err() {
+            return Err(KeyringError::Created(id, created.to_owned()));
         }
-        let id = u32::from_be_bytes(envelope[..ENVELOPE_ID_LEN].try_into().expect("4 bytes"));
-        let key = self.key(id).ok_or(KeyringError::UnknownKey(id))?;
-        let material = match (&key.status, &key.material) {
-            (KeyStatus::Enabled, Some(m)) => m,
-            _ => return Err(KeyringError::KeyNotUsable(id, key.status)),
-        };
-        let nonce: [u8; ENVELOPE_NONCE_LEN] = envelope[ENVELOPE_ID_LEN..header]
-            .try_into()
-            .expect("12 bytes");
-        let (body, tag) = envelope[header..].split_at(envelope.len() - header - ENVELOPE_TAG_LEN);
-        let mut plain = Zeroizing::new(body.to_vec());
-        let tag = tag.try_into().expect("16-byte tag");
-        Cipher::new(material.as_bytes())
-            .open_in_place(&nonce, aad, &mut plain, &tag)
-            .map_err(|_| KeyringError::Envelope)?;
-        Ok(plain)
+        self.keys.push(Key {
+            id,
+            status: KeyStatus::Enabled,
+            created: created.to_owned(),
+            algorithm: ALGORITHM.to_owned(),
+            material: Some(material),
+        });
+        self.debug_check();
+        Ok(id)
     }
+
+    /// Makes the enabled key `id` the primary: new values are sealed under
+    /// it from now on. The old primary stays enabled.
+    pub fn promote(&mut self, id: u32) -> Result<(), KeyringError> {
+        if id == self.primary {
+            return Err(KeyringError::AlreadyPrimary(id));
+        }
+        self.expect_status(id, KeyStatus::Enabled, "promoted")?;
+        self.primary = id;
+        self.debug_check();
+        Ok(())
+    }
+
+    /// Disables the enabled, non-primary key `id`: values sealed under it
+    /// no longer open, but its material is kept, so it can be enabled
+    /// again.
+    pub fn disable(&mut self, id: u32) -> Result<(), KeyringError> {
+        self.refuse_primary(id, "disabled")?;
+        self.expect_status(id, KeyStatus::Enabled, "disabled")?;
+        self.set_status(id, KeyStatus::Disabled);
+        Ok(())
+    }
+
+    /// Enables the disabled key `id` again.
+    pub fn enable(&mut self, id: u32) -> Result<(), KeyringError> {
+        self.expect_status(id, KeyStatus::Disabled, "enabled")?;
+        self.set_status(id, KeyStatus::Enabled);
+        Ok(())
+    }
+
+    /// Destroys the disabled key `id`: its material is wiped from this
+    /// keyring for good (the id stays, so it is never reused). Values still
+    /// sealed under it can never be opened again.
+    pub fn destroy(&mut self, id: u32) -> Result<(), KeyringError> {
+        self.refuse_primary(id, "destroyed")?;
+        self.expect_status(id, KeyStatus::Disabled, "destroyed")?;
+        let key = self.key_mut(id);
+        key.status = KeyStatus::Destroyed;
+        // `KeyMaterial` wipes itself when dropped.
+        key.material = None;
+        self.debug_check();
+        Ok(())
+    }
+
+    fn refuse_primary(&self, id: u32, action: &'static str) -> Result<(), KeyringError> {
+        if id == self.primary {
+            return Err(KeyringError::PrimaryLocked { id, action });
+        }
+        Ok(())
+    }
+
+    /// Fails unless key `id` exists with status `wanted`.
+    fn expect_status(
+        &self,
+        id: u32,
+        wanted: KeyStatus,
+        action: &'static str,
+    ) -> Result<(), KeyringError> {
+        let key = self.key(id).ok_or(KeyringError::UnknownKey(id))?;
+        if key.status == wanted {
+            return Ok(());
+        }
+        let fix = match (key.status, wanted) {
+            (KeyStatus::Destroyed, _) => "a destroyed key stays destroyed; add a new key instead",
+            (KeyStatus::Disabled, KeyStatus::Enabled) if action == "disabled" => {
+                "it already is; nothing to do"
+            }
+            (KeyStatus::Disabled, _) => "enable it first",
+            (KeyStatus::Enabled, KeyStatus::Disabled) if action == "enabled" => {
+                "it already is; nothing to do"
+            }
+            (KeyStatus::Enabled, _) => "disable it first, once no stored value is sealed under it",
+        };
+        Err(KeyringError::WrongStatus {
+            id,
+            status: key.status,
+            wanted: match wanted {
+                KeyStatus::Enabled => "an enabled",
+                KeyStatus::Disabled => "a disabled",
+                KeyStatus::Destroyed => "a destroyed",
+            },
+            action,
+            fix,
+        })
+    }
+
+    fn set_status(&mut self, id: u32, status: KeyStatus) {
+        self.key_mut(id).status = status;
+        self.debug_check();
+    }
+
+    /// The key `id`, which the caller has checked exists.
+    fn key_mut(&mut self, id: u32) -> &mut Key {
+        self.keys
+            .iter_mut()
+            .find(|k| k.id == id)
+            .expect("caller checked the key exists")
+    }
+
+    fn debug_check(&self) {
+        debug_assert!(
+            check_invariants(self.primary, &self.keys).is_ok(),
+            "a keyring operation broke an invariant"
+        );
+    }
+}
+
+/// Every invariant of the module documentation that a document can break.
+fn check_invariants(primary: u32, keys: &[Key]) -> Result<(), KeyringError> {
+    if keys.is_empty() {
+        return Err(KeyringError::NoKeys);
+    }
+    for pair in keys.windows(2) {
+        if pair[1].id <= pair[0].id {
+            return Err(KeyringError::Order(pair[1].id, pair[0].id));
+        }
+    }
+    for k in keys {
+        if k.algorithm != ALGORITHM {
+            return Err(KeyringError::Algorithm(k.id, k.algorithm.clone()));
+        }
+        if (k.status == KeyStatus::Destroyed) != k.material.is_none() {
+            return Err(KeyringError::Material(k.id));
+        }
+        if humantime::parse_rfc3339(&k.created).is_err() {
+            return Err(KeyringError::Created(k.id, k.created.clone()));
+        }
+    }
+    let p = keys
+        .iter()
+        .find(|k| k.id == primary)
+        .ok_or(KeyringError::PrimaryMissing(primary))?;
+    if p.status != KeyStatus::Enabled || p.material.is_none() {
+        return Err(KeyringError::PrimaryNotUsable(primary));
+    }
+    Ok(())
 }
 
 /// Serializes a document holding keys into a buffer sized up front, so that
@@ -473,26 +593,131 @@ mod tests {
         ));
     }
 
+    const LATER: &str = "2026-12-01T00:00:00Z";
+
+    fn wrong(id: u32, status: KeyStatus, action: &str) -> impl Fn(&KeyringError) -> bool + '_ {
+        move |e| {
+            matches!(e, KeyringError::WrongStatus { id: i, status: s, action: a, .. }
+                if *i == id && *s == status && *a == action)
+        }
+    }
+
     #[test]
-    fn envelope_round_trip_and_refusals() {
-        let k = Keyring::from_json(VECTOR).unwrap();
-        let sealed = k.encrypt(b"db password", b"row 7").unwrap();
+    fn add_gives_the_next_id_enabled_and_keeps_the_primary() {
+        let mut k = Keyring::generate(LATER).unwrap();
+        assert_eq!(k.add(LATER).unwrap(), 2);
+        assert_eq!(k.add(LATER).unwrap(), 3);
+        assert_eq!(k.primary(), 1);
+        let ids: Vec<u32> = k.keys().iter().map(|key| key.id).collect();
+        assert_eq!(ids, [1, 2, 3]);
+        assert!(k.keys().iter().all(|key| key.status == KeyStatus::Enabled));
+        assert_ne!(k.keys()[1].material, k.keys()[2].material);
+        // A destroyed last key's id is not reused.
+        k.disable(3).unwrap();
+        k.destroy(3).unwrap();
+        assert_eq!(k.add(LATER).unwrap(), 4);
+        // The result parses back: every invariant of a document holds.
+        assert_eq!(Keyring::from_json(&k.to_json()).unwrap(), k);
+        assert!(matches!(
+            k.add("yesterday"),
+            Err(KeyringError::Created(5, _))
+        ));
+        assert_eq!(k.keys().len(), 4, "a refused add adds nothing");
+    }
+
+    #[test]
+    fn add_refuses_when_ids_run_out() {
+        let mut key = Keyring::generate(LATER).unwrap().keys()[0].clone();
+        key.id = u32::MAX;
+        let mut k = Keyring::new(u32::MAX, vec![key]).unwrap();
+        assert!(matches!(k.add(LATER), Err(KeyringError::IdsExhausted)));
+    }
+
+    #[test]
+    fn promote_only_an_enabled_key_that_is_not_yet_primary() {
+        let mut k = Keyring::generate(LATER).unwrap();
+        let two = k.add(LATER).unwrap();
+        assert!(matches!(k.promote(1), Err(KeyringError::AlreadyPrimary(1))));
+        assert!(matches!(k.promote(9), Err(KeyringError::UnknownKey(9))));
+        k.promote(two).unwrap();
+        assert_eq!(k.primary(), 2);
+        assert_eq!(k.key(1).unwrap().status, KeyStatus::Enabled);
+        k.disable(1).unwrap();
+        let e = k.promote(1).unwrap_err();
+        assert!(wrong(1, KeyStatus::Disabled, "promoted")(&e), "{e}");
+        assert!(e.to_string().ends_with("enable it first"), "{e}");
+        k.destroy(1).unwrap();
+        let e = k.promote(1).unwrap_err();
+        assert!(wrong(1, KeyStatus::Destroyed, "promoted")(&e), "{e}");
+        assert_eq!(k.primary(), 2);
+    }
+
+    #[test]
+    fn the_primary_cannot_be_disabled_or_destroyed() {
+        let mut k = Keyring::generate(LATER).unwrap();
+        let e = k.disable(1).unwrap_err();
+        assert!(matches!(
+            e,
+            KeyringError::PrimaryLocked {
+                id: 1,
+                action: "disabled"
+            }
+        ));
+        assert!(e.to_string().contains("promote another key first"), "{e}");
+        assert!(matches!(
+            k.destroy(1),
+            Err(KeyringError::PrimaryLocked {
+                id: 1,
+                action: "destroyed"
+            })
+        ));
+        assert_eq!(k.key(1).unwrap().status, KeyStatus::Enabled);
+    }
+
+    #[test]
+    fn disable_enable_and_destroy_follow_the_lifecycle() {
+        let mut k = Keyring::generate(LATER).unwrap();
+        let two = k.add(LATER).unwrap();
+        // Enable: only a disabled key.
+        let e = k.enable(two).unwrap_err();
+        assert!(wrong(2, KeyStatus::Enabled, "enabled")(&e), "{e}");
+        // Destroy: only a disabled key (disable first).
+        let e = k.destroy(two).unwrap_err();
+        assert!(wrong(2, KeyStatus::Enabled, "destroyed")(&e), "{e}");
         assert_eq!(
-            &sealed[..4],
-            &2u32.to_be_bytes(),
-            "sealed under the primary"
+            e.to_string(),
+            "key 2 is enabled; only a disabled key can be destroyed: \
+             disable it first, once no stored value is sealed under it"
         );
-        assert_eq!(&*k.decrypt(&sealed, b"row 7").unwrap(), b"db password");
-        assert!(matches!(
-            k.decrypt(&sealed, b"row 8"),
-            Err(KeyringError::Envelope)
-        ));
-        let mut disabled = k.clone();
-        disabled.keys[1].status = KeyStatus::Disabled;
-        assert!(matches!(
-            disabled.decrypt(&sealed, b"row 7"),
-            Err(KeyringError::KeyNotUsable(2, KeyStatus::Disabled))
-        ));
+        k.disable(two).unwrap();
+        let e = k.disable(two).unwrap_err();
+        assert!(wrong(2, KeyStatus::Disabled, "disabled")(&e), "{e}");
+        assert!(e.to_string().ends_with("nothing to do"), "{e}");
+        let material = k.key(two).unwrap().material.clone();
+        k.enable(two).unwrap();
+        assert_eq!(k.key(two).unwrap().status, KeyStatus::Enabled);
+        assert_eq!(
+            k.key(two).unwrap().material,
+            material,
+            "enable keeps material"
+        );
+        k.disable(two).unwrap();
+        k.destroy(two).unwrap();
+        let key = k.key(two).unwrap();
+        assert_eq!(key.status, KeyStatus::Destroyed);
+        assert!(key.material.is_none(), "destroy removes the material");
+        for (result, action) in [
+            (k.enable(two), "enabled"),
+            (k.disable(two), "disabled"),
+            (k.destroy(two), "destroyed"),
+        ] {
+            let e = result.unwrap_err();
+            assert!(wrong(2, KeyStatus::Destroyed, action)(&e), "{e}");
+        }
+        for result in [k.enable(7), k.disable(7), k.destroy(7)] {
+            assert!(matches!(result, Err(KeyringError::UnknownKey(7))));
+        }
+        assert_eq!(Keyring::from_json(&k.to_json()).unwrap(), k);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::{details, now_unix, Home};
 use crate::bundle::{self, SealParams};
 use crate::error::{Error, Result};
+use crate::fmt::fmt_time;
 use crate::kdf::KdfParams;
 use crate::keyring::Fingerprint;
 use crate::payload;
@@ -122,7 +123,7 @@ pub fn export(home: &Home, opts: &ExportOptions) -> Result<ExportReport> {
                 "expires",
                 params
                     .expires
-                    .map(bundle::fmt_time)
+                    .map(fmt_time)
                     .map_or(Value::Null, Value::from),
             ),
             ("kdf", Value::from(opts.kdf.to_string())),

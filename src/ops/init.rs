@@ -3,8 +3,8 @@
 use serde_json::Value;
 
 use super::{details, now_unix, Home};
-use crate::bundle;
 use crate::error::{Error, Result};
+use crate::fmt::fmt_time;
 use crate::keyring::{Fingerprint, Keyring};
 
 pub struct InitReport {
@@ -26,11 +26,10 @@ pub fn init(home: &Home) -> Result<InitReport> {
             home.audit_path().display()
         )));
     }
-    let keyring =
-        Keyring::generate(&bundle::fmt_time(now_unix())).map_err(|source| Error::Keyring {
-            context: "cannot create the keyring".into(),
-            source,
-        })?;
+    let keyring = Keyring::generate(&fmt_time(now_unix())).map_err(|source| Error::Keyring {
+        context: "cannot create the keyring".into(),
+        source,
+    })?;
     let fingerprint = keyring.fingerprint();
     let mut change = node.begin(
         "init",

@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::open_bundle_file;
 use crate::bundle::{self, Header};
 use crate::error::Result;
+use crate::fmt::fmt_time;
 use crate::kdf::KdfParams;
 
 #[derive(Debug, Serialize)]
@@ -47,8 +48,8 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         kdf_memory_kib: memory_kib,
         kdf_time: time,
         kdf_lanes: lanes,
-        created: bundle::fmt_time(created),
-        expires: expires.map(bundle::fmt_time),
+        created: fmt_time(created),
+        expires: expires.map(fmt_time),
         file_size,
     })
 }

@@ -100,15 +100,7 @@ impl PgServer {
             }
         };
         install.netns = opts.netns.clone();
-        let dir = tempfile::Builder::new()
-            .prefix("keyferry-pg-")
-            .tempdir()
-            .expect("create temp dir");
-        install.give_to_server_user(dir.path());
-        let data = dir.path().join("data");
-        let socket_dir = dir.path().join("sock");
-        fs::create_dir(&socket_dir).expect("create socket dir");
-        install.give_to_server_user(&socket_dir);
+        let (dir, data, socket_dir) = install.server_dirs("keyferry-pg-");
 
         let pwfile = dir.path().join("pwfile");
         fs::write(&pwfile, SUPERUSER_PASSWORD).expect("write pwfile");
@@ -137,6 +129,39 @@ impl PgServer {
         conf.extend(opts.extra_conf);
         append_lines(&data.join("postgresql.conf"), &conf);
 
+        Some(PgServer::launch(install, dir, data, socket_dir))
+    }
+
+    /// A streaming replica of this server: `pg_basebackup -R -X stream`
+    /// over the primary's Unix socket (local connections are trusted) into
+    /// a new temporary directory, with its own socket directory and port.
+    pub fn start_replica(&self) -> PgServer {
+        let install = self.install.clone();
+        let (dir, data, socket_dir) = install.server_dirs("keyferry-pg-replica-");
+        let port = self.port.to_string();
+        let backup = install
+            .command("pg_basebackup")
+            .arg("-D")
+            .arg(&data)
+            .arg("-h")
+            .arg(&self.socket_dir)
+            .args(["-p", &port, "-U", SUPERUSER, "-R", "-X", "stream"])
+            .args(["-c", "fast", "--no-sync"])
+            .output()
+            .expect("run pg_basebackup");
+        check(&backup, "pg_basebackup");
+        append_lines(
+            &data.join("postgresql.conf"),
+            &[format!(
+                "unix_socket_directories = '{}'",
+                socket_dir.display()
+            )],
+        );
+        PgServer::launch(install, dir, data, socket_dir)
+    }
+
+    /// Starts the server of a prepared data directory on a free port.
+    fn launch(install: PgInstall, dir: TempDir, data: PathBuf, socket_dir: PathBuf) -> PgServer {
         let mut server = PgServer {
             install,
             dir,
@@ -146,7 +171,7 @@ impl PgServer {
             running: false,
         };
         server.start_on_free_port();
-        Some(server)
+        server
     }
 
     fn start_on_free_port(&mut self) {
@@ -344,6 +369,22 @@ impl PgInstall {
             .env_remove("PGPASSWORD")
             .env_remove("PGPASSFILE");
         command
+    }
+
+    /// A new temporary directory for one server, given to the server's
+    /// user, with the (not yet created) data directory's path and a socket
+    /// directory inside.
+    fn server_dirs(&self, prefix: &str) -> (TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir()
+            .expect("create temp dir");
+        self.give_to_server_user(dir.path());
+        let data = dir.path().join("data");
+        let socket_dir = dir.path().join("sock");
+        fs::create_dir(&socket_dir).expect("create socket dir");
+        self.give_to_server_user(&socket_dir);
+        (dir, data, socket_dir)
     }
 
     fn give_to_server_user(&self, path: &Path) {

@@ -33,9 +33,9 @@ use crate::error::{Error, Result};
 use crate::fsutil::Ownership;
 use crate::ha::config::HaConfig;
 use crate::ha::hba::{self, Coverage, HbaMethod};
-use crate::ha::pg::{self, passfile, ConnSpec, Endpoint, PgError};
 use crate::ha::PeerAddr;
 use crate::ops::{details, Home};
+use crate::pg::{self, passfile, ConnSpec, Endpoint, PgError};
 
 /// Default role for the administrative connection (a superuser is needed
 /// for `pg_hba_file_rules`, `hba_file` and `pg_reload_conf()`).

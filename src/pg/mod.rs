@@ -1,11 +1,14 @@
-//! Talking to PostgreSQL: SQL through the `postgres` crate, the replication
-//! handshake through [`replication`], and the server's own programs
-//! (`pg_controldata`, `pg_ctl --version`) for what SQL cannot tell.
+//! Reaching PostgreSQL, for the HA pair and for the application's own
+//! database alike: SQL through the `postgres` crate, the replication
+//! handshake through [`replication`], the libpq password file through
+//! [`passfile`], and the server's own programs (`pg_controldata`,
+//! `pg_ctl`) for what SQL cannot tell.
 //!
 //! This module owns how keyferry reaches a server ([`Endpoint`],
-//! [`ConnSpec`]), the few queries the HA commands need, and how their
-//! failures are reported ([`PgError`]: one line, the server's SQLSTATE kept
-//! so callers can give the right fix).
+//! [`ConnSpec`]: a plain connection description, not tied to `ha.toml`),
+//! the queries its callers need, and how their failures are reported
+//! ([`PgError`]: one line, the server's SQLSTATE kept so callers can give
+//! the right fix). It depends on nothing else in the crate.
 //!
 //! Invariants:
 //! - passwords are only ever borrowed from the caller and handed to the
@@ -13,7 +16,10 @@
 //!   (the `postgres` crate keeps its own copy inside its `Config` for the
 //!   length of one connection attempt);
 //! - programs are run with the `C` locale so their output can be parsed, and
-//!   with `PGPASSWORD`/`PGPASSFILE` removed from their environment;
+//!   with `PGPASSWORD`/`PGPASSFILE` removed from their environment; those
+//!   that act on a data directory run as the directory's owner when
+//!   keyferry runs as root (PostgreSQL's programs refuse root), and as the
+//!   calling user otherwise;
 //! - nothing here writes a file: `pg_hba.conf` edits, backups and audit
 //!   records belong to `ops`.
 
@@ -28,6 +34,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use postgres::{Client, NoTls};
+use zeroize::Zeroizing;
 
 /// SQLSTATE `28P01`: the password was wrong.
 pub const SQLSTATE_INVALID_PASSWORD: &str = "28P01";
@@ -167,6 +174,57 @@ impl fmt::Debug for ConnSpec<'_> {
             .field("password", &self.password.map(|_| "<hidden>"))
             .field("timeout", &self.timeout)
             .finish()
+    }
+}
+
+/// Where a connection's password comes from. Holds it only in zeroizing
+/// storage and never shows it.
+pub enum Credentials {
+    /// Given by the operator (a prompt, a file, a descriptor, a variable).
+    Given(Zeroizing<Vec<u8>>),
+    /// Looked up per connection in this libpq password file.
+    Passfile(PathBuf),
+    /// None: the server must not ask for one.
+    None,
+}
+
+impl Credentials {
+    /// The password for a connection to `host:port`, `database`, as `user`
+    /// (`replication` as the database of a physical replication
+    /// connection, as libpq matches it).
+    pub fn for_conn(
+        &self,
+        host: &str,
+        port: u16,
+        database: &str,
+        user: &str,
+    ) -> Option<Zeroizing<Vec<u8>>> {
+        match self {
+            Credentials::Given(p) => Some(p.clone()),
+            Credentials::Passfile(path) => passfile::lookup(
+                path,
+                passfile::Key {
+                    host,
+                    port,
+                    database,
+                    user,
+                },
+            )
+            .ok()
+            .flatten()
+            .map(|p| Zeroizing::new(p.as_bytes().to_vec())),
+            Credentials::None => None,
+        }
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credentials::Given(_) => f.write_str("Credentials::Given(<hidden>)"),
+            Credentials::Passfile(path) => write!(f, "Credentials::Passfile({path:?})"),
+            Credentials::None => f.write_str("Credentials::None"),
+        }
     }
 }
 
@@ -363,42 +421,122 @@ pub fn reload_conf(client: &mut Client, target: &str) -> Result<(), PgError> {
     }
 }
 
+/// `SELECT pg_is_in_recovery()`: true on a replica (a standby replaying
+/// WAL), false on a primary.
+pub fn in_recovery(client: &mut Client, target: &str) -> Result<bool, PgError> {
+    let row = client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .map_err(|e| from_postgres(target, e))?;
+    Ok(row.get(0))
+}
+
 /// The path of one of PostgreSQL's programs in `pg_bin`.
 pub fn program(pg_bin: &Path, name: &str) -> PathBuf {
     pg_bin.join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
 }
 
-/// Runs a PostgreSQL program and returns its standard output, or a
-/// [`PgError::Tool`] with the first line of what it said on failure.
-fn run_program(pg_bin: &Path, name: &str, args: &[&std::ffi::OsStr]) -> Result<String, PgError> {
-    let path = program(pg_bin, name);
-    let tool = |message: String| PgError::Tool {
-        program: path.display().to_string(),
-        message,
-    };
-    let output = Command::new(&path)
-        .args(args)
+/// A PostgreSQL program in `pg_bin`, in the `C` locale and without the
+/// password variables; with `data_dir`, run as that directory's owner
+/// (see [`platform::as_owner_of`]).
+fn program_command(pg_bin: &Path, name: &str, data_dir: Option<&Path>) -> Command {
+    let mut command = Command::new(program(pg_bin, name));
+    command
         .env("LC_ALL", "C")
         .env("LANG", "C")
         .env("LC_MESSAGES", "C")
         .env_remove("PGPASSWORD")
-        .env_remove("PGPASSFILE")
+        .env_remove("PGPASSFILE");
+    if let Some(dir) = data_dir {
+        platform::as_owner_of(&mut command, dir);
+    }
+    command
+}
+
+fn tool_error(pg_bin: &Path, name: &str, message: String) -> PgError {
+    PgError::Tool {
+        program: program(pg_bin, name).display().to_string(),
+        message,
+    }
+}
+
+/// Runs a PostgreSQL program and returns its standard output, or a
+/// [`PgError::Tool`] with the first line of what it said on failure.
+fn run_program(
+    pg_bin: &Path,
+    name: &str,
+    args: &[&std::ffi::OsStr],
+    data_dir: Option<&Path>,
+) -> Result<String, PgError> {
+    let output = program_command(pg_bin, name, data_dir)
+        .args(args)
         .output()
-        .map_err(|e| tool(e.to_string()))?;
+        .map_err(|e| tool_error(pg_bin, name, e.to_string()))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        return Err(tool(format!("{} ({})", one_line(&stderr), output.status)));
+        return Err(tool_error(
+            pg_bin,
+            name,
+            format!("{} ({})", one_line(&stderr), output.status),
+        ));
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Whether a server runs on a data directory of this machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerStatus {
+    /// `postmaster.pid` names a live process.
+    Running,
+    /// The directory is a data directory and no server runs on it.
+    NotRunning,
+}
+
+/// `pg_ctl status` exit code: no server running on the data directory.
+const PG_CTL_STATUS_NOT_RUNNING: i32 = 3;
+
+/// `pg_ctl status -D <pg_data>`, run as the data directory's owner: exit 0
+/// is [`ServerStatus::Running`], 3 [`ServerStatus::NotRunning`]; anything
+/// else (4: no accessible data directory) is an error.
+pub fn server_status(pg_bin: &Path, pg_data: &Path) -> Result<ServerStatus, PgError> {
+    let name = "pg_ctl";
+    let output = program_command(pg_bin, name, Some(pg_data))
+        .arg("status")
+        .arg("-D")
+        .arg(pg_data)
+        .output()
+        .map_err(|e| tool_error(pg_bin, name, e.to_string()))?;
+    match output.status.code() {
+        Some(0) => Ok(ServerStatus::Running),
+        Some(PG_CTL_STATUS_NOT_RUNNING) => Ok(ServerStatus::NotRunning),
+        _ => {
+            let said = one_line(&format!(
+                "{}\n{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ));
+            Err(tool_error(
+                pg_bin,
+                name,
+                format!(
+                    "status of {}: {said} ({})",
+                    pg_data.display(),
+                    output.status
+                ),
+            ))
+        }
+    }
 }
 
 /// The major version of the programs in `pg_bin` (from `pg_ctl --version`,
 /// e.g. `pg_ctl (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)` -> 15).
 pub fn binaries_major(pg_bin: &Path) -> Result<u32, PgError> {
-    let out = run_program(pg_bin, "pg_ctl", &["--version".as_ref()])?;
-    parse_version_major(&out).ok_or_else(|| PgError::Tool {
-        program: program(pg_bin, "pg_ctl").display().to_string(),
-        message: format!("unexpected --version output {:?}", one_line(&out)),
+    let out = run_program(pg_bin, "pg_ctl", &["--version".as_ref()], None)?;
+    parse_version_major(&out).ok_or_else(|| {
+        tool_error(
+            pg_bin,
+            "pg_ctl",
+            format!("unexpected --version output {:?}", one_line(&out)),
+        )
     })
 }
 
@@ -436,10 +574,14 @@ pub fn controldata(pg_bin: &Path, pg_data: &Path) -> Result<ControlData, PgError
         pg_bin,
         "pg_controldata",
         &["-D".as_ref(), pg_data.as_os_str()],
+        Some(pg_data),
     )?;
-    parse_controldata(&out).ok_or_else(|| PgError::Tool {
-        program: program(pg_bin, "pg_controldata").display().to_string(),
-        message: "its output has no \"Database cluster state\" line".into(),
+    parse_controldata(&out).ok_or_else(|| {
+        tool_error(
+            pg_bin,
+            "pg_controldata",
+            "its output has no \"Database cluster state\" line".into(),
+        )
     })
 }
 
@@ -459,9 +601,29 @@ fn parse_controldata(text: &str) -> Option<ControlData> {
 
 #[cfg(unix)]
 mod platform {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
     use std::path::Path;
+    use std::process::Command;
 
     use super::PgError;
+
+    /// When keyferry runs as root, makes `command` run as the owner of
+    /// `dir` (user, primary group, no supplementary groups) from `/`, which
+    /// that user can read; PostgreSQL's programs refuse to run as root. A
+    /// directory that cannot be read, or that root owns, changes nothing:
+    /// the program then reports the problem itself.
+    pub fn as_owner_of(command: &mut Command, dir: &Path) {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        if let Ok(meta) = std::fs::metadata(dir) {
+            if meta.uid() != 0 {
+                command.uid(meta.uid()).gid(meta.gid()).current_dir("/");
+            }
+        }
+    }
 
     pub fn socket_host(
         config: &mut postgres::Config,
@@ -476,8 +638,13 @@ mod platform {
 #[cfg(windows)]
 mod platform {
     use std::path::Path;
+    use std::process::Command;
 
     use super::PgError;
+
+    /// PostgreSQL's programs on Windows drop an administrator's privileges
+    /// themselves (a restricted token), so they run as the caller.
+    pub fn as_owner_of(_command: &mut Command, _dir: &Path) {}
 
     pub fn socket_host(
         _config: &mut postgres::Config,

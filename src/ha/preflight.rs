@@ -1,0 +1,810 @@
+//! The pair's preflight as named checks that return facts, so `ha check`,
+//! the bootstrap's preflight and `ha status` can run all of them or only
+//! the ones they need.
+//!
+//! Each check is a function that returns a [`Fact`]: a name (as in
+//! `ha check --json`), a [`Status`] and a one-line message, with the fix
+//! for every `warn` and `fail`. The checks, and the order [`run`] gives
+//! them in:
+//!
+//! | name | function | what |
+//! | --- | --- | --- |
+//! | `node` | [`this_node`] | which of the two addresses is this machine's |
+//! | `port.<side>.pg`, `port.<side>.web` | [`port_reachable`] | TCP connect to each node's PostgreSQL and web-services port, with the timeout |
+//! | `password`, `passfile` | (the caller's) | where the replication password comes from (never what it is) |
+//! | `replication` | [`replication_connection`] | a physical replication connection to the primary as the replication user (`IDENTIFY_SYSTEM`); this is what `pg_hba.conf`'s `host replication` line allows |
+//! | `sql.<side>` | [`sql_connection`] | a SQL connection as the replication user to database `postgres` (the `host all all` line), which the next checks read through |
+//! | `wal_level` | [`wal_level`] | the primary's `wal_level` is `replica` or `logical` |
+//! | `wal_senders` | [`max_wal_senders`] | the primary's `max_wal_senders` and how many are free |
+//! | `pg_bin`, `version` | [`versions_match`] | the PostgreSQL major version of both servers and of this node's programs agree |
+//! | `data_dir` | [`data_dir_state`] | this node's data directory: missing, empty, or its `pg_controldata` state |
+//! | `archive` | [`archive_contents`] | WAL files left in the archive directory |
+//! | `disk` | [`free_disk`] | free space beside this node's data directory against the primary's size |
+//!
+//! A check that needs something an earlier one could not get (the SQL
+//! connection, the port) says so as a `warn` rather than failing twice for
+//! one cause; its inputs say what it needs. Only `fail` should stop a
+//! caller. Nothing here changes anything: servers are only connected to,
+//! directories only read. Passwords come in as [`Credentials`] (prompting
+//! is the caller's) and appear in no fact.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::archive;
+use super::config::HaConfig;
+use super::net;
+use super::PeerAddr;
+use crate::fmt::human_bytes;
+use crate::pg::{self, replication, ConnSpec, Credentials, Endpoint, PgError, ServerFacts};
+
+/// Warn when the free space is below this multiple of the primary's size
+/// (the base backup also needs room for the WAL written while it runs).
+const DISK_MARGIN: f64 = 1.25;
+
+/// A check's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Nothing to do.
+    Ok,
+    /// Worth fixing; does not stop a bootstrap.
+    Warn,
+    /// Must be fixed first.
+    Fail,
+}
+
+impl Status {
+    /// `ok`, `warn` or `fail`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Warn => "warn",
+            Status::Fail => "fail",
+        }
+    }
+}
+
+/// What one check found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Fact {
+    /// The check's name, e.g. `port.primary.pg`.
+    pub name: String,
+    /// Its verdict.
+    pub status: Status,
+    /// What was found, on one line.
+    pub message: String,
+    /// What to do, for `warn` and `fail`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+impl Fact {
+    /// An `ok` fact.
+    pub fn ok(name: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(name, Status::Ok, message, None)
+    }
+
+    /// A `warn` fact with its fix.
+    pub fn warn(
+        name: impl Into<String>,
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        Self::new(name, Status::Warn, message, Some(fix.into()))
+    }
+
+    /// A `fail` fact with its fix.
+    pub fn fail(
+        name: impl Into<String>,
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        Self::new(name, Status::Fail, message, Some(fix.into()))
+    }
+
+    fn new(
+        name: impl Into<String>,
+        status: Status,
+        message: impl Into<String>,
+        fix: Option<String>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            status,
+            message: message.into(),
+            fix,
+        }
+    }
+}
+
+/// Which node of the pair (as `ha.toml` names them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    /// `primary` in `ha.toml`.
+    Primary,
+    /// `secondary` in `ha.toml`.
+    Secondary,
+}
+
+impl Side {
+    /// Both, primary first.
+    pub const BOTH: [Side; 2] = [Side::Primary, Side::Secondary];
+
+    /// `primary` or `secondary`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Primary => "primary",
+            Side::Secondary => "secondary",
+        }
+    }
+
+    /// This side's address in `config`.
+    pub fn address(self, config: &HaConfig) -> PeerAddr {
+        match self {
+            Side::Primary => config.primary,
+            Side::Secondary => config.secondary,
+        }
+    }
+}
+
+/// A port of a node that the preflight probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// PostgreSQL (`pg_port`).
+    Pg,
+    /// The web services (`web_port`).
+    Web,
+}
+
+/// Everything [`run`] found.
+#[derive(Debug, Clone)]
+pub struct Preflight {
+    /// This machine's side, when one of the two addresses is its own.
+    pub this_node: Option<Side>,
+    /// The facts, in the order of the module documentation.
+    pub facts: Vec<Fact>,
+    /// What SQL told about the primary's server, when it could be read.
+    pub primary: Option<ServerFacts>,
+    /// The same for the secondary's.
+    pub secondary: Option<ServerFacts>,
+}
+
+/// Runs every check of the table in the module documentation, in order.
+/// `password_facts` (where the password came from) go after the ports,
+/// where the caller found them.
+pub fn run(
+    config: &HaConfig,
+    timeout: Duration,
+    credentials: &Credentials,
+    password_facts: Vec<Fact>,
+) -> Preflight {
+    let (this_node, node) = this_node(config);
+    let mut facts = vec![node];
+    let mut pg_open = [false, false];
+    for (i, side) in Side::BOTH.into_iter().enumerate() {
+        for service in [Service::Pg, Service::Web] {
+            let fact = port_reachable(config, side, service, timeout);
+            if service == Service::Pg {
+                pg_open[i] = fact.status == Status::Ok;
+            }
+            facts.push(fact);
+        }
+    }
+    facts.extend(password_facts);
+    facts.push(replication_connection(
+        config,
+        this_node,
+        credentials,
+        timeout,
+        pg_open[0],
+    ));
+    let mut servers: [Option<ServerFacts>; 2] = [None, None];
+    for (i, side) in Side::BOTH.into_iter().enumerate() {
+        let (fact, server) =
+            sql_connection(config, side, this_node, credentials, timeout, pg_open[i]);
+        facts.push(fact);
+        servers[i] = server;
+    }
+    let [primary, secondary] = servers;
+    facts.push(wal_level(primary.as_ref()));
+    facts.push(max_wal_senders(primary.as_ref()));
+    facts.extend(versions_match(config, primary.as_ref(), secondary.as_ref()));
+    facts.push(data_dir_state(config, this_node));
+    facts.push(archive_contents(config));
+    facts.push(free_disk(config, primary.as_ref()));
+    Preflight {
+        this_node,
+        facts,
+        primary,
+        secondary,
+    }
+}
+
+/// `node`: which of the two addresses belongs to this machine.
+pub fn this_node(config: &HaConfig) -> (Option<Side>, Fact) {
+    match (
+        net::is_local(config.primary.ip()),
+        net::is_local(config.secondary.ip()),
+    ) {
+        (true, false) => (Some(Side::Primary), this_node_ok(config, Side::Primary)),
+        (false, true) => (Some(Side::Secondary), this_node_ok(config, Side::Secondary)),
+        (true, true) => (None, Fact::warn(
+            "node",
+            format!("both {} and {} are addresses of this machine", config.primary, config.secondary),
+            "the two nodes must be different machines: correct --primary/--secondary with `keyferry ha init … --force`",
+        )),
+        (false, false) => (None, Fact::warn(
+            "node",
+            format!(
+                "neither {} nor {} is an address of this machine; checking both as remote",
+                config.primary, config.secondary
+            ),
+            "run the check on one of the two nodes, or correct the addresses with `keyferry ha init … --force`",
+        )),
+    }
+}
+
+fn this_node_ok(config: &HaConfig, side: Side) -> Fact {
+    Fact::ok(
+        "node",
+        format!(
+            "this is the {} ({}), node \"{}\"",
+            side.as_str(),
+            side.address(config),
+            config.node
+        ),
+    )
+}
+
+/// `port.<side>.pg` / `port.<side>.web`: a TCP connect within `timeout`.
+pub fn port_reachable(config: &HaConfig, side: Side, service: Service, timeout: Duration) -> Fact {
+    let ip = side.address(config);
+    let (kind, port, what) = match service {
+        Service::Pg => ("pg", config.pg_port, "PostgreSQL"),
+        Service::Web => ("web", config.web_port, "web services"),
+    };
+    let name = format!("port.{}.{kind}", side.as_str());
+    match net::tcp_probe(SocketAddr::new(ip.ip(), port), timeout) {
+        Ok(took) => Fact::ok(
+            name,
+            format!(
+                "{} {what} port {port} on {ip} reachable ({} ms)",
+                side.as_str(),
+                took.as_millis()
+            ),
+        ),
+        Err(e) => Fact::fail(
+            name,
+            format!(
+                "{} {what} port {port} on {ip}: {}",
+                side.as_str(),
+                net::describe_probe_error(&e)
+            ),
+            format!(
+                "start {what} on {ip}, make it listen on {ip} (PostgreSQL: listen_addresses), and open TCP {port} in the firewalls between the nodes"
+            ),
+        ),
+    }
+}
+
+/// `replication`: a physical replication connection to the primary as the
+/// replication user. `reachable`: whether the primary's PostgreSQL port
+/// answered ([`port_reachable`]); it is not tried otherwise.
+pub fn replication_connection(
+    config: &HaConfig,
+    this_node: Option<Side>,
+    credentials: &Credentials,
+    timeout: Duration,
+    reachable: bool,
+) -> Fact {
+    let user = config.replication_user.as_str();
+    let primary_addr = SocketAddr::new(config.primary.ip(), config.pg_port);
+    if !reachable {
+        return Fact::fail(
+            "replication",
+            format!(
+                "replication connection to {primary_addr} not tried: the port is not reachable"
+            ),
+            "make the primary's PostgreSQL port reachable first (see above)",
+        );
+    }
+    let password = credentials.for_conn(
+        &config.primary.to_string(),
+        config.pg_port,
+        "replication",
+        user,
+    );
+    match replication::identify_system(
+        primary_addr,
+        user,
+        password.as_ref().map(|p| p.as_slice()),
+        timeout,
+    ) {
+        Ok(id) => Fact::ok(
+            "replication",
+            format!(
+                "replication connection to {primary_addr} as {user} works (system {}, timeline {})",
+                id.system_id, id.timeline
+            ),
+        ),
+        Err(e) => Fact::fail(
+            "replication",
+            format!("replication connection to {primary_addr} as {user}: {e}"),
+            connection_fix(&e, config, this_node, true),
+        ),
+    }
+}
+
+/// `sql.<side>`: a SQL connection as the replication user to database
+/// `postgres`, and the [`ServerFacts`] read through it. A failure is a
+/// `fail` for the primary and a `warn` for the secondary (which a
+/// bootstrap replaces).
+pub fn sql_connection(
+    config: &HaConfig,
+    side: Side,
+    this_node: Option<Side>,
+    credentials: &Credentials,
+    timeout: Duration,
+    reachable: bool,
+) -> (Fact, Option<ServerFacts>) {
+    let user = config.replication_user.as_str();
+    let ip = side.address(config);
+    let name = format!("sql.{}", side.as_str());
+    let endpoint = Endpoint::ip(ip.ip(), config.pg_port);
+    if !reachable {
+        let fact = Fact::warn(
+            name,
+            format!("SQL connection to {endpoint} not tried: the port is not reachable"),
+            "make the port reachable first (see above)",
+        );
+        return (fact, None);
+    }
+    let password = credentials.for_conn(&ip.to_string(), config.pg_port, pg::MAINTENANCE_DB, user);
+    let spec = ConnSpec {
+        endpoint: &endpoint,
+        user,
+        dbname: pg::MAINTENANCE_DB,
+        password: password.as_ref().map(|p| p.as_slice()),
+        timeout,
+    };
+    let got = pg::connect(&spec)
+        .and_then(|mut client| pg::server_facts(&mut client, &endpoint.to_string()));
+    match got {
+        Ok(f) => {
+            let fact = Fact::ok(
+                name,
+                format!(
+                    "SQL connection to {endpoint} as {user} works (PostgreSQL {})",
+                    f.major()
+                ),
+            );
+            (fact, Some(f))
+        }
+        Err(e) => {
+            let fix = connection_fix(&e, config, this_node, false);
+            let message =
+                format!("SQL connection to {endpoint} as {user} (database postgres): {e}");
+            let fact = match side {
+                Side::Primary => Fact::fail(name, message, fix),
+                Side::Secondary => Fact::warn(name, message, fix),
+            };
+            (fact, None)
+        }
+    }
+}
+
+/// `wal_level`: the primary's is `replica` or `logical`.
+pub fn wal_level(primary: Option<&ServerFacts>) -> Fact {
+    match primary {
+        Some(f) if f.wal_level == "replica" || f.wal_level == "logical" => {
+            Fact::ok("wal_level", format!("primary wal_level = {}", f.wal_level))
+        }
+        Some(f) => Fact::fail(
+            "wal_level",
+            format!("primary wal_level = {}: a replica cannot stream from it", f.wal_level),
+            "set wal_level = replica (and max_wal_senders = 10) in the primary's postgresql.conf and restart it",
+        ),
+        None => Fact::warn("wal_level", "primary wal_level not read: no SQL connection", "fix sql.primary above"),
+    }
+}
+
+/// `wal_senders`: the primary has a WAL sender free for a replica.
+pub fn max_wal_senders(primary: Option<&ServerFacts>) -> Fact {
+    match primary {
+        Some(f) if f.max_wal_senders == 0 => Fact::fail(
+            "wal_senders",
+            "primary max_wal_senders = 0: no replica can connect",
+            "set max_wal_senders = 10 in the primary's postgresql.conf and restart it",
+        ),
+        Some(f) if f.wal_senders_in_use >= f.max_wal_senders => Fact::fail(
+            "wal_senders",
+            format!("primary max_wal_senders = {}, all in use", f.max_wal_senders),
+            "raise max_wal_senders in the primary's postgresql.conf and restart it, or stop an unused replica or pg_basebackup",
+        ),
+        Some(f) => Fact::ok(
+            "wal_senders",
+            format!(
+                "primary max_wal_senders = {}, {} in use, {} free",
+                f.max_wal_senders,
+                f.wal_senders_in_use,
+                f.max_wal_senders - f.wal_senders_in_use
+            ),
+        ),
+        None => Fact::warn("wal_senders", "primary max_wal_senders not read: no SQL connection", "fix sql.primary above"),
+    }
+}
+
+/// `version` (and `pg_bin` when this node's programs cannot tell theirs):
+/// the major versions of both servers and of the programs in `pg_bin`
+/// agree.
+pub fn versions_match(
+    config: &HaConfig,
+    primary: Option<&ServerFacts>,
+    secondary: Option<&ServerFacts>,
+) -> Vec<Fact> {
+    let mut facts = Vec::new();
+    let mut majors: Vec<(String, u32)> = Vec::new();
+    if let Some(f) = primary {
+        majors.push(("primary server".into(), f.major()));
+    }
+    if let Some(f) = secondary {
+        majors.push(("secondary server".into(), f.major()));
+    }
+    match pg::binaries_major(&config.pg_bin) {
+        Ok(m) => majors.push((format!("programs in {}", config.pg_bin.display()), m)),
+        Err(e) => facts.push(Fact::warn(
+            "pg_bin",
+            format!("cannot tell the version of this node's PostgreSQL programs: {e}"),
+            "set pg_bin in ha.toml to the directory of pg_ctl and pg_basebackup (`keyferry ha init … --pg-bin DIR --force`)",
+        )),
+    }
+    facts.push(compare_majors(&majors));
+    facts
+}
+
+/// The `version` fact for what is known: `(what, major)` pairs.
+fn compare_majors(majors: &[(String, u32)]) -> Fact {
+    let described = majors
+        .iter()
+        .map(|(what, m)| format!("{what} {m}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut distinct: Vec<u32> = majors.iter().map(|(_, m)| *m).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() > 1 {
+        Fact::fail(
+            "version",
+            format!("PostgreSQL major versions differ: {described}"),
+            "install the same PostgreSQL major version on both nodes (a replica must run the primary's major version)",
+        )
+    } else if majors.len() < 2 {
+        let known = if described.is_empty() {
+            "nothing"
+        } else {
+            &described
+        };
+        Fact::warn(
+            "version",
+            format!("only {} known: {known}", majors.len()),
+            "make both servers reachable with SQL (see above) so their versions can be compared",
+        )
+    } else {
+        Fact::ok(
+            "version",
+            format!("same PostgreSQL major version: {described}"),
+        )
+    }
+}
+
+/// `data_dir`: this node's data directory is missing, empty, or a cluster
+/// in the state `pg_controldata` reports.
+pub fn data_dir_state(config: &HaConfig, this_node: Option<Side>) -> Fact {
+    let dir = &config.pg_data;
+    let listed = std::fs::read_dir(dir).map(|mut entries| entries.next().is_none());
+    match listed {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Fact::warn(
+            "data_dir",
+            format!("{} does not exist", dir.display()),
+            "correct pg_data in ha.toml (`keyferry ha init … --pg-data DIR --force`), or create the directory's parent before the replica is bootstrapped",
+        ),
+        Err(e) => Fact::warn(
+            "data_dir",
+            format!("{} cannot be read: {e}", dir.display()),
+            "run the check as root/Administrator or as the data directory's owner",
+        ),
+        Ok(true) => Fact::ok("data_dir", format!("{} is empty", dir.display())),
+        Ok(false) => match pg::controldata(&config.pg_bin, dir) {
+            Ok(control) => {
+                let message = format!(
+                    "{}: {} (system {}, timeline {})",
+                    dir.display(),
+                    control.state,
+                    control.system_identifier.as_deref().unwrap_or("?"),
+                    control.timeline.map_or("?".into(), |t| t.to_string())
+                );
+                if this_node == Some(Side::Primary) && control.state != "in production" {
+                    Fact::warn(
+                        "data_dir",
+                        message,
+                        "this node is the primary but its cluster is not in production: start it, or check which node is primary",
+                    )
+                } else {
+                    Fact::ok("data_dir", message)
+                }
+            }
+            Err(e) if dir.join("PG_VERSION").is_file() => Fact::warn(
+                "data_dir",
+                format!("{} looks like a data directory but pg_controldata failed: {e}", dir.display()),
+                "run the check as root or as the data directory's owner, and check pg_bin in ha.toml",
+            ),
+            Err(_) => Fact::fail(
+                "data_dir",
+                format!("{} is not empty and not a PostgreSQL data directory", dir.display()),
+                "correct pg_data in ha.toml (`keyferry ha init … --pg-data DIR --force`)",
+            ),
+        },
+    }
+}
+
+/// `archive`: WAL archive files left in `archive_dir`.
+pub fn archive_contents(config: &HaConfig) -> Fact {
+    let Some(dir) = &config.archive_dir else {
+        return Fact::ok("archive", "no archive_dir in ha.toml: nothing to check");
+    };
+    match archive::plan(dir) {
+        Ok(plan) if plan.files.is_empty() => {
+            Fact::ok("archive", format!("{}: no WAL archive files", dir.display()))
+        }
+        Ok(plan) => Fact::warn(
+            "archive",
+            format!(
+                "{}: {} WAL archive files ({}) left from an earlier setup",
+                dir.display(),
+                plan.files.len(),
+                human_bytes(plan.total_bytes())
+            ),
+            "run `keyferry ha archive clean --dry-run`, then `keyferry ha archive clean`",
+        ),
+        Err(e) => Fact::warn(
+            "archive",
+            e.to_string(),
+            "create the archive directory or correct archive_dir (`keyferry ha init … --archive-dir DIR --force`)",
+        ),
+    }
+}
+
+/// `disk`: free space on the file system of this node's data directory
+/// against the size of the primary's databases.
+pub fn free_disk(config: &HaConfig, primary: Option<&ServerFacts>) -> Fact {
+    let Some(dir) = existing_ancestor(&config.pg_data) else {
+        return Fact::warn(
+            "disk",
+            format!(
+                "no existing directory at or above {}",
+                config.pg_data.display()
+            ),
+            "correct pg_data in ha.toml",
+        );
+    };
+    let free = match crate::fsutil::available_space(dir) {
+        Ok(f) => f,
+        Err(e) => {
+            return Fact::warn(
+                "disk",
+                format!("cannot read the free space of {}: {e}", dir.display()),
+                "check the file system by hand (df)",
+            )
+        }
+    };
+    let Some(primary) = primary else {
+        return Fact::warn(
+            "disk",
+            format!(
+                "{} free at {}; the primary's size is unknown (no SQL connection)",
+                human_bytes(free),
+                dir.display()
+            ),
+            "fix sql.primary above to compare",
+        );
+    };
+    disk_verdict(free, primary.database_bytes, dir)
+}
+
+/// The `disk` fact for `free` bytes at `dir` against `need`.
+fn disk_verdict(free: u64, need: u64, dir: &Path) -> Fact {
+    let message = format!(
+        "{} free at {}, primary databases {}",
+        human_bytes(free),
+        dir.display(),
+        human_bytes(need)
+    );
+    if free < need {
+        Fact::fail(
+            "disk",
+            message,
+            format!(
+                "free at least {} on the file system of {} before bootstrapping",
+                human_bytes(need - free),
+                dir.display()
+            ),
+        )
+    } else if (free as f64) < (need as f64) * DISK_MARGIN {
+        Fact::warn(
+            "disk",
+            message,
+            "the base backup also needs room for the WAL written while it runs: free more space",
+        )
+    } else {
+        Fact::ok("disk", message)
+    }
+}
+
+/// The nearest existing directory at or above `path`.
+fn existing_ancestor(path: &Path) -> Option<&Path> {
+    path.ancestors().find(|p| p.is_dir())
+}
+
+/// The fix for a failed connection, from the server's SQLSTATE.
+fn connection_fix(
+    e: &PgError,
+    config: &HaConfig,
+    this_node: Option<Side>,
+    replication: bool,
+) -> String {
+    let user = &config.replication_user;
+    let here = this_node.map_or("THIS-NODE-IP".to_owned(), |side| {
+        side.address(config).to_string()
+    });
+    match e.code() {
+        Some(pg::SQLSTATE_INVALID_PASSWORD) => format!(
+            "give the right password of {user}, or set it on the primary: ALTER ROLE {user} PASSWORD '…' (run \\password {user} in psql)"
+        ),
+        Some(pg::SQLSTATE_INVALID_AUTHORIZATION) => format!(
+            "on the server, run `keyferry hba ensure --peer {here}` (it adds the replication and all lines for this node), or check that {user} may log in"
+        ),
+        Some(pg::SQLSTATE_INSUFFICIENT_PRIVILEGE) => format!(
+            "on the primary: ALTER ROLE {user} WITH REPLICATION LOGIN"
+        ),
+        Some(pg::SQLSTATE_TOO_MANY_CONNECTIONS) if replication => {
+            "raise max_wal_senders (at least 2 more than replicas) in the primary's postgresql.conf and restart it".into()
+        }
+        Some(_) => "read the server's message above and its log".into(),
+        None if e.to_string().contains("password") => {
+            "give the password with --password-file/--password-fd/--password-env or in ~/.pgpass".into()
+        }
+        None => "check that the server runs and listens on that address (listen_addresses) and that no firewall is in between".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(version_num: u32, wal_level: &str, max: u32, used: u32) -> ServerFacts {
+        ServerFacts {
+            version_num,
+            wal_level: wal_level.into(),
+            max_wal_senders: max,
+            wal_senders_in_use: used,
+            database_bytes: 1 << 20,
+        }
+    }
+
+    fn config() -> HaConfig {
+        HaConfig::new(
+            "n1",
+            "203.0.113.1".parse().unwrap(),
+            "203.0.113.2".parse().unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn wal_checks_read_the_primarys_settings() {
+        type Check = fn(Option<&ServerFacts>) -> Fact;
+        let cases: [(Check, &str, u32, u32, Status); 5] = [
+            (wal_level, "replica", 10, 0, Status::Ok),
+            (wal_level, "logical", 10, 0, Status::Ok),
+            (wal_level, "minimal", 10, 0, Status::Fail),
+            (max_wal_senders, "replica", 0, 0, Status::Fail),
+            (max_wal_senders, "replica", 2, 2, Status::Fail),
+        ];
+        for (check, level, max, used, status) in cases {
+            let fact = check(Some(&server(150000, level, max, used)));
+            assert_eq!(fact.status, status, "{fact:?}");
+            assert_eq!(fact.fix.is_some(), status != Status::Ok, "{fact:?}");
+        }
+        let minimal = wal_level(Some(&server(150000, "minimal", 10, 0)));
+        assert!(minimal.fix.unwrap().contains("wal_level = replica"));
+        let free = max_wal_senders(Some(&server(150000, "replica", 10, 3)));
+        assert_eq!(
+            (free.status, free.message.as_str()),
+            (Status::Ok, "primary max_wal_senders = 10, 3 in use, 7 free")
+        );
+        assert_eq!(wal_level(None).status, Status::Warn);
+        assert_eq!(max_wal_senders(None).status, Status::Warn);
+    }
+
+    #[test]
+    fn versions_must_agree_and_be_known_twice() {
+        let m = |what: &str, v| (what.to_owned(), v);
+        assert_eq!(compare_majors(&[m("a", 15), m("b", 15)]).status, Status::Ok);
+        let differ = compare_majors(&[m("a", 15), m("b", 16), m("c", 15)]);
+        assert_eq!(differ.status, Status::Fail);
+        assert!(
+            differ.message.contains("a 15, b 16, c 15"),
+            "{}",
+            differ.message
+        );
+        assert_eq!(compare_majors(&[m("a", 15)]).status, Status::Warn);
+        assert_eq!(compare_majors(&[]).message, "only 0 known: nothing");
+    }
+
+    #[test]
+    fn disk_needs_the_primary_plus_a_margin() {
+        let dir = Path::new("/data");
+        assert_eq!(disk_verdict(100, 200, dir).status, Status::Fail);
+        assert!(disk_verdict(100, 200, dir)
+            .fix
+            .unwrap()
+            .contains("free at least 100 B"));
+        assert_eq!(disk_verdict(240, 200, dir).status, Status::Warn);
+        assert_eq!(disk_verdict(250, 200, dir).status, Status::Ok);
+    }
+
+    #[test]
+    fn data_dir_and_archive_describe_local_directories() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut config = config();
+        config.pg_data = tmp.path().join("missing");
+        assert_eq!(data_dir_state(&config, None).status, Status::Warn);
+        config.pg_data = tmp.path().to_owned();
+        assert_eq!(data_dir_state(&config, None).status, Status::Ok);
+        std::fs::write(tmp.path().join("notes.txt"), "x").unwrap();
+        config.pg_bin = tmp.path().join("no-bin");
+        let junk = data_dir_state(&config, None);
+        assert_eq!(junk.status, Status::Fail, "{junk:?}");
+        assert_eq!(archive_contents(&config).status, Status::Ok);
+        let archive = tempfile::tempdir().unwrap();
+        config.archive_dir = Some(archive.path().to_owned());
+        assert_eq!(archive_contents(&config).status, Status::Ok);
+        std::fs::write(archive.path().join("000000010000000000000001"), [0u8; 16]).unwrap();
+        let left = archive_contents(&config);
+        assert_eq!(left.status, Status::Warn);
+        assert!(
+            left.message.contains("1 WAL archive files (16 B)"),
+            "{}",
+            left.message
+        );
+    }
+
+    #[test]
+    fn closed_ports_fail_and_skip_what_needs_them() {
+        let config = config();
+        let timeout = Duration::from_millis(1);
+        let replication = replication_connection(&config, None, &Credentials::None, timeout, false);
+        assert_eq!(replication.status, Status::Fail);
+        assert!(replication.message.contains("not tried"));
+        let (sql, facts) = sql_connection(
+            &config,
+            Side::Secondary,
+            None,
+            &Credentials::None,
+            timeout,
+            false,
+        );
+        assert_eq!(
+            (sql.name.as_str(), sql.status),
+            ("sql.secondary", Status::Warn)
+        );
+        assert!(facts.is_none());
+        let (node, fact) = this_node(&config);
+        assert_eq!((node, fact.status), (None, Status::Warn));
+    }
+}
