@@ -33,6 +33,7 @@ use thiserror::Error;
 use zeroize::Zeroizing;
 
 use crate::aead::Cipher;
+use crate::fmt::fmt_time;
 use crate::kdf::{self, KdfError, KdfLimits, KdfParams};
 use crate::secret::Password;
 pub use armor::{ArmorReader, ArmorWriter};
@@ -93,10 +94,6 @@ pub enum BundleError {
     #[error("cannot read or write the bundle: {0}")]
     Io(#[source] io::Error),
 }
-
-/// Kept for callers being changed in parallel (`node/`, `ops/import.rs`);
-/// new code uses [`crate::fmt::fmt_time`].
-pub use crate::fmt::fmt_time;
 
 fn random<const N: usize>() -> io::Result<[u8; N]> {
     let mut b = [0u8; N];

@@ -38,7 +38,6 @@ use super::journal::{Irreversible, Journal, Phase, Undo};
 use super::keystore::{Keystore, NodeState};
 use super::{file_stamp, now_unix, Node};
 use crate::audit::{self, Actor, AuditHead};
-use crate::bundle;
 use crate::error::{Error, Result};
 use crate::fsutil::{self, Ownership, Replacement, Staged};
 use crate::keyring::{KeyMaterial, Keyring};
@@ -91,7 +90,7 @@ impl Node {
     /// record's details so far.
     pub fn begin(&mut self, action: &str, details: BTreeMap<String, Value>) -> Result<Change<'_>> {
         let keep = self.home.backups_keep()?;
-        let journal = Journal::new(action, bundle::fmt_time(now_unix()));
+        let journal = Journal::new(action, crate::fmt::fmt_time(now_unix()));
         let path = self.home.journal_path();
         journal.write(&path).map_err(Error::io(format!(
             "cannot write the journal {}; nothing was changed",
@@ -403,7 +402,7 @@ pub(super) fn commit_audited(
         &store.node.audit_key,
         &store.node.audit_head,
         &Actor::current(),
-        &bundle::fmt_time(now),
+        &crate::fmt::fmt_time(now),
         action,
         details,
     );

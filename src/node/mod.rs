@@ -31,7 +31,6 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::audit;
-use crate::bundle;
 use crate::error::{Error, Result};
 use crate::fsutil;
 pub use backups::{PruneReport, DEFAULT_KEEP, SETTINGS_FILE};
@@ -60,7 +59,7 @@ pub fn now_unix() -> u64 {
 
 /// `20261125T231800Z`: sortable, and valid in a file name on every platform.
 pub(crate) fn file_stamp(secs: u64) -> String {
-    bundle::fmt_time(secs).replace(['-', ':'], "")
+    crate::fmt::fmt_time(secs).replace(['-', ':'], "")
 }
 
 /// The node's home directory and the files in it.

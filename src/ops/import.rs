@@ -184,11 +184,11 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
             "source_node",
             Value::from(payload.manifest.source_node.clone()),
         ),
-        ("bundle_created", Value::from(bundle::fmt_time(created))),
+        ("bundle_created", Value::from(crate::fmt::fmt_time(created))),
         (
             "bundle_expires",
             expires
-                .map(bundle::fmt_time)
+                .map(crate::fmt::fmt_time)
                 .map_or(Value::Null, Value::from),
         ),
         (
@@ -287,12 +287,12 @@ fn audit_refused(
     if let Some(h) = header {
         record.insert(
             "bundle_created".into(),
-            Value::from(bundle::fmt_time(h.created)),
+            Value::from(crate::fmt::fmt_time(h.created)),
         );
         record.insert(
             "bundle_expires".into(),
             h.expires
-                .map(bundle::fmt_time)
+                .map(crate::fmt::fmt_time)
                 .map_or(Value::Null, Value::from),
         );
         record.insert("kdf".into(), Value::from(h.kdf.to_string()));
