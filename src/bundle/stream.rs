@@ -261,8 +261,7 @@ impl<R: SealedInput> StreamOpener<R> {
         while self.pos == self.plain.len() && !self.done {
             if let Err(e) = self.open_next() {
                 self.failed = true;
-                self.plain.zeroize();
-                self.pos = 0;
+                self.wipe_plain();
                 return Err(e);
             }
         }
@@ -309,11 +308,10 @@ impl<R: SealedInput> StreamOpener<R> {
     /// last flag into `plain`. On failure `plain` is left empty.
     fn decrypt(&mut self, len: usize, last: bool) -> bool {
         let nonce = self.nonce.bytes_with(last);
+        self.wipe_plain();
         let (body, tag) = self.sealed[self.start..self.start + len].split_at(len - TAG_SIZE);
         let tag: &[u8; TAG_SIZE] = tag.try_into().expect("16-byte tag");
-        self.plain.zeroize();
         self.plain.extend_from_slice(body);
-        self.pos = 0;
         let opened = self
             .cipher
             .open_in_place(&nonce, &[], &mut self.plain, tag)
@@ -329,8 +327,18 @@ impl<R: SealedInput> StreamOpener<R> {
     /// plaintext of a probe that opens is wiped at once.
     fn probe(&mut self, len: usize, last: bool) -> bool {
         let opens = self.decrypt(len, last);
-        self.plain.zeroize();
+        self.wipe_plain();
         opens
+    }
+
+    /// Wipes and empties `plain`. Only `plain[..len]` can hold plaintext:
+    /// the buffer never grows past its first allocation, and what lay past
+    /// its length was wiped when it was emptied before (all of it is wiped
+    /// again when the opener drops).
+    fn wipe_plain(&mut self) {
+        self.plain.as_mut_slice().zeroize();
+        self.plain.clear();
+        self.pos = 0;
     }
 
     /// Reads if needed and opens the next chunk into `plain`.
