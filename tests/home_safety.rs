@@ -145,3 +145,71 @@ fn a_home_another_account_controls_is_refused() {
     }
     node.cmd().args(["audit", "verify"]).assert().success();
 }
+
+/// A home on a full disk: staging the bundle's configuration fails, and the
+/// message says so (not "the bundle's contents are invalid"), exit 1,
+/// nothing changed. Uses a tiny tmpfs, which needs root.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_disk_while_staging_is_reported_as_such() {
+    let primary = Node::initialised();
+    let app = primary.path("appsettings.json");
+    fs::write(&app, vec![b'x'; 2 * 1024 * 1024]).unwrap();
+    primary
+        .cmd()
+        .args(["ha", "init", "--node", "a", "--primary", "10.0.0.1"])
+        .args(["--secondary", "10.0.0.2", "--appsettings"])
+        .arg(&app)
+        .assert()
+        .success();
+    let bundle = primary.path("keys.exp");
+    primary.export(&bundle, &["--with-config"]);
+
+    let small = primary.path("small");
+    fs::create_dir(&small).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&small)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIP: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(small.clone());
+    let home = small.join("home");
+    let init = Command::new(bin())
+        .arg("--home")
+        .arg(&home)
+        .arg("init")
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    let before = common::node::snapshot(&small);
+    let out = Command::new(bin())
+        .arg("--home")
+        .arg(&home)
+        .arg("import")
+        .arg("-n")
+        .arg(&bundle)
+        .arg("--password-file")
+        .arg(primary.password_file(PASSWORD))
+        .args(["--replace-keys", "--accept-config"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot stage the bundle's configuration"),
+        "{err}"
+    );
+    assert!(err.contains("No space left"), "{err}");
+    assert!(!err.contains("contents are invalid"), "{err}");
+    common::node::assert_same(&before, &common::node::snapshot(&small));
+}

@@ -109,6 +109,10 @@ pub fn sources_for_export(home: &Home, with_config: bool) -> Result<ConfigPlan> 
 pub struct StagingSink {
     dir: PathBuf,
     pub staged: Vec<(ConfigFile, Staged)>,
+    /// A failure of this node's own disk while staging (full, read-only),
+    /// kept apart from the bundle's errors so it is not reported as a bad
+    /// bundle.
+    local_failure: Option<io::Error>,
 }
 
 impl StagingSink {
@@ -124,7 +128,20 @@ impl StagingSink {
         Self {
             dir,
             staged: Vec::new(),
+            local_failure: None,
         }
+    }
+
+    /// Why staging failed on this node, if it did: an error to report in
+    /// place of whatever the payload reader made of it.
+    pub fn local_failure(&mut self) -> Option<Error> {
+        self.local_failure.take().map(|e| {
+            Error::io(format!(
+                "cannot stage the bundle's configuration in {}; nothing was changed \
+                 (free space there, or import with --keys-only)",
+                self.dir.display()
+            ))(e)
+        })
     }
 
     fn take(&mut self, file: ConfigFile) -> Option<Staged> {
@@ -135,9 +152,22 @@ impl StagingSink {
 
 impl ConfigSink for StagingSink {
     fn receive(&mut self, file: ConfigFile, data: &mut dyn Read) -> io::Result<()> {
-        let mut staged = Staged::new_in(&self.dir)?;
-        io::copy(data, &mut staged)?;
-        staged.sync()?;
+        let local = |sink: &mut Self, e: io::Error| {
+            let kind = e.kind();
+            sink.local_failure = Some(e);
+            io::Error::new(kind, "staging on this node failed")
+        };
+        let mut staged = Staged::new_in(&self.dir).map_err(|e| local(self, e))?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            // Errors reading `data` are the bundle's; errors writing are ours.
+            let n = data.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            staged.write_all(&buf[..n]).map_err(|e| local(self, e))?;
+        }
+        staged.sync().map_err(|e| local(self, e))?;
         self.staged.push((file, staged));
         Ok(())
     }

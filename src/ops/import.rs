@@ -133,6 +133,9 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
     let payload = match opened {
         Ok(p) => p,
         Err(e) => {
+            if let Some(local) = staging.local_failure() {
+                return Err(local);
+            }
             let about_the_bundle = matches!(e, Error::Bundle(_) | Error::Payload(_));
             if let Some(node) = node
                 .as_mut()
