@@ -84,7 +84,8 @@ pub struct PasswordArgs {
     /// Read the password from the first line of this file.
     #[arg(long, value_name = "PATH")]
     password_file: Option<PathBuf>,
-    /// Read the password from this inherited file descriptor (Unix).
+    /// Read the password from the first line of this inherited file descriptor
+    /// (Unix; 0 for standard input). The descriptor is left open.
     #[arg(long, value_name = "N")]
     password_fd: Option<i32>,
     /// Read the password from the environment variable of this name.

@@ -1,0 +1,147 @@
+//! What an operator's shell and scripts see around the main operations: a
+//! password read from an inherited descriptor leaves that descriptor alone.
+
+mod common;
+
+use std::fs;
+#[cfg(unix)]
+use std::path::Path;
+use std::process::Output;
+
+use common::node::{Node, PASSWORD};
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A node with keys and a bundle of them in `outbox/keys.exp`.
+#[cfg(unix)]
+fn primary_with_bundle() -> (Node, std::path::PathBuf) {
+    let primary = Node::initialised();
+    let outbox = primary.path("outbox");
+    fs::create_dir(&outbox).unwrap();
+    let file = outbox.join("keys.exp");
+    primary.export(&file, &[]);
+    (primary, file)
+}
+
+/// Runs `script` under bash with `$KF` the binary, `$KF_HOME` the home,
+/// `$KF_FILE` the bundle and `$KF_PW` the password.
+#[cfg(unix)]
+fn bash(node: &Node, file: &Path, script: &str) -> Output {
+    std::process::Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .env("KF", assert_cmd::cargo::cargo_bin("keyferry"))
+        .env("KF_HOME", &node.home)
+        .env("KF_FILE", file)
+        .env("KF_PW", PASSWORD)
+        .env_remove("KEYFERRY_HOME")
+        .env_remove("KEYFERRY_LOG")
+        .output()
+        .expect("run bash")
+}
+
+#[cfg(unix)]
+#[test]
+fn password_fd_reads_standard_input() {
+    let (primary, file) = primary_with_bundle();
+    let secondary = Node::empty();
+    let out = secondary
+        .cmd()
+        .args(["import", "--password-fd", "0", "-n"])
+        .arg(&file)
+        .write_stdin(format!("{PASSWORD}\n"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("Now delete"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(secondary.fingerprint(), primary.fingerprint());
+}
+
+/// `--password-fd 2` with descriptor 2 opened read-write on a file: the
+/// password is read from it, and what keyferry writes to stderr afterwards
+/// still goes there (descriptor 2 was not closed and taken over by the next
+/// file keyferry opened).
+#[cfg(unix)]
+#[test]
+fn password_fd_2_leaves_stderr_working() {
+    let (primary, file) = primary_with_bundle();
+    let secondary = Node::empty();
+    let channel = secondary.path("fd2.txt");
+    fs::write(&channel, format!("{PASSWORD}\n")).unwrap();
+    let out = bash(
+        &secondary,
+        &file,
+        &format!(
+            "\"$KF\" --home \"$KF_HOME\" import -n \"$KF_FILE\" --password-fd 2 2<>'{}'",
+            channel.display()
+        ),
+    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let written = fs::read_to_string(&channel).unwrap();
+    let (first, rest) = written.split_once('\n').unwrap();
+    assert_eq!(first, PASSWORD);
+    assert!(
+        rest.contains("Now delete") && rest.contains("keys.exp"),
+        "the reminder after the read went to descriptor 2: {written:?}"
+    );
+    assert_eq!(secondary.fingerprint(), primary.fingerprint());
+    assert!(
+        !fs::read(&file)
+            .unwrap()
+            .windows(10)
+            .any(|w| w == b"Now delete"),
+        "nothing was written into the bundle"
+    );
+}
+
+/// A pipe on descriptor 3, as `keyferry … --password-fd 3 3<&0` from a
+/// script that pipes the password in.
+#[cfg(unix)]
+#[test]
+fn password_fd_reads_a_pipe_on_another_descriptor() {
+    let (primary, file) = primary_with_bundle();
+    let secondary = Node::empty();
+    let out = bash(
+        &secondary,
+        &file,
+        "printf '%s\\n' \"$KF_PW\" | \"$KF\" --home \"$KF_HOME\" import -n \"$KF_FILE\" \
+         --password-fd 3 3<&0 </dev/null",
+    );
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(secondary.fingerprint(), primary.fingerprint());
+
+    // A descriptor that is not open is refused with its number.
+    let out = bash(
+        &secondary,
+        &file,
+        "\"$KF\" --home \"$KF_HOME\" import -n \"$KF_FILE\" --password-fd 7 7<&-",
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("file descriptor 7"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+#[cfg(windows)]
+#[test]
+fn password_fd_is_refused_on_windows() {
+    let primary = Node::initialised();
+    let file = primary.path("keys.exp");
+    primary.export(&file, &[]);
+    let out = Node::empty()
+        .cmd()
+        .args(["import", "--password-fd", "0", "-n"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("--password-fd is not available on this platform"));
+}
