@@ -1,5 +1,6 @@
 //! What an operator's shell and scripts see around the main operations: a
-//! password read from an inherited descriptor leaves that descriptor alone.
+//! password read from an inherited descriptor leaves that descriptor alone,
+//! the audit log names the account from the process's credentials.
 
 mod common;
 
@@ -12,6 +13,15 @@ use common::node::{Node, PASSWORD};
 
 fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The audit log's records, as JSON.
+fn audit_records(node: &Node) -> Vec<serde_json::Value> {
+    fs::read_to_string(node.home.join("audit.log"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// A node with keys and a bundle of them in `outbox/keys.exp`.
@@ -128,6 +138,71 @@ fn password_fd_reads_a_pipe_on_another_descriptor() {
         "{}",
         stderr_of(&out)
     );
+}
+
+/// `id -un [UID]`: the password database's name, if it has one.
+#[cfg(unix)]
+fn account_of(uid: Option<u32>) -> Option<String> {
+    let mut id = std::process::Command::new("id");
+    id.arg("-un");
+    if let Some(uid) = uid {
+        id.arg(uid.to_string());
+    }
+    let out = id.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+#[test]
+fn the_audit_log_names_the_account_not_the_environment() {
+    let node = Node::empty();
+    node.cmd()
+        .arg("init")
+        .env("USER", "alice")
+        .env("LOGNAME", "alice")
+        .env("USERNAME", "alice")
+        .env("SUDO_USER", "alice")
+        .env_remove("SUDO_UID")
+        .assert()
+        .success();
+    let records = audit_records(&node);
+    let user = records[0]["user"].as_str().unwrap().to_owned();
+    assert!(
+        !user.contains("alice") && !user.is_empty() && user != "unknown",
+        "{records:?}"
+    );
+    #[cfg(unix)]
+    assert_eq!(user, account_of(None).expect("id -un"));
+    let shown = node.cmd().args(["audit", "show"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains(&format!("{user}@")),
+        "{}",
+        String::from_utf8_lossy(&shown.stdout)
+    );
+    node.cmd().args(["audit", "verify"]).assert().success();
+
+    // As root, a sudo invoker is added from SUDO_UID (resolved, not taken
+    // from SUDO_USER), labelled as claimed.
+    #[cfg(unix)]
+    if user == "root" {
+        let invoker_uid = 65534;
+        let invoker = account_of(Some(invoker_uid)).unwrap_or(format!("uid {invoker_uid}"));
+        let node = Node::empty();
+        node.cmd()
+            .arg("init")
+            .env("USER", "alice")
+            .env("SUDO_USER", "alice")
+            .env("SUDO_UID", invoker_uid.to_string())
+            .assert()
+            .success();
+        assert_eq!(
+            audit_records(&node)[0]["user"],
+            format!("root (sudo from {invoker}, claimed by SUDO_UID)").as_str()
+        );
+    } else {
+        eprintln!("skipped the sudo case: the tests do not run as root");
+    }
 }
 
 #[cfg(windows)]
