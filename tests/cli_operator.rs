@@ -1,6 +1,7 @@
 //! What an operator's shell and scripts see around the main operations: a
 //! password read from an inherited descriptor leaves that descriptor alone,
-//! the audit log names the account from the process's credentials.
+//! the audit log names the account from the process's credentials, an
+//! import whose bundle cannot be deleted still exits 0.
 
 mod common;
 
@@ -219,4 +220,76 @@ fn password_fd_is_refused_on_windows() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr_of(&out).contains("--password-fd is not available on this platform"));
+}
+
+/// Makes a directory's entries undeletable, even for root: the immutable
+/// attribute (`chattr +i`), else a read-only mode for other users; undone on
+/// drop so the temporary directory can be removed.
+#[cfg(target_os = "linux")]
+struct Undeletable<'a>(&'a Path);
+
+#[cfg(target_os = "linux")]
+impl<'a> Undeletable<'a> {
+    fn new(dir: &'a Path) -> Option<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        let guard = Self(dir);
+        let probe = dir.join("probe");
+        let immutable = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !immutable {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o555)).ok()?;
+        }
+        // The proof it works: nothing can be created (nor removed) there.
+        if fs::write(&probe, b"x").is_ok() {
+            let _ = fs::remove_file(&probe);
+            return None;
+        }
+        Some(guard)
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for Undeletable<'_> {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(self.0)
+            .status();
+        let _ = fs::set_permissions(self.0, fs::Permissions::from_mode(0o755));
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn an_import_whose_bundle_cannot_be_deleted_exits_0_with_a_warning() {
+    let (primary, file) = primary_with_bundle();
+    let secondary = Node::empty();
+    let Some(_guard) = Undeletable::new(file.parent().unwrap()) else {
+        eprintln!(
+            "skipped: neither chattr +i nor a read-only mode stops deletion in {}",
+            file.parent().unwrap().display()
+        );
+        return;
+    };
+    let out = secondary
+        .import_cmd(&file)
+        .arg("--delete")
+        .output()
+        .unwrap();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("warning:")
+            && err.contains(&file.display().to_string())
+            && err.contains("delete it by hand"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(file.exists());
+    assert_eq!(secondary.fingerprint(), primary.fingerprint());
+    assert_eq!(audit_records(&secondary).len(), 1);
 }
