@@ -1,7 +1,8 @@
 //! What an operator's shell and scripts see around the main operations: a
 //! password read from an inherited descriptor leaves that descriptor alone,
 //! the audit log names the account from the process's credentials, an
-//! import whose bundle cannot be deleted still exits 0.
+//! import whose bundle cannot be deleted still exits 0, and `-v` logging
+//! says what happens without ever showing a secret.
 
 mod common;
 
@@ -10,7 +11,8 @@ use std::fs;
 use std::path::Path;
 use std::process::Output;
 
-use common::node::{Node, PASSWORD};
+use base64::Engine;
+use common::node::{Node, FAST_KDF, PASSWORD};
 
 fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -292,4 +294,142 @@ fn an_import_whose_bundle_cannot_be_deleted_exits_0_with_a_warning() {
     assert!(file.exists());
     assert_eq!(secondary.fingerprint(), primary.fingerprint());
     assert_eq!(audit_records(&secondary).len(), 1);
+}
+
+/// Every key a node's keystore holds (key material, the audit key), as the
+/// base64 stored there and as lowercase and uppercase hex.
+fn key_material(node: &Node) -> Vec<String> {
+    fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::String(s) => {
+                if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(s) {
+                    if bytes.len() == 32 {
+                        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                        out.push(s.clone());
+                        out.push(hex.to_uppercase());
+                        out.push(hex);
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            serde_json::Value::Object(o) => o.values().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let text = fs::read_to_string(node.home.join("keyring.json")).unwrap();
+    let mut out = Vec::new();
+    walk(&serde_json::from_str(&text).unwrap(), &mut out);
+    out
+}
+
+#[test]
+fn verbose_logging_says_what_happens_and_never_shows_a_secret() {
+    let primary = Node::initialised();
+    let file = primary.path("keys.exp");
+    let pw = primary.password_file(PASSWORD);
+    let export = primary
+        .cmd()
+        .env_remove("KEYFERRY_LOG")
+        .args(["-vv", "export", "-n"])
+        .arg(&file)
+        .args(FAST_KDF)
+        .arg("--password-file")
+        .arg(&pw)
+        .output()
+        .unwrap();
+    let export_log = stderr_of(&export);
+    assert!(export.status.success(), "{export_log}");
+    assert!(
+        export_log.contains("DEBUG") && export_log.contains("sealing the bundle"),
+        "{export_log}"
+    );
+
+    let secondary = Node::empty();
+    let import = secondary
+        .import_cmd(&file)
+        .env_remove("KEYFERRY_LOG")
+        .arg("-vvv")
+        .output()
+        .unwrap();
+    let import_log = stderr_of(&import);
+    assert!(import.status.success(), "{import_log}");
+    for phase in [
+        "bundle header read",
+        "m=19456 KiB",
+        "deriving the key",
+        "payload read",
+        "import committed",
+        "file replaced atomically",
+    ] {
+        assert!(import_log.contains(phase), "{phase:?} in: {import_log}");
+    }
+
+    let mut secrets = vec![PASSWORD.to_owned()];
+    secrets.extend(key_material(&primary));
+    secrets.extend(key_material(&secondary));
+    assert!(secrets.len() >= 7, "{secrets:?}");
+    for secret in &secrets {
+        for log in [&export_log, &import_log] {
+            assert!(!log.contains(secret.as_str()), "a secret in the log: {log}");
+        }
+    }
+}
+
+#[test]
+fn logging_is_off_by_default_and_keyferry_log_turns_it_on() {
+    let primary = Node::initialised();
+    let file = primary.path("keys.exp");
+    primary.export(&file, &[]);
+    let quiet = Node::empty();
+    let out = quiet
+        .import_cmd(&file)
+        .env_remove("KEYFERRY_LOG")
+        .output()
+        .unwrap();
+    let err = stderr_of(&out);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(err.lines().count(), 1, "only the reminder: {err}");
+    assert!(err.starts_with("Now delete"), "{err}");
+    let out = quiet
+        .cmd()
+        .env_remove("KEYFERRY_LOG")
+        .args(["keys", "fingerprint"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        stderr_of(&out)
+    );
+
+    let out = quiet
+        .cmd()
+        .env("KEYFERRY_LOG", "keyferry=debug")
+        .args(["keys", "fingerprint"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        stderr_of(&out).contains("keyferry starting"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        primary.fingerprint(),
+        "stdout stays the command's output"
+    );
+
+    let out = quiet
+        .cmd()
+        .env("KEYFERRY_LOG", "keyferry=loud")
+        .args(["keys", "fingerprint"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains("KEYFERRY_LOG"),
+        "{}",
+        stderr_of(&out)
+    );
 }
