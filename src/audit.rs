@@ -64,24 +64,9 @@ fn from_hex(s: &str) -> Option<[u8; MAC_LEN]> {
     (!s.bytes().any(|c| c.is_ascii_uppercase())).then_some(out)
 }
 
-/// Who made a change, from where.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Actor {
-    pub host: String,
-    pub user: String,
-}
-
-impl Actor {
-    /// The host name and OS user of this process.
-    pub fn current() -> Self {
-        let host = gethostname::gethostname().to_string_lossy().into_owned();
-        let user = ["USER", "LOGNAME", "USERNAME"]
-            .iter()
-            .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
-            .unwrap_or_else(|| "unknown".to_owned());
-        Self { host, user }
-    }
-}
+/// Who made a change: the account from the process's credentials, not
+/// the environment (see `crate::actor`).
+pub use crate::actor::Actor;
 
 /// One audit record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

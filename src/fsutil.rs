@@ -80,14 +80,18 @@ impl Staged {
     pub fn persist_replace(mut self, target: &Path) -> io::Result<()> {
         self.sync()?;
         platform::persist(self.file, target, Clobber::Replace)?;
-        sync_parent(target)
+        sync_parent(target)?;
+        tracing::debug!(file = %target.display(), "file replaced atomically");
+        Ok(())
     }
 
     /// Moves the staged file to `target`, failing if `target` exists.
     pub fn persist_new(mut self, target: &Path) -> io::Result<()> {
         self.sync()?;
         platform::persist(self.file, target, Clobber::Refuse)?;
-        sync_parent(target)
+        sync_parent(target)?;
+        tracing::debug!(file = %target.display(), "file created");
+        Ok(())
     }
 }
 
@@ -181,6 +185,9 @@ impl Replacement {
         } else {
             None
         };
+        if let Some(b) = &backup {
+            tracing::debug!(file = %target.display(), backup = %b.display(), "previous version backed up");
+        }
         Ok(Self {
             target: target.to_path_buf(),
             staged,

@@ -7,6 +7,7 @@
 //! `pg`. Lower layers never call upper ones; cryptography never touches the
 //! file system and the file system layer never touches cryptography.
 
+pub mod actor;
 pub mod aead;
 pub mod audit;
 pub mod bundle;

@@ -122,7 +122,8 @@ pub enum PasswordSource {
     Prompt,
     /// The first line of a file.
     File(PathBuf),
-    /// The first line read from an inherited file descriptor (Unix).
+    /// The first line read from an inherited file descriptor (Unix), which
+    /// is borrowed, never closed.
     Fd(i32),
     /// The value of the named environment variable.
     Env(String),
@@ -290,19 +291,23 @@ pub fn have_terminal() -> bool {
 
 /// Unix: the prompt goes through `/dev/tty` (rpassword), which exists when
 /// standard input or standard error is a terminal; `--password-fd` reads an
-/// inherited descriptor.
+/// inherited descriptor through a duplicate and leaves it open.
 #[cfg(unix)]
 mod platform {
     use std::fs::File;
     use std::io::{self, IsTerminal};
-    use std::os::fd::FromRawFd;
+    use std::os::fd::BorrowedFd;
+
+    use zeroize::Zeroizing;
 
     pub fn have_terminal() -> bool {
         std::io::stdin().is_terminal() || std::io::stderr().is_terminal()
     }
 
-    use zeroize::Zeroizing;
-
+    /// Reads the password from the caller's descriptor `fd` through a
+    /// duplicate: `fd` itself stays open. Closing it (even 0, 1 or 2) would
+    /// let the next file keyferry opens take its number, and later
+    /// messages meant for that descriptor would land in the file.
     pub fn read_fd(fd: i32) -> io::Result<Zeroizing<Vec<u8>>> {
         if fd < 0 {
             return Err(io::Error::new(
@@ -310,20 +315,19 @@ mod platform {
                 "negative descriptor",
             ));
         }
-        // Refuse descriptors that are not open; `from_raw_fd` on a closed
-        // one would be undefined behaviour in spirit.
-        let probe = std::path::PathBuf::from(format!("/proc/self/fd/{fd}"));
-        if std::path::Path::new("/proc/self/fd").is_dir() && !probe.exists() {
+        // SAFETY: F_GETFD takes no pointer; it fails with EBADF on a
+        // descriptor that is not open.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
                 "descriptor is not open",
             ));
         }
-        // SAFETY: the operator handed us this descriptor to read the
-        // password from; we take ownership and close it when done, which is
-        // what a one-shot secret channel wants.
-        let file = unsafe { File::from_raw_fd(fd) };
-        super::read_limited(file)
+        // SAFETY: `fd` is open (checked just above, and nothing in keyferry
+        // closes a descriptor it does not own) and the borrow ends with this
+        // statement; only the duplicate is owned, and closed after reading.
+        let dup = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
+        super::read_limited(File::from(dup))
     }
 }
 
@@ -365,6 +369,33 @@ mod platform {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_password_descriptor_is_read_and_left_open() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        writer
+            .write_all(b"from a pipe password\nnext line\n")
+            .unwrap();
+        drop(writer);
+        let fd = reader.as_raw_fd();
+        let password = PasswordSource::Fd(fd).read("").unwrap();
+        assert_eq!(password.reveal(), "from a pipe password");
+        // SAFETY: F_GETFD takes no pointer.
+        assert_ne!(
+            unsafe { libc::fcntl(fd, libc::F_GETFD) },
+            -1,
+            "the caller's descriptor is still open"
+        );
+        drop(reader);
+        assert!(matches!(
+            PasswordSource::Fd(-1).read(""),
+            Err(SecretError::Read { .. })
+        ));
+    }
 
     #[test]
     fn generated_passwords_are_grouped_and_canonical() {

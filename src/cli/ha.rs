@@ -117,8 +117,8 @@ pub enum HbaCommand {
         #[arg(long, value_name = "IP", value_parser = PeerAddr::parse)]
         peer: PeerAddr,
         /// Authentication method of the two lines.
-        #[arg(long, value_name = "METHOD", default_value = "scram-sha-256", value_parser = ["scram-sha-256", "md5"])]
-        method: String,
+        #[arg(long, value_name = "METHOD", value_enum, default_value_t = HbaMethod::default())]
+        method: HbaMethod,
         #[command(flatten)]
         target: TargetArgs,
         /// Machine-readable output.
@@ -372,7 +372,6 @@ pub fn run_hba(home: &Home, cmd: HbaCommand) -> Result<()> {
             target,
             json,
         } => {
-            let method: HbaMethod = method.parse()?;
             let report = hba::ensure(home, peer, method, &target.target())?;
             if json {
                 return print_json(&report);

@@ -7,10 +7,11 @@ mod audit;
 mod bundle;
 mod ha;
 mod keys;
+mod logging;
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -31,6 +32,11 @@ pub struct Cli {
     /// else /var/lib/keyferry (Unix) or %ProgramData%\keyferry (Windows).
     #[arg(long, global = true, value_name = "DIR")]
     home: Option<PathBuf>,
+
+    /// Log what keyferry does to stderr: -v info, -vv debug, -vvv trace (never a
+    /// secret). $KEYFERRY_LOG adds filter directives, e.g. KEYFERRY_LOG=keyferry=debug.
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    verbose: u8,
 
     #[command(subcommand)]
     command: Command,
@@ -84,7 +90,8 @@ pub struct PasswordArgs {
     /// Read the password from the first line of this file.
     #[arg(long, value_name = "PATH")]
     password_file: Option<PathBuf>,
-    /// Read the password from this inherited file descriptor (Unix).
+    /// Read the password from the first line of this inherited file descriptor
+    /// (Unix; 0 for standard input). The descriptor is left open.
     #[arg(long, value_name = "N")]
     password_fd: Option<i32>,
     /// Read the password from the environment variable of this name.
@@ -130,6 +137,8 @@ pub(crate) fn printable(s: &str) -> String {
 /// Parses the command line and runs the command.
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
+    logging::init(cli.verbose)?;
+    tracing::debug!(version = env!("CARGO_PKG_VERSION"), "keyferry starting");
     let home = Home::resolve(cli.home);
     if !matches!(cli.command, Command::Inspect(_) | Command::Selftest) {
         if let Some(warning) = home.sharing_warning() {

@@ -47,13 +47,6 @@ pub enum Error {
         reason: &'static str,
     },
 
-    /// An authentication method keyferry does not write.
-    #[error("authentication method {given:?} is not supported; use \"scram-sha-256\" (default) or \"md5\"")]
-    HbaMethod {
-        /// The method given.
-        given: String,
-    },
-
     /// `ha.toml` is not valid TOML or does not have the expected shape.
     #[error(
         "ha.toml line {line}: {message}; correct the file or recreate it with `keyferry ha init`"
@@ -118,10 +111,7 @@ impl Error {
     /// Whether the error is about what the operator typed (an address, a
     /// role name, a method) rather than about the state of the node.
     pub fn is_usage(&self) -> bool {
-        matches!(
-            self,
-            Error::Address { .. } | Error::RoleName { .. } | Error::HbaMethod { .. }
-        )
+        matches!(self, Error::Address { .. } | Error::RoleName { .. })
     }
 }
 

@@ -43,7 +43,6 @@
 
 use std::fmt;
 use std::net::IpAddr;
-use std::str::FromStr;
 
 use crate::ha::addr::PeerAddr;
 use crate::ha::error::{Error, MarkerProblem};
@@ -65,12 +64,18 @@ const MAX_ROLE_NAME_BYTES: usize = 63;
 const HBA_USER_KEYWORDS: [&str; 5] = ["all", "sameuser", "samerole", "samegroup", "replication"];
 
 /// The password authentication method written into keyferry's lines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+///
+/// The command line parses `--method` straight into this type
+/// (`clap::ValueEnum`), so the accepted words are defined here once and
+/// match [`HbaMethod::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum HbaMethod {
     /// `scram-sha-256`, the default and what PostgreSQL recommends.
     #[default]
+    #[value(name = "scram-sha-256")]
     ScramSha256,
     /// `md5`, for pairs whose stored passwords are still MD5 hashes.
+    #[value(name = "md5")]
     Md5,
 }
 
@@ -87,20 +92,6 @@ impl HbaMethod {
 impl fmt::Display for HbaMethod {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for HbaMethod {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self, Error> {
-        match s {
-            "scram-sha-256" => Ok(Self::ScramSha256),
-            "md5" => Ok(Self::Md5),
-            other => Err(Error::HbaMethod {
-                given: other.to_owned(),
-            }),
-        }
     }
 }
 
@@ -1217,16 +1208,15 @@ mod tests {
 
     #[test]
     fn methods_parse_and_print_as_in_pg_hba() {
-        assert_eq!("md5".parse::<HbaMethod>().unwrap(), HbaMethod::Md5);
-        assert_eq!(
-            "scram-sha-256".parse::<HbaMethod>().unwrap(),
-            HbaMethod::ScramSha256
-        );
+        use clap::ValueEnum;
+        for method in HbaMethod::value_variants() {
+            let name = method.to_possible_value().unwrap();
+            assert_eq!(name.get_name(), method.as_str());
+            assert_eq!(HbaMethod::from_str(method.as_str(), false), Ok(*method));
+        }
         assert_eq!(HbaMethod::default().to_string(), "scram-sha-256");
-        assert!(matches!(
-            "trust".parse::<HbaMethod>(),
-            Err(Error::HbaMethod { .. })
-        ));
+        assert!(HbaMethod::from_str("trust", false).is_err());
+        assert!(HbaMethod::from_str("MD5", false).is_err());
     }
 
     fn words(record: &HbaRecord) -> Vec<&str> {

@@ -95,6 +95,7 @@ pub fn export(home: &Home, opts: &ExportOptions) -> Result<ExportReport> {
     }
     let mut node = home.open(false)?;
     let store = node.require_keystore()?;
+    tracing::debug!(home = %home.root().display(), "keystore loaded, audit log verified");
     let dir = check_target(&opts.file)?;
     let config = super::config::sources_for_export(home, opts.with_config)?;
     let (password, generated) = match &opts.password {
@@ -134,6 +135,13 @@ pub fn export(home: &Home, opts: &ExportOptions) -> Result<ExportReport> {
             ),
         ]),
     )?;
+    tracing::info!(
+        file = %opts.file.display(),
+        kdf = %opts.kdf,
+        armor = opts.armor,
+        generated_password = generated,
+        "sealing the bundle"
+    );
     let io_what = format!("cannot write the bundle in {}", dir.display());
     let mut staged = change.stage_in(dir)?;
     {
@@ -152,8 +160,13 @@ pub fn export(home: &Home, opts: &ExportOptions) -> Result<ExportReport> {
             .flush()
             .map_err(Error::io(io_what.clone()))?;
     }
+    tracing::debug!(
+        ?contents,
+        "payload sealed; committing with its audit record"
+    );
     change.create_file(staged, &opts.file)?;
     change.finish()?;
+    tracing::info!(file = %opts.file.display(), %fingerprint, "export done");
     Ok(ExportReport {
         file: opts.file.clone(),
         fingerprint,

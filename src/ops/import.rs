@@ -105,13 +105,23 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
         )));
     }
 
+    tracing::debug!(new_node = existing.is_none(), "node state checked");
     let now = now_unix();
     let mut staging = StagingSink::new(home);
     let mut header = None;
     let opened = (|| -> Result<crate::payload::Payload> {
         let locked = bundle::read_header(BufReader::new(file), &limits)?;
-        header = Some(locked.header().clone());
+        let h = locked.header();
+        tracing::debug!(
+            file = %opts.file.display(),
+            kdf = %h.kdf,
+            created = %crate::fmt::fmt_time(h.created),
+            expires = %h.expires.map_or_else(|| "never".to_owned(), crate::fmt::fmt_time),
+            "bundle header read, KDF within the import limits (not yet authenticated)"
+        );
+        header = Some(h.clone());
         let password = opts.password.read("Bundle password: ")?;
+        tracing::info!(kdf = %locked.header().kdf, "deriving the key from the password");
         let mut reader = locked.unlock(
             &password,
             &OpenOptions {
@@ -120,6 +130,7 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
             },
         )?;
         drop(password);
+        tracing::debug!("password and header authenticated (key commitment matched)");
         let sink: &mut dyn ConfigSink = if opts.keys_only {
             &mut DiscardConfig
         } else {
@@ -146,6 +157,11 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
             return Err(e);
         }
     };
+    tracing::debug!(
+        source_node = %payload.manifest.source_node,
+        config_entries = ?payload.config,
+        "payload read and authenticated to its final chunk"
+    );
     let header = header.expect("a bundle that opened has a header");
     let (created, expires) = (header.created, header.expires);
 
@@ -227,6 +243,13 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
         keystore_backup: None,
         deleted: None,
     };
+    tracing::info!(
+        before = ?report.before.map(|f| f.to_string()),
+        after = %report.after,
+        config_changes = report.config.iter().filter(|c| !c.unchanged).count(),
+        dry_run = opts.dry_run,
+        "bundle verified"
+    );
     if opts.dry_run {
         return Ok(report);
     }
@@ -246,9 +269,12 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
     config::install(&mut change, plans)?;
     change.set_keyring(payload.keyring);
     report.keystore_backup = change.finish()?.keystore_backup;
+    tracing::info!("import committed with its audit record");
 
     report.deleted = opts.delete.then(|| {
-        std::fs::remove_file(&opts.file).map_err(|e| format!("{}: {e}", opts.file.display()))
+        let removed = std::fs::remove_file(&opts.file);
+        tracing::debug!(file = %opts.file.display(), ok = removed.is_ok(), "--delete: bundle removal");
+        removed.map_err(|e| format!("{}: {e}", opts.file.display()))
     });
     Ok(report)
 }

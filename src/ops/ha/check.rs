@@ -59,11 +59,16 @@ pub struct CheckOptions {
 /// a named password source cannot be read; everything else is a check.
 pub fn check(home: &Home, opts: &CheckOptions) -> Result<CheckReport> {
     let config = require_config(home)?;
+    tracing::info!(timeout = ?opts.timeout, "ha check: running the preflight checks");
     let mut password_facts = Vec::new();
     let credentials = credentials(&config, opts, &mut password_facts)?;
     let found = preflight::run(&config, opts.timeout, &credentials, password_facts);
     let mut checks = found.facts;
     checks.push(keyring_check(home, opts.peer_fingerprint.as_ref()));
+    for fact in &checks {
+        // The same words the report prints; no password reaches a fact.
+        tracing::debug!(check = %fact.name, status = fact.status.as_str(), message = %fact.message, "ha check step");
+    }
     Ok(CheckReport {
         this_node: found.this_node,
         checks,
