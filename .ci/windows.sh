@@ -178,9 +178,10 @@ else
     fail "Linux export -> Windows import into a new home"
 fi
 # Into the first Windows home: replaces keyring.json over an existing one
-# (MoveFileExW REPLACE_EXISTING) and keeps a backup.
+# (MoveFileExW REPLACE_EXISTING) and keeps a backup. The two homes hold
+# different keys, so the import must be told to replace them.
 if out=$(kf_win --home "$(winpath "$WIN_HOME")" import -n "$(winpath "$WORK/from-linux.kfb")" \
-    --password-file "$(winpath "$PW")" 2>&1) &&
+    --password-file "$(winpath "$PW")" --replace-keys 2>&1) &&
     [[ "$(fp_of "$out")" == "$lin_fp" ]] &&
     ls "$WIN_HOME"/backups/keyring.json.*.bak >/dev/null 2>&1 &&
     out=$(kf_win --home "$(winpath "$WIN_HOME")" audit verify 2>&1); then

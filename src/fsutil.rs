@@ -551,3 +551,31 @@ mod tests {
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }
+
+#[cfg(all(test, windows))]
+mod windows_tests {
+    use super::*;
+
+    /// Keeping a file's access list means setting it on the staged file's
+    /// handle, which needs WRITE_DAC: replacing and restoring a file that
+    /// another program made (appsettings.json, pg_hba.conf) must work.
+    #[test]
+    fn keep_existing_and_restore_work_on_a_file_made_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("appsettings.json");
+        let backups = dir.path().join("backups");
+        std::fs::write(&target, b"old").unwrap();
+        let backup = replace_with_backup_from(
+            &target,
+            &mut &b"new"[..],
+            &backups,
+            "s",
+            Ownership::KeepExisting,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+        restore(&target, Some(&backup)).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"old");
+    }
+}

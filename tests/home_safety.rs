@@ -213,3 +213,30 @@ fn a_full_disk_while_staging_is_reported_as_such() {
     assert!(!err.contains("contents are invalid"), "{err}");
     common::node::assert_same(&before, &common::node::snapshot(&small));
 }
+
+/// `import --delete` given a link deletes the bundle it points to, not only
+/// the link, and says both.
+#[cfg(unix)]
+#[test]
+fn delete_through_a_link_removes_the_bundle_itself() {
+    let primary = Node::initialised();
+    let real = primary.path("real.exp");
+    primary.export(&real, &[]);
+    let link = primary.path("link.exp");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let node = Node::empty();
+    fs::create_dir_all(node.dir.path()).unwrap();
+    let out = node.import_cmd(&link).arg("--delete").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!real.exists(), "the bundle itself is gone");
+    assert!(fs::symlink_metadata(&link).is_err(), "and the link");
+    assert!(
+        text.contains(&format!("deleted {}", real.display())),
+        "{text}"
+    );
+}

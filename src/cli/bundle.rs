@@ -266,7 +266,11 @@ pub fn import(home: &Home, args: ImportArgs) -> Result<()> {
         return Ok(());
     }
     match report.deleted {
-        Some(Ok(())) => println!("deleted {}", args.file.display()),
+        Some(Ok(removed)) => {
+            for f in removed {
+                println!("deleted {}", f.display());
+            }
+        }
         // The keys are installed and audited: a failure here must not look
         // like a failed import (exit 0), or a script would import again.
         Some(Err(why)) => eprintln!(

@@ -121,8 +121,15 @@ pub fn create_staged(builder: &tempfile::Builder, dir: &Path) -> io::Result<Name
     let sd = OwnerOnly::new(Kind::File)?;
     // `make_in` retries with another name when this returns AlreadyExists
     // (ERROR_FILE_EXISTS maps to it) and deletes the file if dropped.
+    // WRITE_DAC: a replacement that keeps the old file's access list
+    // (`copy_owner_and_mode`) sets it on this handle before the rename.
     builder.make_in(dir, |path| {
-        create_file(path, GENERIC_READ | GENERIC_WRITE, CREATE_NEW, &sd)
+        create_file(
+            path,
+            GENERIC_READ | GENERIC_WRITE | WRITE_DAC,
+            CREATE_NEW,
+            &sd,
+        )
     })
 }
 

@@ -71,8 +71,9 @@ pub struct ImportReport {
     /// Seconds by which the bundle's creation time is ahead of this
     /// host's clock, when more than [`CLOCK_SKEW_ALLOWED`].
     pub clock_behind: Option<u64>,
-    /// Whether `--delete` removed the bundle; `Err` holds why it could not.
-    pub deleted: Option<std::result::Result<(), String>>,
+    /// With `--delete`: the files removed (the bundle; through a link, the
+    /// file it points to and the link), or why they could not be.
+    pub deleted: Option<std::result::Result<Vec<PathBuf>, String>>,
 }
 
 /// A bundle made up to this many seconds "in the future" is normal clock
@@ -272,11 +273,35 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
     tracing::info!("import committed with its audit record");
 
     report.deleted = opts.delete.then(|| {
-        let removed = std::fs::remove_file(&opts.file);
+        let removed = delete_bundle(&opts.file);
         tracing::debug!(file = %opts.file.display(), ok = removed.is_ok(), "--delete: bundle removal");
-        removed.map_err(|e| format!("{}: {e}", opts.file.display()))
+        removed
     });
     Ok(report)
+}
+
+/// Removes the bundle. Through a symbolic link the bundle is the file the
+/// link points to (the one that was just opened): it is removed, then the
+/// link. Returns what was removed.
+fn delete_bundle(file: &std::path::Path) -> std::result::Result<Vec<PathBuf>, String> {
+    let fail = |p: &std::path::Path, e: std::io::Error| format!("{}: {e}", p.display());
+    let meta = std::fs::symlink_metadata(file).map_err(|e| fail(file, e))?;
+    let mut removed = Vec::new();
+    if meta.file_type().is_symlink() {
+        let target = std::fs::canonicalize(file).map_err(|e| fail(file, e))?;
+        if !std::fs::metadata(&target).is_ok_and(|m| m.is_file()) {
+            return Err(format!(
+                "{} is a link to {}, which is not a regular file",
+                file.display(),
+                target.display()
+            ));
+        }
+        std::fs::remove_file(&target).map_err(|e| fail(&target, e))?;
+        removed.push(target);
+    }
+    std::fs::remove_file(file).map_err(|e| fail(file, e))?;
+    removed.push(file.to_path_buf());
+    Ok(removed)
 }
 
 /// Refuses an import that would lose key material the node holds.
