@@ -23,7 +23,7 @@ use std::fmt;
 /// Who made a change, from where: what an audit record's `host` and `user`
 /// fields hold.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Actor {
+pub(crate) struct Actor {
     pub host: String,
     /// [`OsUser`]'s recorded form.
     pub user: String,
@@ -31,7 +31,7 @@ pub struct Actor {
 
 impl Actor {
     /// The host name and OS account of this process.
-    pub fn current() -> Self {
+    pub(crate) fn current() -> Self {
         Self {
             host: gethostname::gethostname().to_string_lossy().into_owned(),
             user: OsUser::current().to_string(),
@@ -42,7 +42,7 @@ impl Actor {
 /// The OS account this process runs as, and who claims to have run it
 /// through sudo.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OsUser {
+pub(crate) struct OsUser {
     /// The account from the process's credentials.
     pub account: String,
     /// The account named by `SUDO_UID` when running as root; claimed, not
@@ -52,7 +52,7 @@ pub struct OsUser {
 
 impl OsUser {
     /// This process's account, from its credentials.
-    pub fn current() -> Self {
+    pub(crate) fn current() -> Self {
         platform::current()
     }
 }
@@ -79,7 +79,7 @@ mod platform {
     /// name (an entry this large is not a real account).
     const MAX_PASSWD_BUF: usize = 1 << 20;
 
-    pub fn current() -> OsUser {
+    pub(crate) fn current() -> OsUser {
         // SAFETY: getuid and geteuid take no arguments and cannot fail.
         let (uid, euid) = unsafe { (libc::getuid(), libc::geteuid()) };
         let via_sudo = if uid == 0 && euid == 0 {
@@ -98,7 +98,7 @@ mod platform {
     }
 
     /// The password database's name for `uid`, else `uid N`.
-    pub fn account_name(uid: libc::uid_t) -> String {
+    pub(crate) fn account_name(uid: libc::uid_t) -> String {
         lookup(uid).unwrap_or_else(|| format!("uid {uid}"))
     }
 
@@ -149,7 +149,7 @@ mod platform {
 
     use super::OsUser;
 
-    pub fn current() -> OsUser {
+    pub(crate) fn current() -> OsUser {
         let account = token_user().unwrap_or_else(|code| {
             format!("unknown (the process token could not be read: Windows error {code})")
         });

@@ -20,16 +20,16 @@ use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::Aes256Gcm;
 use zeroize::{Zeroize, Zeroizing};
 
-pub const KEY_LEN: usize = 32;
-pub const NONCE_LEN: usize = 12;
-pub const TAG_LEN: usize = 16;
+pub(crate) const KEY_LEN: usize = 32;
+pub(crate) const NONCE_LEN: usize = 12;
+pub(crate) const TAG_LEN: usize = 16;
 
 /// The tag did not match: wrong key, or modified ciphertext, nonce or AAD.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AuthFailed;
+pub(crate) struct AuthFailed;
 
 /// An AES-256-GCM key, ready to seal and open.
-pub struct Cipher {
+pub(crate) struct Cipher {
     key: Box<Zeroizing<[u8; KEY_LEN]>>,
 }
 
@@ -51,7 +51,7 @@ impl Cipher {
     }
 
     /// Encrypts `data` in place and returns the tag.
-    pub fn seal_in_place(
+    pub(crate) fn seal_in_place(
         &self,
         nonce: &[u8; NONCE_LEN],
         aad: &[u8],
@@ -68,7 +68,7 @@ impl Cipher {
 
     /// Checks the tag and decrypts `data` in place; on failure `data` is
     /// zeroed.
-    pub fn open_in_place(
+    pub(crate) fn open_in_place(
         &self,
         nonce: &[u8; NONCE_LEN],
         aad: &[u8],

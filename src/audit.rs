@@ -37,21 +37,21 @@ pub struct AuditHead {
 
 impl AuditHead {
     /// Before the first record.
-    pub fn genesis() -> Self {
+    pub(crate) fn genesis() -> Self {
         Self {
             seq: 0,
             mac: [0; MAC_LEN],
         }
     }
 
-    pub fn from_parts(seq: u64, mac_hex: &str) -> Option<Self> {
+    pub(crate) fn from_parts(seq: u64, mac_hex: &str) -> Option<Self> {
         Some(Self {
             seq,
             mac: from_hex(mac_hex)?,
         })
     }
 
-    pub fn mac_hex(&self) -> String {
+    pub(crate) fn mac_hex(&self) -> String {
         hex::encode(self.mac)
     }
 }
@@ -66,12 +66,12 @@ fn from_hex(s: &str) -> Option<[u8; MAC_LEN]> {
 
 /// Who made a change: the account from the process's credentials, not
 /// the environment (see `crate::actor`).
-pub use crate::actor::Actor;
+pub(crate) use crate::actor::Actor;
 
 /// One audit record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Record {
+pub(crate) struct Record {
     pub seq: u64,
     /// RFC 3339 UTC.
     pub time: String,
@@ -99,7 +99,7 @@ fn compute_mac(key: &KeyMaterial, record: &Record) -> [u8; MAC_LEN] {
 }
 
 /// Builds the record that follows `head`, and the new head.
-pub fn next_record(
+pub(crate) fn next_record(
     key: &KeyMaterial,
     head: &AuditHead,
     actor: &Actor,
@@ -129,7 +129,7 @@ pub fn next_record(
 }
 
 /// A record as one line of the log, newline included.
-pub fn to_line(record: &Record) -> Vec<u8> {
+pub(crate) fn to_line(record: &Record) -> Vec<u8> {
     let mut line = serde_json::to_vec(record).expect("records serialize");
     line.push(b'\n');
     line
@@ -161,7 +161,7 @@ pub enum AuditError {
 
 /// The longest run of records at the start of a log that chain and verify.
 #[derive(Debug)]
-pub struct ValidPrefix {
+pub(crate) struct ValidPrefix {
     pub records: Vec<Record>,
     /// The head after the last valid record.
     pub head: AuditHead,
@@ -173,7 +173,7 @@ pub struct ValidPrefix {
 
 /// Walks the log from its start and stops at the first record that does not
 /// verify. `head` only names the error of a record past it.
-pub fn valid_prefix(log: &[u8], key: &KeyMaterial, head: &AuditHead) -> ValidPrefix {
+pub(crate) fn valid_prefix(log: &[u8], key: &KeyMaterial, head: &AuditHead) -> ValidPrefix {
     let mut prefix = ValidPrefix {
         records: Vec::new(),
         head: AuditHead::genesis(),
@@ -255,7 +255,11 @@ fn check_line(
 }
 
 /// Verifies a whole log against the keystore's head; returns the records.
-pub fn verify(log: &[u8], key: &KeyMaterial, head: &AuditHead) -> Result<Vec<Record>, AuditError> {
+pub(crate) fn verify(
+    log: &[u8],
+    key: &KeyMaterial,
+    head: &AuditHead,
+) -> Result<Vec<Record>, AuditError> {
     let prefix = valid_prefix(log, key, head);
     if let Some(e) = prefix.error {
         return Err(e);

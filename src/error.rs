@@ -78,7 +78,7 @@ impl From<KdfError> for Error {
 
 impl Error {
     /// An I/O failure, saying what was being done.
-    pub fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
         let what = what.into();
         move |source| Error::Io { what, source }
     }

@@ -13,13 +13,13 @@ use std::time::{Duration, UNIX_EPOCH};
 const MAX_SHOWN_SECS: u64 = i32::MAX as u64 * 100;
 
 /// RFC 3339 UTC time of Unix seconds, e.g. `2026-12-01T09:41:04Z`.
-pub fn fmt_time(secs: u64) -> String {
+pub(crate) fn fmt_time(secs: u64) -> String {
     let t = UNIX_EPOCH + Duration::from_secs(secs.min(MAX_SHOWN_SECS));
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// `1.5 GiB`, `48.0 MiB`, `512 B`.
-pub fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
     if n < 1024 {
         return format!("{n} B");

@@ -28,7 +28,7 @@ use tempfile::NamedTempFile;
 
 /// Creates `dir` (and its parents) if needed; a directory created here is
 /// owner-only.
-pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn ensure_private_dir(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -39,22 +39,22 @@ pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
 /// persisted ([`persist_replace`](Staged::persist_replace),
 /// [`persist_new`](Staged::persist_new)). Used for everything that must appear
 /// whole or not at all.
-pub struct Staged {
+pub(crate) struct Staged {
     file: NamedTempFile,
 }
 
 /// Every staged file's name starts with this and ends with [`STAGED_SUFFIX`].
-pub const STAGED_PREFIX: &str = ".keyferry-";
-pub const STAGED_SUFFIX: &str = ".tmp";
+pub(crate) const STAGED_PREFIX: &str = ".keyferry-";
+pub(crate) const STAGED_SUFFIX: &str = ".tmp";
 
 impl Staged {
-    pub fn new_in(dir: &Path) -> io::Result<Self> {
+    pub(crate) fn new_in(dir: &Path) -> io::Result<Self> {
         Self::new_tagged_in(dir, "")
     }
 
     /// A staged file whose name carries `tag` after the common prefix, so
     /// that whoever knows the tag can find it after a crash.
-    pub fn new_tagged_in(dir: &Path, tag: &str) -> io::Result<Self> {
+    pub(crate) fn new_tagged_in(dir: &Path, tag: &str) -> io::Result<Self> {
         let mut builder = tempfile::Builder::new();
         let prefix = format!("{STAGED_PREFIX}{tag}");
         builder.prefix(&prefix).suffix(STAGED_SUFFIX);
@@ -62,22 +62,22 @@ impl Staged {
         Ok(Self { file })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.file.path()
     }
 
-    pub fn file_mut(&mut self) -> &mut File {
+    pub(crate) fn file_mut(&mut self) -> &mut File {
         self.file.as_file_mut()
     }
 
     /// Flushes the contents to stable storage.
-    pub fn sync(&mut self) -> io::Result<()> {
+    pub(crate) fn sync(&mut self) -> io::Result<()> {
         self.file.as_file_mut().flush()?;
         self.file.as_file().sync_all()
     }
 
     /// Renames the staged file over `target`, replacing what is there.
-    pub fn persist_replace(mut self, target: &Path) -> io::Result<()> {
+    pub(crate) fn persist_replace(mut self, target: &Path) -> io::Result<()> {
         self.sync()?;
         platform::persist(self.file, target, Clobber::Replace)?;
         sync_parent(target)?;
@@ -86,7 +86,7 @@ impl Staged {
     }
 
     /// Moves the staged file to `target`, failing if `target` exists.
-    pub fn persist_new(mut self, target: &Path) -> io::Result<()> {
+    pub(crate) fn persist_new(mut self, target: &Path) -> io::Result<()> {
         self.sync()?;
         platform::persist(self.file, target, Clobber::Refuse)?;
         sync_parent(target)?;
@@ -114,7 +114,8 @@ impl Write for Staged {
 /// Replaces `target` with `contents` atomically; when `target` exists its
 /// current version is first copied into `backup_dir`. Returns the backup's
 /// path, if one was made.
-pub fn replace_with_backup(
+#[cfg(test)]
+fn replace_with_backup(
     target: &Path,
     contents: &[u8],
     backup_dir: &Path,
@@ -131,7 +132,7 @@ pub fn replace_with_backup(
 
 /// Who may read a replaced file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Ownership {
+pub(crate) enum Ownership {
     /// Owner-only, whatever the old file allowed: for secrets.
     OwnerOnly,
     /// The old file's owner, group and mode, so that the service that reads
@@ -140,7 +141,8 @@ pub enum Ownership {
 }
 
 /// [`replace_with_backup`] streaming the new contents from `data`.
-pub fn replace_with_backup_from(
+#[cfg(test)]
+fn replace_with_backup_from(
     target: &Path,
     data: &mut dyn io::Read,
     backup_dir: &Path,
@@ -158,7 +160,7 @@ pub fn replace_with_backup_from(
 /// target, the old version backed up) but not yet done: the caller can
 /// journal its undo before [`commit`](Replacement::commit) renames it into
 /// place.
-pub struct Replacement {
+pub(crate) struct Replacement {
     target: PathBuf,
     staged: Staged,
     backup: Option<PathBuf>,
@@ -166,7 +168,7 @@ pub struct Replacement {
 
 impl Replacement {
     /// `staged` must be in the target's directory.
-    pub fn prepare(
+    pub(crate) fn prepare(
         target: &Path,
         mut staged: Staged,
         data: &mut dyn io::Read,
@@ -196,17 +198,17 @@ impl Replacement {
     }
 
     /// The copy of the previous version, when there was one.
-    pub fn backup(&self) -> Option<&Path> {
+    pub(crate) fn backup(&self) -> Option<&Path> {
         self.backup.as_deref()
     }
 
     /// The staged new contents.
-    pub fn staged_path(&self) -> &Path {
+    pub(crate) fn staged_path(&self) -> &Path {
         self.staged.path()
     }
 
     /// Renames the new contents over the target.
-    pub fn commit(self) -> io::Result<()> {
+    pub(crate) fn commit(self) -> io::Result<()> {
         self.staged.persist_replace(&self.target)
     }
 }
@@ -214,7 +216,7 @@ impl Replacement {
 /// Removes the staged files in `dir` whose names start with
 /// [`STAGED_PREFIX`] + `tag` (regular files only; links are left alone),
 /// left behind by a process that was killed. Returns how many.
-pub fn sweep_staged(dir: &Path, tag: &str) -> io::Result<usize> {
+pub(crate) fn sweep_staged(dir: &Path, tag: &str) -> io::Result<usize> {
     let prefix = format!("{STAGED_PREFIX}{tag}");
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -238,7 +240,7 @@ pub fn sweep_staged(dir: &Path, tag: &str) -> io::Result<usize> {
 }
 
 /// Whether `dir` holds staged files (see [`sweep_staged`]).
-pub fn has_staged(dir: &Path) -> io::Result<bool> {
+pub(crate) fn has_staged(dir: &Path) -> io::Result<bool> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
@@ -257,7 +259,7 @@ pub fn has_staged(dir: &Path) -> io::Result<bool> {
 /// Puts a backup made by [`replace_with_backup_from`] back in place
 /// atomically, keeping the backup; with no backup, removes `target` (it did
 /// not exist before).
-pub fn restore(target: &Path, backup: Option<&Path>) -> io::Result<()> {
+pub(crate) fn restore(target: &Path, backup: Option<&Path>) -> io::Result<()> {
     match backup {
         Some(b) => {
             let mut staged = Staged::new_in(parent_dir(target))?;
@@ -274,7 +276,7 @@ pub fn restore(target: &Path, backup: Option<&Path>) -> io::Result<()> {
 /// Copies `target` into `backup_dir` as `<name>.<stamp>.bak` (owner-only,
 /// fsync-ed) and returns the copy's path. An existing backup of the same
 /// name is never overwritten: a counter is appended instead.
-pub fn backup_file(target: &Path, backup_dir: &Path, stamp: &str) -> io::Result<PathBuf> {
+pub(crate) fn backup_file(target: &Path, backup_dir: &Path, stamp: &str) -> io::Result<PathBuf> {
     ensure_private_dir(backup_dir)?;
     let name = target
         .file_name()
@@ -300,16 +302,16 @@ pub fn backup_file(target: &Path, backup_dir: &Path, stamp: &str) -> io::Result<
 
 /// Bytes available to an unprivileged user on the file system that holds
 /// `path` (which must exist).
-pub fn available_space(path: &Path) -> io::Result<u64> {
+pub(crate) fn available_space(path: &Path) -> io::Result<u64> {
     platform::available_space(path)
 }
 
 /// Opens `path` for appending, creating it owner-only if missing.
-pub fn open_append_private(path: &Path) -> io::Result<File> {
+pub(crate) fn open_append_private(path: &Path) -> io::Result<File> {
     platform::open_append_private(path)
 }
 
-pub fn parent_dir(path: &Path) -> &Path {
+pub(crate) fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -319,7 +321,7 @@ pub fn parent_dir(path: &Path) -> &Path {
 /// Makes a rename durable: on Unix the directory entry itself must be
 /// fsync-ed; on Windows `platform::persist` already renamed with
 /// `MOVEFILE_WRITE_THROUGH`, which returns only once the move is on disk.
-pub fn sync_parent(path: &Path) -> io::Result<()> {
+pub(crate) fn sync_parent(path: &Path) -> io::Result<()> {
     platform::sync_dir(parent_dir(path))
 }
 
@@ -330,14 +332,14 @@ pub fn sync_parent(path: &Path) -> io::Result<()> {
 /// On Windows this returns `None`: the files keyferry creates there carry a
 /// protected DACL from their creation, and an ACL audit of existing files
 /// is not done here.
-pub fn foreign_control(path: &Path, follow: bool) -> io::Result<Option<String>> {
+pub(crate) fn foreign_control(path: &Path, follow: bool) -> io::Result<Option<String>> {
     platform::foreign_control(path, follow)
 }
 
 /// Whether the file at `path` can be read by anyone but its owner (on
 /// Windows: anyone but its owner, the current user, SYSTEM and the
 /// Administrators group, judged from the file's DACL).
-pub fn is_shared_readable(path: &Path) -> io::Result<bool> {
+pub(crate) fn is_shared_readable(path: &Path) -> io::Result<bool> {
     platform::is_shared_readable(path)
 }
 
@@ -359,19 +361,22 @@ mod platform {
     const OWNER_ONLY_DIR: u32 = 0o700;
 
     /// Creates `dir` and any missing parents with mode 0700.
-    pub fn create_private_dir_all(dir: &Path) -> io::Result<()> {
+    pub(crate) fn create_private_dir_all(dir: &Path) -> io::Result<()> {
         let mut builder = DirBuilder::new();
         builder.recursive(true).mode(OWNER_ONLY_DIR);
         builder.create(dir)
     }
 
-    pub fn create_staged(builder: &tempfile::Builder, dir: &Path) -> io::Result<NamedTempFile> {
+    pub(crate) fn create_staged(
+        builder: &tempfile::Builder,
+        dir: &Path,
+    ) -> io::Result<NamedTempFile> {
         // tempfile creates the file with mode 0600 on Unix, atomically with
         // the creation (O_EXCL), so no window exists where it is readable.
         builder.tempfile_in(dir)
     }
 
-    pub fn persist(file: NamedTempFile, target: &Path, clobber: Clobber) -> io::Result<()> {
+    pub(crate) fn persist(file: NamedTempFile, target: &Path, clobber: Clobber) -> io::Result<()> {
         match clobber {
             Clobber::Replace => file.persist(target).map(drop).map_err(|e| e.error),
             Clobber::Refuse => file
@@ -381,7 +386,7 @@ mod platform {
         }
     }
 
-    pub fn open_append_private(path: &Path) -> io::Result<File> {
+    pub(crate) fn open_append_private(path: &Path) -> io::Result<File> {
         let mut options = OpenOptions::new();
         options
             .append(true)
@@ -391,7 +396,7 @@ mod platform {
         options.open(path)
     }
 
-    pub fn foreign_control(path: &Path, follow: bool) -> io::Result<Option<String>> {
+    pub(crate) fn foreign_control(path: &Path, follow: bool) -> io::Result<Option<String>> {
         use std::os::unix::fs::MetadataExt;
         let meta = if follow {
             fs::metadata(path)?
@@ -418,24 +423,24 @@ mod platform {
         Ok(None)
     }
 
-    pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
         File::open(dir)?.sync_all()
     }
 
-    pub fn is_shared_readable(path: &Path) -> io::Result<bool> {
+    pub(crate) fn is_shared_readable(path: &Path) -> io::Result<bool> {
         Ok(fs::metadata(path)?.permissions().mode() & 0o077 != 0)
     }
 
     /// The file at `from`'s owner, group and mode onto `to` (changing the
     /// owner needs root unless it is the caller's own file).
-    pub fn copy_owner_and_mode(from: &Path, to: &File) -> io::Result<()> {
+    pub(crate) fn copy_owner_and_mode(from: &Path, to: &File) -> io::Result<()> {
         use std::os::unix::fs::MetadataExt;
         let meta = fs::metadata(from)?;
         std::os::unix::fs::fchown(to, Some(meta.uid()), Some(meta.gid()))?;
         to.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))
     }
 
-    pub fn available_space(path: &Path) -> io::Result<u64> {
+    pub(crate) fn available_space(path: &Path) -> io::Result<u64> {
         use std::ffi::CString;
         use std::os::unix::ffi::OsStrExt;
         let c_path = CString::new(path.as_os_str().as_bytes())

@@ -20,25 +20,25 @@ use thiserror::Error;
 use zeroize::Zeroizing;
 
 /// KDF id 0x01 in the bundle header: Argon2id, Argon2 version 0x13.
-pub const KDF_ID_ARGON2ID: u8 = 0x01;
+pub(crate) const KDF_ID_ARGON2ID: u8 = 0x01;
 
 /// OWASP's floor for Argon2id (19 MiB, 2 passes); below it a bundle's
 /// password could be guessed too cheaply, so export refuses.
-pub const MIN_EXPORT_MEMORY_KIB: u32 = 19_456;
-pub const MIN_EXPORT_TIME: u32 = 2;
+pub(crate) const MIN_EXPORT_MEMORY_KIB: u32 = 19_456;
+pub(crate) const MIN_EXPORT_TIME: u32 = 2;
 
 /// Import limits: a header asking for more is refused unless the operator
 /// raises the memory limit (`--max-kdf-memory`). 1 GiB is the most a
 /// production host should give a single import.
-pub const MAX_IMPORT_MEMORY_KIB: u32 = 1024 * 1024;
-pub const MAX_IMPORT_TIME: u32 = 16;
-pub const MAX_IMPORT_LANES: u32 = 16;
+pub(crate) const MAX_IMPORT_MEMORY_KIB: u32 = 1024 * 1024;
+pub(crate) const MAX_IMPORT_TIME: u32 = 16;
+pub(crate) const MAX_IMPORT_LANES: u32 = 16;
 
 /// Argon2 needs at least 8 KiB of memory per lane.
 const MIN_MEMORY_PER_LANE_KIB: u32 = 8;
 
 /// Length of the key-encryption key.
-pub const KEK_LEN: usize = 32;
+pub(crate) const KEK_LEN: usize = 32;
 
 /// Argon2id cost parameters as stored in a bundle header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,7 +72,7 @@ impl KdfParams {
     };
 
     /// Checks parameters an operator asked export to use.
-    pub fn check_for_export(&self) -> Result<(), KdfError> {
+    pub(crate) fn check_for_export(&self) -> Result<(), KdfError> {
         if self.memory_kib < MIN_EXPORT_MEMORY_KIB || self.time < MIN_EXPORT_TIME {
             return Err(KdfError::TooWeak(*self));
         }
@@ -89,7 +89,7 @@ impl KdfParams {
     }
 
     /// Memory in MiB, rounded up, for messages.
-    pub fn memory_mib(&self) -> u64 {
+    pub(crate) fn memory_mib(&self) -> u64 {
         u64::from(self.memory_kib).div_ceil(1024)
     }
 }
@@ -127,7 +127,7 @@ impl Default for KdfLimits {
 
 impl KdfLimits {
     /// Checks a bundle's parameters before anything is derived.
-    pub fn check(&self, params: &KdfParams) -> Result<(), KdfError> {
+    pub(crate) fn check(&self, params: &KdfParams) -> Result<(), KdfError> {
         if params.time > self.max_time || params.lanes > self.max_lanes {
             return Err(KdfError::OverFixedLimit {
                 asked: *params,

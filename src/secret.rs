@@ -19,16 +19,16 @@ use zeroize::{Zeroize, Zeroizing};
 
 /// The alphabet of generated passwords: Crockford-style base32 without the
 /// letters that are misread (i, l, o, u), 5 bits a character.
-pub const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+pub(crate) const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
 /// 24 characters of 5 bits: 120 bits of entropy.
-pub const GENERATED_LEN: usize = 24;
+pub(crate) const GENERATED_LEN: usize = 24;
 const GROUP_LEN: usize = 4;
 /// The longest password keyferry reads from a file, descriptor or variable;
 /// anything longer is almost certainly the wrong file.
-pub const MAX_PASSWORD_LEN: usize = 1024;
+pub(crate) const MAX_PASSWORD_LEN: usize = 1024;
 /// Operators who bring their own password must bring at least this many
 /// characters.
-pub const MIN_CHOSEN_LEN: usize = 12;
+pub(crate) const MIN_CHOSEN_LEN: usize = 12;
 
 /// A bundle password in canonical form.
 #[derive(Clone)]
@@ -58,16 +58,17 @@ impl Password {
 
     /// The password itself, for the one place allowed to show it: the
     /// operator's terminal right after export.
-    pub fn reveal(&self) -> &str {
+    pub(crate) fn reveal(&self) -> &str {
         &self.0
     }
 
-    pub fn char_len(&self) -> usize {
+    pub(crate) fn char_len(&self) -> usize {
         self.0.chars().count()
     }
 
     /// Whether this is a generated-style password (24 alphabet characters).
-    pub fn is_generated_form(&self) -> bool {
+    #[cfg(test)]
+    fn is_generated_form(&self) -> bool {
         generated_chars(&self.0).is_some()
     }
 }
@@ -81,7 +82,7 @@ impl fmt::Debug for Password {
 /// Trims surrounding whitespace; a generated-style password typed in any
 /// case, with or without spaces and dashes, becomes lowercase groups of four
 /// joined by `-`. Anything else is kept as typed.
-pub fn canonicalize(typed: &str) -> String {
+pub(crate) fn canonicalize(typed: &str) -> String {
     let trimmed = typed.trim();
     match generated_chars(trimmed) {
         Some(chars) => group(&chars),
@@ -212,7 +213,7 @@ impl PasswordSource {
 
     /// Asks twice on the terminal for a password the operator chooses;
     /// other sources are read once.
-    pub fn read_new(&self, prompt: &str) -> Result<Password, SecretError> {
+    pub(crate) fn read_new(&self, prompt: &str) -> Result<Password, SecretError> {
         let password = self.read(prompt)?;
         if *self == PasswordSource::Prompt {
             let again = self.read("Repeat the password: ")?;
@@ -285,7 +286,7 @@ fn read_prompt(prompt: &str) -> Result<Zeroizing<Vec<u8>>, SecretError> {
 }
 
 /// Whether a terminal is there to prompt on.
-pub fn have_terminal() -> bool {
+pub(crate) fn have_terminal() -> bool {
     platform::have_terminal()
 }
 
@@ -300,7 +301,7 @@ mod platform {
 
     use zeroize::Zeroizing;
 
-    pub fn have_terminal() -> bool {
+    pub(crate) fn have_terminal() -> bool {
         std::io::stdin().is_terminal() || std::io::stderr().is_terminal()
     }
 
@@ -308,7 +309,7 @@ mod platform {
     /// duplicate: `fd` itself stays open. Closing it (even 0, 1 or 2) would
     /// let the next file keyferry opens take its number, and later
     /// messages meant for that descriptor would land in the file.
-    pub fn read_fd(fd: i32) -> io::Result<Zeroizing<Vec<u8>>> {
+    pub(crate) fn read_fd(fd: i32) -> io::Result<Zeroizing<Vec<u8>>> {
         if fd < 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -349,7 +350,7 @@ mod platform {
     };
     use zeroize::Zeroizing;
 
-    pub fn have_terminal() -> bool {
+    pub(crate) fn have_terminal() -> bool {
         [STD_INPUT_HANDLE, STD_ERROR_HANDLE]
             .into_iter()
             .any(|which| {
@@ -361,7 +362,7 @@ mod platform {
             })
     }
 
-    pub fn read_fd(_fd: i32) -> io::Result<Zeroizing<Vec<u8>>> {
+    pub(crate) fn read_fd(_fd: i32) -> io::Result<Zeroizing<Vec<u8>>> {
         Err(io::Error::from(io::ErrorKind::Unsupported))
     }
 }

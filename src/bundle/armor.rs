@@ -18,10 +18,10 @@ use base64::Engine;
 
 use super::BundleError;
 
-pub const BEGIN: &str = "-----BEGIN KEYFERRY BUNDLE-----";
-pub const END: &str = "-----END KEYFERRY BUNDLE-----";
+pub(crate) const BEGIN: &str = "-----BEGIN KEYFERRY BUNDLE-----";
+pub(crate) const END: &str = "-----END KEYFERRY BUNDLE-----";
 /// Base64 characters per line.
-pub const LINE_CHARS: usize = 64;
+pub(crate) const LINE_CHARS: usize = 64;
 /// Binary bytes per full line (64 characters encode 48 bytes).
 const LINE_BYTES: usize = LINE_CHARS / 4 * 3;
 /// The longest line the reader looks at before calling it malformed.
@@ -86,7 +86,7 @@ impl<W: Write> Write for ArmorWriter<W> {
 
 /// Whether `first_bytes` (the start of a file) look like armor: optional
 /// whitespace, then the BEGIN line's dashes.
-pub fn looks_armored(first_bytes: &[u8]) -> bool {
+pub(crate) fn looks_armored(first_bytes: &[u8]) -> bool {
     first_bytes
         .iter()
         .find(|b| !b.is_ascii_whitespace())

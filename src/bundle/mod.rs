@@ -21,7 +21,7 @@
 //!
 //! This module never touches the file system: it reads and writes streams.
 
-pub mod armor;
+pub(crate) mod armor;
 pub mod header;
 pub mod stream;
 
@@ -260,7 +260,7 @@ impl<R: BufRead> Source<R> {
         }
     }
 
-    pub fn is_armored(&self) -> bool {
+    pub(crate) fn is_armored(&self) -> bool {
         matches!(self, Source::Armored(_))
     }
 }
@@ -288,13 +288,13 @@ fn parse_header<R: BufRead>(input: R) -> Result<(Header, Source<R>), BundleError
 /// nothing is authenticated and no limit is checked, and it cannot be
 /// unlocked; an import goes through [`read_header`].
 #[derive(Clone, Debug)]
-pub struct Inspected {
+pub(crate) struct Inspected {
     pub header: Header,
     pub armored: bool,
 }
 
 /// Reads a bundle's header for display; see [`Inspected`].
-pub fn inspect<R: BufRead>(input: R) -> Result<Inspected, BundleError> {
+pub(crate) fn inspect<R: BufRead>(input: R) -> Result<Inspected, BundleError> {
     let (header, source) = parse_header(input)?;
     Ok(Inspected {
         header,

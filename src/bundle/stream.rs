@@ -53,13 +53,13 @@ const LOOK_AHEAD: usize = 2 * SEALED_CHUNK_SIZE + 1;
 /// The nonce of the next chunk: an 11-byte big-endian counter and a final
 /// byte that is 0x01 on the last chunk.
 #[derive(Debug)]
-pub struct ChunkNonce {
+pub(crate) struct ChunkNonce {
     counter: u64,
     last: bool,
 }
 
 impl ChunkNonce {
-    pub fn first() -> Self {
+    pub(crate) fn first() -> Self {
         Self {
             counter: 0,
             last: false,
@@ -67,12 +67,8 @@ impl ChunkNonce {
     }
 
     /// Index of the chunk this nonce seals.
-    pub fn index(&self) -> u64 {
+    pub(crate) fn index(&self) -> u64 {
         self.counter
-    }
-
-    pub fn is_last(&self) -> bool {
-        self.last
     }
 
     /// The nonce bytes, with the last flag as given (used by the opener to
@@ -270,14 +266,15 @@ impl<R: SealedInput> StreamOpener<R> {
 
     /// Whether the final chunk has been read and authenticated and all of
     /// its plaintext handed out.
-    pub fn is_complete(&self) -> bool {
+    #[cfg(test)]
+    fn is_complete(&self) -> bool {
         self.done && self.pos == self.plain.len()
     }
 
     /// Reads to the end, authenticating every remaining chunk, and fails if
     /// any plaintext is left: used where the caller's parser has already
     /// consumed all it expects.
-    pub fn expect_end(&mut self) -> Result<(), BundleError> {
+    pub(crate) fn expect_end(&mut self) -> Result<(), BundleError> {
         if self.fill_plain()?.is_empty() {
             Ok(())
         } else {

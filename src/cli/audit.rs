@@ -6,7 +6,7 @@ use crate::error::Result;
 use crate::ops::{audit_log, Home};
 
 #[derive(Subcommand, Debug)]
-pub enum AuditCommand {
+pub(crate) enum AuditCommand {
     /// List the audit records (a damaged log is listed too, with a warning).
     Show {
         /// Machine-readable output (one JSON array).

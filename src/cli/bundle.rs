@@ -12,7 +12,7 @@ use crate::ops::{inspect, Home};
 use crate::secret::PasswordSource;
 
 #[derive(Args, Debug)]
-pub struct ExportArgs {
+pub(crate) struct ExportArgs {
     /// The bundle file to create (never overwritten).
     #[arg(short = 'n', long = "file", value_name = "FILE")]
     file: PathBuf,
@@ -39,7 +39,7 @@ pub struct ExportArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct ImportArgs {
+pub(crate) struct ImportArgs {
     /// The bundle file to import.
     #[arg(short = 'n', long = "file", value_name = "FILE")]
     file: PathBuf,
@@ -83,7 +83,7 @@ pub struct ImportArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct InspectArgs {
+pub(crate) struct InspectArgs {
     /// The bundle file.
     #[arg(short = 'n', long = "file", value_name = "FILE")]
     file: PathBuf,
@@ -286,7 +286,7 @@ pub fn import(home: &Home, args: ImportArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn inspect(args: InspectArgs) -> Result<()> {
+pub(crate) fn inspect(args: InspectArgs) -> Result<()> {
     let i = inspect::inspect(&args.file)?;
     if args.json {
         return print_json(&i);

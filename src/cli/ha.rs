@@ -23,7 +23,7 @@ use crate::ops::Home;
 const DEFAULT_TIMEOUT_MS: u64 = 3000;
 
 #[derive(Subcommand, Debug)]
-pub enum HaCommand {
+pub(crate) enum HaCommand {
     /// Describe the pair in ha.toml (node name, addresses, ports, directories).
     Init(InitArgs),
     /// Print ha.toml.
@@ -40,7 +40,7 @@ pub enum HaCommand {
 }
 
 #[derive(Args, Debug)]
-pub struct InitArgs {
+pub(crate) struct InitArgs {
     /// This node's name (shown in status and audit records).
     #[arg(long, value_name = "NAME")]
     node: String,
@@ -77,7 +77,7 @@ pub struct InitArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct CheckArgs {
+pub(crate) struct CheckArgs {
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
@@ -94,7 +94,7 @@ pub struct CheckArgs {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum ArchiveCommand {
+pub(crate) enum ArchiveCommand {
     /// Remove WAL archive files (segments, .history, .backup, .partial) and nothing else.
     Clean {
         /// List what would be removed; remove nothing.
@@ -110,7 +110,7 @@ pub enum ArchiveCommand {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum HbaCommand {
+pub(crate) enum HbaCommand {
     /// Add (or update) keyferry's two lines for a peer, check them with PostgreSQL, reload.
     Ensure {
         /// The other node's IP address.
@@ -151,7 +151,7 @@ pub enum HbaCommand {
 
 /// Which `pg_hba.conf`, which role, and how to reach the local server.
 #[derive(Args, Debug)]
-pub struct TargetArgs {
+pub(crate) struct TargetArgs {
     /// The pg_hba.conf [default: <pg_data>/pg_hba.conf from ha.toml].
     #[arg(long, value_name = "PATH")]
     file: Option<PathBuf>,
@@ -364,7 +364,7 @@ fn print_change(report: &HbaChangeReport, verb: &str) {
     print_other_rules(&report.peer, &report.other_rules);
 }
 
-pub fn run_hba(home: &Home, cmd: HbaCommand) -> Result<()> {
+pub(crate) fn run_hba(home: &Home, cmd: HbaCommand) -> Result<()> {
     match cmd {
         HbaCommand::Ensure {
             peer,

@@ -5,7 +5,7 @@ use crate::error::Result;
 use crate::ops::{keys, Home};
 
 #[derive(Subcommand, Debug)]
-pub enum KeysCommand {
+pub(crate) enum KeysCommand {
     /// List the keys (never their material).
     List {
         /// Machine-readable output.

@@ -22,7 +22,7 @@ use tracing_subscriber::EnvFilter;
 use crate::error::{Error, Result};
 
 /// The environment variable holding extra filter directives.
-pub const ENV_FILTER: &str = "KEYFERRY_LOG";
+pub(crate) const ENV_FILTER: &str = "KEYFERRY_LOG";
 
 /// Installs the stderr logger for `verbosity` (the count of `-v`) and
 /// `KEYFERRY_LOG`; installs nothing when both are absent.

@@ -27,7 +27,7 @@ use crate::secret::PasswordSource;
                   4 malformed/modified bundle, 5 expired bundle, 6 KDF over import limit, 7 audit log damaged, \
                   8 preflight (ha check) failed"
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// The node's home (keyring.json, audit.log, backups/). Default: $KEYFERRY_HOME,
     /// else /var/lib/keyferry (Unix) or %ProgramData%\keyferry (Windows).
     #[arg(long, global = true, value_name = "DIR")]
@@ -86,7 +86,7 @@ enum BackupsCommand {
 /// command line: it would end up in shell history and process listings.
 #[derive(Args, Debug, Default)]
 #[group(multiple = false)]
-pub struct PasswordArgs {
+pub(crate) struct PasswordArgs {
     /// Read the password from the first line of this file.
     #[arg(long, value_name = "PATH")]
     password_file: Option<PathBuf>,

@@ -91,7 +91,7 @@ const ACCESS_DENIED_CALLBACK_ACE_TYPE: u8 = 10;
 const LOCAL_SYSTEM_SID: &str = "S-1-5-18";
 
 /// Creates `dir` and any missing parents, each with the owner-only DACL.
-pub fn create_private_dir_all(dir: &Path) -> io::Result<()> {
+pub(crate) fn create_private_dir_all(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -117,7 +117,7 @@ pub fn create_private_dir_all(dir: &Path) -> io::Result<()> {
 
 /// A new staged file in `dir` with a random name, created exclusively
 /// (`CREATE_NEW`) with the owner-only DACL.
-pub fn create_staged(builder: &tempfile::Builder, dir: &Path) -> io::Result<NamedTempFile> {
+pub(crate) fn create_staged(builder: &tempfile::Builder, dir: &Path) -> io::Result<NamedTempFile> {
     let sd = OwnerOnly::new(Kind::File)?;
     // `make_in` retries with another name when this returns AlreadyExists
     // (ERROR_FILE_EXISTS maps to it) and deletes the file if dropped.
@@ -136,7 +136,7 @@ pub fn create_staged(builder: &tempfile::Builder, dir: &Path) -> io::Result<Name
 /// Moves the staged file to `target` with `MoveFileExW`. Our handle is
 /// closed first (the data is already synced), so only the rename itself can
 /// fail; if it does, the staged file is deleted when `path` drops.
-pub fn persist(file: NamedTempFile, target: &Path, clobber: Clobber) -> io::Result<()> {
+pub(crate) fn persist(file: NamedTempFile, target: &Path, clobber: Clobber) -> io::Result<()> {
     let (file, mut path) = file.into_parts();
     drop(file);
     let mut flags = MOVEFILE_WRITE_THROUGH;
@@ -165,7 +165,7 @@ pub fn persist(file: NamedTempFile, target: &Path, clobber: Clobber) -> io::Resu
 /// `FILE_GENERIC_READ`: `LockFileEx`, behind `File::try_lock`, refuses a
 /// handle with neither read nor write-data access (ERROR_ACCESS_DENIED), so
 /// an append-only handle could not take the home's lock on Windows.
-pub fn open_append_private(path: &Path) -> io::Result<File> {
+pub(crate) fn open_append_private(path: &Path) -> io::Result<File> {
     let sd = OwnerOnly::new(Kind::File)?;
     create_file(
         path,
@@ -177,7 +177,7 @@ pub fn open_append_private(path: &Path) -> io::Result<File> {
 
 /// Nothing to do: `persist` renamed with `MOVEFILE_WRITE_THROUGH`, and
 /// Windows offers no fsync of a directory.
-pub fn sync_dir(_dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(_dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
@@ -187,7 +187,7 @@ pub fn sync_dir(_dir: &Path) -> io::Result<()> {
 /// owner, the current user, SYSTEM, Administrators or OWNER RIGHTS. Deny
 /// ACEs are ignored (a conservative answer), and an allow ACE of a type this
 /// code does not parse counts as shared.
-pub fn is_shared_readable(path: &Path) -> io::Result<bool> {
+pub(crate) fn is_shared_readable(path: &Path) -> io::Result<bool> {
     let user = CurrentUser::get()?;
     let security = FileSecurity::of(path)?;
     let (owner, dacl) = (security.owner, security.dacl);
@@ -244,11 +244,11 @@ pub fn is_shared_readable(path: &Path) -> io::Result<bool> {
 /// owner stays the caller (changing it needs privileges a copy must not
 /// assume).
 /// See [`crate::fsutil::foreign_control`]: not judged on Windows.
-pub fn foreign_control(_path: &Path, _follow: bool) -> io::Result<Option<String>> {
+pub(crate) fn foreign_control(_path: &Path, _follow: bool) -> io::Result<Option<String>> {
     Ok(None)
 }
 
-pub fn copy_owner_and_mode(from: &Path, to: &File) -> io::Result<()> {
+pub(crate) fn copy_owner_and_mode(from: &Path, to: &File) -> io::Result<()> {
     let security = FileSecurity::of(from)?;
     let (sd, dacl) = (security.sd.0, security.dacl);
     let mut control: u16 = 0;
@@ -282,7 +282,7 @@ pub fn copy_owner_and_mode(from: &Path, to: &File) -> io::Result<()> {
 }
 
 /// Bytes available to the caller on the volume that holds `path`.
-pub fn available_space(path: &Path) -> io::Result<u64> {
+pub(crate) fn available_space(path: &Path) -> io::Result<u64> {
     let wide = wide(path)?;
     let mut available: u64 = 0;
     // SAFETY: `wide` is NUL-terminated and outlives the call; the other

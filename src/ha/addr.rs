@@ -55,7 +55,7 @@ impl PeerAddr {
     }
 
     /// The single-host entry for `pg_hba.conf`: `IP/32` or `IP/128`.
-    pub fn hba_cidr(&self) -> String {
+    pub(crate) fn hba_cidr(&self) -> String {
         let prefix = match self.0 {
             IpAddr::V4(_) => IPV4_HOST_PREFIX,
             IpAddr::V6(_) => IPV6_HOST_PREFIX,

@@ -37,7 +37,7 @@ const BACKUP_SUFFIX: &str = ".backup";
 
 /// The kinds of WAL archive file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum WalFileKind {
+pub(crate) enum WalFileKind {
     /// A complete WAL segment.
     Segment,
     /// The last, incomplete segment of a timeline, kept at promotion.
@@ -49,7 +49,7 @@ pub enum WalFileKind {
 }
 
 /// Classifies a file name; `None` means "not a WAL archive file".
-pub fn classify(name: &str) -> Option<WalFileKind> {
+pub(crate) fn classify(name: &str) -> Option<WalFileKind> {
     if is_upper_hex(name, SEGMENT_NAME_LEN) {
         return Some(WalFileKind::Segment);
     }
@@ -73,7 +73,7 @@ fn is_upper_hex(s: &str, len: usize) -> bool {
 
 /// One file a clean would remove.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ArchiveFile {
+pub(crate) struct ArchiveFile {
     /// Full path.
     pub path: PathBuf,
     /// Its kind.
@@ -84,7 +84,7 @@ pub struct ArchiveFile {
 
 /// What a clean of one directory would do.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CleanPlan {
+pub(crate) struct CleanPlan {
     /// The archive directory.
     pub dir: PathBuf,
     /// WAL archive files, sorted by name (so oldest segment first).
@@ -95,14 +95,14 @@ pub struct CleanPlan {
 
 impl CleanPlan {
     /// Total bytes the clean would free.
-    pub fn total_bytes(&self) -> u64 {
+    pub(crate) fn total_bytes(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
     }
 }
 
 /// What a clean did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CleanReport {
+pub(crate) struct CleanReport {
     /// Files removed.
     pub removed: usize,
     /// Bytes freed (sizes as planned).
@@ -114,7 +114,7 @@ pub struct CleanReport {
 
 /// Lists the WAL archive files directly inside `dir` with their sizes.
 /// Reads only; this is the whole of a dry run.
-pub fn plan(dir: &Path) -> Result<CleanPlan, Error> {
+pub(crate) fn plan(dir: &Path) -> Result<CleanPlan, Error> {
     let list_error = |source| Error::ArchiveList {
         path: dir.to_path_buf(),
         source,
@@ -147,7 +147,7 @@ pub fn plan(dir: &Path) -> Result<CleanPlan, Error> {
 /// Removes the files of `plan`. Each is checked again just before removal
 /// (still a regular file, not a link); one that changed is skipped and
 /// reported. Stops at the first file that cannot be removed.
-pub fn clean(plan: &CleanPlan) -> Result<CleanReport, Error> {
+pub(crate) fn clean(plan: &CleanPlan) -> Result<CleanReport, Error> {
     let mut report = CleanReport::default();
     for file in &plan.files {
         let still_regular = fs::symlink_metadata(&file.path).is_ok_and(|m| m.file_type().is_file());

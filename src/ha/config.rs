@@ -47,28 +47,28 @@ use crate::ha::error::Error;
 use crate::ha::hba::validate_role_name;
 
 /// The `ha.toml` format version this build reads and writes.
-pub const CONFIG_VERSION: u32 = 1;
+pub(crate) const CONFIG_VERSION: u32 = 1;
 /// PostgreSQL's default port.
-pub const DEFAULT_PG_PORT: u16 = 5432;
+pub(crate) const DEFAULT_PG_PORT: u16 = 5432;
 /// The web services' default port.
-pub const DEFAULT_WEB_PORT: u16 = 6500;
+pub(crate) const DEFAULT_WEB_PORT: u16 = 6500;
 /// Default role used by the replica to stream from the primary.
-pub const DEFAULT_REPLICATION_USER: &str = "repuser";
+pub(crate) const DEFAULT_REPLICATION_USER: &str = "repuser";
 /// Longest node name accepted (it appears in audit records and status).
-pub const MAX_NODE_NAME_CHARS: usize = 64;
+pub(crate) const MAX_NODE_NAME_CHARS: usize = 64;
 
 /// Where the PostgreSQL programs are on a default installation.
 #[cfg(windows)]
-pub const DEFAULT_PG_BIN: &str = r"C:\Program Files\PostgreSQL\15\bin";
+pub(crate) const DEFAULT_PG_BIN: &str = r"C:\Program Files\PostgreSQL\15\bin";
 /// Where the PostgreSQL data directory is on a default installation.
 #[cfg(windows)]
-pub const DEFAULT_PG_DATA: &str = r"C:\Program Files\PostgreSQL\15\data";
+pub(crate) const DEFAULT_PG_DATA: &str = r"C:\Program Files\PostgreSQL\15\data";
 /// Where the PostgreSQL programs are on a default installation.
 #[cfg(not(windows))]
-pub const DEFAULT_PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+pub(crate) const DEFAULT_PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 /// Where the PostgreSQL data directory is on a default installation.
 #[cfg(not(windows))]
-pub const DEFAULT_PG_DATA: &str = "/var/lib/postgresql/15/main";
+pub(crate) const DEFAULT_PG_DATA: &str = "/var/lib/postgresql/15/main";
 
 /// How keyferry starts and stops the local PostgreSQL server.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -163,7 +163,7 @@ pub struct LocalPaths {
 }
 
 impl LocalPaths {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self == &Self::default()
     }
 }
@@ -290,7 +290,7 @@ impl HaConfig {
     }
 
     /// Checks the invariants listed in the module docs.
-    pub fn validate(&self) -> Result<(), Error> {
+    pub(crate) fn validate(&self) -> Result<(), Error> {
         let invalid = |field, reason: &str| {
             Err(Error::ConfigValue {
                 field,
@@ -377,7 +377,7 @@ impl HaConfig {
     /// (the receiver's current `ha.toml`) when there is one, else from
     /// `given` (the import's command line) and the defaults; a path given
     /// nowhere stays unset. The node name is always `node`.
-    pub fn for_receiving_node(
+    pub(crate) fn for_receiving_node(
         &self,
         node: &str,
         local: Option<&HaConfig>,
@@ -415,7 +415,7 @@ impl HaConfig {
     }
 
     /// The fields whose values differ from `self` to `other`, in file order.
-    pub fn changes_to(&self, other: &HaConfig) -> Vec<FieldChange> {
+    pub(crate) fn changes_to(&self, other: &HaConfig) -> Vec<FieldChange> {
         let a = self.display_fields();
         let b = other.display_fields();
         a.into_iter()

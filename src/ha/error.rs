@@ -110,7 +110,7 @@ pub enum Error {
 impl Error {
     /// Whether the error is about what the operator typed (an address, a
     /// role name, a method) rather than about the state of the node.
-    pub fn is_usage(&self) -> bool {
+    pub(crate) fn is_usage(&self) -> bool {
         matches!(self, Error::Address { .. } | Error::RoleName { .. })
     }
 }

@@ -81,7 +81,7 @@ pub enum HbaMethod {
 
 impl HbaMethod {
     /// The keyword as written in `pg_hba.conf`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::ScramSha256 => "scram-sha-256",
             Self::Md5 => "md5",
@@ -246,7 +246,7 @@ pub fn managed_blocks(text: &[u8]) -> Result<Vec<ManagedBlock>, Error> {
 
 /// Checks that `name` can be written unquoted into the user column of
 /// `pg_hba.conf` and means one role both there and in SQL.
-pub fn validate_role_name(name: &str) -> Result<(), Error> {
+pub(crate) fn validate_role_name(name: &str) -> Result<(), Error> {
     let refuse = |reason| Error::RoleName {
         name: name.to_owned(),
         reason,
@@ -542,22 +542,22 @@ pub struct HbaRecord {
 
 impl HbaRecord {
     /// The connection type or directive (`local`, `host`, `include`, …).
-    pub fn kind(&self) -> Option<&str> {
+    pub(crate) fn kind(&self) -> Option<&str> {
         self.word(0)
     }
 
     /// The first token of field `index`, if any.
-    pub fn word(&self, index: usize) -> Option<&str> {
+    pub(crate) fn word(&self, index: usize) -> Option<&str> {
         self.fields.get(index)?.first().map(|t| t.text.as_str())
     }
 
     /// Whether this is a `host*` record, which has an address field.
-    pub fn is_host_record(&self) -> bool {
+    pub(crate) fn is_host_record(&self) -> bool {
         self.kind().is_some_and(|k| k.starts_with("host"))
     }
 
     /// The address field of a `host*` record.
-    pub fn address(&self) -> Option<&str> {
+    pub(crate) fn address(&self) -> Option<&str> {
         if self.is_host_record() {
             self.word(3)
         } else {
@@ -567,7 +567,8 @@ impl HbaRecord {
 
     /// The authentication method: the field after the address (and after
     /// the netmask when the address is given as IP plus mask).
-    pub fn method(&self) -> Option<&str> {
+    #[cfg(test)]
+    fn method(&self) -> Option<&str> {
         if !self.is_host_record() {
             return match self.kind() {
                 Some("local") => self.word(3),
@@ -581,7 +582,7 @@ impl HbaRecord {
 
     /// Every token's text, unquoted, in order: a flat view for comparisons
     /// and display.
-    pub fn plain_words(&self) -> Vec<&str> {
+    pub(crate) fn plain_words(&self) -> Vec<&str> {
         self.fields
             .iter()
             .flatten()
@@ -710,7 +711,7 @@ fn next_token(chars: &[char], pos: &mut usize) -> Option<(HbaToken, bool)> {
 
 /// How a record's address covers the peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Coverage {
+pub(crate) enum Coverage {
     /// The record names exactly the peer's address (`IP`, `IP/32`, `IP/128`
     /// or IP with an all-ones mask).
     Exact,
@@ -720,7 +721,7 @@ pub enum Coverage {
 
 /// A record outside keyferry's blocks whose address covers the peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerMention {
+pub(crate) struct PeerMention {
     /// The record.
     pub record: HbaRecord,
     /// Whether it names the peer alone or a network around it.
@@ -730,7 +731,7 @@ pub struct PeerMention {
 /// Records outside keyferry's blocks whose IP address field covers `peer`.
 /// Records with `all`, `samehost`, `samenet` or host names are not
 /// reported: they depend on the server's interfaces or on DNS.
-pub fn rules_mentioning(text: &[u8], peer: &PeerAddr) -> Result<Vec<PeerMention>, Error> {
+pub(crate) fn rules_mentioning(text: &[u8], peer: &PeerAddr) -> Result<Vec<PeerMention>, Error> {
     let blocks = managed_blocks(text)?;
     let inside = |line: usize| {
         blocks

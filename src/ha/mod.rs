@@ -27,13 +27,13 @@
 //! Errors are one [`Error`] type for the whole module; its messages name the
 //! problem and the way out on one line and never carry secrets.
 
-pub mod addr;
+pub(crate) mod addr;
 pub mod archive;
 pub mod config;
 mod error;
 pub mod hba;
-pub mod net;
-pub mod preflight;
+pub(crate) mod net;
+pub(crate) mod preflight;
 pub mod role;
 
 pub use addr::PeerAddr;

@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 /// Connects to `addr` and closes again; returns how long the connect took.
-pub fn tcp_probe(addr: SocketAddr, timeout: Duration) -> io::Result<Duration> {
+pub(crate) fn tcp_probe(addr: SocketAddr, timeout: Duration) -> io::Result<Duration> {
     let start = Instant::now();
     let stream = TcpStream::connect_timeout(&addr, timeout)?;
     let elapsed = start.elapsed();
@@ -19,12 +19,12 @@ pub fn tcp_probe(addr: SocketAddr, timeout: Duration) -> io::Result<Duration> {
 /// Whether `ip` is an address of this machine (in this network
 /// namespace): binding a socket to it succeeds only then. Portable, and it
 /// needs no privilege since port 0 lets the system choose.
-pub fn is_local(ip: IpAddr) -> bool {
+pub(crate) fn is_local(ip: IpAddr) -> bool {
     UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
 /// A one-line description of a failed probe, with the usual cause.
-pub fn describe_probe_error(e: &io::Error) -> String {
+pub(crate) fn describe_probe_error(e: &io::Error) -> String {
     match e.kind() {
         io::ErrorKind::ConnectionRefused => {
             "connection refused (nothing listens on that port)".to_owned()

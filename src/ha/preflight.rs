@@ -48,7 +48,7 @@ const DISK_MARGIN: f64 = 1.25;
 /// A check's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Status {
+pub(crate) enum Status {
     /// Nothing to do.
     Ok,
     /// Worth fixing; does not stop a bootstrap.
@@ -59,7 +59,7 @@ pub enum Status {
 
 impl Status {
     /// `ok`, `warn` or `fail`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Status::Ok => "ok",
             Status::Warn => "warn",
@@ -70,7 +70,7 @@ impl Status {
 
 /// What one check found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Fact {
+pub(crate) struct Fact {
     /// The check's name, e.g. `port.primary.pg`.
     pub name: String,
     /// Its verdict.
@@ -84,12 +84,12 @@ pub struct Fact {
 
 impl Fact {
     /// An `ok` fact.
-    pub fn ok(name: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn ok(name: impl Into<String>, message: impl Into<String>) -> Self {
         Self::new(name, Status::Ok, message, None)
     }
 
     /// A `warn` fact with its fix.
-    pub fn warn(
+    pub(crate) fn warn(
         name: impl Into<String>,
         message: impl Into<String>,
         fix: impl Into<String>,
@@ -98,7 +98,7 @@ impl Fact {
     }
 
     /// A `fail` fact with its fix.
-    pub fn fail(
+    pub(crate) fn fail(
         name: impl Into<String>,
         message: impl Into<String>,
         fix: impl Into<String>,
@@ -124,7 +124,7 @@ impl Fact {
 /// Which node of the pair (as `ha.toml` names them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Side {
+pub(crate) enum Side {
     /// `primary` in `ha.toml`.
     Primary,
     /// `secondary` in `ha.toml`.
@@ -133,10 +133,10 @@ pub enum Side {
 
 impl Side {
     /// Both, primary first.
-    pub const BOTH: [Side; 2] = [Side::Primary, Side::Secondary];
+    pub(crate) const BOTH: [Side; 2] = [Side::Primary, Side::Secondary];
 
     /// `primary` or `secondary`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Side::Primary => "primary",
             Side::Secondary => "secondary",
@@ -144,7 +144,7 @@ impl Side {
     }
 
     /// This side's address in `config`.
-    pub fn address(self, config: &HaConfig) -> PeerAddr {
+    pub(crate) fn address(self, config: &HaConfig) -> PeerAddr {
         match self {
             Side::Primary => config.primary,
             Side::Secondary => config.secondary,
@@ -154,7 +154,7 @@ impl Side {
 
 /// A port of a node that the preflight probes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Service {
+pub(crate) enum Service {
     /// PostgreSQL (`pg_port`).
     Pg,
     /// The web services (`web_port`).
@@ -163,15 +163,11 @@ pub enum Service {
 
 /// Everything [`run`] found.
 #[derive(Debug, Clone)]
-pub struct Preflight {
+pub(crate) struct Preflight {
     /// This machine's side, when one of the two addresses is its own.
     pub this_node: Option<Side>,
     /// The facts, in the order of the module documentation.
     pub facts: Vec<Fact>,
-    /// What SQL told about the primary's server, when it could be read.
-    pub primary: Option<ServerFacts>,
-    /// The same for the secondary's.
-    pub secondary: Option<ServerFacts>,
 }
 
 /// Runs every check of the table in the module documentation, in order.
@@ -217,16 +213,11 @@ pub fn run(
     facts.push(data_dir_state(config, this_node));
     facts.push(archive_contents(config));
     facts.push(free_disk(config, primary.as_ref()));
-    Preflight {
-        this_node,
-        facts,
-        primary,
-        secondary,
-    }
+    Preflight { this_node, facts }
 }
 
 /// `node`: which of the two addresses belongs to this machine.
-pub fn this_node(config: &HaConfig) -> (Option<Side>, Fact) {
+pub(crate) fn this_node(config: &HaConfig) -> (Option<Side>, Fact) {
     match (
         net::is_local(config.primary.ip()),
         net::is_local(config.secondary.ip()),
@@ -262,7 +253,12 @@ fn this_node_ok(config: &HaConfig, side: Side) -> Fact {
 }
 
 /// `port.<side>.pg` / `port.<side>.web`: a TCP connect within `timeout`.
-pub fn port_reachable(config: &HaConfig, side: Side, service: Service, timeout: Duration) -> Fact {
+pub(crate) fn port_reachable(
+    config: &HaConfig,
+    side: Side,
+    service: Service,
+    timeout: Duration,
+) -> Fact {
     let ip = side.address(config);
     let (kind, port, what) = match service {
         Service::Pg => ("pg", config.pg_port, "PostgreSQL"),
@@ -295,7 +291,7 @@ pub fn port_reachable(config: &HaConfig, side: Side, service: Service, timeout: 
 /// `replication`: a physical replication connection to the primary as the
 /// replication user. `reachable`: whether the primary's PostgreSQL port
 /// answered ([`port_reachable`]); it is not tried otherwise.
-pub fn replication_connection(
+pub(crate) fn replication_connection(
     config: &HaConfig,
     this_node: Option<Side>,
     credentials: &Credentials,
@@ -344,7 +340,7 @@ pub fn replication_connection(
 /// `postgres`, and the [`ServerFacts`] read through it. A failure is a
 /// `fail` for the primary and a `warn` for the secondary (which a
 /// bootstrap replaces).
-pub fn sql_connection(
+pub(crate) fn sql_connection(
     config: &HaConfig,
     side: Side,
     this_node: Option<Side>,
@@ -399,7 +395,7 @@ pub fn sql_connection(
 }
 
 /// `wal_level`: the primary's is `replica` or `logical`.
-pub fn wal_level(primary: Option<&ServerFacts>) -> Fact {
+pub(crate) fn wal_level(primary: Option<&ServerFacts>) -> Fact {
     match primary {
         Some(f) if f.wal_level == "replica" || f.wal_level == "logical" => {
             Fact::ok("wal_level", format!("primary wal_level = {}", f.wal_level))
@@ -414,7 +410,7 @@ pub fn wal_level(primary: Option<&ServerFacts>) -> Fact {
 }
 
 /// `wal_senders`: the primary has a WAL sender free for a replica.
-pub fn max_wal_senders(primary: Option<&ServerFacts>) -> Fact {
+pub(crate) fn max_wal_senders(primary: Option<&ServerFacts>) -> Fact {
     match primary {
         Some(f) if f.max_wal_senders == 0 => Fact::fail(
             "wal_senders",
@@ -442,7 +438,7 @@ pub fn max_wal_senders(primary: Option<&ServerFacts>) -> Fact {
 /// `version` (and `pg_bin` when this node's programs cannot tell theirs):
 /// the major versions of both servers and of the programs in `pg_bin`
 /// agree.
-pub fn versions_match(
+pub(crate) fn versions_match(
     config: &HaConfig,
     primary: Option<&ServerFacts>,
     secondary: Option<&ServerFacts>,
@@ -504,7 +500,7 @@ fn compare_majors(majors: &[(String, u32)]) -> Fact {
 
 /// `data_dir`: this node's data directory is missing, empty, or a cluster
 /// in the state `pg_controldata` reports.
-pub fn data_dir_state(config: &HaConfig, this_node: Option<Side>) -> Fact {
+pub(crate) fn data_dir_state(config: &HaConfig, this_node: Option<Side>) -> Fact {
     let dir = &config.pg_data;
     let listed = std::fs::read_dir(dir).map(|mut entries| entries.next().is_none());
     match listed {
@@ -553,7 +549,7 @@ pub fn data_dir_state(config: &HaConfig, this_node: Option<Side>) -> Fact {
 }
 
 /// `archive`: WAL archive files left in `archive_dir`.
-pub fn archive_contents(config: &HaConfig) -> Fact {
+pub(crate) fn archive_contents(config: &HaConfig) -> Fact {
     let Some(dir) = &config.archive_dir else {
         return Fact::ok("archive", "no archive_dir in ha.toml: nothing to check");
     };
@@ -581,7 +577,7 @@ pub fn archive_contents(config: &HaConfig) -> Fact {
 
 /// `disk`: free space on the file system of this node's data directory
 /// against the size of the primary's databases.
-pub fn free_disk(config: &HaConfig, primary: Option<&ServerFacts>) -> Fact {
+pub(crate) fn free_disk(config: &HaConfig, primary: Option<&ServerFacts>) -> Fact {
     let Some(dir) = existing_ancestor(&config.pg_data) else {
         return Fact::warn(
             "disk",

@@ -43,7 +43,7 @@ pub enum Role {
 
 impl Role {
     /// The role of a server that answered `pg_is_in_recovery()`.
-    pub fn from_recovery(in_recovery: bool) -> Self {
+    pub(crate) fn from_recovery(in_recovery: bool) -> Self {
         if in_recovery {
             Role::RunningReplica
         } else {
@@ -51,15 +51,10 @@ impl Role {
         }
     }
 
-    /// Whether a server runs (primary or replica).
-    pub fn is_running(self) -> bool {
-        matches!(self, Role::RunningPrimary | Role::RunningReplica)
-    }
-
     /// The role of a node where nothing answered, given what
     /// `pg_ctl status` said about its local data directory (`None`: the
     /// node is remote, or its directory is not known).
-    pub fn when_unanswered(local: Option<Result<ServerStatus, PgError>>) -> Self {
+    pub(crate) fn when_unanswered(local: Option<Result<ServerStatus, PgError>>) -> Self {
         match local {
             Some(Ok(ServerStatus::NotRunning)) => Role::Stopped,
             _ => Role::Unreachable,
@@ -123,7 +118,6 @@ mod tests {
             assert_eq!(role.to_string(), shown);
             assert_eq!(serde_json::to_value(role).unwrap(), json);
             assert_eq!(serde_json::from_value::<Role>(json.into()).unwrap(), role);
-            assert_eq!(role.is_running(), shown.starts_with("Running"));
         }
     }
 

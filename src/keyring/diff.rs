@@ -49,7 +49,7 @@ pub struct KeyDiff {
 }
 
 impl KeyDiff {
-    pub fn between(old: &Keyring, new: &Keyring) -> Self {
+    pub(crate) fn between(old: &Keyring, new: &Keyring) -> Self {
         let by_id = |k: &Keyring| -> BTreeMap<u32, Key> {
             k.keys().iter().map(|key| (key.id, key.clone())).collect()
         };
@@ -75,7 +75,7 @@ impl KeyDiff {
     }
 
     /// Ids whose material would be lost (removed or replaced).
-    pub fn lost(&self) -> Vec<u32> {
+    pub(crate) fn lost(&self) -> Vec<u32> {
         self.keys
             .iter()
             .filter(|(_, c)| matches!(c, KeyChange::Removed | KeyChange::Replaced))

@@ -110,7 +110,7 @@ impl KeyMaterial {
         &self.0
     }
 
-    pub(crate) fn from_base64(s: &str) -> Option<Self> {
+    pub fn from_base64(s: &str) -> Option<Self> {
         let mut m = Zeroizing::new([0u8; KEY_LEN + 3]);
         match STANDARD.decode_slice(s, m.as_mut()) {
             Ok(KEY_LEN) => {
@@ -183,7 +183,7 @@ struct KeyWire {
 
 /// A secret string read from JSON (base64 key material), wiped on drop.
 /// serde hands over an owned `String`, which moves in without a copy.
-pub(crate) struct SecretText(pub(crate) Zeroizing<String>);
+pub struct SecretText(pub Zeroizing<String>);
 
 impl<'de> Deserialize<'de> for SecretText {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -481,7 +481,7 @@ fn check_invariants(primary: u32, keys: &[Key]) -> Result<(), KeyringError> {
 
 /// Serializes a document holding keys into a buffer sized up front, so that
 /// no reallocation leaves a copy of the keys behind in freed memory.
-pub(crate) fn to_json_zeroizing<T: Serialize>(value: &T, keys: usize) -> Zeroizing<Vec<u8>> {
+pub fn to_json_zeroizing<T: Serialize>(value: &T, keys: usize) -> Zeroizing<Vec<u8>> {
     const BYTES_PER_KEY: usize = 256;
     const FIXED: usize = 1024;
     let mut buf = Zeroizing::new(Vec::with_capacity(FIXED + keys * BYTES_PER_KEY));

@@ -21,9 +21,9 @@ use super::Home;
 use crate::error::{Error, Result};
 
 /// Backups kept per file unless the home's configuration says otherwise.
-pub const DEFAULT_KEEP: usize = 10;
+pub(crate) const DEFAULT_KEEP: usize = 10;
 /// The home's own settings file.
-pub const SETTINGS_FILE: &str = "keyferry.toml";
+pub(crate) const SETTINGS_FILE: &str = "keyferry.toml";
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -51,7 +51,7 @@ fn default_keep() -> usize {
 
 impl Home {
     /// Backups to keep per file, from `keyferry.toml`.
-    pub fn backups_keep(&self) -> Result<usize> {
+    pub(crate) fn backups_keep(&self) -> Result<usize> {
         let path = self.root().join(SETTINGS_FILE);
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
@@ -75,14 +75,14 @@ impl Home {
     }
 
     /// The backups beyond the newest `keep` of each file, oldest first.
-    pub fn backups_beyond(&self, keep: usize) -> Result<Vec<PathBuf>> {
+    pub(crate) fn backups_beyond(&self, keep: usize) -> Result<Vec<PathBuf>> {
         let dir = self.backup_dir();
         beyond(&dir, keep).map_err(Error::io(format!("cannot list {}", dir.display())))
     }
 
     /// `keyferry backups prune`: removes the backups beyond `keep` per file
     /// (default: the home's setting), audited as an irreversible step.
-    pub fn prune_backups(&self, keep: Option<usize>) -> Result<PruneReport> {
+    pub(crate) fn prune_backups(&self, keep: Option<usize>) -> Result<PruneReport> {
         let keep = match keep {
             Some(0) => {
                 return Err(Error::Usage(
@@ -121,7 +121,7 @@ impl Home {
 
 /// What `backups prune` removed.
 #[derive(Debug)]
-pub struct PruneReport {
+pub(crate) struct PruneReport {
     pub keep: usize,
     pub removed: Vec<PathBuf>,
 }

@@ -44,7 +44,7 @@ use crate::keyring::{KeyMaterial, Keyring};
 
 /// How a change ended, for the caller's report.
 #[derive(Debug, Clone, Default)]
-pub struct Receipt {
+pub(crate) struct Receipt {
     /// Whether the change was audited (the node has a keystore).
     pub audited: bool,
     /// The keystore's previous version, when the keys changed.
@@ -55,19 +55,19 @@ pub struct Receipt {
 
 /// What an irreversible step got done, for its outcome record.
 #[derive(Debug, Default)]
-pub struct Progress {
+pub(crate) struct Progress {
     details: BTreeMap<String, Value>,
 }
 
 impl Progress {
     /// Records a fact about how far the step got (counts, not secrets).
-    pub fn set(&mut self, key: &str, value: impl Into<Value>) {
+    pub(crate) fn set(&mut self, key: &str, value: impl Into<Value>) {
         self.details.insert(key.to_owned(), value.into());
     }
 }
 
 /// A change to a node under way. See the module documentation.
-pub struct Change<'n> {
+pub(crate) struct Change<'n> {
     node: &'n mut Node,
     /// Tags the change's staged files, so recovery can find them.
     tag: String,
@@ -88,7 +88,11 @@ pub struct Change<'n> {
 impl Node {
     /// Starts a change named `action` (the audit record's action), with the
     /// record's details so far.
-    pub fn begin(&mut self, action: &str, details: BTreeMap<String, Value>) -> Result<Change<'_>> {
+    pub(crate) fn begin(
+        &mut self,
+        action: &str,
+        details: BTreeMap<String, Value>,
+    ) -> Result<Change<'_>> {
         let keep = self.home.backups_keep()?;
         let journal = Journal::new(action, crate::fmt::fmt_time(now_unix()));
         let path = self.home.journal_path();
@@ -116,19 +120,14 @@ impl Node {
 }
 
 impl Change<'_> {
-    /// Adds a detail to the audit record.
-    pub fn detail(&mut self, key: &str, value: impl Into<Value>) {
-        self.details.insert(key.to_owned(), value.into());
-    }
-
     /// The keyring the keystore will hold when the change commits.
-    pub fn set_keyring(&mut self, keyring: Keyring) {
+    pub(crate) fn set_keyring(&mut self, keyring: Keyring) {
         self.keyring = Some(keyring);
     }
 
     /// Journals `undo`, then runs `apply`. On failure every step so far is
     /// undone and the error returned.
-    pub fn step<T>(&mut self, undo: Undo, apply: impl FnOnce() -> Result<T>) -> Result<T> {
+    pub(crate) fn step<T>(&mut self, undo: Undo, apply: impl FnOnce() -> Result<T>) -> Result<T> {
         self.journal.undo.push(undo);
         if let Err(e) = self.write_journal() {
             self.journal.undo.pop();
@@ -140,7 +139,7 @@ impl Change<'_> {
     /// A staged file in `dir` for this change (to be persisted by a step);
     /// a crash before then leaves nothing behind that recovery does not
     /// remove.
-    pub fn stage_in(&mut self, dir: &Path) -> Result<Staged> {
+    pub(crate) fn stage_in(&mut self, dir: &Path) -> Result<Staged> {
         let what = format!("cannot write in {}", dir.display());
         let known = self
             .journal
@@ -161,7 +160,7 @@ impl Change<'_> {
     /// Replaces (or creates) `target` with `data`, backing up the old
     /// version into the home's backups: a step whose undo puts the old
     /// version back (or removes the new file). Returns the backup's path.
-    pub fn replace_file(
+    pub(crate) fn replace_file(
         &mut self,
         target: &Path,
         data: &mut dyn Read,
@@ -197,7 +196,7 @@ impl Change<'_> {
 
     /// Moves the staged file to `target`, which must not exist: a step
     /// whose undo removes it again.
-    pub fn create_file(&mut self, staged: Staged, target: &Path) -> Result<()> {
+    pub(crate) fn create_file(&mut self, staged: Staged, target: &Path) -> Result<()> {
         let what = format!("cannot create {}", target.display());
         let undo = Undo::remove_copy_of(target, staged.path())
             .map_err(Error::io(what.clone()))
@@ -210,7 +209,7 @@ impl Change<'_> {
     /// files it will remove, so that an interrupted run can be counted.
     /// Afterwards the change goes on; a failure is recorded (with what
     /// `apply` noted in its [`Progress`]) before it is returned.
-    pub fn irreversible<T>(
+    pub(crate) fn irreversible<T>(
         &mut self,
         what: &str,
         removes: Vec<PathBuf>,
@@ -255,7 +254,7 @@ impl Change<'_> {
     }
 
     /// Undoes every step so far and ends the change.
-    pub fn abort(mut self) -> Result<()> {
+    pub(crate) fn abort(mut self) -> Result<()> {
         self.rollback()
     }
 

@@ -34,7 +34,7 @@ const VERSION: u32 = 1;
 /// What was under way when the journal was last written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "phase", rename_all = "kebab-case")]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Undoable steps are being applied; nothing is committed.
     Steps,
     /// The audit record below is being appended and the keystore replaced;
@@ -65,7 +65,7 @@ pub enum Phase {
 
 /// An irreversible step, as the journal names it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Irreversible {
+pub(crate) struct Irreversible {
     pub what: String,
     /// Files the step removes, to count what it got done.
     pub removes: Vec<PathBuf>,
@@ -74,7 +74,7 @@ pub struct Irreversible {
 /// How to take back one effect.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "undo", rename_all = "kebab-case")]
-pub enum Undo {
+pub(crate) enum Undo {
     /// The step created `path` with contents hashing to `sha256`.
     Remove { path: PathBuf, sha256: String },
     /// The step replaced `path`; its previous contents are in `backup`.
@@ -88,7 +88,8 @@ pub enum Undo {
 
 impl Undo {
     /// Removing `path`, created with `contents`.
-    pub fn remove(path: &Path, contents: &[u8]) -> io::Result<Self> {
+    #[cfg(test)]
+    fn remove(path: &Path, contents: &[u8]) -> io::Result<Self> {
         Ok(Self::Remove {
             path: std::path::absolute(path)?,
             sha256: hex_sha256(contents),
@@ -96,7 +97,7 @@ impl Undo {
     }
 
     /// Removing `path`, created as a copy of the file `source`.
-    pub fn remove_copy_of(path: &Path, source: &Path) -> io::Result<Self> {
+    pub(crate) fn remove_copy_of(path: &Path, source: &Path) -> io::Result<Self> {
         Ok(Self::Remove {
             path: std::path::absolute(path)?,
             sha256: file_sha256(source)?,
@@ -104,7 +105,7 @@ impl Undo {
     }
 
     /// Putting `backup` back over `path`.
-    pub fn restore(path: &Path, backup: &Path) -> io::Result<Self> {
+    pub(crate) fn restore(path: &Path, backup: &Path) -> io::Result<Self> {
         Ok(Self::Restore {
             path: std::path::absolute(path)?,
             backup: std::path::absolute(backup)?,
@@ -112,7 +113,8 @@ impl Undo {
     }
 
     /// Moving `to` back to `from`.
-    pub fn move_back(from: &Path, to: &Path) -> io::Result<Self> {
+    #[cfg(test)]
+    fn move_back(from: &Path, to: &Path) -> io::Result<Self> {
         Ok(Self::MoveBack {
             from: std::path::absolute(from)?,
             to: std::path::absolute(to)?,
@@ -120,7 +122,7 @@ impl Undo {
     }
 
     /// Sweeping the change's staged files out of `dir`.
-    pub fn sweep(dir: &Path, tag: &str) -> io::Result<Self> {
+    pub(crate) fn sweep(dir: &Path, tag: &str) -> io::Result<Self> {
         Ok(Self::Sweep {
             dir: std::path::absolute(dir)?,
             tag: tag.to_owned(),
@@ -128,7 +130,7 @@ impl Undo {
     }
 
     /// Takes the effect back, if it happened.
-    pub fn apply(&self) -> io::Result<()> {
+    pub(crate) fn apply(&self) -> io::Result<()> {
         match self {
             Undo::Sweep { dir, tag } => fsutil::sweep_staged(dir, tag).map(drop),
             Undo::Remove { path, sha256 } => match file_sha256(path) {
@@ -165,7 +167,7 @@ impl Undo {
     }
 
     /// What this undo restores, for messages.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Undo::Remove { path, .. } => format!("remove {}", path.display()),
             Undo::Restore { path, backup } => {
@@ -187,6 +189,7 @@ fn exists(p: &Path) -> io::Result<bool> {
     }
 }
 
+#[cfg(test)]
 fn hex_sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -207,7 +210,7 @@ fn file_sha256(path: &Path) -> io::Result<String> {
 
 /// The journal file's contents.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Journal {
+pub(crate) struct Journal {
     format: String,
     version: u32,
     /// The audit action of the change.

@@ -33,17 +33,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::audit;
 use crate::error::{Error, Result};
 use crate::fsutil;
-pub use backups::{PruneReport, DEFAULT_KEEP, SETTINGS_FILE};
-pub use change::{Change, Progress, Receipt};
-pub use journal::Undo;
+use backups::SETTINGS_FILE;
+pub(crate) use change::Change;
 use keystore::Keystore;
-pub use recover::{Recovered, RecoveryOutcome};
-pub use repair::RepairReport;
+pub(crate) use recover::Recovered;
 
-pub const KEYRING_FILE: &str = "keyring.json";
-pub const AUDIT_FILE: &str = "audit.log";
-pub const BACKUP_DIR: &str = "backups";
-pub const HA_CONFIG_FILE: &str = "ha.toml";
+pub(crate) const KEYRING_FILE: &str = "keyring.json";
+pub(crate) const AUDIT_FILE: &str = "audit.log";
+pub(crate) const BACKUP_DIR: &str = "backups";
+pub(crate) const HA_CONFIG_FILE: &str = "ha.toml";
 const LOCK_FILE: &str = "keyferry.lock";
 const JOURNAL_FILE: &str = "journal.json";
 /// Environment variable naming the home when `--home` is not given.
@@ -74,7 +72,7 @@ impl Home {
     }
 
     /// `--home`, else `KEYFERRY_HOME`, else the platform default.
-    pub fn resolve(explicit: Option<PathBuf>) -> Self {
+    pub(crate) fn resolve(explicit: Option<PathBuf>) -> Self {
         let root = explicit
             .or_else(|| {
                 std::env::var_os(HOME_ENV)
@@ -85,27 +83,27 @@ impl Home {
         Self::new(root)
     }
 
-    pub fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         &self.root
     }
     pub fn keyring_path(&self) -> PathBuf {
         self.root.join(KEYRING_FILE)
     }
-    pub fn audit_path(&self) -> PathBuf {
+    pub(crate) fn audit_path(&self) -> PathBuf {
         self.root.join(AUDIT_FILE)
     }
-    pub fn backup_dir(&self) -> PathBuf {
+    pub(crate) fn backup_dir(&self) -> PathBuf {
         self.root.join(BACKUP_DIR)
     }
     pub fn ha_config_path(&self) -> PathBuf {
         self.root.join(HA_CONFIG_FILE)
     }
-    pub fn journal_path(&self) -> PathBuf {
+    pub(crate) fn journal_path(&self) -> PathBuf {
         self.root.join(JOURNAL_FILE)
     }
 
     /// Creates the home (owner-only) if needed.
-    pub fn create(&self) -> Result<()> {
+    pub(crate) fn create(&self) -> Result<()> {
         if self.root.exists() && !self.root.is_dir() {
             return Err(Error::Refused(format!(
                 "home {} is not a directory: choose another --home",
@@ -123,7 +121,7 @@ impl Home {
     /// so this is not refused (as GnuPG does with its home), but their
     /// names can be listed, so the operator should know and is told how to
     /// restrict it.
-    pub fn sharing_warning(&self) -> Option<String> {
+    pub(crate) fn sharing_warning(&self) -> Option<String> {
         if !self.root.is_dir() || !fsutil::is_shared_readable(&self.root).unwrap_or(false) {
             return None;
         }
@@ -137,7 +135,7 @@ impl Home {
 
     /// Takes the home's lock, so two keyferry processes never change one
     /// node at once. Released when the guard drops.
-    pub fn lock(&self) -> Result<HomeLock> {
+    pub(crate) fn lock(&self) -> Result<HomeLock> {
         self.refuse_foreign_control()?;
         let path = self.root.join(LOCK_FILE);
         let file = fsutil::open_append_private(&path).map_err(Error::io(format!(
@@ -160,7 +158,7 @@ impl Home {
     /// account could change or that is a symbolic link: root would
     /// otherwise write where a link points, or export keys another account
     /// planted.
-    pub fn refuse_foreign_control(&self) -> Result<()> {
+    pub(crate) fn refuse_foreign_control(&self) -> Result<()> {
         let ours = [
             KEYRING_FILE,
             AUDIT_FILE,
@@ -190,7 +188,7 @@ impl Home {
         Ok(())
     }
 
-    pub fn has_keystore(&self) -> bool {
+    pub(crate) fn has_keystore(&self) -> bool {
         self.keyring_path().exists()
     }
 
@@ -215,7 +213,7 @@ impl Home {
     }
 
     /// The audit log's bytes (empty when there is none yet).
-    pub fn read_audit_log(&self) -> Result<Vec<u8>> {
+    pub(crate) fn read_audit_log(&self) -> Result<Vec<u8>> {
         let path = self.audit_path();
         match fs::read(&path) {
             Ok(b) => Ok(b),
@@ -225,7 +223,7 @@ impl Home {
     }
 
     /// Verifies the audit log against the keystore's head.
-    pub fn verify_audit(&self, store: &Keystore) -> Result<Vec<audit::Record>> {
+    pub(crate) fn verify_audit(&self, store: &Keystore) -> Result<Vec<audit::Record>> {
         let log = self.read_audit_log()?;
         Ok(audit::verify(
             &log,
@@ -236,16 +234,15 @@ impl Home {
 }
 
 /// Held while an operation changes the home.
-pub struct HomeLock {
+pub(crate) struct HomeLock {
     _file: File,
 }
 
 /// A home opened for a change: locked, recovered, its keystore (if any)
 /// read and its audit log verified.
-pub struct Node {
+pub(crate) struct Node {
     home: Home,
     store: Option<Keystore>,
-    recovered: Option<Recovered>,
     /// `None` only inside recovery, whose caller holds the lock.
     _lock: Option<HomeLock>,
 }
@@ -254,12 +251,14 @@ impl Home {
     /// Opens the home for a change: creates it first when `create`, takes
     /// the lock, recovers an interrupted change, reads the keystore and
     /// verifies the audit log against it.
-    pub fn open(&self, create: bool) -> Result<Node> {
+    pub(crate) fn open(&self, create: bool) -> Result<Node> {
         if create {
             self.create()?;
         }
         let lock = self.lock()?;
-        let recovered = recover::recover(self)?;
+        // The command line recovers first and says so (`Home::recover`);
+        // this catches a change interrupted since.
+        recover::recover(self)?;
         sweep_home(self);
         let store = if self.has_keystore() {
             let store = self.load_keystore()?;
@@ -271,14 +270,13 @@ impl Home {
         Ok(Node {
             home: self.clone(),
             store,
-            recovered,
             _lock: Some(lock),
         })
     }
 
     /// For commands that only read: when an interrupted change left a
     /// journal, takes the lock and finishes or undoes it first.
-    pub fn recover(&self) -> Result<Option<Recovered>> {
+    pub(crate) fn recover(&self) -> Result<Option<Recovered>> {
         let staged_left = [self.root().to_path_buf(), self.backup_dir()]
             .iter()
             .any(|d| fsutil::has_staged(d).unwrap_or(false));
@@ -307,13 +305,8 @@ impl Node {
         Self {
             home,
             store: Some(store),
-            recovered: None,
             _lock: None,
         }
-    }
-
-    pub fn home(&self) -> &Home {
-        &self.home
     }
 
     /// The keystore, when the node has one.
@@ -322,15 +315,10 @@ impl Node {
     }
 
     /// The keystore, which the operation needs.
-    pub fn require_keystore(&self) -> Result<&Keystore> {
+    pub(crate) fn require_keystore(&self) -> Result<&Keystore> {
         self.store
             .as_ref()
             .ok_or_else(|| Error::NotInitialized(self.home.root.clone()))
-    }
-
-    /// What opening the node recovered, if anything.
-    pub fn recovered(&self) -> Option<&Recovered> {
-        self.recovered.as_ref()
     }
 }
 
@@ -338,11 +326,11 @@ impl Node {
 mod platform {
     use std::path::PathBuf;
 
-    pub fn default_home() -> PathBuf {
+    pub(crate) fn default_home() -> PathBuf {
         PathBuf::from("/var/lib/keyferry")
     }
 
-    pub fn restrict_command(home: &std::path::Path) -> String {
+    pub(crate) fn restrict_command(home: &std::path::Path) -> String {
         format!("chmod 700 '{}'", home.display())
     }
 }
@@ -360,7 +348,7 @@ mod platform {
     /// Drops inherited entries and grants what keyferry's own files get:
     /// the current account, SYSTEM and Administrators (by SID, so it works
     /// in any language).
-    pub fn restrict_command(home: &std::path::Path) -> String {
+    pub(crate) fn restrict_command(home: &std::path::Path) -> String {
         format!(
             "icacls \"{}\" /inheritance:r /grant:r \"%USERNAME%:(OI)(CI)F\" \
              /grant:r *S-1-5-18:(OI)(CI)F /grant:r *S-1-5-32-544:(OI)(CI)F",
@@ -368,7 +356,7 @@ mod platform {
         )
     }
 
-    pub fn default_home() -> PathBuf {
+    pub(crate) fn default_home() -> PathBuf {
         program_data(
             std::env::var_os("ProgramData"),
             std::env::var_os("SystemDrive"),

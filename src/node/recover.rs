@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 
 /// What recovery found and did, for the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Recovered {
+pub(crate) struct Recovered {
     /// The interrupted change's action.
     pub action: String,
     /// When it started.
@@ -31,7 +31,7 @@ pub struct Recovered {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RecoveryOutcome {
+pub(crate) enum RecoveryOutcome {
     /// It had not committed; its steps were undone.
     Undone { steps: usize },
     /// It had committed; only the journal was left.

@@ -20,7 +20,7 @@ use crate::fsutil::{self, Ownership};
 
 /// What repair found (and, when applied, did).
 #[derive(Debug)]
-pub struct RepairReport {
+pub(crate) struct RepairReport {
     /// Why the log does not verify; `None`: nothing to repair.
     pub problem: Option<AuditError>,
     /// Records kept from the start of the log.
@@ -36,7 +36,7 @@ pub struct RepairReport {
 
 impl Home {
     /// Looks at the audit log and, when `apply`, repairs it.
-    pub fn repair_audit(&self, apply: bool) -> Result<RepairReport> {
+    pub(crate) fn repair_audit(&self, apply: bool) -> Result<RepairReport> {
         let lock = self.lock()?;
         super::recover::recover(self)?;
         let store = self.load_keystore()?;

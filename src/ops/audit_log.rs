@@ -5,14 +5,14 @@ use crate::audit::{self, Record};
 use crate::error::Result;
 
 /// Every record, verified against the keystore's head.
-pub fn verify(home: &Home) -> Result<Vec<Record>> {
+pub(crate) fn verify(home: &Home) -> Result<Vec<Record>> {
     let store = home.load_keystore()?;
     home.verify_audit(&store)
 }
 
 /// The records as they stand, and the verification result: `show` lists a
 /// damaged log too, so that an operator can look at it.
-pub fn show(home: &Home) -> Result<(Vec<Record>, Result<()>)> {
+pub(crate) fn show(home: &Home) -> Result<(Vec<Record>, Result<()>)> {
     let store = home.load_keystore()?;
     let log = home.read_audit_log()?;
     let records = log

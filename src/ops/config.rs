@@ -13,7 +13,7 @@ use crate::node::Change;
 use crate::payload::{zip, ConfigFile, ConfigSink, ConfigSource};
 
 /// What an export puts into the payload besides the keys.
-pub struct ConfigPlan {
+pub(crate) struct ConfigPlan {
     /// The `source_node` of the manifest.
     pub node_name: String,
     pub files: Vec<(ConfigFile, PathBuf)>,
@@ -21,12 +21,12 @@ pub struct ConfigPlan {
 
 /// Configuration files opened for export, with the CRC-32 and length of a
 /// first read (the zip writer needs them before the data).
-pub struct OpenSources {
+pub(crate) struct OpenSources {
     items: Vec<(ConfigFile, u32, u64, File)>,
 }
 
 impl OpenSources {
-    pub fn as_payload_sources(&mut self) -> Vec<ConfigSource<'_>> {
+    pub(crate) fn as_payload_sources(&mut self) -> Vec<ConfigSource<'_>> {
         self.items
             .iter_mut()
             .map(|(file, crc, len, f)| ConfigSource {
@@ -40,7 +40,7 @@ impl OpenSources {
 }
 
 impl ConfigPlan {
-    pub fn open_all(&self) -> Result<OpenSources> {
+    pub(crate) fn open_all(&self) -> Result<OpenSources> {
         let mut items = Vec::with_capacity(self.files.len());
         for (file, path) in &self.files {
             let what = format!("cannot read {}", path.display());
@@ -69,7 +69,7 @@ pub fn load_local(home: &Home) -> Result<Option<HaConfig>> {
 
 /// The configuration an export carries: nothing unless `with_config`, and
 /// then the node's `ha.toml` and the `appsettings.json` it names.
-pub fn sources_for_export(home: &Home, with_config: bool) -> Result<ConfigPlan> {
+pub(crate) fn sources_for_export(home: &Home, with_config: bool) -> Result<ConfigPlan> {
     let local = if with_config { load_local(home)? } else { None };
     if !with_config {
         return Ok(ConfigPlan {
@@ -106,7 +106,7 @@ pub fn sources_for_export(home: &Home, with_config: bool) -> Result<ConfigPlan> 
 
 /// Receives configuration entries while a payload is read, into owner-only
 /// staging files that vanish unless installed.
-pub struct StagingSink {
+pub(crate) struct StagingSink {
     dir: PathBuf,
     pub staged: Vec<(ConfigFile, Staged)>,
     /// A failure of this node's own disk while staging (full, read-only),
@@ -134,7 +134,7 @@ impl StagingSink {
 
     /// Why staging failed on this node, if it did: an error to report in
     /// place of whatever the payload reader made of it.
-    pub fn local_failure(&mut self) -> Option<Error> {
+    pub(crate) fn local_failure(&mut self) -> Option<Error> {
         self.local_failure.take().map(|e| {
             Error::io(format!(
                 "cannot stage the bundle's configuration in {}; nothing was changed \
@@ -174,7 +174,7 @@ impl ConfigSink for StagingSink {
 }
 
 /// What an import does to one configuration file.
-pub struct FilePlan {
+pub(crate) struct FilePlan {
     pub file: ConfigFile,
     pub target: PathBuf,
     /// Whether the file exists on this node already (else it is created).
@@ -189,7 +189,7 @@ pub struct FilePlan {
 }
 
 /// How an import may treat configuration.
-pub struct ConfigPolicy<'a> {
+pub(crate) struct ConfigPolicy<'a> {
     pub accept_config: bool,
     /// The receiving node's name when it has no `ha.toml` yet.
     pub node_name: Option<&'a str>,
@@ -234,7 +234,7 @@ fn invalid_ha(e: crate::ha::Error) -> Error {
 }
 
 /// Decides where each staged file goes and what changes; writes nothing.
-pub fn plan_install(
+pub(crate) fn plan_install(
     home: &Home,
     mut sink: StagingSink,
     policy: &ConfigPolicy<'_>,
@@ -373,7 +373,7 @@ fn refuse_inside_home(home: &Home, target: &Path) -> Result<()> {
 /// Installs the planned files byte for byte, each a step of `change` (with
 /// a backup, keeping each old file's owner and mode), so that a failure or a
 /// crash puts every one back.
-pub fn install(change: &mut Change<'_>, plans: Vec<FilePlan>) -> Result<()> {
+pub(crate) fn install(change: &mut Change<'_>, plans: Vec<FilePlan>) -> Result<()> {
     for mut plan in plans.into_iter().filter(|p| !p.unchanged) {
         let f = plan.contents.file_mut();
         f.seek(SeekFrom::Start(0)).map_err(Error::io(format!(

@@ -17,7 +17,7 @@ use crate::payload;
 use crate::secret::{Password, PasswordSource};
 
 /// How long a bundle stays importable unless the operator says otherwise.
-pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(24 * 60 * 60);
+pub(crate) const DEFAULT_EXPIRY: Duration = Duration::from_secs(24 * 60 * 60);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Expiry {

@@ -78,7 +78,7 @@ pub struct ImportReport {
 
 /// A bundle made up to this many seconds "in the future" is normal clock
 /// drift between two hosts; more is worth a warning.
-pub const CLOCK_SKEW_ALLOWED: u64 = 5 * 60;
+pub(crate) const CLOCK_SKEW_ALLOWED: u64 = 5 * 60;
 
 pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
     // A home that does not exist yet is created only once the bundle has

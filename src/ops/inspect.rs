@@ -15,7 +15,7 @@ use crate::fmt::fmt_time;
 use crate::kdf::KdfParams;
 
 #[derive(Debug, Serialize)]
-pub struct Inspection {
+pub(crate) struct Inspection {
     pub format_version: u8,
     pub armored: bool,
     pub kdf: &'static str,
@@ -27,7 +27,7 @@ pub struct Inspection {
     pub file_size: u64,
 }
 
-pub fn inspect(path: &Path) -> Result<Inspection> {
+pub(crate) fn inspect(path: &Path) -> Result<Inspection> {
     let file: File = open_bundle_file(path)?;
     let file_size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let bundle::Inspected { header, armored } = bundle::inspect(BufReader::new(file))?;

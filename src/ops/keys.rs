@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::keyring::{Fingerprint, KeyStatus};
 
 #[derive(Debug, Serialize)]
-pub struct KeyInfo {
+pub(crate) struct KeyInfo {
     pub id: u32,
     pub status: KeyStatus,
     pub created: String,
@@ -18,13 +18,13 @@ pub struct KeyInfo {
 }
 
 #[derive(Debug, Serialize)]
-pub struct KeyList {
+pub(crate) struct KeyList {
     pub fingerprint: Fingerprint,
     pub primary: u32,
     pub keys: Vec<KeyInfo>,
 }
 
-pub fn list(home: &Home) -> Result<KeyList> {
+pub(crate) fn list(home: &Home) -> Result<KeyList> {
     let store = home.load_keystore()?;
     let k = &store.keyring;
     Ok(KeyList {

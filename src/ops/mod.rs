@@ -11,9 +11,9 @@ pub mod export;
 pub mod ha;
 pub mod import;
 pub mod init;
-pub mod inspect;
-pub mod keys;
-pub mod selftest;
+pub(crate) mod inspect;
+pub(crate) mod keys;
+pub(crate) mod selftest;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -30,7 +30,7 @@ pub(crate) fn details<const N: usize>(pairs: [(&str, Value); N]) -> BTreeMap<Str
 }
 
 /// Opens a bundle file for reading, with messages for the usual mistakes.
-pub fn open_bundle_file(path: &Path) -> Result<File> {
+pub(crate) fn open_bundle_file(path: &Path) -> Result<File> {
     if path.is_dir() {
         return Err(Error::Usage(format!(
             "{} is a directory, not a bundle file: give the bundle's file name",

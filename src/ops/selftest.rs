@@ -87,7 +87,7 @@ struct HmacKat {
 
 /// One bundle vector, as described in `vectors.json`.
 #[derive(Deserialize)]
-pub struct Vector {
+pub(crate) struct Vector {
     pub file: String,
     pub password: String,
     pub kdf: [u32; 3],
@@ -104,7 +104,7 @@ struct Vectors {
 }
 
 /// The bundle vectors compiled into this binary, with their bytes.
-pub fn bundle_vectors() -> Vec<(Vector, &'static [u8])> {
+pub(crate) fn bundle_vectors() -> Vec<(Vector, &'static [u8])> {
     let v: Vectors = serde_json::from_str(VECTORS).expect("vectors.json is valid");
     v.vectors
         .into_iter()
@@ -120,20 +120,20 @@ fn unhex(s: &str) -> Vec<u8> {
 }
 
 /// One line of the report.
-pub struct Check {
+pub(crate) struct Check {
     pub name: String,
     pub passed: bool,
     pub detail: String,
 }
 
-pub struct SelftestReport {
+pub(crate) struct SelftestReport {
     pub checks: Vec<Check>,
     /// Wall-clock time of one derivation at [`KdfParams::DEFAULT`].
     pub kdf_default_time: Duration,
 }
 
 impl SelftestReport {
-    pub fn passed(&self) -> bool {
+    pub(crate) fn passed(&self) -> bool {
         self.checks.iter().all(|c| c.passed)
     }
 }
@@ -201,11 +201,11 @@ fn hmac_kat(k: &HmacKat) -> Check {
 }
 
 /// Opens one vector and returns the SHA-256 and length of its payload.
-pub fn open_vector(
+pub(crate) fn open_vector(
     bytes: &[u8],
     password: &str,
     now: u64,
-) -> std::result::Result<(String, u64), Error> {
+) -> std::result::Result<(String, u64, bundle::Header), Error> {
     let mut reader = bundle::read_header(bytes, &KdfLimits::default())?.unlock(
         &Password::from_typed(password),
         &OpenOptions {
@@ -227,7 +227,7 @@ pub fn open_vector(
             len += n as u64;
         }
     })?;
-    Ok((hex::encode(h.finalize()), len))
+    Ok((hex::encode(h.finalize()), len, reader.header().clone()))
 }
 
 fn vector_checks(now: u64) -> Vec<Check> {
@@ -237,11 +237,18 @@ fn vector_checks(now: u64) -> Vec<Check> {
             let name = format!("bundle vector {} ({:?})", v.file, v.password);
             let expired = v.expires.is_some_and(|e| e <= now);
             match open_vector(bytes, &v.password, now) {
-                Ok((sha, len)) if !expired => check(
-                    &name,
-                    sha == v.payload_sha256 && len == v.payload_len,
-                    format!("{len} bytes"),
-                ),
+                Ok((sha, len, header)) if !expired => {
+                    let kdf = [header.kdf.memory_kib, header.kdf.time, header.kdf.lanes];
+                    check(
+                        &name,
+                        sha == v.payload_sha256
+                            && len == v.payload_len
+                            && kdf == v.kdf
+                            && header.created == v.created
+                            && header.expires == v.expires,
+                        format!("{len} bytes"),
+                    )
+                }
                 Err(Error::Bundle(BundleError::Expired { .. })) if expired => {
                     check(&name, true, "refused as expired, as it must be")
                 }
@@ -335,7 +342,7 @@ fn round_trip() -> Check {
     }
 }
 
-pub fn selftest() -> Result<SelftestReport> {
+pub(crate) fn selftest() -> Result<SelftestReport> {
     let kat: Kat = serde_json::from_str(KAT).expect("kat.json is valid");
     let now = super::now_unix();
     let mut checks = vec![

@@ -27,12 +27,12 @@ pub const MANIFEST: &str = "manifest.json";
 /// 253 characters); it is shown to operators and written to the audit log.
 pub const MAX_SOURCE_NODE: usize = 255;
 pub const KEYRING: &str = "keyring.json";
-pub const APPSETTINGS: &str = "config/appsettings.json";
-pub const HA_CONFIG: &str = "config/ha.toml";
-pub const PAYLOAD_FORMAT: &str = "keyferry-payload";
-pub const PAYLOAD_VERSION: u32 = 1;
+pub(crate) const APPSETTINGS: &str = "config/appsettings.json";
+pub(crate) const HA_CONFIG: &str = "config/ha.toml";
+pub(crate) const PAYLOAD_FORMAT: &str = "keyferry-payload";
+pub(crate) const PAYLOAD_VERSION: u32 = 1;
 /// Default cap on the payload's total uncompressed size.
-pub const DEFAULT_MAX_TOTAL: u64 = 64 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_TOTAL: u64 = 64 * 1024 * 1024;
 /// A manifest is a few hundred bytes; more means something is wrong.
 const MAX_MANIFEST_LEN: usize = 64 * 1024;
 /// Room for thousands of keys.
@@ -48,7 +48,7 @@ pub enum Content {
 }
 
 impl Content {
-    pub fn entry_name(self) -> &'static str {
+    pub(crate) fn entry_name(self) -> &'static str {
         match self {
             Content::Keyring => KEYRING,
             Content::Appsettings => APPSETTINGS,
@@ -71,7 +71,7 @@ pub enum ConfigFile {
 }
 
 impl ConfigFile {
-    pub fn content(self) -> Content {
+    pub(crate) fn content(self) -> Content {
         match self {
             ConfigFile::Appsettings => Content::Appsettings,
             ConfigFile::HaConfig => Content::HaConfig,
@@ -126,7 +126,7 @@ pub trait ConfigSink {
 }
 
 /// Discards configuration entries (their CRC and size are still checked).
-pub struct DiscardConfig;
+pub(crate) struct DiscardConfig;
 
 impl ConfigSink for DiscardConfig {
     fn receive(&mut self, _file: ConfigFile, data: &mut dyn Read) -> io::Result<()> {

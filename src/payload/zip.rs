@@ -417,7 +417,13 @@ impl<W: Write> ZipWriter<W> {
     /// Adds an entry whose CRC-32 and length the caller knows, streaming its
     /// data from `data`; fails if the data does not match them (the file
     /// changed between the two reads).
-    pub fn add(&mut self, name: &str, len: u64, crc: u32, data: &mut dyn Read) -> io::Result<()> {
+    pub(crate) fn add(
+        &mut self,
+        name: &str,
+        len: u64,
+        crc: u32,
+        data: &mut dyn Read,
+    ) -> io::Result<()> {
         let size = u32::try_from(len)
             .ok()
             .filter(|s| *s != ZIP64_MARKER)

@@ -44,13 +44,13 @@ pub const SQLSTATE_INVALID_AUTHORIZATION: &str = "28000";
 /// SQLSTATE `42501`: the role lacks a privilege (e.g. REPLICATION).
 pub const SQLSTATE_INSUFFICIENT_PRIVILEGE: &str = "42501";
 /// SQLSTATE `53300`: too many connections (all WAL senders busy).
-pub const SQLSTATE_TOO_MANY_CONNECTIONS: &str = "53300";
+pub(crate) const SQLSTATE_TOO_MANY_CONNECTIONS: &str = "53300";
 
 /// The database the SQL connections of the HA checks use.
 pub const MAINTENANCE_DB: &str = "postgres";
 /// `application_name` of keyferry's connections, so they can be told apart
 /// in `pg_stat_activity`.
-pub const APPLICATION_NAME: &str = "keyferry";
+pub(crate) const APPLICATION_NAME: &str = "keyferry";
 
 /// Why a PostgreSQL request failed.
 #[derive(Debug, thiserror::Error)]
@@ -179,7 +179,7 @@ impl fmt::Debug for ConnSpec<'_> {
 
 /// Where a connection's password comes from. Holds it only in zeroizing
 /// storage and never shows it.
-pub enum Credentials {
+pub(crate) enum Credentials {
     /// Given by the operator (a prompt, a file, a descriptor, a variable).
     Given(Zeroizing<Vec<u8>>),
     /// Looked up per connection in this libpq password file.
@@ -192,7 +192,7 @@ impl Credentials {
     /// The password for a connection to `host:port`, `database`, as `user`
     /// (`replication` as the database of a physical replication
     /// connection, as libpq matches it).
-    pub fn for_conn(
+    pub(crate) fn for_conn(
         &self,
         host: &str,
         port: u16,
@@ -253,7 +253,7 @@ pub fn connect(spec: &ConnSpec<'_>) -> Result<Client, PgError> {
 }
 
 /// Turns a `postgres` crate error into a [`PgError`] for `target`.
-pub fn from_postgres(target: &str, e: postgres::Error) -> PgError {
+pub(crate) fn from_postgres(target: &str, e: postgres::Error) -> PgError {
     if let Some(db) = e.as_db_error() {
         let mut message = db.message().to_owned();
         if let Some(detail) = db.detail() {
@@ -286,7 +286,7 @@ pub fn from_postgres(target: &str, e: postgres::Error) -> PgError {
 /// Errors of the connect itself: nothing listens there, or nothing could
 /// be reached. Anything later (a reset, an EOF mid-handshake) is a
 /// protocol failure: something answered.
-pub fn is_unreachable_kind(kind: io::ErrorKind) -> bool {
+pub(crate) fn is_unreachable_kind(kind: io::ErrorKind) -> bool {
     matches!(
         kind,
         io::ErrorKind::ConnectionRefused
@@ -300,7 +300,7 @@ pub fn is_unreachable_kind(kind: io::ErrorKind) -> bool {
 }
 
 /// Collapses a multi-line message into one line.
-pub fn one_line(text: &str) -> String {
+pub(crate) fn one_line(text: &str) -> String {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
@@ -334,7 +334,7 @@ impl ServerFacts {
 
 /// The major version of a `server_version_num` (10 and later: the first
 /// two digits; 9.x: 90600 -> 906).
-pub fn major_of_version_num(num: u32) -> u32 {
+pub(crate) fn major_of_version_num(num: u32) -> u32 {
     if num >= 100_000 {
         num / 10_000
     } else {
@@ -367,7 +367,7 @@ pub fn server_facts(client: &mut Client, target: &str) -> Result<ServerFacts, Pg
 
 /// The `pg_hba.conf` the server reads (`SHOW hba_file`; superuser or
 /// `pg_read_all_settings`).
-pub fn hba_file(client: &mut Client, target: &str) -> Result<PathBuf, PgError> {
+pub(crate) fn hba_file(client: &mut Client, target: &str) -> Result<PathBuf, PgError> {
     let row = client
         .query_one("SELECT current_setting('hba_file')", &[])
         .map_err(|e| from_postgres(target, e))?;
@@ -376,7 +376,7 @@ pub fn hba_file(client: &mut Client, target: &str) -> Result<PathBuf, PgError> {
 
 /// A line of `pg_hba.conf` that PostgreSQL cannot use.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HbaLineError {
+pub(crate) struct HbaLineError {
     /// 1-based line number (`None` when the server gives none).
     pub line: Option<u32>,
     /// The server's message.
@@ -385,7 +385,10 @@ pub struct HbaLineError {
 
 /// Parses the `pg_hba.conf` on disk now, with the server's own parser, and
 /// returns its bad lines (`pg_hba_file_rules`; superuser by default).
-pub fn hba_file_errors(client: &mut Client, target: &str) -> Result<Vec<HbaLineError>, PgError> {
+pub(crate) fn hba_file_errors(
+    client: &mut Client,
+    target: &str,
+) -> Result<Vec<HbaLineError>, PgError> {
     let rows = client
         .query(
             "SELECT line_number, error FROM pg_hba_file_rules \
@@ -406,7 +409,7 @@ pub fn hba_file_errors(client: &mut Client, target: &str) -> Result<Vec<HbaLineE
 
 /// `SELECT pg_reload_conf()`: the postmaster re-reads its configuration
 /// files, `pg_hba.conf` among them.
-pub fn reload_conf(client: &mut Client, target: &str) -> Result<(), PgError> {
+pub(crate) fn reload_conf(client: &mut Client, target: &str) -> Result<(), PgError> {
     let row = client
         .query_one("SELECT pg_reload_conf()", &[])
         .map_err(|e| from_postgres(target, e))?;
@@ -423,7 +426,7 @@ pub fn reload_conf(client: &mut Client, target: &str) -> Result<(), PgError> {
 
 /// `SELECT pg_is_in_recovery()`: true on a replica (a standby replaying
 /// WAL), false on a primary.
-pub fn in_recovery(client: &mut Client, target: &str) -> Result<bool, PgError> {
+pub(crate) fn in_recovery(client: &mut Client, target: &str) -> Result<bool, PgError> {
     let row = client
         .query_one("SELECT pg_is_in_recovery()", &[])
         .map_err(|e| from_postgres(target, e))?;
@@ -431,7 +434,7 @@ pub fn in_recovery(client: &mut Client, target: &str) -> Result<bool, PgError> {
 }
 
 /// The path of one of PostgreSQL's programs in `pg_bin`.
-pub fn program(pg_bin: &Path, name: &str) -> PathBuf {
+pub(crate) fn program(pg_bin: &Path, name: &str) -> PathBuf {
     pg_bin.join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
 }
 
@@ -484,7 +487,7 @@ fn run_program(
 
 /// Whether a server runs on a data directory of this machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServerStatus {
+pub(crate) enum ServerStatus {
     /// `postmaster.pid` names a live process.
     Running,
     /// The directory is a data directory and no server runs on it.
@@ -497,7 +500,7 @@ const PG_CTL_STATUS_NOT_RUNNING: i32 = 3;
 /// `pg_ctl status -D <pg_data>`, run as the data directory's owner: exit 0
 /// is [`ServerStatus::Running`], 3 [`ServerStatus::NotRunning`]; anything
 /// else (4: no accessible data directory) is an error.
-pub fn server_status(pg_bin: &Path, pg_data: &Path) -> Result<ServerStatus, PgError> {
+pub(crate) fn server_status(pg_bin: &Path, pg_data: &Path) -> Result<ServerStatus, PgError> {
     let name = "pg_ctl";
     let output = program_command(pg_bin, name, Some(pg_data))
         .arg("status")
@@ -529,7 +532,7 @@ pub fn server_status(pg_bin: &Path, pg_data: &Path) -> Result<ServerStatus, PgEr
 
 /// The major version of the programs in `pg_bin` (from `pg_ctl --version`,
 /// e.g. `pg_ctl (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)` -> 15).
-pub fn binaries_major(pg_bin: &Path) -> Result<u32, PgError> {
+pub(crate) fn binaries_major(pg_bin: &Path) -> Result<u32, PgError> {
     let out = run_program(pg_bin, "pg_ctl", &["--version".as_ref()], None)?;
     parse_version_major(&out).ok_or_else(|| {
         tool_error(
@@ -558,7 +561,7 @@ fn parse_version_major(text: &str) -> Option<u32> {
 
 /// What `pg_controldata` says about a data directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ControlData {
+pub(crate) struct ControlData {
     /// "Database cluster state", e.g. `in production`, `shut down`,
     /// `in archive recovery`, `shut down in recovery`.
     pub state: String,
@@ -569,7 +572,7 @@ pub struct ControlData {
 }
 
 /// Runs `pg_controldata -D <pg_data>`.
-pub fn controldata(pg_bin: &Path, pg_data: &Path) -> Result<ControlData, PgError> {
+pub(crate) fn controldata(pg_bin: &Path, pg_data: &Path) -> Result<ControlData, PgError> {
     let out = run_program(
         pg_bin,
         "pg_controldata",
@@ -613,7 +616,7 @@ mod platform {
     /// that user can read; PostgreSQL's programs refuse to run as root. A
     /// directory that cannot be read, or that root owns, changes nothing:
     /// the program then reports the problem itself.
-    pub fn as_owner_of(command: &mut Command, dir: &Path) {
+    pub(crate) fn as_owner_of(command: &mut Command, dir: &Path) {
         // SAFETY: geteuid has no preconditions and cannot fail.
         if unsafe { libc::geteuid() } != 0 {
             return;
@@ -625,7 +628,7 @@ mod platform {
         }
     }
 
-    pub fn socket_host(
+    pub(crate) fn socket_host(
         config: &mut postgres::Config,
         dir: &Path,
         _target: &str,
@@ -644,9 +647,9 @@ mod platform {
 
     /// PostgreSQL's programs on Windows drop an administrator's privileges
     /// themselves (a restricted token), so they run as the caller.
-    pub fn as_owner_of(_command: &mut Command, _dir: &Path) {}
+    pub(crate) fn as_owner_of(_command: &mut Command, _dir: &Path) {}
 
-    pub fn socket_host(
+    pub(crate) fn socket_host(
         _config: &mut postgres::Config,
         _dir: &Path,
         target: &str,

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
 /// Environment variable naming the password file.
-pub const PASSFILE_ENV: &str = "PGPASSFILE";
+pub(crate) const PASSFILE_ENV: &str = "PGPASSFILE";
 
 /// What a lookup matches against.
 #[derive(Debug, Clone, Copy)]
@@ -35,7 +35,7 @@ pub struct Key<'a> {
 }
 
 /// The password file libpq would use, if it exists.
-pub fn default_path() -> Option<PathBuf> {
+pub(crate) fn default_path() -> Option<PathBuf> {
     let path = match std::env::var_os(PASSFILE_ENV).filter(|v| !v.is_empty()) {
         Some(p) => PathBuf::from(p),
         None => platform::home_passfile()?,
@@ -45,7 +45,7 @@ pub fn default_path() -> Option<PathBuf> {
 
 /// Why a password file was not used.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Unused {
+pub(crate) enum Unused {
     /// It could not be read.
     Unreadable(String),
     /// Others may read it, so libpq (and keyferry) ignore it.
@@ -54,7 +54,7 @@ pub enum Unused {
 
 /// Finds the password for `key` in the file at `path`; `Ok(None)` when no
 /// line matches.
-pub fn lookup(path: &Path, key: Key<'_>) -> Result<Option<Zeroizing<String>>, Unused> {
+pub(crate) fn lookup(path: &Path, key: Key<'_>) -> Result<Option<Zeroizing<String>>, Unused> {
     if platform::too_open(path) {
         return Err(Unused::TooOpen);
     }
@@ -114,11 +114,11 @@ mod platform {
     use std::os::unix::fs::PermissionsExt;
     use std::path::{Path, PathBuf};
 
-    pub fn home_passfile() -> Option<PathBuf> {
+    pub(crate) fn home_passfile() -> Option<PathBuf> {
         std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pgpass"))
     }
 
-    pub fn too_open(path: &Path) -> bool {
+    pub(crate) fn too_open(path: &Path) -> bool {
         std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0)
     }
 }
@@ -127,11 +127,11 @@ mod platform {
 mod platform {
     use std::path::{Path, PathBuf};
 
-    pub fn home_passfile() -> Option<PathBuf> {
+    pub(crate) fn home_passfile() -> Option<PathBuf> {
         std::env::var_os("APPDATA").map(|a| PathBuf::from(a).join("postgresql").join("pgpass.conf"))
     }
 
-    pub fn too_open(_path: &Path) -> bool {
+    pub(crate) fn too_open(_path: &Path) -> bool {
         false
     }
 }

@@ -19,7 +19,7 @@ use super::require_config;
 use crate::error::Result;
 use crate::ha::config::HaConfig;
 use crate::ha::preflight;
-pub use crate::ha::preflight::{Fact, Side, Status};
+pub(crate) use crate::ha::preflight::{Fact, Side, Status};
 use crate::keyring::Fingerprint;
 use crate::ops::Home;
 use crate::pg::{passfile, Credentials};
@@ -27,14 +27,14 @@ use crate::secret::{self, PasswordSource};
 
 /// The whole preflight.
 #[derive(Debug, Clone, Serialize)]
-pub struct CheckReport {
+pub(crate) struct CheckReport {
     /// This machine's side, when one of the two addresses is its own.
     pub this_node: Option<Side>,
     pub checks: Vec<Fact>,
 }
 
 impl CheckReport {
-    pub fn failed(&self) -> usize {
+    pub(crate) fn failed(&self) -> usize {
         self.checks
             .iter()
             .filter(|c| c.status == Status::Fail)
@@ -44,7 +44,7 @@ impl CheckReport {
 
 /// What `ha check` was given.
 #[derive(Debug, Clone)]
-pub struct CheckOptions {
+pub(crate) struct CheckOptions {
     /// Bounds every connection attempt.
     pub timeout: Duration,
     /// The replication user's password source; `None`: the libpq password
@@ -57,7 +57,7 @@ pub struct CheckOptions {
 
 /// Runs the preflight. Errors only when `ha.toml` is missing or broken, or
 /// a named password source cannot be read; everything else is a check.
-pub fn check(home: &Home, opts: &CheckOptions) -> Result<CheckReport> {
+pub(crate) fn check(home: &Home, opts: &CheckOptions) -> Result<CheckReport> {
     let config = require_config(home)?;
     tracing::info!(timeout = ?opts.timeout, "ha check: running the preflight checks");
     let mut password_facts = Vec::new();

@@ -39,10 +39,10 @@ use crate::pg::{self, passfile, ConnSpec, Endpoint, PgError};
 
 /// Default role for the administrative connection (a superuser is needed
 /// for `pg_hba_file_rules`, `hba_file` and `pg_reload_conf()`).
-pub const DEFAULT_ADMIN_USER: &str = "postgres";
+pub(crate) const DEFAULT_ADMIN_USER: &str = "postgres";
 /// Where the server's socket is on Debian/Ubuntu and Red Hat packages.
 #[cfg(unix)]
-pub const DEFAULT_SOCKET_DIRS: [&str; 2] = ["/var/run/postgresql", "/tmp"];
+pub(crate) const DEFAULT_SOCKET_DIRS: [&str; 2] = ["/var/run/postgresql", "/tmp"];
 
 /// Which file, which role, which server.
 #[derive(Debug, Clone, Default)]
@@ -434,7 +434,7 @@ fn other_rules(text: &[u8], peer: &PeerAddr) -> Result<Vec<OtherRule>> {
 
 /// One keyferry block as `hba show` lists it.
 #[derive(Debug, Clone, Serialize)]
-pub struct BlockView {
+pub(crate) struct BlockView {
     pub peer: String,
     pub begin_line: usize,
     pub end_line: usize,
@@ -446,14 +446,14 @@ pub struct BlockView {
 
 /// Lines outside the blocks that match one peer.
 #[derive(Debug, Clone, Serialize)]
-pub struct PeerRules {
+pub(crate) struct PeerRules {
     pub peer: String,
     pub rules: Vec<OtherRule>,
 }
 
 /// What `hba show` shows.
 #[derive(Debug, Clone, Serialize)]
-pub struct HbaShowReport {
+pub(crate) struct HbaShowReport {
     pub file: PathBuf,
     pub blocks: Vec<BlockView>,
     pub other_rules: Vec<PeerRules>,
@@ -462,7 +462,11 @@ pub struct HbaShowReport {
 /// `keyferry hba show [--peer IP]`: keyferry's blocks, and the other lines
 /// that match the peers (the block peers, the pair's two addresses and
 /// `peer`).
-pub fn show(home: &Home, peer: Option<PeerAddr>, target: &HbaTarget) -> Result<HbaShowReport> {
+pub(crate) fn show(
+    home: &Home,
+    peer: Option<PeerAddr>,
+    target: &HbaTarget,
+) -> Result<HbaShowReport> {
     let r = resolve(home, target)?;
     let text = read_hba(&r.file)?;
     let blocks = hba::managed_blocks(&text)?;

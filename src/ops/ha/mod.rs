@@ -15,7 +15,7 @@
 //! Nothing here prints; reports go back to `cli`. No password is ever part
 //! of a report, an error or an audit record.
 
-pub mod check;
+pub(crate) mod check;
 pub mod hba;
 
 use std::path::{Path, PathBuf};
@@ -34,7 +34,7 @@ use crate::ha::PeerAddr;
 pub use crate::ops::config::load_local as load_config;
 
 /// Reads `ha.toml`, which must exist.
-pub fn require_config(home: &Home) -> Result<HaConfig> {
+pub(crate) fn require_config(home: &Home) -> Result<HaConfig> {
     load_config(home)?.ok_or_else(|| {
         Error::Refused(format!(
             "no HA configuration at {}: describe the pair first with `keyferry ha init --node NAME --primary IP --secondary IP`",
@@ -163,7 +163,7 @@ pub fn init(home: &Home, opts: &InitOptions) -> Result<InitReport> {
 
 /// What `ha show` shows.
 #[derive(Debug, Clone, Serialize)]
-pub struct ShowReport {
+pub(crate) struct ShowReport {
     pub path: PathBuf,
     /// The configuration in `ha.toml`'s canonical form.
     #[serde(skip)]
@@ -172,7 +172,7 @@ pub struct ShowReport {
 }
 
 /// `keyferry ha show`.
-pub fn show(home: &Home) -> Result<ShowReport> {
+pub(crate) fn show(home: &Home) -> Result<ShowReport> {
     let config = require_config(home)?;
     Ok(ShowReport {
         path: home.ha_config_path(),
@@ -183,7 +183,7 @@ pub fn show(home: &Home) -> Result<ShowReport> {
 
 /// One file of an archive clean.
 #[derive(Debug, Clone, Serialize)]
-pub struct ArchiveEntry {
+pub(crate) struct ArchiveEntry {
     pub path: PathBuf,
     pub kind: &'static str,
     pub bytes: u64,
@@ -191,7 +191,7 @@ pub struct ArchiveEntry {
 
 /// What `ha archive clean` did (or, with `--dry-run`, would do).
 #[derive(Debug, Clone, Serialize)]
-pub struct ArchiveCleanReport {
+pub(crate) struct ArchiveCleanReport {
     pub dir: PathBuf,
     pub dry_run: bool,
     /// The WAL archive files listed (dry run) or removed.
@@ -219,7 +219,7 @@ fn kind_name(kind: WalFileKind) -> &'static str {
 /// `ha.toml` or `dir`. Refuses a directory inside a PostgreSQL data
 /// directory: `pg_wal` holds files with the same names that the server
 /// still needs.
-pub fn archive_clean(
+pub(crate) fn archive_clean(
     home: &Home,
     dir: Option<PathBuf>,
     dry_run: bool,
