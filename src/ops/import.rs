@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::config::{self, ConfigPolicy, StagingSink};
 use super::{details, now_unix, open_bundle_file, Home};
-use crate::bundle::{self, OpenOptions};
+use crate::bundle::{self, Ignored, OpenOptions};
 use crate::error::{Error, Result};
 use crate::ha::config::LocalPaths;
 use crate::kdf::{self, KdfLimits};
@@ -73,6 +73,8 @@ pub struct ImportReport {
     pub clock_behind: Option<u64>,
     /// Whether `--delete` removed the bundle; `Err` holds why it could not.
     pub deleted: Option<std::result::Result<(), String>>,
+    /// Text around an armored bundle that was not part of it.
+    pub armor_ignored: Ignored,
 }
 
 /// A bundle made up to this many seconds "in the future" is normal clock
@@ -108,7 +110,7 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
     let now = now_unix();
     let mut staging = StagingSink::new(home);
     let mut header = None;
-    let opened = (|| -> Result<crate::payload::Payload> {
+    let opened = (|| -> Result<(crate::payload::Payload, Ignored)> {
         let locked = bundle::read_header(BufReader::new(file), &limits)?;
         header = Some(locked.header().clone());
         let password = opts.password.read("Bundle password: ")?;
@@ -126,11 +128,12 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
             &mut staging
         };
         // The archive must end where the authenticated stream does.
-        Ok(reader.parse_payload(|plain| {
+        let payload = reader.parse_payload(|plain| {
             payload::read(plain, payload::DEFAULT_MAX_TOTAL, sink).map(|(payload, _)| payload)
-        })?)
+        })?;
+        Ok((payload, reader.ignored()))
     })();
-    let payload = match opened {
+    let (payload, armor_ignored) = match opened {
         Ok(p) => p,
         Err(e) => {
             let about_the_bundle = matches!(e, Error::Bundle(_) | Error::Payload(_));
@@ -223,6 +226,7 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
         keys: existing_keyring.map(|k| KeyDiff::between(&k, &payload.keyring)),
         keystore_backup: None,
         deleted: None,
+        armor_ignored,
     };
     if opts.dry_run {
         return Ok(report);
