@@ -502,6 +502,20 @@ mod tests {
     }
 
     #[test]
+    fn only_canonical_base64_is_accepted() {
+        // "QQ==" is b"A"; "QR==" has non-zero trailing bits; "Q===" is not
+        // valid padding.
+        assert_eq!(dearmor(&format!("{BEGIN}\nQQ==\n{END}\n")).unwrap(), b"A");
+        for bad in ["QR==", "Q===", "QQ=A"] {
+            let e = dearmor(&format!("{BEGIN}\n{bad}\n{END}\n")).unwrap_err();
+            assert!(
+                e.to_string().contains("line 2: invalid base64"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn text_without_a_begin_line_is_not_a_bundle() {
         for text in [
             "these are not the keys\n",
