@@ -1,7 +1,7 @@
 //! The sealed bundle, format version 1: a password-derived key commits to
 //! and unwraps a random file key, from which the payload key is derived; the
-//! payload is a STREAM of AES-256-GCM chunks. See DESIGN.md, "Bundle format",
-//! which this module implements byte for byte.
+//! payload is a STREAM of AES-256-GCM chunks. `docs/format.md` specifies
+//! it; this module implements it byte for byte.
 //!
 //! Invariants:
 //! - a payload key is never used for two bundles: every bundle gets a fresh
