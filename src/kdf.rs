@@ -24,15 +24,15 @@ pub(crate) const KDF_ID_ARGON2ID: u8 = 0x01;
 
 /// OWASP's floor for Argon2id (19 MiB, 2 passes); below it a bundle's
 /// password could be guessed too cheaply, so export refuses.
-pub(crate) const MIN_EXPORT_MEMORY_KIB: u32 = 19_456;
-pub(crate) const MIN_EXPORT_TIME: u32 = 2;
+pub const MIN_EXPORT_MEMORY_KIB: u32 = 19_456;
+pub const MIN_EXPORT_TIME: u32 = 2;
 
 /// Import limits: a header asking for more is refused unless the operator
 /// raises the memory limit (`--max-kdf-memory`). 1 GiB is the most a
 /// production host should give a single import.
-pub(crate) const MAX_IMPORT_MEMORY_KIB: u32 = 1024 * 1024;
-pub(crate) const MAX_IMPORT_TIME: u32 = 16;
-pub(crate) const MAX_IMPORT_LANES: u32 = 16;
+pub const MAX_IMPORT_MEMORY_KIB: u32 = 1024 * 1024;
+pub const MAX_IMPORT_TIME: u32 = 16;
+pub const MAX_IMPORT_LANES: u32 = 16;
 
 /// Argon2 needs at least 8 KiB of memory per lane.
 const MIN_MEMORY_PER_LANE_KIB: u32 = 8;

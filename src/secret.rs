@@ -19,16 +19,16 @@ use zeroize::{Zeroize, Zeroizing};
 
 /// The alphabet of generated passwords: Crockford-style base32 without the
 /// letters that are misread (i, l, o, u), 5 bits a character.
-pub(crate) const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+pub const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
 /// 24 characters of 5 bits: 120 bits of entropy.
-pub(crate) const GENERATED_LEN: usize = 24;
+pub const GENERATED_LEN: usize = 24;
 const GROUP_LEN: usize = 4;
 /// The longest password keyferry reads from a file, descriptor or variable;
 /// anything longer is almost certainly the wrong file.
-pub(crate) const MAX_PASSWORD_LEN: usize = 1024;
+pub const MAX_PASSWORD_LEN: usize = 1024;
 /// Operators who bring their own password must bring at least this many
 /// characters.
-pub(crate) const MIN_CHOSEN_LEN: usize = 12;
+pub const MIN_CHOSEN_LEN: usize = 12;
 
 /// A bundle password in canonical form.
 #[derive(Clone)]

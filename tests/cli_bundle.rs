@@ -356,14 +356,89 @@ fn broken_armor_is_refused_with_the_line() {
     refused(&node, &f, VECTOR_PASSWORD, 4, "malformed armor");
     let f = write("no-end.asc", lines[..lines.len() - 1].join("\n"));
     refused(&node, &f, VECTOR_PASSWORD, 4, "END line is missing");
-    let f = write("chatter.asc", format!("Here are the keys:\n{text}"));
-    refused(&node, &f, VECTOR_PASSWORD, 4, "BEGIN");
-    // CRLF and surrounding blank lines are fine.
-    let f = write(
-        "crlf.asc",
-        format!("\r\n\r\n{}\r\n\r\n", lines.join("\r\n")),
-    );
-    node.import_cmd_with(&f, VECTOR_PASSWORD).assert().success();
+    // Inside the block, a line of text is still an error naming it.
+    let mut chatter_inside = lines.clone();
+    chatter_inside.insert(2, "(continued)");
+    let f = write("chatter-inside.asc", chatter_inside.join("\n"));
+    refused(&node, &f, VECTOR_PASSWORD, 4, "line 3");
+}
+
+/// What pasting through a ticket, a mail or a remote-desktop clipboard does
+/// to the armor: every variant imports (and inspects) to the published
+/// fingerprint, and text outside the block is skipped with one `note:`.
+#[test]
+fn pasted_armor_imports_and_says_what_it_ignored() {
+    let text = fs::read_to_string(Path::new(VECTORS).join("keys.asc")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let map = |f: &dyn Fn(usize, &str) -> String| -> String {
+        lines.iter().enumerate().map(|(i, l)| f(i, l)).collect()
+    };
+    let note = "note: ";
+    let cases: Vec<(&str, String, Option<&str>)> = vec![
+        (
+            "indented, as quoted in a ticket",
+            map(&|_, l| format!("    {l}\n")),
+            None,
+        ),
+        (
+            "tabs before and spaces after",
+            map(&|i, l| format!("\t{l}{}\n", " ".repeat(i % 3))),
+            None,
+        ),
+        (
+            "CRLF and blank lines around",
+            format!("\r\n \r\n{}\r\n\t\r\n", lines.join("\r\n")),
+            None,
+        ),
+        (
+            "text before BEGIN",
+            format!("Here are the keys:\n\n{text}"),
+            Some("ignored 1 line of text before the BEGIN line"),
+        ),
+        (
+            "text after END",
+            format!("{text}\nThanks,\nthe DBA team\n"),
+            Some("ignored 2 lines of text after the END line"),
+        ),
+        (
+            "a whole mail, CRLF and indented",
+            format!(
+                "Hi,\r\nthe keys:\r\n{}\r\nBye\r\n",
+                map(&|_, l| format!("  {l} \r\n"))
+            ),
+            Some("ignored 2 lines of text before the BEGIN line and 1 after the END line"),
+        ),
+    ];
+    for (what, content, expected_note) in cases {
+        let node = Node::empty();
+        let f = node.path("pasted.asc");
+        fs::write(&f, &content).unwrap();
+
+        let out = node.cmd().args(["inspect", "-n"]).arg(&f).output().unwrap();
+        let err = stderr_of(&out);
+        assert!(out.status.success(), "{what}: inspect: {err}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("armored"),
+            "{what}"
+        );
+
+        let out = node.import_cmd_with(&f, VECTOR_PASSWORD).output().unwrap();
+        let import_err = stderr_of(&out);
+        assert!(out.status.success(), "{what}: import: {import_err}");
+        assert_eq!(node.fingerprint(), VECTOR_FINGERPRINT, "{what}");
+
+        for err in [&err, &import_err] {
+            let notes: Vec<&str> = err.lines().filter(|l| l.starts_with(note)).collect();
+            match expected_note {
+                None => assert!(notes.is_empty(), "{what}: {err}"),
+                Some(phrase) => {
+                    assert_eq!(notes.len(), 1, "{what}: one note, please: {err}");
+                    assert!(notes[0].contains(phrase), "{what}: {err}");
+                    assert!(notes[0].contains("pasted.asc"), "{what}: {err}");
+                }
+            }
+        }
+    }
 }
 
 #[test]

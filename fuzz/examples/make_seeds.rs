@@ -157,6 +157,22 @@ fn armor_seeds() {
                 lines[3]
             );
             put("armor", "short-middle-line.asc", short_middle.as_bytes());
+            // What tickets, mails and Windows editors do to a paste.
+            let indented = |prefix: &str, suffix: &str| -> String {
+                lines
+                    .iter()
+                    .map(|l| format!("{prefix}{l}{suffix}"))
+                    .collect()
+            };
+            let mail = format!(
+                "Hi,\r\nthe keys:\r\n{}thanks\r\n",
+                indented("\t  ", " \r\n")
+            );
+            put("armor", "pasted-mail.asc", mail.as_bytes());
+            let bom = format!("\u{feff}{}", indented("    ", "\n"));
+            put("armor", "bom-indented.asc", bom.as_bytes());
+            let long_before = format!("{}\n{s}", "x".repeat(300));
+            put("armor", "long-line-before.asc", long_before.as_bytes());
         }
     }
 }

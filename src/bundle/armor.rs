@@ -1,16 +1,27 @@
 //! The armored (text) form of a bundle: the binary in padded standard base64,
 //! 64 characters a line, between BEGIN and END lines. Writer and reader sit
-//! side by side.
+//! side by side; `docs/format.md`, "Armored form", is the rule they follow.
 //!
 //! Invariants:
-//! - the reader accepts LF or CRLF line ends and whitespace before the BEGIN
-//!   line and after the END line, nothing else: every other deviation is an
-//!   error that names the line;
-//! - it streams: one line is held at a time, whatever the bundle's size;
+//! - the writer emits exactly the canonical form: the BEGIN line, full
+//!   64-character lines, one shorter or padded last line if needed, the END
+//!   line, each ended by LF;
+//! - the reader accepts what pasting does to that form: LF or CRLF line
+//!   ends, spaces and tabs at the start and end of every line (the BEGIN and
+//!   END lines included), a UTF-8 byte order mark at the start of the input,
+//!   blank lines around the block, and any text before the BEGIN line and
+//!   after the END line, which it skips and counts ([`Ignored`]) so that the
+//!   caller can say so;
+//! - between BEGIN and END only base64 lines are accepted: every other line
+//!   there is an error that names it;
+//! - it streams: at most one line of [`MAX_LINE`] bytes is held at a time,
+//!   whatever the bundle's size or the length of the text around it;
+//! - input without a BEGIN line is [`BundleError::NotABundle`];
 //! - its failures are [`BundleError`]s: a `Read` caller gets an
 //!   `io::Error` with the same message, and the typed error from
 //!   [`ArmorReader::take_error`].
 
+use std::fmt;
 use std::io::{self, BufRead, Read, Write};
 
 use base64::engine::general_purpose::STANDARD;
@@ -18,14 +29,18 @@ use base64::Engine;
 
 use super::BundleError;
 
-pub(crate) const BEGIN: &str = "-----BEGIN KEYFERRY BUNDLE-----";
-pub(crate) const END: &str = "-----END KEYFERRY BUNDLE-----";
+pub const BEGIN: &str = "-----BEGIN KEYFERRY BUNDLE-----";
+pub const END: &str = "-----END KEYFERRY BUNDLE-----";
 /// Base64 characters per line.
-pub(crate) const LINE_CHARS: usize = 64;
+pub const LINE_CHARS: usize = 64;
 /// Binary bytes per full line (64 characters encode 48 bytes).
 const LINE_BYTES: usize = LINE_CHARS / 4 * 3;
-/// The longest line the reader looks at before calling it malformed.
-const MAX_LINE: usize = 256;
+/// The longest line inside the block, with its indentation, that the reader
+/// looks at before calling it malformed. Longer lines outside the block are
+/// skipped without being held.
+pub const MAX_LINE: usize = 256;
+/// What some Windows editors put at the start of a UTF-8 file.
+const UTF8_BOM: &[u8] = b"\xef\xbb\xbf";
 
 /// Encodes everything written to it; call [`finish`](Self::finish).
 pub struct ArmorWriter<W: Write> {
@@ -84,13 +99,54 @@ impl<W: Write> Write for ArmorWriter<W> {
     }
 }
 
-/// Whether `first_bytes` (the start of a file) look like armor: optional
-/// whitespace, then the BEGIN line's dashes.
-pub(crate) fn looks_armored(first_bytes: &[u8]) -> bool {
-    first_bytes
-        .iter()
-        .find(|b| !b.is_ascii_whitespace())
-        .is_some_and(|b| *b == b'-')
+/// Lines of text the reader skipped around the block: not part of the
+/// bundle, but the operator is told, in case they were meant to be. Blank
+/// lines are not counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ignored {
+    /// Lines with text before the BEGIN line.
+    pub before: usize,
+    /// Lines with text after the END line.
+    pub after: usize,
+}
+
+impl Ignored {
+    pub fn is_empty(&self) -> bool {
+        self.before == 0 && self.after == 0
+    }
+}
+
+impl fmt::Display for Ignored {
+    /// One clause for a `note:` line, e.g. "ignored 2 lines of text before
+    /// the BEGIN line and 1 after the END line (not part of the bundle)".
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines = |n: usize| {
+            if n == 1 {
+                "1 line".to_owned()
+            } else {
+                format!("{n} lines")
+            }
+        };
+        match (self.before, self.after) {
+            (0, 0) => write!(f, "no text around the BEGIN and END lines"),
+            (before, 0) => write!(
+                f,
+                "ignored {} of text before the BEGIN line (not part of the bundle)",
+                lines(before)
+            ),
+            (0, after) => write!(
+                f,
+                "ignored {} of text after the END line (not part of the bundle)",
+                lines(after)
+            ),
+            (before, after) => write!(
+                f,
+                "ignored {} of text before the BEGIN line and {after} after the END line \
+                 (not part of the bundle)",
+                lines(before)
+            ),
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -99,7 +155,31 @@ enum State {
     Body,
     /// The last (short or padded) data line was read: END must follow.
     AfterLastData,
-    AfterEnd,
+    /// The END line and everything after it were read.
+    Done,
+}
+
+/// One line as read.
+enum Line {
+    /// The input has ended.
+    Eof,
+    /// Longer than [`MAX_LINE`]: only its start was read.
+    Long,
+    /// `raw[start..end]`: the line without its line end, the spaces and
+    /// tabs around it, and (on line 1) a byte order mark.
+    Text(usize, usize),
+}
+
+/// What a line outside the block is.
+#[derive(PartialEq, Eq)]
+enum Outside {
+    Blank,
+    Text,
+    Begin,
+}
+
+fn is_blank(line: &[u8]) -> bool {
+    line.iter().all(u8::is_ascii_whitespace)
 }
 
 /// Decodes an armored bundle read from `input`.
@@ -111,6 +191,7 @@ pub struct ArmorReader<R: BufRead> {
     decoded: [u8; LINE_BYTES],
     pos: usize,
     end: usize,
+    ignored: Ignored,
     /// The error of the last failed read, until taken.
     failure: Option<BundleError>,
 }
@@ -125,6 +206,7 @@ impl<R: BufRead> ArmorReader<R> {
             decoded: [0; LINE_BYTES],
             pos: 0,
             end: 0,
+            ignored: Ignored::default(),
             failure: None,
         }
     }
@@ -134,108 +216,165 @@ impl<R: BufRead> ArmorReader<R> {
         self.failure.take()
     }
 
+    /// The text skipped so far: `before` is final once a byte was read,
+    /// `after` once a read returned 0 (the END line and the rest were read).
+    pub fn ignored(&self) -> Ignored {
+        self.ignored
+    }
+
     fn bad(&self, what: &str) -> BundleError {
         BundleError::Armor(format!("line {}: {what}", self.line_no))
     }
 
-    /// Reads one line into `raw` and returns its length without the LF or
-    /// CRLF; `None` at end of input.
-    fn next_line(&mut self) -> Result<Option<usize>, BundleError> {
+    /// Reads the next line, holding at most [`MAX_LINE`] + 2 bytes of it.
+    fn next_line(&mut self) -> Result<Line, BundleError> {
         self.raw.clear();
         let n = (&mut self.input)
             .take(MAX_LINE as u64 + 2)
             .read_until(b'\n', &mut self.raw)
             .map_err(BundleError::Io)?;
         if n == 0 {
-            return Ok(None);
+            return Ok(Line::Eof);
         }
         self.line_no += 1;
-        let mut len = self.raw.len();
+        let mut end = self.raw.len();
         if self.raw.ends_with(b"\n") {
-            len -= 1;
-            if self.raw[..len].ends_with(b"\r") {
-                len -= 1;
+            end -= 1;
+            if self.raw[..end].ends_with(b"\r") {
+                end -= 1;
             }
-        } else if len > MAX_LINE {
-            return Err(self.bad(&format!("longer than {MAX_LINE} characters")));
+        } else if end > MAX_LINE {
+            return Ok(Line::Long);
         }
-        Ok(Some(len))
+        let mut start = 0;
+        if self.line_no == 1 && self.raw.starts_with(UTF8_BOM) {
+            start = UTF8_BOM.len();
+        }
+        let blank = |b: &u8| *b == b' ' || *b == b'\t';
+        while start < end && blank(&self.raw[start]) {
+            start += 1;
+        }
+        while end > start && blank(&self.raw[end - 1]) {
+            end -= 1;
+        }
+        Ok(Line::Text(start, end))
     }
 
-    /// Advances until decoded bytes are available or the END line is read.
+    /// Skips the rest of a [`Line::Long`] without holding it.
+    fn skip_rest_of_line(&mut self) -> Result<(), BundleError> {
+        loop {
+            let buf = match self.input.fill_buf() {
+                Ok(buf) => buf,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(BundleError::Io(e)),
+            };
+            if buf.is_empty() {
+                return Ok(());
+            }
+            match buf.iter().position(|b| *b == b'\n') {
+                Some(i) => {
+                    self.input.consume(i + 1);
+                    return Ok(());
+                }
+                None => {
+                    let n = buf.len();
+                    self.input.consume(n);
+                }
+            }
+        }
+    }
+
+    /// Reads one line outside the block; `None` at the end of the input.
+    fn outside_line(&mut self) -> Result<Option<Outside>, BundleError> {
+        Ok(Some(match self.next_line()? {
+            Line::Eof => return Ok(None),
+            Line::Long => {
+                self.skip_rest_of_line()?;
+                Outside::Text
+            }
+            Line::Text(start, end) => {
+                let line = &self.raw[start..end];
+                if line == BEGIN.as_bytes() {
+                    Outside::Begin
+                } else if is_blank(line) {
+                    Outside::Blank
+                } else {
+                    Outside::Text
+                }
+            }
+        }))
+    }
+
+    /// Advances until decoded bytes are available or the input is done.
     fn refill(&mut self) -> Result<(), BundleError> {
         loop {
             match self.state {
-                State::AfterEnd => return Ok(()),
-                State::BeforeBegin => {
-                    let Some(len) = self.next_line()? else {
-                        return Err(BundleError::Armor("no BEGIN line".into()));
-                    };
-                    let line = &self.raw[..len];
-                    if line == BEGIN.as_bytes() {
-                        self.state = State::Body;
-                    } else if !line.iter().all(u8::is_ascii_whitespace) {
-                        return Err(self.bad("expected the BEGIN KEYFERRY BUNDLE line"));
-                    }
-                }
-                State::Body | State::AfterLastData => {
-                    let state = self.state;
-                    let Some(len) = self.next_line()? else {
-                        return Err(BundleError::Armor(
-                            "the END line is missing: the text was cut off".into(),
-                        ));
-                    };
-                    let line = &self.raw[..len];
-                    if line == END.as_bytes() {
-                        self.state = State::AfterEnd;
-                        self.expect_only_whitespace()?;
-                        return Ok(());
-                    }
-                    if state == State::AfterLastData {
-                        return Err(self.bad("data after a short or padded line"));
-                    }
-                    if len == 0 || len > LINE_CHARS || len % 4 != 0 {
-                        return Err(self.bad(&format!(
-                            "expected {LINE_CHARS} base64 characters (or fewer on the last line), found {len}"
-                        )));
-                    }
-                    let short_or_padded = len < LINE_CHARS || line.ends_with(b"=");
-                    let mut decoded = [0u8; LINE_BYTES];
-                    let n = STANDARD
-                        .decode_slice(line, &mut decoded)
-                        .map_err(|e| self.bad(&format!("invalid base64 ({e})")))?;
-                    self.decoded = decoded;
-                    self.pos = 0;
-                    self.end = n;
-                    if short_or_padded {
-                        self.state = State::AfterLastData;
-                    }
-                    return Ok(());
-                }
+                State::Done => return Ok(()),
+                State::BeforeBegin => match self.outside_line()? {
+                    None => return Err(BundleError::NotABundle),
+                    Some(Outside::Begin) => self.state = State::Body,
+                    Some(Outside::Text) => self.ignored.before += 1,
+                    Some(Outside::Blank) => {}
+                },
+                State::Body | State::AfterLastData => return self.read_block_line(),
             }
         }
     }
 
-    fn expect_only_whitespace(&mut self) -> Result<(), BundleError> {
-        let mut rest = [0u8; 512];
-        loop {
-            let n = self.input.read(&mut rest).map_err(BundleError::Io)?;
-            if n == 0 {
-                return Ok(());
-            }
-            if !rest[..n].iter().all(u8::is_ascii_whitespace) {
+    /// Reads one line between BEGIN and END: a data line, or the END line
+    /// (after which the rest of the input is skipped and counted).
+    fn read_block_line(&mut self) -> Result<(), BundleError> {
+        let (start, end) = match self.next_line()? {
+            Line::Eof => {
                 return Err(BundleError::Armor(
-                    "text after the END line: remove everything after it".into(),
-                ));
+                    "the END line is missing: the text was cut off".into(),
+                ))
             }
+            Line::Long => return Err(self.bad(&format!("longer than {MAX_LINE} characters"))),
+            Line::Text(start, end) => (start, end),
+        };
+        let line = &self.raw[start..end];
+        if line == END.as_bytes() {
+            self.state = State::Done;
+            // A second BEGIN line after END is just more text.
+            while let Some(line) = self.outside_line()? {
+                if line != Outside::Blank {
+                    self.ignored.after += 1;
+                }
+            }
+            return Ok(());
         }
+        if self.state == State::AfterLastData {
+            return Err(self.bad("data after a short or padded line"));
+        }
+        let len = line.len();
+        if len == 0 {
+            return Err(self.bad("a blank line inside the block: remove it"));
+        }
+        if len > LINE_CHARS || !len.is_multiple_of(4) {
+            return Err(self.bad(&format!(
+                "expected {LINE_CHARS} base64 characters (or fewer on the last line), found {len}"
+            )));
+        }
+        let short_or_padded = len < LINE_CHARS || line.ends_with(b"=");
+        let mut decoded = [0u8; LINE_BYTES];
+        let n = STANDARD
+            .decode_slice(line, &mut decoded)
+            .map_err(|e| self.bad(&format!("invalid base64 ({e})")))?;
+        self.decoded = decoded;
+        self.pos = 0;
+        self.end = n;
+        if short_or_padded {
+            self.state = State::AfterLastData;
+        }
+        Ok(())
     }
 }
 
 impl<R: BufRead> Read for ArmorReader<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         while self.pos == self.end {
-            if self.state == State::AfterEnd {
+            if self.state == State::Done {
                 return Ok(0);
             }
             if let Err(e) = self.refill() {
@@ -284,11 +423,111 @@ mod tests {
         }
     }
 
+    /// Decodes and returns what was ignored around the block.
+    fn dearmor_counting(text: &str) -> (Vec<u8>, Ignored) {
+        let mut out = Vec::new();
+        let mut reader = ArmorReader::new(text.as_bytes());
+        reader.read_to_end(&mut out).unwrap();
+        (out, reader.ignored())
+    }
+
     #[test]
-    fn anything_but_whitespace_outside_the_block_is_refused() {
-        let text = armor(b"hello world");
-        assert!(dearmor(&format!("Subject: keys\n{text}")).is_err());
-        assert!(dearmor(&format!("{text}thanks\n")).is_err());
+    fn text_around_the_block_is_ignored_and_counted() {
+        let data = b"hello world";
+        let text = armor(data);
+        let pasted = format!(
+            "Subject: keys\n\nHere they are:\n\n{text}\n-- \nthanks\n-----BEGIN KEYFERRY BUNDLE-----\n"
+        );
+        let (out, ignored) = dearmor_counting(&pasted);
+        assert_eq!(out, data);
+        assert_eq!(
+            ignored,
+            Ignored {
+                before: 2,
+                after: 3
+            }
+        );
+        assert_eq!(
+            ignored.to_string(),
+            "ignored 2 lines of text before the BEGIN line and 3 after the END line (not part of the bundle)"
+        );
+        let (_, none) = dearmor_counting(&format!("\n \t\n{text}\n\n"));
+        assert!(none.is_empty());
+        let (_, one) = dearmor_counting(&format!("{text}thanks"));
+        assert_eq!(
+            one.to_string(),
+            "ignored 1 line of text after the END line (not part of the bundle)"
+        );
+    }
+
+    #[test]
+    fn indentation_on_every_line_is_accepted() {
+        let data: Vec<u8> = (0..200u8).collect();
+        let text = armor(&data);
+        let indented: String = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| match i % 3 {
+                0 => format!("    {l}\r\n"),
+                1 => format!("\t{l} \t\n"),
+                _ => format!(" \t {l}   \r\n"),
+            })
+            .collect();
+        assert_eq!(
+            dearmor_counting(&indented),
+            (data.clone(), Ignored::default())
+        );
+        // A byte order mark, as some Windows editors save the file.
+        let bom = format!("\u{feff}{text}");
+        assert_eq!(dearmor(&bom).unwrap(), data);
+        let bom_then_text = format!("\u{feff}keys:\n{text}");
+        assert_eq!(dearmor_counting(&bom_then_text).1.before, 1);
+    }
+
+    #[test]
+    fn long_lines_outside_the_block_are_skipped_without_being_held() {
+        let data = [7u8; 100];
+        let text = armor(&data);
+        let long = "x".repeat(10 * MAX_LINE);
+        let pasted = format!("{long}\n{text}{long}\n{long}");
+        let (out, ignored) = dearmor_counting(&pasted);
+        assert_eq!(out, data);
+        assert_eq!(
+            ignored,
+            Ignored {
+                before: 1,
+                after: 2
+            }
+        );
+    }
+
+    #[test]
+    fn only_canonical_base64_is_accepted() {
+        // "QQ==" is b"A"; "QR==" has non-zero trailing bits; "Q===" is not
+        // valid padding.
+        assert_eq!(dearmor(&format!("{BEGIN}\nQQ==\n{END}\n")).unwrap(), b"A");
+        for bad in ["QR==", "Q===", "QQ=A"] {
+            let e = dearmor(&format!("{BEGIN}\n{bad}\n{END}\n")).unwrap_err();
+            assert!(
+                e.to_string().contains("line 2: invalid base64"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn text_without_a_begin_line_is_not_a_bundle() {
+        for text in [
+            "these are not the keys\n",
+            "",
+            "-----BEGIN PGP MESSAGE-----\n",
+            "> -----BEGIN KEYFERRY BUNDLE-----\n",
+        ] {
+            assert!(
+                matches!(dearmor(text), Err(BundleError::NotABundle)),
+                "{text:?}"
+            );
+        }
     }
 
     #[test]
@@ -312,8 +551,18 @@ mod tests {
         // Missing END.
         let cut = format!("{}\n{}\n", lines[0], lines[1]);
         assert!(dearmor(&cut).unwrap_err().to_string().contains("END"));
-        // Trailing spaces on a data line are not whitespace outside the block.
-        let spaced = text.replacen(lines[1], &format!("{} ", lines[1]), 1);
-        assert!(dearmor(&spaced).is_err());
+        // Inside the block, only base64 lines: not a blank line, not text,
+        // not a line too long to be one (which is refused, not skipped).
+        let too_long = "A".repeat(MAX_LINE + 10);
+        for (inserted, phrase) in [
+            ("", "line 3: a blank line inside the block"),
+            ("see below", "line 3: expected 64 base64 characters"),
+            (too_long.as_str(), "line 3: longer than 256"),
+        ] {
+            let mut with = lines.clone();
+            with.insert(2, inserted);
+            let e = dearmor(&with.join("\n")).unwrap_err().to_string();
+            assert!(e.contains(phrase), "{e}");
+        }
     }
 }

@@ -14,15 +14,15 @@ use subtle::ConstantTimeEq;
 use super::BundleError;
 use crate::kdf::{KdfParams, KDF_ID_ARGON2ID};
 
-pub(crate) const MAGIC: &[u8; 8] = b"KFBUNDLE";
+pub const MAGIC: &[u8; 8] = b"KFBUNDLE";
 pub(crate) const FORMAT_VERSION: u8 = 0x01;
 pub(crate) const SALT_LEN: usize = 16;
 pub(crate) const COMMITMENT_LEN: usize = 32;
-pub(crate) const WRAPPED_KEY_LEN: usize = 48;
+pub const WRAPPED_KEY_LEN: usize = 48;
 /// Bytes 0..70 are covered by the key commitment.
-pub(crate) const COMMITTED_LEN: usize = 70;
+pub const COMMITTED_LEN: usize = 70;
 /// Bytes 0..102 are the associated data of the wrapped file key.
-pub(crate) const WRAP_AAD_LEN: usize = 102;
+pub const WRAP_AAD_LEN: usize = 102;
 pub const HEADER_LEN: usize = 150;
 const COMMIT_LABEL: &[u8] = b"keyferry bundle v1 commit";
 

@@ -1,7 +1,7 @@
 //! The sealed bundle, format version 1: a password-derived key commits to
 //! and unwraps a random file key, from which the payload key is derived; the
-//! payload is a STREAM of AES-256-GCM chunks. See DESIGN.md, "Bundle format",
-//! which this module implements byte for byte.
+//! payload is a STREAM of AES-256-GCM chunks. `docs/format.md` specifies
+//! it; this module implements it byte for byte.
 //!
 //! Invariants:
 //! - a payload key is never used for two bundles: every bundle gets a fresh
@@ -21,7 +21,7 @@
 //!
 //! This module never touches the file system: it reads and writes streams.
 
-pub(crate) mod armor;
+pub mod armor;
 pub mod header;
 pub mod stream;
 
@@ -36,7 +36,7 @@ use crate::aead::Cipher;
 use crate::fmt::fmt_time;
 use crate::kdf::{self, KdfError, KdfLimits, KdfParams};
 use crate::secret::Password;
-pub use armor::{ArmorReader, ArmorWriter};
+pub use armor::{ArmorReader, ArmorWriter, Ignored};
 pub use header::{Header, HEADER_LEN};
 pub use stream::{SealedInput, StreamOpener, StreamSealer, CHUNK_SIZE};
 
@@ -52,7 +52,7 @@ pub enum BundleError {
         "the file is empty (0 bytes): the copy was probably interrupted; copy the bundle again"
     )]
     Empty,
-    #[error("not a keyferry bundle (it starts with neither KFBUNDLE nor the armor BEGIN line): check the file name")]
+    #[error("not a keyferry bundle (it neither starts with KFBUNDLE nor has an armor BEGIN line): check the file name")]
     NotABundle,
     #[error(
         "the bundle ends inside its header ({0} of 150 bytes): the copy was cut off; copy it again"
@@ -247,21 +247,33 @@ impl<R: BufRead> SealedInput for Source<R> {
 }
 
 impl<R: BufRead> Source<R> {
-    /// Tells binary from armored by the first bytes.
+    /// Tells binary from armored by the first bytes: a binary bundle starts
+    /// with the magic (a file shorter than it, with as much of it as it
+    /// holds); anything else is read as text, in which the armor reader
+    /// looks for the BEGIN line.
     pub fn detect(mut input: R) -> Result<Self, BundleError> {
         let first = input.fill_buf().map_err(BundleError::Io)?;
         if first.is_empty() {
             return Err(BundleError::Empty);
         }
-        if armor::looks_armored(first) {
-            Ok(Source::Armored(ArmorReader::new(input)))
-        } else {
+        let n = first.len().min(header::MAGIC.len());
+        if first[..n] == header::MAGIC[..n] {
             Ok(Source::Binary(input))
+        } else {
+            Ok(Source::Armored(ArmorReader::new(input)))
         }
     }
 
     pub(crate) fn is_armored(&self) -> bool {
         matches!(self, Source::Armored(_))
+    }
+
+    /// Text the armor reader skipped so far (none in the binary form).
+    pub fn ignored(&self) -> Ignored {
+        match self {
+            Source::Binary(_) => Ignored::default(),
+            Source::Armored(r) => r.ignored(),
+        }
     }
 }
 
@@ -291,14 +303,25 @@ fn parse_header<R: BufRead>(input: R) -> Result<(Header, Source<R>), BundleError
 pub(crate) struct Inspected {
     pub header: Header,
     pub armored: bool,
+    /// Text around the armor that is not part of the bundle.
+    pub ignored: Ignored,
 }
 
-/// Reads a bundle's header for display; see [`Inspected`].
+/// Reads a bundle's header for display; see [`Inspected`]. The armored
+/// form is read to its END line (base64 only, nothing is decrypted), so a
+/// broken paste is found before anyone types the password, and the text
+/// after END is counted.
 pub(crate) fn inspect<R: BufRead>(input: R) -> Result<Inspected, BundleError> {
-    let (header, source) = parse_header(input)?;
+    let (header, mut source) = parse_header(input)?;
+    if source.is_armored() {
+        if let Err(e) = io::copy(&mut source, &mut io::sink()) {
+            return Err(source.take_error().unwrap_or(BundleError::Io(e)));
+        }
+    }
     Ok(Inspected {
         header,
         armored: source.is_armored(),
+        ignored: source.ignored(),
     })
 }
 
@@ -335,6 +358,12 @@ impl<R: BufRead> Locked<R> {
 
     pub fn is_armored(&self) -> bool {
         self.source.is_armored()
+    }
+
+    /// Text skipped before the armor's BEGIN line (what follows END is
+    /// known once the payload was read: [`BundleReader::ignored`]).
+    pub fn ignored(&self) -> Ignored {
+        self.source.ignored()
     }
 
     /// The second phase: derives the KEK from the password (the slow
@@ -422,6 +451,13 @@ impl<R: BufRead> BundleReader<R> {
     /// [`StreamOpener::take_error`]).
     pub fn take_error(&mut self) -> Option<BundleError> {
         self.stream.take_error()
+    }
+
+    /// Text around the armor that is not part of the bundle; complete once
+    /// the payload was read to its end ([`expect_end`](Self::expect_end),
+    /// [`parse_payload`](Self::parse_payload)).
+    pub fn ignored(&self) -> Ignored {
+        self.stream.input().ignored()
     }
 
     /// Runs `parse` over the payload, then checks that the payload ends

@@ -242,6 +242,11 @@ impl<R: SealedInput> StreamOpener<R> {
         }
     }
 
+    /// The sealed input, as far as it was read.
+    pub fn input(&self) -> &R {
+        &self.input
+    }
+
     /// The error that stopped the stream, once: what a `Read` or `BufRead`
     /// caller got as an `io::Error`, typed.
     pub fn take_error(&mut self) -> Option<BundleError> {

@@ -165,6 +165,7 @@ pub fn import(home: &Home, args: ImportArgs) -> Result<()> {
     } else {
         "imported"
     };
+    note_ignored(&args.file, report.armor_ignored);
     println!(
         "{verb} keys from {} (made by node {:?} at {}, expires {})",
         args.file.display(),
@@ -286,8 +287,16 @@ pub fn import(home: &Home, args: ImportArgs) -> Result<()> {
     Ok(())
 }
 
+/// Tells the operator about text around an armored bundle that was skipped.
+fn note_ignored(file: &std::path::Path, ignored: crate::bundle::Ignored) {
+    if !ignored.is_empty() {
+        eprintln!("note: {}: {ignored}", file.display());
+    }
+}
+
 pub(crate) fn inspect(args: InspectArgs) -> Result<()> {
     let i = inspect::inspect(&args.file)?;
+    note_ignored(&args.file, i.ignored);
     if args.json {
         return print_json(&i);
     }

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::config::{self, ConfigPolicy, StagingSink};
 use super::{details, now_unix, open_bundle_file, Home};
-use crate::bundle::{self, OpenOptions};
+use crate::bundle::{self, Ignored, OpenOptions};
 use crate::error::{Error, Result};
 use crate::ha::config::LocalPaths;
 use crate::kdf::{self, KdfLimits};
@@ -74,6 +74,8 @@ pub struct ImportReport {
     /// With `--delete`: the files removed (the bundle; through a link, the
     /// file it points to and the link), or why they could not be.
     pub deleted: Option<std::result::Result<Vec<PathBuf>, String>>,
+    /// Text around an armored bundle that was not part of it.
+    pub armor_ignored: Ignored,
 }
 
 /// A bundle made up to this many seconds "in the future" is normal clock
@@ -110,7 +112,7 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
     let now = now_unix();
     let mut staging = StagingSink::new(home);
     let mut header = None;
-    let opened = (|| -> Result<crate::payload::Payload> {
+    let opened = (|| -> Result<(crate::payload::Payload, Ignored)> {
         let locked = bundle::read_header(BufReader::new(file), &limits)?;
         let h = locked.header();
         tracing::debug!(
@@ -138,11 +140,12 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
             &mut staging
         };
         // The archive must end where the authenticated stream does.
-        Ok(reader.parse_payload(|plain| {
+        let payload = reader.parse_payload(|plain| {
             payload::read(plain, payload::DEFAULT_MAX_TOTAL, sink).map(|(payload, _)| payload)
-        })?)
+        })?;
+        Ok((payload, reader.ignored()))
     })();
-    let payload = match opened {
+    let (payload, armor_ignored) = match opened {
         Ok(p) => p,
         Err(e) => {
             if let Some(local) = staging.local_failure() {
@@ -243,6 +246,7 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
         keys: existing_keyring.map(|k| KeyDiff::between(&k, &payload.keyring)),
         keystore_backup: None,
         deleted: None,
+        armor_ignored,
     };
     tracing::info!(
         before = ?report.before.map(|f| f.to_string()),

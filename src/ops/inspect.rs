@@ -9,7 +9,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::open_bundle_file;
-use crate::bundle::{self, Header};
+use crate::bundle::{self, Header, Ignored};
 use crate::error::Result;
 use crate::fmt::fmt_time;
 use crate::kdf::KdfParams;
@@ -25,12 +25,20 @@ pub(crate) struct Inspection {
     pub created: String,
     pub expires: Option<String>,
     pub file_size: u64,
+    /// Text around an armored bundle that is not part of it (told on
+    /// stderr, not in the JSON).
+    #[serde(skip)]
+    pub ignored: Ignored,
 }
 
 pub(crate) fn inspect(path: &Path) -> Result<Inspection> {
     let file: File = open_bundle_file(path)?;
     let file_size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let bundle::Inspected { header, armored } = bundle::inspect(BufReader::new(file))?;
+    let bundle::Inspected {
+        header,
+        armored,
+        ignored,
+    } = bundle::inspect(BufReader::new(file))?;
     let Header {
         kdf: KdfParams {
             memory_kib,
@@ -51,5 +59,6 @@ pub(crate) fn inspect(path: &Path) -> Result<Inspection> {
         created: fmt_time(created),
         expires: expires.map(fmt_time),
         file_size,
+        ignored,
     })
 }

@@ -30,9 +30,9 @@ pub const KEYRING: &str = "keyring.json";
 pub(crate) const APPSETTINGS: &str = "config/appsettings.json";
 pub(crate) const HA_CONFIG: &str = "config/ha.toml";
 pub(crate) const PAYLOAD_FORMAT: &str = "keyferry-payload";
-pub(crate) const PAYLOAD_VERSION: u32 = 1;
+pub const PAYLOAD_VERSION: u32 = 1;
 /// Default cap on the payload's total uncompressed size.
-pub(crate) const DEFAULT_MAX_TOTAL: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_MAX_TOTAL: u64 = 64 * 1024 * 1024;
 /// A manifest is a few hundred bytes; more means something is wrong.
 const MAX_MANIFEST_LEN: usize = 64 * 1024;
 /// Room for thousands of keys.
