@@ -154,6 +154,13 @@ pub enum SecretError {
         #[source]
         source: io::Error,
     },
+    /// The source the operator named cannot be read (a usage error).
+    #[error("{what}: cannot read the password ({source}): check the option's value")]
+    Source {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("the password from {0} is empty: check the source")]
     Empty(String),
     #[error(
@@ -162,7 +169,7 @@ pub enum SecretError {
     TooLong(String),
     #[error("the password from {0} is not valid UTF-8: check the source")]
     NotUtf8(String),
-    #[error("environment variable {0} is not set: export it or choose another source")]
+    #[error("--password-env {0}: the environment variable is not set: export it or choose another source")]
     EnvMissing(String),
     #[error(
         "--password-fd is not available on this platform: use --password-file or --password-env"
@@ -185,18 +192,18 @@ impl PasswordSource {
         let (what, raw) = match self {
             PasswordSource::Prompt => ("the terminal".to_owned(), read_prompt(prompt)?),
             PasswordSource::File(path) => (
-                format!("file {}", path.display()),
-                read_file(path).map_err(|source| SecretError::Read {
-                    what: format!("file {}", path.display()),
+                format!("--password-file {}", path.display()),
+                read_file(path).map_err(|source| SecretError::Source {
+                    what: format!("--password-file {}", path.display()),
                     source,
                 })?,
             ),
             PasswordSource::Fd(fd) => (
-                format!("file descriptor {fd}"),
+                format!("--password-fd {fd}"),
                 platform::read_fd(*fd).map_err(|source| match source.kind() {
                     io::ErrorKind::Unsupported => SecretError::FdUnsupported,
-                    _ => SecretError::Read {
-                        what: format!("file descriptor {fd}"),
+                    _ => SecretError::Source {
+                        what: format!("--password-fd {fd}"),
                         source,
                     },
                 })?,
@@ -205,7 +212,7 @@ impl PasswordSource {
                 let value =
                     std::env::var_os(name).ok_or_else(|| SecretError::EnvMissing(name.clone()))?;
                 let bytes = Zeroizing::new(value.into_encoded_bytes());
-                (format!("environment variable {name}"), bytes)
+                (format!("--password-env {name}"), bytes)
             }
         };
         password_from_bytes(&what, raw)
@@ -394,7 +401,7 @@ mod tests {
         drop(reader);
         assert!(matches!(
             PasswordSource::Fd(-1).read(""),
-            Err(SecretError::Read { .. })
+            Err(SecretError::Source { .. })
         ));
     }
 

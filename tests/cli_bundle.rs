@@ -1026,3 +1026,34 @@ fn a_hostile_source_node_is_escaped_and_capped() {
         "source_node is longer than 255",
     );
 }
+
+/// A password source the operator named that cannot be read is a usage
+/// error (exit 2) naming the option, and nothing changes.
+#[test]
+fn an_unreadable_password_source_is_a_usage_error_naming_the_option() {
+    let node = Node::initialised();
+    let before = snapshot(node.dir.path());
+    for (args, option) in [
+        (
+            vec!["--password-file", "/nonexistent/pw"],
+            "--password-file",
+        ),
+        (
+            vec!["--password-env", "KEYFERRY_TEST_UNSET_VAR"],
+            "--password-env",
+        ),
+    ] {
+        let out = node
+            .cmd()
+            .args(["export", "-n"])
+            .arg(node.path("k.exp"))
+            .args(&args)
+            .env_remove("KEYFERRY_TEST_UNSET_VAR")
+            .output()
+            .unwrap();
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(option), "{err}");
+        assert_same(&before, &snapshot(node.dir.path()));
+    }
+}

@@ -129,15 +129,15 @@ fn password_fd_reads_a_pipe_on_another_descriptor() {
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert_eq!(secondary.fingerprint(), primary.fingerprint());
 
-    // A descriptor that is not open is refused with its number.
+    // A descriptor that is not open is a usage error naming the option.
     let out = bash(
         &secondary,
         &file,
         "\"$KF\" --home \"$KF_HOME\" import -n \"$KF_FILE\" --password-fd 7 7<&-",
     );
-    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
     assert!(
-        stderr_of(&out).contains("file descriptor 7"),
+        stderr_of(&out).contains("--password-fd 7"),
         "{}",
         stderr_of(&out)
     );
