@@ -666,3 +666,55 @@ fn ha_init_bad_values_are_usage_errors_naming_the_option() {
         assert!(!home.join("ha.toml").exists());
     }
 }
+
+/// A server's own WAL is never cleaned, however it is reached: a link to
+/// pg_wal, a path through pg_wal/archive_status/.., or pg_wal moved
+/// elsewhere (initdb --waldir) behind a link.
+#[test]
+fn archive_clean_never_touches_a_servers_wal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    keyferry(&home).arg("init").assert().success();
+    let data = tmp.path().join("data");
+    fs::create_dir_all(data.join("global")).unwrap();
+    fs::write(data.join("PG_VERSION"), "15\n").unwrap();
+    // pg_wal elsewhere, linked from the data directory.
+    let waldir = tmp.path().join("waldir");
+    fs::create_dir_all(waldir.join("archive_status")).unwrap();
+    std::os::unix::fs::symlink(&waldir, data.join("pg_wal")).unwrap();
+    let segment = "000000010000000000000001";
+    fs::write(waldir.join(segment), b"live WAL").unwrap();
+    let link = tmp.path().join("archive-link");
+    std::os::unix::fs::symlink(data.join("pg_wal"), &link).unwrap();
+    keyferry(&home)
+        .args([
+            "ha",
+            "init",
+            "--node",
+            "a",
+            "--primary",
+            "10.0.0.1",
+            "--secondary",
+            "10.0.0.2",
+        ])
+        .arg("--pg-data")
+        .arg(&data)
+        .assert()
+        .success();
+    for dir in [
+        link.clone(),
+        data.join("pg_wal"),
+        data.join("pg_wal").join("archive_status").join(".."),
+        waldir.clone(),
+    ] {
+        let out = keyferry(&home)
+            .args(["ha", "archive", "clean", "--all", "--force", "--dir"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{}: {err}", dir.display());
+        assert!(err.contains("is not a WAL archive"), "{err}");
+        assert_eq!(fs::read(waldir.join(segment)).unwrap(), b"live WAL");
+    }
+}

@@ -106,6 +106,14 @@ pub(crate) enum ArchiveCommand {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Also remove what a live archive still needs (the newest base
+        /// backup and the WAL after it, what a replica may still fetch);
+        /// needs --force.
+        #[arg(long)]
+        all: bool,
+        /// Confirms --all.
+        #[arg(long, requires = "all")]
+        force: bool,
     },
 }
 
@@ -277,10 +285,42 @@ pub fn run(home: &Home, cmd: HaCommand) -> Result<()> {
             }
             Ok(())
         }
-        HaCommand::Archive(ArchiveCommand::Clean { dry_run, dir, json }) => {
-            let report = ops_ha::archive_clean(home, dir, dry_run)?;
+        HaCommand::Archive(ArchiveCommand::Clean {
+            dry_run,
+            dir,
+            json,
+            all,
+            force,
+        }) => {
+            let scope = match (all, force) {
+                (false, _) => ops_ha::CleanScope::Unneeded,
+                (true, true) => ops_ha::CleanScope::Everything,
+                (true, false) if dry_run => ops_ha::CleanScope::Everything,
+                (true, false) => return Err(Error::Usage(
+                    "--all also removes the newest base backup's WAL and what a replica may still \
+                         need from the archive: add --force if that is what you want"
+                        .into(),
+                )),
+            };
+            let report = ops_ha::archive_clean(home, dir, dry_run, scope)?;
             if json {
                 return print_json(&report);
+            }
+            if let Some(why) = &report.live {
+                let kept = match &report.keep_from {
+                    Some(from) => format!(
+                        "{} files still needed are kept (from segment {from} on, the newest .backup, the history files)",
+                        report.needed
+                    ),
+                    None => "--all --force: everything goes, including what it still needs".to_owned(),
+                };
+                println!("live archive: {why}; {kept}");
+            }
+            if all && !report.dry_run && !report.files.is_empty() {
+                eprintln!(
+                    "warning: the archive no longer holds the WAL to restore the last base backup \
+                     or to let a replica catch up from it: take a new base backup"
+                );
             }
             let count = report.files.len();
             if report.dry_run {

@@ -144,6 +144,147 @@ pub(crate) fn plan(dir: &Path) -> Result<CleanPlan, Error> {
     })
 }
 
+/// The log and segment part of a WAL file name (its 16 hex digits after
+/// the timeline), by which `pg_archivecleanup` orders files across
+/// timelines; `None` for a timeline history file.
+fn segment_part(file: &ArchiveFile) -> Option<&str> {
+    let name = file.path.file_name()?.to_str()?;
+    match file.kind {
+        WalFileKind::History => None,
+        _ => name.get(WORD_LEN..SEGMENT_NAME_LEN),
+    }
+}
+
+/// Why files stay although a clean lists them: a server archives into the
+/// directory, so the segments from `keep_from` on (the older of its last
+/// checkpoint's REDO segment and the newest base backup's start), the
+/// newest `.backup` file and every timeline history file are still needed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Needed {
+    /// The oldest segment still needed, a full 24-digit name.
+    pub keep_from: String,
+    /// The files kept for it.
+    pub files: Vec<ArchiveFile>,
+}
+
+impl CleanPlan {
+    /// Keeps out of the plan what a live archive still needs, the way
+    /// `pg_archivecleanup` does given `redo_segment` (the last checkpoint's
+    /// REDO WAL file), and more: the newest base backup's `.backup` file and
+    /// the segments from that backup's start on, and every history file.
+    pub(crate) fn keep_needed(&mut self, redo_segment: &str) -> Needed {
+        let newest_backup = self
+            .files
+            .iter()
+            .filter(|f| f.kind == WalFileKind::Backup)
+            .max_by(|a, b| a.path.cmp(&b.path))
+            .map(|f| f.path.clone());
+        let backup_start = newest_backup.as_ref().and_then(|p| {
+            p.file_name()?
+                .to_str()
+                .map(|n| n[..SEGMENT_NAME_LEN].to_owned())
+        });
+        let keep_from = match backup_start {
+            Some(b) if b[WORD_LEN..] < redo_segment[WORD_LEN..] => b,
+            _ => redo_segment.to_owned(),
+        };
+        let (needed, removable): (Vec<ArchiveFile>, Vec<ArchiveFile>) =
+            std::mem::take(&mut self.files).into_iter().partition(|f| {
+                Some(&f.path) == newest_backup.as_ref()
+                    || segment_part(f).is_none_or(|s| s >= &keep_from[WORD_LEN..])
+            });
+        self.files = removable;
+        Needed {
+            keep_from,
+            files: needed,
+        }
+    }
+}
+
+/// The directory a clean may work in: `dir` with every link resolved, and
+/// never a server's WAL: not inside a data directory (its own or a parent's
+/// `PG_VERSION` and `global/`), not a `pg_wal` (it holds `archive_status/`),
+/// not the real location of `pg_data`'s `pg_wal` (which `initdb --waldir`
+/// puts elsewhere behind a link).
+pub(crate) fn real_dir(dir: &Path, pg_data: Option<&Path>) -> Result<PathBuf, Error> {
+    let real = fs::canonicalize(dir).map_err(|source| Error::ArchiveList {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let refuse = |why: String| {
+        Err(Error::ArchiveIsWal {
+            path: dir.to_path_buf(),
+            real: real.clone(),
+            why,
+        })
+    };
+    let is_data_dir = |d: &Path| d.join("PG_VERSION").is_file() && d.join("global").is_dir();
+    if let Some(data) = real.ancestors().find(|d| is_data_dir(d)) {
+        return refuse(format!(
+            "it is inside the data directory {}",
+            data.display()
+        ));
+    }
+    if real.join("archive_status").is_dir() {
+        return refuse("it holds archive_status/, so it is a server's pg_wal".into());
+    }
+    if let Some(data) = pg_data {
+        if let Ok(wal) = fs::canonicalize(data.join("pg_wal")) {
+            if real.starts_with(&wal) {
+                return refuse(format!("it is the WAL directory of {}", data.display()));
+            }
+        }
+    }
+    Ok(real)
+}
+
+/// Why this node's server archives into `dir`, if it does (or may): its
+/// configuration turns `archive_mode` on with an `archive_command` that
+/// names the directory, or with an `archive_library` (which cannot be
+/// looked into). A running server whose configuration cannot be read is
+/// assumed to archive here.
+pub(crate) fn live_archiving(
+    config: &crate::ha::config::HaConfig,
+    dir: &Path,
+    real: &Path,
+) -> Option<String> {
+    let data = &config.pg_data;
+    let settings = match crate::pg::conf::data_dir_settings(data) {
+        Ok(Some(s)) => s,
+        _ => {
+            return data.join("postmaster.pid").is_file().then(|| {
+                format!(
+                    "a server runs in {} and its configuration could not be read there",
+                    data.display()
+                )
+            })
+        }
+    };
+    let on = settings.get("archive_mode").is_some_and(|m| {
+        matches!(
+            m.to_ascii_lowercase().as_str(),
+            "on" | "always" | "true" | "yes" | "1"
+        )
+    });
+    if !on {
+        return None;
+    }
+    if let Some(lib) = settings.get("archive_library").filter(|l| !l.is_empty()) {
+        return Some(format!(
+            "{}'s server archives with the library {lib}",
+            data.display()
+        ));
+    }
+    let command = settings.get("archive_command")?;
+    let names = |p: &Path| command.contains(&*p.to_string_lossy());
+    (names(dir) || names(real)).then(|| {
+        format!(
+            "{}'s server archives into it (archive_command = '{command}')",
+            data.display()
+        )
+    })
+}
+
 /// Removes the files of `plan`. Each is checked again just before removal
 /// (still a regular file, not a link); one that changed is skipped and
 /// reported. Stops at the first file that cannot be removed.

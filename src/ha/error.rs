@@ -105,6 +105,15 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+
+    /// The directory given as the WAL archive is (or resolves into) a
+    /// server's own WAL.
+    #[error("{} (really {}) is not a WAL archive: {why}; the server still needs those files. Give the archive directory (archive_command's target) instead", path.display(), real.display())]
+    ArchiveIsWal {
+        path: PathBuf,
+        real: PathBuf,
+        why: String,
+    },
 }
 
 impl Error {

@@ -553,6 +553,24 @@ pub(crate) fn archive_contents(config: &HaConfig) -> Fact {
     let Some(dir) = &config.archive_dir else {
         return Fact::ok("archive", "no archive_dir in ha.toml: nothing to check");
     };
+    let real = match archive::real_dir(dir, Some(&config.pg_data)) {
+        Ok(real) => real,
+        Err(e @ crate::ha::Error::ArchiveIsWal { .. }) => return Fact::fail(
+            "archive",
+            e.to_string(),
+            "set archive_dir to the WAL archive (`keyferry ha init … --archive-dir DIR --force`)",
+        ),
+        Err(_) => dir.clone(),
+    };
+    if let Some(why) = archive::live_archiving(config, dir, &real) {
+        return Fact::ok(
+            "archive",
+            format!(
+                "{}: live archive ({why}); `keyferry ha archive clean` removes only what the server no longer needs",
+                dir.display()
+            ),
+        );
+    }
     match archive::plan(dir) {
         Ok(plan) if plan.files.is_empty() => {
             Fact::ok("archive", format!("{}: no WAL archive files", dir.display()))

@@ -23,6 +23,7 @@
 //! - nothing here writes a file: `pg_hba.conf` edits, backups and audit
 //!   records belong to `ops`.
 
+pub(crate) mod conf;
 pub mod passfile;
 pub mod replication;
 
@@ -569,6 +570,9 @@ pub(crate) struct ControlData {
     pub system_identifier: Option<String>,
     /// "Latest checkpoint's TimeLineID".
     pub timeline: Option<u32>,
+    /// "Latest checkpoint's REDO WAL file": the oldest segment a restart
+    /// (and so a replica catching up from the archive) still needs.
+    pub redo_wal_file: Option<String>,
 }
 
 /// Runs `pg_controldata -D <pg_data>`.
@@ -599,6 +603,7 @@ fn parse_controldata(text: &str) -> Option<ControlData> {
         state: field("Database cluster state")?,
         system_identifier: field("Database system identifier"),
         timeline: field("Latest checkpoint's TimeLineID").and_then(|t| t.parse().ok()),
+        redo_wal_file: field("Latest checkpoint's REDO WAL file"),
     })
 }
 

@@ -18,7 +18,7 @@
 pub(crate) mod check;
 pub mod hba;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -199,6 +199,12 @@ pub(crate) struct ArchiveCleanReport {
     pub bytes: u64,
     /// Entries that are not WAL archive files and were left alone.
     pub kept: usize,
+    /// Why the directory is a live archive, when it is.
+    pub live: Option<String>,
+    /// WAL archive files kept because the live archive still needs them.
+    pub needed: usize,
+    /// The oldest segment kept for the live archive.
+    pub keep_from: Option<String>,
     /// Listed files that had changed when the clean reached them and were
     /// left alone.
     pub skipped: Vec<PathBuf>,
@@ -214,16 +220,30 @@ fn kind_name(kind: WalFileKind) -> &'static str {
     }
 }
 
-/// `keyferry ha archive clean [--dry-run] [--dir DIR]`: removes only WAL
-/// archive files (see [`crate::ha::archive`]) from the archive directory of
-/// `ha.toml` or `dir`. Refuses a directory inside a PostgreSQL data
-/// directory: `pg_wal` holds files with the same names that the server
-/// still needs.
+/// What `ha archive clean` may remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CleanScope {
+    /// WAL archive files no server still needs (all of them when no server
+    /// archives into the directory).
+    Unneeded,
+    /// Every WAL archive file, even those a live archive still needs
+    /// (`--all --force`).
+    Everything,
+}
+
+/// `keyferry ha archive clean [--dry-run] [--dir DIR] [--all --force]`:
+/// removes only WAL archive files (see [`crate::ha::archive`]) from the
+/// archive directory of `ha.toml` or `dir`, never a server's own WAL.
+/// While this node's server archives into the directory, only what its last
+/// checkpoint and newest base backup no longer need is removed, unless the
+/// scope is [`CleanScope::Everything`].
 pub(crate) fn archive_clean(
     home: &Home,
     dir: Option<PathBuf>,
     dry_run: bool,
+    scope: CleanScope,
 ) -> Result<ArchiveCleanReport> {
+    let config = load_config(home)?;
     let dir = match dir {
         Some(d) => d,
         None => require_config(home)?.archive_dir.ok_or_else(|| {
@@ -233,23 +253,44 @@ pub(crate) fn archive_clean(
             )
         })?,
     };
-    refuse_data_directory(&dir)?;
-    let plan = archive::plan(&dir)?;
-    let entries: Vec<ArchiveEntry> = plan
-        .files
-        .iter()
-        .map(|f| ArchiveEntry {
-            path: f.path.clone(),
-            kind: kind_name(f.kind),
-            bytes: f.size,
-        })
-        .collect();
+    let pg_data = config.as_ref().map(|c| c.pg_data.as_path());
+    let real = archive::real_dir(&dir, pg_data)?;
+    let mut plan = archive::plan(&real)?;
+    let live = config
+        .as_ref()
+        .and_then(|c| archive::live_archiving(c, &dir, &real));
+    let mut needed = None;
+    if let (Some(_), CleanScope::Unneeded) = (&live, scope) {
+        let config = config.as_ref().expect("live archiving needs ha.toml");
+        let control = crate::pg::controldata(&config.pg_bin, &config.pg_data).map_err(|e| {
+            Error::Refused(format!(
+                "a server archives into {} but its last checkpoint cannot be read ({e}): \
+                 nothing was removed; fix that, or remove everything with --all --force",
+                dir.display()
+            ))
+        })?;
+        let redo = control.redo_wal_file.ok_or_else(|| {
+            Error::Refused(format!(
+                "pg_controldata names no REDO WAL file for {}: nothing was removed",
+                config.pg_data.display()
+            ))
+        })?;
+        needed = Some(plan.keep_needed(&redo));
+    }
+    let entry = |f: &archive::ArchiveFile| ArchiveEntry {
+        path: f.path.clone(),
+        kind: kind_name(f.kind),
+        bytes: f.size,
+    };
     let mut report = ArchiveCleanReport {
         dir: dir.clone(),
         dry_run,
-        files: entries,
+        files: plan.files.iter().map(entry).collect(),
         bytes: plan.total_bytes(),
         kept: plan.kept,
+        live: live.clone(),
+        needed: needed.as_ref().map_or(0, |n| n.files.len()),
+        keep_from: needed.as_ref().map(|n| n.keep_from.clone()),
         skipped: Vec::new(),
         audited: false,
     };
@@ -257,14 +298,16 @@ pub(crate) fn archive_clean(
         return Ok(report);
     }
     let mut node = home.open(true)?;
-    let mut change = node.begin(
-        "ha-archive-clean",
-        details([
-            ("dir", Value::from(dir.display().to_string())),
-            ("files", Value::from(plan.files.len())),
-            ("bytes", Value::from(plan.total_bytes())),
-        ]),
-    )?;
+    let mut record = details([
+        ("dir", Value::from(dir.display().to_string())),
+        ("files", Value::from(plan.files.len())),
+        ("bytes", Value::from(plan.total_bytes())),
+        ("everything", Value::from(scope == CleanScope::Everything)),
+    ]);
+    if let Some(why) = &live {
+        record.insert("live_archive".into(), Value::from(why.clone()));
+    }
+    let mut change = node.begin("ha-archive-clean", record)?;
     let removes = plan.files.iter().map(|f| f.path.clone()).collect();
     let done = change.irreversible("removing WAL archive files", removes, |progress| {
         let result = archive::clean(&plan);
@@ -287,19 +330,4 @@ pub(crate) fn archive_clean(
     report.files.retain(|f| !skipped.contains(&&f.path));
     report.bytes = done.bytes;
     Ok(report)
-}
-
-/// Refuses `dir` when it is a data directory or directly inside one (its
-/// `pg_wal`), where WAL files are the server's and not an archive's.
-fn refuse_data_directory(dir: &Path) -> Result<()> {
-    let is_data_dir = |d: &Path| d.join("PG_VERSION").is_file() && d.join("global").is_dir();
-    let parent_is = dir.parent().is_some_and(is_data_dir);
-    if is_data_dir(dir) || parent_is {
-        return Err(Error::Refused(format!(
-            "{} is (inside) a PostgreSQL data directory, whose WAL files the server still needs: \
-             give the WAL archive directory (archive_command's target) instead",
-            dir.display()
-        )));
-    }
-    Ok(())
 }
