@@ -25,15 +25,8 @@ fn count(node: &Node, prefix: &str) -> usize {
 
 fn ha_init(node: &Node, secondary: &str) {
     node.cmd()
-        .args([
-            "ha",
-            "init",
-            "--node",
-            "a",
-            "--primary",
-            "10.0.0.1",
-            "--force",
-        ])
+        .args(&common::node::HA_INIT[..6])
+        .arg("--force")
         .args(["--secondary", secondary])
         .assert()
         .success();

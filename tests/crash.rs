@@ -339,17 +339,9 @@ fn kill_during_import() {
 
 fn ha_init_cmd(dir: &Path, secondary: &str) -> Command {
     let mut c = keyferry(&home_of(dir));
-    c.args([
-        "ha",
-        "init",
-        "--node",
-        "a",
-        "--primary",
-        "10.0.0.1",
-        "--secondary",
-        secondary,
-        "--force",
-    ]);
+    // The test pair's description with another secondary.
+    c.args(&common::node::HA_INIT[..6])
+        .args(["--secondary", secondary, "--force"]);
     c
 }
 

@@ -130,16 +130,7 @@ fn a_live_archive_keeps_what_the_server_still_needs() {
     let home = home.path().join("home");
     keyferry(&home).arg("init").assert().success();
     keyferry(&home)
-        .args([
-            "ha",
-            "init",
-            "--node",
-            "a",
-            "--primary",
-            "10.0.0.1",
-            "--secondary",
-            "10.0.0.2",
-        ])
+        .args(common::node::HA_INIT)
         .arg("--pg-bin")
         .arg(server.bin_dir())
         .arg("--pg-data")

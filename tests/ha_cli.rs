@@ -3,6 +3,8 @@
 //! `ha archive clean`.
 #![cfg(unix)]
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -516,17 +518,8 @@ fn archive_clean_removes_wal_archive_files_and_nothing_else() {
     )
     .unwrap();
     keyferry(&home)
-        .args([
-            "ha",
-            "init",
-            "--node",
-            "a",
-            "--primary",
-            "10.0.0.1",
-            "--secondary",
-            "10.0.0.2",
-            "--archive-dir",
-        ])
+        .args(common::node::HA_INIT)
+        .arg("--archive-dir")
         .arg(&archive)
         .assert()
         .success();
@@ -687,16 +680,7 @@ fn archive_clean_never_touches_a_servers_wal() {
     let link = tmp.path().join("archive-link");
     std::os::unix::fs::symlink(data.join("pg_wal"), &link).unwrap();
     keyferry(&home)
-        .args([
-            "ha",
-            "init",
-            "--node",
-            "a",
-            "--primary",
-            "10.0.0.1",
-            "--secondary",
-            "10.0.0.2",
-        ])
+        .args(common::node::HA_INIT)
         .arg("--pg-data")
         .arg(&data)
         .assert()

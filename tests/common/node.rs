@@ -19,6 +19,18 @@ pub const FAST_KDF: [&str; 6] = [
     "1",
 ];
 pub const PASSWORD: &str = "correct horse battery staple";
+/// `ha init` for the test pair (node `a`, 10.0.0.1 primary, 10.0.0.2
+/// secondary); tests add the options they are about.
+pub const HA_INIT: [&str; 8] = [
+    "ha",
+    "init",
+    "--node",
+    "a",
+    "--primary",
+    "10.0.0.1",
+    "--secondary",
+    "10.0.0.2",
+];
 
 pub struct Node {
     pub dir: TempDir,
