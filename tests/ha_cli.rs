@@ -666,3 +666,64 @@ fn ha_init_bad_values_are_usage_errors_naming_the_option() {
         assert!(!home.join("ha.toml").exists());
     }
 }
+
+/// Hand-written lines equivalent to keyferry's two (issue 12 item 11): left
+/// exactly as they are, unless `--adopt` moves them into keyferry's block.
+#[test]
+fn hba_ensure_leaves_equivalent_hand_written_lines_alone_unless_adopt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    keyferry(&home).arg("init").assert().success();
+    let original: &[u8] = b"# TYPE DATABASE USER ADDRESS METHOD\r\n\
+        local   all   all   peer\r\n\
+        host  replication  repuser  10.0.0.2/32  scram-sha-256   # vendor step 4\r\n\
+        host  all  all  127.0.0.1/32  scram-sha-256\r\n\
+        hostssl all all 10.0.0.2 255.255.255.255 scram-sha-256\r\n\
+        # end\xe9";
+    let (file, uid, gid) = server_like_file(tmp.path(), "pg_hba.conf", original);
+    let ensure = |extra: &[&str]| {
+        let mut c = keyferry(&home);
+        c.args(["hba", "ensure", "--peer", "10.0.0.2", "--offline", "--file"])
+            .arg(&file)
+            .args(extra);
+        c
+    };
+    let log_before = fs::read(home.join("audit.log")).unwrap();
+    let out = stdout_of(&mut ensure(&[]));
+    assert!(
+        out.contains("already allowed by lines 3, 5; nothing changed"),
+        "{out}"
+    );
+    assert!(out.contains("line 5: hostssl all all 10.0.0.2"), "{out}");
+    assert_eq!(fs::read(&file).unwrap(), original, "byte for byte");
+    assert!(backups(&home).is_empty(), "no backup");
+    assert_eq!(fs::read(home.join("audit.log")).unwrap(), log_before);
+    let report = json_of(&mut ensure(&["--json"]));
+    assert_eq!(report["changed"], false);
+    assert_eq!(report["equivalent_lines"][0]["line"], 3);
+    assert_eq!(report["equivalent_lines"][1]["line"], 5);
+
+    // --adopt: the block takes the first line's place, the second goes,
+    // every other byte stays.
+    let out = stdout_of(&mut ensure(&["--adopt"]));
+    assert!(out.contains("moved hand-written lines 3, 5"), "{out}");
+    let mut expected: Vec<u8> =
+        b"# TYPE DATABASE USER ADDRESS METHOD\r\nlocal   all   all   peer\r\n".to_vec();
+    expected.extend_from_slice(
+        b"# BEGIN keyferry peer 10.0.0.2\r\n\
+        # Managed by keyferry (keyferry hba ensure / keyferry hba remove); edits inside this block are overwritten.\r\n\
+        host    replication     repuser         10.0.0.2/32             scram-sha-256\r\n\
+        host    all             all             10.0.0.2/32             scram-sha-256\r\n\
+        # END keyferry peer 10.0.0.2\r\n",
+    );
+    expected.extend_from_slice(b"host  all  all  127.0.0.1/32  scram-sha-256\r\n# end\xe9");
+    assert_eq!(
+        String::from_utf8_lossy(&fs::read(&file).unwrap()),
+        String::from_utf8_lossy(&expected)
+    );
+    assert_eq!(fs::read(&file).unwrap(), expected);
+    assert_owner_and_mode(&file, uid, gid);
+    assert_eq!(audit_actions(&home), ["init", "hba-ensure"]);
+    let again = json_of(&mut ensure(&["--json"]));
+    assert_eq!(again["changed"], false, "the adopted block is ensure's own");
+}

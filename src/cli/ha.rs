@@ -119,6 +119,9 @@ pub(crate) enum HbaCommand {
         /// Authentication method of the two lines.
         #[arg(long, value_name = "METHOD", value_enum, default_value_t = HbaMethod::default())]
         method: HbaMethod,
+        /// Move hand-written lines equivalent to keyferry's two into keyferry's block (without it they are left alone and nothing changes).
+        #[arg(long)]
+        adopt: bool,
         #[command(flatten)]
         target: TargetArgs,
         /// Machine-readable output.
@@ -332,7 +335,22 @@ fn print_other_rules(peer: &str, rules: &[OtherRule]) {
 }
 
 fn print_change(report: &HbaChangeReport, verb: &str) {
-    if !report.changed {
+    let lines = report
+        .equivalent_lines
+        .iter()
+        .map(|e| e.line.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if !report.changed && !report.equivalent_lines.is_empty() {
+        println!(
+            "{}: {} already allowed by lines {lines}; nothing changed (--adopt moves them into keyferry's block)",
+            report.file.display(),
+            report.peer
+        );
+        for e in &report.equivalent_lines {
+            println!("    line {}: {}", e.line, e.text);
+        }
+    } else if !report.changed {
         println!(
             "{}: no change for {} (nothing written)",
             report.file.display(),
@@ -344,6 +362,9 @@ fn print_change(report: &HbaChangeReport, verb: &str) {
             report.file.display(),
             report.peer
         );
+        if report.adopted {
+            println!("moved hand-written lines {lines} into it");
+        }
         if let Some(b) = &report.backup {
             println!("previous version kept as {}", b.display());
         }
@@ -369,10 +390,11 @@ pub(crate) fn run_hba(home: &Home, cmd: HbaCommand) -> Result<()> {
         HbaCommand::Ensure {
             peer,
             method,
+            adopt,
             target,
             json,
         } => {
-            let report = hba::ensure(home, peer, method, &target.target())?;
+            let report = hba::ensure(home, peer, method, adopt, &target.target())?;
             if json {
                 return print_json(&report);
             }

@@ -96,6 +96,35 @@ pub struct HbaChangeReport {
     pub audited: bool,
     /// Lines outside keyferry's blocks that also match the peer.
     pub other_rules: Vec<OtherRule>,
+    /// Hand-written lines equivalent to keyferry's two (line numbers of the
+    /// file as it was): with `adopted` false they already allow the peer
+    /// and nothing was changed; with `adopted` true they were moved into
+    /// keyferry's block.
+    pub equivalent_lines: Vec<EquivalentLine>,
+    pub adopted: bool,
+}
+
+/// A hand-written line equivalent to one of keyferry's.
+#[derive(Debug, Clone, Serialize)]
+pub struct EquivalentLine {
+    pub line: usize,
+    pub text: String,
+}
+
+fn equivalent_views(text: &[u8], found: Option<hba::Equivalents>) -> Vec<EquivalentLine> {
+    let Some(found) = found else {
+        return Vec::new();
+    };
+    let mut lines = [found.replication, found.all];
+    lines.sort_unstable();
+    hba::tokenize(text)
+        .into_iter()
+        .filter(|r| lines.contains(&r.line))
+        .map(|r| EquivalentLine {
+            line: r.line,
+            text: r.plain_words().join(" "),
+        })
+        .collect()
 }
 
 /// A line outside keyferry's blocks that matches the peer.
@@ -109,14 +138,17 @@ pub struct OtherRule {
     pub before_block: bool,
 }
 
-/// `keyferry hba ensure --peer IP [--method …]`.
+/// `keyferry hba ensure --peer IP [--method …] [--adopt]`. Hand-written
+/// lines equivalent to keyferry's two leave the file as it is, unless
+/// `adopt` moves them into keyferry's block.
 pub fn ensure(
     home: &Home,
     peer: PeerAddr,
     method: HbaMethod,
+    adopt: bool,
     target: &HbaTarget,
 ) -> Result<HbaChangeReport> {
-    change(home, peer, target, Change::Ensure(method))
+    change(home, peer, target, Change::Ensure { method, adopt })
 }
 
 /// `keyferry hba remove --peer IP`.
@@ -125,7 +157,7 @@ pub fn remove(home: &Home, peer: PeerAddr, target: &HbaTarget) -> Result<HbaChan
 }
 
 enum Change {
-    Ensure(HbaMethod),
+    Ensure { method: HbaMethod, adopt: bool },
     Remove,
 }
 
@@ -194,13 +226,38 @@ fn change(
     let r = resolve(home, target)?;
     let mut node = home.open(true)?;
     let original = read_hba(&r.file)?;
-    let (edit, action) = match what {
-        Change::Ensure(method) => (
-            hba::ensure(&original, &peer, &r.replication_user, method)?,
-            "hba-ensure",
-        ),
-        Change::Remove => (hba::remove(&original, &peer)?, "hba-remove"),
+    let (edit, action, equivalents) = match what {
+        Change::Ensure {
+            method,
+            adopt: true,
+        } => {
+            let (edit, moved) = hba::adopt(&original, &peer, &r.replication_user, method)?;
+            (edit, "hba-ensure", moved)
+        }
+        Change::Ensure { method, .. } => {
+            match hba::equivalent_lines(&original, &peer, &r.replication_user, method)? {
+                Some(found) => (
+                    hba::Edit {
+                        text: original.clone(),
+                        changed: false,
+                    },
+                    "hba-ensure",
+                    Some(found),
+                ),
+                None => (
+                    hba::ensure(&original, &peer, &r.replication_user, method)?,
+                    "hba-ensure",
+                    None,
+                ),
+            }
+        }
+        Change::Remove => (hba::remove(&original, &peer)?, "hba-remove", None),
     };
+    let equivalent_lines = equivalent_views(&original, equivalents);
+    let mut other = other_rules(&edit.text, &peer)?;
+    if !edit.changed {
+        other.retain(|o| !equivalent_lines.iter().any(|e| e.line == o.line));
+    }
     let mut report = HbaChangeReport {
         file: r.file.clone(),
         peer: peer.to_string(),
@@ -208,7 +265,9 @@ fn change(
         backup: None,
         server: ServerOutcome::Unchanged,
         audited: false,
-        other_rules: other_rules(&edit.text, &peer)?,
+        other_rules: other,
+        adopted: edit.changed && !equivalent_lines.is_empty(),
+        equivalent_lines,
     };
     if !edit.changed {
         return Ok(report);
@@ -246,8 +305,12 @@ fn change(
             )),
         ),
     ]);
-    if let Change::Ensure(method) = what {
+    if let Change::Ensure { method, .. } = what {
         record_details.insert("method".into(), Value::from(method.as_str()));
+    }
+    if report.adopted {
+        let lines: Vec<usize> = report.equivalent_lines.iter().map(|e| e.line).collect();
+        record_details.insert("adopted_lines".into(), Value::from(lines));
     }
     let mut change = node.begin(action, record_details)?;
     report.backup = change.replace_file(file, &mut &edit.text[..], Ownership::KeepExisting)?;
