@@ -727,3 +727,46 @@ fn hba_ensure_leaves_equivalent_hand_written_lines_alone_unless_adopt() {
     let again = json_of(&mut ensure(&["--json"]));
     assert_eq!(again["changed"], false, "the adopted block is ensure's own");
 }
+
+/// A symlinked pg_hba.conf (issue 12 item 9): the link's final target is
+/// edited, the link stays, and the report says which file was edited.
+#[test]
+fn hba_ensure_edits_a_linked_files_target_and_keeps_the_link() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let etc = tmp.path().join("etc");
+    fs::create_dir(&etc).unwrap();
+    let (real, uid, gid) = server_like_file(&etc, "pg_hba.conf", SAMPLE);
+    let link = tmp.path().join("pg_hba.conf");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let hba = |verb: &str, extra: &[&str]| {
+        let mut c = keyferry(&home);
+        c.args(["hba", verb, "--peer", "10.0.0.2", "--offline", "--file"])
+            .arg(&link)
+            .args(extra);
+        c
+    };
+    let out = stdout_of(&mut hba("ensure", &[]));
+    assert!(
+        out.contains("through a symbolic link") && out.contains(&real.display().to_string()),
+        "{out}"
+    );
+    assert!(fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(fs::read_link(&link).unwrap(), real);
+    let written = fs::read(&real).unwrap();
+    assert!(written.starts_with(SAMPLE) && written.len() > SAMPLE.len());
+    assert_owner_and_mode(&real, uid, gid);
+    let report = json_of(&mut hba("ensure", &["--json"]));
+    assert_eq!(report["changed"], false);
+    assert_eq!(report["file"], real.display().to_string());
+    assert_eq!(report["link"], link.display().to_string());
+    hba("remove", &[]).assert().success();
+    assert_eq!(fs::read(&real).unwrap(), SAMPLE);
+    assert!(fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}

@@ -362,6 +362,12 @@ fn print_change(report: &HbaChangeReport, verb: &str) {
             report.file.display(),
             report.peer
         );
+        if let Some(link) = &report.link {
+            println!(
+                "{} leads there through a symbolic link, which was kept: the file edited is its target",
+                link.display()
+            );
+        }
         if report.adopted {
             println!("moved hand-written lines {lines} into it");
         }

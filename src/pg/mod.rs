@@ -407,6 +407,41 @@ pub(crate) fn hba_file_errors(
         .collect())
 }
 
+/// A rule PostgreSQL reads from the `pg_hba.conf` on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HbaRule {
+    /// The database column, one entry per name or keyword.
+    pub databases: Vec<String>,
+    /// The user column.
+    pub users: Vec<String>,
+    /// The address, without its mask (`None` for `local` lines).
+    pub address: Option<String>,
+    /// The netmask (`255.255.255.255` for `/32`).
+    pub netmask: Option<String>,
+}
+
+/// The rules of the `pg_hba.conf` on disk now, as PostgreSQL's own parser
+/// reads them (`pg_hba_file_rules` without the lines in error; superuser
+/// by default).
+pub(crate) fn hba_file_rules(client: &mut Client, target: &str) -> Result<Vec<HbaRule>, PgError> {
+    let rows = client
+        .query(
+            "SELECT database, user_name, address, netmask FROM pg_hba_file_rules \
+             WHERE error IS NULL ORDER BY line_number",
+            &[],
+        )
+        .map_err(|e| from_postgres(target, e))?;
+    Ok(rows
+        .iter()
+        .map(|row| HbaRule {
+            databases: row.get::<_, Option<Vec<String>>>(0).unwrap_or_default(),
+            users: row.get::<_, Option<Vec<String>>>(1).unwrap_or_default(),
+            address: row.get(2),
+            netmask: row.get(3),
+        })
+        .collect())
+}
+
 /// `SELECT pg_reload_conf()`: the postmaster re-reads its configuration
 /// files, `pg_hba.conf` among them.
 pub(crate) fn reload_conf(client: &mut Client, target: &str) -> Result<(), PgError> {

@@ -16,12 +16,23 @@
 //!    `pg_reload_conf()`. On an error the original bytes are put back (with
 //!    the same owner and mode) and nothing is reloaded.
 //!
+//! 4. for `ensure`, PostgreSQL's reading of the file after the write must
+//!    show keyferry's lines for the peer (by database, user and address):
+//!    otherwise the server does not read what was written, and the
+//!    original is put back.
+//!
+//! The file edited is always the final target of the path given (or of
+//! `<pg_data>/pg_hba.conf`): a symbolic link is followed, kept as a link,
+//! and the report names both. The server's `hba_file` is compared with
+//! that target, links resolved, before anything is written.
+//!
 //! With no server running the file is written unchecked and the report
 //! says so; the server reads it at its next start. A server that seems to
 //! run (its `postmaster.pid` exists) but does not answer is an error, not a
 //! reason to skip the check; `--offline` skips the server on purpose.
 
 use std::fs;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -88,7 +99,11 @@ pub enum ServerOutcome {
 /// What `hba ensure` / `hba remove` did.
 #[derive(Debug, Clone, Serialize)]
 pub struct HbaChangeReport {
+    /// The file edited (links resolved).
     pub file: PathBuf,
+    /// The path given, when it leads to `file` through a symbolic link
+    /// (which is kept).
+    pub link: Option<PathBuf>,
     pub peer: String,
     pub changed: bool,
     pub backup: Option<PathBuf>,
@@ -162,7 +177,10 @@ enum Change {
 }
 
 struct Resolved {
+    /// The file to edit: the path given with every symbolic link resolved.
     file: PathBuf,
+    /// The path given, when it reaches `file` through a symbolic link.
+    link: Option<PathBuf>,
     replication_user: String,
     /// Directories where a running server's `postmaster.pid` would be.
     data_dirs: Vec<PathBuf>,
@@ -180,6 +198,15 @@ fn resolve(home: &Home, target: &HbaTarget) -> Result<Resolved> {
                 home.ha_config_path().display()
             )))
         }
+    };
+    // Edit the link's final target and keep the link: replacing the link
+    // itself would leave the server reading the unchanged target.
+    let (file, link) = match fs::canonicalize(&file) {
+        Ok(real) if std::path::absolute(&file).is_ok_and(|given| given != real) => {
+            (real, Some(file))
+        }
+        Ok(real) => (real, None),
+        Err(_) => (file, None),
     };
     let replication_user = target
         .replication_user
@@ -201,6 +228,7 @@ fn resolve(home: &Home, target: &HbaTarget) -> Result<Resolved> {
         .unwrap_or(crate::ha::config::DEFAULT_PG_PORT);
     Ok(Resolved {
         file,
+        link,
         replication_user,
         data_dirs,
         port,
@@ -260,6 +288,7 @@ fn change(
     }
     let mut report = HbaChangeReport {
         file: r.file.clone(),
+        link: r.link.clone(),
         peer: peer.to_string(),
         changed: edit.changed,
         backup: None,
@@ -315,7 +344,12 @@ fn change(
     let mut change = node.begin(action, record_details)?;
     report.backup = change.replace_file(file, &mut &edit.text[..], Ownership::KeepExisting)?;
     if let Some((client, endpoint)) = server.as_mut() {
-        if let Err(e) = check_rules(client, &endpoint.to_string(), file) {
+        let endpoint = endpoint.to_string();
+        let checked = check_rules(client, &endpoint, file).and_then(|()| match what {
+            Change::Ensure { .. } => server_reads_block(client, &endpoint, file, &edit.text, &peer),
+            Change::Remove => Ok(()),
+        });
+        if let Err(e) = checked {
             change.abort()?;
             return Err(e);
         }
@@ -464,16 +498,82 @@ fn same_hba_file(client: &mut postgres::Client, endpoint: &Endpoint, file: &Path
             "cannot ask the server which pg_hba.conf it reads ({e}); nothing was changed: connect as a superuser (--pg-user)"
         ))
     })?;
-    let canonical = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    if canonical(&served) != canonical(file) {
-        return Err(Error::Refused(format!(
-            "the server at {endpoint} reads {}, not {}; nothing was changed: pass --file {}",
-            served.display(),
-            file.display(),
-            served.display()
-        )));
+    let served = fs::canonicalize(&served).unwrap_or(served);
+    if served != file {
+        return Err(crate::ha::Error::HbaFileNotServed {
+            endpoint: endpoint.to_string(),
+            served,
+            edited: file.to_path_buf(),
+        }
+        .into());
     }
     Ok(())
+}
+
+/// Compares PostgreSQL's reading of the file on disk with the block just
+/// written for `peer`: each of the block's lines must be among the
+/// server's rules, by database, user and address (an all-ones mask).
+fn server_reads_block(
+    client: &mut postgres::Client,
+    endpoint: &str,
+    file: &Path,
+    written: &[u8],
+    peer: &PeerAddr,
+) -> Result<()> {
+    let rules = pg::hba_file_rules(client, endpoint).map_err(|e| {
+        Error::Refused(format!(
+            "cannot read pg_hba_file_rules to compare it with {} ({e}); the original was put back: connect as a superuser (--pg-user)",
+            file.display()
+        ))
+    })?;
+    let missing = missing_block_rules(written, peer, &rules)?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(crate::ha::Error::HbaNotRead {
+        endpoint: endpoint.to_owned(),
+        file: file.to_path_buf(),
+        missing: missing.join(", "),
+    }
+    .into())
+}
+
+/// The lines of keyferry's block for `peer` in `written` (as `database
+/// user address`) that no rule in `rules` matches.
+fn missing_block_rules(
+    written: &[u8],
+    peer: &PeerAddr,
+    rules: &[pg::HbaRule],
+) -> Result<Vec<String>> {
+    let all_ones = |mask: &str| match mask.parse::<IpAddr>() {
+        Ok(IpAddr::V4(v4)) => u32::from(v4) == u32::MAX,
+        Ok(IpAddr::V6(v6)) => u128::from(v6) == u128::MAX,
+        Err(_) => false,
+    };
+    let Some(block) = hba::managed_blocks(written)?
+        .into_iter()
+        .find(|b| b.peer == peer.ip())
+    else {
+        return Ok(Vec::new());
+    };
+    Ok(block
+        .records
+        .iter()
+        .filter_map(|record| {
+            let (database, user) = (record.word(1)?, record.word(2)?);
+            let served = rules.iter().any(|rule| {
+                rule.databases == [database]
+                    && rule.users == [user]
+                    && rule
+                        .address
+                        .as_deref()
+                        .and_then(|a| a.parse::<IpAddr>().ok())
+                        == Some(peer.ip())
+                    && rule.netmask.as_deref().is_some_and(all_ones)
+            });
+            (!served).then(|| format!("{database} {user} {}", peer.hba_cidr()))
+        })
+        .collect())
 }
 
 fn other_rules(text: &[u8], peer: &PeerAddr) -> Result<Vec<OtherRule>> {
@@ -573,4 +673,63 @@ pub(crate) fn show(
             .collect(),
         other_rules: other,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(database: &str, user: &str, address: &str, netmask: &str) -> pg::HbaRule {
+        pg::HbaRule {
+            databases: vec![database.to_owned()],
+            users: vec![user.to_owned()],
+            address: Some(address.to_owned()),
+            netmask: Some(netmask.to_owned()),
+        }
+    }
+
+    #[test]
+    fn the_servers_rules_must_show_every_line_of_the_block() {
+        let peer = PeerAddr::parse("10.0.0.2").unwrap();
+        let written = hba::ensure(b"local all all peer\n", &peer, "repuser", HbaMethod::Md5)
+            .unwrap()
+            .text;
+        let ones = "255.255.255.255";
+        let both = [
+            rule("replication", "repuser", "10.0.0.2", ones),
+            rule("all", "all", "10.0.0.2", ones),
+        ];
+        assert_eq!(
+            missing_block_rules(&written, &peer, &both).unwrap(),
+            Vec::<String>::new()
+        );
+        // What the server reads when it reads another file: nothing of ours.
+        let missing = missing_block_rules(&written, &peer, &[]).unwrap();
+        assert_eq!(
+            missing,
+            ["replication repuser 10.0.0.2/32", "all all 10.0.0.2/32"]
+        );
+        // Another user, another address, a network: not the block's lines.
+        let near = [
+            rule("replication", "other", "10.0.0.2", ones),
+            rule("all", "all", "10.0.0.3", ones),
+            rule("all", "all", "10.0.0.2", "255.255.255.0"),
+        ];
+        assert_eq!(
+            missing_block_rules(&written, &peer, &near).unwrap().len(),
+            2
+        );
+        let v6 = PeerAddr::parse("2001:db8::2").unwrap();
+        let written = hba::ensure(b"", &v6, "repuser", HbaMethod::Md5)
+            .unwrap()
+            .text;
+        let mask = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff";
+        let served = [
+            rule("replication", "repuser", "2001:db8::2", mask),
+            rule("all", "all", "2001:db8::2", mask),
+        ];
+        assert!(missing_block_rules(&written, &v6, &served)
+            .unwrap()
+            .is_empty());
+    }
 }
