@@ -392,9 +392,17 @@ fn hba_failures_leave_the_file_byte_identical() {
     let data = tmp.path().join("data");
     fs::create_dir(&data).unwrap();
     let (file, _, _) = server_like_file(&data, "pg_hba.conf", SAMPLE);
-    fs::write(data.join("postmaster.pid"), "12345\n").unwrap();
     let empty = tmp.path().join("empty-sockets");
     fs::create_dir(&empty).unwrap();
+    fs::write(
+        data.join("postmaster.pid"),
+        format!(
+            "12345\n{}\n1764586000\n5999\n{}\n\n",
+            data.display(),
+            empty.display()
+        ),
+    )
+    .unwrap();
     keyferry(&home)
         .args(["hba", "ensure", "--peer", "10.0.0.2", "--file"])
         .arg(&file)
@@ -405,6 +413,15 @@ fn hba_failures_leave_the_file_byte_identical() {
         .stderr(
             predicates::str::contains("postmaster.pid").and(predicates::str::contains("--offline")),
         );
+    assert_eq!(fs::read(&file).unwrap(), SAMPLE);
+    // One that cannot be read is not guessed at.
+    fs::write(data.join("postmaster.pid"), "12345\n").unwrap();
+    keyferry(&home)
+        .args(["hba", "ensure", "--peer", "10.0.0.2", "--file"])
+        .arg(&file)
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("postmaster.pid: it has 1 lines"));
     assert_eq!(fs::read(&file).unwrap(), SAMPLE);
 
     // A missing file, a bad role name, a bad method.

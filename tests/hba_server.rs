@@ -48,6 +48,15 @@ fn served_rules(server: &PgServer, address: &str) -> Vec<(Vec<String>, Vec<Strin
         .collect()
 }
 
+/// When the server last loaded its configuration files, as text.
+fn conf_load_time(server: &PgServer) -> String {
+    server
+        .connect()
+        .query_one("SELECT pg_conf_load_time()::text", &[])
+        .unwrap()
+        .get(0)
+}
+
 fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
@@ -119,4 +128,76 @@ fn a_linked_pg_hba_conf_is_edited_at_its_target_and_the_server_reads_it() {
         "{stderr}"
     );
     assert_eq!(fs::read(&elsewhere).unwrap(), original);
+}
+
+/// With no `--pg-socket-dir` and no `--pg-port`, `hba ensure` reaches the
+/// server through what its `postmaster.pid` says, checks and reloads; a
+/// port other than `ha.toml`'s is a warning (issue 12 item 10).
+#[test]
+fn hba_ensure_finds_the_server_through_its_postmaster_pid() {
+    let Some(server) = PgServer::start_primary(PgOptions::default()) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let other_port = if server.port() == 5999 {
+        "5998"
+    } else {
+        "5999"
+    };
+    common::succeeded(&keyferry(
+        &home,
+        &[
+            "ha",
+            "init",
+            "--node",
+            "pam-a",
+            "--primary",
+            "10.213.9.1",
+            "--secondary",
+            PEER,
+            "--pg-port",
+            other_port,
+            "--pg-data",
+            server.data_dir().to_str().unwrap(),
+        ],
+    ));
+    let loaded_before = conf_load_time(&server);
+    let out = keyferry(&home, &["hba", "ensure", "--peer", PEER, "--json"]);
+    let report = ok_json(&out);
+    let socket = server.socket_dir().display().to_string();
+    assert_eq!(
+        report["server"],
+        serde_json::json!({
+            "outcome": "checked_and_reloaded",
+            "endpoint": format!("socket {socket}/.s.PGSQL.{}", server.port()),
+        }),
+        "{report:#}"
+    );
+    let warnings = report["warnings"].to_string();
+    assert!(
+        warnings.contains(&format!("listens on port {}", server.port()))
+            && warnings.contains(&format!("pg_port is {other_port}")),
+        "{warnings}"
+    );
+    assert_eq!(served_rules(&server, PEER).len(), 2);
+    // The reload happened (the postmaster applies it on SIGHUP, shortly
+    // after); a second run changes nothing.
+    let reloaded = (0..50).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        conf_load_time(&server) != loaded_before
+    });
+    assert!(reloaded, "pg_conf_load_time() did not move: no reload");
+    let again = ok_json(&keyferry(
+        &home,
+        &["hba", "ensure", "--peer", PEER, "--json"],
+    ));
+    assert_eq!(again["changed"], false);
+
+    // The text output says the warning on stderr.
+    let out = keyferry(&home, &["hba", "remove", "--peer", PEER]);
+    common::succeeded(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("warning: the server of"), "{stderr}");
+    assert!(served_rules(&server, PEER).is_empty());
 }

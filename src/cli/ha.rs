@@ -167,10 +167,10 @@ pub(crate) struct TargetArgs {
     /// Reach the local server over TCP at this host instead of its Unix socket.
     #[arg(long, value_name = "HOST", conflicts_with = "pg_socket_dir")]
     pg_host: Option<String>,
-    /// The local server's Unix socket directory [default: /var/run/postgresql, then /tmp].
+    /// The local server's Unix socket directory [default: the running server's, from its postmaster.pid; else /var/run/postgresql, then /tmp].
     #[arg(long, value_name = "DIR")]
     pg_socket_dir: Option<PathBuf>,
-    /// The local server's port [default: pg_port from ha.toml, else 5432].
+    /// The local server's port [default: the running server's, from its postmaster.pid; else pg_port from ha.toml, else 5432].
     #[arg(long, value_name = "PORT")]
     pg_port: Option<u16>,
     /// Superuser to check and reload as (password, if asked, from PGPASSFILE or ~/.pgpass).
@@ -387,6 +387,9 @@ fn print_change(report: &HbaChangeReport, verb: &str) {
             ServerOutcome::Unchanged => {}
         }
         not_audited_note(report.audited);
+    }
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
     }
     print_other_rules(&report.peer, &report.other_rules);
 }

@@ -71,6 +71,15 @@ pub enum Error {
         missing: String,
     },
 
+    /// A running server's `postmaster.pid` cannot be read.
+    #[error("{}: {problem}; nothing was changed: if no server runs on that data directory remove the stale file, else give --pg-socket-dir and --pg-port, or pass --offline to write unchecked", path.display())]
+    PostmasterPid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: crate::pg::pidfile::PidFileProblem,
+    },
+
     /// `ha.toml` is not valid TOML or does not have the expected shape.
     #[error(
         "ha.toml line {line}: {message}; correct the file or recreate it with `keyferry ha init`"

@@ -1,8 +1,9 @@
 //! Reaching PostgreSQL, for the HA pair and for the application's own
 //! database alike: SQL through the `postgres` crate, the replication
 //! handshake through [`replication`], the libpq password file through
-//! [`passfile`], and the server's own programs (`pg_controldata`,
-//! `pg_ctl`) for what SQL cannot tell.
+//! [`passfile`], a running server's `postmaster.pid` through [`pidfile`],
+//! and the server's own programs (`pg_controldata`, `pg_ctl`) for what SQL
+//! cannot tell.
 //!
 //! This module owns how keyferry reaches a server ([`Endpoint`],
 //! [`ConnSpec`]: a plain connection description, not tied to `ha.toml`),
@@ -24,6 +25,7 @@
 //!   records belong to `ops`.
 
 pub mod passfile;
+pub mod pidfile;
 pub mod replication;
 
 use std::fmt;

@@ -5,8 +5,9 @@
 //!
 //! 1. the new text is computed ([`crate::ha::hba`]); no change means no
 //!    backup, no audit record, no reload;
-//! 2. when a server is running (it answers on the local socket or the
-//!    `--pg-host`/`--pg-port` given), keyferry connects first and makes sure
+//! 2. when a server is running (it answers where its `postmaster.pid`
+//!    says, or at the `--pg-host`/`--pg-socket-dir`/`--pg-port` given,
+//!    which override it), keyferry connects first and makes sure
 //!    the server reads this very file (`hba_file`), so the check below
 //!    checks the right file;
 //! 3. the audit record (on a node with a keyring), then: a backup of the
@@ -41,11 +42,13 @@ use serde_json::Value;
 
 use super::load_config;
 use crate::error::{Error, Result};
+use crate::fsutil;
 use crate::fsutil::Ownership;
 use crate::ha::config::HaConfig;
 use crate::ha::hba::{self, Coverage, HbaMethod};
 use crate::ha::PeerAddr;
 use crate::ops::{details, Home};
+use crate::pg::pidfile::{self, PostmasterPid};
 use crate::pg::{self, passfile, ConnSpec, Endpoint, PgError};
 
 /// Default role for the administrative connection (a superuser is needed
@@ -72,9 +75,11 @@ pub struct ServerAccess {
     pub offline: bool,
     /// TCP host (name or address) instead of the Unix socket.
     pub host: Option<String>,
-    /// Unix socket directory (default `/var/run/postgresql`, else `/tmp`).
+    /// Unix socket directory; default: the running server's, from its
+    /// `postmaster.pid`, else `/var/run/postgresql`, then `/tmp`.
     pub socket_dir: Option<PathBuf>,
-    /// Default: `pg_port` from `ha.toml`, else 5432.
+    /// Default: the running server's, from its `postmaster.pid`, else
+    /// `pg_port` from `ha.toml`, else 5432.
     pub port: Option<u16>,
     /// Default `postgres`. Its password, if the server asks, comes from the
     /// libpq password file (`PGPASSFILE` or `~/.pgpass`).
@@ -117,6 +122,9 @@ pub struct HbaChangeReport {
     /// keyferry's block.
     pub equivalent_lines: Vec<EquivalentLine>,
     pub adopted: bool,
+    /// Things the operator should fix that did not stop the change (a
+    /// server port other than `ha.toml`'s).
+    pub warnings: Vec<String>,
 }
 
 /// A hand-written line equivalent to one of keyferry's.
@@ -182,9 +190,12 @@ struct Resolved {
     /// The path given, when it reaches `file` through a symbolic link.
     link: Option<PathBuf>,
     replication_user: String,
-    /// Directories where a running server's `postmaster.pid` would be.
+    /// Directories where the running server's `postmaster.pid` would be,
+    /// best first: the file's own directory (links resolved), the
+    /// directory of the path given, then `pg_data` from `ha.toml`.
     data_dirs: Vec<PathBuf>,
-    port: u16,
+    /// `pg_port` from `ha.toml`.
+    configured_port: Option<u16>,
 }
 
 fn resolve(home: &Home, target: &HbaTarget) -> Result<Resolved> {
@@ -214,24 +225,19 @@ fn resolve(home: &Home, target: &HbaTarget) -> Result<Resolved> {
         .or_else(|| config.as_ref().map(|c| c.replication_user.clone()))
         .unwrap_or_else(|| crate::ha::config::DEFAULT_REPLICATION_USER.to_owned());
     hba::validate_role_name(&replication_user)?;
-    let mut data_dirs = Vec::new();
-    if let Some(c) = &config {
-        data_dirs.push(c.pg_data.clone());
-    }
-    if let Some(parent) = file.parent() {
-        data_dirs.push(parent.to_path_buf());
-    }
-    let port = target
-        .server
-        .port
-        .or(config.as_ref().map(|c| c.pg_port))
-        .unwrap_or(crate::ha::config::DEFAULT_PG_PORT);
+    let mut data_dirs: Vec<PathBuf> = [Some(&file), link.as_ref()]
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f.parent().map(Path::to_path_buf))
+        .collect();
+    data_dirs.extend(config.as_ref().map(|c| c.pg_data.clone()));
+    data_dirs.dedup();
     Ok(Resolved {
         file,
         link,
         replication_user,
         data_dirs,
-        port,
+        configured_port: config.as_ref().map(|c| c.pg_port),
     })
 }
 
@@ -297,20 +303,22 @@ fn change(
         other_rules: other,
         adopted: edit.changed && !equivalent_lines.is_empty(),
         equivalent_lines,
+        warnings: Vec::new(),
     };
     if !edit.changed {
         return Ok(report);
     }
 
-    let server = if target.server.offline {
-        None
+    let (server, tried) = if target.server.offline {
+        (None, Vec::new())
     } else {
-        connect_admin(&target.server, &r)?
+        let endpoints = reach(&target.server, &r, &mut report.warnings)?;
+        (connect_admin(&target.server, &r, &endpoints)?, endpoints)
     };
     report.server = match &server {
         None if target.server.offline => ServerOutcome::Offline,
         None => ServerOutcome::NotRunning {
-            endpoint: endpoints(&target.server, r.port)
+            endpoint: tried
                 .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
@@ -392,21 +400,70 @@ fn check_rules(client: &mut postgres::Client, target: &str, file: &Path) -> Resu
     Ok(())
 }
 
-/// The endpoints tried for the administrative connection, in order.
-fn endpoints(access: &ServerAccess, port: u16) -> Vec<Endpoint> {
-    if let Some(host) = &access.host {
-        return vec![Endpoint::Tcp {
+/// The endpoints for the administrative connection: `--pg-host` or
+/// `--pg-socket-dir` when given, else what the running server's
+/// `postmaster.pid` says (its socket directory, then its listen address),
+/// else the usual socket directories. The port: `--pg-port`, else the
+/// `postmaster.pid`'s, else `pg_port` from `ha.toml`, else 5432. A
+/// `postmaster.pid` port other than `ha.toml`'s is added to `warnings`.
+fn reach(access: &ServerAccess, r: &Resolved, warnings: &mut Vec<String>) -> Result<Vec<Endpoint>> {
+    let fully_given =
+        (access.host.is_some() || access.socket_dir.is_some()) && access.port.is_some();
+    let running = if fully_given {
+        None
+    } else {
+        running_server(r)?
+    };
+    if let (Some((path, pid)), Some(configured)) = (&running, r.configured_port) {
+        if pid.port != configured {
+            warnings.push(format!(
+                "the server of {} listens on port {} ({}), but ha.toml's pg_port is {configured}: correct pg_port in ha.toml",
+                fsutil::parent_dir(path).display(),
+                pid.port,
+                path.display()
+            ));
+        }
+    }
+    let port = access
+        .port
+        .or(running.as_ref().map(|(_, pid)| pid.port))
+        .or(r.configured_port)
+        .unwrap_or(crate::ha::config::DEFAULT_PG_PORT);
+    Ok(if let Some(host) = &access.host {
+        vec![Endpoint::Tcp {
             host: host.clone(),
             port,
-        }];
-    }
-    if let Some(dir) = &access.socket_dir {
-        return vec![Endpoint::Socket {
+        }]
+    } else if let Some(dir) = &access.socket_dir {
+        vec![Endpoint::Socket {
             dir: dir.clone(),
             port,
-        }];
+        }]
+    } else {
+        match running.map(|(_, pid)| pid.endpoints(port)) {
+            Some(endpoints) if !endpoints.is_empty() => endpoints,
+            _ => default_endpoints(port),
+        }
+    })
+}
+
+/// The first `postmaster.pid` in `r.data_dirs`, read: the running server
+/// that owns the file (or the node's own server). A file that cannot be
+/// read is an error, never skipped: it would hide the server.
+fn running_server(r: &Resolved) -> Result<Option<(PathBuf, PostmasterPid)>> {
+    for dir in &r.data_dirs {
+        let path = dir.join(pidfile::FILE_NAME);
+        let text = match fs::read(&path) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(format!("cannot read {}", path.display()))(e)),
+        };
+        return match pidfile::parse(&text) {
+            Ok(pid) => Ok(Some((path, pid))),
+            Err(problem) => Err(crate::ha::Error::PostmasterPid { path, problem }.into()),
+        };
     }
-    default_endpoints(port)
+    Ok(None)
 }
 
 #[cfg(unix)]
@@ -434,20 +491,21 @@ fn default_endpoints(port: u16) -> Vec<Endpoint> {
 fn connect_admin(
     access: &ServerAccess,
     r: &Resolved,
+    endpoints: &[Endpoint],
 ) -> Result<Option<(postgres::Client, Endpoint)>> {
     let user = access.user.as_deref().unwrap_or(DEFAULT_ADMIN_USER);
     let mut last_unreachable: Option<PgError> = None;
-    for endpoint in endpoints(access, r.port) {
-        let host = match &endpoint {
-            Endpoint::Tcp { host, .. } => host.clone(),
-            Endpoint::Socket { .. } => "localhost".to_owned(),
+    for endpoint in endpoints {
+        let (host, port) = match endpoint {
+            Endpoint::Tcp { host, port } => (host.clone(), *port),
+            Endpoint::Socket { port, .. } => ("localhost".to_owned(), *port),
         };
         let password = passfile::default_path().and_then(|path| {
             passfile::lookup(
                 &path,
                 passfile::Key {
                     host: &host,
-                    port: r.port,
+                    port,
                     database: pg::MAINTENANCE_DB,
                     user,
                 },
@@ -456,7 +514,7 @@ fn connect_admin(
             .flatten()
         });
         let spec = ConnSpec {
-            endpoint: &endpoint,
+            endpoint,
             user,
             dbname: pg::MAINTENANCE_DB,
             password: password.as_ref().map(|p| p.as_bytes()),
@@ -464,8 +522,8 @@ fn connect_admin(
         };
         match pg::connect(&spec) {
             Ok(mut client) => {
-                same_hba_file(&mut client, &endpoint, &r.file)?;
-                return Ok(Some((client, endpoint)));
+                same_hba_file(&mut client, endpoint, &r.file)?;
+                return Ok(Some((client, endpoint.clone())));
             }
             Err(e) if e.is_unreachable() => last_unreachable = Some(e),
             Err(e) => {
@@ -479,7 +537,7 @@ fn connect_admin(
     if let Some(pid) = r
         .data_dirs
         .iter()
-        .map(|d| d.join("postmaster.pid"))
+        .map(|d| d.join(pidfile::FILE_NAME))
         .find(|p| p.is_file())
     {
         let why = last_unreachable.map(|e| e.to_string()).unwrap_or_default();
