@@ -246,3 +246,42 @@ fn with_config_needs_a_pair_description() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("ha init"));
     assert!(!node.path("k.exp").exists());
 }
+
+/// A linked appsettings.json (issue 12 item 9) is installed at the link's
+/// final target and the link stays a link; a link into the home is refused.
+#[cfg(unix)]
+#[test]
+fn a_linked_appsettings_is_installed_at_its_target_and_stays_a_link() {
+    let (_primary, file) = primary_bundle();
+    let secondary = Node::initialised();
+    let app = describe_pair(&secondary, "db2", "/srv/pg/replica");
+    let real_dir = secondary.path("releases");
+    fs::create_dir_all(&real_dir).unwrap();
+    let real = real_dir.join("appsettings.json");
+    fs::write(&real, b"{ \"old\": true }").unwrap();
+    std::os::unix::fs::symlink(&real, &app).unwrap();
+    secondary.import_cmd(&file).assert().success();
+    assert!(
+        fs::symlink_metadata(&app).unwrap().file_type().is_symlink(),
+        "the link stays a link"
+    );
+    assert_eq!(fs::read_link(&app).unwrap(), real);
+    assert_eq!(
+        fs::read(&real).unwrap(),
+        APPSETTINGS,
+        "the target is written"
+    );
+
+    // A link that leads into the home is refused, and nothing is written.
+    let audit_log = secondary.home.join("audit.log");
+    let log_before = fs::read(&audit_log).unwrap();
+    fs::remove_file(&app).unwrap();
+    std::os::unix::fs::symlink(&audit_log, &app).unwrap();
+    secondary
+        .import_cmd(&file)
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("inside keyferry's home"));
+    assert_eq!(fs::read(&audit_log).unwrap(), log_before);
+    assert!(fs::symlink_metadata(&app).unwrap().file_type().is_symlink());
+}

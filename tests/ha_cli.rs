@@ -394,9 +394,17 @@ fn hba_failures_leave_the_file_byte_identical() {
     let data = tmp.path().join("data");
     fs::create_dir(&data).unwrap();
     let (file, _, _) = server_like_file(&data, "pg_hba.conf", SAMPLE);
-    fs::write(data.join("postmaster.pid"), "12345\n").unwrap();
     let empty = tmp.path().join("empty-sockets");
     fs::create_dir(&empty).unwrap();
+    fs::write(
+        data.join("postmaster.pid"),
+        format!(
+            "12345\n{}\n1764586000\n5999\n{}\n\n",
+            data.display(),
+            empty.display()
+        ),
+    )
+    .unwrap();
     keyferry(&home)
         .args(["hba", "ensure", "--peer", "10.0.0.2", "--file"])
         .arg(&file)
@@ -407,6 +415,15 @@ fn hba_failures_leave_the_file_byte_identical() {
         .stderr(
             predicates::str::contains("postmaster.pid").and(predicates::str::contains("--offline")),
         );
+    assert_eq!(fs::read(&file).unwrap(), SAMPLE);
+    // One that cannot be read is not guessed at.
+    fs::write(data.join("postmaster.pid"), "12345\n").unwrap();
+    keyferry(&home)
+        .args(["hba", "ensure", "--peer", "10.0.0.2", "--file"])
+        .arg(&file)
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("postmaster.pid: it has 1 lines"));
     assert_eq!(fs::read(&file).unwrap(), SAMPLE);
 
     // A missing file, a bad role name, a bad method.
@@ -701,4 +718,108 @@ fn archive_clean_never_touches_a_servers_wal() {
         assert!(err.contains("is not a WAL archive"), "{err}");
         assert_eq!(fs::read(waldir.join(segment)).unwrap(), b"live WAL");
     }
+}
+
+/// Hand-written lines equivalent to keyferry's two (issue 12 item 11): left
+/// exactly as they are, unless `--adopt` moves them into keyferry's block.
+#[test]
+fn hba_ensure_leaves_equivalent_hand_written_lines_alone_unless_adopt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    keyferry(&home).arg("init").assert().success();
+    let original: &[u8] = b"# TYPE DATABASE USER ADDRESS METHOD\r\n\
+        local   all   all   peer\r\n\
+        host  replication  repuser  10.0.0.2/32  scram-sha-256   # vendor step 4\r\n\
+        host  all  all  127.0.0.1/32  scram-sha-256\r\n\
+        hostssl all all 10.0.0.2 255.255.255.255 scram-sha-256\r\n\
+        # end\xe9";
+    let (file, uid, gid) = server_like_file(tmp.path(), "pg_hba.conf", original);
+    let ensure = |extra: &[&str]| {
+        let mut c = keyferry(&home);
+        c.args(["hba", "ensure", "--peer", "10.0.0.2", "--offline", "--file"])
+            .arg(&file)
+            .args(extra);
+        c
+    };
+    let log_before = fs::read(home.join("audit.log")).unwrap();
+    let out = stdout_of(&mut ensure(&[]));
+    assert!(
+        out.contains("already allowed by lines 3, 5; nothing changed"),
+        "{out}"
+    );
+    assert!(out.contains("line 5: hostssl all all 10.0.0.2"), "{out}");
+    assert_eq!(fs::read(&file).unwrap(), original, "byte for byte");
+    assert!(backups(&home).is_empty(), "no backup");
+    assert_eq!(fs::read(home.join("audit.log")).unwrap(), log_before);
+    let report = json_of(&mut ensure(&["--json"]));
+    assert_eq!(report["changed"], false);
+    assert_eq!(report["equivalent_lines"][0]["line"], 3);
+    assert_eq!(report["equivalent_lines"][1]["line"], 5);
+
+    // --adopt: the block takes the first line's place, the second goes,
+    // every other byte stays.
+    let out = stdout_of(&mut ensure(&["--adopt"]));
+    assert!(out.contains("moved hand-written lines 3, 5"), "{out}");
+    let mut expected: Vec<u8> =
+        b"# TYPE DATABASE USER ADDRESS METHOD\r\nlocal   all   all   peer\r\n".to_vec();
+    expected.extend_from_slice(
+        b"# BEGIN keyferry peer 10.0.0.2\r\n\
+        # Managed by keyferry (keyferry hba ensure / keyferry hba remove); edits inside this block are overwritten.\r\n\
+        host    replication     repuser         10.0.0.2/32             scram-sha-256\r\n\
+        host    all             all             10.0.0.2/32             scram-sha-256\r\n\
+        # END keyferry peer 10.0.0.2\r\n",
+    );
+    expected.extend_from_slice(b"host  all  all  127.0.0.1/32  scram-sha-256\r\n# end\xe9");
+    assert_eq!(
+        String::from_utf8_lossy(&fs::read(&file).unwrap()),
+        String::from_utf8_lossy(&expected)
+    );
+    assert_eq!(fs::read(&file).unwrap(), expected);
+    assert_owner_and_mode(&file, uid, gid);
+    assert_eq!(audit_actions(&home), ["init", "hba-ensure"]);
+    let again = json_of(&mut ensure(&["--json"]));
+    assert_eq!(again["changed"], false, "the adopted block is ensure's own");
+}
+
+/// A symlinked pg_hba.conf (issue 12 item 9): the link's final target is
+/// edited, the link stays, and the report says which file was edited.
+#[test]
+fn hba_ensure_edits_a_linked_files_target_and_keeps_the_link() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let etc = tmp.path().join("etc");
+    fs::create_dir(&etc).unwrap();
+    let (real, uid, gid) = server_like_file(&etc, "pg_hba.conf", SAMPLE);
+    let link = tmp.path().join("pg_hba.conf");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let hba = |verb: &str, extra: &[&str]| {
+        let mut c = keyferry(&home);
+        c.args(["hba", verb, "--peer", "10.0.0.2", "--offline", "--file"])
+            .arg(&link)
+            .args(extra);
+        c
+    };
+    let out = stdout_of(&mut hba("ensure", &[]));
+    assert!(
+        out.contains("through a symbolic link") && out.contains(&real.display().to_string()),
+        "{out}"
+    );
+    assert!(fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(fs::read_link(&link).unwrap(), real);
+    let written = fs::read(&real).unwrap();
+    assert!(written.starts_with(SAMPLE) && written.len() > SAMPLE.len());
+    assert_owner_and_mode(&real, uid, gid);
+    let report = json_of(&mut hba("ensure", &["--json"]));
+    assert_eq!(report["changed"], false);
+    assert_eq!(report["file"], real.display().to_string());
+    assert_eq!(report["link"], link.display().to_string());
+    hba("remove", &[]).assert().success();
+    assert_eq!(fs::read(&real).unwrap(), SAMPLE);
+    assert!(fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
 }

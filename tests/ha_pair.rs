@@ -85,14 +85,7 @@ fn assert_status(checks: &[Value], name: &str, status: &str, words: &str) {
 }
 
 fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "keyferry failed ({}): {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::succeeded(out)
 }
 
 fn init_node(home: &Path, node: &str, server: &PgServer, pg_data: &Path, archive: &Path) {

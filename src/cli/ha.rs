@@ -127,6 +127,9 @@ pub(crate) enum HbaCommand {
         /// Authentication method of the two lines.
         #[arg(long, value_name = "METHOD", value_enum, default_value_t = HbaMethod::default())]
         method: HbaMethod,
+        /// Move hand-written lines equivalent to keyferry's two into keyferry's block (without it they are left alone and nothing changes).
+        #[arg(long)]
+        adopt: bool,
         #[command(flatten)]
         target: TargetArgs,
         /// Machine-readable output.
@@ -172,10 +175,10 @@ pub(crate) struct TargetArgs {
     /// Reach the local server over TCP at this host instead of its Unix socket.
     #[arg(long, value_name = "HOST", conflicts_with = "pg_socket_dir")]
     pg_host: Option<String>,
-    /// The local server's Unix socket directory [default: /var/run/postgresql, then /tmp].
+    /// The local server's Unix socket directory [default: the running server's, from its postmaster.pid; else /var/run/postgresql, then /tmp].
     #[arg(long, value_name = "DIR")]
     pg_socket_dir: Option<PathBuf>,
-    /// The local server's port [default: pg_port from ha.toml, else 5432].
+    /// The local server's port [default: the running server's, from its postmaster.pid; else pg_port from ha.toml, else 5432].
     #[arg(long, value_name = "PORT")]
     pg_port: Option<u16>,
     /// Superuser to check and reload as (password, if asked, from PGPASSFILE or ~/.pgpass).
@@ -372,7 +375,22 @@ fn print_other_rules(peer: &str, rules: &[OtherRule]) {
 }
 
 fn print_change(report: &HbaChangeReport, verb: &str) {
-    if !report.changed {
+    let lines = report
+        .equivalent_lines
+        .iter()
+        .map(|e| e.line.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if !report.changed && !report.equivalent_lines.is_empty() {
+        println!(
+            "{}: {} already allowed by lines {lines}; nothing changed (--adopt moves them into keyferry's block)",
+            report.file.display(),
+            report.peer
+        );
+        for e in &report.equivalent_lines {
+            println!("    line {}: {}", e.line, e.text);
+        }
+    } else if !report.changed {
         println!(
             "{}: no change for {} (nothing written)",
             report.file.display(),
@@ -384,6 +402,15 @@ fn print_change(report: &HbaChangeReport, verb: &str) {
             report.file.display(),
             report.peer
         );
+        if let Some(link) = &report.link {
+            println!(
+                "{} leads there through a symbolic link, which was kept: the file edited is its target",
+                link.display()
+            );
+        }
+        if report.adopted {
+            println!("moved hand-written lines {lines} into it");
+        }
         if let Some(b) = &report.backup {
             println!("previous version kept as {}", b.display());
         }
@@ -401,6 +428,9 @@ fn print_change(report: &HbaChangeReport, verb: &str) {
         }
         not_audited_note(report.audited);
     }
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
     print_other_rules(&report.peer, &report.other_rules);
 }
 
@@ -409,10 +439,11 @@ pub(crate) fn run_hba(home: &Home, cmd: HbaCommand) -> Result<()> {
         HbaCommand::Ensure {
             peer,
             method,
+            adopt,
             target,
             json,
         } => {
-            let report = hba::ensure(home, peer, method, &target.target())?;
+            let report = hba::ensure(home, peer, method, adopt, &target.target())?;
             if json {
                 return print_json(&report);
             }

@@ -47,6 +47,39 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// The running server reads another `pg_hba.conf` than the one keyferry
+    /// was about to edit (both paths with symbolic links resolved).
+    #[error("the server at {endpoint} reads {}, not {}; nothing was changed: pass --file {}", served.display(), edited.display(), served.display())]
+    HbaFileNotServed {
+        /// Where the server answered.
+        endpoint: String,
+        /// Its `hba_file`.
+        served: PathBuf,
+        /// The file keyferry would have edited.
+        edited: PathBuf,
+    },
+
+    /// After the write, PostgreSQL's own reading of the file (its
+    /// `pg_hba_file_rules`) lacks lines of keyferry's block.
+    #[error("the server at {endpoint} does not read what was written to {}: its pg_hba_file_rules has no line for {missing}; the original was put back and nothing was reloaded: find the file it reads with SHOW hba_file and pass it with --file", file.display())]
+    HbaNotRead {
+        /// Where the server answered.
+        endpoint: String,
+        /// The file written (and put back).
+        file: PathBuf,
+        /// The block's lines the server does not show, as `database user address`.
+        missing: String,
+    },
+
+    /// A running server's `postmaster.pid` cannot be read.
+    #[error("{}: {problem}; nothing was changed: if no server runs on that data directory remove the stale file, else give --pg-socket-dir and --pg-port, or pass --offline to write unchecked", path.display())]
+    PostmasterPid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: crate::pg::pidfile::PidFileProblem,
+    },
+
     /// `ha.toml` is not valid TOML or does not have the expected shape.
     #[error(
         "ha.toml line {line}: {message}; correct the file or recreate it with `keyferry ha init`"

@@ -37,6 +37,12 @@
 //!   nested or duplicate blocks, unreadable markers) is refused with
 //!   [`Error::HbaMarkers`] rather than edited by guesswork.
 //!
+//! Hand-written lines that already allow what keyferry's two would
+//! ([`equivalent_lines`], as the vendor's troubleshooting steps tell
+//! operators to add) are left alone by the caller; [`adopt`] moves them into
+//! keyferry's block, which takes the place of the first of them, keeping
+//! every other byte.
+//!
 //! Appending means that an earlier line matching the peer (for example a
 //! `reject` rule) still wins, because PostgreSQL uses the first matching
 //! line; [`rules_mentioning`] finds such lines so the caller can warn.
@@ -146,13 +152,7 @@ pub fn ensure(
     let lines = split_lines(text);
     let blocks = scan(text, &lines)?;
     let eol = dominant_eol(&lines, &blocks);
-    let mut wanted = Vec::new();
-    for (i, line) in block_lines(peer, repuser, method).iter().enumerate() {
-        if i > 0 {
-            wanted.extend_from_slice(eol);
-        }
-        wanted.extend_from_slice(line.as_bytes());
-    }
+    let wanted = block_text(peer, repuser, method, eol);
 
     if let Some(block) = blocks.iter().find(|b| b.peer == peer.ip()) {
         // Rewrite in place; the END line's own terminator (or its absence)
@@ -244,6 +244,141 @@ pub fn managed_blocks(text: &[u8]) -> Result<Vec<ManagedBlock>, Error> {
         .collect())
 }
 
+/// Hand-written lines, outside keyferry's blocks, that allow exactly what
+/// keyferry's two lines for a peer allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Equivalents {
+    /// 1-based line equivalent to `host replication <repuser> PEER/32 <method>`.
+    pub replication: usize,
+    /// 1-based line equivalent to `host all all PEER/32 <method>`.
+    pub all: usize,
+}
+
+/// Finds hand-written lines equivalent to the two that [`ensure`] would
+/// write for `peer`: type `host` or `hostssl`; database `replication`
+/// (resp. `all`); user `repuser` or `all` (resp. `all`); the peer alone as
+/// `IP/32`, `IP/128` or IP with an all-ones netmask; the same method and
+/// no options. A record continued over several lines is not considered.
+/// `None` when the file already has keyferry's block for `peer`, or when
+/// either of the two has no equivalent.
+pub fn equivalent_lines(
+    text: &[u8],
+    peer: &PeerAddr,
+    repuser: &str,
+    method: HbaMethod,
+) -> Result<Option<Equivalents>, Error> {
+    validate_role_name(repuser)?;
+    let lines = split_lines(text);
+    let blocks = scan(text, &lines)?;
+    if blocks.iter().any(|b| b.peer == peer.ip()) {
+        return Ok(None);
+    }
+    let records: Vec<HbaRecord> = tokenize(text)
+        .into_iter()
+        .filter(|r| {
+            let index = r.line - 1;
+            let inside = blocks.iter().any(|b| (b.begin..=b.end).contains(&index));
+            let line = lines[index];
+            let continued = text[line.start..line.content_end]
+                .trim_ascii_end()
+                .ends_with(b"\\");
+            !inside && !continued
+        })
+        .collect();
+    let find = |database: &str, users: &[&str]| {
+        records
+            .iter()
+            .find(|r| is_equivalent(r, peer.ip(), database, users, method))
+            .map(|r| r.line)
+    };
+    Ok(
+        match (
+            find("replication", &[repuser, "all"]),
+            find("all", &["all"]),
+        ) {
+            (Some(replication), Some(all)) => Some(Equivalents { replication, all }),
+            _ => None,
+        },
+    )
+}
+
+/// Whether `record` allows exactly what keyferry's line for `database`
+/// allows (see [`equivalent_lines`]).
+fn is_equivalent(
+    record: &HbaRecord,
+    peer: IpAddr,
+    database: &str,
+    users: &[&str],
+    method: HbaMethod,
+) -> bool {
+    let single = |i: usize| match record.fields.get(i).map(Vec::as_slice) {
+        Some([token]) => Some(token),
+        _ => None,
+    };
+    // A quoted word is a name, never the keyword.
+    let keyword = |i: usize, word: &str| single(i).is_some_and(|t| !t.quoted && t.text == word);
+    let user_ok = single(2).is_some_and(|t| {
+        users
+            .iter()
+            .any(|u| t.text == *u && !(t.quoted && HBA_USER_KEYWORDS.contains(u)))
+    });
+    let exact = coverage(record, peer) == Some(Coverage::Exact);
+    let method_field = match single(3) {
+        Some(t) if !t.quoted && t.text.contains('/') => Some(4),
+        Some(t) if !t.quoted => single(4)
+            .and_then(|mask| mask.text.parse::<IpAddr>().ok())
+            .filter(|mask| same_family(*mask, peer) && mask_prefix(*mask) == host_prefix(*mask))
+            .map(|_| 5),
+        _ => None,
+    };
+    (keyword(0, "host") || keyword(0, "hostssl"))
+        && keyword(1, database)
+        && user_ok
+        && exact
+        && method_field.is_some_and(|m| record.fields.len() == m + 1 && keyword(m, method.as_str()))
+}
+
+/// Moves the lines [`equivalent_lines`] finds into keyferry's block for
+/// `peer`: the block (exactly what [`ensure`] writes) takes the place of the
+/// first of them, the second goes, and every other byte is kept. Without
+/// such lines it is [`ensure`]. Returns the edit and the lines moved.
+pub fn adopt(
+    text: &[u8],
+    peer: &PeerAddr,
+    repuser: &str,
+    method: HbaMethod,
+) -> Result<(Edit, Option<Equivalents>), Error> {
+    let Some(found) = equivalent_lines(text, peer, repuser, method)? else {
+        return Ok((ensure(text, peer, repuser, method)?, None));
+    };
+    let lines = split_lines(text);
+    let blocks = scan(text, &lines)?;
+    let eol = dominant_eol(&lines, &blocks);
+    let first = found.replication.min(found.all) - 1;
+    let second = found.replication.max(found.all) - 1;
+    let mut out = Vec::with_capacity(text.len() + 256);
+    for (index, line) in lines.iter().enumerate() {
+        if index == first {
+            out.extend_from_slice(&block_text(peer, repuser, method, eol));
+            out.extend_from_slice(&text[line.content_end..line.end]);
+        } else if index != second {
+            out.extend_from_slice(&text[line.start..line.end]);
+        } else if line.end == line.content_end {
+            // The unterminated last line goes: so does the terminator
+            // before it, and the file keeps its "no final newline" shape.
+            let previous = lines[index - 1];
+            out.truncate(out.len() - (previous.end - previous.content_end));
+        }
+    }
+    Ok((
+        Edit {
+            text: out,
+            changed: true,
+        },
+        Some(found),
+    ))
+}
+
 /// Checks that `name` can be written unquoted into the user column of
 /// `pg_hba.conf` and means one role both there and in SQL.
 pub(crate) fn validate_role_name(name: &str) -> Result<(), Error> {
@@ -305,6 +440,18 @@ fn block_rules(peer: &PeerAddr, repuser: &str, method: HbaMethod) -> [String; 2]
         )
     };
     [rule("replication", repuser), rule("all", "all")]
+}
+
+/// The whole block, its lines joined by `eol`, without a final terminator.
+fn block_text(peer: &PeerAddr, repuser: &str, method: HbaMethod, eol: &[u8]) -> Vec<u8> {
+    let mut text = Vec::new();
+    for (i, line) in block_lines(peer, repuser, method).iter().enumerate() {
+        if i > 0 {
+            text.extend_from_slice(eol);
+        }
+        text.extend_from_slice(line.as_bytes());
+    }
+    text
 }
 
 fn block_lines(peer: &PeerAddr, repuser: &str, method: HbaMethod) -> Vec<String> {
@@ -1327,5 +1474,123 @@ mod tests {
             .map(|m| m.coverage)
             .collect();
         assert_eq!(found, [Coverage::Network, Coverage::Exact]);
+    }
+    fn equivalents(text: &[u8], method: HbaMethod) -> Option<Equivalents> {
+        equivalent_lines(text, &peer("10.0.0.2"), "repuser", method).unwrap()
+    }
+
+    #[test]
+    fn hand_written_lines_equivalent_to_keyferrys_are_found() {
+        let found = |text: &str| equivalents(text.as_bytes(), HbaMethod::ScramSha256);
+        let both = "local all all peer\n\
+            host replication repuser 10.0.0.2/32 scram-sha-256\n\
+            # the app\n\
+            host all all 10.0.0.2/32 scram-sha-256\n";
+        assert_eq!(
+            found(both),
+            Some(Equivalents {
+                replication: 2,
+                all: 4
+            })
+        );
+        // Other spellings of the same thing: hostssl, a netmask, `all` as
+        // the replication user, a quoted role, CRLF, the other order.
+        let spelled = "hostssl all all 10.0.0.2 255.255.255.255 scram-sha-256\r\n\
+            host\treplication\t\"repuser\"\t10.0.0.2/32\tscram-sha-256  # hand-made\r\n\
+            host replication all 10.0.0.2/32 scram-sha-256\r\n";
+        assert_eq!(
+            found(spelled),
+            Some(Equivalents {
+                replication: 2,
+                all: 1
+            })
+        );
+        let v6 = b"host replication all 2001:db8::2/128 md5\nhost all all 2001:db8::2 ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff md5\n";
+        assert_eq!(
+            equivalent_lines(v6, &peer("2001:db8::2"), "repuser", HbaMethod::Md5).unwrap(),
+            Some(Equivalents {
+                replication: 1,
+                all: 2
+            })
+        );
+    }
+
+    #[test]
+    fn lines_that_allow_something_else_are_not_equivalent() {
+        let all_line = "host all all 10.0.0.2/32 scram-sha-256\n";
+        for replication_line in [
+            "host replication repuser 10.0.0.2/32 md5\n",
+            "host replication other 10.0.0.2/32 scram-sha-256\n",
+            "host replication repuser 10.0.0.0/24 scram-sha-256\n",
+            "host replication repuser 10.0.0.2 255.255.255.0 scram-sha-256\n",
+            "host replication repuser 10.0.0.3/32 scram-sha-256\n",
+            "host all repuser 10.0.0.2/32 scram-sha-256\n",
+            "host \"replication\" repuser 10.0.0.2/32 scram-sha-256\n",
+            "host replication \"all\" 10.0.0.2/32 scram-sha-256\n",
+            "host replication repuser,other 10.0.0.2/32 scram-sha-256\n",
+            "hostnossl replication repuser 10.0.0.2/32 scram-sha-256\n",
+            "host replication repuser 10.0.0.2/32 scram-sha-256 clientcert=verify-full\n",
+            "host replication repuser \\\n 10.0.0.2/32 scram-sha-256\n",
+            "# host replication repuser 10.0.0.2/32 scram-sha-256\n",
+        ] {
+            let text = format!("{replication_line}{all_line}");
+            assert_eq!(
+                equivalents(text.as_bytes(), HbaMethod::ScramSha256),
+                None,
+                "{replication_line:?}"
+            );
+        }
+        assert_eq!(
+            equivalents(all_line.as_bytes(), HbaMethod::ScramSha256),
+            None,
+            "one of the two is not enough"
+        );
+        // keyferry's own block is not a hand-written line, and a file that
+        // has the block needs no look at equivalents.
+        let with_block = ensure_ok(b"", &peer("10.0.0.2"), HbaMethod::ScramSha256).text;
+        assert_eq!(equivalents(&with_block, HbaMethod::ScramSha256), None);
+        let mut both = with_block.clone();
+        both.extend_from_slice(b"host replication repuser 10.0.0.2/32 scram-sha-256\n");
+        both.extend_from_slice(all_line.as_bytes());
+        assert_eq!(equivalents(&both, HbaMethod::ScramSha256), None);
+    }
+
+    #[test]
+    fn adopt_moves_the_equivalent_lines_into_the_block_and_keeps_every_other_byte() {
+        let p = peer("10.0.0.2");
+        let text = b"# top\nhost all all 10.0.0.0/8 reject\nhost replication all 10.0.0.2/32 md5\n\nhost all all 10.0.0.2 255.255.255.255 md5 # app\nlocal all all peer\n";
+        let (edit, found) = adopt(text, &p, "repuser", HbaMethod::Md5).unwrap();
+        assert_eq!(
+            found,
+            Some(Equivalents {
+                replication: 3,
+                all: 5
+            })
+        );
+        let block = String::from_utf8(block_text(&p, "repuser", HbaMethod::Md5, b"\n")).unwrap();
+        let expected =
+            format!("# top\nhost all all 10.0.0.0/8 reject\n{block}\n\nlocal all all peer\n");
+        assert_eq!(String::from_utf8(edit.text.clone()).unwrap(), expected);
+        assert!(edit.changed);
+        assert!(
+            !ensure_ok(&edit.text, &p, HbaMethod::Md5).changed,
+            "the block is ensure's"
+        );
+        let again = adopt(&edit.text, &p, "repuser", HbaMethod::Md5).unwrap();
+        assert_eq!((again.0.changed, again.1), (false, None));
+
+        // CRLF, the second line last and unterminated: the file keeps both shapes.
+        let crlf = b"host all all 10.0.0.2/32 md5\r\nlocal all all peer\r\nhost replication repuser 10.0.0.2/32 md5";
+        let (edit, _) = adopt(crlf, &p, "repuser", HbaMethod::Md5).unwrap();
+        let block = String::from_utf8(block_text(&p, "repuser", HbaMethod::Md5, b"\r\n")).unwrap();
+        assert_eq!(
+            String::from_utf8(edit.text).unwrap(),
+            format!("{block}\r\nlocal all all peer")
+        );
+
+        // Nothing equivalent: adopt is ensure.
+        let (edit, found) = adopt(SAMPLE, &p, "repuser", HbaMethod::Md5).unwrap();
+        assert_eq!(found, None);
+        assert_eq!(edit, ensure_ok(SAMPLE, &p, HbaMethod::Md5));
     }
 }

@@ -327,6 +327,10 @@ pub(crate) fn plan_install(
             });
             return Ok(plans);
         };
+        // A linked appsettings.json is written at the link's final target,
+        // and the link stays (replacing it would leave the application
+        // reading the unchanged target).
+        let target = fs::canonicalize(&target).unwrap_or(target);
         refuse_inside_home(home, &target)?;
         match target.parent() {
             Some(dir) if dir.is_dir() => {}

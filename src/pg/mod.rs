@@ -1,8 +1,9 @@
 //! Reaching PostgreSQL, for the HA pair and for the application's own
 //! database alike: SQL through the `postgres` crate, the replication
 //! handshake through [`replication`], the libpq password file through
-//! [`passfile`], and the server's own programs (`pg_controldata`,
-//! `pg_ctl`) for what SQL cannot tell.
+//! [`passfile`], a running server's `postmaster.pid` through [`pidfile`],
+//! and the server's own programs (`pg_controldata`, `pg_ctl`) for what SQL
+//! cannot tell.
 //!
 //! This module owns how keyferry reaches a server ([`Endpoint`],
 //! [`ConnSpec`]: a plain connection description, not tied to `ha.toml`),
@@ -25,6 +26,7 @@
 
 pub(crate) mod conf;
 pub mod passfile;
+pub mod pidfile;
 pub mod replication;
 
 use std::fmt;
@@ -404,6 +406,41 @@ pub(crate) fn hba_file_errors(
                 .get::<_, Option<i32>>(0)
                 .and_then(|n| u32::try_from(n).ok()),
             error: one_line(&row.get::<_, String>(1)),
+        })
+        .collect())
+}
+
+/// A rule PostgreSQL reads from the `pg_hba.conf` on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HbaRule {
+    /// The database column, one entry per name or keyword.
+    pub databases: Vec<String>,
+    /// The user column.
+    pub users: Vec<String>,
+    /// The address, without its mask (`None` for `local` lines).
+    pub address: Option<String>,
+    /// The netmask (`255.255.255.255` for `/32`).
+    pub netmask: Option<String>,
+}
+
+/// The rules of the `pg_hba.conf` on disk now, as PostgreSQL's own parser
+/// reads them (`pg_hba_file_rules` without the lines in error; superuser
+/// by default).
+pub(crate) fn hba_file_rules(client: &mut Client, target: &str) -> Result<Vec<HbaRule>, PgError> {
+    let rows = client
+        .query(
+            "SELECT database, user_name, address, netmask FROM pg_hba_file_rules \
+             WHERE error IS NULL ORDER BY line_number",
+            &[],
+        )
+        .map_err(|e| from_postgres(target, e))?;
+    Ok(rows
+        .iter()
+        .map(|row| HbaRule {
+            databases: row.get::<_, Option<Vec<String>>>(0).unwrap_or_default(),
+            users: row.get::<_, Option<Vec<String>>>(1).unwrap_or_default(),
+            address: row.get(2),
+            netmask: row.get(3),
         })
         .collect())
 }

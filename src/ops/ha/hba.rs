@@ -5,8 +5,9 @@
 //!
 //! 1. the new text is computed ([`crate::ha::hba`]); no change means no
 //!    backup, no audit record, no reload;
-//! 2. when a server is running (it answers on the local socket or the
-//!    `--pg-host`/`--pg-port` given), keyferry connects first and makes sure
+//! 2. when a server is running (it answers where its `postmaster.pid`
+//!    says, or at the `--pg-host`/`--pg-socket-dir`/`--pg-port` given,
+//!    which override it), keyferry connects first and makes sure
 //!    the server reads this very file (`hba_file`), so the check below
 //!    checks the right file;
 //! 3. the audit record (on a node with a keyring), then: a backup of the
@@ -16,12 +17,23 @@
 //!    `pg_reload_conf()`. On an error the original bytes are put back (with
 //!    the same owner and mode) and nothing is reloaded.
 //!
+//! 4. for `ensure`, PostgreSQL's reading of the file after the write must
+//!    show keyferry's lines for the peer (by database, user and address):
+//!    otherwise the server does not read what was written, and the
+//!    original is put back.
+//!
+//! The file edited is always the final target of the path given (or of
+//! `<pg_data>/pg_hba.conf`): a symbolic link is followed, kept as a link,
+//! and the report names both. The server's `hba_file` is compared with
+//! that target, links resolved, before anything is written.
+//!
 //! With no server running the file is written unchecked and the report
 //! says so; the server reads it at its next start. A server that seems to
 //! run (its `postmaster.pid` exists) but does not answer is an error, not a
 //! reason to skip the check; `--offline` skips the server on purpose.
 
 use std::fs;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -30,11 +42,13 @@ use serde_json::Value;
 
 use super::load_config;
 use crate::error::{Error, Result};
+use crate::fsutil;
 use crate::fsutil::Ownership;
 use crate::ha::config::HaConfig;
 use crate::ha::hba::{self, Coverage, HbaMethod};
 use crate::ha::PeerAddr;
 use crate::ops::{details, Home};
+use crate::pg::pidfile::{self, PostmasterPid};
 use crate::pg::{self, passfile, ConnSpec, Endpoint, PgError};
 
 /// Default role for the administrative connection (a superuser is needed
@@ -61,9 +75,11 @@ pub struct ServerAccess {
     pub offline: bool,
     /// TCP host (name or address) instead of the Unix socket.
     pub host: Option<String>,
-    /// Unix socket directory (default `/var/run/postgresql`, else `/tmp`).
+    /// Unix socket directory; default: the running server's, from its
+    /// `postmaster.pid`, else `/var/run/postgresql`, then `/tmp`.
     pub socket_dir: Option<PathBuf>,
-    /// Default: `pg_port` from `ha.toml`, else 5432.
+    /// Default: the running server's, from its `postmaster.pid`, else
+    /// `pg_port` from `ha.toml`, else 5432.
     pub port: Option<u16>,
     /// Default `postgres`. Its password, if the server asks, comes from the
     /// libpq password file (`PGPASSFILE` or `~/.pgpass`).
@@ -88,7 +104,11 @@ pub enum ServerOutcome {
 /// What `hba ensure` / `hba remove` did.
 #[derive(Debug, Clone, Serialize)]
 pub struct HbaChangeReport {
+    /// The file edited (links resolved).
     pub file: PathBuf,
+    /// The path given, when it leads to `file` through a symbolic link
+    /// (which is kept).
+    pub link: Option<PathBuf>,
     pub peer: String,
     pub changed: bool,
     pub backup: Option<PathBuf>,
@@ -96,6 +116,38 @@ pub struct HbaChangeReport {
     pub audited: bool,
     /// Lines outside keyferry's blocks that also match the peer.
     pub other_rules: Vec<OtherRule>,
+    /// Hand-written lines equivalent to keyferry's two (line numbers of the
+    /// file as it was): with `adopted` false they already allow the peer
+    /// and nothing was changed; with `adopted` true they were moved into
+    /// keyferry's block.
+    pub equivalent_lines: Vec<EquivalentLine>,
+    pub adopted: bool,
+    /// Things the operator should fix that did not stop the change (a
+    /// server port other than `ha.toml`'s).
+    pub warnings: Vec<String>,
+}
+
+/// A hand-written line equivalent to one of keyferry's.
+#[derive(Debug, Clone, Serialize)]
+pub struct EquivalentLine {
+    pub line: usize,
+    pub text: String,
+}
+
+fn equivalent_views(text: &[u8], found: Option<hba::Equivalents>) -> Vec<EquivalentLine> {
+    let Some(found) = found else {
+        return Vec::new();
+    };
+    let mut lines = [found.replication, found.all];
+    lines.sort_unstable();
+    hba::tokenize(text)
+        .into_iter()
+        .filter(|r| lines.contains(&r.line))
+        .map(|r| EquivalentLine {
+            line: r.line,
+            text: r.plain_words().join(" "),
+        })
+        .collect()
 }
 
 /// A line outside keyferry's blocks that matches the peer.
@@ -109,14 +161,17 @@ pub struct OtherRule {
     pub before_block: bool,
 }
 
-/// `keyferry hba ensure --peer IP [--method …]`.
+/// `keyferry hba ensure --peer IP [--method …] [--adopt]`. Hand-written
+/// lines equivalent to keyferry's two leave the file as it is, unless
+/// `adopt` moves them into keyferry's block.
 pub fn ensure(
     home: &Home,
     peer: PeerAddr,
     method: HbaMethod,
+    adopt: bool,
     target: &HbaTarget,
 ) -> Result<HbaChangeReport> {
-    change(home, peer, target, Change::Ensure(method))
+    change(home, peer, target, Change::Ensure { method, adopt })
 }
 
 /// `keyferry hba remove --peer IP`.
@@ -125,16 +180,22 @@ pub fn remove(home: &Home, peer: PeerAddr, target: &HbaTarget) -> Result<HbaChan
 }
 
 enum Change {
-    Ensure(HbaMethod),
+    Ensure { method: HbaMethod, adopt: bool },
     Remove,
 }
 
 struct Resolved {
+    /// The file to edit: the path given with every symbolic link resolved.
     file: PathBuf,
+    /// The path given, when it reaches `file` through a symbolic link.
+    link: Option<PathBuf>,
     replication_user: String,
-    /// Directories where a running server's `postmaster.pid` would be.
+    /// Directories where the running server's `postmaster.pid` would be,
+    /// best first: the file's own directory (links resolved), the
+    /// directory of the path given, then `pg_data` from `ha.toml`.
     data_dirs: Vec<PathBuf>,
-    port: u16,
+    /// `pg_port` from `ha.toml`.
+    configured_port: Option<u16>,
 }
 
 fn resolve(home: &Home, target: &HbaTarget) -> Result<Resolved> {
@@ -149,29 +210,34 @@ fn resolve(home: &Home, target: &HbaTarget) -> Result<Resolved> {
             )))
         }
     };
+    // Edit the link's final target and keep the link: replacing the link
+    // itself would leave the server reading the unchanged target.
+    let (file, link) = match fs::canonicalize(&file) {
+        Ok(real) if std::path::absolute(&file).is_ok_and(|given| given != real) => {
+            (real, Some(file))
+        }
+        Ok(real) => (real, None),
+        Err(_) => (file, None),
+    };
     let replication_user = target
         .replication_user
         .clone()
         .or_else(|| config.as_ref().map(|c| c.replication_user.clone()))
         .unwrap_or_else(|| crate::ha::config::DEFAULT_REPLICATION_USER.to_owned());
     hba::validate_role_name(&replication_user)?;
-    let mut data_dirs = Vec::new();
-    if let Some(c) = &config {
-        data_dirs.push(c.pg_data.clone());
-    }
-    if let Some(parent) = file.parent() {
-        data_dirs.push(parent.to_path_buf());
-    }
-    let port = target
-        .server
-        .port
-        .or(config.as_ref().map(|c| c.pg_port))
-        .unwrap_or(crate::ha::config::DEFAULT_PG_PORT);
+    let mut data_dirs: Vec<PathBuf> = [Some(&file), link.as_ref()]
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f.parent().map(Path::to_path_buf))
+        .collect();
+    data_dirs.extend(config.as_ref().map(|c| c.pg_data.clone()));
+    data_dirs.dedup();
     Ok(Resolved {
         file,
+        link,
         replication_user,
         data_dirs,
-        port,
+        configured_port: config.as_ref().map(|c| c.pg_port),
     })
 }
 
@@ -194,35 +260,65 @@ fn change(
     let r = resolve(home, target)?;
     let mut node = home.open(true)?;
     let original = read_hba(&r.file)?;
-    let (edit, action) = match what {
-        Change::Ensure(method) => (
-            hba::ensure(&original, &peer, &r.replication_user, method)?,
-            "hba-ensure",
-        ),
-        Change::Remove => (hba::remove(&original, &peer)?, "hba-remove"),
+    let (edit, action, equivalents) = match what {
+        Change::Ensure {
+            method,
+            adopt: true,
+        } => {
+            let (edit, moved) = hba::adopt(&original, &peer, &r.replication_user, method)?;
+            (edit, "hba-ensure", moved)
+        }
+        Change::Ensure { method, .. } => {
+            match hba::equivalent_lines(&original, &peer, &r.replication_user, method)? {
+                Some(found) => (
+                    hba::Edit {
+                        text: original.clone(),
+                        changed: false,
+                    },
+                    "hba-ensure",
+                    Some(found),
+                ),
+                None => (
+                    hba::ensure(&original, &peer, &r.replication_user, method)?,
+                    "hba-ensure",
+                    None,
+                ),
+            }
+        }
+        Change::Remove => (hba::remove(&original, &peer)?, "hba-remove", None),
     };
+    let equivalent_lines = equivalent_views(&original, equivalents);
+    let mut other = other_rules(&edit.text, &peer)?;
+    if !edit.changed {
+        other.retain(|o| !equivalent_lines.iter().any(|e| e.line == o.line));
+    }
     let mut report = HbaChangeReport {
         file: r.file.clone(),
+        link: r.link.clone(),
         peer: peer.to_string(),
         changed: edit.changed,
         backup: None,
         server: ServerOutcome::Unchanged,
         audited: false,
-        other_rules: other_rules(&edit.text, &peer)?,
+        other_rules: other,
+        adopted: edit.changed && !equivalent_lines.is_empty(),
+        equivalent_lines,
+        warnings: Vec::new(),
     };
     if !edit.changed {
         return Ok(report);
     }
 
-    let server = if target.server.offline {
-        None
+    let (server, tried) = if target.server.offline {
+        (None, Vec::new())
     } else {
-        connect_admin(&target.server, &r)?
+        let endpoints = reach(&target.server, &r, &mut report.warnings)?;
+        (connect_admin(&target.server, &r, &endpoints)?, endpoints)
     };
     report.server = match &server {
         None if target.server.offline => ServerOutcome::Offline,
         None => ServerOutcome::NotRunning {
-            endpoint: endpoints(&target.server, r.port)
+            endpoint: tried
                 .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
@@ -246,13 +342,22 @@ fn change(
             )),
         ),
     ]);
-    if let Change::Ensure(method) = what {
+    if let Change::Ensure { method, .. } = what {
         record_details.insert("method".into(), Value::from(method.as_str()));
+    }
+    if report.adopted {
+        let lines: Vec<usize> = report.equivalent_lines.iter().map(|e| e.line).collect();
+        record_details.insert("adopted_lines".into(), Value::from(lines));
     }
     let mut change = node.begin(action, record_details)?;
     report.backup = change.replace_file(file, &mut &edit.text[..], Ownership::KeepExisting)?;
     if let Some((client, endpoint)) = server.as_mut() {
-        if let Err(e) = check_rules(client, &endpoint.to_string(), file) {
+        let endpoint = endpoint.to_string();
+        let checked = check_rules(client, &endpoint, file).and_then(|()| match what {
+            Change::Ensure { .. } => server_reads_block(client, &endpoint, file, &edit.text, &peer),
+            Change::Remove => Ok(()),
+        });
+        if let Err(e) = checked {
             change.abort()?;
             return Err(e);
         }
@@ -295,21 +400,70 @@ fn check_rules(client: &mut postgres::Client, target: &str, file: &Path) -> Resu
     Ok(())
 }
 
-/// The endpoints tried for the administrative connection, in order.
-fn endpoints(access: &ServerAccess, port: u16) -> Vec<Endpoint> {
-    if let Some(host) = &access.host {
-        return vec![Endpoint::Tcp {
+/// The endpoints for the administrative connection: `--pg-host` or
+/// `--pg-socket-dir` when given, else what the running server's
+/// `postmaster.pid` says (its socket directory, then its listen address),
+/// else the usual socket directories. The port: `--pg-port`, else the
+/// `postmaster.pid`'s, else `pg_port` from `ha.toml`, else 5432. A
+/// `postmaster.pid` port other than `ha.toml`'s is added to `warnings`.
+fn reach(access: &ServerAccess, r: &Resolved, warnings: &mut Vec<String>) -> Result<Vec<Endpoint>> {
+    let fully_given =
+        (access.host.is_some() || access.socket_dir.is_some()) && access.port.is_some();
+    let running = if fully_given {
+        None
+    } else {
+        running_server(r)?
+    };
+    if let (Some((path, pid)), Some(configured)) = (&running, r.configured_port) {
+        if pid.port != configured {
+            warnings.push(format!(
+                "the server of {} listens on port {} ({}), but ha.toml's pg_port is {configured}: correct pg_port in ha.toml",
+                fsutil::parent_dir(path).display(),
+                pid.port,
+                path.display()
+            ));
+        }
+    }
+    let port = access
+        .port
+        .or(running.as_ref().map(|(_, pid)| pid.port))
+        .or(r.configured_port)
+        .unwrap_or(crate::ha::config::DEFAULT_PG_PORT);
+    Ok(if let Some(host) = &access.host {
+        vec![Endpoint::Tcp {
             host: host.clone(),
             port,
-        }];
-    }
-    if let Some(dir) = &access.socket_dir {
-        return vec![Endpoint::Socket {
+        }]
+    } else if let Some(dir) = &access.socket_dir {
+        vec![Endpoint::Socket {
             dir: dir.clone(),
             port,
-        }];
+        }]
+    } else {
+        match running.map(|(_, pid)| pid.endpoints(port)) {
+            Some(endpoints) if !endpoints.is_empty() => endpoints,
+            _ => default_endpoints(port),
+        }
+    })
+}
+
+/// The first `postmaster.pid` in `r.data_dirs`, read: the running server
+/// that owns the file (or the node's own server). A file that cannot be
+/// read is an error, never skipped: it would hide the server.
+fn running_server(r: &Resolved) -> Result<Option<(PathBuf, PostmasterPid)>> {
+    for dir in &r.data_dirs {
+        let path = dir.join(pidfile::FILE_NAME);
+        let text = match fs::read(&path) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(format!("cannot read {}", path.display()))(e)),
+        };
+        return match pidfile::parse(&text) {
+            Ok(pid) => Ok(Some((path, pid))),
+            Err(problem) => Err(crate::ha::Error::PostmasterPid { path, problem }.into()),
+        };
     }
-    default_endpoints(port)
+    Ok(None)
 }
 
 #[cfg(unix)]
@@ -337,20 +491,21 @@ fn default_endpoints(port: u16) -> Vec<Endpoint> {
 fn connect_admin(
     access: &ServerAccess,
     r: &Resolved,
+    endpoints: &[Endpoint],
 ) -> Result<Option<(postgres::Client, Endpoint)>> {
     let user = access.user.as_deref().unwrap_or(DEFAULT_ADMIN_USER);
     let mut last_unreachable: Option<PgError> = None;
-    for endpoint in endpoints(access, r.port) {
-        let host = match &endpoint {
-            Endpoint::Tcp { host, .. } => host.clone(),
-            Endpoint::Socket { .. } => "localhost".to_owned(),
+    for endpoint in endpoints {
+        let (host, port) = match endpoint {
+            Endpoint::Tcp { host, port } => (host.clone(), *port),
+            Endpoint::Socket { port, .. } => ("localhost".to_owned(), *port),
         };
         let password = passfile::default_path().and_then(|path| {
             passfile::lookup(
                 &path,
                 passfile::Key {
                     host: &host,
-                    port: r.port,
+                    port,
                     database: pg::MAINTENANCE_DB,
                     user,
                 },
@@ -359,7 +514,7 @@ fn connect_admin(
             .flatten()
         });
         let spec = ConnSpec {
-            endpoint: &endpoint,
+            endpoint,
             user,
             dbname: pg::MAINTENANCE_DB,
             password: password.as_ref().map(|p| p.as_bytes()),
@@ -367,8 +522,8 @@ fn connect_admin(
         };
         match pg::connect(&spec) {
             Ok(mut client) => {
-                same_hba_file(&mut client, &endpoint, &r.file)?;
-                return Ok(Some((client, endpoint)));
+                same_hba_file(&mut client, endpoint, &r.file)?;
+                return Ok(Some((client, endpoint.clone())));
             }
             Err(e) if e.is_unreachable() => last_unreachable = Some(e),
             Err(e) => {
@@ -382,7 +537,7 @@ fn connect_admin(
     if let Some(pid) = r
         .data_dirs
         .iter()
-        .map(|d| d.join("postmaster.pid"))
+        .map(|d| d.join(pidfile::FILE_NAME))
         .find(|p| p.is_file())
     {
         let why = last_unreachable.map(|e| e.to_string()).unwrap_or_default();
@@ -401,16 +556,82 @@ fn same_hba_file(client: &mut postgres::Client, endpoint: &Endpoint, file: &Path
             "cannot ask the server which pg_hba.conf it reads ({e}); nothing was changed: connect as a superuser (--pg-user)"
         ))
     })?;
-    let canonical = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    if canonical(&served) != canonical(file) {
-        return Err(Error::Refused(format!(
-            "the server at {endpoint} reads {}, not {}; nothing was changed: pass --file {}",
-            served.display(),
-            file.display(),
-            served.display()
-        )));
+    let served = fs::canonicalize(&served).unwrap_or(served);
+    if served != file {
+        return Err(crate::ha::Error::HbaFileNotServed {
+            endpoint: endpoint.to_string(),
+            served,
+            edited: file.to_path_buf(),
+        }
+        .into());
     }
     Ok(())
+}
+
+/// Compares PostgreSQL's reading of the file on disk with the block just
+/// written for `peer`: each of the block's lines must be among the
+/// server's rules, by database, user and address (an all-ones mask).
+fn server_reads_block(
+    client: &mut postgres::Client,
+    endpoint: &str,
+    file: &Path,
+    written: &[u8],
+    peer: &PeerAddr,
+) -> Result<()> {
+    let rules = pg::hba_file_rules(client, endpoint).map_err(|e| {
+        Error::Refused(format!(
+            "cannot read pg_hba_file_rules to compare it with {} ({e}); the original was put back: connect as a superuser (--pg-user)",
+            file.display()
+        ))
+    })?;
+    let missing = missing_block_rules(written, peer, &rules)?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(crate::ha::Error::HbaNotRead {
+        endpoint: endpoint.to_owned(),
+        file: file.to_path_buf(),
+        missing: missing.join(", "),
+    }
+    .into())
+}
+
+/// The lines of keyferry's block for `peer` in `written` (as `database
+/// user address`) that no rule in `rules` matches.
+fn missing_block_rules(
+    written: &[u8],
+    peer: &PeerAddr,
+    rules: &[pg::HbaRule],
+) -> Result<Vec<String>> {
+    let all_ones = |mask: &str| match mask.parse::<IpAddr>() {
+        Ok(IpAddr::V4(v4)) => u32::from(v4) == u32::MAX,
+        Ok(IpAddr::V6(v6)) => u128::from(v6) == u128::MAX,
+        Err(_) => false,
+    };
+    let Some(block) = hba::managed_blocks(written)?
+        .into_iter()
+        .find(|b| b.peer == peer.ip())
+    else {
+        return Ok(Vec::new());
+    };
+    Ok(block
+        .records
+        .iter()
+        .filter_map(|record| {
+            let (database, user) = (record.word(1)?, record.word(2)?);
+            let served = rules.iter().any(|rule| {
+                rule.databases == [database]
+                    && rule.users == [user]
+                    && rule
+                        .address
+                        .as_deref()
+                        .and_then(|a| a.parse::<IpAddr>().ok())
+                        == Some(peer.ip())
+                    && rule.netmask.as_deref().is_some_and(all_ones)
+            });
+            (!served).then(|| format!("{database} {user} {}", peer.hba_cidr()))
+        })
+        .collect())
 }
 
 fn other_rules(text: &[u8], peer: &PeerAddr) -> Result<Vec<OtherRule>> {
@@ -510,4 +731,63 @@ pub(crate) fn show(
             .collect(),
         other_rules: other,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(database: &str, user: &str, address: &str, netmask: &str) -> pg::HbaRule {
+        pg::HbaRule {
+            databases: vec![database.to_owned()],
+            users: vec![user.to_owned()],
+            address: Some(address.to_owned()),
+            netmask: Some(netmask.to_owned()),
+        }
+    }
+
+    #[test]
+    fn the_servers_rules_must_show_every_line_of_the_block() {
+        let peer = PeerAddr::parse("10.0.0.2").unwrap();
+        let written = hba::ensure(b"local all all peer\n", &peer, "repuser", HbaMethod::Md5)
+            .unwrap()
+            .text;
+        let ones = "255.255.255.255";
+        let both = [
+            rule("replication", "repuser", "10.0.0.2", ones),
+            rule("all", "all", "10.0.0.2", ones),
+        ];
+        assert_eq!(
+            missing_block_rules(&written, &peer, &both).unwrap(),
+            Vec::<String>::new()
+        );
+        // What the server reads when it reads another file: nothing of ours.
+        let missing = missing_block_rules(&written, &peer, &[]).unwrap();
+        assert_eq!(
+            missing,
+            ["replication repuser 10.0.0.2/32", "all all 10.0.0.2/32"]
+        );
+        // Another user, another address, a network: not the block's lines.
+        let near = [
+            rule("replication", "other", "10.0.0.2", ones),
+            rule("all", "all", "10.0.0.3", ones),
+            rule("all", "all", "10.0.0.2", "255.255.255.0"),
+        ];
+        assert_eq!(
+            missing_block_rules(&written, &peer, &near).unwrap().len(),
+            2
+        );
+        let v6 = PeerAddr::parse("2001:db8::2").unwrap();
+        let written = hba::ensure(b"", &v6, "repuser", HbaMethod::Md5)
+            .unwrap()
+            .text;
+        let mask = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff";
+        let served = [
+            rule("replication", "repuser", "2001:db8::2", mask),
+            rule("all", "all", "2001:db8::2", mask),
+        ];
+        assert!(missing_block_rules(&written, &v6, &served)
+            .unwrap()
+            .is_empty());
+    }
 }
