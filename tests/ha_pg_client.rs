@@ -77,6 +77,28 @@ fn replication_handshake_and_server_facts() {
     assert!(facts.max_wal_senders > 0);
     assert!(facts.database_bytes > 1_000_000, "{facts:?}");
     assert!(facts.major() >= 10);
+    assert!(!facts.in_recovery);
+    assert_eq!(facts.standbys, 0);
+
+    // With a streaming replica: the primary counts it (the unprivileged
+    // role sees the rows of pg_stat_replication), the replica is in
+    // recovery. These are the facts the `roles` check judges.
+    let replica = server.start_replica();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut facts = pg::server_facts(&mut client, &endpoint.to_string()).unwrap();
+    while facts.standbys == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        facts = pg::server_facts(&mut client, &endpoint.to_string()).unwrap();
+    }
+    assert_eq!(facts.standbys, 1, "{facts:?}");
+    let replica_endpoint = Endpoint::ip(Ipv4Addr::LOCALHOST.into(), replica.port());
+    let mut on_replica = pg::connect(&ConnSpec {
+        endpoint: &replica_endpoint,
+        ..spec
+    })
+    .expect("SQL connection to the replica");
+    let replica_facts = pg::server_facts(&mut on_replica, &replica_endpoint.to_string()).unwrap();
+    assert!(replica_facts.in_recovery, "{replica_facts:?}");
 
     let closed = Endpoint::ip(Ipv4Addr::LOCALHOST.into(), 1);
     let err = pg::connect(&ConnSpec {

@@ -207,6 +207,7 @@ pub fn run(
         servers[i] = server;
     }
     let [primary, secondary] = servers;
+    facts.push(roles(this_node, primary.as_ref(), secondary.as_ref()));
     facts.push(wal_level(primary.as_ref()));
     facts.push(max_wal_senders(primary.as_ref()));
     facts.extend(versions_match(config, primary.as_ref(), secondary.as_ref()));
@@ -214,6 +215,77 @@ pub fn run(
     facts.push(archive_contents(config));
     facts.push(free_disk(config, primary.as_ref()));
     Preflight { this_node, facts }
+}
+
+/// `roles`: the servers' roles agree with `ha.toml`. Fails on a split brain
+/// (both accept writes), on a node whose server runs in the other role than
+/// `ha.toml` gives it, and on a secondary that runs as a replica without
+/// streaming from the primary.
+pub(crate) fn roles(
+    this_node: Option<Side>,
+    primary: Option<&ServerFacts>,
+    secondary: Option<&ServerFacts>,
+) -> Fact {
+    const NAME: &str = "roles";
+    let role = |f: &ServerFacts| {
+        if f.in_recovery {
+            "a replica"
+        } else {
+            "a primary"
+        }
+    };
+    match (primary, secondary) {
+        (Some(p), Some(s)) if !p.in_recovery && !s.in_recovery => Fact::fail(
+            NAME,
+            "both nodes run as primaries and accept writes (split brain)",
+            "stop the node that must not be primary at once, then rebuild it as a replica of the other; \
+             writes made to it since the split are not on the other node",
+        ),
+        (Some(p), Some(s)) if p.in_recovery && !s.in_recovery => Fact::fail(
+            NAME,
+            "the primary in ha.toml runs as a replica and the secondary as a primary: the roles were swapped",
+            "describe the pair as it runs: `keyferry ha init … --primary <secondary's IP> --secondary <primary's IP> --force` on both nodes",
+        ),
+        (Some(p), _) if p.in_recovery => Fact::fail(
+            NAME,
+            "the primary in ha.toml runs as a replica",
+            "promote it, or describe the pair as it runs with `keyferry ha init … --force`",
+        ),
+        (Some(p), Some(s)) if s.in_recovery && p.standbys == 0 => Fact::fail(
+            NAME,
+            "the secondary runs as a replica but nothing streams from the primary",
+            "check the secondary's primary_conninfo and its server log; the primary must allow its replication connection",
+        ),
+        (Some(p), Some(s)) => Fact::ok(
+            NAME,
+            format!(
+                "primary runs as {}, secondary as {}; {} standby(s) streaming from the primary",
+                role(p),
+                role(s),
+                p.standbys
+            ),
+        ),
+        (Some(p), None) => Fact::warn(
+            NAME,
+            format!(
+                "primary runs as {}; the secondary's role is not known (no SQL connection){}",
+                role(p),
+                if this_node == Some(Side::Secondary) { " on this node" } else { "" }
+            ),
+            "fix sql.secondary above to compare the roles",
+        ),
+        (None, Some(s)) if !s.in_recovery => Fact::fail(
+            NAME,
+            "the secondary runs as a primary while the primary cannot be reached",
+            "if this was a failover, describe the pair as it runs with `keyferry ha init … --force`; \
+             never start the old primary as a primary again",
+        ),
+        _ => Fact::warn(
+            NAME,
+            "the roles are not known: no SQL connection to the primary",
+            "fix sql.primary above",
+        ),
+    }
 }
 
 /// `node`: which of the two addresses belongs to this machine.
@@ -707,6 +779,60 @@ mod tests {
             max_wal_senders: max,
             wal_senders_in_use: used,
             database_bytes: 1 << 20,
+            in_recovery: false,
+            standbys: 0,
+        }
+    }
+
+    #[test]
+    fn roles_fail_on_split_brain_swapped_roles_and_a_silent_standby() {
+        let primary = |standbys| ServerFacts {
+            standbys,
+            ..server(150_000, "replica", 10, 0)
+        };
+        let replica = ServerFacts {
+            in_recovery: true,
+            ..server(150_000, "replica", 10, 0)
+        };
+        let cases = [
+            (
+                Some(primary(0)),
+                Some(primary(0)),
+                Status::Fail,
+                "split brain",
+            ),
+            (
+                Some(replica.clone()),
+                Some(primary(1)),
+                Status::Fail,
+                "swapped",
+            ),
+            (
+                Some(replica.clone()),
+                None,
+                Status::Fail,
+                "runs as a replica",
+            ),
+            (
+                Some(primary(0)),
+                Some(replica.clone()),
+                Status::Fail,
+                "nothing streams",
+            ),
+            (
+                Some(primary(1)),
+                Some(replica.clone()),
+                Status::Ok,
+                "1 standby",
+            ),
+            (Some(primary(0)), None, Status::Warn, "not known"),
+            (None, Some(primary(0)), Status::Fail, "cannot be reached"),
+            (None, None, Status::Warn, "not known"),
+        ];
+        for (p, s, status, words) in cases {
+            let fact = roles(Some(Side::Primary), p.as_ref(), s.as_ref());
+            assert_eq!(fact.status, status, "{fact:?}");
+            assert!(fact.message.contains(words), "{words}: {fact:?}");
         }
     }
 

@@ -326,6 +326,11 @@ pub struct ServerFacts {
     /// Sum of `pg_database_size` over the databases the role may connect
     /// to (all of them for an ordinary role: CONNECT is granted to PUBLIC).
     pub database_bytes: u64,
+    /// `pg_is_in_recovery()`: a replica (or a server being restored).
+    pub in_recovery: bool,
+    /// Rows of `pg_stat_replication`: standbys streaming from this server
+    /// (visible to any role; their details need `pg_monitor`).
+    pub standbys: u32,
 }
 
 impl ServerFacts {
@@ -354,7 +359,9 @@ pub fn server_facts(client: &mut Client, target: &str) -> Result<ServerFacts, Pg
                     current_setting('max_wal_senders')::int, \
                     (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender')::int, \
                     (SELECT coalesce(sum(pg_database_size(oid)), 0) FROM pg_database \
-                      WHERE has_database_privilege(oid, 'CONNECT'))::bigint",
+                      WHERE has_database_privilege(oid, 'CONNECT'))::bigint, \
+                    pg_is_in_recovery(), \
+                    (SELECT count(*) FROM pg_stat_replication)::int",
             &[],
         )
         .map_err(|e| from_postgres(target, e))?;
@@ -365,6 +372,8 @@ pub fn server_facts(client: &mut Client, target: &str) -> Result<ServerFacts, Pg
         max_wal_senders: non_negative(row.get(2)),
         wal_senders_in_use: non_negative(row.get(3)),
         database_bytes: u64::try_from(row.get::<_, i64>(4)).unwrap_or(0),
+        in_recovery: row.get(5),
+        standbys: non_negative(row.get(6)),
     })
 }
 
