@@ -1057,3 +1057,46 @@ fn an_unreadable_password_source_is_a_usage_error_naming_the_option() {
         assert_same(&before, &snapshot(node.dir.path()));
     }
 }
+
+/// A bundle whose config/ha.toml is not a valid pair description is a bad
+/// bundle (exit 4), and nothing changes.
+#[test]
+fn an_invalid_ha_toml_in_a_bundle_is_a_bad_bundle() {
+    let keyring = keyferry::keyring::Keyring::generate("2026-11-25T00:00:00Z").unwrap();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "format": "keyferry-payload",
+        "version": 1,
+        "source_node": "crafted",
+        "created_by": "test",
+        "keyring_fingerprint": keyring.fingerprint().to_string(),
+        "contents": ["keyring", "ha-config"],
+    }))
+    .unwrap();
+    let zip = common::craft::zip_of(
+        &[
+            ("manifest.json", &manifest),
+            ("keyring.json", &keyring.to_json()),
+            (
+                "config/ha.toml",
+                b"version = 1\nnode = \"a\"\nprimary = \"localhost\"\n",
+            ),
+        ],
+        false,
+    );
+    let node = Node::empty();
+    fs::create_dir_all(node.dir.path()).unwrap();
+    let file = node.path("bad-config.kfb");
+    fs::write(&file, common::craft::seal(&zip, PASSWORD, false)).unwrap();
+    let out = node
+        .import_cmd(&file)
+        .args(["--accept-config", "--node", "b"])
+        .output()
+        .unwrap();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains("config/ha.toml is not a valid pair description"),
+        "{err}"
+    );
+    assert!(!node.home.exists(), "nothing was created");
+}

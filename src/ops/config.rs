@@ -227,10 +227,17 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
+/// A `config/ha.toml` that does not parse or validate is a bad bundle
+/// (exit 4); a path this node gave on its command line that `ha.toml`
+/// cannot hold is a usage error naming the option.
 fn invalid_ha(e: crate::ha::Error) -> Error {
-    Error::Refused(format!(
-        "config/ha.toml in the bundle is not a valid pair description ({e}): export it again on the primary"
-    ))
+    match e {
+        crate::ha::Error::ConfigValue {
+            field: field @ ("pg_data" | "archive_dir" | "appsettings"),
+            reason,
+        } => Error::Usage(format!("--{}: {field} {reason}", field.replace('_', "-"))),
+        other => Error::Payload(crate::payload::PayloadError::HaConfig(other.to_string())),
+    }
 }
 
 /// Decides where each staged file goes and what changes; writes nothing.

@@ -105,6 +105,10 @@ pub enum PayloadError {
     DocumentTooLarge(&'static str, usize),
     #[error("manifest.json is invalid: {0}")]
     Manifest(String),
+    #[error(
+        "config/ha.toml is not a valid pair description ({0}): export it again on the primary"
+    )]
+    HaConfig(String),
     #[error("keyring.json in the payload is invalid: {0}")]
     Keyring(#[from] KeyringError),
     #[error("keyring.json has fingerprint {found}, the manifest announces {announced}: the bundle was not made consistently")]
