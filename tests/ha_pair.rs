@@ -147,7 +147,8 @@ fn preflight_and_pg_hba_between_two_hosts() {
     let Some(ns) = NetnsPair::create("p") else {
         return;
     };
-    let listen = format!("listen_addresses = '{ADDR_A}'");
+    // Its own address and loopback, as a server listening on '*' would.
+    let listen = format!("listen_addresses = '{ADDR_A},127.0.0.1'");
     let Some(primary) = PgServer::start_primary(PgOptions {
         extra_conf: vec![listen.clone()],
         netns: Some(ns.a.clone()),
@@ -247,6 +248,34 @@ fn preflight_and_pg_hba_between_two_hosts() {
             "port.secondary.pg",
             "port.secondary.web"
         ]
+    );
+
+    // On the primary itself, after the runbook's steps (no pg_hba.conf line
+    // for its own address): its own server is read over loopback, and the
+    // replication connection is left to the secondary's check.
+    let (_, checks) = check_in(&ns.a, &home_a, &pw_args);
+    assert_status(&checks, "node", "ok", "primary");
+    assert_status(
+        &checks,
+        "replication",
+        "ok",
+        "checked by `keyferry ha check` on the secondary",
+    );
+    assert_status(&checks, "sql.primary", "ok", "this node's own server");
+    assert_status(&checks, "wal_level", "ok", "replica");
+    let failed: Vec<&str> = checks
+        .iter()
+        .filter(|c| c["status"] == "fail")
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        failed,
+        [
+            "port.primary.web",
+            "port.secondary.pg",
+            "port.secondary.web"
+        ],
+        "only what is down fails on the primary"
     );
 
     // A wrong password is its own failure, with its own fix.

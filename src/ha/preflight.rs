@@ -372,6 +372,17 @@ pub(crate) fn replication_connection(
 ) -> Fact {
     let user = config.replication_user.as_str();
     let primary_addr = SocketAddr::new(config.primary.ip(), config.pg_port);
+    if this_node == Some(Side::Primary) {
+        // The primary never replicates from itself, and its pg_hba.conf
+        // rightly has no line for its own address: the secondary's
+        // `ha check` is the one that tests this connection.
+        return Fact::ok(
+            "replication",
+            format!(
+                "this node is the primary: the replication connection to {primary_addr} is checked by `keyferry ha check` on the secondary"
+            ),
+        );
+    }
     if !reachable {
         return Fact::fail(
             "replication",
@@ -433,16 +444,39 @@ pub(crate) fn sql_connection(
         return (fact, None);
     }
     let password = credentials.for_conn(&ip.to_string(), config.pg_port, pg::MAINTENANCE_DB, user);
-    let spec = ConnSpec {
-        endpoint: &endpoint,
-        user,
-        dbname: pg::MAINTENANCE_DB,
-        password: password.as_ref().map(|p| p.as_slice()),
-        timeout,
+    let facts_at = |endpoint: &Endpoint| {
+        let spec = ConnSpec {
+            endpoint,
+            user,
+            dbname: pg::MAINTENANCE_DB,
+            password: password.as_ref().map(|p| p.as_slice()),
+            timeout,
+        };
+        pg::connect(&spec)
+            .and_then(|mut client| pg::server_facts(&mut client, &endpoint.to_string()))
     };
-    let got = pg::connect(&spec)
-        .and_then(|mut client| pg::server_facts(&mut client, &endpoint.to_string()));
-    match got {
+    // This node's own server is read over loopback first: its pg_hba.conf
+    // allows its peer's address, not its own (initdb's file allows
+    // loopback), and the runbook gives it no line for itself.
+    if this_node == Some(side) {
+        let loopback: std::net::IpAddr = if ip.ip().is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        };
+        let local = Endpoint::ip(loopback, config.pg_port);
+        if let Ok(f) = facts_at(&local) {
+            let fact = Fact::ok(
+                name,
+                format!(
+                    "SQL connection to this node's own server at {local} as {user} works (PostgreSQL {})",
+                    f.major()
+                ),
+            );
+            return (fact, Some(f));
+        }
+    }
+    match facts_at(&endpoint) {
         Ok(f) => {
             let fact = Fact::ok(
                 name,
