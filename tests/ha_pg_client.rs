@@ -79,6 +79,7 @@ fn replication_handshake_and_server_facts() {
     assert!(facts.major() >= 10);
     assert!(!facts.in_recovery);
     assert_eq!(facts.standbys, 0);
+    assert_eq!(facts.timeline, Some(1), "a fresh cluster writes timeline 1");
 
     // With a streaming replica: the primary counts it (the unprivileged
     // role sees the rows of pg_stat_replication), the replica is in
@@ -99,6 +100,7 @@ fn replication_handshake_and_server_facts() {
     .expect("SQL connection to the replica");
     let replica_facts = pg::server_facts(&mut on_replica, &replica_endpoint.to_string()).unwrap();
     assert!(replica_facts.in_recovery, "{replica_facts:?}");
+    assert_eq!(replica_facts.timeline, None);
 
     let closed = Endpoint::ip(Ipv4Addr::LOCALHOST.into(), 1);
     let err = pg::connect(&ConnSpec {

@@ -235,9 +235,24 @@ pub(crate) fn roles(
         }
     };
     match (primary, secondary) {
+        // Two primaries on timeline 1: no promotion ever happened, so the
+        // secondary runs a cluster of its own (as before its bootstrap).
+        (Some(p), Some(s))
+            if !p.in_recovery && !s.in_recovery && p.timeline == Some(1) && s.timeline == Some(1) =>
+        {
+            Fact::warn(
+                NAME,
+                "the secondary runs a cluster of its own (both on timeline 1), not a replica of the primary",
+                "bootstrap it as the primary's replica before relying on the pair",
+            )
+        }
         (Some(p), Some(s)) if !p.in_recovery && !s.in_recovery => Fact::fail(
             NAME,
-            "both nodes run as primaries and accept writes (split brain)",
+            format!(
+                "both nodes run as primaries and accept writes, on timelines {} and {} (split brain)",
+                p.timeline.map_or("?".into(), |t| t.to_string()),
+                s.timeline.map_or("?".into(), |t| t.to_string())
+            ),
             "stop the node that must not be primary at once, then rebuild it as a replica of the other; \
              writes made to it since the split are not on the other node",
         ),
@@ -815,6 +830,7 @@ mod tests {
             database_bytes: 1 << 20,
             in_recovery: false,
             standbys: 0,
+            timeline: Some(2),
         }
     }
 
@@ -826,6 +842,11 @@ mod tests {
         };
         let replica = ServerFacts {
             in_recovery: true,
+            timeline: None,
+            ..server(150_000, "replica", 10, 0)
+        };
+        let standalone = ServerFacts {
+            timeline: Some(1),
             ..server(150_000, "replica", 10, 0)
         };
         let cases = [
@@ -862,6 +883,12 @@ mod tests {
             (Some(primary(0)), None, Status::Warn, "not known"),
             (None, Some(primary(0)), Status::Fail, "cannot be reached"),
             (None, None, Status::Warn, "not known"),
+            (
+                Some(standalone.clone()),
+                Some(standalone),
+                Status::Warn,
+                "cluster of its own",
+            ),
         ];
         for (p, s, status, words) in cases {
             let fact = roles(Some(Side::Primary), p.as_ref(), s.as_ref());

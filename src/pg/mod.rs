@@ -331,6 +331,9 @@ pub struct ServerFacts {
     /// Rows of `pg_stat_replication`: standbys streaming from this server
     /// (visible to any role; their details need `pg_monitor`).
     pub standbys: u32,
+    /// The timeline a primary writes (from its current WAL file's name, which
+    /// any role may read); `None` on a replica.
+    pub timeline: Option<u32>,
 }
 
 impl ServerFacts {
@@ -361,7 +364,9 @@ pub fn server_facts(client: &mut Client, target: &str) -> Result<ServerFacts, Pg
                     (SELECT coalesce(sum(pg_database_size(oid)), 0) FROM pg_database \
                       WHERE has_database_privilege(oid, 'CONNECT'))::bigint, \
                     pg_is_in_recovery(), \
-                    (SELECT count(*) FROM pg_stat_replication)::int",
+                    (SELECT count(*) FROM pg_stat_replication)::int, \
+                    CASE WHEN pg_is_in_recovery() THEN NULL \
+                         ELSE pg_walfile_name(pg_current_wal_lsn()) END",
             &[],
         )
         .map_err(|e| from_postgres(target, e))?;
@@ -374,6 +379,9 @@ pub fn server_facts(client: &mut Client, target: &str) -> Result<ServerFacts, Pg
         database_bytes: u64::try_from(row.get::<_, i64>(4)).unwrap_or(0),
         in_recovery: row.get(5),
         standbys: non_negative(row.get(6)),
+        timeline: row
+            .get::<_, Option<String>>(7)
+            .and_then(|wal| u32::from_str_radix(wal.get(..8)?, 16).ok()),
     })
 }
 
