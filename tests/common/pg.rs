@@ -316,6 +316,40 @@ impl PgServer {
     }
 
     /// Stops the server now (immediate mode: the cluster is thrown away).
+    /// Restarts the server on `port` (a clean stop, then a start): two
+    /// servers in two network namespaces can then share the pair's one
+    /// `pg_port`, as the two hosts of a real pair do.
+    pub fn move_to_port(&mut self, port: u16) {
+        let stop = self
+            .install
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "fast", "-w", "-t", PG_CTL_WAIT_SECS, "stop"])
+            .output()
+            .expect("run pg_ctl stop");
+        check(&stop, "pg_ctl stop");
+        self.running = false;
+        append_lines(
+            &self.data.join("postgresql.conf"),
+            &[format!("port = {port}")],
+        );
+        let log = self.dir.path().join("server.log");
+        let start = self
+            .install
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(&log)
+            .args(["-w", "-t", PG_CTL_WAIT_SECS, "start"])
+            .output()
+            .expect("run pg_ctl start");
+        check(&start, "pg_ctl start");
+        self.port = port;
+        self.running = true;
+    }
+
     pub fn stop(&mut self) {
         if !self.running {
             return;

@@ -1,0 +1,236 @@
+//! README's "Runbook: configure a new pair", command by command, on two
+//! hosts: the primary in network namespace `a` (10.213.0.1), the secondary
+//! in `b` (10.213.0.2), each with its own real PostgreSQL server on the
+//! pair's one port and a listener on the web-services port. The runbook's
+//! steps must end in a passing `ha check` on both nodes.
+//!
+//! What differs from the README, and why: the example paths and addresses
+//! are the test's own; passwords come from files where the runbook lets the
+//! operator type them; the replication role is created first (the
+//! product's database has it). Needs root, `ip netns` and PostgreSQL;
+//! skips otherwise (fails with `KEYFERRY_REQUIRE_PG=1`).
+#![cfg(unix)]
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
+
+use common::netns::{NetnsPair, ADDR_A, ADDR_B};
+use common::pg::{PgOptions, PgServer};
+
+const PG_PORT: u16 = 5432;
+const WEB_PORT: u16 = 6500;
+const REPLICATION_PASSWORD: &str = "runbook replication password";
+const BUNDLE_PASSWORD: &str = "runbook bundle password";
+
+fn bin() -> PathBuf {
+    assert_cmd::cargo::cargo_bin("keyferry")
+}
+
+/// `keyferry --home HOME ARGS…` on the host of namespace `ns`.
+fn on(ns: &str, home: &Path, args: &[&str]) -> Output {
+    NetnsPair::exec(ns, &bin())
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .env_remove("KEYFERRY_HOME")
+        .env_remove("PGPASSFILE")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    common::succeeded(out)
+}
+
+/// Something listening on the web-services port, as the product's web
+/// service does on a real node.
+struct WebService(Child);
+
+impl WebService {
+    fn start(ns: &str, addr: &str) -> Self {
+        let script = format!(
+            "import socket, time\n\
+             s = socket.socket()\n\
+             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             s.bind(('{addr}', {WEB_PORT}))\n\
+             s.listen()\n\
+             time.sleep(300)\n"
+        );
+        let child = NetnsPair::exec(ns, Path::new("python3"))
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start the web-service stand-in");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        WebService(child)
+    }
+}
+
+impl Drop for WebService {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn server(ns: &str, addr: &str) -> Option<PgServer> {
+    let mut server = PgServer::start_primary(PgOptions {
+        extra_conf: vec![format!("listen_addresses = '{addr},127.0.0.1'")],
+        netns: Some(ns.to_owned()),
+    })?;
+    server.move_to_port(PG_PORT);
+    server.create_replication_user("repuser", REPLICATION_PASSWORD);
+    Some(server)
+}
+
+#[test]
+fn the_runbook_leads_to_a_passing_check_on_both_nodes() {
+    let Some(ns) = NetnsPair::create("r") else {
+        return;
+    };
+    let Some(primary) = server(&ns.a, ADDR_A) else {
+        return;
+    };
+    let Some(secondary) = server(&ns.b, ADDR_B) else {
+        return;
+    };
+    let _web_a = WebService::start(&ns.a, ADDR_A);
+    let _web_b = WebService::start(&ns.b, ADDR_B);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let path = |name: &str| tmp.path().join(name);
+    let (home_a, home_b) = (path("home-a"), path("home-b"));
+    for dir in ["archive-a", "archive-b", "app-a", "app-b"] {
+        fs::create_dir(path(dir)).unwrap();
+    }
+    let app_a = path("app-a").join("appsettings.json");
+    fs::write(&app_a, b"{ \"ConnectionStrings\": {} }\n").unwrap();
+    let app_b = path("app-b").join("appsettings.json");
+    let secret = |name: &str, text: &str| {
+        let p = path(name);
+        fs::write(&p, format!("{text}\n")).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let bundle_pw = secret("bundle.pw", BUNDLE_PASSWORD);
+    let repuser_pw = secret("repuser.pw", REPLICATION_PASSWORD);
+    let keys = path("keys.exp");
+    let keys = keys.to_str().unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    let pg_bin = s(primary.bin_dir());
+
+    // On the primary.
+    ok(&on(&ns.a, &home_a, &["init"]));
+    ok(&on(
+        &ns.a,
+        &home_a,
+        &[
+            "ha",
+            "init",
+            "--node",
+            "pam-a",
+            "--primary",
+            ADDR_A,
+            "--secondary",
+            ADDR_B,
+            "--pg-bin",
+            &pg_bin,
+            "--pg-data",
+            &s(primary.data_dir()),
+            "--archive-dir",
+            &s(&path("archive-a")),
+            "--appsettings",
+            &s(&app_a),
+        ],
+    ));
+    ok(&on(&ns.a, &home_a, &["hba", "ensure", "--peer", ADDR_B]));
+    ok(&on(
+        &ns.a,
+        &home_a,
+        &[
+            "export",
+            "-n",
+            keys,
+            "--with-config",
+            "--password-file",
+            &bundle_pw,
+        ],
+    ));
+    let primary_fp = ok(&on(&ns.a, &home_a, &["keys", "fingerprint"]))
+        .trim()
+        .to_owned();
+
+    // On the secondary.
+    let secondary_paths = [
+        "--pg-data",
+        &s(secondary.data_dir()),
+        "--archive-dir",
+        &s(&path("archive-b")),
+        "--appsettings",
+        &s(&app_b),
+    ]
+    .map(str::to_owned);
+    let import = |extra: &[&str]| {
+        let mut args = vec!["import", "-n", keys, "--accept-config", "--node", "pam-b"];
+        args.extend(secondary_paths.iter().map(String::as_str));
+        args.extend(["--password-file", &bundle_pw]);
+        args.extend(extra);
+        ok(&on(&ns.b, &home_b, &args))
+    };
+    import(&["--dry-run"]);
+    import(&["--delete"]);
+    assert!(!Path::new(keys).exists(), "--delete removed the bundle");
+    assert_eq!(fs::read(&app_b).unwrap(), fs::read(&app_a).unwrap());
+    let secondary_fp = ok(&on(&ns.b, &home_b, &["keys", "fingerprint"]));
+    assert_eq!(secondary_fp.trim(), primary_fp, "equal to the primary's");
+    ok(&on(&ns.b, &home_b, &["hba", "ensure", "--peer", ADDR_A]));
+    let check = on(
+        &ns.b,
+        &home_b,
+        &[
+            "ha",
+            "check",
+            "--password-file",
+            &repuser_pw,
+            "--peer-fingerprint",
+            &primary_fp,
+        ],
+    );
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "ha check on the secondary:\n{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    // Shown with --nocapture: the check as the operator sees it.
+    eprintln!("{}", String::from_utf8_lossy(&check.stdout));
+    ok(&on(
+        &ns.b,
+        &home_b,
+        &["ha", "archive", "clean", "--dry-run"],
+    ));
+    ok(&on(&ns.b, &home_b, &["ha", "archive", "clean"]));
+
+    // And on the primary.
+    let check = on(
+        &ns.a,
+        &home_a,
+        &["ha", "check", "--password-file", &repuser_pw],
+    );
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "ha check on the primary:\n{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    for home in [&home_a, &home_b] {
+        ok(&on(&ns.a, home, &["audit", "verify"]));
+    }
+}
