@@ -174,6 +174,19 @@ impl PgServer {
         server
     }
 
+    /// `pg_ctl start`, waiting, logging to `server.log` beside the data.
+    fn pg_ctl_start(&self) -> Output {
+        self.install
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(self.dir.path().join("server.log"))
+            .args(["-w", "-t", PG_CTL_WAIT_SECS, "start"])
+            .output()
+            .expect("run pg_ctl start")
+    }
+
     fn start_on_free_port(&mut self) {
         let log = self.dir.path().join("server.log");
         for attempt in 1..=PORT_ATTEMPTS {
@@ -182,16 +195,7 @@ impl PgServer {
                 &self.data.join("postgresql.conf"),
                 &[format!("port = {}", self.port)],
             );
-            let start = self
-                .install
-                .command("pg_ctl")
-                .arg("-D")
-                .arg(&self.data)
-                .arg("-l")
-                .arg(&log)
-                .args(["-w", "-t", PG_CTL_WAIT_SECS, "start"])
-                .output()
-                .expect("run pg_ctl start");
+            let start = self.pg_ctl_start();
             if start.status.success() {
                 self.running = true;
                 return;
@@ -334,18 +338,7 @@ impl PgServer {
             &self.data.join("postgresql.conf"),
             &[format!("port = {port}")],
         );
-        let log = self.dir.path().join("server.log");
-        let start = self
-            .install
-            .command("pg_ctl")
-            .arg("-D")
-            .arg(&self.data)
-            .arg("-l")
-            .arg(&log)
-            .args(["-w", "-t", PG_CTL_WAIT_SECS, "start"])
-            .output()
-            .expect("run pg_ctl start");
-        check(&start, "pg_ctl start");
+        check(&self.pg_ctl_start(), "pg_ctl start");
         self.port = port;
         self.running = true;
     }
