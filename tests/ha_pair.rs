@@ -32,14 +32,7 @@ fn bin() -> PathBuf {
 
 /// Runs keyferry in the root namespace.
 fn keyferry(home: &Path, args: &[&str]) -> Output {
-    std::process::Command::new(bin())
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .env_remove("KEYFERRY_HOME")
-        .env_remove("PGPASSFILE")
-        .output()
-        .unwrap()
+    common::keyferry_in(home, args)
 }
 
 /// Runs `keyferry ha check --json` inside namespace `ns`.

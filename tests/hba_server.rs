@@ -19,15 +19,7 @@ use serde_json::Value;
 const PEER: &str = "10.213.9.2";
 
 fn keyferry(home: &Path, args: &[&str]) -> Output {
-    assert_cmd::Command::cargo_bin("keyferry")
-        .unwrap()
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .env_remove("KEYFERRY_HOME")
-        .env_remove("PGPASSFILE")
-        .output()
-        .unwrap()
+    common::keyferry_in(home, args)
 }
 
 fn ok_json(out: &Output) -> Value {

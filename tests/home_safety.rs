@@ -240,3 +240,30 @@ fn delete_through_a_link_removes_the_bundle_itself() {
         "{text}"
     );
 }
+
+/// A command that only reads, run while another keyferry holds the home,
+/// leaves that process's journal alone and still works (it does not take
+/// a running change for an interrupted one).
+#[test]
+fn reading_beside_a_running_change_leaves_its_journal_alone() {
+    let node = Node::initialised();
+    let lock = fs::OpenOptions::new()
+        .append(true)
+        .open(node.home.join("keyferry.lock"))
+        .unwrap();
+    lock.try_lock().unwrap();
+    let journal = node.home.join("journal.json");
+    let text = "{\"format\":\"keyferry-journal\",\"version\":1,\"action\":\"import\",\
+                \"started\":\"2026-12-01T00:00:00Z\",\"undo\":[],\"phase\":\"steps\"}\n";
+    fs::write(&journal, text).unwrap();
+    node.cmd().args(["keys", "list"]).assert().success();
+    assert_eq!(fs::read_to_string(&journal).unwrap(), text);
+    drop(lock);
+    // Once that process is gone, the next command recovers and says so.
+    node.cmd()
+        .args(["keys", "list"])
+        .assert()
+        .success()
+        .stderr(predicates::str::contains("note: an interrupted `import`"));
+    assert!(!journal.exists());
+}

@@ -136,6 +136,16 @@ impl Home {
     /// Takes the home's lock, so two keyferry processes never change one
     /// node at once. Released when the guard drops.
     pub(crate) fn lock(&self) -> Result<HomeLock> {
+        self.try_lock()?.ok_or_else(|| {
+            Error::Refused(format!(
+                "another keyferry is working on {}: wait for it to finish",
+                self.root.display()
+            ))
+        })
+    }
+
+    /// The lock, or `None` while another keyferry holds it.
+    fn try_lock(&self) -> Result<Option<HomeLock>> {
         self.refuse_foreign_control()?;
         let path = self.root.join(LOCK_FILE);
         let file = fsutil::open_append_private(&path).map_err(Error::io(format!(
@@ -143,11 +153,8 @@ impl Home {
             path.display()
         )))?;
         match file.try_lock() {
-            Ok(()) => Ok(HomeLock { _file: file }),
-            Err(fs::TryLockError::WouldBlock) => Err(Error::Refused(format!(
-                "another keyferry is working on {}: wait for it to finish",
-                self.root.display()
-            ))),
+            Ok(()) => Ok(Some(HomeLock { _file: file })),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
             Err(fs::TryLockError::Error(e)) => {
                 Err(Error::io(format!("cannot lock {}", path.display()))(e))
             }
@@ -283,7 +290,12 @@ impl Home {
         if !self.journal_path().exists() && !staged_left {
             return Ok(None);
         }
-        let _lock = self.lock()?;
+        // A journal or staged files while another keyferry holds the lock
+        // are that process's work in progress, not an interrupted change:
+        // a reading command leaves them alone.
+        let Some(_lock) = self.try_lock()? else {
+            return Ok(None);
+        };
         let recovered = recover::recover(self);
         sweep_home(self);
         recovered

@@ -9,6 +9,19 @@ pub mod node;
 #[cfg(unix)]
 pub mod pg;
 
+/// `keyferry --home HOME ARGS…` in this namespace, with no home or libpq
+/// password file inherited from the environment.
+pub fn keyferry_in(home: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(assert_cmd::cargo::cargo_bin("keyferry"))
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .env_remove("KEYFERRY_HOME")
+        .env_remove("PGPASSFILE")
+        .output()
+        .unwrap()
+}
+
 /// The standard output of a keyferry run that must have succeeded; on
 /// failure, panics with its exit status, stdout and stderr.
 pub fn succeeded(out: &std::process::Output) -> String {
