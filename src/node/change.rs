@@ -230,11 +230,19 @@ impl Change<'_> {
         self.journal.phase = Phase::Steps;
         self.details.insert("step".into(), Value::from(what));
         self.details.extend(progress.details);
-        if let Err(e) = &result {
+        if let Err(e) = result {
             let mut failed = self.details.clone();
             failed.insert("error".into(), Value::from(e.to_string()));
-            self.commit("failed", failed, None)?;
-            self.close_journal()?;
+            // The step's own error is what the operator must see, whether or
+            // not its outcome could be recorded now.
+            return Err(match self.commit("failed", failed, None) {
+                Ok(()) => {
+                    // Committed: a journal left behind is removed next run.
+                    let _ = self.close_journal();
+                    e
+                }
+                Err(unrecorded) => Error::Refused(format!("{e}; and {unrecorded}")),
+            });
         }
         result
     }
@@ -325,6 +333,7 @@ impl Change<'_> {
             on_commit,
             on_rollback: self.ran.take(),
         };
+        let after_irreversible = plans.on_rollback.is_some();
         let backup = commit_audited(
             self.node,
             &mut self.journal,
@@ -333,7 +342,19 @@ impl Change<'_> {
             details,
             plans,
         )
-        .map_err(|e| self.fail(e))?;
+        .map_err(|e| {
+            if after_irreversible {
+                // What the irreversible step did is not on record yet: the
+                // journal (which names the step) stays, and the next run
+                // counts it and records it as interrupted.
+                self.open = false;
+                Error::Refused(format!(
+                    "{e}; the removal that ran is recorded by the next keyferry command on this home"
+                ))
+            } else {
+                self.fail(e)
+            }
+        })?;
         if backup.is_some() {
             self.receipt.keystore_backup = backup;
             self.backed_up.insert(super::KEYRING_FILE.to_owned());
