@@ -62,6 +62,13 @@ pub enum Error {
     Ha(#[from] crate::ha::Error),
     #[error("preflight failed: {failed} of {total} checks failed; fix them (each failed line says how) and run `keyferry ha check` again")]
     Preflight { failed: usize, total: usize },
+    /// One preflight check that an operation cannot do without failed.
+    #[error("preflight check `{name}` failed: {message}; fix: {fix}")]
+    CheckFailed {
+        name: String,
+        message: String,
+        fix: String,
+    },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -104,7 +111,7 @@ impl Error {
             Error::Payload(PayloadError::Zip(ZipError::Io(_))) => exit::FAILURE,
             Error::Payload(_) => exit::BAD_BUNDLE,
             Error::Audit(_) => exit::AUDIT,
-            Error::Preflight { .. } => exit::PREFLIGHT,
+            Error::Preflight { .. } | Error::CheckFailed { .. } => exit::PREFLIGHT,
             Error::Ha(e) if e.is_usage() => exit::USAGE,
             Error::Ha(_) => exit::FAILURE,
             Error::Keyring { .. }

@@ -131,10 +131,14 @@ fn replace_with_backup(
 }
 
 /// Who may read a replaced file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Ownership {
     /// Owner-only, whatever the old file allowed: for secrets.
     OwnerOnly,
+    /// A secret for the account that owns this path (the PostgreSQL server's
+    /// account, owner of its data directory): owned by it, mode 0600; on
+    /// Windows the path's access list, which names that account.
+    PrivateTo(PathBuf),
     /// The old file's owner, group and mode, so that the service that reads
     /// it (PostgreSQL, the application) still can; owner-only for a new file.
     KeepExisting,
@@ -179,8 +183,12 @@ impl Replacement {
         io::copy(data, &mut staged)?;
         staged.sync()?;
         let exists = target.exists();
-        if exists && ownership == Ownership::KeepExisting {
-            platform::copy_owner_and_mode(target, staged.file_mut())?;
+        match &ownership {
+            Ownership::KeepExisting if exists => {
+                platform::copy_owner_and_mode(target, staged.file_mut())?
+            }
+            Ownership::PrivateTo(owner) => platform::private_to(owner, staged.file_mut())?,
+            _ => {}
         }
         let backup = if exists {
             Some(backup_file(target, backup_dir, stamp)?)
@@ -438,6 +446,14 @@ mod platform {
         let meta = fs::metadata(from)?;
         std::os::unix::fs::fchown(to, Some(meta.uid()), Some(meta.gid()))?;
         to.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))
+    }
+
+    /// `to` owned by the owner (and group) of `owner`, mode 0600.
+    pub(crate) fn private_to(owner: &Path, to: &File) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::metadata(owner)?;
+        std::os::unix::fs::fchown(to, Some(meta.uid()), Some(meta.gid()))?;
+        to.set_permissions(fs::Permissions::from_mode(0o600))
     }
 
     pub(crate) fn available_space(path: &Path) -> io::Result<u64> {

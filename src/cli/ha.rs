@@ -20,7 +20,7 @@ use crate::ops::ha::{self as ops_ha, InitOptions};
 use crate::ops::Home;
 
 /// Default timeout of every connection attempt, in milliseconds.
-const DEFAULT_TIMEOUT_MS: u64 = 3000;
+pub(crate) const DEFAULT_TIMEOUT_MS: u64 = 3000;
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum HaCommand {
@@ -37,6 +37,9 @@ pub(crate) enum HaCommand {
     /// The WAL archive directory.
     #[command(subcommand)]
     Archive(ArchiveCommand),
+    /// Make this node (the secondary) a streaming replica of the primary from
+    /// a base backup; the old data directory is kept beside the new one.
+    Bootstrap(super::bootstrap::BootstrapArgs),
 }
 
 #[derive(Args, Debug)]
@@ -206,7 +209,7 @@ impl TargetArgs {
     }
 }
 
-fn not_audited_note(audited: bool) {
+pub(crate) fn not_audited_note(audited: bool) {
     if !audited {
         eprintln!("note: not audited: this node has no keyring yet (`keyferry import` on a secondary, `keyferry init` on the primary)");
     }
@@ -238,6 +241,7 @@ pub fn run(home: &Home, cmd: HaCommand) -> Result<()> {
             not_audited_note(report.audited);
             Ok(())
         }
+        HaCommand::Bootstrap(a) => super::bootstrap::run(home, a),
         HaCommand::Show { json } => {
             let report = ops_ha::show(home)?;
             if json {

@@ -4,6 +4,7 @@
 //! password that export generated.
 
 mod audit;
+mod bootstrap;
 mod bundle;
 mod ha;
 mod keys;

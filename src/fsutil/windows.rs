@@ -281,6 +281,13 @@ pub(crate) fn copy_owner_and_mode(from: &Path, to: &File) -> io::Result<()> {
     Ok(())
 }
 
+/// `to` gets the access list of `owner` (the data directory, whose list
+/// names the server's account and the administrators, and no one else on a
+/// default installation).
+pub(crate) fn private_to(owner: &Path, to: &File) -> io::Result<()> {
+    copy_owner_and_mode(owner, to)
+}
+
 /// Bytes available to the caller on the volume that holds `path`.
 pub(crate) fn available_space(path: &Path) -> io::Result<u64> {
     let wide = wide(path)?;

@@ -35,6 +35,7 @@ pub mod hba;
 pub(crate) mod net;
 pub(crate) mod preflight;
 pub mod role;
+pub(crate) mod service;
 
 pub use addr::PeerAddr;
 pub use error::{AddrRejection, Error, MarkerProblem};

@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::journal::{Irreversible, Journal, Phase, Undo};
+use super::journal::{Held, Irreversible, Journal, Phase, Undo};
 use super::keystore::{Keystore, NodeState};
 use super::{file_stamp, now_unix, Node};
 use crate::audit::{self, Actor, AuditHead};
@@ -93,13 +93,83 @@ impl Node {
         action: &str,
         details: BTreeMap<String, Value>,
     ) -> Result<Change<'_>> {
-        let keep = self.home.backups_keep()?;
-        let journal = Journal::new(action, crate::fmt::fmt_time(now_unix()));
+        self.begin_with(action, details, None)
+    }
+
+    /// Starts a held change: one that recovery never undoes on its own
+    /// (see [`Held`]); its command resumes or aborts it.
+    pub(crate) fn begin_held(
+        &mut self,
+        action: &str,
+        details: BTreeMap<String, Value>,
+        resume: &str,
+        abort: &str,
+    ) -> Result<Change<'_>> {
+        let held = Held {
+            resume: resume.to_owned(),
+            abort: abort.to_owned(),
+            state: Value::Null,
+            details: details.clone(),
+        };
+        self.begin_with(action, details, Some(held))
+    }
+
+    /// The held change `action` an interrupted run left, taken up again:
+    /// its steps are those of the journal, so [`Change::abort`] undoes them
+    /// and [`Change::finish`] commits them.
+    pub(crate) fn reopen_held(&mut self, action: &str) -> Result<Option<Change<'_>>> {
         let path = self.home.journal_path();
+        let journal = Journal::read(&path).map_err(Error::io(format!(
+            "cannot read the journal {}",
+            path.display()
+        )))?;
+        let Some(journal) = journal.filter(|j| j.action == action && j.held.is_some()) else {
+            return Ok(None);
+        };
+        let details = journal
+            .held
+            .as_ref()
+            .map(|h| h.details.clone())
+            .unwrap_or_default();
+        Ok(Some(self.new_change(journal, details)?))
+    }
+
+    fn begin_with(
+        &mut self,
+        action: &str,
+        details: BTreeMap<String, Value>,
+        held: Option<Held>,
+    ) -> Result<Change<'_>> {
+        self.home.backups_keep()?;
+        let path = self.home.journal_path();
+        if let Ok(Some(pending)) = Journal::read(&path) {
+            return Err(Error::Refused(match &pending.held {
+                Some(h) => format!(
+                    "an interrupted `{}` (started {}) is not finished: run `{}` to finish it or `{}` to put the node back as it was, then try again",
+                    pending.action, pending.started, h.resume, h.abort
+                ),
+                None => format!(
+                    "the journal {} of an unfinished change is in the way; run keyferry again to recover it",
+                    path.display()
+                ),
+            }));
+        }
+        let mut journal = Journal::new(action, crate::fmt::fmt_time(now_unix()));
+        journal.held = held;
         journal.write(&path).map_err(Error::io(format!(
             "cannot write the journal {}; nothing was changed",
             path.display()
         )))?;
+        self.new_change(journal, details)
+    }
+
+    fn new_change(
+        &mut self,
+        journal: Journal,
+        details: BTreeMap<String, Value>,
+    ) -> Result<Change<'_>> {
+        let keep = self.home.backups_keep()?;
+        let action = journal.action.clone();
         let mut tag = [0u8; 6];
         getrandom::fill(&mut tag)
             .map_err(|e| Error::Refused(format!("the system's random source failed: {e}")))?;
@@ -107,7 +177,7 @@ impl Node {
             node: self,
             tag: format!("{}-", hex::encode(tag)),
             journal,
-            action: action.to_owned(),
+            action,
             details,
             keyring: None,
             receipt: Receipt::default(),
@@ -120,6 +190,32 @@ impl Node {
 }
 
 impl Change<'_> {
+    /// A held change's own record of how far it got (see
+    /// [`Node::begin_held`]); `Null` until set.
+    pub(crate) fn state(&self) -> Value {
+        self.journal
+            .held
+            .as_ref()
+            .map_or(Value::Null, |h| h.state.clone())
+    }
+
+    /// Records how far a held change got (journaled at once).
+    pub(crate) fn set_state(&mut self, state: Value) -> Result<()> {
+        if let Some(held) = &mut self.journal.held {
+            held.state = state;
+        }
+        self.write_journal()
+    }
+
+    /// Adds a fact to the change's audit record (kept in a held change's
+    /// journal, for the run that resumes it).
+    pub(crate) fn set_detail(&mut self, key: &str, value: impl Into<Value>) {
+        self.details.insert(key.to_owned(), value.into());
+        if let Some(held) = &mut self.journal.held {
+            held.details = self.details.clone();
+        }
+    }
+
     /// The keyring the keystore will hold when the change commits.
     pub(crate) fn set_keyring(&mut self, keyring: Keyring) {
         self.keyring = Some(keyring);

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::fsutil;
+use crate::ha::service::Server;
 
 const FORMAT: &str = "keyferry-journal";
 const VERSION: u32 = 1;
@@ -84,6 +85,12 @@ pub(crate) enum Undo {
     /// The change stages files in `dir` under its own tag; a crash may
     /// leave some there.
     Sweep { dir: PathBuf, tag: String },
+    /// The step created the directory `path` (a name with the change's own
+    /// stamp, that nothing else uses) and filled it.
+    RemoveTree { path: PathBuf },
+    /// The step started or stopped the local PostgreSQL server; the undo
+    /// puts it back to running (`running`) or stopped.
+    Server { server: Server, running: bool },
 }
 
 impl Undo {
@@ -113,8 +120,7 @@ impl Undo {
     }
 
     /// Moving `to` back to `from`.
-    #[cfg(test)]
-    fn move_back(from: &Path, to: &Path) -> io::Result<Self> {
+    pub(crate) fn move_back(from: &Path, to: &Path) -> io::Result<Self> {
         Ok(Self::MoveBack {
             from: std::path::absolute(from)?,
             to: std::path::absolute(to)?,
@@ -129,9 +135,22 @@ impl Undo {
         })
     }
 
+    /// Removing the directory `path`, which the step creates.
+    pub(crate) fn remove_tree(path: &Path) -> io::Result<Self> {
+        Ok(Self::RemoveTree {
+            path: std::path::absolute(path)?,
+        })
+    }
+
     /// Takes the effect back, if it happened.
     pub(crate) fn apply(&self) -> io::Result<()> {
         match self {
+            Undo::RemoveTree { path } => match fs::remove_dir_all(path) {
+                Ok(()) => fsutil::sync_parent(path),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
+            },
+            Undo::Server { server, running } => server.ensure(*running).map_err(io::Error::other),
             Undo::Sweep { dir, tag } => fsutil::sweep_staged(dir, tag).map(drop),
             Undo::Remove { path, sha256 } => match file_sha256(path) {
                 Ok(found) if found == *sha256 => {
@@ -177,6 +196,12 @@ impl Undo {
                 format!("move {} back to {}", to.display(), from.display())
             }
             Undo::Sweep { dir, .. } => format!("remove staged files from {}", dir.display()),
+            Undo::RemoveTree { path } => format!("remove the directory {}", path.display()),
+            Undo::Server { server, running } => format!(
+                "{} the PostgreSQL server of {}",
+                if *running { "start" } else { "stop" },
+                server.pg_data.display()
+            ),
         }
     }
 }
@@ -221,6 +246,24 @@ pub(crate) struct Journal {
     pub undo: Vec<Undo>,
     #[serde(flatten)]
     pub phase: Phase,
+    /// A change too large to be undone behind the operator's back (a
+    /// bootstrap): recovery leaves it for its own command to resume or
+    /// abort, and other changes wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<Held>,
+}
+
+/// How the operator finishes or undoes a held change, and the state its
+/// command needs to resume (no secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Held {
+    pub resume: String,
+    pub abort: String,
+    /// The change's own record of how far it got.
+    pub state: serde_json::Value,
+    /// The audit record's details so far.
+    #[serde(default)]
+    pub details: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 impl Journal {
@@ -232,6 +275,7 @@ impl Journal {
             started,
             undo: Vec::new(),
             phase: Phase::Steps,
+            held: None,
         }
     }
 

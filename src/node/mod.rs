@@ -35,6 +35,7 @@ use crate::error::{Error, Result};
 use crate::fsutil;
 use backups::SETTINGS_FILE;
 pub(crate) use change::Change;
+pub(crate) use journal::Undo;
 use keystore::Keystore;
 pub(crate) use recover::Recovered;
 

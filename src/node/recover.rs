@@ -36,6 +36,9 @@ pub(crate) enum RecoveryOutcome {
     Undone { steps: usize },
     /// It had committed; only the journal was left.
     Finished,
+    /// A held change (a bootstrap) waits for its own command to resume or
+    /// abort it; nothing was touched.
+    Held { resume: String, abort: String },
     /// It was interrupted in an irreversible step; how far it got is now on
     /// record.
     Interrupted {
@@ -53,6 +56,11 @@ impl fmt::Display for Recovered {
                 f,
                 "an interrupted `{action}` (started {started}) had not finished; \
                  its {steps} step(s) were undone and the node is as it was before it"
+            ),
+            RecoveryOutcome::Held { resume, abort } => write!(
+                f,
+                "an interrupted `{action}` (started {started}) is not finished: \
+                 `{resume}` finishes it, `{abort}` puts the node back as it was"
             ),
             RecoveryOutcome::Finished => write!(
                 f,
@@ -84,6 +92,42 @@ pub(super) fn recover(home: &Home) -> Result<Option<Recovered>> {
     let Some(journal) = journal else {
         return Ok(None);
     };
+    if let Some(held) = &journal.held {
+        if let Phase::Committing {
+            log_len,
+            log_existed,
+            record,
+            head_seq,
+            head_mac,
+            ..
+        } = &journal.phase
+        {
+            if committed(home, *head_seq, head_mac)? {
+                Journal::remove(&path)
+                    .map_err(Error::io(format!("cannot remove {}", path.display())))?;
+                return Ok(Some(Recovered {
+                    action: journal.action,
+                    started: journal.started,
+                    outcome: RecoveryOutcome::Finished,
+                }));
+            }
+            // Not committed: the steps stand, waiting for the operator.
+            cut_pending(home, *log_len, *log_existed, record)?;
+            let mut waiting = journal.clone();
+            waiting.phase = Phase::Steps;
+            waiting
+                .write(&path)
+                .map_err(Error::io(format!("cannot write {}", path.display())))?;
+        }
+        return Ok(Some(Recovered {
+            action: journal.action.clone(),
+            started: journal.started.clone(),
+            outcome: RecoveryOutcome::Held {
+                resume: held.resume.clone(),
+                abort: held.abort.clone(),
+            },
+        }));
+    }
     tracing_note(&journal);
     let outcome = match &journal.phase {
         Phase::Steps => {
@@ -101,12 +145,7 @@ pub(super) fn recover(home: &Home) -> Result<Option<Recovered>> {
             on_commit,
             on_rollback,
         } => {
-            let head = if home.has_keystore() {
-                Some(home.load_keystore()?.node.audit_head)
-            } else {
-                None
-            };
-            if head.is_some_and(|h| h.seq == *head_seq && h.mac_hex() == *head_mac) {
+            if committed(home, *head_seq, head_mac)? {
                 match on_commit {
                     Some(plan) => interrupted(home, &journal, plan)?,
                     None => RecoveryOutcome::Finished,
@@ -130,6 +169,16 @@ pub(super) fn recover(home: &Home) -> Result<Option<Recovered>> {
         started: journal.started,
         outcome,
     }))
+}
+
+/// Whether the keystore's audit head is the pending record's: the commit
+/// point of a change.
+fn committed(home: &Home, head_seq: u64, head_mac: &str) -> Result<bool> {
+    if !home.has_keystore() {
+        return Ok(false);
+    }
+    let head = home.load_keystore()?.node.audit_head;
+    Ok(head.seq == head_seq && head.mac_hex() == head_mac)
 }
 
 /// Counts what an interrupted irreversible step got done and records it.

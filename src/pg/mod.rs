@@ -24,10 +24,15 @@
 //! - nothing here writes a file: `pg_hba.conf` edits, backups and audit
 //!   records belong to `ops`.
 
+pub(crate) mod basebackup;
+pub(crate) mod child;
 pub(crate) mod conf;
 pub mod passfile;
 pub mod pidfile;
 pub mod replication;
+pub(crate) mod standby;
+
+pub(crate) use platform::as_owner_of;
 
 use std::fmt;
 use std::io;
@@ -498,6 +503,13 @@ pub(crate) fn program(pg_bin: &Path, name: &str) -> PathBuf {
 /// (see [`platform::as_owner_of`]).
 fn program_command(pg_bin: &Path, name: &str, data_dir: Option<&Path>) -> Command {
     let mut command = Command::new(program(pg_bin, name));
+    prepare_program(&mut command, data_dir);
+    command
+}
+
+/// The environment and account of [`program_command`], for a command made
+/// elsewhere (a tied one, see [`child`]).
+fn prepare_program(command: &mut Command, data_dir: Option<&Path>) {
     command
         .env("LC_ALL", "C")
         .env("LANG", "C")
@@ -505,9 +517,8 @@ fn program_command(pg_bin: &Path, name: &str, data_dir: Option<&Path>) -> Comman
         .env_remove("PGPASSWORD")
         .env_remove("PGPASSFILE");
     if let Some(dir) = data_dir {
-        platform::as_owner_of(&mut command, dir);
+        platform::as_owner_of(command, dir);
     }
-    command
 }
 
 fn tool_error(pg_bin: &Path, name: &str, message: String) -> PgError {

@@ -78,7 +78,6 @@ pub struct PgServer {
     data: PathBuf,
     socket_dir: PathBuf,
     port: u16,
-    running: bool,
 }
 
 impl PgServer {
@@ -168,7 +167,6 @@ impl PgServer {
             data,
             socket_dir,
             port: 0,
-            running: false,
         };
         server.start_on_free_port();
         server
@@ -197,7 +195,6 @@ impl PgServer {
             );
             let start = self.pg_ctl_start();
             if start.status.success() {
-                self.running = true;
                 return;
             }
             let log_text = fs::read_to_string(&log).unwrap_or_default();
@@ -210,6 +207,37 @@ impl PgServer {
                 );
             }
         }
+    }
+
+    /// A clean (fast) shutdown, waiting for it.
+    pub fn stop_clean(&mut self) {
+        let stop = self
+            .install
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "fast", "-w", "-t", PG_CTL_WAIT_SECS, "stop"])
+            .output()
+            .expect("run pg_ctl stop");
+        check(&stop, "pg_ctl stop");
+    }
+
+    /// Starts the stopped server again on its port.
+    pub fn start(&mut self) {
+        check(&self.pg_ctl_start(), "pg_ctl start");
+    }
+
+    /// Whether a server runs on the data directory (`pg_ctl status`).
+    pub fn is_running(&self) -> bool {
+        self.install
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .arg("status")
+            .output()
+            .expect("run pg_ctl status")
+            .status
+            .success()
     }
 
     /// The loopback port the server listens on.
@@ -324,30 +352,18 @@ impl PgServer {
     /// servers in two network namespaces can then share the pair's one
     /// `pg_port`, as the two hosts of a real pair do.
     pub fn move_to_port(&mut self, port: u16) {
-        let stop = self
-            .install
-            .command("pg_ctl")
-            .arg("-D")
-            .arg(&self.data)
-            .args(["-m", "fast", "-w", "-t", PG_CTL_WAIT_SECS, "stop"])
-            .output()
-            .expect("run pg_ctl stop");
-        check(&stop, "pg_ctl stop");
-        self.running = false;
+        self.stop_clean();
         append_lines(
             &self.data.join("postgresql.conf"),
             &[format!("port = {port}")],
         );
         check(&self.pg_ctl_start(), "pg_ctl start");
         self.port = port;
-        self.running = true;
     }
 
+    /// Also when the harness did not start it (keyferry may have): a
+    /// stopped server makes `pg_ctl stop` fail, which is ignored.
     pub fn stop(&mut self) {
-        if !self.running {
-            return;
-        }
-        self.running = false;
         let _ = self
             .install
             .command("pg_ctl")

@@ -15,6 +15,7 @@
 //! Nothing here prints; reports go back to `cli`. No password is ever part
 //! of a report, an error or an audit record.
 
+pub(crate) mod bootstrap;
 pub(crate) mod check;
 pub mod hba;
 

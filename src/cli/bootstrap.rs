@@ -1,0 +1,164 @@
+//! `keyferry ha bootstrap`: the options, the progress display (a bar on a
+//! terminal, one plain line per step otherwise) and the confirmation
+//! prompt. The work is `ops::ha::bootstrap`'s.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::{print_json, PasswordArgs};
+use crate::error::{Error, Result};
+use crate::ops::ha::bootstrap::{self, BootstrapOptions, Mode, Observer};
+use crate::ops::Home;
+use crate::pg::basebackup::Phase;
+
+#[derive(Args, Debug)]
+pub(crate) struct BootstrapArgs {
+    /// Finish an interrupted bootstrap.
+    #[arg(long, conflicts_with = "abort")]
+    resume: bool,
+    /// Undo an interrupted bootstrap: the node as it was before it.
+    #[arg(long)]
+    abort: bool,
+    /// Replace a data directory that holds a primary's data without asking
+    /// (it is moved aside, never deleted).
+    #[arg(long)]
+    yes: bool,
+    /// Stream through this physical replication slot, created on the primary.
+    #[arg(long, value_name = "NAME")]
+    slot: Option<String>,
+    /// Seconds to wait for the server's start and stop, and for the replica
+    /// to catch up.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    timeout: u64,
+    /// Timeout of every connection attempt, in milliseconds.
+    #[arg(long, value_name = "N", default_value_t = super::ha::DEFAULT_TIMEOUT_MS)]
+    timeout_ms: u64,
+    /// Machine-readable report.
+    #[arg(long)]
+    json: bool,
+    /// The replication user's password. Without a source: the libpq password
+    /// file (PGPASSFILE or ~/.pgpass) if it has an entry, else a prompt.
+    #[command(flatten)]
+    password: PasswordArgs,
+}
+
+/// Shows the steps; a bar for the copy when standard error is a terminal.
+struct Display {
+    yes: bool,
+    bar: Option<ProgressBar>,
+    terminal: bool,
+    phase: Option<Phase>,
+}
+
+impl Display {
+    fn bar(&mut self) -> &ProgressBar {
+        self.bar.get_or_insert_with(|| {
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{msg:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar
+        })
+    }
+
+    fn done_with_bar(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Observer for Display {
+    fn step(&mut self, what: &str) {
+        self.done_with_bar();
+        eprintln!("{what}");
+    }
+
+    fn copy_phase(&mut self, phase: Phase) {
+        if self.phase == Some(phase) {
+            return;
+        }
+        self.phase = Some(phase);
+        if self.terminal {
+            let word = match phase {
+                Phase::Checkpoint => "checkpoint",
+                Phase::Copy => "copy",
+                Phase::Wal => "wal",
+                Phase::Sync => "sync",
+            };
+            self.bar().set_message(word);
+        } else {
+            eprintln!("  {}", phase.describe());
+        }
+    }
+
+    fn copy_progress(&mut self, done: u64, total: u64) {
+        if self.terminal {
+            let bar = self.bar();
+            bar.set_length(total.max(done));
+            bar.set_position(done);
+        }
+    }
+
+    fn confirm(&mut self, question: &str) -> Result<bool> {
+        if self.yes {
+            return Ok(true);
+        }
+        if !crate::secret::have_terminal() {
+            return Ok(false);
+        }
+        self.done_with_bar();
+        eprint!("{question} [y/N] ");
+        let _ = std::io::stderr().flush();
+        let mut answer = String::new();
+        std::io::stdin()
+            .read_line(&mut answer)
+            .map_err(Error::io("cannot read the answer"))?;
+        Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
+    }
+}
+
+pub(crate) fn run(home: &Home, a: BootstrapArgs) -> Result<()> {
+    let mode = if a.resume {
+        Mode::Resume
+    } else if a.abort {
+        Mode::Abort
+    } else {
+        Mode::Run
+    };
+    let mut display = Display {
+        yes: a.yes,
+        bar: None,
+        terminal: std::io::stderr().is_terminal(),
+        phase: None,
+    };
+    let result = bootstrap::bootstrap(
+        home,
+        &BootstrapOptions {
+            mode,
+            password: a.password.source(),
+            yes: a.yes,
+            slot: a.slot,
+            connect_timeout: Duration::from_millis(a.timeout_ms),
+            timeout: Duration::from_secs(a.timeout),
+        },
+        &mut display,
+    );
+    display.done_with_bar();
+    let report = result?;
+    if a.json {
+        return print_json(&report);
+    }
+    for line in bootstrap::summary(&report) {
+        println!("{line}");
+    }
+    super::ha::not_audited_note(report.audited);
+    Ok(())
+}

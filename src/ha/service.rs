@@ -1,0 +1,448 @@
+//! Starting and stopping this node's PostgreSQL server the way `ha.toml`'s
+//! `[service]` says: `pg_ctl` (run as the data directory's owner when
+//! keyferry runs as root), a systemd unit, or a Windows service through the
+//! Service Control Manager.
+//!
+//! Every operation is first turned into a [`Plan`] (the program and
+//! arguments, or the service and the request), so what keyferry would run is
+//! testable on any platform; [`Server::run`] then carries a plan out.
+//!
+//! Invariants:
+//! - whether the server runs is always read from the data directory
+//!   (`pg_ctl status`, i.e. `postmaster.pid` and a live process), never from
+//!   the service manager, so the answer is the same whatever the method;
+//! - `start` and `stop` are idempotent: starting a running server or
+//!   stopping a stopped one does nothing, so they can serve as undos that
+//!   may run twice;
+//! - a server started here does not die with keyferry: `pg_ctl` is run
+//!   without the parent-death tie of [`crate::pg::child`] and with its
+//!   output in a log file, not in keyferry's pipes.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::config::{HaConfig, ServiceControl};
+use crate::pg::{self, PgError, ServerStatus};
+
+/// Start or stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Op {
+    Start,
+    Stop,
+}
+
+/// What carrying out an [`Op`] runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Plan {
+    /// A program with its arguments; `as_data_owner`: run as the data
+    /// directory's owner when keyferry runs as root.
+    Program {
+        program: PathBuf,
+        args: Vec<OsString>,
+        as_data_owner: bool,
+    },
+    /// A request to the Windows Service Control Manager.
+    WindowsService { name: String, op: Op },
+}
+
+/// The local server as `ha.toml` describes it. Serializable so the journal
+/// can name the undo "start the server again".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Server {
+    pub control: ServiceControl,
+    pub pg_bin: PathBuf,
+    pub pg_data: PathBuf,
+    /// Bounds each start and stop.
+    pub timeout_secs: u64,
+}
+
+impl Server {
+    pub(crate) fn of(config: &HaConfig, timeout: Duration) -> Self {
+        Server {
+            control: config.service.clone(),
+            pg_bin: config.pg_bin.clone(),
+            pg_data: config.pg_data.clone(),
+            timeout_secs: timeout.as_secs().max(1),
+        }
+    }
+
+    /// Where `pg_ctl start` sends the server's output: beside the data
+    /// directory (inside it, a base backup would copy the log along).
+    pub(crate) fn pg_ctl_log(&self) -> PathBuf {
+        let mut name = self
+            .pg_data
+            .file_name()
+            .map(OsString::from)
+            .unwrap_or_default();
+        name.push(".pg_ctl.log");
+        crate::fsutil::parent_dir(&self.pg_data).join(name)
+    }
+
+    /// What `op` runs.
+    pub(crate) fn plan(&self, op: Op) -> Plan {
+        let timeout = self.timeout_secs.to_string();
+        match &self.control {
+            ServiceControl::PgCtl => {
+                let mut args: Vec<OsString> =
+                    vec![op_word(op).into(), "-D".into(), self.pg_data.clone().into()];
+                args.extend(["-w".into(), "-t".into(), timeout.into()]);
+                match op {
+                    Op::Start => args.extend(["-l".into(), self.pg_ctl_log().into()]),
+                    Op::Stop => args.extend(["-m".into(), "fast".into()]),
+                }
+                Plan::Program {
+                    program: pg::program(&self.pg_bin, "pg_ctl"),
+                    args,
+                    as_data_owner: true,
+                }
+            }
+            ServiceControl::Systemd { unit } => Plan::Program {
+                program: PathBuf::from("systemctl"),
+                args: vec![op_word(op).into(), unit.into()],
+                as_data_owner: false,
+            },
+            ServiceControl::WindowsService { name } => Plan::WindowsService {
+                name: name.clone(),
+                op,
+            },
+        }
+    }
+
+    /// Whether a server runs on the data directory.
+    pub(crate) fn is_running(&self) -> Result<bool, PgError> {
+        Ok(pg::server_status(&self.pg_bin, &self.pg_data)? == ServerStatus::Running)
+    }
+
+    /// Starts the server unless it runs already.
+    pub(crate) fn start(&self) -> Result<(), ServiceError> {
+        if self.is_running().map_err(ServiceError::Status)? {
+            return Ok(());
+        }
+        self.run(Op::Start)?;
+        if !self.is_running().map_err(ServiceError::Status)? {
+            return Err(self.failed(Op::Start, "the server is not running afterwards".into()));
+        }
+        Ok(())
+    }
+
+    /// Stops the server (fast shutdown: clients are disconnected, the final
+    /// checkpoint is written) unless it is stopped already.
+    pub(crate) fn stop(&self) -> Result<(), ServiceError> {
+        if !self.is_running().map_err(ServiceError::Status)? {
+            return Ok(());
+        }
+        self.run(Op::Stop)?;
+        if self.is_running().map_err(ServiceError::Status)? {
+            return Err(self.failed(Op::Stop, "the server still runs afterwards".into()));
+        }
+        Ok(())
+    }
+
+    /// Puts the server into the state `running`.
+    pub(crate) fn ensure(&self, running: bool) -> Result<(), ServiceError> {
+        if running {
+            self.start()
+        } else {
+            self.stop()
+        }
+    }
+
+    fn run(&self, op: Op) -> Result<(), ServiceError> {
+        tracing::info!(?op, method = ?self.control, "local server");
+        match self.plan(op) {
+            Plan::Program {
+                program,
+                args,
+                as_data_owner,
+            } => {
+                let mut command = Command::new(&program);
+                command
+                    .args(&args)
+                    .env("LC_ALL", "C")
+                    .env("LANG", "C")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped());
+                if as_data_owner {
+                    pg::as_owner_of(&mut command, &self.pg_data);
+                }
+                let out = command
+                    .output()
+                    .map_err(|e| self.failed(op, format!("{}: {e}", program.display())))?;
+                if !out.status.success() {
+                    let said = pg::one_line(&String::from_utf8_lossy(&out.stderr));
+                    return Err(self.failed(op, format!("{said} ({})", out.status)));
+                }
+                Ok(())
+            }
+            Plan::WindowsService { name, op } => {
+                scm::control(&name, op, Duration::from_secs(self.timeout_secs))
+                    .map_err(|e| self.failed(op, format!("service {name}: {e}")))
+            }
+        }
+    }
+
+    fn failed(&self, op: Op, message: String) -> ServiceError {
+        ServiceError::Failed {
+            op: op_word(op),
+            data: self.pg_data.clone(),
+            message,
+            log: matches!(self.control, ServiceControl::PgCtl).then(|| self.pg_ctl_log()),
+        }
+    }
+}
+
+fn op_word(op: Op) -> &'static str {
+    match op {
+        Op::Start => "start",
+        Op::Stop => "stop",
+    }
+}
+
+/// Why the server could not be started or stopped.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ServiceError {
+    #[error("cannot {op} the PostgreSQL server of {data}: {message}{}", log_hint(.log))]
+    Failed {
+        op: &'static str,
+        data: PathBuf,
+        message: String,
+        log: Option<PathBuf>,
+    },
+    #[error("cannot tell whether PostgreSQL runs: {0}")]
+    Status(PgError),
+}
+
+fn log_hint(log: &Option<PathBuf>) -> String {
+    log.as_ref()
+        .map(|l| format!("; the server's log is {}", l.display()))
+        .unwrap_or_default()
+}
+
+/// The Service Control Manager (Windows).
+#[cfg(windows)]
+mod scm {
+    use std::io;
+    use std::time::{Duration, Instant};
+
+    use windows_sys::Win32::Foundation::{
+        GetLastError, ERROR_SERVICE_ALREADY_RUNNING, ERROR_SERVICE_NOT_ACTIVE,
+    };
+    use windows_sys::Win32::System::Services::{
+        CloseServiceHandle, ControlService, OpenSCManagerW, OpenServiceW, QueryServiceStatus,
+        StartServiceW, SC_HANDLE, SC_MANAGER_CONNECT, SERVICE_CONTROL_STOP, SERVICE_QUERY_STATUS,
+        SERVICE_RUNNING, SERVICE_START, SERVICE_STATUS, SERVICE_STOP, SERVICE_STOPPED,
+    };
+
+    use super::Op;
+
+    struct Handle(SC_HANDLE);
+
+    impl Drop for Handle {
+        fn drop(&mut self) {
+            // SAFETY: the handle came from OpenSCManagerW/OpenServiceW and is
+            // closed once.
+            unsafe { CloseServiceHandle(self.0) };
+        }
+    }
+
+    fn wide(s: &str) -> Vec<u16> {
+        s.encode_utf16().chain(std::iter::once(0)).collect()
+    }
+
+    /// Asks the SCM to start or stop `name` and waits (bounded by
+    /// `timeout`) until it reports running or stopped.
+    pub(super) fn control(name: &str, op: Op, timeout: Duration) -> io::Result<()> {
+        // SAFETY: null machine and database names select the local SCM.
+        let manager =
+            unsafe { OpenSCManagerW(std::ptr::null(), std::ptr::null(), SC_MANAGER_CONNECT) };
+        if manager.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        let manager = Handle(manager);
+        let wname = wide(name);
+        let access = SERVICE_START | SERVICE_STOP | SERVICE_QUERY_STATUS;
+        // SAFETY: `wname` is NUL-terminated and outlives the call.
+        let service = unsafe { OpenServiceW(manager.0, wname.as_ptr(), access) };
+        if service.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        let service = Handle(service);
+        // SAFETY: SERVICE_STATUS is plain data; all zeroes is valid.
+        let mut status: SERVICE_STATUS = unsafe { std::mem::zeroed() };
+        let (ok, benign, want) = match op {
+            // SAFETY: a valid service handle, no arguments.
+            Op::Start => (
+                unsafe { StartServiceW(service.0, 0, std::ptr::null()) },
+                ERROR_SERVICE_ALREADY_RUNNING,
+                SERVICE_RUNNING,
+            ),
+            // SAFETY: a valid service handle and a writable status.
+            Op::Stop => (
+                unsafe { ControlService(service.0, SERVICE_CONTROL_STOP, &mut status) },
+                ERROR_SERVICE_NOT_ACTIVE,
+                SERVICE_STOPPED,
+            ),
+        };
+        // SAFETY: reads the calling thread's last error.
+        if ok == 0 && unsafe { GetLastError() } != benign {
+            return Err(io::Error::last_os_error());
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            // SAFETY: a valid service handle and a writable status.
+            if unsafe { QueryServiceStatus(service.0, &mut status) } == 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if status.dwCurrentState == want {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("still in state {} after {timeout:?}", status.dwCurrentState),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+#[cfg(not(windows))]
+mod scm {
+    use std::io;
+    use std::time::Duration;
+
+    use super::Op;
+
+    pub(super) fn control(_name: &str, _op: Op, _timeout: Duration) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "a Windows service can only be controlled on Windows: set [service] method in ha.toml to \"pg_ctl\" or \"systemd\"",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn server(control: ServiceControl) -> Server {
+        Server {
+            control,
+            pg_bin: PathBuf::from("/usr/lib/postgresql/15/bin"),
+            pg_data: PathBuf::from("/var/lib/postgresql/15/main"),
+            timeout_secs: 60,
+        }
+    }
+
+    fn args(plan: &Plan) -> Vec<String> {
+        match plan {
+            Plan::Program { args, .. } => args
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
+            Plan::WindowsService { .. } => panic!("not a program"),
+        }
+    }
+
+    #[test]
+    fn pg_ctl_runs_as_the_data_owner_waits_and_logs_beside_the_data() {
+        let s = server(ServiceControl::PgCtl);
+        let start = s.plan(Op::Start);
+        let Plan::Program {
+            program,
+            as_data_owner,
+            ..
+        } = &start
+        else {
+            panic!("{start:?}")
+        };
+        assert_eq!(program, &pg::program(&s.pg_bin, "pg_ctl"));
+        assert!(as_data_owner);
+        assert_eq!(
+            args(&start),
+            [
+                "start",
+                "-D",
+                "/var/lib/postgresql/15/main",
+                "-w",
+                "-t",
+                "60",
+                "-l",
+                "/var/lib/postgresql/15/main.pg_ctl.log"
+            ]
+        );
+        assert_eq!(
+            args(&s.plan(Op::Stop)),
+            [
+                "stop",
+                "-D",
+                "/var/lib/postgresql/15/main",
+                "-w",
+                "-t",
+                "60",
+                "-m",
+                "fast"
+            ]
+        );
+    }
+
+    #[test]
+    fn systemd_runs_systemctl_on_the_unit() {
+        let s = server(ServiceControl::Systemd {
+            unit: "postgresql@15-main".into(),
+        });
+        for (op, word) in [(Op::Start, "start"), (Op::Stop, "stop")] {
+            let plan = s.plan(op);
+            let Plan::Program {
+                program,
+                as_data_owner,
+                ..
+            } = &plan
+            else {
+                panic!("{plan:?}")
+            };
+            assert_eq!(program, Path::new("systemctl"));
+            assert!(!as_data_owner, "systemctl runs as root");
+            assert_eq!(args(&plan), [word, "postgresql@15-main"]);
+        }
+    }
+
+    #[test]
+    fn a_windows_service_goes_to_the_service_manager() {
+        let s = server(ServiceControl::WindowsService {
+            name: "postgresql-x64-15".into(),
+        });
+        assert_eq!(
+            s.plan(Op::Stop),
+            Plan::WindowsService {
+                name: "postgresql-x64-15".into(),
+                op: Op::Stop
+            }
+        );
+        assert_eq!(
+            s.plan(Op::Start),
+            Plan::WindowsService {
+                name: "postgresql-x64-15".into(),
+                op: Op::Start
+            }
+        );
+    }
+
+    #[cfg(not(windows))]
+    #[test]
+    fn a_windows_service_elsewhere_is_a_clear_error() {
+        let e = scm::control("x", Op::Start, Duration::from_secs(1)).unwrap_err();
+        assert!(
+            e.to_string().contains("only be controlled on Windows"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,936 @@
+//! `keyferry ha bootstrap`: turns the secondary into a streaming replica of
+//! the primary, from a base backup, without ever losing the node's data.
+//!
+//! The steps, each journaled with its undo before it happens (one held
+//! [`crate::node::Change`], so an interrupted bootstrap is never undone
+//! behind the operator's back: `--resume` finishes it, `--abort` undoes it):
+//!
+//! 1. preflight (the `ha check` checks a copy needs), the local data
+//!    directory's state (a primary's data needs `--yes` or a yes on the
+//!    terminal), the slot (`--slot`: an active one is a refusal, a stale
+//!    inactive one is dropped);
+//! 2. the replication password into a libpq password file beside the data
+//!    directory, owned by the server's account, mode 0600 (undo: the
+//!    previous file back);
+//! 3. `pg_basebackup -X stream -c fast` into `<data>.keyferry-new-<stamp>`
+//!    while the local server keeps running (undo: remove that directory);
+//! 4. stop the local server (undo: start it), move the data directory to
+//!    `<data>.old-<stamp>` (undo: move it back), move the copy into place
+//!    (undo: move it back out); from here the journal's state says
+//!    `swapped`, and `--resume` goes on instead of starting over;
+//! 5. in the new data directory: this node's own `postgresql.conf`,
+//!    `pg_hba.conf` and `pg_ident.conf` from the old one, `standby.signal`,
+//!    and `primary_conninfo` naming the password file (never the password);
+//! 6. start (undo: stop), wait until the primary sees this node streaming
+//!    and replayed up to the primary's WAL position when the wait began;
+//! 7. commit: one audit record with the source, system identifier,
+//!    timeline, bytes copied and where the old data went.
+//!
+//! Invariants: the old data directory is never deleted (it is moved aside
+//! and its removal left to the operator); the password is in no file but
+//! the password file and in no message; a failure at any step undoes every
+//! step before it, newest first, so the node is as it was (server running
+//! in its old role if it was running).
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use zeroize::Zeroizing;
+
+use super::check::credentials;
+use super::require_config;
+use crate::error::{Error, Result};
+use crate::fmt::human_bytes;
+use crate::fsutil::{self, Ownership};
+use crate::ha::config::HaConfig;
+use crate::ha::preflight::{self, Side, Status};
+use crate::ha::service::Server;
+use crate::node::{file_stamp, now_unix, Change, Home, Undo};
+use crate::pg::basebackup::{self, Phase, Said};
+use crate::pg::standby::{self, Upstream};
+use crate::pg::{self, ConnSpec, Credentials, Endpoint, PgError};
+use crate::secret::PasswordSource;
+
+/// The journal's name for a bootstrap (and the audit record's action).
+pub(crate) const ACTION: &str = "ha-bootstrap";
+const RESUME: &str = "keyferry ha bootstrap --resume";
+const ABORT: &str = "keyferry ha bootstrap --abort";
+
+/// The checks of `ha check` that a base backup cannot do without.
+const REQUIRED_CHECKS: [&str; 8] = [
+    "port.primary.pg",
+    "replication",
+    "sql.primary",
+    "wal_level",
+    "wal_senders",
+    "pg_bin",
+    "version",
+    "disk",
+];
+
+/// Run, finish an interrupted run, or undo one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Run,
+    Resume,
+    Abort,
+}
+
+/// What `ha bootstrap` was given.
+#[derive(Debug, Clone)]
+pub(crate) struct BootstrapOptions {
+    pub mode: Mode,
+    pub password: Option<PasswordSource>,
+    /// Replace a primary's data without asking.
+    pub yes: bool,
+    pub slot: Option<String>,
+    /// Bounds each connection attempt.
+    pub connect_timeout: Duration,
+    /// Bounds the server's start and stop, and the wait for catch-up.
+    pub timeout: Duration,
+}
+
+/// What the command line shows while the bootstrap runs.
+pub(crate) trait Observer {
+    /// A step begins (one plain line without a terminal).
+    fn step(&mut self, what: &str);
+    /// `pg_basebackup`'s own progress.
+    fn copy_phase(&mut self, phase: Phase);
+    fn copy_progress(&mut self, done: u64, total: u64);
+    /// Asks the operator; `false` refuses.
+    fn confirm(&mut self, question: &str) -> Result<bool>;
+}
+
+/// How a bootstrap ended.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct BootstrapReport {
+    pub mode: &'static str,
+    pub primary: String,
+    pub pg_data: PathBuf,
+    /// Where the previous data directory went, and its size.
+    pub old_data: Option<PathBuf>,
+    pub old_data_bytes: Option<u64>,
+    /// The command that removes it once the new replica is trusted.
+    pub remove_old: Option<String>,
+    pub bytes_copied: u64,
+    pub system_identifier: Option<String>,
+    pub timeline: Option<u32>,
+    pub slot: Option<String>,
+    /// The primary's WAL position the replica replayed up to.
+    pub caught_up_to: Option<String>,
+    pub passfile: PathBuf,
+    pub audited: bool,
+}
+
+/// The journal's record of how far a bootstrap got (no secret).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct State {
+    staging: PathBuf,
+    old: PathBuf,
+    had_data: bool,
+    was_running: bool,
+    slot: Option<String>,
+    confirmed: bool,
+    bytes_copied: u64,
+    swapped: bool,
+}
+
+/// Runs, resumes or aborts a bootstrap.
+pub(crate) fn bootstrap(
+    home: &Home,
+    opts: &BootstrapOptions,
+    obs: &mut dyn Observer,
+) -> Result<BootstrapReport> {
+    let config = require_config(home)?;
+    let mut node = home.open(false)?;
+    let server = Server::of(&config, opts.timeout);
+    match opts.mode {
+        Mode::Abort => {
+            let Some(change) = node.reopen_held(ACTION)? else {
+                return Err(nothing_interrupted());
+            };
+            let state: State = serde_json::from_value(change.state()).unwrap_or_default();
+            obs.step("undoing the interrupted bootstrap");
+            change.abort()?;
+            Ok(BootstrapReport {
+                mode: "aborted",
+                slot: state.slot,
+                ..report_base(&config)
+            })
+        }
+        Mode::Resume => {
+            let Some(change) = node.reopen_held(ACTION)? else {
+                return Err(nothing_interrupted());
+            };
+            let state: State = serde_json::from_value(change.state()).unwrap_or_default();
+            let password = password(&config, opts)?;
+            if state.swapped {
+                obs.step("resuming after the swap: configuring and starting the replica");
+                return finish(change, &config, &server, &state, &password, opts, obs);
+            }
+            obs.step("the copy had not been swapped in: undoing it and starting over");
+            change.abort()?;
+            let yes = opts.yes || state.confirmed;
+            fresh(&mut node, &config, &server, &password, opts, yes, obs)
+        }
+        Mode::Run => {
+            let password = password(&config, opts)?;
+            fresh(&mut node, &config, &server, &password, opts, opts.yes, obs)
+        }
+    }
+}
+
+fn nothing_interrupted() -> Error {
+    Error::Usage(
+        "there is no interrupted bootstrap on this node: run `keyferry ha bootstrap` to start one"
+            .into(),
+    )
+}
+
+fn report_base(config: &HaConfig) -> BootstrapReport {
+    BootstrapReport {
+        mode: "bootstrapped",
+        primary: config.primary.to_string(),
+        pg_data: config.pg_data.clone(),
+        old_data: None,
+        old_data_bytes: None,
+        remove_old: None,
+        bytes_copied: 0,
+        system_identifier: None,
+        timeline: None,
+        slot: None,
+        caught_up_to: None,
+        passfile: passfile_path(config),
+        audited: false,
+    }
+}
+
+/// The replication password, from the usual sources.
+fn password(config: &HaConfig, opts: &BootstrapOptions) -> Result<Zeroizing<String>> {
+    let mut facts = Vec::new();
+    let creds = credentials(config, opts.password.as_ref(), &mut facts)?;
+    let bytes = creds
+        .for_conn(
+            &config.primary.to_string(),
+            config.pg_port,
+            "replication",
+            &config.replication_user,
+        )
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "no password for the replication user {}: pass --password-file, --password-fd or --password-env, or add `{}:{}:replication:{}:PASSWORD` to ~/.pgpass (mode 0600)",
+                config.replication_user, config.primary, config.pg_port, config.replication_user
+            ))
+        })?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| Error::Usage("the replication password is not valid UTF-8".into()))?;
+    Ok(Zeroizing::new(text.to_owned()))
+}
+
+/// The libpq password file the replica reads its password from: beside
+/// the data directory (inside it, a base backup taken from this node after
+/// a switchover would carry the password along).
+pub(crate) fn passfile_path(config: &HaConfig) -> PathBuf {
+    basebackup::sibling(&config.pg_data, "keyferry", "replication.pgpass")
+}
+
+/// What the local data directory holds.
+enum Local {
+    /// Missing or empty.
+    Empty,
+    /// A cluster; `replica` when `pg_controldata` says it is in recovery.
+    Cluster { replica: bool, state: String },
+}
+
+fn local_data(config: &HaConfig) -> Result<Local> {
+    let data = &config.pg_data;
+    match fs::read_dir(data) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Local::Empty),
+        Err(e) => return Err(Error::io(format!("cannot read {}", data.display()))(e)),
+        Ok(mut entries) => {
+            if entries.next().is_none() {
+                return Ok(Local::Empty);
+            }
+        }
+    }
+    if !data.join("PG_VERSION").exists() {
+        return Err(Error::Refused(format!(
+            "{} is not empty and is not a PostgreSQL data directory: move it aside yourself (or fix pg_data in ha.toml), then run the bootstrap again",
+            data.display()
+        )));
+    }
+    let control = pg::controldata(&config.pg_bin, data).map_err(|e| {
+        step_error(
+            "reading the local data directory",
+            e.to_string(),
+            "check pg_bin and pg_data in ha.toml",
+        )
+    })?;
+    Ok(Local::Cluster {
+        replica: control.state.contains("recovery"),
+        state: control.state,
+    })
+}
+
+fn step_error(step: &str, message: String, fix: &str) -> Error {
+    Error::Refused(format!("ha bootstrap: {step} failed: {message}; {fix}"))
+}
+
+fn preflight(
+    config: &HaConfig,
+    password: &Zeroizing<String>,
+    opts: &BootstrapOptions,
+) -> Result<()> {
+    let creds = Credentials::Given(Zeroizing::new(password.as_bytes().to_vec()));
+    let found = preflight::run(config, opts.connect_timeout, &creds, Vec::new());
+    match found.this_node {
+        Some(Side::Secondary) => {}
+        Some(Side::Primary) => {
+            return Err(Error::Refused(format!(
+                "this machine is the primary ({}) in ha.toml: run the bootstrap on the secondary ({})",
+                config.primary, config.secondary
+            )))
+        }
+        None => {
+            return Err(Error::Refused(format!(
+                "neither {} nor {} is an address of this machine: run the bootstrap on the secondary, or fix the addresses with `keyferry ha init --force`",
+                config.primary, config.secondary
+            )))
+        }
+    }
+    if let Some(f) = found
+        .facts
+        .iter()
+        .find(|f| f.status == Status::Fail && REQUIRED_CHECKS.contains(&f.name.as_str()))
+    {
+        return Err(Error::CheckFailed {
+            name: f.name.clone(),
+            message: f.message.clone(),
+            fix: f
+                .fix
+                .clone()
+                .unwrap_or_else(|| "see `keyferry ha check`".into()),
+        });
+    }
+    Ok(())
+}
+
+/// A SQL connection to the primary as the replication user.
+fn primary_sql(
+    config: &HaConfig,
+    password: &Zeroizing<String>,
+    timeout: Duration,
+) -> Result<postgres::Client, PgError> {
+    let endpoint = Endpoint::ip(config.primary.ip(), config.pg_port);
+    pg::connect(&ConnSpec {
+        endpoint: &endpoint,
+        user: &config.replication_user,
+        dbname: pg::MAINTENANCE_DB,
+        password: Some(password.as_bytes()),
+        timeout,
+    })
+}
+
+/// Refuses an active slot of that name and drops a stale one.
+fn prepare_slot(
+    config: &HaConfig,
+    password: &Zeroizing<String>,
+    slot: &str,
+    timeout: Duration,
+) -> Result<()> {
+    if !standby::valid_slot_name(slot) {
+        return Err(Error::Usage(format!(
+            "{slot:?} is not a replication slot name: use 1 to 63 lower-case letters, digits and underscores"
+        )));
+    }
+    let target = config.primary.to_string();
+    let fail = |e: PgError| {
+        step_error(
+            "checking the slot",
+            e.to_string(),
+            "see `keyferry ha check`",
+        )
+    };
+    let mut client = primary_sql(config, password, timeout).map_err(fail)?;
+    let row = client
+        .query_opt(
+            "SELECT active, slot_type FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .map_err(|e| fail(pg::from_postgres(&target, e)))?;
+    let Some(row) = row else { return Ok(()) };
+    let (active, kind): (bool, String) = (row.get(0), row.get(1));
+    if active || kind != "physical" {
+        return Err(Error::Refused(format!(
+            "the replication slot {slot} on the primary is {}: another replica uses it; choose another --slot name, or stop that replica first",
+            if active { "active" } else { "a logical slot" }
+        )));
+    }
+    client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .map_err(|e| fail(pg::from_postgres(&target, e)))?;
+    tracing::info!(
+        slot,
+        "dropped a stale inactive replication slot on the primary"
+    );
+    Ok(())
+}
+
+/// Drops the slot a failed copy may have created (best effort: `ha status`
+/// shows a slot left behind).
+fn drop_slot_after_failure(
+    config: &HaConfig,
+    password: &Zeroizing<String>,
+    slot: &str,
+    timeout: Duration,
+) {
+    if let Ok(mut client) = primary_sql(config, password, timeout) {
+        let _ = client.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
+            &[&slot],
+        );
+    }
+}
+
+fn fresh(
+    node: &mut crate::node::Node,
+    config: &HaConfig,
+    server: &Server,
+    password: &Zeroizing<String>,
+    opts: &BootstrapOptions,
+    yes: bool,
+    obs: &mut dyn Observer,
+) -> Result<BootstrapReport> {
+    obs.step("preflight: checking the primary, the versions, the WAL settings and the disk");
+    preflight(config, password, opts)?;
+    let local = local_data(config)?;
+    let mut confirmed = yes;
+    if let Local::Cluster {
+        replica: false,
+        state,
+    } = &local
+    {
+        if !confirmed {
+            let question = format!(
+                "{} holds a primary's data (cluster state: {state}). The bootstrap moves it aside (it is kept, not deleted) and replaces it with a copy of {}. Continue?",
+                config.pg_data.display(),
+                config.primary
+            );
+            confirmed = obs.confirm(&question)?;
+            if !confirmed {
+                return Err(Error::Refused(format!(
+                    "{} holds a primary's data: nothing was changed; run again with --yes to replace it (it is kept as a .old- directory beside it)",
+                    config.pg_data.display()
+                )));
+            }
+        }
+    }
+    if let Some(slot) = &opts.slot {
+        prepare_slot(config, password, slot, opts.connect_timeout)?;
+    }
+    let was_running = server.is_running().map_err(|e| {
+        step_error(
+            "reading the local server's state",
+            e.to_string(),
+            "check pg_bin and pg_data in ha.toml",
+        )
+    })?;
+    let (staging, old) = free_siblings(&config.pg_data);
+    let state = State {
+        staging,
+        old,
+        had_data: matches!(local, Local::Cluster { .. }) || config.pg_data.exists(),
+        was_running,
+        slot: opts.slot.clone(),
+        confirmed,
+        bytes_copied: 0,
+        swapped: false,
+    };
+    let details = crate::ops::details([
+        ("primary", Value::from(config.primary.to_string())),
+        ("node", Value::from(config.node.clone())),
+    ]);
+    let mut change = node.begin_held(ACTION, details, RESUME, ABORT)?;
+    change.set_state(to_value(&state))?;
+    let result = copy_and_swap(&mut change, config, server, state, password, opts, obs);
+    let state = match result {
+        Ok(state) => state,
+        Err(e) => {
+            // The change undid itself; a slot the copy created is the
+            // primary's, outside the journal.
+            if let Some(slot) = &opts.slot {
+                drop_slot_after_failure(config, password, slot, opts.connect_timeout);
+            }
+            return Err(e);
+        }
+    };
+    finish(change, config, server, &state, password, opts, obs)
+}
+
+/// The copy's and the old data's names, stamped with the time (a second
+/// bootstrap within the same second gets a suffix rather than a clash).
+fn free_siblings(pg_data: &Path) -> (PathBuf, PathBuf) {
+    let stamp = file_stamp(now_unix());
+    let mut n = 1;
+    loop {
+        let tag = if n == 1 {
+            stamp.clone()
+        } else {
+            format!("{stamp}-{n}")
+        };
+        let staging = basebackup::sibling(pg_data, "keyferry-new", &tag);
+        let old = basebackup::sibling(pg_data, "old", &tag);
+        if !staging.exists() && !old.exists() {
+            return (staging, old);
+        }
+        n += 1;
+    }
+}
+
+fn to_value(state: &State) -> Value {
+    serde_json::to_value(state).unwrap_or(Value::Null)
+}
+
+/// Steps 2 to 4.
+fn copy_and_swap(
+    change: &mut Change<'_>,
+    config: &HaConfig,
+    server: &Server,
+    mut state: State,
+    password: &Zeroizing<String>,
+    opts: &BootstrapOptions,
+    obs: &mut dyn Observer,
+) -> Result<State> {
+    let owner_ref = owner_reference(config);
+    write_passfile(change, config, password, &owner_ref)?;
+
+    obs.step(&format!(
+        "copying {} into {} (the local server keeps running)",
+        config.primary,
+        state.staging.display()
+    ));
+    let passfile = passfile_path(config);
+    let host = config.primary.to_string();
+    let source = basebackup::Source {
+        host: &host,
+        port: config.pg_port,
+        user: &config.replication_user,
+        passfile: &passfile,
+        slot: opts.slot.as_deref(),
+    };
+    let undo =
+        Undo::remove_tree(&state.staging).map_err(Error::io("cannot name the copy's directory"))?;
+    let staging = state.staging.clone();
+    let copied = change.step(undo, || {
+        create_owned_dir(&staging, &owner_ref)?;
+        basebackup::run(&config.pg_bin, &source, &staging, |said| match said {
+            Said::Phase(p) => obs.copy_phase(*p),
+            Said::Progress { done, total } => obs.copy_progress(*done, *total),
+            Said::Other(_) => {}
+        })
+        .map_err(|e| {
+            step_error(
+                "the base backup (pg_basebackup)",
+                e.to_string(),
+                "check that the primary runs and accepts the replication user (`keyferry ha check`), and the free space beside the data directory",
+            )
+        })
+    })?;
+    state.bytes_copied = copied.bytes;
+    change.set_state(to_value(&state))?;
+
+    if state.was_running {
+        obs.step("stopping the local server");
+        change.step(
+            Undo::Server {
+                server: server.clone(),
+                running: true,
+            },
+            || {
+                server.stop().map_err(|e| {
+                    step_error(
+                        "stopping the local server",
+                        e.to_string(),
+                        "stop it by hand, then run the bootstrap again",
+                    )
+                })
+            },
+        )?;
+    }
+    if config.pg_data.exists() {
+        obs.step(&format!(
+            "moving {} aside to {}",
+            config.pg_data.display(),
+            state.old.display()
+        ));
+        rename_step(change, &config.pg_data, &state.old)?;
+    }
+    rename_step(change, &state.staging, &config.pg_data)?;
+    state.swapped = true;
+    change.set_state(to_value(&state))?;
+    Ok(state)
+}
+
+fn rename_step(change: &mut Change<'_>, from: &Path, to: &Path) -> Result<()> {
+    let what = format!("cannot move {} to {}", from.display(), to.display());
+    let undo = Undo::move_back(from, to).map_err(Error::io(what.clone()))?;
+    change.step(undo, || {
+        fs::rename(from, to)
+            .and_then(|()| fsutil::sync_parent(to))
+            .map_err(Error::io(what))
+    })
+}
+
+/// The path whose owner the server's files belong to: the data directory,
+/// or its parent when there is none yet.
+fn owner_reference(config: &HaConfig) -> PathBuf {
+    if config.pg_data.exists() {
+        config.pg_data.clone()
+    } else {
+        fsutil::parent_dir(&config.pg_data).to_path_buf()
+    }
+}
+
+fn write_passfile(
+    change: &mut Change<'_>,
+    config: &HaConfig,
+    password: &Zeroizing<String>,
+    owner_ref: &Path,
+) -> Result<()> {
+    let path = passfile_path(config);
+    let up = upstream(config, &path, None);
+    let line = standby::passfile_line(&up, password).ok_or_else(|| {
+        Error::Usage(
+            "the replication password has a line break: libpq's password file cannot hold it"
+                .into(),
+        )
+    })?;
+    change.replace_file(
+        &path,
+        &mut line.as_bytes(),
+        Ownership::PrivateTo(owner_ref.to_path_buf()),
+    )?;
+    Ok(())
+}
+
+fn upstream<'a>(config: &'a HaConfig, passfile: &'a Path, slot: Option<&'a str>) -> Upstream<'a> {
+    Upstream {
+        host: config.primary.to_string(),
+        port: config.pg_port,
+        user: &config.replication_user,
+        application_name: &config.node,
+        passfile,
+        slot,
+    }
+}
+
+/// Creates `dir` (mode 0700) owned like `owner_ref`.
+fn create_owned_dir(dir: &Path, owner_ref: &Path) -> Result<()> {
+    let what = format!("cannot create {}", dir.display());
+    fs::create_dir(dir).map_err(Error::io(what.clone()))?;
+    platform::own_like(dir, owner_ref, 0o700).map_err(Error::io(what))
+}
+
+/// Writes `path` (in the new data directory) owned like the directory.
+fn write_owned(path: &Path, contents: &[u8], data: &Path) -> Result<()> {
+    let what = format!("cannot write {}", path.display());
+    fs::write(path, contents).map_err(Error::io(what.clone()))?;
+    platform::own_like(path, data, 0o600).map_err(Error::io(what))
+}
+
+/// Step 5: the replica's configuration in the new data directory.
+fn configure(config: &HaConfig, state: &State) -> Result<()> {
+    let data = &config.pg_data;
+    if state.had_data {
+        for name in ["postgresql.conf", "pg_hba.conf", "pg_ident.conf"] {
+            let theirs = state.old.join(name);
+            match fs::read(&theirs) {
+                Ok(bytes) => write_owned(&data.join(name), &bytes, data)?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(format!("cannot read {}", theirs.display()))(e)),
+            }
+        }
+    }
+    write_owned(&data.join("standby.signal"), b"", data)?;
+    let auto = data.join("postgresql.auto.conf");
+    let existing = match fs::read_to_string(&auto) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(Error::io(format!("cannot read {}", auto.display()))(e)),
+    };
+    let passfile = passfile_path(config);
+    let up = upstream(config, &passfile, state.slot.as_deref());
+    write_owned(&auto, standby::auto_conf(&existing, &up).as_bytes(), data)
+}
+
+/// Steps 5 to 7.
+fn finish(
+    mut change: Change<'_>,
+    config: &HaConfig,
+    server: &Server,
+    state: &State,
+    password: &Zeroizing<String>,
+    opts: &BootstrapOptions,
+    obs: &mut dyn Observer,
+) -> Result<BootstrapReport> {
+    obs.step("configuring the new data directory as a replica");
+    configure(config, state).map_err(|e| {
+        step_error(
+            "writing the standby configuration",
+            e.to_string(),
+            "fix the file system problem, then `keyferry ha bootstrap --resume`",
+        )
+    })?;
+    obs.step("starting the replica");
+    change.step(
+        Undo::Server {
+            server: server.clone(),
+            running: false,
+        },
+        || {
+            server.start().map_err(|e| {
+                step_error(
+                    "starting the replica",
+                    e.to_string(),
+                    "read the server's log, fix the cause, then run the bootstrap again",
+                )
+            })
+        },
+    )?;
+    obs.step(&format!(
+        "waiting (up to {} s) until the replica streams and has caught up with the primary",
+        opts.timeout.as_secs()
+    ));
+    let caught_up = wait_caught_up(config, password, opts)?;
+    let control = pg::controldata(&config.pg_bin, &config.pg_data).ok();
+    let mut report = report_base(config);
+    report.bytes_copied = state.bytes_copied;
+    report.slot = state.slot.clone();
+    report.caught_up_to = Some(caught_up.clone());
+    report.system_identifier = control.as_ref().and_then(|c| c.system_identifier.clone());
+    report.timeline = control.as_ref().and_then(|c| c.timeline);
+    if state.had_data && state.old.exists() {
+        report.old_data_bytes = Some(tree_size(&state.old));
+        report.remove_old = Some(platform::remove_command(&state.old));
+        report.old_data = Some(state.old.clone());
+    }
+    for (k, v) in [
+        (
+            "system_identifier",
+            Value::from(report.system_identifier.clone()),
+        ),
+        ("timeline", Value::from(report.timeline)),
+        ("bytes_copied", Value::from(report.bytes_copied)),
+        (
+            "old_data",
+            Value::from(report.old_data.as_ref().map(|p| p.display().to_string())),
+        ),
+        ("slot", Value::from(report.slot.clone())),
+        ("caught_up_to", Value::from(caught_up)),
+    ] {
+        change.set_detail(k, v);
+    }
+    let receipt = change.finish()?;
+    report.audited = receipt.audited;
+    report.mode = if opts.mode == Mode::Resume {
+        "resumed"
+    } else {
+        "bootstrapped"
+    };
+    Ok(report)
+}
+
+/// Step 6: the primary sees this node streaming and replayed up to the
+/// primary's WAL position when the wait began. Asked of the primary, whose
+/// `pg_stat_replication` the replication user reads through `pg_monitor`.
+fn wait_caught_up(
+    config: &HaConfig,
+    password: &Zeroizing<String>,
+    opts: &BootstrapOptions,
+) -> Result<String> {
+    let deadline = Instant::now() + opts.timeout;
+    let me = config.secondary.to_string();
+    let target_pos = config.primary.to_string();
+    let mut last;
+    let mut target: Option<String> = None;
+    loop {
+        match poll_once(config, password, opts, &me, &mut target) {
+            Ok(Some(lsn)) => return Ok(lsn),
+            Ok(None) => last = "the primary does not see this node streaming yet".into(),
+            Err(e) => last = e.to_string(),
+        }
+        if Instant::now() >= deadline {
+            return Err(step_error(
+                "waiting for the replica to catch up",
+                format!("not caught up after {} s: {last}", opts.timeout.as_secs()),
+                &format!(
+                    "read the replica's server log, check `keyferry ha check` (pg_hba.conf on {target_pos}, the replication user's pg_monitor membership), then run the bootstrap again, with a longer --timeout if the primary is busy"
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn poll_once(
+    config: &HaConfig,
+    password: &Zeroizing<String>,
+    opts: &BootstrapOptions,
+    me: &str,
+    target: &mut Option<String>,
+) -> Result<Option<String>, PgError> {
+    let where_ = config.primary.to_string();
+    let mut client = primary_sql(config, password, opts.connect_timeout)?;
+    let target = match target {
+        Some(t) => t.clone(),
+        None => {
+            let row = client
+                .query_one("SELECT pg_current_wal_lsn()::text", &[])
+                .map_err(|e| pg::from_postgres(&where_, e))?;
+            let t: String = row.get(0);
+            *target = Some(t.clone());
+            t
+        }
+    };
+    let row = client
+        .query_opt(
+            "SELECT bool_or(state = 'streaming' AND replay_lsn >= $2::text::pg_lsn) \
+             FROM pg_stat_replication WHERE host(client_addr) = $1",
+            &[&me, &target],
+        )
+        .map_err(|e| pg::from_postgres(&where_, e))?;
+    let done: Option<bool> = row.and_then(|r| r.get(0));
+    Ok(done.unwrap_or(false).then_some(target))
+}
+
+/// Bytes under `dir`, not following symbolic links.
+pub(crate) fn tree_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                total += meta.len();
+            }
+        }
+    }
+    total
+}
+
+/// The summary of a report, as the operator reads it.
+pub(crate) fn summary(report: &BootstrapReport) -> Vec<String> {
+    let mut lines = Vec::new();
+    if report.mode == "aborted" {
+        lines.push(format!(
+            "the interrupted bootstrap was undone: {} is as it was before it",
+            report.pg_data.display()
+        ));
+        if let Some(slot) = &report.slot {
+            lines.push(format!(
+                "the replication slot {slot} may remain on the primary (`keyferry ha status` shows it); drop it there with SELECT pg_drop_replication_slot('{slot}') if nothing uses it"
+            ));
+        }
+        return lines;
+    }
+    lines.push(format!(
+        "{} is now a replica of {}: {} copied, caught up to {}",
+        report.pg_data.display(),
+        report.primary,
+        human_bytes(report.bytes_copied),
+        report.caught_up_to.as_deref().unwrap_or("?")
+    ));
+    if let (Some(old), Some(size)) = (&report.old_data, report.old_data_bytes) {
+        lines.push(format!(
+            "the previous data directory is kept at {} ({}); once the new replica is trusted, remove it with: {}",
+            old.display(),
+            human_bytes(size),
+            report.remove_old.as_deref().unwrap_or("")
+        ));
+    }
+    lines.push(format!(
+        "the replication password is in {} (readable by the server's account only)",
+        report.passfile.display()
+    ));
+    lines
+}
+
+#[cfg(unix)]
+mod platform {
+    use std::io;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::path::Path;
+
+    /// `path` owned by the owner and group of `like`, with `mode`.
+    pub(super) fn own_like(path: &Path, like: &Path, mode: u32) -> io::Result<()> {
+        let meta = std::fs::metadata(like)?;
+        std::os::unix::fs::chown(path, Some(meta.uid()), Some(meta.gid()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    }
+
+    pub(super) fn remove_command(dir: &Path) -> String {
+        format!(
+            "rm -rf -- '{}'",
+            dir.display().to_string().replace('\'', r"'\''")
+        )
+    }
+}
+
+#[cfg(windows)]
+mod platform {
+    use std::io;
+    use std::path::Path;
+
+    /// New files inherit the data directory's access list on Windows.
+    pub(super) fn own_like(_path: &Path, _like: &Path, _mode: u32) -> io::Result<()> {
+        Ok(())
+    }
+
+    pub(super) fn remove_command(dir: &Path) -> String {
+        format!(
+            "Remove-Item -Recurse -Force -LiteralPath '{}'",
+            dir.display().to_string().replace('\'', "''")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_round_trips_through_the_journal() {
+        let state = State {
+            staging: "/d/main.keyferry-new-20261201T000000Z".into(),
+            old: "/d/main.old-20261201T000000Z".into(),
+            had_data: true,
+            was_running: true,
+            slot: Some("pam_b".into()),
+            confirmed: true,
+            bytes_copied: 42,
+            swapped: true,
+        };
+        let back: State = serde_json::from_value(to_value(&state)).unwrap();
+        assert_eq!(back.old, state.old);
+        assert!(back.swapped && back.was_running);
+        assert_eq!(back.slot.as_deref(), Some("pam_b"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_removal_command_quotes_the_path() {
+        assert_eq!(
+            platform::remove_command(Path::new("/d/it's.old-1")),
+            r"rm -rf -- '/d/it'\''s.old-1'"
+        );
+    }
+}

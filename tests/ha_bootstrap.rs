@@ -1,0 +1,743 @@
+//! `keyferry ha bootstrap` against real PostgreSQL servers on two hosts: the
+//! primary in network namespace `a` (10.213.0.1) with pgbench data, the
+//! secondary in `b` (10.213.0.2) running a standalone server of its own, as
+//! a freshly installed secondary does. keyferry runs on the secondary's
+//! host, as root, and runs the server's programs as `postgres`.
+//!
+//! Each failure path must leave the secondary exactly as it was: the data
+//! directory byte for byte (the server is stopped for those, so nothing
+//! else writes), the directory beside it, and the server running again if
+//! it ran. Kills are real `kill -9`s of keyferry at moments read from the
+//! file system. Needs root, `ip netns` and PostgreSQL; skips otherwise
+//! (fails with `KEYFERRY_REQUIRE_PG=1`).
+#![cfg(unix)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::netns::{NetnsPair, ADDR_A, ADDR_B};
+use common::node::{assert_same, snapshot};
+use common::pg::{PgOptions, PgServer};
+
+const PG_PORT: u16 = 5432;
+const PASSWORD: &str = "bootstrap replication password";
+
+fn bin() -> PathBuf {
+    assert_cmd::cargo::cargo_bin("keyferry")
+}
+
+/// Two hosts, a primary with data and a secondary with a server of its own.
+struct Pair {
+    tmp: tempfile::TempDir,
+    home: PathBuf,
+    pw_file: PathBuf,
+    secondary: PgServer,
+    primary: PgServer,
+    ns: NetnsPair,
+}
+
+fn server(ns: &str, addr: &str) -> Option<PgServer> {
+    let mut server = PgServer::start_primary(PgOptions {
+        extra_conf: vec![format!("listen_addresses = '{addr},127.0.0.1'")],
+        netns: Some(ns.to_owned()),
+    })?;
+    server.move_to_port(PG_PORT);
+    Some(server)
+}
+
+impl Pair {
+    /// `scale`: pgbench scale of the primary's data (0: none).
+    fn new(tag: &str, scale: u32) -> Option<Pair> {
+        let ns = NetnsPair::create(tag)?;
+        let primary = server(&ns.a, ADDR_A)?;
+        let secondary = server(&ns.b, ADDR_B)?;
+        primary.create_replication_user("repuser", PASSWORD);
+        primary
+            .connect()
+            .batch_execute("GRANT pg_monitor TO repuser")
+            .unwrap();
+        let mut hba = primary.read_hba();
+        hba.extend_from_slice(
+            format!(
+                "host replication repuser {ADDR_B}/32 scram-sha-256\n\
+                 host all repuser {ADDR_B}/32 scram-sha-256\n"
+            )
+            .as_bytes(),
+        );
+        primary.write_hba(&hba);
+        primary
+            .connect()
+            .batch_execute("SELECT pg_reload_conf()")
+            .unwrap();
+        if scale > 0 {
+            let sock = primary.socket_dir().to_str().unwrap().to_owned();
+            let out = primary.run_tool(
+                "pgbench",
+                &[
+                    "-i",
+                    "-q",
+                    "-s",
+                    &scale.to_string(),
+                    "-h",
+                    &sock,
+                    "-p",
+                    "5432",
+                    "-U",
+                    "postgres",
+                    "postgres",
+                ],
+            );
+            assert!(
+                out.status.success(),
+                "pgbench -i: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("home-b");
+        let pw_file = tmp.path().join("repuser.pw");
+        fs::write(&pw_file, format!("{PASSWORD}\n")).unwrap();
+        fs::set_permissions(&pw_file, fs::Permissions::from_mode(0o600)).unwrap();
+        let pair = Pair {
+            tmp,
+            home,
+            pw_file,
+            secondary,
+            primary,
+            ns,
+        };
+        common::succeeded(&pair.keyferry(&["init"]));
+        let pg_bin = pair.secondary.bin_dir().to_str().unwrap().to_owned();
+        let pg_data = pair.data().to_str().unwrap().to_owned();
+        common::succeeded(&pair.keyferry(&[
+            "ha",
+            "init",
+            "--node",
+            "pam-b",
+            "--primary",
+            ADDR_A,
+            "--secondary",
+            ADDR_B,
+            "--pg-bin",
+            &pg_bin,
+            "--pg-data",
+            &pg_data,
+        ]));
+        Some(pair)
+    }
+
+    fn data(&self) -> &Path {
+        self.secondary.data_dir()
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = NetnsPair::exec(&self.ns.b, &bin());
+        c.arg("--home")
+            .arg(&self.home)
+            .args(args)
+            .env_remove("KEYFERRY_HOME")
+            .env_remove("PGPASSFILE")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn keyferry(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    fn bootstrap(&self, extra: &[&str]) -> Output {
+        let mut args = vec![
+            "ha",
+            "bootstrap",
+            "--password-file",
+            self.pw_file.to_str().unwrap(),
+        ];
+        if !extra.contains(&"--timeout") {
+            args.extend(["--timeout", "60"]);
+        }
+        args.extend(extra);
+        self.keyferry(&args)
+    }
+
+    fn spawn_bootstrap(&self, extra: &[&str]) -> Child {
+        let mut args = vec![
+            "ha",
+            "bootstrap",
+            "--password-file",
+            self.pw_file.to_str().unwrap(),
+        ];
+        if !extra.contains(&"--timeout") {
+            args.extend(["--timeout", "60"]);
+        }
+        args.extend(extra);
+        self.command(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// The directory beside the data directory: names, without the
+    /// harness's socket directory and server log, and without the log of
+    /// the servers keyferry started (`data.pg_ctl.log`: what a failed start
+    /// said is kept for the operator, it is not the node's state).
+    fn beside(&self) -> Vec<String> {
+        let parent = self.data().parent().unwrap();
+        let mut names: Vec<String> = fs::read_dir(parent)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !["sock", "server.log", "data.pg_ctl.log"].contains(&n.as_str()))
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn primary_sql(&self, sql: &str) -> Vec<postgres::Row> {
+        self.primary.connect().query(sql, &[]).unwrap()
+    }
+
+    /// Waits until the replica (connected as the harness's superuser over
+    /// its socket) shows `pred`.
+    fn replica_query(&self, sql: &str) -> Vec<postgres::Row> {
+        self.secondary.connect().query(sql, &[]).unwrap()
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {}\n--- stdout\n{}--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The data directory's files, as the node's state to compare.
+type Snapshot = BTreeMap<PathBuf, Option<Vec<u8>>>;
+
+fn old_dirs(pair: &Pair) -> Vec<PathBuf> {
+    let parent = pair.data().parent().unwrap();
+    let mut v: Vec<PathBuf> = fs::read_dir(parent)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("data.old-")
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn wait_for(what: &str, limit: Duration, mut pred: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !pred() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Waits for `pred` while keyferry (`child`) runs; says what it printed
+/// if it ended first.
+fn wait_during(child: &mut Child, what: &str, mut pred: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !pred() {
+        if child.try_wait().unwrap().is_some() {
+            let mut out = String::new();
+            use std::io::Read;
+            let _ = child.stdout.take().unwrap().read_to_string(&mut out);
+            let _ = child.stderr.take().unwrap().read_to_string(&mut out);
+            panic!(
+                "keyferry ended before {what}: {}\n{out}",
+                child.wait().unwrap()
+            );
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn kill9(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-9", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+/// No process runs with `needle` in its command line.
+fn no_process_with(needle: &str) -> bool {
+    let out = Command::new("pgrep").args(["-f", needle]).output().unwrap();
+    out.stdout.is_empty()
+}
+
+fn staging_of(pair: &Pair) -> Option<PathBuf> {
+    let parent = pair.data().parent().unwrap();
+    fs::read_dir(parent)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("data.keyferry-new-")
+        })
+}
+
+fn assert_is_replica(pair: &Pair) {
+    let rows = pair.replica_query("SELECT pg_is_in_recovery()");
+    assert!(rows[0].get::<_, bool>(0), "the secondary runs as a replica");
+    let query = format!(
+        "SELECT state FROM pg_stat_replication WHERE host(client_addr) = '{ADDR_B}' AND state = 'streaming'"
+    );
+    wait_for(
+        "the primary to see one streaming replica",
+        Duration::from_secs(20),
+        || pair.primary_sql(&query).len() == 1,
+    );
+}
+
+/// Every file under `root` that holds `needle`.
+fn files_holding(root: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let meta = fs::symlink_metadata(&p).unwrap();
+            if meta.is_dir() {
+                stack.push(p);
+            } else if meta.is_file() {
+                let bytes = fs::read(&p).unwrap_or_default();
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    found.push(p);
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn bootstrap_over_a_running_primary_needs_yes_keeps_the_old_data_and_streams() {
+    let Some(pair) = Pair::new("bs", 10) else {
+        return;
+    };
+    pair.secondary
+        .connect()
+        .batch_execute("CREATE TABLE only_on_the_old_secondary (x int); INSERT INTO only_on_the_old_secondary VALUES (7)")
+        .unwrap();
+    let conf_before = fs::read(pair.data().join("postgresql.conf")).unwrap();
+    let hba_before = fs::read(pair.data().join("pg_hba.conf")).unwrap();
+
+    // Without --yes and without a terminal: refused, nothing changed.
+    let beside = pair.beside();
+    let out = pair.bootstrap(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("--yes"), "{}", text(&out));
+    assert_eq!(pair.beside(), beside);
+    assert!(pair.secondary.is_running());
+
+    let out = pair.bootstrap(&["--yes"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{}", text(&out));
+    assert_is_replica(&pair);
+
+    // The old data directory is kept, whole, with the removal command.
+    let old = old_dirs(&pair);
+    assert_eq!(old.len(), 1, "{:?}", pair.beside());
+    assert!(said.contains(&old[0].display().to_string()), "{said}");
+    assert!(said.contains("rm -rf -- "), "{said}");
+    assert_eq!(
+        fs::read(old[0].join("postgresql.conf")).unwrap(),
+        conf_before
+    );
+    // The secondary keeps its own configuration, not the primary's.
+    assert_eq!(
+        fs::read(pair.data().join("postgresql.conf")).unwrap(),
+        conf_before
+    );
+    assert_eq!(
+        fs::read(pair.data().join("pg_hba.conf")).unwrap(),
+        hba_before
+    );
+
+    // A row written on the primary appears on the replica.
+    pair.primary
+        .connect()
+        .batch_execute(
+            "CREATE TABLE after_bootstrap (x int); INSERT INTO after_bootstrap VALUES (42)",
+        )
+        .unwrap();
+    wait_for("the row on the replica", Duration::from_secs(20), || {
+        pair.secondary
+            .connect()
+            .query("SELECT x FROM after_bootstrap", &[])
+            .is_ok_and(|r| r.len() == 1 && r[0].get::<_, i32>(0) == 42)
+    });
+    let rows = pair.replica_query("SELECT count(*) FROM pgbench_accounts");
+    assert_eq!(rows[0].get::<_, i64>(0), 1_000_000);
+
+    // The password is in the 0600 passfile and in no other file.
+    let parent = pair.data().parent().unwrap();
+    let mut holders = files_holding(parent, PASSWORD.as_bytes());
+    holders.extend(files_holding(&pair.home, PASSWORD.as_bytes()));
+    let passfile = parent.join("data.keyferry-replication.pgpass");
+    assert_eq!(
+        holders,
+        vec![passfile.clone()],
+        "files holding the password"
+    );
+    let meta = fs::metadata(&passfile).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        meta.uid(),
+        fs::metadata(pair.data()).unwrap().uid(),
+        "owned by the server's account"
+    );
+    let auto = fs::read_to_string(pair.data().join("postgresql.auto.conf")).unwrap();
+    assert!(auto.contains("passfile="), "{auto}");
+
+    // One audit record, and the log verifies.
+    let log = fs::read_to_string(pair.home.join("audit.log")).unwrap();
+    let records: Vec<&str> = log.lines().filter(|l| l.contains("ha-bootstrap")).collect();
+    assert_eq!(records.len(), 1, "{log}");
+    for field in ["bytes_copied", "system_identifier", "old_data", "timeline"] {
+        assert!(records[0].contains(field), "{field} in {}", records[0]);
+    }
+    common::succeeded(&pair.keyferry(&["audit", "verify"]));
+
+    // Again, over the replica: no --yes needed, with a slot this time.
+    let out = pair.bootstrap(&["--slot", "pam_b"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_is_replica(&pair);
+    let rows =
+        pair.primary_sql("SELECT active FROM pg_replication_slots WHERE slot_name = 'pam_b'");
+    assert_eq!(rows.len(), 1);
+    assert!(
+        rows[0].get::<_, bool>(0),
+        "the replica streams through its slot"
+    );
+    assert_eq!(old_dirs(&pair).len(), 2);
+}
+
+#[test]
+fn over_a_stopped_older_data_directory_the_old_one_is_kept_byte_for_byte() {
+    let Some(mut pair) = Pair::new("bo", 0) else {
+        return;
+    };
+    pair.secondary.stop_clean();
+    let before: Snapshot = snapshot(pair.data());
+    let out = pair.bootstrap(&["--yes"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let old = old_dirs(&pair);
+    assert_eq!(old.len(), 1);
+    assert_same(&before, &snapshot(&old[0]));
+    assert_is_replica(&pair);
+}
+
+/// Failure paths, each with the server stopped (so the data directory can
+/// be compared byte for byte) and then one with it running.
+#[test]
+fn each_failure_leaves_the_node_as_it_was() {
+    let Some(mut pair) = Pair::new("bf", 10) else {
+        return;
+    };
+    pair.secondary.stop_clean();
+    let before = snapshot(pair.data());
+    let beside = pair.beside();
+    let home_before = snapshot(&pair.home);
+    let unchanged = |pair: &Pair, what: &str| {
+        assert_same(&before, &snapshot(pair.data()));
+        assert_eq!(pair.beside(), beside, "{what}: beside the data directory");
+        assert_same(&home_before, &snapshot(&pair.home));
+    };
+
+    // Wrong password: the preflight refuses (exit 8).
+    let wrong = pair.tmp.path().join("wrong.pw");
+    fs::write(&wrong, "not the password\n").unwrap();
+    fs::set_permissions(&wrong, fs::Permissions::from_mode(0o600)).unwrap();
+    let out = pair.keyferry(&[
+        "ha",
+        "bootstrap",
+        "--yes",
+        "--password-file",
+        wrong.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(8), "{}", text(&out));
+    assert!(text(&out).contains("password"), "{}", text(&out));
+    unchanged(&pair, "wrong password");
+
+    // An active slot of that name: refused.
+    let sock = pair.primary.socket_dir().to_str().unwrap().to_owned();
+    pair.primary_sql("SELECT pg_create_physical_replication_slot('busy')");
+    let receiver_dir = pair.tmp.path().join("receivewal");
+    fs::create_dir(&receiver_dir).unwrap();
+    std::os::unix::fs::chown(
+        &receiver_dir,
+        pair.primary.server_owner().map(|o| o.0),
+        pair.primary.server_owner().map(|o| o.1),
+    )
+    .unwrap();
+    let mut receiver = Command::new("ip");
+    receiver.args(["netns", "exec", &pair.ns.a]);
+    if pair.primary.server_owner().is_some() {
+        receiver.args(["runuser", "-u", "postgres", "--"]);
+    }
+    let mut receiver = receiver
+        .arg(pair.primary.bin_dir().join("pg_receivewal"))
+        .args([
+            "-D",
+            receiver_dir.to_str().unwrap(),
+            "-S",
+            "busy",
+            "-h",
+            &sock,
+            "-p",
+            "5432",
+            "-U",
+            "postgres",
+            "--no-loop",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the slot to be active", Duration::from_secs(10), || {
+        pair.primary_sql("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'busy' AND active")
+            .len()
+            == 1
+    });
+    let out = pair.bootstrap(&["--yes", "--slot", "busy"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("active"), "{}", text(&out));
+    unchanged(&pair, "active slot");
+    kill9(&mut receiver);
+
+    // Not enough disk: the data directory's parent on a small tmpfs.
+    // (Here a second node whose pg_data sits on a 20 MiB tmpfs.)
+    let small = pair.tmp.path().join("small");
+    fs::create_dir(&small).unwrap();
+    let mounted = Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=20m",
+            "tmpfs",
+            small.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap()
+        .success();
+    if mounted {
+        let home2 = pair.tmp.path().join("home-small");
+        let data2 = small.join("main");
+        let run2 = |args: &[&str]| {
+            NetnsPair::exec(&pair.ns.b, &bin())
+                .arg("--home")
+                .arg(&home2)
+                .args(args)
+                .env_remove("PGPASSFILE")
+                .stdin(Stdio::null())
+                .output()
+                .unwrap()
+        };
+        common::succeeded(&run2(&[
+            "ha",
+            "init",
+            "--node",
+            "small",
+            "--primary",
+            ADDR_A,
+            "--secondary",
+            ADDR_B,
+            "--pg-bin",
+            pair.secondary.bin_dir().to_str().unwrap(),
+            "--pg-data",
+            data2.to_str().unwrap(),
+        ]));
+        let out = run2(&[
+            "ha",
+            "bootstrap",
+            "--password-file",
+            pair.pw_file.to_str().unwrap(),
+        ]);
+        let _ = Command::new("umount").arg(&small).status();
+        assert_eq!(out.status.code(), Some(8), "{}", text(&out));
+        assert!(text(&out).contains("`disk`"), "{}", text(&out));
+    }
+
+    // The primary stopped in the middle of the copy: the partial copy is
+    // removed, the server (stopped before) stays stopped.
+    let mut child = pair.spawn_bootstrap(&["--yes"]);
+    wait_during(&mut child, "the copy to start", || {
+        staging_of(&pair).is_some_and(|s| s.join("base").exists())
+    });
+    pair.primary.stop();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("pg_basebackup"), "{}", text(&out));
+    unchanged(&pair, "primary stopped mid-copy");
+    assert!(!pair.secondary.is_running());
+    pair.primary.start();
+
+    // Primary unreachable (stopped): the preflight refuses.
+    pair.primary.stop();
+    let out = pair.bootstrap(&["--yes"]);
+    assert_eq!(out.status.code(), Some(8), "{}", text(&out));
+    unchanged(&pair, "primary unreachable");
+    pair.primary.start();
+
+    // And with the secondary's server running: it runs again afterwards,
+    // after a failure that comes after it was stopped (the catch-up wait
+    // times out because the primary's pg_hba.conf no longer lets the
+    // replica stream once the copy is done).
+    pair.secondary.start();
+    let hba = pair.primary.read_hba();
+    let mut child = pair.spawn_bootstrap(&["--yes", "--timeout", "5"]);
+    wait_during(&mut child, "the copy to finish", || {
+        staging_of(&pair).is_some_and(|s| {
+            s.join("backup_label").exists() && s.join("global/pg_control").exists()
+        }) || !pair.secondary.is_running()
+    });
+    let blocked: Vec<u8> = String::from_utf8_lossy(&hba)
+        .replace(
+            &format!("host replication repuser {ADDR_B}/32"),
+            &format!("host replication repuser {ADDR_B}/32 reject\n#"),
+        )
+        .into_bytes();
+    pair.primary.write_hba(&blocked);
+    pair.primary
+        .connect()
+        .batch_execute("SELECT pg_reload_conf()")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    pair.primary.write_hba(&hba);
+    pair.primary
+        .connect()
+        .batch_execute("SELECT pg_reload_conf()")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        pair.secondary.is_running(),
+        "the old server runs again: {}",
+        text(&out)
+    );
+    let rows = pair.replica_query("SELECT pg_is_in_recovery()");
+    assert!(!rows[0].get::<_, bool>(0), "in its old role (a primary)");
+    assert_eq!(pair.beside(), beside, "nothing left beside it");
+    assert!(old_dirs(&pair).is_empty());
+}
+
+/// kill -9 of keyferry during the copy, after the swap, and during the
+/// wait; `--abort` and `--resume` each lead to a working node.
+#[test]
+fn a_killed_bootstrap_is_resumed_or_aborted() {
+    let Some(pair) = Pair::new("bk", 10) else {
+        return;
+    };
+    let conf = fs::read(pair.data().join("postgresql.conf")).unwrap();
+    let beside = pair.beside();
+
+    // 1. During the copy, then --abort: as it was, server running.
+    let mut child = pair.spawn_bootstrap(&["--yes"]);
+    wait_during(&mut child, "the copy to start", || {
+        staging_of(&pair).is_some_and(|s| s.join("base").exists())
+    });
+    let staging = staging_of(&pair).unwrap();
+    kill9(&mut child);
+    let t = Instant::now();
+    while !no_process_with(staging.to_str().unwrap()) && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let ps = Command::new("ps")
+        .args(["-o", "pid,ppid,stat,cmd", "-C", "pg_basebackup"])
+        .output()
+        .unwrap();
+    eprintln!(
+        "after {:?}: {}",
+        t.elapsed(),
+        String::from_utf8_lossy(&ps.stdout)
+    );
+    assert!(
+        no_process_with(staging.to_str().unwrap()),
+        "pg_basebackup died with keyferry"
+    );
+    let status = pair.keyferry(&[
+        "ha",
+        "check",
+        "--password-file",
+        pair.pw_file.to_str().unwrap(),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&status.stderr).contains("ha bootstrap --resume"),
+        "ha check says a bootstrap is interrupted: {}",
+        text(&status)
+    );
+    let out = pair.bootstrap(&["--yes"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a new bootstrap waits for the old one: {}",
+        text(&out)
+    );
+    let out = pair.keyferry(&["ha", "bootstrap", "--abort"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(pair.beside(), beside);
+    assert!(pair.secondary.is_running());
+    assert_eq!(fs::read(pair.data().join("postgresql.conf")).unwrap(), conf);
+
+    // 2. During the copy, then --resume: starts over and finishes.
+    let mut child = pair.spawn_bootstrap(&["--yes"]);
+    wait_during(&mut child, "the copy to start", || {
+        staging_of(&pair).is_some_and(|s| s.join("base").exists())
+    });
+    kill9(&mut child);
+    let out = pair.bootstrap(&["--resume"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_is_replica(&pair);
+    assert_eq!(old_dirs(&pair).len(), 1);
+
+    // 3. After the swap (the standby configuration is being written), then
+    // --resume.
+    let mut child = pair.spawn_bootstrap(&[]);
+    wait_during(&mut child, "the swap", || {
+        old_dirs(&pair).len() == 2 && pair.data().join("PG_VERSION").exists()
+    });
+    kill9(&mut child);
+    let out = pair.bootstrap(&["--resume"]);
+    let log = pair.data().parent().unwrap().join("data.pg_ctl.log");
+    assert!(
+        out.status.success(),
+        "{}\n--- server log\n{}",
+        text(&out),
+        fs::read_to_string(log).unwrap_or_default()
+    );
+    assert_is_replica(&pair);
+
+    // 4. During the wait, then --abort: the previous replica is back.
+    let mut child = pair.spawn_bootstrap(&["--timeout", "60"]);
+    wait_during(&mut child, "the new server to start", || {
+        old_dirs(&pair).len() == 3 && pair.data().join("postmaster.pid").exists()
+    });
+    kill9(&mut child);
+    let out = pair.keyferry(&["ha", "bootstrap", "--abort"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        old_dirs(&pair).len(),
+        2,
+        "the third bootstrap's old dir moved back"
+    );
+    assert_is_replica(&pair);
+    common::succeeded(&pair.keyferry(&["audit", "verify"]));
+}
