@@ -61,7 +61,7 @@ pub(crate) fn check(home: &Home, opts: &CheckOptions) -> Result<CheckReport> {
     let config = require_config(home)?;
     tracing::info!(timeout = ?opts.timeout, "ha check: running the preflight checks");
     let mut password_facts = Vec::new();
-    let credentials = credentials(&config, opts, &mut password_facts)?;
+    let credentials = credentials(&config, opts.password.as_ref(), &mut password_facts)?;
     let found = preflight::run(&config, opts.timeout, &credentials, password_facts);
     let mut checks = found.facts;
     checks.push(keyring_check(home, opts.peer_fingerprint.as_ref()));
@@ -75,10 +75,18 @@ pub(crate) fn check(home: &Home, opts: &CheckOptions) -> Result<CheckReport> {
     })
 }
 
-fn credentials(config: &HaConfig, opts: &CheckOptions, c: &mut Vec<Fact>) -> Result<Credentials> {
+/// The replication user's password: from `source` when the operator
+/// named one, else the libpq password file when it has an entry, else a
+/// prompt on a terminal, else none. Where it came from (never what it is)
+/// goes into `c` as `password`/`passfile` facts. Shared with `ha status`.
+pub(crate) fn credentials(
+    config: &HaConfig,
+    source: Option<&PasswordSource>,
+    c: &mut Vec<Fact>,
+) -> Result<Credentials> {
     let user = &config.replication_user;
     let prompt = format!("Password of the replication user {user}: ");
-    if let Some(source) = &opts.password {
+    if let Some(source) = source {
         let password = source.read(&prompt)?;
         let what = match source {
             PasswordSource::Prompt => "typed on the terminal".to_owned(),
