@@ -57,6 +57,23 @@ impl OsUser {
     }
 }
 
+/// The name of the OS account that owns `path`, when it has one: on Unix
+/// from the file's uid through the password database; `None` on Windows,
+/// where no caller needs it (PostgreSQL has no Unix socket there, so there
+/// is no peer authentication to match).
+pub(crate) fn owner_name(path: &std::path::Path) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        platform::lookup(std::fs::metadata(path).ok()?.uid())
+    }
+    #[cfg(windows)]
+    {
+        let _ = path;
+        None
+    }
+}
+
 /// The form recorded in the audit log: `alice`, or `root (sudo from alice,
 /// claimed by SUDO_UID)`.
 impl fmt::Display for OsUser {
@@ -102,7 +119,7 @@ mod platform {
         lookup(uid).unwrap_or_else(|| format!("uid {uid}"))
     }
 
-    fn lookup(uid: libc::uid_t) -> Option<String> {
+    pub(super) fn lookup(uid: libc::uid_t) -> Option<String> {
         // SAFETY: sysconf takes no pointers.
         let hint = unsafe { libc::sysconf(libc::_SC_GETPW_R_SIZE_MAX) };
         let mut len = usize::try_from(hint)

@@ -34,6 +34,11 @@ pub mod exit {
     /// `keyferry ha check`: at least one preflight check failed (each
     /// failure is on its own line, with its fix).
     pub const PREFLIGHT: u8 = 8;
+    /// `keyferry ha status`: a primary runs but the pair needs attention
+    /// (replica stopped or not streaming, lag, a slot over the limit).
+    pub const DEGRADED: u8 = 9;
+    /// `keyferry ha status`: no running primary could be seen.
+    pub const DOWN: u8 = 10;
 }
 
 #[derive(Debug, Error)]
@@ -69,6 +74,12 @@ pub enum Error {
         message: String,
         fix: String,
     },
+    /// `ha status` found the pair degraded; the report was printed.
+    #[error("ha status: {summary}")]
+    Degraded { summary: String },
+    /// `ha status` found no running primary; the report was printed.
+    #[error("ha status: {summary}")]
+    Down { summary: String },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -112,6 +123,8 @@ impl Error {
             Error::Payload(_) => exit::BAD_BUNDLE,
             Error::Audit(_) => exit::AUDIT,
             Error::Preflight { .. } | Error::CheckFailed { .. } => exit::PREFLIGHT,
+            Error::Degraded { .. } => exit::DEGRADED,
+            Error::Down { .. } => exit::DOWN,
             Error::Ha(e) if e.is_usage() => exit::USAGE,
             Error::Ha(_) => exit::FAILURE,
             Error::Keyring { .. }

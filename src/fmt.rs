@@ -33,6 +33,35 @@ pub(crate) fn human_bytes(n: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
+/// Parses a size as [`human_bytes`] writes its units: a whole number of
+/// bytes, optionally followed by `B`, `KiB`, `MiB`, `GiB` or `TiB` (space
+/// allowed, units case-insensitive), e.g. `1GiB`, `512 MiB`, `4096`.
+pub(crate) fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size: give bytes, e.g. 1GiB, 512MiB or 4096"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "kib" => 10,
+        "mib" => 20,
+        "gib" => 30,
+        "tib" => 40,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?}: use B, KiB, MiB, GiB or TiB"
+            ))
+        }
+    };
+    number
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,6 +74,20 @@ mod tests {
         assert_eq!(human_bytes(48 * 1024 * 1024), "48.0 MiB");
         assert_eq!(human_bytes(3 * 1024 * 1024 * 1024 / 2), "1.5 GiB");
         assert_eq!(human_bytes(u64::MAX), "16384.0 PiB");
+    }
+
+    #[test]
+    fn sizes_parse_in_the_units_they_are_shown_in() {
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes(" 512 mib "), Ok(512 << 20));
+        assert_eq!(parse_bytes("1B"), Ok(1));
+        assert!(parse_bytes("1GB").unwrap_err().contains("unknown unit"));
+        assert!(parse_bytes("GiB").is_err());
+        assert!(parse_bytes("-1").is_err());
+        assert!(parse_bytes("99999999TiB")
+            .unwrap_err()
+            .contains("too large"));
     }
 
     #[test]

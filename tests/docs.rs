@@ -162,3 +162,32 @@ fn the_format_specification_states_the_numbers_of_the_code() {
         format!("longer than {} bytes", armor::MAX_LINE),
     );
 }
+
+#[test]
+fn the_readme_exit_code_table_lists_every_exit_code_of_the_code() {
+    use keyferry::error::exit;
+
+    let readme =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let codes = [
+        ("OK", exit::OK),
+        ("FAILURE", exit::FAILURE),
+        ("USAGE", exit::USAGE),
+        ("WRONG_PASSWORD", exit::WRONG_PASSWORD),
+        ("BAD_BUNDLE", exit::BAD_BUNDLE),
+        ("EXPIRED", exit::EXPIRED),
+        ("KDF_LIMIT", exit::KDF_LIMIT),
+        ("AUDIT", exit::AUDIT),
+        ("PREFLIGHT", exit::PREFLIGHT),
+        ("DEGRADED", exit::DEGRADED),
+        ("DOWN", exit::DOWN),
+    ];
+    for (name, code) in codes {
+        assert!(
+            readme.contains(&format!("\n| {code} | ")),
+            "README.md's exit-code table has no row for {code} ({name})"
+        );
+    }
+    assert!(readme.contains("exit 0 healthy, 9 degraded, 10 down"));
+    assert_eq!((exit::DEGRADED, exit::DOWN), (9, 10));
+}

@@ -16,9 +16,9 @@ mod common;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use std::process::{Output, Stdio};
 
-use common::netns::{NetnsPair, ADDR_A, ADDR_B};
+use common::netns::{NetnsPair, WebService, ADDR_A, ADDR_B};
 use common::pg::{PgOptions, PgServer};
 
 const PG_PORT: u16 = 5432;
@@ -47,37 +47,6 @@ fn ok(out: &Output) -> String {
     common::succeeded(out)
 }
 
-/// Something listening on the web-services port, as the product's web
-/// service does on a real node.
-struct WebService(Child);
-
-impl WebService {
-    fn start(ns: &str, addr: &str) -> Self {
-        let script = format!(
-            "import socket, time\n\
-             s = socket.socket()\n\
-             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-             s.bind(('{addr}', {WEB_PORT}))\n\
-             s.listen()\n\
-             time.sleep(300)\n"
-        );
-        let child = NetnsPair::exec(ns, Path::new("python3"))
-            .args(["-c", &script])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start the web-service stand-in");
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        WebService(child)
-    }
-}
-
-impl Drop for WebService {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn server(ns: &str, addr: &str) -> Option<PgServer> {
     let mut server = PgServer::start_primary(PgOptions {
         extra_conf: vec![format!("listen_addresses = '{addr},127.0.0.1'")],
@@ -99,8 +68,8 @@ fn the_runbook_leads_to_a_passing_check_on_both_nodes() {
     let Some(secondary) = server(&ns.b, ADDR_B) else {
         return;
     };
-    let _web_a = WebService::start(&ns.a, ADDR_A);
-    let _web_b = WebService::start(&ns.b, ADDR_B);
+    let _web_a = WebService::start(&ns.a, ADDR_A, WEB_PORT);
+    let _web_b = WebService::start(&ns.b, ADDR_B, WEB_PORT);
 
     let tmp = tempfile::tempdir().unwrap();
     let path = |name: &str| tmp.path().join(name);

@@ -159,6 +159,10 @@ pub(crate) fn run(home: &Home, a: BootstrapArgs) -> Result<()> {
     for line in bootstrap::summary(&report) {
         println!("{line}");
     }
+    if let Some(status) = &report.status {
+        println!();
+        print!("{}", super::ha::render_status(status, false)?);
+    }
     super::ha::not_audited_note(report.audited);
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use super::{print_json, PasswordArgs};
+use super::{print_json, printable, PasswordArgs};
 use crate::error::{Error, Result};
 use crate::fmt::human_bytes;
 use crate::ha::hba::HbaMethod;
@@ -16,6 +16,7 @@ use crate::ops::ha::check::{self, CheckOptions, Status};
 use crate::ops::ha::hba::{
     self, HbaChangeReport, HbaTarget, OtherRule, ServerAccess, ServerOutcome,
 };
+use crate::ops::ha::status::{self, StatusOptions, StatusReport, Verdict};
 use crate::ops::ha::{self as ops_ha, InitOptions};
 use crate::ops::Home;
 
@@ -34,6 +35,8 @@ pub(crate) enum HaCommand {
     },
     /// Preflight: ports, replication connection, WAL settings, versions, data dir, archive, disk, keys.
     Check(CheckArgs),
+    /// Each node's role, replication, lag, slots, kept data dirs, archive; a verdict (exit 0 healthy, 9 degraded, 10 down).
+    Status(StatusArgs),
     /// The WAL archive directory.
     #[command(subcommand)]
     Archive(ArchiveCommand),
@@ -68,6 +71,9 @@ pub(crate) struct InitArgs {
     /// WAL archive directory (archive_command's target), if the pair archives WAL.
     #[arg(long, value_name = "DIR")]
     archive_dir: Option<PathBuf>,
+    /// This node's PostgreSQL Unix socket directory, used by `ha status` when the server's postmaster.pid cannot say.
+    #[arg(long, value_name = "DIR")]
+    pg_socket_dir: Option<PathBuf>,
     /// The application's appsettings.json.
     #[arg(long, value_name = "PATH")]
     appsettings: Option<PathBuf>,
@@ -92,6 +98,29 @@ pub(crate) struct CheckArgs {
     peer_fingerprint: Option<Fingerprint>,
     /// The replication user's password. Without a source: the libpq password
     /// file (PGPASSFILE or ~/.pgpass) if it has an entry, else a prompt.
+    #[command(flatten)]
+    password: PasswordArgs,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct StatusArgs {
+    /// Machine-readable output (one JSON object).
+    #[arg(long)]
+    json: bool,
+    /// Refresh every SECONDS seconds (redrawn in place on a terminal) until Ctrl-C.
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    watch: Option<u64>,
+    /// Timeout of every connection attempt and statement, in milliseconds.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_TIMEOUT_MS)]
+    timeout_ms: u64,
+    /// Warn about a replication slot that retains more WAL than this (B, KiB, MiB, GiB, TiB).
+    #[arg(long, value_name = "SIZE", default_value = status::DEFAULT_SLOT_WARN, value_parser = crate::fmt::parse_bytes)]
+    slot_warn: u64,
+    /// A replica further behind than this many seconds makes the pair degraded.
+    #[arg(long, value_name = "SECONDS", default_value_t = status::DEFAULT_LAG_WARN_SECONDS)]
+    lag_warn: u64,
+    /// The replication user's password (for the other node). Without a source: the libpq
+    /// password file if it has an entry, else a prompt on a terminal, else none.
     #[command(flatten)]
     password: PasswordArgs,
 }
@@ -229,6 +258,7 @@ pub fn run(home: &Home, cmd: HaCommand) -> Result<()> {
                     pg_bin: a.pg_bin,
                     pg_data: a.pg_data,
                     archive_dir: a.archive_dir,
+                    pg_socket_dir: a.pg_socket_dir,
                     appsettings: a.appsettings,
                     replication_user: a.replication_user,
                     force: a.force,
@@ -264,12 +294,18 @@ pub fn run(home: &Home, cmd: HaCommand) -> Result<()> {
                 print_json(&report)?;
             } else {
                 for c in &report.checks {
+                    // Messages quote servers (slot names, their errors).
                     let fix = c
                         .fix
                         .as_deref()
-                        .map(|f| format!(" — fix: {f}"))
+                        .map(|f| format!(" — fix: {}", printable(f)))
                         .unwrap_or_default();
-                    println!("{:<4} {:<18} {}{fix}", c.status.as_str(), c.name, c.message);
+                    println!(
+                        "{:<4} {:<18} {}{fix}",
+                        c.status.as_str(),
+                        c.name,
+                        printable(&c.message)
+                    );
                 }
             }
             let failed = report.failed();
@@ -292,6 +328,7 @@ pub fn run(home: &Home, cmd: HaCommand) -> Result<()> {
             }
             Ok(())
         }
+        HaCommand::Status(a) => run_status(home, a),
         HaCommand::Archive(ArchiveCommand::Clean {
             dry_run,
             dir,
@@ -362,6 +399,156 @@ pub fn run(home: &Home, cmd: HaCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `ha status`: one report, or with `--watch` one every N seconds until
+/// Ctrl-C (which ends the process the default way: nothing is held that
+/// needs undoing, and the terminal is not put in any special mode).
+fn run_status(home: &Home, a: StatusArgs) -> Result<()> {
+    let opts = StatusOptions {
+        timeout: Duration::from_millis(a.timeout_ms),
+        slot_warn_bytes: a.slot_warn,
+        lag_warn_seconds: a.lag_warn,
+    };
+    let source = a.password.source();
+    let Some(every) = a.watch else {
+        let report = status::status(home, source.as_ref(), &opts)?;
+        print!("{}", render_status(&report, a.json)?);
+        return match report.verdict {
+            Verdict::Healthy => Ok(()),
+            Verdict::Degraded => Err(Error::Degraded {
+                summary: report.summary,
+            }),
+            Verdict::Down => Err(Error::Down {
+                summary: report.summary,
+            }),
+        };
+    };
+    use std::io::{IsTerminal, Write};
+    let watch = status::Watch::new(home, source.as_ref())?;
+    let terminal = std::io::stdout().is_terminal();
+    let mut first = true;
+    loop {
+        let text = render_status(&watch.report(home, &opts), a.json)?;
+        let mut out = std::io::stdout().lock();
+        let written = if terminal {
+            // Home the cursor and clear the screen, then draw: plain ANSI.
+            write!(out, "\x1b[H\x1b[2J{text}")
+        } else if first {
+            write!(out, "{text}")
+        } else {
+            write!(out, "\n{text}")
+        };
+        written
+            .and_then(|()| out.flush())
+            .map_err(Error::io("cannot write the status report"))?;
+        drop(out);
+        first = false;
+        std::thread::sleep(Duration::from_secs(every));
+    }
+}
+
+/// The report as text (or JSON), ending in a newline. Everything a server
+/// or the other host supplied goes through [`printable`].
+pub(crate) fn render_status(r: &StatusReport, json: bool) -> Result<String> {
+    use std::fmt::Write;
+    if json {
+        let text = serde_json::to_string_pretty(r)
+            .map_err(|e| Error::Refused(format!("cannot render JSON: {e}")))?;
+        return Ok(format!("{text}\n"));
+    }
+    let p = |s: &Option<String>| s.as_deref().map_or("-".to_owned(), printable);
+    let mut o = String::new();
+    for n in &r.nodes {
+        let me = if n.this_node { " (this node)" } else { "" };
+        let _ = write!(o, "{:<9} {:<15} {}", n.name, n.address, n.role_text);
+        match n.role {
+            Some(crate::ha::Role::RunningPrimary) => {
+                let _ = write!(
+                    o,
+                    ", timeline {}, lsn {}",
+                    n.timeline.map_or("-".into(), |t| t.to_string()),
+                    p(&n.current_lsn)
+                );
+            }
+            Some(crate::ha::Role::RunningReplica) => {
+                let _ = write!(
+                    o,
+                    ", timeline {}, receive {}, replay {}, upstream {}",
+                    n.timeline.map_or("-".into(), |t| t.to_string()),
+                    p(&n.receive_lsn),
+                    p(&n.replay_lsn),
+                    p(&n.upstream)
+                );
+            }
+            Some(crate::ha::Role::Unreachable) => {
+                let _ = write!(
+                    o,
+                    " (web-services port {} {})",
+                    n.web_port,
+                    if n.web_port_open {
+                        "answers: PostgreSQL is down, the host is up"
+                    } else {
+                        "does not answer either: host down or cut off"
+                    }
+                );
+            }
+            _ => {}
+        }
+        let _ = writeln!(o, "{me}");
+        if let Some(e) = &n.error {
+            let _ = writeln!(o, "          cannot be read: {}", printable(e));
+        }
+    }
+    let rep = &r.replication;
+    let secs = |s: Option<f64>| s.map_or("-".to_owned(), |s| format!("{s:.1} s"));
+    let _ = writeln!(
+        o,
+        "replication {} (state {}, sync {}), lag {}, {} (primary's replay_lag {}, replica's last replay {})",
+        if rep.active { "Active" } else { "not active" },
+        p(&rep.state),
+        p(&rep.sync_state),
+        rep.lag_bytes.map_or("-".to_owned(), human_bytes),
+        secs(rep.lag_seconds),
+        secs(rep.replay_lag_seconds),
+        secs(rep.replica_replay_age_seconds),
+    );
+    for s in &r.slots {
+        let _ = writeln!(
+            o,
+            "slot {} ({}, {}): retains {}{}",
+            printable(&s.name),
+            printable(&s.slot_type),
+            if s.active { "active" } else { "inactive" },
+            s.retained_bytes.map_or("-".to_owned(), human_bytes),
+            if s.over_threshold {
+                format!(
+                    " — warning: over {}; an abandoned slot fills the primary's disk: SELECT pg_drop_replication_slot('{}') on the primary if nothing uses it",
+                    human_bytes(r.slot_warn_bytes),
+                    printable(&s.name)
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    for d in &r.old_data_dirs {
+        let _ = writeln!(o, "old data directory {}", status::describe_old_dir(d));
+    }
+    if let Some(a) = &r.archive {
+        let _ = writeln!(
+            o,
+            "archive {}: {} WAL files, {}",
+            a.dir.display(),
+            a.wal_files,
+            human_bytes(a.bytes)
+        );
+    }
+    for n in &r.notes {
+        let _ = writeln!(o, "note: {}", printable(n));
+    }
+    let _ = writeln!(o, "verdict: {}", printable(&r.summary));
+    Ok(o)
 }
 
 fn print_other_rules(peer: &str, rules: &[OtherRule]) {

@@ -26,7 +26,7 @@ use crate::secret::PasswordSource;
     about = "Move encryption keys between the hosts of a server pair in password-sealed bundles, with an audit trail",
     after_help = "Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong password or modified header, \
                   4 malformed/modified bundle, 5 expired bundle, 6 KDF over import limit, 7 audit log damaged, \
-                  8 preflight (ha check) failed"
+                  8 preflight (ha check) failed, 9 pair degraded (ha status), 10 pair down (ha status)"
 )]
 pub(crate) struct Cli {
     /// The node's home (keyring.json, audit.log, backups/). Default: $KEYFERRY_HOME,

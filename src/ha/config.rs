@@ -13,8 +13,8 @@
 //!
 //! Fields are of two kinds. Pair-wide fields (addresses, ports, replication
 //! user) must be the same on both nodes. Node-local fields (node name,
-//! PostgreSQL directories, archive directory, service control, appsettings
-//! path) describe one machine. [`HaConfig::for_receiving_node`] keeps that
+//! PostgreSQL directories, the server's Unix socket directory, archive
+//! directory, service control, appsettings path) describe one machine. [`HaConfig::for_receiving_node`] keeps that
 //! split when a secondary takes the primary's `ha.toml` from a bundle.
 //!
 //! The file is versioned (`version = 1`) and unknown keys are refused, so a
@@ -30,6 +30,7 @@
 //! replication_user = "repuser"
 //! pg_bin = "/usr/lib/postgresql/15/bin"
 //! pg_data = "/var/lib/postgresql/15/main"
+//! pg_socket_dir = "/var/run/postgresql"
 //! archive_dir = "/var/lib/postgresql/wal-archive"
 //! appsettings = "/opt/pam/appsettings.json"
 //!
@@ -109,6 +110,11 @@ pub struct HaConfig {
     pub pg_bin: PathBuf,
     /// PostgreSQL data directory (node-local).
     pub pg_data: PathBuf,
+    /// The local server's Unix socket directory (node-local, optional):
+    /// where `ha status` reaches its own server when the server's
+    /// `postmaster.pid` cannot say (the server is starting, or the file
+    /// cannot be read).
+    pub pg_socket_dir: Option<PathBuf>,
     /// WAL archive directory, if the pair archives WAL (node-local).
     pub archive_dir: Option<PathBuf>,
     /// How the server is started and stopped (node-local).
@@ -133,6 +139,8 @@ struct RawConfig {
     replication_user: String,
     pg_bin: PathBuf,
     pg_data: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pg_socket_dir: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     archive_dir: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -207,6 +215,7 @@ impl HaConfig {
             replication_user: DEFAULT_REPLICATION_USER.to_owned(),
             pg_bin: PathBuf::from(DEFAULT_PG_BIN),
             pg_data: PathBuf::from(DEFAULT_PG_DATA),
+            pg_socket_dir: None,
             archive_dir: None,
             service: ServiceControl::default(),
             appsettings: None,
@@ -259,6 +268,7 @@ impl HaConfig {
             replication_user: raw.replication_user,
             pg_bin: raw.pg_bin,
             pg_data: raw.pg_data,
+            pg_socket_dir: raw.pg_socket_dir,
             archive_dir: raw.archive_dir,
             service: raw.service,
             appsettings: raw.appsettings,
@@ -280,6 +290,7 @@ impl HaConfig {
             replication_user: self.replication_user.clone(),
             pg_bin: self.pg_bin.clone(),
             pg_data: self.pg_data.clone(),
+            pg_socket_dir: self.pg_socket_dir.clone(),
             archive_dir: self.archive_dir.clone(),
             appsettings: self.appsettings.clone(),
             service: self.service.clone(),
@@ -338,9 +349,10 @@ impl HaConfig {
             field: "replication_user",
             reason: e.to_string(),
         })?;
-        let paths: [(&'static str, Option<&Path>); 4] = [
+        let paths: [(&'static str, Option<&Path>); 5] = [
             ("pg_bin", Some(&self.pg_bin)),
             ("pg_data", Some(&self.pg_data)),
+            ("pg_socket_dir", self.pg_socket_dir.as_deref()),
             ("archive_dir", self.archive_dir.as_deref()),
             ("appsettings", self.appsettings.as_deref()),
         ];
@@ -406,6 +418,7 @@ impl HaConfig {
             replication_user: self.replication_user.clone(),
             pg_bin: base.pg_bin.clone(),
             pg_data: base.pg_data.clone(),
+            pg_socket_dir: base.pg_socket_dir.clone(),
             archive_dir: base.archive_dir.clone(),
             service: base.service.clone(),
             appsettings: base.appsettings.clone(),
@@ -429,7 +442,7 @@ impl HaConfig {
             .collect()
     }
 
-    fn display_fields(&self) -> [(&'static str, Option<String>); 11] {
+    fn display_fields(&self) -> [(&'static str, Option<String>); 12] {
         let path = |p: &Path| Some(p.display().to_string());
         [
             ("node", Some(self.node.clone())),
@@ -440,6 +453,10 @@ impl HaConfig {
             ("replication_user", Some(self.replication_user.clone())),
             ("pg_bin", path(&self.pg_bin)),
             ("pg_data", path(&self.pg_data)),
+            (
+                "pg_socket_dir",
+                self.pg_socket_dir.as_deref().and_then(path),
+            ),
             ("archive_dir", self.archive_dir.as_deref().and_then(path)),
             ("appsettings", self.appsettings.as_deref().and_then(path)),
             ("service", Some(self.service.to_string())),
@@ -494,6 +511,7 @@ mod tests {
             replication_user: "repuser".into(),
             pg_bin: abs("pg/bin"),
             pg_data: abs("pg/data"),
+            pg_socket_dir: Some(abs("run/pg")),
             archive_dir: Some(abs("archive")),
             service: ServiceControl::Systemd {
                 unit: "postgresql@15-main".into(),
@@ -530,10 +548,13 @@ mod tests {
         config.secondary = addr("2001:db8::2");
         config.archive_dir = None;
         config.appsettings = None;
+        config.pg_socket_dir = None;
         config.service = ServiceControl::PgCtl;
         let text = config.to_toml().unwrap();
         assert!(
-            !text.contains("archive_dir") && !text.contains("appsettings"),
+            !text.contains("archive_dir")
+                && !text.contains("appsettings")
+                && !text.contains("pg_socket_dir"),
             "{text}"
         );
         assert_eq!(HaConfig::from_toml(&text).unwrap(), config);
@@ -547,6 +568,7 @@ mod tests {
         assert_eq!(config.replication_user, DEFAULT_REPLICATION_USER);
         assert_eq!(config.service, ServiceControl::PgCtl);
         assert_eq!(config.archive_dir, None);
+        assert_eq!(config.pg_socket_dir, None);
     }
 
     #[test]
@@ -587,6 +609,10 @@ mod tests {
                 "replication_user",
             ),
             (format!("{base}archive_dir = \"archive\"\n"), "archive_dir"),
+            (
+                format!("{base}pg_socket_dir = \"run/pg\"\n"),
+                "pg_socket_dir",
+            ),
             (
                 format!("{base}[service]\nmethod = \"systemd\"\nunit = \" \"\n"),
                 "service",
@@ -657,8 +683,12 @@ mod tests {
             (primary.primary, primary.secondary)
         );
         assert_eq!(
-            (received.archive_dir.as_ref(), received.appsettings.as_ref()),
-            (None, None),
+            (
+                received.archive_dir.as_ref(),
+                received.appsettings.as_ref(),
+                received.pg_socket_dir.as_ref()
+            ),
+            (None, None, None),
             "the sender's paths are never taken"
         );
         assert_eq!(received.pg_data, PathBuf::from(DEFAULT_PG_DATA));
@@ -678,6 +708,7 @@ mod tests {
         let incoming = sample();
         let mut local = HaConfig::new("pam-b", addr("10.9.9.1"), addr("10.9.9.2")).unwrap();
         local.pg_data = abs("other/data");
+        local.pg_socket_dir = Some(abs("other/sock"));
         local.service = ServiceControl::PgCtl;
         let merged = incoming
             .for_receiving_node("pam-b", Some(&local), &LocalPaths::default())
@@ -689,6 +720,7 @@ mod tests {
             (incoming.pg_port, incoming.web_port)
         );
         assert_eq!(merged.pg_data, local.pg_data);
+        assert_eq!(merged.pg_socket_dir, Some(abs("other/sock")));
         assert_eq!(merged.service, ServiceControl::PgCtl);
         assert_eq!(
             merged.archive_dir, None,

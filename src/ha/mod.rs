@@ -10,6 +10,8 @@
 //! - [`config`]: the pair description `ha.toml`, its validation and its
 //!   adjustment when a secondary imports the primary's copy;
 //! - [`archive`]: recognising WAL archive files and removing only those;
+//! - [`kept`]: the old data directories a bootstrap keeps beside
+//!   `pg_data`, found and measured, never touched;
 //! - [`net`]: TCP reachability and "is this address mine";
 //! - [`preflight`]: the named checks of the pair's preflight, each
 //!   returning a [`preflight::Fact`];
@@ -21,7 +23,8 @@
 //! that the layers above (`ops`, `cli`) decide when files are written,
 //! backed up and audited. [`addr`], [`hba`] and [`config`] are pure (text
 //! in, text out); [`archive`] lists and removes files in the directory it is
-//! given and nowhere else; [`net`], [`preflight`] and [`role`] connect to
+//! given and nowhere else; [`kept`] only reads the directories beside
+//! `pg_data`; [`net`], [`preflight`] and [`role`] connect to
 //! servers and run PostgreSQL's programs but write nothing.
 //!
 //! Errors are one [`Error`] type for the whole module; its messages name the
@@ -32,6 +35,7 @@ pub mod archive;
 pub mod config;
 mod error;
 pub mod hba;
+pub mod kept;
 pub(crate) mod net;
 pub(crate) mod preflight;
 pub mod role;

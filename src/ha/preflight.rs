@@ -14,10 +14,14 @@
 //! | `password`, `passfile` | (the caller's) | where the replication password comes from (never what it is) |
 //! | `replication` | [`replication_connection`] | a physical replication connection to the primary as the replication user (`IDENTIFY_SYSTEM`); this is what `pg_hba.conf`'s `host replication` line allows |
 //! | `sql.<side>` | [`sql_connection`] | a SQL connection as the replication user to database `postgres` (the `host all all` line), which the next checks read through |
+//! | `rights` | [`rights`] | the replication user has `REPLICATION` (fail without) and `pg_monitor` (warn without: `ha status` from the other node cannot see the replication's state and lag) |
+//! | `roles` | [`roles`] | the servers' roles agree with `ha.toml`, no split brain, the secondary streams |
 //! | `wal_level` | [`wal_level`] | the primary's `wal_level` is `replica` or `logical` |
 //! | `wal_senders` | [`max_wal_senders`] | the primary's `max_wal_senders` and how many are free |
+//! | `slots` | [`slots`] | the primary's replication slots: an inactive one is a leftover (warn) and the WAL it retains is named |
 //! | `pg_bin`, `version` | [`versions_match`] | the PostgreSQL major version of both servers and of this node's programs agree |
 //! | `data_dir` | [`data_dir_state`] | this node's data directory: missing, empty, or its `pg_controldata` state |
+//! | `old_data` | [`old_data_dirs`] | old data directories a bootstrap kept beside `pg_data`, with their sizes (information: `ok`) |
 //! | `archive` | [`archive_contents`] | WAL files left in the archive directory |
 //! | `disk` | [`free_disk`] | free space beside this node's data directory against the primary's size |
 //!
@@ -207,14 +211,143 @@ pub fn run(
         servers[i] = server;
     }
     let [primary, secondary] = servers;
+    facts.push(rights(config, primary.as_ref().or(secondary.as_ref())));
     facts.push(roles(this_node, primary.as_ref(), secondary.as_ref()));
     facts.push(wal_level(primary.as_ref()));
     facts.push(max_wal_senders(primary.as_ref()));
+    facts.push(slots(primary.as_ref()));
     facts.extend(versions_match(config, primary.as_ref(), secondary.as_ref()));
     facts.push(data_dir_state(config, this_node));
+    facts.push(old_data_dirs(config));
     facts.push(archive_contents(config));
     facts.push(free_disk(config, primary.as_ref()));
     Preflight { this_node, facts }
+}
+
+/// `rights`: the replication user's rights, as the server it connected to
+/// (the primary's, else the secondary's; roles are cluster-wide) reports
+/// them. It needs `REPLICATION` to stream and `pg_monitor` so that
+/// `ha status` on the other node can see the replication's state and lag,
+/// and nothing more.
+pub(crate) fn rights(config: &HaConfig, server: Option<&ServerFacts>) -> Fact {
+    const NAME: &str = "rights";
+    let user = &config.replication_user;
+    let Some(f) = server else {
+        return Fact::warn(
+            NAME,
+            format!("the rights of {user} are not known: no SQL connection"),
+            "fix sql.primary above",
+        );
+    };
+    match (f.rights.replication, f.rights.monitor) {
+        (true, true) => Fact::ok(NAME, format!("{user} has REPLICATION and pg_monitor")),
+        (false, monitor) => Fact::fail(
+            NAME,
+            format!(
+                "{user} lacks REPLICATION{}: no replica can stream as it",
+                if monitor { "" } else { " and pg_monitor" }
+            ),
+            format!(
+                "on the primary: ALTER ROLE {user} WITH REPLICATION;{}",
+                if monitor { String::new() } else { format!(" GRANT pg_monitor TO {user};") }
+            ),
+        ),
+        (true, false) => Fact::warn(
+            NAME,
+            format!("{user} is not a member of pg_monitor: `ha status` on the other node cannot see the replication's state and lag"),
+            format!("on the primary: GRANT pg_monitor TO {user};"),
+        ),
+    }
+}
+
+/// `slots`: the primary's replication slots. An inactive slot is a
+/// leftover (a replica removed or rebuilt without it): the primary keeps
+/// every WAL file from its `restart_lsn` on until its disk is full.
+pub(crate) fn slots(primary: Option<&ServerFacts>) -> Fact {
+    const NAME: &str = "slots";
+    let Some(f) = primary else {
+        return Fact::warn(
+            NAME,
+            "the primary's replication slots not read: no SQL connection",
+            "fix sql.primary above",
+        );
+    };
+    let retained = |s: &pg::monitor::Slot| {
+        s.retained_bytes.map_or("no WAL yet".to_owned(), |b| {
+            format!("{} of WAL", human_bytes(b))
+        })
+    };
+    let inactive: Vec<&pg::monitor::Slot> = f.slots.iter().filter(|s| !s.active).collect();
+    if f.slots.is_empty() {
+        return Fact::ok(NAME, "no replication slots on the primary");
+    }
+    if inactive.is_empty() {
+        let list = f
+            .slots
+            .iter()
+            .map(|s| format!("{} retains {}", s.name, retained(s)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Fact::ok(
+            NAME,
+            format!("replication slots on the primary, all active: {list}"),
+        );
+    }
+    let list = inactive
+        .iter()
+        .map(|s| format!("{} ({}) retains {}", s.name, s.slot_type, retained(s)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let drops = inactive
+        .iter()
+        .map(|s| format!("SELECT pg_drop_replication_slot('{}');", s.name))
+        .collect::<Vec<_>>()
+        .join(" ");
+    Fact::warn(
+        NAME,
+        format!("inactive replication slots on the primary: {list}; the primary keeps that WAL until they are dropped"),
+        format!("if no replica uses them any more, on the primary: {drops}"),
+    )
+}
+
+/// `old_data`: old data directories a bootstrap kept beside `pg_data`
+/// (see [`super::kept`]). They are the operator's backups: `ok`, listed
+/// with their sizes so the space they take is known.
+pub(crate) fn old_data_dirs(config: &HaConfig) -> Fact {
+    const NAME: &str = "old_data";
+    match super::kept::list(&config.pg_data) {
+        Ok(dirs) if dirs.is_empty() => Fact::ok(
+            NAME,
+            format!(
+                "no old data directories beside {}",
+                config.pg_data.display()
+            ),
+        ),
+        Ok(dirs) => Fact::ok(
+            NAME,
+            format!(
+                "old data directories kept beside {}: {}; remove them once no longer needed",
+                config.pg_data.display(),
+                dirs.iter()
+                    .map(|d| format!(
+                        "{} ({}, kept {})",
+                        d.path.display(),
+                        human_bytes(d.bytes),
+                        d.kept_at
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+        Err(e) => Fact::warn(
+            NAME,
+            format!(
+                "the directory of {} cannot be listed: {e}",
+                config.pg_data.display()
+            ),
+            "run the check as root/Administrator or as the data directory's owner",
+        ),
+    }
 }
 
 /// `roles`: the servers' roles agree with `ha.toml`. Fails on a split brain
@@ -786,7 +919,7 @@ fn existing_ancestor(path: &Path) -> Option<&Path> {
 }
 
 /// The fix for a failed connection, from the server's SQLSTATE.
-fn connection_fix(
+pub(crate) fn connection_fix(
     e: &PgError,
     config: &HaConfig,
     this_node: Option<Side>,
@@ -820,6 +953,67 @@ fn connection_fix(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pg::monitor::{RoleRights, Slot};
+
+    #[test]
+    fn rights_name_the_missing_one() {
+        let config = config();
+        let with = |replication, monitor| ServerFacts {
+            rights: RoleRights {
+                replication,
+                monitor,
+            },
+            ..server(150_000, "replica", 10, 0)
+        };
+        assert_eq!(rights(&config, Some(&with(true, true))).status, Status::Ok);
+        let no_monitor = rights(&config, Some(&with(true, false)));
+        assert_eq!(no_monitor.status, Status::Warn);
+        assert!(no_monitor
+            .fix
+            .unwrap()
+            .contains("GRANT pg_monitor TO repuser"));
+        let none = rights(&config, Some(&with(false, false)));
+        assert_eq!(none.status, Status::Fail);
+        assert!(
+            none.message.contains("lacks REPLICATION and pg_monitor"),
+            "{none:?}"
+        );
+        assert_eq!(rights(&config, None).status, Status::Warn);
+    }
+
+    #[test]
+    fn inactive_slots_are_leftovers_with_their_wal() {
+        let slot = |name: &str, active, retained| Slot {
+            name: name.into(),
+            slot_type: "physical".into(),
+            active,
+            restart_lsn: Some("0/1000000".into()),
+            retained_bytes: retained,
+        };
+        let with = |slots| ServerFacts {
+            slots,
+            ..server(150_000, "replica", 10, 0)
+        };
+        assert_eq!(slots(Some(&with(vec![]))).status, Status::Ok);
+        let active = slots(Some(&with(vec![slot("r1", true, Some(0))])));
+        assert_eq!(active.status, Status::Ok);
+        let left = slots(Some(&with(vec![
+            slot("r1", true, Some(0)),
+            slot("old", false, Some(3 << 20)),
+        ])));
+        assert_eq!(left.status, Status::Warn);
+        assert!(
+            left.message
+                .contains("old (physical) retains 3.0 MiB of WAL"),
+            "{left:?}"
+        );
+        assert!(!left.message.contains("r1"), "{left:?}");
+        assert!(left
+            .fix
+            .unwrap()
+            .contains("pg_drop_replication_slot('old')"));
+        assert_eq!(slots(None).status, Status::Warn);
+    }
 
     fn server(version_num: u32, wal_level: &str, max: u32, used: u32) -> ServerFacts {
         ServerFacts {
@@ -831,6 +1025,11 @@ mod tests {
             in_recovery: false,
             standbys: 0,
             timeline: Some(2),
+            rights: RoleRights {
+                replication: true,
+                monitor: true,
+            },
+            slots: Vec::new(),
         }
     }
 

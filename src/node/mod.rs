@@ -282,6 +282,18 @@ impl Home {
         })
     }
 
+    /// The held change an interrupted run left (a bootstrap), as the
+    /// operator should read it: what it was and the commands that finish
+    /// or undo it. Read without the lock: a report, not a decision.
+    pub(crate) fn held_change(&self) -> Option<String> {
+        let journal = journal::Journal::read(&self.journal_path()).ok()??;
+        let held = journal.held?;
+        Some(format!(
+            "an interrupted `{}` (started {}) is not finished: `{}` finishes it, `{}` puts the node back as it was",
+            journal.action, journal.started, held.resume, held.abort
+        ))
+    }
+
     /// For commands that only read: when an interrupted change left a
     /// journal, takes the lock and finishes or undoes it first.
     pub(crate) fn recover(&self) -> Result<Option<Recovered>> {

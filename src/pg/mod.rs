@@ -2,7 +2,8 @@
 //! database alike: SQL through the `postgres` crate, the replication
 //! handshake through [`replication`], the libpq password file through
 //! [`passfile`], a running server's `postmaster.pid` through [`pidfile`],
-//! and the server's own programs (`pg_controldata`, `pg_ctl`) for what SQL
+//! what it says about its replication through [`monitor`], and the
+//! server's own programs (`pg_controldata`, `pg_ctl`) for what SQL
 //! cannot tell.
 //!
 //! This module owns how keyferry reaches a server ([`Endpoint`],
@@ -27,6 +28,7 @@
 pub(crate) mod basebackup;
 pub(crate) mod child;
 pub(crate) mod conf;
+pub mod monitor;
 pub mod passfile;
 pub mod pidfile;
 pub mod replication;
@@ -339,6 +341,11 @@ pub struct ServerFacts {
     /// The timeline a primary writes (from its current WAL file's name, which
     /// any role may read); `None` on a replica.
     pub timeline: Option<u32>,
+    /// The connected role's rights (REPLICATION, `pg_monitor`).
+    pub rights: monitor::RoleRights,
+    /// The server's replication slots (with the WAL each retains on a
+    /// primary).
+    pub slots: Vec<monitor::Slot>,
 }
 
 impl ServerFacts {
@@ -360,6 +367,8 @@ pub(crate) fn major_of_version_num(num: u32) -> u32 {
 
 /// Reads [`ServerFacts`] over an open SQL connection.
 pub fn server_facts(client: &mut Client, target: &str) -> Result<ServerFacts, PgError> {
+    let rights = monitor::rights(client, target)?;
+    let slots = monitor::slots(client, target)?;
     let row = client
         .query_one(
             "SELECT current_setting('server_version_num')::int, \
@@ -387,6 +396,8 @@ pub fn server_facts(client: &mut Client, target: &str) -> Result<ServerFacts, Pg
         timeline: row
             .get::<_, Option<String>>(7)
             .and_then(|wal| u32::from_str_radix(wal.get(..8)?, 16).ok()),
+        rights,
+        slots,
     })
 }
 

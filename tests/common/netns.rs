@@ -102,11 +102,53 @@ impl NetnsPair {
         Ok(())
     }
 
+    /// Sets the second host's end of the link down (`up` false: as if its
+    /// cable were pulled; packets to it go nowhere) or up again.
+    pub fn set_link_b(&self, up: bool) {
+        // setup() names the two ends kv<id>a and kv<id>b.
+        let stem = self.veth_a.strip_suffix('a').expect("kv<id>a");
+        let veth_b = format!("{stem}b");
+        let state = if up { "up" } else { "down" };
+        ip(&["-n", &self.b, "link", "set", &veth_b, state]).unwrap();
+    }
+
     /// `ip netns exec <ns> <program>` as a command to add arguments to.
     pub fn exec(ns: &str, program: &std::path::Path) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", ns]).arg(program);
         c
+    }
+}
+
+/// Something listening on a TCP port inside a namespace, as the product's
+/// web service does on a real node (a Python one-liner that accepts and
+/// does nothing). Killed on drop.
+pub struct WebService(std::process::Child);
+
+impl WebService {
+    pub fn start(ns: &str, addr: &str, port: u16) -> Self {
+        let script = format!(
+            "import socket, time\n\
+             s = socket.socket()\n\
+             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             s.bind(('{addr}', {port}))\n\
+             s.listen()\n\
+             time.sleep(300)\n"
+        );
+        let child = NetnsPair::exec(ns, std::path::Path::new("python3"))
+            .args(["-c", &script])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("start the web-service stand-in");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        WebService(child)
+    }
+}
+
+impl Drop for WebService {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

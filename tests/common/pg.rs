@@ -135,6 +135,17 @@ impl PgServer {
     /// over the primary's Unix socket (local connections are trusted) into
     /// a new temporary directory, with its own socket directory and port.
     pub fn start_replica(&self) -> PgServer {
+        self.start_replica_with(PgOptions {
+            netns: self.install.netns.clone(),
+            ..PgOptions::default()
+        })
+    }
+
+    /// [`PgServer::start_replica`] with its own options: it runs in
+    /// `opts.netns` (the base backup still goes through the primary's
+    /// socket, which namespaces share), with `opts.extra_conf` appended to
+    /// the `postgresql.conf` it copied from the primary.
+    pub fn start_replica_with(&self, opts: PgOptions) -> PgServer {
         let install = self.install.clone();
         let (dir, data, socket_dir) = install.server_dirs("keyferry-pg-replica-");
         let port = self.port.to_string();
@@ -149,13 +160,14 @@ impl PgServer {
             .output()
             .expect("run pg_basebackup");
         check(&backup, "pg_basebackup");
-        append_lines(
-            &data.join("postgresql.conf"),
-            &[format!(
-                "unix_socket_directories = '{}'",
-                socket_dir.display()
-            )],
-        );
+        let mut conf = vec![format!(
+            "unix_socket_directories = '{}'",
+            socket_dir.display()
+        )];
+        conf.extend(opts.extra_conf);
+        append_lines(&data.join("postgresql.conf"), &conf);
+        let mut install = install;
+        install.netns = opts.netns;
         PgServer::launch(install, dir, data, socket_dir)
     }
 

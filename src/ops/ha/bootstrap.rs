@@ -124,6 +124,8 @@ pub(crate) struct BootstrapReport {
     pub caught_up_to: Option<String>,
     pub passfile: PathBuf,
     pub audited: bool,
+    /// The pair's status once the replica caught up.
+    pub status: Option<super::status::StatusReport>,
 }
 
 /// The journal's record of how far a bootstrap got (no secret).
@@ -170,16 +172,18 @@ pub(crate) fn bootstrap(
             let password = password(&config, opts)?;
             if state.swapped {
                 obs.step("resuming after the swap: configuring and starting the replica");
-                return finish(change, &config, &server, &state, &password, opts, obs);
+                return finish(home, change, &config, &server, &state, &password, opts, obs);
             }
             obs.step("the copy had not been swapped in: undoing it and starting over");
             change.abort()?;
             let yes = opts.yes || state.confirmed;
-            fresh(&mut node, &config, &server, &password, opts, yes, obs)
+            fresh(home, &mut node, &config, &server, &password, opts, yes, obs)
         }
         Mode::Run => {
             let password = password(&config, opts)?;
-            fresh(&mut node, &config, &server, &password, opts, opts.yes, obs)
+            fresh(
+                home, &mut node, &config, &server, &password, opts, opts.yes, obs,
+            )
         }
     }
 }
@@ -206,6 +210,7 @@ fn report_base(config: &HaConfig) -> BootstrapReport {
         caught_up_to: None,
         passfile: passfile_path(config),
         audited: false,
+        status: None,
     }
 }
 
@@ -396,7 +401,9 @@ fn drop_slot_after_failure(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn fresh(
+    home: &Home,
     node: &mut crate::node::Node,
     config: &HaConfig,
     server: &Server,
@@ -468,7 +475,7 @@ fn fresh(
             return Err(e);
         }
     };
-    finish(change, config, server, &state, password, opts, obs)
+    finish(home, change, config, server, &state, password, opts, obs)
 }
 
 /// The copy's and the old data's names, stamped with the time (a second
@@ -668,7 +675,9 @@ fn configure(config: &HaConfig, state: &State) -> Result<()> {
 }
 
 /// Steps 5 to 7.
+#[allow(clippy::too_many_arguments)]
 fn finish(
+    home: &Home,
     mut change: Change<'_>,
     config: &HaConfig,
     server: &Server,
@@ -736,6 +745,14 @@ fn finish(
     }
     let receipt = change.finish()?;
     report.audited = receipt.audited;
+    let creds = Credentials::Given(Zeroizing::new(password.as_bytes().to_vec()));
+    report.status = Some(super::status::status_with(
+        home,
+        config,
+        &creds,
+        &super::status::StatusOptions::defaults(opts.connect_timeout),
+        Vec::new(),
+    ));
     report.mode = if opts.mode == Mode::Resume {
         "resumed"
     } else {

@@ -75,16 +75,18 @@ pub(crate) fn check(home: &Home, opts: &CheckOptions) -> Result<CheckReport> {
     })
 }
 
-/// The replication password's source, and facts saying where it came
-/// from: a named source, the libpq password file, a prompt, or none.
+/// The replication user's password: from `source` when the operator
+/// named one, else the libpq password file when it has an entry, else a
+/// prompt on a terminal, else none. Where it came from (never what it is)
+/// goes into `c` as `password`/`passfile` facts. Shared with `ha status`.
 pub(crate) fn credentials(
     config: &HaConfig,
-    password: Option<&PasswordSource>,
+    source: Option<&PasswordSource>,
     c: &mut Vec<Fact>,
 ) -> Result<Credentials> {
     let user = &config.replication_user;
     let prompt = format!("Password of the replication user {user}: ");
-    if let Some(source) = password {
+    if let Some(source) = source {
         let password = source.read(&prompt)?;
         let what = match source {
             PasswordSource::Prompt => "typed on the terminal".to_owned(),

@@ -18,6 +18,7 @@
 pub(crate) mod bootstrap;
 pub(crate) mod check;
 pub mod hba;
+pub(crate) mod status;
 
 use std::path::PathBuf;
 
@@ -55,6 +56,7 @@ pub struct InitOptions {
     pub pg_bin: Option<PathBuf>,
     pub pg_data: Option<PathBuf>,
     pub archive_dir: Option<PathBuf>,
+    pub pg_socket_dir: Option<PathBuf>,
     pub appsettings: Option<PathBuf>,
     pub replication_user: Option<String>,
     /// Replace an existing `ha.toml` (its previous version goes to
@@ -78,6 +80,7 @@ fn config_from_options(opts: &InitOptions) -> std::result::Result<HaConfig, crat
         config.pg_data = data.clone();
     }
     config.archive_dir = opts.archive_dir.clone();
+    config.pg_socket_dir = opts.pg_socket_dir.clone();
     config.appsettings = opts.appsettings.clone();
     if let Some(user) = &opts.replication_user {
         config.replication_user = user.clone();
