@@ -13,6 +13,8 @@ pub mod import;
 pub mod init;
 pub(crate) mod inspect;
 pub(crate) mod keys;
+pub mod lifecycle;
+pub mod seal;
 pub(crate) mod selftest;
 
 use std::collections::BTreeMap;
