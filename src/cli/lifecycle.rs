@@ -73,7 +73,9 @@ pub(crate) fn rotate(home: &Home, args: RotateArgs) -> Result<()> {
         println!("next steps:");
         println!("  1. on this node:        keyferry export -n keys.exp");
         println!("  2. on every other node: keyferry import -n keys.exp");
-        println!("  3. check every node holds key {new}: keyferry nodes");
+        println!(
+            "  3. on every node, check it holds key {new} and the same fingerprint: keyferry keys list"
+        );
         println!("  4. on this node:        keyferry promote {new}");
     } else {
         println!(

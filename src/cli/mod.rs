@@ -9,6 +9,7 @@ mod ha;
 mod keys;
 mod lifecycle;
 mod logging;
+mod rewrap;
 mod seal;
 
 use std::path::PathBuf;
@@ -66,6 +67,8 @@ enum Command {
     Encrypt(seal::SealArgs),
     /// Open an envelope from standard input; the value goes to standard output.
     Decrypt(seal::SealArgs),
+    /// Re-encrypt values stored in PostgreSQL under the primary key; --check counts them per key.
+    Rewrap(rewrap::RewrapArgs),
     /// Seal the keyring into a password-protected bundle file.
     Export(bundle::ExportArgs),
     /// Verify a bundle completely, then install its keys atomically.
@@ -175,9 +178,18 @@ pub fn run() -> Result<()> {
         Command::Keys(cmd) => keys::run(&home, cmd),
         Command::Rotate(args) => lifecycle::rotate(&home, args),
         Command::Promote(args) => lifecycle::promote(&home, args, &crate::ops::lifecycle::NoGuard),
-        Command::Disable(args) => lifecycle::disable(&home, args, &crate::ops::lifecycle::NoGuard),
+        Command::Disable(args) => lifecycle::disable(
+            &home,
+            args,
+            &crate::ops::rewrap::CensusGuard { password: None },
+        ),
         Command::Enable(args) => lifecycle::enable(&home, args),
-        Command::Destroy(args) => lifecycle::destroy(&home, args, &crate::ops::lifecycle::NoGuard),
+        Command::Destroy(args) => lifecycle::destroy(
+            &home,
+            args,
+            &crate::ops::rewrap::CensusGuard { password: None },
+        ),
+        Command::Rewrap(args) => rewrap::run(&home, args),
         Command::Encrypt(args) => seal::encrypt(&home, args),
         Command::Decrypt(args) => seal::decrypt(&home, args),
         Command::Export(args) => bundle::export(&home, args),

@@ -25,6 +25,7 @@
 //!   records belong to `ops`.
 
 pub(crate) mod conf;
+pub mod dsn;
 pub mod passfile;
 pub mod pidfile;
 pub mod replication;
