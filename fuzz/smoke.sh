@@ -42,6 +42,7 @@ runs_for() {
         documents) echo 40000 ;;
         hba) echo 60000 ;;
         stream_damage) echo 2000 ;;
+        envelope) echo 300000 ;;
     esac
 }
 

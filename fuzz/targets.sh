@@ -2,7 +2,7 @@
 # fuzz/plateau.sh so that CI and long runs feed the same corpora.
 # shellcheck shell=bash
 
-targets=(bundle_open armor payload_zip documents hba stream_damage)
+targets=(bundle_open armor payload_zip documents hba stream_damage envelope)
 
 # Read-only extra corpora: the independent test vectors and pg_hba samples.
 extra_dirs() {

@@ -349,6 +349,34 @@ mod tests {
             Err(AuditError::Truncated { log: 3, head: 4 })
         );
 
+        // A forged line appended after the head: its MAC cannot be made
+        // without the key, and the log goes past the keystore's head.
+        let mut forged = lines.clone();
+        let mut extra = String::from_utf8(lines[3].clone())
+            .unwrap()
+            .replace("\"seq\":4", "\"seq\":5");
+        if !extra.ends_with('\n') {
+            extra.push('\n');
+        }
+        forged.push(extra.into_bytes());
+        assert!(verify(&forged.concat(), &key, &head).is_err());
+        // Even one made with the key (a copy of the node's own writer) is
+        // past the head the keystore records.
+        let (rec, _) = next_record(
+            &key,
+            &head,
+            &Actor::current(),
+            "2026-11-25T00:00:00Z",
+            "destroy",
+            BTreeMap::new(),
+        );
+        let mut appended = lines.clone();
+        appended.push(to_line(&rec));
+        assert_eq!(
+            verify(&appended.concat(), &key, &head),
+            Err(AuditError::Ahead { log: 5, head: 4 })
+        );
+
         let other_key = KeyMaterial::from_bytes([8; 32]);
         assert_eq!(
             verify(&lines.concat(), &other_key, &head),

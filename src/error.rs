@@ -9,6 +9,7 @@ use thiserror::Error;
 use crate::audit::AuditError;
 use crate::bundle::{BundleError, PayloadFailure};
 use crate::kdf::KdfError;
+use crate::keyring::envelope::EnvelopeError;
 use crate::keyring::KeyringError;
 use crate::payload::{PayloadError, ZipError};
 use crate::secret::SecretError;
@@ -39,6 +40,15 @@ pub mod exit {
     pub const DEGRADED: u8 = 9;
     /// `keyferry ha status`: no running primary could be seen.
     pub const DOWN: u8 = 10;
+    /// A value could not be opened: sealed under a disabled, destroyed or
+    /// unknown key, modified, or not an envelope (the message names the
+    /// key id and the fix); also `rewrap` when some values were left
+    /// because they could not be opened.
+    pub const UNDECRYPTABLE: u8 = 11;
+    /// A key change refused because values or nodes still depend on the
+    /// key (`disable`/`destroy` while the census shows values under it,
+    /// `promote` while a node lacks the key); `--force` overrides.
+    pub const IN_USE: u8 = 12;
 }
 
 #[derive(Debug, Error)]
@@ -63,6 +73,17 @@ pub enum Error {
     NotInitialized(PathBuf),
     #[error("{0}")]
     Refused(String),
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    /// Values still sealed under a key, or nodes that lack one: the
+    /// message says which and how to proceed.
+    #[error("{0}")]
+    InUse(String),
+    /// `rewrap` finished the values it could open and left these.
+    #[error("{failed} value(s) could not be opened and were left untouched (listed above with their ids); fix their keys (`keyferry enable ID`, or import the keyring that holds them) and run `keyferry rewrap` again")]
+    Undecryptable { failed: u64 },
+    #[error(transparent)]
+    Pg(#[from] crate::pg::PgError),
     #[error(transparent)]
     Ha(#[from] crate::ha::Error),
     #[error("preflight failed: {failed} of {total} checks failed; fix them (each failed line says how) and run `keyferry ha check` again")]
@@ -125,6 +146,10 @@ impl Error {
             Error::Preflight { .. } | Error::CheckFailed { .. } => exit::PREFLIGHT,
             Error::Degraded { .. } => exit::DEGRADED,
             Error::Down { .. } => exit::DOWN,
+            Error::Envelope(EnvelopeError::Random(_)) => exit::FAILURE,
+            Error::Envelope(_) | Error::Undecryptable { .. } => exit::UNDECRYPTABLE,
+            Error::InUse(_) => exit::IN_USE,
+            Error::Pg(_) => exit::FAILURE,
             Error::Ha(e) if e.is_usage() => exit::USAGE,
             Error::Ha(_) => exit::FAILURE,
             Error::Keyring { .. }

@@ -489,3 +489,159 @@ fn kill_during_archive_clean() {
         },
     });
 }
+
+/// `(id, status, has material)` of every key and the primary, from the
+/// keystore file itself.
+fn key_states(home: &Path) -> (u64, Vec<(u64, String, bool)>) {
+    let doc: Value = serde_json::from_slice(&fs::read(home.join("keyring.json")).unwrap()).unwrap();
+    let keys = doc["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["id"].as_u64().unwrap(),
+                k["status"].as_str().unwrap().to_owned(),
+                k.get("material").is_some(),
+            )
+        })
+        .collect();
+    (doc["primary"].as_u64().unwrap(), keys)
+}
+
+fn ks(id: u64, status: &str, material: bool) -> (u64, String, bool) {
+    (id, status.to_owned(), material)
+}
+
+#[test]
+fn kill_during_rotate() {
+    run(&Scenario {
+        name: "rotate",
+        setup: &init_home,
+        command: &|dir| {
+            let mut c = keyferry(&home_of(dir));
+            c.arg("rotate");
+            c
+        },
+        check: &|dir, completed| {
+            let home = home_of(dir);
+            let acts = actions(&home);
+            assert_no_leftovers(&home);
+            let state = key_states(&home);
+            if acts == ["init", "rotate"] {
+                assert_eq!(
+                    state,
+                    (2, vec![ks(1, "enabled", true), ks(2, "enabled", true)])
+                );
+                "new"
+            } else {
+                assert_eq!(acts, ["init"]);
+                assert_eq!(state, (1, vec![ks(1, "enabled", true)]));
+                assert!(!completed);
+                "old"
+            }
+        },
+    });
+}
+
+#[test]
+fn kill_during_promote() {
+    run(&Scenario {
+        name: "promote",
+        setup: &|dir| {
+            init_home(dir);
+            ok(keyferry(&home_of(dir)).args(["rotate", "--stage"]));
+        },
+        command: &|dir| {
+            let mut c = keyferry(&home_of(dir));
+            c.args(["promote", "2"]);
+            c
+        },
+        check: &|dir, completed| {
+            let home = home_of(dir);
+            let acts = actions(&home);
+            assert_no_leftovers(&home);
+            let (primary, keys) = key_states(&home);
+            assert_eq!(keys, [ks(1, "enabled", true), ks(2, "enabled", true)]);
+            if acts == ["init", "rotate", "promote"] {
+                assert_eq!(primary, 2);
+                "new"
+            } else {
+                assert_eq!(acts, ["init", "rotate"]);
+                assert_eq!(primary, 1);
+                assert!(!completed);
+                "old"
+            }
+        },
+    });
+}
+
+/// Keystore backups in the home that still hold key 1's material.
+fn backups_holding_key_1(home: &Path) -> usize {
+    fs::read_dir(home.join("backups"))
+        .unwrap()
+        .filter(|e| {
+            let bytes = fs::read(e.as_ref().unwrap().path()).unwrap();
+            let doc: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            doc["keys"].as_array().is_some_and(|ks| {
+                ks.iter()
+                    .any(|k| k["id"] == 1 && k.get("material").is_some())
+            })
+        })
+        .count()
+}
+
+#[test]
+fn kill_during_destroy() {
+    run(&Scenario {
+        name: "destroy",
+        setup: &|dir| {
+            init_home(dir);
+            ok(keyferry(&home_of(dir)).arg("rotate"));
+            ok(keyferry(&home_of(dir)).args(["disable", "1"]));
+        },
+        command: &|dir| {
+            let mut c = keyferry(&home_of(dir));
+            c.args(["destroy", "1", "--yes"]);
+            c
+        },
+        check: &|dir, completed| {
+            let home = home_of(dir);
+            let recs = records(&home);
+            assert_no_leftovers(&home);
+            let (primary, keys) = key_states(&home);
+            assert_eq!(primary, 2);
+            let outcomes: Vec<&str> = recs
+                .iter()
+                .filter(|r| r["action"] == "destroy")
+                .map(|r| r["details"]["outcome"].as_str().unwrap())
+                .collect();
+            match outcomes.as_slice() {
+                [] => {
+                    assert_eq!(keys, [ks(1, "disabled", true), ks(2, "enabled", true)]);
+                    assert!(!completed);
+                    "old"
+                }
+                ["started", last] => {
+                    assert_eq!(keys, [ks(1, "destroyed", false), ks(2, "enabled", true)]);
+                    if *last == "done" {
+                        assert_eq!(backups_holding_key_1(&home), 0);
+                        "new"
+                    } else {
+                        assert_eq!(*last, "interrupted");
+                        assert!(!completed);
+                        if backups_holding_key_1(&home) == 0 {
+                            return "interrupted after the scrub";
+                        }
+                        // Running destroy again finishes the scrub.
+                        ok(keyferry(&home).args(["destroy", "1", "--yes"]));
+                        assert_eq!(backups_holding_key_1(&home), 0);
+                        records(&home);
+                        "interrupted, finished by a second destroy"
+                    }
+                }
+                other => panic!("unexpected records {other:?}"),
+            }
+        },
+    });
+}

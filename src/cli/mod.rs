@@ -8,7 +8,10 @@ mod bootstrap;
 mod bundle;
 mod ha;
 mod keys;
+mod lifecycle;
 mod logging;
+mod rewrap;
+mod seal;
 
 use std::path::PathBuf;
 
@@ -26,7 +29,8 @@ use crate::secret::PasswordSource;
     about = "Move encryption keys between the hosts of a server pair in password-sealed bundles, with an audit trail",
     after_help = "Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong password or modified header, \
                   4 malformed/modified bundle, 5 expired bundle, 6 KDF over import limit, 7 audit log damaged, \
-                  8 preflight (ha check) failed, 9 pair degraded (ha status), 10 pair down (ha status)"
+                  8 preflight (ha check) failed, 9 pair degraded (ha status), 10 pair down (ha status), \
+                  11 a value could not be decrypted, 12 refused: values or nodes still depend on the key (--force)"
 )]
 pub(crate) struct Cli {
     /// The node's home (keyring.json, audit.log, backups/). Default: $KEYFERRY_HOME,
@@ -50,6 +54,22 @@ enum Command {
     /// Show the keyring.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Add a key version: the primary at once, or with --stage enabled but not primary.
+    Rotate(lifecycle::RotateArgs),
+    /// Make an enabled key the primary (refused while a recently seen node lacks it).
+    Promote(lifecycle::GuardedArgs),
+    /// Disable a key: values sealed under it stop opening until it is enabled.
+    Disable(lifecycle::GuardedArgs),
+    /// Enable a disabled key again.
+    Enable(lifecycle::KeyIdArgs),
+    /// Destroy a disabled key's material for good (keystore and every backup).
+    Destroy(lifecycle::DestroyArgs),
+    /// Seal standard input under the primary key; the envelope goes to standard output.
+    Encrypt(seal::SealArgs),
+    /// Open an envelope from standard input; the value goes to standard output.
+    Decrypt(seal::SealArgs),
+    /// Re-encrypt values stored in PostgreSQL under the primary key; --check counts them per key.
+    Rewrap(rewrap::RewrapArgs),
     /// Seal the keyring into a password-protected bundle file.
     Export(bundle::ExportArgs),
     /// Verify a bundle completely, then install its keys atomically.
@@ -157,6 +177,22 @@ pub fn run() -> Result<()> {
             Ok(())
         }
         Command::Keys(cmd) => keys::run(&home, cmd),
+        Command::Rotate(args) => lifecycle::rotate(&home, args),
+        Command::Promote(args) => lifecycle::promote(&home, args, &crate::ops::lifecycle::NoGuard),
+        Command::Disable(args) => lifecycle::disable(
+            &home,
+            args,
+            &crate::ops::rewrap::CensusGuard { password: None },
+        ),
+        Command::Enable(args) => lifecycle::enable(&home, args),
+        Command::Destroy(args) => lifecycle::destroy(
+            &home,
+            args,
+            &crate::ops::rewrap::CensusGuard { password: None },
+        ),
+        Command::Rewrap(args) => rewrap::run(&home, args),
+        Command::Encrypt(args) => seal::encrypt(&home, args),
+        Command::Decrypt(args) => seal::decrypt(&home, args),
         Command::Export(args) => bundle::export(&home, args),
         Command::Import(args) => bundle::import(&home, args),
         Command::Inspect(args) => bundle::inspect(args),

@@ -197,6 +197,54 @@ pub fn decrypt_text(
     decrypt(keyring, &from_text(text)?, aad)
 }
 
+impl Keyring {
+    /// Seals `plaintext` under the primary key: see [`encrypt`].
+    pub fn encrypt(&self, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+        encrypt(self, plaintext, aad)
+    }
+
+    /// Opens a binary envelope under the key it names: see [`decrypt`].
+    pub fn decrypt(
+        &self,
+        envelope: &[u8],
+        aad: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
+        decrypt(self, envelope, aad)
+    }
+
+    /// [`Keyring::encrypt`] in the text form `kfe1:<key id>:<base64>`.
+    pub fn encrypt_text(&self, plaintext: &[u8], aad: &[u8]) -> Result<String, EnvelopeError> {
+        encrypt_text(self, plaintext, aad)
+    }
+
+    /// [`Keyring::decrypt`] of the text form.
+    pub fn decrypt_text(
+        &self,
+        text: &str,
+        aad: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
+        decrypt_text(self, text, aad)
+    }
+}
+
+/// The key id of a text envelope, read without decrypting (and without
+/// decoding the base64: the census reads it the same way in SQL).
+pub fn text_key_id(text: &str) -> Result<u32, EnvelopeError> {
+    let mut parts = text.trim().splitn(3, ':');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(TEXT_TAG), Some(id), Some(_)) => id
+            .parse()
+            .map_err(|_| EnvelopeError::Text("the key id is not a decimal number")),
+        _ => Err(EnvelopeError::Text("it does not start with kfe1:<key id>:")),
+    }
+}
+
+/// The text form of a binary envelope (after checking it is one).
+pub fn binary_to_text(envelope: &[u8]) -> Result<String, EnvelopeError> {
+    key_id(envelope)?;
+    Ok(to_text(envelope))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,7 +34,7 @@ use crate::audit;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use backups::SETTINGS_FILE;
-pub(crate) use change::Change;
+pub(crate) use change::{Change, Progress};
 pub(crate) use journal::Undo;
 use keystore::Keystore;
 pub(crate) use recover::Recovered;
@@ -43,6 +43,10 @@ pub(crate) const KEYRING_FILE: &str = "keyring.json";
 pub(crate) const AUDIT_FILE: &str = "audit.log";
 pub(crate) const BACKUP_DIR: &str = "backups";
 pub(crate) const HA_CONFIG_FILE: &str = "ha.toml";
+/// The rewrap targets kept in the home (`keyferry rewrap add-target`).
+pub(crate) const REWRAP_FILE: &str = "rewrap.json";
+/// The node registry's connection (`keyferry nodes connect`).
+pub(crate) const REGISTRY_FILE: &str = "registry.json";
 const LOCK_FILE: &str = "keyferry.lock";
 const JOURNAL_FILE: &str = "journal.json";
 /// Environment variable naming the home when `--home` is not given.
@@ -175,6 +179,8 @@ impl Home {
             HA_CONFIG_FILE,
             BACKUP_DIR,
             SETTINGS_FILE,
+            REWRAP_FILE,
+            REGISTRY_FILE,
         ];
         let checks = std::iter::once((self.root.clone(), true))
             .chain(ours.iter().map(|name| (self.root.join(name), false)));

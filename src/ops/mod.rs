@@ -13,6 +13,9 @@ pub mod import;
 pub mod init;
 pub(crate) mod inspect;
 pub(crate) mod keys;
+pub mod lifecycle;
+pub mod rewrap;
+pub mod seal;
 pub(crate) mod selftest;
 
 use std::collections::BTreeMap;

@@ -28,6 +28,7 @@
 pub(crate) mod basebackup;
 pub(crate) mod child;
 pub(crate) mod conf;
+pub mod dsn;
 pub mod monitor;
 pub mod passfile;
 pub mod pidfile;

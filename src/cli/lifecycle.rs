@@ -1,0 +1,178 @@
+//! `keyferry rotate`, `promote`, `disable`, `enable`, `destroy`: thin
+//! handlers around [`crate::ops::lifecycle`]; they print the report and the
+//! next steps, and ask `destroy`'s confirmation on a terminal.
+
+use std::io::{self, BufRead, IsTerminal, Write};
+
+use clap::Args;
+
+use crate::error::{Error, Result};
+use crate::ops::lifecycle::{self, DestroyPlan, Guard, Guarded, LifecycleReport};
+use crate::ops::Home;
+
+#[derive(Args, Debug)]
+pub(crate) struct RotateArgs {
+    /// Add the new key enabled but not primary, so it can be distributed to
+    /// every node before `keyferry promote` makes it the primary.
+    #[arg(long)]
+    stage: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct KeyIdArgs {
+    /// The key's id (`keyferry keys list`).
+    #[arg(value_name = "ID")]
+    id: u32,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct GuardedArgs {
+    /// The key's id (`keyferry keys list`).
+    #[arg(value_name = "ID")]
+    id: u32,
+    /// Go on although values or nodes still depend on the key (the audit
+    /// record says what was overridden).
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct DestroyArgs {
+    #[command(flatten)]
+    key: GuardedArgs,
+    /// Do not ask for confirmation (needed when not on a terminal).
+    #[arg(long)]
+    yes: bool,
+}
+
+fn print_common(r: &LifecycleReport) {
+    println!(
+        "fingerprint {} -> {}",
+        r.fingerprint_before, r.fingerprint_after
+    );
+    if let Some(f) = &r.forced {
+        eprintln!("warning: forced: {f}");
+    }
+    if let Some(b) = &r.keystore_backup {
+        println!("previous keystore kept in {}", b.display());
+    }
+    for n in &r.notes {
+        println!("note: {n}");
+    }
+}
+
+pub(crate) fn rotate(home: &Home, args: RotateArgs) -> Result<()> {
+    let r = lifecycle::rotate(home, args.stage)?;
+    let new = r.key;
+    if args.stage {
+        println!(
+            "key {new} added, enabled, not primary (the primary is still key {})",
+            r.primary_after
+        );
+        print_common(&r);
+        println!("next steps:");
+        println!("  1. on this node:        keyferry export -n keys.exp");
+        println!("  2. on every other node: keyferry import -n keys.exp");
+        println!(
+            "  3. on every node, check it holds key {new} and the same fingerprint: keyferry keys list"
+        );
+        println!("  4. on this node:        keyferry promote {new}");
+    } else {
+        println!(
+            "key {new} added and made the primary (was key {})",
+            r.primary_before
+        );
+        print_common(&r);
+        println!("next steps (values sealed from now on need key {new} on every node):");
+        println!("  1. on this node:        keyferry export -n keys.exp");
+        println!("  2. on every other node: keyferry import -n keys.exp");
+        println!("  3. re-encrypt stored values: keyferry rewrap");
+        println!(
+            "  4. when `keyferry rewrap --check` shows nothing under key {}: keyferry disable {}",
+            r.primary_before, r.primary_before
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn promote(home: &Home, args: GuardedArgs, guard: &dyn Guard) -> Result<()> {
+    let r = lifecycle::promote(home, args.id, guard, Guarded { force: args.force })?;
+    println!(
+        "key {} is now the primary (was key {})",
+        r.key, r.primary_before
+    );
+    print_common(&r);
+    println!("next steps:");
+    println!("  1. on this node:        keyferry export -n keys.exp");
+    println!("  2. on every other node: keyferry import -n keys.exp");
+    println!("  3. re-encrypt stored values: keyferry rewrap");
+    println!(
+        "  4. when `keyferry rewrap --check` shows nothing under key {}: keyferry disable {}",
+        r.primary_before, r.primary_before
+    );
+    Ok(())
+}
+
+pub(crate) fn disable(home: &Home, args: GuardedArgs, guard: &dyn Guard) -> Result<()> {
+    let r = lifecycle::disable(home, args.id, guard, Guarded { force: args.force })?;
+    println!(
+        "key {} disabled: values sealed under it no longer open (`keyferry enable {}` undoes this)",
+        r.key, r.key
+    );
+    print_common(&r);
+    Ok(())
+}
+
+pub(crate) fn enable(home: &Home, args: KeyIdArgs) -> Result<()> {
+    let r = lifecycle::enable(home, args.id)?;
+    println!("key {} enabled: values sealed under it open again", r.key);
+    print_common(&r);
+    Ok(())
+}
+
+pub(crate) fn destroy(home: &Home, args: DestroyArgs, guard: &dyn Guard) -> Result<()> {
+    let yes = args.yes;
+    let mut confirm = |plan: &DestroyPlan| -> Result<bool> {
+        if yes {
+            return Ok(true);
+        }
+        if !io::stdin().is_terminal() {
+            return Err(Error::Usage(format!(
+                "destroy asks for confirmation on a terminal and there is none: \
+                 add --yes to destroy key {} for good; nothing was changed",
+                plan.key
+            )));
+        }
+        eprintln!(
+            "Destroying key {} removes its material for good, from the keystore and from {} backup(s) \
+             in the home: values sealed under it can never be opened again.",
+            plan.key,
+            plan.backups.len()
+        );
+        eprint!("Type the key id ({}) to destroy it: ", plan.key);
+        io::stderr().flush().ok();
+        let mut line = String::new();
+        io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(Error::io("cannot read the confirmation"))?;
+        Ok(line.trim() == plan.key.to_string())
+    };
+    let r = lifecycle::destroy(
+        home,
+        args.key.id,
+        guard,
+        Guarded {
+            force: args.key.force,
+        },
+        &mut confirm,
+    )?;
+    println!(
+        "key {} destroyed: its material is gone from the keystore; {} backup(s) rewritten without it, {} removed",
+        r.key,
+        r.scrubbed.len(),
+        r.removed.len()
+    );
+    print_common(&r);
+    Ok(())
+}
