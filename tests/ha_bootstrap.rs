@@ -741,3 +741,99 @@ fn a_killed_bootstrap_is_resumed_or_aborted() {
     assert_is_replica(&pair);
     common::succeeded(&pair.keyferry(&["audit", "verify"]));
 }
+
+/// A fresh secondary (no data directory yet) whose disk fills up while the
+/// copy runs: the copy fails, and nothing keyferry made is left on it.
+#[test]
+fn a_disk_filled_during_the_copy_leaves_nothing_behind() {
+    let Some(pair) = Pair::new("bd", 10) else {
+        return;
+    };
+    let disk = pair.tmp.path().join("disk");
+    fs::create_dir(&disk).unwrap();
+    // Room for the preflight (the primary's size × 1.25) but not for the
+    // copy once something else takes the rest.
+    let mounted = Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=400m",
+            "tmpfs",
+            disk.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap()
+        .success();
+    assert!(mounted, "mount a tmpfs (the tests run as root)");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(disk.clone());
+    if let Some((uid, gid)) = pair.secondary.server_owner() {
+        std::os::unix::fs::chown(&disk, Some(uid), Some(gid)).unwrap();
+    }
+    let home = pair.tmp.path().join("home-fresh");
+    let data = disk.join("main");
+    let run = |args: &[&str]| {
+        NetnsPair::exec(&pair.ns.b, &bin())
+            .arg("--home")
+            .arg(&home)
+            .args(args)
+            .env_remove("PGPASSFILE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let init = run(&[
+        "ha",
+        "init",
+        "--node",
+        "fresh",
+        "--primary",
+        ADDR_A,
+        "--secondary",
+        ADDR_B,
+        "--pg-bin",
+        pair.secondary.bin_dir().to_str().unwrap(),
+        "--pg-data",
+        data.to_str().unwrap(),
+    ])
+    .wait_with_output()
+    .unwrap();
+    common::succeeded(&init);
+    let before = snapshot(&disk);
+    let mut child = run(&[
+        "ha",
+        "bootstrap",
+        "--password-file",
+        pair.pw_file.to_str().unwrap(),
+    ]);
+    wait_during(&mut child, "the copy to start", || {
+        fs::read_dir(&disk).unwrap().any(|e| {
+            let p = e.unwrap().path();
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("main.keyferry-new-")
+                && p.join("base").exists()
+        })
+    });
+    let filler = disk.join("filler");
+    // Everything that is left, as another program writing there would.
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", &format!("of={}", filler.display()), "bs=1M"])
+        .stderr(Stdio::null())
+        .status();
+    let out = child.wait_with_output().unwrap();
+    fs::remove_file(&filler).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("pg_basebackup"), "{}", text(&out));
+    assert_same(&before, &snapshot(&disk));
+    assert!(!data.exists(), "no data directory appeared");
+}

@@ -2,7 +2,8 @@
 //! hosts: the primary in network namespace `a` (10.213.0.1), the secondary
 //! in `b` (10.213.0.2), each with its own real PostgreSQL server on the
 //! pair's one port and a listener on the web-services port. The runbook's
-//! steps must end in a passing `ha check` on both nodes.
+//! steps must give a passing `ha check` on both nodes, then a bootstrap of
+//! the secondary, and end in a `healthy` `ha status` on both.
 //!
 //! What differs from the README, and why: the example paths and addresses
 //! are the test's own; passwords come from files where the runbook lets the
@@ -54,11 +55,15 @@ fn server(ns: &str, addr: &str) -> Option<PgServer> {
     })?;
     server.move_to_port(PG_PORT);
     server.create_replication_user("repuser", REPLICATION_PASSWORD);
+    server
+        .connect()
+        .batch_execute("GRANT pg_monitor TO repuser")
+        .expect("grant pg_monitor");
     Some(server)
 }
 
 #[test]
-fn the_runbook_leads_to_a_passing_check_on_both_nodes() {
+fn the_runbook_leads_to_a_passing_check_and_a_healthy_pair() {
     let Some(ns) = NetnsPair::create("r") else {
         return;
     };
@@ -199,6 +204,29 @@ fn the_runbook_leads_to_a_passing_check_on_both_nodes() {
         String::from_utf8_lossy(&check.stdout),
         String::from_utf8_lossy(&check.stderr)
     );
+    // The secondary becomes a replica; both nodes see a healthy pair.
+    let bootstrap = ok(&on(
+        &ns.b,
+        &home_b,
+        &["ha", "bootstrap", "--password-file", &repuser_pw, "--yes"],
+    ));
+    eprintln!("{bootstrap}");
+    assert!(bootstrap.contains("verdict: healthy"), "{bootstrap}");
+    for (ns, home) in [(&ns.b, &home_b), (&ns.a, &home_a)] {
+        let status = on(ns, home, &["ha", "status", "--password-file", &repuser_pw]);
+        let text = String::from_utf8_lossy(&status.stdout);
+        assert_eq!(
+            status.status.code(),
+            Some(0),
+            "ha status:\n{text}{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        assert!(
+            text.contains("Running Primary") && text.contains("Running Replica"),
+            "{text}"
+        );
+        assert!(text.contains("replication Active"), "{text}");
+    }
     for home in [&home_a, &home_b] {
         ok(&on(&ns.a, home, &["audit", "verify"]));
     }

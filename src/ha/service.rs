@@ -113,8 +113,12 @@ impl Server {
         }
     }
 
-    /// Whether a server runs on the data directory.
+    /// Whether a server runs on the data directory (none can on a
+    /// directory that holds no cluster, or none at all).
     pub(crate) fn is_running(&self) -> Result<bool, PgError> {
+        if !self.pg_data.join("PG_VERSION").exists() {
+            return Ok(false);
+        }
         Ok(pg::server_status(&self.pg_bin, &self.pg_data)? == ServerStatus::Running)
     }
 

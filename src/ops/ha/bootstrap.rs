@@ -61,10 +61,11 @@ const RESUME: &str = "keyferry ha bootstrap --resume";
 const ABORT: &str = "keyferry ha bootstrap --abort";
 
 /// The checks of `ha check` that a base backup cannot do without.
-const REQUIRED_CHECKS: [&str; 8] = [
+const REQUIRED_CHECKS: [&str; 9] = [
     "port.primary.pg",
     "replication",
     "sql.primary",
+    "rights",
     "wal_level",
     "wal_senders",
     "pg_bin",
@@ -513,6 +514,7 @@ fn copy_and_swap(
     obs: &mut dyn Observer,
 ) -> Result<State> {
     let owner_ref = owner_reference(config);
+    platform::refuse_root_owned(&owner_ref)?;
     write_passfile(change, config, password, &owner_ref)?;
 
     obs.step(&format!(
@@ -894,6 +896,25 @@ mod platform {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
     }
 
+    /// PostgreSQL refuses to run as root: a copy owned by root could never
+    /// be started.
+    pub(super) fn refuse_root_owned(owner_ref: &Path) -> crate::error::Result<()> {
+        let uid = std::fs::metadata(owner_ref)
+            .map_err(crate::error::Error::io(format!(
+                "cannot read {}",
+                owner_ref.display()
+            )))?
+            .uid();
+        if uid == 0 {
+            return Err(crate::error::Error::Refused(format!(
+                "{} belongs to root, and PostgreSQL cannot run as root: give it to the server's account (chown postgres: {}), then run the bootstrap again",
+                owner_ref.display(),
+                owner_ref.display()
+            )));
+        }
+        Ok(())
+    }
+
     pub(super) fn remove_command(dir: &Path) -> String {
         format!(
             "rm -rf -- '{}'",
@@ -909,6 +930,11 @@ mod platform {
 
     /// New files inherit the data directory's access list on Windows.
     pub(super) fn own_like(_path: &Path, _like: &Path, _mode: u32) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// The server's account is the service's, not the file owner's.
+    pub(super) fn refuse_root_owned(_owner_ref: &Path) -> crate::error::Result<()> {
         Ok(())
     }
 
