@@ -294,10 +294,15 @@ impl Home {
     pub(crate) fn held_change(&self) -> Option<String> {
         let journal = journal::Journal::read(&self.journal_path()).ok()??;
         let held = journal.held?;
-        Some(format!(
-            "an interrupted `{}` (started {}) is not finished: `{}` finishes it, `{}` puts the node back as it was",
-            journal.action, journal.started, held.resume, held.abort
-        ))
+        let waiting = Recovered {
+            action: journal.action,
+            started: journal.started,
+            outcome: recover::RecoveryOutcome::Held {
+                resume: held.resume,
+                abort: held.abort,
+            },
+        };
+        Some(waiting.to_string())
     }
 
     /// For commands that only read: when an interrupted change left a

@@ -101,6 +101,45 @@ pub(crate) fn passfile_line(up: &Upstream<'_>, password: &str) -> Option<Zeroizi
     Some(line)
 }
 
+/// A `postgresql.conf` copied from the primary, made to listen on this
+/// node's address instead of the primary's: in every active
+/// `listen_addresses` line the address `from` becomes `to`; every other
+/// byte is kept. `None` when no line names `from` (nothing to change).
+pub(crate) fn rebind_listen(conf: &str, from: &str, to: &str) -> Option<String> {
+    let mut changed = false;
+    let out: String = conf
+        .split_inclusive('\n')
+        .map(|line| {
+            let body = line.trim_start();
+            let key = body.split(['=', ' ', '\t']).next().unwrap_or("");
+            if !key.eq_ignore_ascii_case("listen_addresses") {
+                return line.to_owned();
+            }
+            let Some((head, value)) = line.split_once('=') else {
+                return line.to_owned();
+            };
+            let (value, comment) = match value.find('#') {
+                Some(i) => value.split_at(i),
+                None => (value, ""),
+            };
+            let replaced: Vec<String> = value
+                .split(',')
+                .map(|part| {
+                    let token = part.trim().trim_matches('\'').trim();
+                    if token == from {
+                        changed = true;
+                        part.replacen(from, to, 1)
+                    } else {
+                        part.to_owned()
+                    }
+                })
+                .collect();
+            format!("{head}={}{comment}", replaced.join(","))
+        })
+        .collect();
+    changed.then_some(out)
+}
+
 /// Whether a physical replication slot name is one PostgreSQL accepts.
 pub(crate) fn valid_slot_name(name: &str) -> bool {
     !name.is_empty()
@@ -159,6 +198,26 @@ mod tests {
             "10.0.0.1:5432:replication:repuser:pa\\:ss\\\\word\n"
         );
         assert!(passfile_line(&up(pf, None), "two\nlines").is_none());
+    }
+
+    #[test]
+    fn the_copy_listens_on_this_nodes_address() {
+        let conf = "#listen_addresses = '10.0.0.1'\nport = 5432\n\
+                    listen_addresses = '10.0.0.1,127.0.0.1'  # the pair\n";
+        assert_eq!(
+            rebind_listen(conf, "10.0.0.1", "10.0.0.2").unwrap(),
+            "#listen_addresses = '10.0.0.1'\nport = 5432\n\
+             listen_addresses = '10.0.0.2,127.0.0.1'  # the pair\n"
+        );
+        assert_eq!(
+            rebind_listen("listen_addresses = '*'\n", "10.0.0.1", "10.0.0.2"),
+            None
+        );
+        assert_eq!(
+            rebind_listen("listen_addresses = '10.0.0.10'\n", "10.0.0.1", "10.0.0.2"),
+            None,
+            "only the whole address"
+        );
     }
 
     #[test]

@@ -479,23 +479,18 @@ fn fresh(
     finish(home, change, config, server, &state, password, opts, obs)
 }
 
-/// The copy's and the old data's names, stamped with the time (a second
-/// bootstrap within the same second gets a suffix rather than a clash).
+/// The copy's and the old data's names, stamped with the time. A second
+/// bootstrap within the same second waits for the next one: the names keep
+/// their one shape (`ha status` and operators read the time from them).
 fn free_siblings(pg_data: &Path) -> (PathBuf, PathBuf) {
-    let stamp = file_stamp(now_unix());
-    let mut n = 1;
     loop {
-        let tag = if n == 1 {
-            stamp.clone()
-        } else {
-            format!("{stamp}-{n}")
-        };
-        let staging = basebackup::sibling(pg_data, "keyferry-new", &tag);
-        let old = basebackup::sibling(pg_data, "old", &tag);
+        let stamp = file_stamp(now_unix());
+        let staging = basebackup::sibling(pg_data, "keyferry-new", &stamp);
+        let old = basebackup::sibling(pg_data, "old", &stamp);
         if !staging.exists() && !old.exists() {
             return (staging, old);
         }
-        n += 1;
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -663,6 +658,16 @@ fn configure(config: &HaConfig, state: &State) -> Result<()> {
                 Err(e) => return Err(Error::io(format!("cannot read {}", theirs.display()))(e)),
             }
         }
+    } else {
+        // A fresh node has no configuration of its own: the primary's
+        // would make the server listen on the primary's address.
+        let conf = data.join("postgresql.conf");
+        if let Ok(text) = fs::read_to_string(&conf) {
+            let (from, to) = (config.primary.to_string(), config.secondary.to_string());
+            if let Some(rebound) = standby::rebind_listen(&text, &from, &to) {
+                write_owned(&conf, rebound.as_bytes(), data)?;
+            }
+        }
     }
     write_owned(&data.join("standby.signal"), b"", data)?;
     let auto = data.join("postgresql.auto.conf");
@@ -791,7 +796,7 @@ fn wait_caught_up(
                 ),
             ));
         }
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
