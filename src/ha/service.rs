@@ -370,6 +370,7 @@ mod tests {
         };
         assert_eq!(program, &pg::program(&s.pg_bin, "pg_ctl"));
         assert!(as_data_owner);
+        let log = Path::new("/var/lib/postgresql/15").join("main.pg_ctl.log");
         assert_eq!(
             args(&start),
             [
@@ -380,7 +381,7 @@ mod tests {
                 "-t",
                 "60",
                 "-l",
-                "/var/lib/postgresql/15/main.pg_ctl.log"
+                &log.display().to_string()
             ]
         );
         assert_eq!(

@@ -263,7 +263,7 @@ mod tests {
                 "old",
                 "20261201T120000Z"
             ),
-            Path::new("/var/lib/postgresql/15/main.old-20261201T120000Z")
+            Path::new("/var/lib/postgresql/15").join("main.old-20261201T120000Z")
         );
     }
 }
