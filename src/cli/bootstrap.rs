@@ -1,6 +1,7 @@
-//! `keyferry ha bootstrap`: the options, the progress display (a bar on a
-//! terminal, one plain line per step otherwise) and the confirmation
-//! prompt. The work is `ops::ha::bootstrap`'s.
+//! `keyferry ha bootstrap` and `keyferry ha rejoin`: the options, the
+//! progress display (a bar on a terminal, one plain line per step
+//! otherwise) and the confirmation prompt. The work is
+//! `ops::ha::bootstrap`'s and `ops::ha::rejoin`'s.
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
@@ -10,7 +11,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{print_json, PasswordArgs};
 use crate::error::{Error, Result};
-use crate::ops::ha::bootstrap::{self, BootstrapOptions, Mode, Observer};
+use crate::ops::ha::bootstrap::{self, BootstrapOptions, BootstrapReport, Mode, Observer};
+use crate::ops::ha::rejoin::{self, RejoinOptions};
 use crate::ops::Home;
 use crate::pg::basebackup::Phase;
 
@@ -125,6 +127,96 @@ impl Observer for Display {
     }
 }
 
+#[derive(Args, Debug)]
+pub(crate) struct RejoinArgs {
+    /// Print what would be done; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Rewind even when this node wrote WAL after the failover (those
+    /// transactions are lost).
+    #[arg(long)]
+    force: bool,
+    /// Stream through this physical replication slot on the new primary
+    /// (created when missing).
+    #[arg(long, value_name = "NAME")]
+    slot: Option<String>,
+    /// Seconds to wait for the server's start and stop, and for streaming.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    timeout: u64,
+    /// Timeout of every connection attempt, in milliseconds.
+    #[arg(long, value_name = "N", default_value_t = super::ha::DEFAULT_TIMEOUT_MS)]
+    timeout_ms: u64,
+    /// Machine-readable report.
+    #[arg(long)]
+    json: bool,
+    /// The replication user's password (as for `ha bootstrap`).
+    #[command(flatten)]
+    password: PasswordArgs,
+}
+
+fn display(yes: bool) -> Display {
+    Display {
+        yes,
+        bar: None,
+        terminal: std::io::stderr().is_terminal(),
+        phase: None,
+    }
+}
+
+fn print_bootstrap(report: &BootstrapReport) -> Result<()> {
+    for line in bootstrap::summary(report) {
+        println!("{line}");
+    }
+    if let Some(status) = &report.status {
+        println!();
+        print!("{}", super::ha::render_status(status, false)?);
+    }
+    super::ha::not_audited_note(report.audited);
+    Ok(())
+}
+
+pub(crate) fn run_rejoin(home: &Home, a: RejoinArgs) -> Result<()> {
+    let mut display = display(true);
+    let result = rejoin::rejoin(
+        home,
+        &RejoinOptions {
+            password: a.password.source(),
+            force: a.force,
+            dry_run: a.dry_run,
+            slot: a.slot,
+            connect_timeout: Duration::from_millis(a.timeout_ms),
+            timeout: Duration::from_secs(a.timeout),
+        },
+        &mut display,
+    );
+    display.done_with_bar();
+    let report = result?;
+    if a.json {
+        return print_json(&report);
+    }
+    if report.dry_run {
+        println!("ha rejoin would:");
+        for (i, step) in report.plan.iter().enumerate() {
+            println!("  {}. {step}", i + 1);
+        }
+        return Ok(());
+    }
+    if let Some(b) = &report.bootstrap {
+        return print_bootstrap(b);
+    }
+    println!(
+        "this node is a replica of the new primary again ({}{})",
+        report.method,
+        report
+            .diverged_at
+            .as_deref()
+            .map(|d| format!(", histories diverged at {d}"))
+            .unwrap_or_default()
+    );
+    super::ha::not_audited_note(report.audited);
+    Ok(())
+}
+
 pub(crate) fn run(home: &Home, a: BootstrapArgs) -> Result<()> {
     let mode = if a.resume {
         Mode::Resume
@@ -133,12 +225,7 @@ pub(crate) fn run(home: &Home, a: BootstrapArgs) -> Result<()> {
     } else {
         Mode::Run
     };
-    let mut display = Display {
-        yes: a.yes,
-        bar: None,
-        terminal: std::io::stderr().is_terminal(),
-        phase: None,
-    };
+    let mut display = display(a.yes);
     let result = bootstrap::bootstrap(
         home,
         &BootstrapOptions {
@@ -156,13 +243,5 @@ pub(crate) fn run(home: &Home, a: BootstrapArgs) -> Result<()> {
     if a.json {
         return print_json(&report);
     }
-    for line in bootstrap::summary(&report) {
-        println!("{line}");
-    }
-    if let Some(status) = &report.status {
-        println!();
-        print!("{}", super::ha::render_status(status, false)?);
-    }
-    super::ha::not_audited_note(report.audited);
-    Ok(())
+    print_bootstrap(&report)
 }

@@ -43,6 +43,9 @@ pub(crate) enum HaCommand {
     /// Make this node (the secondary) a streaming replica of the primary from
     /// a base backup; the old data directory is kept beside the new one.
     Bootstrap(super::bootstrap::BootstrapArgs),
+    /// On the old primary after a failover: become a replica of the new
+    /// primary (pg_rewind when possible, else a bootstrap keeping the data).
+    Rejoin(super::bootstrap::RejoinArgs),
 }
 
 #[derive(Args, Debug)]
@@ -272,6 +275,7 @@ pub fn run(home: &Home, cmd: HaCommand) -> Result<()> {
             Ok(())
         }
         HaCommand::Bootstrap(a) => super::bootstrap::run(home, a),
+        HaCommand::Rejoin(a) => super::bootstrap::run_rejoin(home, a),
         HaCommand::Show { json } => {
             let report = ops_ha::show(home)?;
             if json {

@@ -33,6 +33,7 @@ pub mod monitor;
 pub mod passfile;
 pub mod pidfile;
 pub mod replication;
+pub(crate) mod rewind;
 pub(crate) mod standby;
 
 pub(crate) use platform::as_owner_of;
@@ -650,6 +651,32 @@ pub(crate) struct ControlData {
     /// "Latest checkpoint's REDO WAL file": the oldest segment a restart
     /// (and so a replica catching up from the archive) still needs.
     pub redo_wal_file: Option<String>,
+    /// "Latest checkpoint location": after a clean shutdown, the end of the
+    /// cluster's WAL.
+    pub checkpoint_lsn: Option<Lsn>,
+    /// "wal_log_hints setting" is `on`.
+    pub wal_log_hints: bool,
+    /// "Data page checksum version" is not 0.
+    pub checksums: bool,
+}
+
+/// A WAL position (`X/Y` in PostgreSQL's text form).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Lsn(pub u64);
+
+impl Lsn {
+    pub(crate) fn parse(text: &str) -> Option<Lsn> {
+        let (hi, lo) = text.trim().split_once('/')?;
+        let hi = u64::from_str_radix(hi, 16).ok()?;
+        let lo = u64::from_str_radix(lo, 16).ok()?;
+        (hi <= u64::from(u32::MAX) && lo <= u64::from(u32::MAX)).then_some(Lsn(hi << 32 | lo))
+    }
+}
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+    }
 }
 
 /// Runs `pg_controldata -D <pg_data>`.
@@ -681,6 +708,9 @@ fn parse_controldata(text: &str) -> Option<ControlData> {
         system_identifier: field("Database system identifier"),
         timeline: field("Latest checkpoint's TimeLineID").and_then(|t| t.parse().ok()),
         redo_wal_file: field("Latest checkpoint's REDO WAL file"),
+        checkpoint_lsn: field("Latest checkpoint location").and_then(|l| Lsn::parse(&l)),
+        wal_log_hints: field("wal_log_hints setting").is_some_and(|v| v == "on"),
+        checksums: field("Data page checksum version").is_some_and(|v| v != "0"),
     })
 }
 
@@ -771,8 +801,16 @@ mod tests {
         let text = "pg_control version number:            1300\n\
                     Database system identifier:           7312345678901234567\n\
                     Database cluster state:               shut down in recovery\n\
-                    Latest checkpoint's TimeLineID:       2\n";
+                    Latest checkpoint location:           0/3000148\n\
+                    Latest checkpoint's TimeLineID:       2\n\
+                    wal_log_hints setting:                on\n\
+                    Data page checksum version:           0\n";
         let data = parse_controldata(text).unwrap();
+        assert_eq!(data.checkpoint_lsn, Some(Lsn(0x3000148)));
+        assert!(data.wal_log_hints && !data.checksums);
+        assert_eq!(Lsn(0x1_0300_0148).to_string(), "1/3000148");
+        assert_eq!(Lsn::parse("1/3000148"), Some(Lsn(0x1_0300_0148)));
+        assert_eq!(Lsn::parse("x/1"), None);
         assert_eq!(data.state, "shut down in recovery");
         assert_eq!(
             data.system_identifier.as_deref(),

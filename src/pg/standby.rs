@@ -82,16 +82,17 @@ pub(crate) fn auto_conf(existing: &str, up: &Upstream<'_>) -> String {
     out
 }
 
-/// The password file line for physical replication connections to the
-/// upstream; `None` when the password cannot be written in one (a line
-/// break in it).
+/// The password file line for connections to the upstream as the
+/// replication user: physical replication (database `replication`) and the
+/// SQL connection `pg_rewind` reads through, so any database (`*`); `None`
+/// when the password cannot be written in one (a line break in it).
 pub(crate) fn passfile_line(up: &Upstream<'_>, password: &str) -> Option<Zeroizing<String>> {
     if password.contains(['\n', '\r']) {
         return None;
     }
     let escape = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
     let mut line = Zeroizing::new(format!(
-        "{}:{}:replication:{}:",
+        "{}:{}:*:{}:",
         escape(&up.host),
         up.port,
         escape(up.user)
@@ -193,10 +194,7 @@ mod tests {
     fn the_password_is_escaped_and_only_in_the_passfile_line() {
         let pf = Path::new("/p");
         let line = passfile_line(&up(pf, None), r"pa:ss\word").unwrap();
-        assert_eq!(
-            &*line,
-            "10.0.0.1:5432:replication:repuser:pa\\:ss\\\\word\n"
-        );
+        assert_eq!(&*line, "10.0.0.1:5432:*:repuser:pa\\:ss\\\\word\n");
         assert!(passfile_line(&up(pf, None), "two\nlines").is_none());
     }
 

@@ -7,6 +7,8 @@ pub mod craft;
 pub mod netns;
 pub mod node;
 #[cfg(unix)]
+pub mod pair;
+#[cfg(unix)]
 pub mod pg;
 
 /// `keyferry --home HOME ARGS…` in this namespace, with no home or libpq

@@ -170,7 +170,7 @@ pub(crate) fn bootstrap(
                 return Err(nothing_interrupted());
             };
             let state: State = serde_json::from_value(change.state()).unwrap_or_default();
-            let password = password(&config, opts)?;
+            let password = password(&config, opts.password.as_ref())?;
             if state.swapped {
                 obs.step("resuming after the swap: configuring and starting the replica");
                 return finish(home, change, &config, &server, &state, &password, opts, obs);
@@ -181,7 +181,7 @@ pub(crate) fn bootstrap(
             fresh(home, &mut node, &config, &server, &password, opts, yes, obs)
         }
         Mode::Run => {
-            let password = password(&config, opts)?;
+            let password = password(&config, opts.password.as_ref())?;
             fresh(
                 home, &mut node, &config, &server, &password, opts, opts.yes, obs,
             )
@@ -216,9 +216,12 @@ fn report_base(config: &HaConfig) -> BootstrapReport {
 }
 
 /// The replication password, from the usual sources.
-fn password(config: &HaConfig, opts: &BootstrapOptions) -> Result<Zeroizing<String>> {
+pub(super) fn password(
+    config: &HaConfig,
+    source: Option<&PasswordSource>,
+) -> Result<Zeroizing<String>> {
     let mut facts = Vec::new();
-    let creds = credentials(config, opts.password.as_ref(), &mut facts)?;
+    let creds = credentials(config, source, &mut facts)?;
     let bytes = creds
         .for_conn(
             &config.primary.to_string(),
@@ -282,7 +285,7 @@ fn local_data(config: &HaConfig) -> Result<Local> {
     })
 }
 
-fn step_error(step: &str, message: String, fix: &str) -> Error {
+pub(super) fn step_error(step: &str, message: String, fix: &str) -> Error {
     Error::Refused(format!("ha bootstrap: {step} failed: {message}; {fix}"))
 }
 
@@ -326,7 +329,7 @@ fn preflight(
 }
 
 /// A SQL connection to the primary as the replication user.
-fn primary_sql(
+pub(super) fn primary_sql(
     config: &HaConfig,
     password: &Zeroizing<String>,
     timeout: Duration,
@@ -383,6 +386,30 @@ fn prepare_slot(
         slot,
         "dropped a stale inactive replication slot on the primary"
     );
+    Ok(())
+}
+
+/// The slot a replica (re)joining streams through: created on the primary
+/// when missing, kept when inactive, refused when another replica uses it.
+pub(super) fn ensure_slot(
+    config: &HaConfig,
+    password: &Zeroizing<String>,
+    slot: &str,
+    timeout: Duration,
+) -> Result<()> {
+    prepare_slot(config, password, slot, timeout)?;
+    let target = config.primary.to_string();
+    let fail = |e: PgError| {
+        step_error(
+            "creating the slot",
+            e.to_string(),
+            "see `keyferry ha check`",
+        )
+    };
+    let mut client = primary_sql(config, password, timeout).map_err(fail)?;
+    client
+        .execute("SELECT pg_create_physical_replication_slot($1)", &[&slot])
+        .map_err(|e| fail(pg::from_postgres(&target, e)))?;
     Ok(())
 }
 
@@ -591,7 +618,7 @@ fn rename_step(change: &mut Change<'_>, from: &Path, to: &Path) -> Result<()> {
 
 /// The path whose owner the server's files belong to: the data directory,
 /// or its parent when there is none yet.
-fn owner_reference(config: &HaConfig) -> PathBuf {
+pub(super) fn owner_reference(config: &HaConfig) -> PathBuf {
     if config.pg_data.exists() {
         config.pg_data.clone()
     } else {
@@ -599,7 +626,7 @@ fn owner_reference(config: &HaConfig) -> PathBuf {
     }
 }
 
-fn write_passfile(
+pub(super) fn write_passfile(
     change: &mut Change<'_>,
     config: &HaConfig,
     password: &Zeroizing<String>,
@@ -640,7 +667,7 @@ fn create_owned_dir(dir: &Path, owner_ref: &Path) -> Result<()> {
 }
 
 /// Writes `path` (in the new data directory) owned like the directory.
-fn write_owned(path: &Path, contents: &[u8], data: &Path) -> Result<()> {
+pub(super) fn write_owned(path: &Path, contents: &[u8], data: &Path) -> Result<()> {
     let what = format!("cannot write {}", path.display());
     fs::write(path, contents).map_err(Error::io(what.clone()))?;
     platform::own_like(path, data, 0o600).map_err(Error::io(what))
@@ -669,6 +696,14 @@ fn configure(config: &HaConfig, state: &State) -> Result<()> {
             }
         }
     }
+    write_standby(config, state.slot.as_deref())
+}
+
+/// `standby.signal`, and `primary_conninfo` (naming the password file) and
+/// `primary_slot_name` in `postgresql.auto.conf`, every other line of which
+/// is kept.
+pub(super) fn write_standby(config: &HaConfig, slot: Option<&str>) -> Result<()> {
+    let data = &config.pg_data;
     write_owned(&data.join("standby.signal"), b"", data)?;
     let auto = data.join("postgresql.auto.conf");
     let existing = match fs::read_to_string(&auto) {
@@ -677,7 +712,7 @@ fn configure(config: &HaConfig, state: &State) -> Result<()> {
         Err(e) => return Err(Error::io(format!("cannot read {}", auto.display()))(e)),
     };
     let passfile = passfile_path(config);
-    let up = upstream(config, &passfile, state.slot.as_deref());
+    let up = upstream(config, &passfile, slot);
     write_owned(&auto, standby::auto_conf(&existing, &up).as_bytes(), data)
 }
 
@@ -721,7 +756,7 @@ fn finish(
         "waiting (up to {} s) until the replica streams and has caught up with the primary",
         opts.timeout.as_secs()
     ));
-    let caught_up = wait_caught_up(config, password, opts)?;
+    let caught_up = wait_caught_up(config, password, opts.connect_timeout, opts.timeout)?;
     let control = pg::controldata(&config.pg_bin, &config.pg_data).ok();
     let mut report = report_base(config);
     report.bytes_copied = state.bytes_copied;
@@ -771,18 +806,19 @@ fn finish(
 /// Step 6: the primary sees this node streaming and replayed up to the
 /// primary's WAL position when the wait began. Asked of the primary, whose
 /// `pg_stat_replication` the replication user reads through `pg_monitor`.
-fn wait_caught_up(
+pub(super) fn wait_caught_up(
     config: &HaConfig,
     password: &Zeroizing<String>,
-    opts: &BootstrapOptions,
+    connect_timeout: Duration,
+    timeout: Duration,
 ) -> Result<String> {
-    let deadline = Instant::now() + opts.timeout;
+    let deadline = Instant::now() + timeout;
     let me = config.secondary.to_string();
     let target_pos = config.primary.to_string();
     let mut last;
     let mut target: Option<String> = None;
     loop {
-        match poll_once(config, password, opts, &me, &mut target) {
+        match poll_once(config, password, connect_timeout, &me, &mut target) {
             Ok(Some(lsn)) => return Ok(lsn),
             Ok(None) => last = "the primary does not see this node streaming yet".into(),
             Err(e) => last = e.to_string(),
@@ -790,7 +826,7 @@ fn wait_caught_up(
         if Instant::now() >= deadline {
             return Err(step_error(
                 "waiting for the replica to catch up",
-                format!("not caught up after {} s: {last}", opts.timeout.as_secs()),
+                format!("not caught up after {} s: {last}", timeout.as_secs()),
                 &format!(
                     "read the replica's server log, check `keyferry ha check` (pg_hba.conf on {target_pos}, the replication user's pg_monitor membership), then run the bootstrap again, with a longer --timeout if the primary is busy"
                 ),
@@ -803,12 +839,12 @@ fn wait_caught_up(
 fn poll_once(
     config: &HaConfig,
     password: &Zeroizing<String>,
-    opts: &BootstrapOptions,
+    connect_timeout: Duration,
     me: &str,
     target: &mut Option<String>,
 ) -> Result<Option<String>, PgError> {
     let where_ = config.primary.to_string();
-    let mut client = primary_sql(config, password, opts.connect_timeout)?;
+    let mut client = primary_sql(config, password, connect_timeout)?;
     let target = match target {
         Some(t) => t.clone(),
         None => {

@@ -18,6 +18,7 @@
 pub(crate) mod bootstrap;
 pub(crate) mod check;
 pub mod hba;
+pub(crate) mod rejoin;
 pub(crate) mod status;
 
 use std::path::PathBuf;

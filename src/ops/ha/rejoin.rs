@@ -1,0 +1,437 @@
+//! `keyferry ha rejoin`: the old primary, after a failover, becomes a
+//! replica of the new one — by `pg_rewind` when its prerequisites hold, else
+//! by a fresh bootstrap (which keeps the old data directory aside).
+//!
+//! The steps:
+//!
+//! 1. checks that change nothing: `ha.toml` names this node the secondary
+//!    (a node that lost its role), the primary it names runs as primary,
+//!    and `pg_rewind`'s prerequisites: `wal_log_hints` or data checksums on
+//!    this node's cluster, `full_page_writes` on the new primary;
+//! 2. stop the local server (not undone: a demoted node that stopped is in
+//!    the safe state, and starting it again as a primary is what the start
+//!    guard exists to prevent);
+//! 3. `pg_rewind --dry-run`: where the histories diverged. When this node
+//!    wrote WAL after that point, rewinding loses those transactions: only
+//!    with `--force`, and the refusal says how many bytes;
+//! 4. `pg_rewind` (an irreversible step, audited before and after), with
+//!    `--restore-target-wal` when this node's configuration has a
+//!    `restore_command`; the configuration files it would overwrite
+//!    (`postgresql.conf`, `pg_hba.conf`, `pg_ident.conf`,
+//!    `postgresql.auto.conf`) are put back as they were;
+//! 5. the standby configuration (as in bootstrap), start, and wait until the
+//!    new primary sees this node streaming.
+//!
+//! When a prerequisite is missing, or the dry run fails (the WAL it needs is
+//! gone), the rejoin is a bootstrap: see [`super::bootstrap`]. Running the
+//! command again after any failure goes on from where the node is: every
+//! step is safe to repeat.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+use zeroize::Zeroizing;
+
+use super::bootstrap::{
+    self, owner_reference, passfile_path, primary_sql, step_error, wait_caught_up, write_owned,
+    write_passfile, write_standby, BootstrapOptions, BootstrapReport, Mode, Observer,
+};
+use super::require_config;
+use crate::error::{Error, Result};
+use crate::fmt::human_bytes;
+use crate::ha::config::HaConfig;
+use crate::ha::preflight::{self, Side};
+use crate::ha::service::Server;
+use crate::node::{Home, Undo};
+use crate::pg::rewind::{self, Rewind};
+use crate::pg::{self, PgError};
+use crate::secret::PasswordSource;
+
+const ACTION: &str = "ha-rejoin";
+
+/// Files `pg_rewind` copies from the source that belong to this node.
+const OWN_FILES: [&str; 4] = [
+    "postgresql.conf",
+    "pg_hba.conf",
+    "pg_ident.conf",
+    "postgresql.auto.conf",
+];
+
+/// What `ha rejoin` was given.
+#[derive(Debug, Clone)]
+pub(crate) struct RejoinOptions {
+    pub password: Option<PasswordSource>,
+    /// Rewind even when this node wrote WAL after the histories diverged.
+    pub force: bool,
+    /// Print the plan; change nothing.
+    pub dry_run: bool,
+    pub slot: Option<String>,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+}
+
+/// How a rejoin went (or would go).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RejoinReport {
+    pub dry_run: bool,
+    /// What it does, in order.
+    pub plan: Vec<String>,
+    /// `rewind`, `follow` (no rewind needed) or `bootstrap`.
+    pub method: &'static str,
+    pub diverged_at: Option<String>,
+    /// WAL this node wrote after the divergence, lost by the rewind.
+    pub lost_wal_bytes: Option<u64>,
+    pub bootstrap: Option<BootstrapReport>,
+    pub audited: bool,
+}
+
+/// Why `pg_rewind` cannot be used, if it cannot.
+fn rewind_impossible(control: Option<&pg::ControlData>, full_page_writes: bool) -> Option<String> {
+    let Some(control) = control else {
+        return Some("this node has no data directory to rewind".into());
+    };
+    if !control.wal_log_hints && !control.checksums {
+        return Some(
+            "this node's cluster has neither wal_log_hints = on nor data checksums".into(),
+        );
+    }
+    if !full_page_writes {
+        return Some("the new primary runs with full_page_writes = off".into());
+    }
+    None
+}
+
+/// Runs (or, with `dry_run`, plans) a rejoin.
+pub(crate) fn rejoin(
+    home: &Home,
+    opts: &RejoinOptions,
+    obs: &mut dyn Observer,
+) -> Result<RejoinReport> {
+    let config = require_config(home)?;
+    match preflight::this_node(&config).0 {
+        Some(Side::Secondary) => {}
+        _ => {
+            return Err(Error::Refused(format!(
+                "ha.toml does not name this machine the secondary ({}): rejoin runs on the node that lost the primary role; after a failover run `keyferry ha status` here to bring ha.toml up to date, or fix it",
+                config.secondary
+            )))
+        }
+    }
+    let password = bootstrap::password(&config, opts.password.as_ref())?;
+    let full_page_writes = new_primary(&config, &password, opts.connect_timeout)?;
+    let server = Server::of(&config, opts.timeout);
+    let has_cluster = config.pg_data.join("PG_VERSION").exists();
+    let control = if has_cluster {
+        Some(
+            pg::controldata(&config.pg_bin, &config.pg_data).map_err(|e| {
+                step_error(
+                    "reading this node's data directory",
+                    e.to_string(),
+                    "check pg_bin and pg_data in ha.toml",
+                )
+            })?,
+        )
+    } else {
+        None
+    };
+    let running = server.is_running().map_err(|e| {
+        step_error(
+            "reading the local server's state",
+            e.to_string(),
+            "check pg_bin and pg_data in ha.toml",
+        )
+    })?;
+    let impossible = rewind_impossible(control.as_ref(), full_page_writes);
+    let mut report = RejoinReport {
+        dry_run: opts.dry_run,
+        plan: Vec::new(),
+        method: if impossible.is_some() {
+            "bootstrap"
+        } else {
+            "rewind"
+        },
+        diverged_at: None,
+        lost_wal_bytes: None,
+        bootstrap: None,
+        audited: false,
+    };
+    if running {
+        report.plan.push("stop the local server".into());
+    }
+    match &impossible {
+        Some(why) => report.plan.push(format!(
+            "pg_rewind cannot be used: {why}; instead a fresh bootstrap from {} (the data directory is kept beside it as .old-<time>)",
+            config.primary
+        )),
+        None => {
+            report.plan.push(format!(
+                "pg_rewind --dry-run from {}: where the histories diverged; if this node wrote WAL after that, stop unless --force",
+                config.primary
+            ));
+            report.plan.push(
+                "pg_rewind, keeping this node's postgresql.conf, pg_hba.conf, pg_ident.conf and postgresql.auto.conf".into(),
+            );
+            report.plan.push(format!(
+                "standby configuration (standby.signal, primary_conninfo to {} with the password file {}), start, wait until it streams",
+                config.primary,
+                passfile_path(&config).display()
+            ));
+        }
+    }
+    if opts.dry_run {
+        return Ok(report);
+    }
+    if running {
+        obs.step("stopping the local server");
+        server.stop().map_err(|e| {
+            step_error(
+                "stopping the local server",
+                e.to_string(),
+                "stop it by hand, then run `keyferry ha rejoin` again",
+            )
+        })?;
+    }
+    if let Some(why) = impossible {
+        obs.step(&format!(
+            "pg_rewind cannot be used ({why}): bootstrapping instead"
+        ));
+        report.bootstrap = Some(fallback(home, opts, obs)?);
+        return Ok(report);
+    }
+    rewind_and_follow(
+        home, &config, &server, &password, control, opts, obs, report,
+    )
+}
+
+/// The new primary runs as one; returns its `full_page_writes`.
+fn new_primary(config: &HaConfig, password: &Zeroizing<String>, timeout: Duration) -> Result<bool> {
+    let target = config.primary.to_string();
+    let fail = |e: PgError| {
+        step_error(
+            "reaching the new primary",
+            e.to_string(),
+            "check that the primary in ha.toml runs and `keyferry ha check`",
+        )
+    };
+    let mut client = primary_sql(config, password, timeout).map_err(fail)?;
+    if pg::in_recovery(&mut client, &target).map_err(fail)? {
+        return Err(Error::Refused(format!(
+            "{target} (the primary in ha.toml) runs as a replica: there is no primary to rejoin; fail over first (`keyferry ha failover` on that node)"
+        )));
+    }
+    let row = client
+        .query_one("SELECT current_setting('full_page_writes')", &[])
+        .map_err(|e| fail(pg::from_postgres(&target, e)))?;
+    Ok(row.get::<_, String>(0) == "on")
+}
+
+fn fallback(home: &Home, opts: &RejoinOptions, obs: &mut dyn Observer) -> Result<BootstrapReport> {
+    bootstrap::bootstrap(
+        home,
+        &BootstrapOptions {
+            mode: Mode::Run,
+            password: opts.password.clone(),
+            // The operator asked for this node's role to go: its data is
+            // kept aside, never deleted.
+            yes: true,
+            slot: opts.slot.clone(),
+            connect_timeout: opts.connect_timeout,
+            timeout: opts.timeout,
+        },
+        obs,
+    )
+}
+
+/// The `source` connection string of `pg_rewind`: the new primary, as the
+/// replication user, the password in the password file.
+fn source_conninfo(config: &HaConfig) -> String {
+    let passfile = passfile_path(config);
+    let up = crate::pg::standby::Upstream {
+        host: config.primary.to_string(),
+        port: config.pg_port,
+        user: &config.replication_user,
+        application_name: "keyferry pg_rewind",
+        passfile: &passfile,
+        slot: None,
+    };
+    format!(
+        "{} dbname='{}'",
+        crate::pg::standby::primary_conninfo(&up),
+        pg::MAINTENANCE_DB
+    )
+}
+
+/// Whether this node's configuration sets a `restore_command`, so
+/// `pg_rewind` can fetch WAL it lacks from the archive.
+fn has_restore_command(data: &Path) -> bool {
+    ["postgresql.conf", "postgresql.auto.conf"]
+        .iter()
+        .any(|name| {
+            std::fs::read_to_string(data.join(name)).is_ok_and(|text| {
+                text.lines().any(|l| {
+                    let l = l.trim_start();
+                    l.starts_with("restore_command")
+                        && l.split_once('=').is_some_and(|(_, v)| {
+                            let v = v.split('#').next().unwrap_or("").trim();
+                            !v.is_empty() && v != "''"
+                        })
+                })
+            })
+        })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rewind_and_follow(
+    home: &Home,
+    config: &HaConfig,
+    server: &Server,
+    password: &Zeroizing<String>,
+    control: Option<pg::ControlData>,
+    opts: &RejoinOptions,
+    obs: &mut dyn Observer,
+    mut report: RejoinReport,
+) -> Result<RejoinReport> {
+    let mut node = home.open(false)?;
+    let details = crate::ops::details([
+        ("primary", Value::from(config.primary.to_string())),
+        ("node", Value::from(config.node.clone())),
+    ]);
+    let mut change = node.begin(ACTION, details)?;
+    let owner_ref = owner_reference(config);
+    write_passfile(&mut change, config, password, &owner_ref)?;
+    let source = source_conninfo(config);
+    let restore = has_restore_command(&config.pg_data);
+    obs.step("pg_rewind --dry-run: where did the two histories diverge?");
+    let dry = match rewind::run(&config.pg_bin, &config.pg_data, &source, true, restore) {
+        Ok(d) => d,
+        Err(e) => {
+            change.abort()?;
+            drop(node);
+            obs.step(&format!(
+                "pg_rewind cannot be used ({e}): bootstrapping instead"
+            ));
+            report.method = "bootstrap";
+            report.bootstrap = Some(fallback(home, opts, obs)?);
+            return Ok(report);
+        }
+    };
+    if let Rewind::Diverged { at, timeline } = dry {
+        report.diverged_at = Some(format!("{at} on timeline {timeline}"));
+        let end = control.as_ref().and_then(|c| c.checkpoint_lsn);
+        let ahead = end.map(|e| e.0.saturating_sub(at.0)).unwrap_or(0);
+        report.lost_wal_bytes = Some(ahead);
+        if ahead > 0 && !opts.force {
+            change.abort()?;
+            return Err(Error::Refused(format!(
+                "this node wrote {} of WAL after the histories diverged at {at} (timeline {timeline}): a rewind loses those transactions. \
+                 The server stays stopped. `keyferry ha rejoin --force` rewinds anyway; `keyferry ha bootstrap` instead keeps this data directory aside",
+                human_bytes(ahead)
+            )));
+        }
+        let own: Vec<(String, Option<Vec<u8>>)> = OWN_FILES
+            .iter()
+            .map(|n| ((*n).to_owned(), std::fs::read(config.pg_data.join(n)).ok()))
+            .collect();
+        obs.step(&format!(
+            "pg_rewind from {} (diverged at {at})",
+            config.primary
+        ));
+        change.irreversible("pg_rewind", Vec::new(), |progress| {
+            progress.set("diverged_at", at.to_string());
+            progress.set("lost_wal_bytes", ahead);
+            rewind::run(&config.pg_bin, &config.pg_data, &source, false, restore).map_err(|e| {
+                step_error(
+                    "pg_rewind",
+                    e.to_string(),
+                    "read the message; run `keyferry ha rejoin` again, or `keyferry ha bootstrap` (which keeps the data directory aside)",
+                )
+            })?;
+            for (name, bytes) in &own {
+                if let Some(bytes) = bytes {
+                    write_owned(&config.pg_data.join(name), bytes, &config.pg_data)?;
+                }
+            }
+            Ok(())
+        })?;
+    } else {
+        report.method = "follow";
+    }
+    obs.step("configuring this node as a replica of the new primary");
+    if let Some(slot) = &opts.slot {
+        bootstrap::ensure_slot(config, password, slot, opts.connect_timeout)?;
+    }
+    write_standby(config, opts.slot.as_deref())?;
+    obs.step("starting the replica");
+    change.step(
+        Undo::Server {
+            server: server.clone(),
+            running: false,
+        },
+        || {
+            server.start().map_err(|e| {
+                step_error(
+                    "starting the replica",
+                    e.to_string(),
+                    "read the server's log, fix the cause, then run `keyferry ha rejoin` again",
+                )
+            })
+        },
+    )?;
+    obs.step("waiting until the new primary sees this node streaming");
+    let caught_up = wait_caught_up(config, password, opts.connect_timeout, opts.timeout)?;
+    change.set_detail("method", report.method);
+    change.set_detail("diverged_at", Value::from(report.diverged_at.clone()));
+    change.set_detail("lost_wal_bytes", Value::from(report.lost_wal_bytes));
+    change.set_detail("caught_up_to", caught_up);
+    report.audited = change.finish()?.audited;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn control(hints: bool, checksums: bool) -> pg::ControlData {
+        pg::ControlData {
+            state: "shut down".into(),
+            system_identifier: None,
+            timeline: Some(1),
+            redo_wal_file: None,
+            checkpoint_lsn: None,
+            wal_log_hints: hints,
+            checksums,
+        }
+    }
+
+    #[test]
+    fn rewind_needs_hints_or_checksums_and_full_page_writes() {
+        assert_eq!(rewind_impossible(Some(&control(true, false)), true), None);
+        assert_eq!(rewind_impossible(Some(&control(false, true)), true), None);
+        assert!(rewind_impossible(Some(&control(false, false)), true)
+            .unwrap()
+            .contains("wal_log_hints"));
+        assert!(rewind_impossible(Some(&control(true, true)), false)
+            .unwrap()
+            .contains("full_page_writes"));
+        assert!(rewind_impossible(None, true).is_some());
+    }
+
+    #[test]
+    fn a_restore_command_is_seen_only_when_set() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("postgresql.conf"),
+            "#restore_command = 'cp'\n",
+        )
+        .unwrap();
+        assert!(!has_restore_command(dir.path()));
+        std::fs::write(
+            dir.path().join("postgresql.auto.conf"),
+            "restore_command = 'cp /archive/%f %p'\n",
+        )
+        .unwrap();
+        assert!(has_restore_command(dir.path()));
+    }
+}
