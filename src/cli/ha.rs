@@ -43,6 +43,19 @@ pub(crate) enum HaCommand {
     /// Make this node (the secondary) a streaming replica of the primary from
     /// a base backup; the old data directory is kept beside the new one.
     Bootstrap(super::bootstrap::BootstrapArgs),
+    /// Planned change of roles, run on the primary: stop it cleanly, promote the
+    /// replica once it replayed everything, make this node its replica.
+    Switchover(super::roles::SwitchoverArgs),
+    /// Promote this node (the replica) while the primary is down; refused while
+    /// the primary accepts writes unless --force.
+    Failover(super::roles::FailoverArgs),
+    /// Before the local server starts (systemd ExecStartPre=): refuse to start
+    /// a demoted or outranked node as primary (exit 13).
+    Guard(super::roles::GuardArgs),
+    /// Start the local server through ha.toml's [service], after the guard.
+    Start(super::roles::GuardArgs),
+    /// Stop the local server through ha.toml's [service] (fast shutdown).
+    Stop(super::roles::GuardArgs),
 }
 
 #[derive(Args, Debug)]
@@ -272,6 +285,11 @@ pub fn run(home: &Home, cmd: HaCommand) -> Result<()> {
             Ok(())
         }
         HaCommand::Bootstrap(a) => super::bootstrap::run(home, a),
+        HaCommand::Switchover(a) => super::roles::run_switchover(home, a),
+        HaCommand::Failover(a) => super::roles::run_failover(home, a),
+        HaCommand::Guard(a) => super::roles::run_guard(home, a),
+        HaCommand::Start(a) => super::roles::run_start(home, a),
+        HaCommand::Stop(a) => super::roles::run_stop(home, a),
         HaCommand::Show { json } => {
             let report = ops_ha::show(home)?;
             if json {
@@ -494,6 +512,12 @@ pub(crate) fn render_status(r: &StatusReport, json: bool) -> Result<String> {
                 );
             }
             _ => {}
+        }
+        if let Some(g) = n.generation {
+            let _ = write!(o, ", generation {g}");
+        }
+        if let Some(g) = n.ha_toml_generation {
+            let _ = write!(o, " (ha.toml: generation {g})");
         }
         let _ = writeln!(o, "{me}");
         if let Some(e) = &n.error {

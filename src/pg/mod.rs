@@ -650,6 +650,9 @@ pub(crate) struct ControlData {
     /// "Latest checkpoint's REDO WAL file": the oldest segment a restart
     /// (and so a replica catching up from the archive) still needs.
     pub redo_wal_file: Option<String>,
+    /// "Latest checkpoint location": after a clean shutdown, the shutdown
+    /// checkpoint, the last record the server wrote.
+    pub checkpoint_lsn: Option<String>,
 }
 
 /// Runs `pg_controldata -D <pg_data>`.
@@ -681,6 +684,7 @@ fn parse_controldata(text: &str) -> Option<ControlData> {
         system_identifier: field("Database system identifier"),
         timeline: field("Latest checkpoint's TimeLineID").and_then(|t| t.parse().ok()),
         redo_wal_file: field("Latest checkpoint's REDO WAL file"),
+        checkpoint_lsn: field("Latest checkpoint location"),
     })
 }
 
