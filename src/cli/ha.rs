@@ -513,13 +513,14 @@ pub(crate) fn render_status(r: &StatusReport, json: bool) -> Result<String> {
             }
             _ => {}
         }
+        let _ = write!(o, "{me}");
         if let Some(g) = n.generation {
-            let _ = write!(o, ", generation {g}");
+            let _ = write!(o, "; generation {g}");
         }
         if let Some(g) = n.ha_toml_generation {
             let _ = write!(o, " (ha.toml: generation {g})");
         }
-        let _ = writeln!(o, "{me}");
+        let _ = writeln!(o);
         if let Some(e) = &n.error {
             let _ = writeln!(o, "          cannot be read: {}", printable(e));
         }
