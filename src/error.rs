@@ -49,6 +49,11 @@ pub mod exit {
     /// key (`disable`/`destroy` while the census shows values under it,
     /// `promote` while a node lacks the key); `--force` overrides.
     pub const IN_USE: u8 = 12;
+    /// Refused to protect the pair's roles: `ha guard` (or `ha start`)
+    /// will not start a demoted or outranked node as primary, or `ha
+    /// failover` will not promote while the old primary may accept writes
+    /// (`--force` overrides that one).
+    pub const FENCED: u8 = 13;
 }
 
 #[derive(Debug, Error)]
@@ -101,6 +106,9 @@ pub enum Error {
     /// `ha status` found no running primary; the report was printed.
     #[error("ha status: {summary}")]
     Down { summary: String },
+    /// Refused to protect the pair's roles (see [`exit::FENCED`]).
+    #[error("{0}")]
+    Fenced(String),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -149,6 +157,7 @@ impl Error {
             Error::Envelope(EnvelopeError::Random(_)) => exit::FAILURE,
             Error::Envelope(_) | Error::Undecryptable { .. } => exit::UNDECRYPTABLE,
             Error::InUse(_) => exit::IN_USE,
+            Error::Fenced(_) => exit::FENCED,
             Error::Pg(_) => exit::FAILURE,
             Error::Ha(e) if e.is_usage() => exit::USAGE,
             Error::Ha(_) => exit::FAILURE,

@@ -181,6 +181,9 @@ fn the_readme_exit_code_table_lists_every_exit_code_of_the_code() {
         ("PREFLIGHT", exit::PREFLIGHT),
         ("DEGRADED", exit::DEGRADED),
         ("DOWN", exit::DOWN),
+        ("UNDECRYPTABLE", exit::UNDECRYPTABLE),
+        ("IN_USE", exit::IN_USE),
+        ("FENCED", exit::FENCED),
     ];
     for (name, code) in codes {
         assert!(

@@ -46,6 +46,19 @@ pub(crate) enum HaCommand {
     /// On the old primary after a failover: become a replica of the new
     /// primary (pg_rewind when possible, else a bootstrap keeping the data).
     Rejoin(super::bootstrap::RejoinArgs),
+    /// Planned change of roles, run on the primary: stop it cleanly, promote the
+    /// replica once it replayed everything, make this node its replica.
+    Switchover(super::roles::SwitchoverArgs),
+    /// Promote this node (the replica) while the primary is down; refused while
+    /// the primary accepts writes unless --force.
+    Failover(super::roles::FailoverArgs),
+    /// Before the local server starts (systemd ExecStartPre=): refuse to start
+    /// a demoted or outranked node as primary (exit 13).
+    Guard(super::roles::GuardArgs),
+    /// Start the local server through ha.toml's [service], after the guard.
+    Start(super::roles::GuardArgs),
+    /// Stop the local server through ha.toml's [service] (fast shutdown).
+    Stop(super::roles::GuardArgs),
 }
 
 #[derive(Args, Debug)]
@@ -276,6 +289,11 @@ pub fn run(home: &Home, cmd: HaCommand) -> Result<()> {
         }
         HaCommand::Bootstrap(a) => super::bootstrap::run(home, a),
         HaCommand::Rejoin(a) => super::bootstrap::run_rejoin(home, a),
+        HaCommand::Switchover(a) => super::roles::run_switchover(home, a),
+        HaCommand::Failover(a) => super::roles::run_failover(home, a),
+        HaCommand::Guard(a) => super::roles::run_guard(home, a),
+        HaCommand::Start(a) => super::roles::run_start(home, a),
+        HaCommand::Stop(a) => super::roles::run_stop(home, a),
         HaCommand::Show { json } => {
             let report = ops_ha::show(home)?;
             if json {
@@ -499,7 +517,14 @@ pub(crate) fn render_status(r: &StatusReport, json: bool) -> Result<String> {
             }
             _ => {}
         }
-        let _ = writeln!(o, "{me}");
+        let _ = write!(o, "{me}");
+        if let Some(g) = n.generation {
+            let _ = write!(o, "; generation {g}");
+        }
+        if let Some(g) = n.ha_toml_generation {
+            let _ = write!(o, " (ha.toml: generation {g})");
+        }
+        let _ = writeln!(o);
         if let Some(e) = &n.error {
             let _ = writeln!(o, "          cannot be read: {}", printable(e));
         }

@@ -11,6 +11,7 @@ mod keys;
 mod lifecycle;
 mod logging;
 mod rewrap;
+mod roles;
 mod seal;
 
 use std::path::PathBuf;
@@ -30,7 +31,8 @@ use crate::secret::PasswordSource;
     after_help = "Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong password or modified header, \
                   4 malformed/modified bundle, 5 expired bundle, 6 KDF over import limit, 7 audit log damaged, \
                   8 preflight (ha check) failed, 9 pair degraded (ha status), 10 pair down (ha status), \
-                  11 a value could not be decrypted, 12 refused: values or nodes still depend on the key (--force)"
+                  11 a value could not be decrypted, 12 refused: values or nodes still depend on the key (--force), \
+                  13 refused to protect the pair's roles (ha guard, ha start, ha failover)"
 )]
 pub(crate) struct Cli {
     /// The node's home (keyring.json, audit.log, backups/). Default: $KEYFERRY_HOME,

@@ -20,6 +20,14 @@
 //! The file is versioned (`version = 1`) and unknown keys are refused, so a
 //! typo (`pg-port`) is an error and not a silently ignored setting.
 //!
+//! Two fields follow the pair's roles and are written by keyferry, not by
+//! hand: `generation` (pair-wide; raised by every switchover and failover,
+//! see [`crate::ha::generation`]) and `demoted` (node-local; this node's
+//! role was taken by the other, so it must not start as primary until `ha
+//! rejoin` makes it a replica again). `[guard] require_peer` (node-local)
+//! says whether `ha guard` refuses to start a primary whose peer cannot be
+//! reached.
+//!
 //! ```toml
 //! version = 1
 //! node = "pam-a"
@@ -121,6 +129,39 @@ pub struct HaConfig {
     pub service: ServiceControl,
     /// Path of the application's `appsettings.json`, if any (node-local).
     pub appsettings: Option<PathBuf>,
+    /// The pair's generation (pair-wide): raised by every switchover and
+    /// failover; 0 when the file has none.
+    pub generation: u64,
+    /// This node's role was taken by the other (node-local): it must not
+    /// start as primary; `ha rejoin` clears it.
+    pub demoted: bool,
+    /// What `ha guard` does when the peer cannot be reached (node-local).
+    pub guard: GuardConfig,
+}
+
+/// `[guard]` in `ha.toml`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardConfig {
+    /// Refuse to start as primary when the peer cannot be reached (default
+    /// false: a two-node pair cannot tell a dead peer from a cut network,
+    /// and refusing would keep the pair down when the peer is really gone).
+    #[serde(default)]
+    pub require_peer: bool,
+}
+
+impl GuardConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The file as stored; turned into a [`HaConfig`] only through validation.
@@ -145,8 +186,14 @@ struct RawConfig {
     archive_dir: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     appsettings: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    generation: u64,
+    #[serde(default, skip_serializing_if = "is_false")]
+    demoted: bool,
     #[serde(default)]
     service: ServiceControl,
+    #[serde(default, skip_serializing_if = "GuardConfig::is_default")]
+    guard: GuardConfig,
 }
 
 fn default_pg_port() -> u16 {
@@ -219,6 +266,9 @@ impl HaConfig {
             archive_dir: None,
             service: ServiceControl::default(),
             appsettings: None,
+            generation: 0,
+            demoted: false,
+            guard: GuardConfig::default(),
         };
         config.validate()?;
         Ok(config)
@@ -272,6 +322,9 @@ impl HaConfig {
             archive_dir: raw.archive_dir,
             service: raw.service,
             appsettings: raw.appsettings,
+            generation: raw.generation,
+            demoted: raw.demoted,
+            guard: raw.guard,
         };
         config.validate()?;
         Ok(config)
@@ -293,7 +346,10 @@ impl HaConfig {
             pg_socket_dir: self.pg_socket_dir.clone(),
             archive_dir: self.archive_dir.clone(),
             appsettings: self.appsettings.clone(),
+            generation: self.generation,
+            demoted: self.demoted,
             service: self.service.clone(),
+            guard: self.guard,
         };
         toml::to_string(&raw).map_err(|e| Error::ConfigSerialize {
             message: e.to_string().trim().replace('\n', " "),
@@ -422,6 +478,10 @@ impl HaConfig {
             archive_dir: base.archive_dir.clone(),
             service: base.service.clone(),
             appsettings: base.appsettings.clone(),
+            // Pair-wide: the sender's; node-local: the receiver's own.
+            generation: self.generation,
+            demoted: base.demoted,
+            guard: base.guard,
         };
         adjusted.validate()?;
         Ok(adjusted)
@@ -442,7 +502,7 @@ impl HaConfig {
             .collect()
     }
 
-    fn display_fields(&self) -> [(&'static str, Option<String>); 12] {
+    fn display_fields(&self) -> [(&'static str, Option<String>); 15] {
         let path = |p: &Path| Some(p.display().to_string());
         [
             ("node", Some(self.node.clone())),
@@ -460,6 +520,12 @@ impl HaConfig {
             ("archive_dir", self.archive_dir.as_deref().and_then(path)),
             ("appsettings", self.appsettings.as_deref().and_then(path)),
             ("service", Some(self.service.to_string())),
+            ("generation", Some(self.generation.to_string())),
+            ("demoted", Some(self.demoted.to_string())),
+            (
+                "guard.require_peer",
+                Some(self.guard.require_peer.to_string()),
+            ),
         ]
     }
 }
@@ -517,6 +583,9 @@ mod tests {
                 unit: "postgresql@15-main".into(),
             },
             appsettings: Some(abs("app/appsettings.json")),
+            generation: 3,
+            demoted: true,
+            guard: GuardConfig { require_peer: true },
         }
     }
 
@@ -727,7 +796,10 @@ mod tests {
             "the local node has no archive dir"
         );
         let changed: Vec<&str> = local.changes_to(&merged).iter().map(|c| c.field).collect();
-        assert_eq!(changed, ["primary", "secondary", "pg_port", "web_port"]);
+        assert_eq!(
+            changed,
+            ["primary", "secondary", "pg_port", "web_port", "generation"]
+        );
     }
 
     #[test]

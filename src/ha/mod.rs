@@ -15,6 +15,8 @@
 //! - [`net`]: TCP reachability and "is this address mine";
 //! - [`preflight`]: the named checks of the pair's preflight, each
 //!   returning a [`preflight::Fact`];
+//! - [`generation`]: the pair's generation table on the primary;
+//! - [`history`]: the primary's WAL positions this node last saw;
 //! - [`role`]: a node's [`Role`] (`Running Primary`, `Running Replica`,
 //!   `Stopped`, `Unreachable`) and the rule that finds it.
 //!
@@ -34,7 +36,9 @@ pub(crate) mod addr;
 pub mod archive;
 pub mod config;
 mod error;
+pub(crate) mod generation;
 pub mod hba;
+pub(crate) mod history;
 pub mod kept;
 pub(crate) mod net;
 pub(crate) mod preflight;

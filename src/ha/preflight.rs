@@ -126,7 +126,7 @@ impl Fact {
 }
 
 /// Which node of the pair (as `ha.toml` names them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Side {
     /// `primary` in `ha.toml`.
@@ -226,9 +226,10 @@ pub fn run(
 
 /// `rights`: the replication user's rights, as the server it connected to
 /// (the primary's, else the secondary's; roles are cluster-wide) reports
-/// them. It needs `REPLICATION` to stream and `pg_monitor` so that
+/// them. It needs `REPLICATION` to stream, `pg_monitor` so that
 /// `ha status` on the other node can see the replication's state and lag,
-/// and nothing more.
+/// and EXECUTE on `pg_promote` so that `ha switchover` can promote the
+/// replica without a superuser password; nothing more.
 pub(crate) fn rights(config: &HaConfig, server: Option<&ServerFacts>) -> Fact {
     const NAME: &str = "rights";
     let user = &config.replication_user;
@@ -239,9 +240,15 @@ pub(crate) fn rights(config: &HaConfig, server: Option<&ServerFacts>) -> Fact {
             "fix sql.primary above",
         );
     };
-    match (f.rights.replication, f.rights.monitor) {
-        (true, true) => Fact::ok(NAME, format!("{user} has REPLICATION and pg_monitor")),
-        (false, monitor) => Fact::fail(
+    let promote_fix = format!(
+        "on the primary: GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO {user};"
+    );
+    match (f.rights.replication, f.rights.monitor, f.rights.promote) {
+        (true, true, true) => Fact::ok(
+            NAME,
+            format!("{user} has REPLICATION, pg_monitor and EXECUTE on pg_promote"),
+        ),
+        (false, monitor, _) => Fact::fail(
             NAME,
             format!(
                 "{user} lacks REPLICATION{}: no replica can stream as it",
@@ -252,10 +259,19 @@ pub(crate) fn rights(config: &HaConfig, server: Option<&ServerFacts>) -> Fact {
                 if monitor { String::new() } else { format!(" GRANT pg_monitor TO {user};") }
             ),
         ),
-        (true, false) => Fact::warn(
+        (true, false, promote) => Fact::warn(
             NAME,
-            format!("{user} is not a member of pg_monitor: `ha status` on the other node cannot see the replication's state and lag"),
-            format!("on the primary: GRANT pg_monitor TO {user};"),
+            format!("{user} is not a member of pg_monitor: `ha status` on the other node cannot see the replication's state and lag{}",
+                if promote { "" } else { ", and `ha switchover` cannot promote the replica (no EXECUTE on pg_promote)" }),
+            format!(
+                "on the primary: GRANT pg_monitor TO {user};{}",
+                if promote { String::new() } else { promote_fix.trim_start_matches("on the primary:").to_owned() }
+            ),
+        ),
+        (true, true, false) => Fact::warn(
+            NAME,
+            format!("{user} may not execute pg_promote: `ha switchover` cannot promote the replica"),
+            promote_fix,
         ),
     }
 }
@@ -962,6 +978,7 @@ mod tests {
             rights: RoleRights {
                 replication,
                 monitor,
+                promote: true,
             },
             ..server(150_000, "replica", 10, 0)
         };
@@ -972,6 +989,22 @@ mod tests {
             .fix
             .unwrap()
             .contains("GRANT pg_monitor TO repuser"));
+        let no_promote = rights(
+            &config,
+            Some(&ServerFacts {
+                rights: RoleRights {
+                    replication: true,
+                    monitor: true,
+                    promote: false,
+                },
+                ..server(150_000, "replica", 10, 0)
+            }),
+        );
+        assert_eq!(no_promote.status, Status::Warn);
+        assert!(no_promote
+            .fix
+            .unwrap()
+            .contains("GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO repuser"));
         let none = rights(&config, Some(&with(false, false)));
         assert_eq!(none.status, Status::Fail);
         assert!(
@@ -1028,6 +1061,7 @@ mod tests {
             rights: RoleRights {
                 replication: true,
                 monitor: true,
+                promote: true,
             },
             slots: Vec::new(),
         }

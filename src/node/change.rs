@@ -83,6 +83,9 @@ pub(crate) struct Change<'n> {
     keep: usize,
     backed_up: std::collections::BTreeSet<String>,
     open: bool,
+    /// Past [`Change::point_of_no_return`]: a failure undoes the later
+    /// steps but keeps the (held) journal, for the command that resumes it.
+    no_return: bool,
 }
 
 impl Node {
@@ -185,6 +188,7 @@ impl Node {
             keep,
             backed_up: Default::default(),
             open: true,
+            no_return: false,
         })
     }
 }
@@ -357,6 +361,22 @@ impl Change<'_> {
         Ok(std::mem::take(&mut self.receipt))
     }
 
+    /// Forgets the undos journaled so far: an effect is about to happen
+    /// after which undoing them would be wrong (a switchover's promotion:
+    /// starting the old primary again would make two primaries). From here
+    /// a failure, an abort or a drop undoes only later steps.
+    pub(crate) fn point_of_no_return(&mut self) -> Result<()> {
+        self.journal.undo.clear();
+        self.no_return = true;
+        self.write_journal()
+    }
+
+    /// Ends this run of a held change without undoing or committing it:
+    /// the journal stays, and the change's own command resumes it.
+    pub(crate) fn suspend(mut self) {
+        self.open = false;
+    }
+
     /// Undoes every step so far and ends the change.
     pub(crate) fn abort(mut self) -> Result<()> {
         self.rollback()
@@ -397,6 +417,9 @@ impl Change<'_> {
         self.open = false;
         undo_all(&self.journal.undo)?;
         self.journal.undo.clear();
+        if self.no_return && self.journal.held.is_some() {
+            return self.write_journal();
+        }
         let path = self.node.home.journal_path();
         Journal::remove(&path).map_err(Error::io(format!("cannot remove {}", path.display())))
     }

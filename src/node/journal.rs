@@ -91,6 +91,15 @@ pub(crate) enum Undo {
     /// The step started or stopped the local PostgreSQL server; the undo
     /// puts it back to running (`running`) or stopped.
     Server { server: Server, running: bool },
+    /// The step inserted the pair's generation row `generation` on the
+    /// local server (a switchover, before stopping it); the undo deletes it
+    /// again through the local socket, once the server runs again.
+    ForgetGeneration {
+        server: Server,
+        socket_dir: Option<PathBuf>,
+        port: u16,
+        generation: u64,
+    },
 }
 
 impl Undo {
@@ -151,6 +160,23 @@ impl Undo {
                 Err(e) => Err(e),
             },
             Undo::Server { server, running } => server.ensure(*running).map_err(io::Error::other),
+            Undo::ForgetGeneration {
+                server,
+                socket_dir,
+                port,
+                generation,
+            } => {
+                let timeout = std::time::Duration::from_secs(server.timeout_secs);
+                let (mut client, target) = crate::ha::generation::local_admin(
+                    &server.pg_data,
+                    socket_dir.as_deref(),
+                    *port,
+                    timeout,
+                )
+                .map_err(io::Error::other)?;
+                crate::ha::generation::remove(&mut client, &target, *generation)
+                    .map_err(io::Error::other)
+            }
             Undo::Sweep { dir, tag } => fsutil::sweep_staged(dir, tag).map(drop),
             Undo::Remove { path, sha256 } => match file_sha256(path) {
                 Ok(found) if found == *sha256 => {
@@ -200,6 +226,12 @@ impl Undo {
             Undo::Server { server, running } => format!(
                 "{} the PostgreSQL server of {}",
                 if *running { "start" } else { "stop" },
+                server.pg_data.display()
+            ),
+            Undo::ForgetGeneration {
+                server, generation, ..
+            } => format!(
+                "delete generation {generation} from the pair table of the server of {}",
                 server.pg_data.display()
             ),
         }

@@ -181,6 +181,7 @@ impl Home {
             SETTINGS_FILE,
             REWRAP_FILE,
             REGISTRY_FILE,
+            crate::ha::history::FILE,
         ];
         let checks = std::iter::once((self.root.clone(), true))
             .chain(ours.iter().map(|name| (self.root.join(name), false)));

@@ -218,6 +218,9 @@ pub struct RoleRights {
     /// Has the privileges of `pg_monitor` (or superuser): may read the
     /// detail columns of `pg_stat_replication` and `pg_stat_wal_receiver`.
     pub monitor: bool,
+    /// May execute `pg_promote()` (superuser, or granted EXECUTE): what
+    /// `ha switchover` needs to promote the replica it connects to.
+    pub promote: bool,
 }
 
 /// The connected role's [`RoleRights`].
@@ -225,7 +228,8 @@ pub(crate) fn rights(client: &mut Client, target: &str) -> Result<RoleRights, Pg
     let row = client
         .query_one(
             "SELECT rolreplication OR rolsuper, \
-                    rolsuper OR pg_has_role(current_user, 'pg_monitor', 'USAGE') \
+                    rolsuper OR pg_has_role(current_user, 'pg_monitor', 'USAGE'), \
+                    rolsuper OR has_function_privilege('pg_promote(boolean, integer)', 'EXECUTE') \
              FROM pg_roles WHERE rolname = current_user",
             &[],
         )
@@ -233,5 +237,6 @@ pub(crate) fn rights(client: &mut Client, target: &str) -> Result<RoleRights, Pg
     Ok(RoleRights {
         replication: row.get(0),
         monitor: row.get(1),
+        promote: row.get(2),
     })
 }

@@ -667,7 +667,7 @@ fn create_owned_dir(dir: &Path, owner_ref: &Path) -> Result<()> {
 }
 
 /// Writes `path` (in the new data directory) owned like the directory.
-pub(super) fn write_owned(path: &Path, contents: &[u8], data: &Path) -> Result<()> {
+pub(crate) fn write_owned(path: &Path, contents: &[u8], data: &Path) -> Result<()> {
     let what = format!("cannot write {}", path.display());
     fs::write(path, contents).map_err(Error::io(what.clone()))?;
     platform::own_like(path, data, 0o600).map_err(Error::io(what))

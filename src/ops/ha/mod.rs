@@ -17,9 +17,13 @@
 
 pub(crate) mod bootstrap;
 pub(crate) mod check;
+pub(crate) mod failover;
+pub(crate) mod guard;
 pub mod hba;
 pub(crate) mod rejoin;
+pub(crate) mod roles;
 pub(crate) mod status;
+pub(crate) mod switchover;
 
 use std::path::PathBuf;
 

@@ -38,7 +38,7 @@ use super::bootstrap::{
     self, owner_reference, passfile_path, primary_sql, step_error, wait_caught_up, write_owned,
     write_passfile, write_standby, BootstrapOptions, BootstrapReport, Mode, Observer,
 };
-use super::require_config;
+use super::{require_config, roles};
 use crate::error::{Error, Result};
 use crate::fmt::human_bytes;
 use crate::ha::config::HaConfig;
@@ -46,7 +46,7 @@ use crate::ha::preflight::{self, Side};
 use crate::ha::service::Server;
 use crate::node::{Home, Undo};
 use crate::pg::rewind::{self, Rewind};
-use crate::pg::{self, PgError};
+use crate::pg::{self, Credentials, PgError};
 use crate::secret::PasswordSource;
 
 const ACTION: &str = "ha-rejoin";
@@ -110,6 +110,14 @@ pub(crate) fn rejoin(
     obs: &mut dyn Observer,
 ) -> Result<RejoinReport> {
     let config = require_config(home)?;
+    let password = bootstrap::password(&config, opts.password.as_ref())?;
+    // After a failover elsewhere, this node's ha.toml learns the new roles
+    // from the pair's generation record first.
+    let creds = Credentials::Given(Zeroizing::new(password.as_bytes().to_vec()));
+    let (config, note) = roles::sync(home, config, &creds, opts.connect_timeout)?;
+    if let Some(note) = note {
+        obs.step(&format!("note: {note}"));
+    }
     match preflight::this_node(&config).0 {
         Some(Side::Secondary) => {}
         _ => {
@@ -119,7 +127,6 @@ pub(crate) fn rejoin(
             )))
         }
     }
-    let password = bootstrap::password(&config, opts.password.as_ref())?;
     let full_page_writes = new_primary(&config, &password, opts.connect_timeout)?;
     let server = Server::of(&config, opts.timeout);
     let has_cluster = config.pg_data.join("PG_VERSION").exists();
@@ -228,7 +235,7 @@ fn new_primary(config: &HaConfig, password: &Zeroizing<String>, timeout: Duratio
 }
 
 fn fallback(home: &Home, opts: &RejoinOptions, obs: &mut dyn Observer) -> Result<BootstrapReport> {
-    bootstrap::bootstrap(
+    let report = bootstrap::bootstrap(
         home,
         &BootstrapOptions {
             mode: Mode::Run,
@@ -241,7 +248,9 @@ fn fallback(home: &Home, opts: &RejoinOptions, obs: &mut dyn Observer) -> Result
             timeout: opts.timeout,
         },
         obs,
-    )
+    )?;
+    roles::mark_rejoined(home)?;
+    Ok(report)
 }
 
 /// The `source` connection string of `pg_rewind`: the new primary, as the
@@ -381,12 +390,40 @@ fn rewind_and_follow(
     )?;
     obs.step("waiting until the new primary sees this node streaming");
     let caught_up = wait_caught_up(config, password, opts.connect_timeout, opts.timeout)?;
+    let dropped = drop_stale_slots(config, opts.connect_timeout);
+    if !dropped.is_empty() {
+        obs.step(&format!(
+            "dropped the replication slots this node kept as primary (they would retain WAL for nobody): {}",
+            dropped.join(", ")
+        ));
+    }
+    roles::clear_demoted(&mut change, home, config)?;
     change.set_detail("method", report.method);
     change.set_detail("diverged_at", Value::from(report.diverged_at.clone()));
     change.set_detail("lost_wal_bytes", Value::from(report.lost_wal_bytes));
     change.set_detail("caught_up_to", caught_up);
     report.audited = change.finish()?.audited;
     Ok(report)
+}
+
+/// Drops the inactive physical slots this node kept from its time as
+/// primary (best effort: `ha status` and `ha check` show any left).
+fn drop_stale_slots(config: &HaConfig, timeout: Duration) -> Vec<String> {
+    let Ok((mut client, _)) = roles::local_admin(config, timeout) else {
+        return Vec::new();
+    };
+    let names: Vec<String> = client
+        .query(
+            "SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical' AND NOT active",
+            &[],
+        )
+        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .unwrap_or_default();
+    drop(client);
+    names
+        .into_iter()
+        .filter(|n| roles::drop_local_slot(config, n, timeout).is_ok_and(|d| d))
+        .collect()
 }
 
 #[cfg(test)]

@@ -174,6 +174,11 @@ pub(crate) struct NodeStatus {
     /// Replica: seconds since the last replayed transaction (0 when
     /// everything received is replayed).
     pub replay_age_seconds: Option<f64>,
+    /// The pair's generation as its server holds it (`keyferry_pair`;
+    /// 0 when the table does not exist yet).
+    pub generation: Option<u64>,
+    /// This node only: the generation in its own `ha.toml`.
+    pub ha_toml_generation: Option<u64>,
 }
 
 impl NodeStatus {
@@ -196,6 +201,8 @@ impl NodeStatus {
             receiver_status: None,
             upstream: None,
             replay_age_seconds: None,
+            generation: None,
+            ha_toml_generation: this_node.then_some(config.generation),
         }
     }
 
@@ -286,6 +293,7 @@ struct Seen {
     standbys: Vec<Standby>,
     slots: Vec<Slot>,
     rights: Option<RoleRights>,
+    generation: Option<u64>,
     via: Option<String>,
     error: Option<String>,
     /// Nothing answered: the role comes from `pg_ctl status` (this node)
@@ -305,11 +313,13 @@ pub(crate) fn status(
     let config = require_config(home)?;
     let mut password_facts = Vec::new();
     let credentials = credentials(&config, password, &mut password_facts)?;
-    let notes: Vec<String> = password_facts
+    let mut notes: Vec<String> = password_facts
         .into_iter()
         .filter(|f| f.status != Status::Ok)
         .map(|f| format!("{} ({})", f.message, f.fix.unwrap_or_default()))
         .collect();
+    let (config, synced) = super::roles::sync(home, config, &credentials, opts.timeout)?;
+    notes.extend(synced);
     Ok(status_with(home, &config, &credentials, opts, notes))
 }
 
@@ -367,6 +377,7 @@ pub(crate) fn status_with(
         node.web_port_open = web_open;
         node.via = seen.via.clone();
         node.error = seen.error.clone();
+        node.generation = seen.generation;
         if let Some(p) = &seen.position {
             node.set_position(p);
         } else {
@@ -406,6 +417,23 @@ pub(crate) fn status_with(
             .ok()
     });
     notes.extend(home.held_change());
+    for node in &nodes {
+        if let (Some(g), Some(mine)) = (
+            node.generation,
+            nodes.iter().find_map(|n| n.ha_toml_generation),
+        ) {
+            if g > mine {
+                notes.push(format!(
+                    "{} holds generation {g}, above this node's ha.toml ({mine}): this node's ha.toml is behind the pair's roles",
+                    node.label()
+                ));
+            }
+        }
+    }
+    if config.demoted {
+        notes.push("this node is marked demoted in ha.toml: it will not start as primary until `keyferry ha rejoin`".into());
+    }
+    record_primary(home, &nodes);
     let (verdict, reasons) = judge(&nodes, &replication, &slots, opts.lag_warn_seconds);
     StatusReport {
         verdict,
@@ -420,6 +448,28 @@ pub(crate) fn status_with(
         old_data_dirs,
         archive,
         notes,
+    }
+}
+
+/// Records the running primary's position in `pair-history.json`, for a
+/// later failover's estimate of what may be lost (best effort: a hint).
+fn record_primary(home: &Home, nodes: &[NodeStatus]) {
+    let primaries: Vec<&NodeStatus> = nodes
+        .iter()
+        .filter(|n| n.role == Some(Role::RunningPrimary))
+        .collect();
+    if let [p] = primaries.as_slice() {
+        if let Some(lsn) = &p.current_lsn {
+            let seen = crate::ha::history::Seen {
+                at: crate::node::now_unix(),
+                primary: p.address.clone(),
+                lsn: lsn.clone(),
+                timeline: p.timeline,
+            };
+            if let Err(e) = crate::ha::history::record(home.root(), seen) {
+                tracing::warn!(error = %e, "cannot record the primary's position");
+            }
+        }
     }
 }
 
@@ -640,6 +690,8 @@ fn read_server(
         monitor::bound_statements(&mut client, &target, timeout)?;
         let position = monitor::position(&mut client, &target)?;
         seen.rights = Some(monitor::rights(&mut client, &target)?);
+        seen.generation =
+            Some(crate::ha::generation::current(&mut client, &target)?.map_or(0, |r| r.generation));
         if !position.in_recovery {
             seen.standbys = monitor::standbys(&mut client, &target)?;
             seen.slots = monitor::slots(&mut client, &target)?;

@@ -1,0 +1,168 @@
+//! `keyferry ha switchover|failover|guard|start|stop`: the options and the
+//! printing. The work is `ops::ha::{switchover, failover, guard}`'s.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{print_json, PasswordArgs};
+use crate::error::Result;
+use crate::ops::ha::failover::{self, FailoverOptions};
+use crate::ops::ha::guard;
+use crate::ops::ha::switchover::{self, Mode, SwitchoverOptions};
+use crate::ops::Home;
+
+#[derive(Args, Debug)]
+pub(crate) struct SwitchoverArgs {
+    /// Finish an interrupted switchover.
+    #[arg(long, conflicts_with = "abort")]
+    resume: bool,
+    /// Undo an interrupted switchover that had not promoted the replica.
+    #[arg(long)]
+    abort: bool,
+    /// Refuse when the replica is further behind than this (B, KiB, MiB, GiB).
+    #[arg(long, value_name = "SIZE", default_value = switchover::DEFAULT_MAX_LAG, value_parser = crate::fmt::parse_bytes)]
+    max_lag: u64,
+    /// Print what would be done; do nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Seconds to wait for the server's stop and start, the catch-up and the streaming.
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    timeout: u64,
+    /// Timeout of every connection attempt, in milliseconds.
+    #[arg(long, value_name = "N", default_value_t = super::ha::DEFAULT_TIMEOUT_MS)]
+    timeout_ms: u64,
+    /// Machine-readable report.
+    #[arg(long)]
+    json: bool,
+    /// The replication user's password. Without a source: the libpq password
+    /// file if it has an entry, else a prompt.
+    #[command(flatten)]
+    password: PasswordArgs,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct FailoverArgs {
+    /// Promote even though the old primary may still accept writes (risks two primaries).
+    #[arg(long)]
+    force: bool,
+    /// Print what would be done and what may be lost; do nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Seconds to wait for the promotion.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    timeout: u64,
+    /// Timeout of every connection attempt, in milliseconds.
+    #[arg(long, value_name = "N", default_value_t = super::ha::DEFAULT_TIMEOUT_MS)]
+    timeout_ms: u64,
+    /// Machine-readable report.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    password: PasswordArgs,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct GuardArgs {
+    /// Timeout of every connection attempt, in milliseconds.
+    #[arg(long, value_name = "N", default_value_t = super::ha::DEFAULT_TIMEOUT_MS)]
+    timeout_ms: u64,
+    /// Seconds to wait for the server's start or stop (`ha start`, `ha stop`).
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    timeout: u64,
+    /// Machine-readable report.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    password: PasswordArgs,
+}
+
+pub(crate) fn run_switchover(home: &Home, a: SwitchoverArgs) -> Result<()> {
+    let mode = if a.resume {
+        Mode::Resume
+    } else if a.abort {
+        Mode::Abort
+    } else {
+        Mode::Run
+    };
+    let opts = SwitchoverOptions {
+        mode,
+        password: a.password.source(),
+        max_lag: a.max_lag,
+        dry_run: a.dry_run,
+        connect_timeout: Duration::from_millis(a.timeout_ms),
+        timeout: Duration::from_secs(a.timeout),
+    };
+    let report = switchover::switchover(home, &opts, &mut |s| eprintln!("{s}"))?;
+    if a.json {
+        return print_json(&report);
+    }
+    for line in switchover::summary(&report) {
+        println!("{line}");
+    }
+    super::ha::not_audited_note(report.audited || report.dry_run);
+    Ok(())
+}
+
+pub(crate) fn run_failover(home: &Home, a: FailoverArgs) -> Result<()> {
+    let report = failover::failover(
+        home,
+        &FailoverOptions {
+            password: a.password.source(),
+            force: a.force,
+            dry_run: a.dry_run,
+            connect_timeout: Duration::from_millis(a.timeout_ms),
+            timeout: Duration::from_secs(a.timeout),
+        },
+    )?;
+    if a.json {
+        return print_json(&report);
+    }
+    for line in failover::summary(&report) {
+        println!("{line}");
+    }
+    super::ha::not_audited_note(report.audited || report.dry_run);
+    Ok(())
+}
+
+fn print_guard(report: &guard::GuardReport, json: bool) -> Result<()> {
+    if json {
+        return print_json(report);
+    }
+    for note in &report.notes {
+        println!("note: {note}");
+    }
+    println!("ha guard: allowed: {}", report.reason);
+    Ok(())
+}
+
+pub(crate) fn run_guard(home: &Home, a: GuardArgs) -> Result<()> {
+    let report = guard::guard(
+        home,
+        a.password.source().as_ref(),
+        Duration::from_millis(a.timeout_ms),
+    )?;
+    print_guard(&report, a.json)
+}
+
+pub(crate) fn run_start(home: &Home, a: GuardArgs) -> Result<()> {
+    let report = guard::start(
+        home,
+        a.password.source().as_ref(),
+        Duration::from_millis(a.timeout_ms),
+        Duration::from_secs(a.timeout),
+    )?;
+    print_guard(&report, a.json)?;
+    if !a.json {
+        println!("the local server runs");
+    }
+    Ok(())
+}
+
+pub(crate) fn run_stop(home: &Home, a: GuardArgs) -> Result<()> {
+    guard::stop(home, Duration::from_secs(a.timeout))?;
+    if !a.json {
+        println!("the local server is stopped");
+    }
+    Ok(())
+}

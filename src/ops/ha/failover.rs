@@ -1,0 +1,342 @@
+//! `keyferry ha failover`: the unplanned promotion of the replica, run on
+//! it while the primary is down.
+//!
+//! Refused while the old primary is reachable and accepts writes (its
+//! PostgreSQL port answers and `pg_is_in_recovery()` is false) — that is a
+//! switchover's job, and two primaries would split the pair's data; a port
+//! that answers without letting keyferry read the role is refused too,
+//! since the old primary cannot be shown to be down. `--force` overrides
+//! both and says what it risks.
+//!
+//! Before promoting it reports what can be lost: the replica's last
+//! received WAL position against the last primary position this node
+//! recorded (`pair-history.json`, written by `ha status`). Then, as one
+//! journaled change: the promotion (irreversible: `pg_promote()` through
+//! the local socket), the next generation's row written on the new primary
+//! (which also proves it accepts writes), the slot the old primary will
+//! stream through once it rejoins created, `ha.toml` with the roles
+//! swapped and the new generation, the audit record.
+//!
+//! The old primary, when it comes back, learns the new generation from
+//! this node's table (its `ha guard`, or any `ha` command there) and is
+//! kept from starting as primary until `ha rejoin`.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::check::credentials;
+use super::require_config;
+use super::roles::{self, other, peer_sql, FAILOVER};
+use crate::error::{Error, Result};
+use crate::ha::config::HaConfig;
+use crate::ha::generation::{self, Record};
+use crate::ha::preflight::Side;
+use crate::ha::{history, net};
+use crate::node::Home;
+use crate::ops::details;
+use crate::pg::{self, Credentials};
+use crate::secret::PasswordSource;
+
+/// The audit record's action.
+pub(crate) const ACTION: &str = "ha-failover";
+
+/// What `ha failover` was given.
+#[derive(Debug, Clone)]
+pub(crate) struct FailoverOptions {
+    pub password: Option<PasswordSource>,
+    /// Promote even though the old primary may still accept writes.
+    pub force: bool,
+    pub dry_run: bool,
+    pub connect_timeout: Duration,
+    /// Bounds the promotion.
+    pub timeout: Duration,
+}
+
+/// What the failover did (or would do).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct FailoverReport {
+    pub mode: &'static str,
+    pub dry_run: bool,
+    pub plan: Vec<String>,
+    pub old_primary: String,
+    pub new_primary: String,
+    pub generation: u64,
+    /// The old primary as seen now.
+    pub old_primary_state: String,
+    pub forced: bool,
+    /// What `--force` risks, when it overrode a refusal.
+    pub risk: Option<String>,
+    /// What this replica had received from the old primary.
+    pub received_lsn: Option<String>,
+    /// The last primary position this node recorded, and when.
+    pub last_known_primary_lsn: Option<String>,
+    pub last_known_at: Option<String>,
+    /// WAL the old primary had (as last seen) that this replica did not
+    /// receive: up to this many bytes may be lost.
+    pub may_lose_bytes: Option<u64>,
+    /// From the command's start to the first write the new primary
+    /// accepted.
+    pub seconds_to_first_write: Option<f64>,
+    pub slot: Option<String>,
+    pub notes: Vec<String>,
+    pub audited: bool,
+}
+
+/// The old primary as this node sees it.
+enum Peer {
+    /// Nothing answers on its PostgreSQL port.
+    Down,
+    /// Its server answers and runs as a replica.
+    Replica,
+    /// Its server answers and accepts writes.
+    Primary,
+    /// The port answers but the role could not be read.
+    Unknown(String),
+}
+
+fn look_at_peer(config: &HaConfig, peer: Side, creds: &Credentials, timeout: Duration) -> Peer {
+    let addr = SocketAddr::new(peer.address(config).ip(), config.pg_port);
+    if net::tcp_probe(addr, timeout).is_err() {
+        return Peer::Down;
+    }
+    match peer_sql(config, peer, creds, timeout).and_then(|(mut c, t)| pg::in_recovery(&mut c, &t))
+    {
+        Ok(true) => Peer::Replica,
+        Ok(false) => Peer::Primary,
+        Err(e) if e.is_unreachable() => Peer::Down,
+        Err(e) => Peer::Unknown(e.to_string()),
+    }
+}
+
+/// Runs a failover.
+pub(crate) fn failover(home: &Home, opts: &FailoverOptions) -> Result<FailoverReport> {
+    let started = Instant::now();
+    let config = require_config(home)?;
+    let mut facts = Vec::new();
+    let creds = credentials(&config, opts.password.as_ref(), &mut facts)?;
+    let (config, sync_note) = roles::sync(home, config, &creds, opts.connect_timeout)?;
+    let this = roles::this_side(&config, "ha failover")?;
+    let peer = other(this);
+    let peer_addr = peer.address(&config).to_string();
+    let this_addr = this.address(&config).to_string();
+
+    let seen = look_at_peer(&config, peer, &creds, opts.connect_timeout);
+    let (state_text, refusal) = match &seen {
+        Peer::Down => ("down (its PostgreSQL port does not answer)".to_owned(), None),
+        Peer::Replica => ("running as a replica".to_owned(), None),
+        Peer::Primary => (
+            "running as primary and accepting writes".to_owned(),
+            Some(format!(
+                "{peer_addr} is reachable and accepts writes: a failover now would make two primaries; for a planned change of roles run `keyferry ha switchover` on {peer_addr}"
+            )),
+        ),
+        Peer::Unknown(why) => (
+            format!("answering on its port, role unknown ({why})"),
+            Some(format!(
+                "{peer_addr}'s PostgreSQL port answers but its role cannot be read ({why}): it may still accept writes; stop it, or fix the connection (see `keyferry ha status`)"
+            )),
+        ),
+    };
+    let risk = match (&refusal, opts.force) {
+        (Some(why), false) => {
+            return Err(Error::Fenced(format!(
+                "ha failover refused: {why}; `--force` promotes anyway, at the risk of two primaries taking different writes"
+            )))
+        }
+        (Some(_), true) => Some(format!(
+            "forced while {peer_addr} is {state_text}: until it is stopped, both nodes may accept writes, and what it takes after this moment is lost to the pair; stop it now and rejoin it (`keyferry ha rejoin` there)"
+        )),
+        (None, _) => None,
+    };
+
+    let (mut local, lt) = roles::local_admin(&config, opts.connect_timeout).map_err(|e| {
+        Error::Refused(format!(
+            "ha failover: reading this node's server failed: {e}; run it on the replica, as root or the data directory's owner, with the server running"
+        ))
+    })?;
+    let local_err = |e: postgres::Error| {
+        Error::Refused(format!(
+            "ha failover: reading this node's server failed: {}",
+            pg::from_postgres(&lt, e)
+        ))
+    };
+    let row = local
+        .query_one(
+            "SELECT pg_is_in_recovery(), pg_last_wal_receive_lsn()::text, \
+                    pg_last_wal_replay_lsn()::text, current_setting('primary_slot_name', true)",
+            &[],
+        )
+        .map_err(local_err)?;
+    if !row.get::<_, bool>(0) {
+        return Err(Error::Refused(format!(
+            "this node ({this_addr}) already runs as primary: there is nothing to fail over"
+        )));
+    }
+    let received: Option<String> = row.get::<_, Option<String>>(1).or(row.get(2));
+    let slot: Option<String> = row
+        .get::<_, Option<String>>(3)
+        .filter(|s| !s.trim().is_empty());
+    let last = history::last(home.root()).filter(|s| s.primary == peer_addr);
+    let may_lose = match (&last, &received) {
+        (Some(l), Some(r)) => local
+            .query_one(
+                "SELECT greatest(pg_wal_lsn_diff($1::text::pg_lsn, $2::text::pg_lsn), 0)::bigint",
+                &[&l.lsn, r],
+            )
+            .ok()
+            .and_then(|row| u64::try_from(row.get::<_, i64>(0)).ok()),
+        _ => None,
+    };
+    let table = generation::current(&mut local, &lt).ok().flatten();
+    let next_generation = config.generation.max(table.map_or(0, |r| r.generation)) + 1;
+
+    let mut report = FailoverReport {
+        mode: "failed-over",
+        dry_run: opts.dry_run,
+        plan: vec![
+            format!("promote this node ({this_addr}) with pg_promote()"),
+            format!(
+                "record generation {next_generation} (primary {this_addr}) in {} here: the first write, proving it accepts writes",
+                generation::TABLE
+            ),
+            match &slot {
+                Some(s) => format!("create the replication slot {s} here, for {peer_addr} once it rejoins"),
+                None => "no replication slot in use: none to create".into(),
+            },
+            format!("swap primary and secondary in ha.toml, generation {next_generation}"),
+        ],
+        old_primary: peer_addr.clone(),
+        new_primary: this_addr.clone(),
+        generation: next_generation,
+        old_primary_state: state_text,
+        forced: risk.is_some(),
+        risk,
+        received_lsn: received.clone(),
+        last_known_primary_lsn: last.as_ref().map(|l| l.lsn.clone()),
+        last_known_at: last.as_ref().map(|l| crate::fmt::fmt_time(l.at)),
+        may_lose_bytes: may_lose,
+        seconds_to_first_write: None,
+        slot: slot.clone(),
+        notes: sync_note.into_iter().collect(),
+        audited: false,
+    };
+    if opts.dry_run {
+        report.mode = "dry-run";
+        return Ok(report);
+    }
+
+    let mut node = home.open(false)?;
+    let mut change = node.begin(
+        ACTION,
+        details([
+            ("old_primary", Value::from(peer_addr.clone())),
+            ("new_primary", Value::from(this_addr.clone())),
+            ("generation", Value::from(next_generation)),
+            ("forced", Value::from(report.forced)),
+            ("received_lsn", Value::from(received.clone())),
+            ("may_lose_bytes", Value::from(may_lose)),
+        ]),
+    )?;
+    let wait = i32::try_from(opts.timeout.as_secs().clamp(1, 3600)).unwrap_or(60);
+    change.irreversible("promoting this node", Vec::new(), |_| {
+        let ok: bool = local
+            .query_one("SELECT pg_promote(true, $1)", &[&wait])
+            .map_err(|e| Error::Refused(format!("ha failover: pg_promote failed: {}", pg::from_postgres(&lt, e))))?
+            .get(0);
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::Refused(format!(
+                "ha failover: the promotion did not finish within {wait} s; read the server's log; `keyferry ha status` shows whether it finished later"
+            )))
+        }
+    })?;
+    let record = Record {
+        generation: next_generation,
+        primary_addr: this_addr.clone(),
+        changed_at: None,
+        by_node: config.node.clone(),
+        action: FAILOVER.into(),
+    };
+    generation::insert(&mut local, &lt, &record, &config.replication_user).map_err(|e| {
+        Error::Refused(format!(
+            "ha failover: this node was promoted but the first write (the generation record) failed: {e}; read the server's log, then run `keyferry ha failover` again"
+        ))
+    })?;
+    report.seconds_to_first_write = Some(started.elapsed().as_secs_f64());
+    if let Some(s) = &slot {
+        if let Err(e) = local.execute(
+            "SELECT pg_create_physical_replication_slot($1, true) \
+             WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+            &[s],
+        ) {
+            report.notes.push(format!(
+                "the replication slot {s} could not be created here ({}); create it before the old primary rejoins: SELECT pg_create_physical_replication_slot('{s}', true)",
+                pg::from_postgres(&lt, e)
+            ));
+        }
+    }
+    let mut next = config.clone();
+    if this == Side::Secondary {
+        std::mem::swap(&mut next.primary, &mut next.secondary);
+    }
+    next.generation = next_generation;
+    next.demoted = false;
+    roles::save_config(&mut change, home, &next)?;
+    report.audited = change.finish()?.audited;
+    report
+        .notes
+        .push(format!(
+            "the old primary {peer_addr} must not start as primary: its `keyferry ha guard` (ExecStartPre) refuses once it can reach this node; make it a replica with `keyferry ha rejoin` there, which also drops the slot left on it"
+        ));
+    Ok(report)
+}
+
+/// The report as the operator reads it.
+pub(crate) fn summary(r: &FailoverReport) -> Vec<String> {
+    let mut lines = Vec::new();
+    let head = if r.dry_run {
+        format!(
+            "would fail over: {} (old primary {}: {}) becomes the primary, generation {}:",
+            r.new_primary, r.old_primary, r.old_primary_state, r.generation
+        )
+    } else {
+        format!(
+            "failed over: {} is the primary (generation {}); the old primary {} was {}",
+            r.new_primary, r.generation, r.old_primary, r.old_primary_state
+        )
+    };
+    lines.push(head);
+    if r.dry_run {
+        lines.extend(
+            r.plan
+                .iter()
+                .enumerate()
+                .map(|(i, s)| format!("  {}. {s}", i + 1)),
+        );
+    }
+    match (&r.may_lose_bytes, &r.last_known_primary_lsn) {
+        (Some(n), Some(lsn)) => lines.push(format!(
+            "up to {n} bytes of WAL may be lost: the old primary was last seen at {lsn} ({}), this replica received up to {} (and anything the primary wrote after it was last seen is lost too)",
+            r.last_known_at.as_deref().unwrap_or("?"),
+            r.received_lsn.as_deref().unwrap_or("?")
+        )),
+        _ => lines.push(format!(
+            "how much WAL may be lost is not known: no recorded position of the old primary (`keyferry ha status` records it); this replica received up to {}",
+            r.received_lsn.as_deref().unwrap_or("?")
+        )),
+    }
+    if let Some(risk) = &r.risk {
+        lines.push(format!("warning: {risk}"));
+    }
+    if let Some(s) = r.seconds_to_first_write {
+        lines.push(format!(
+            "first write accepted {s:.2} s after the command started"
+        ));
+    }
+    lines.extend(r.notes.iter().map(|n| format!("note: {n}")));
+    lines
+}

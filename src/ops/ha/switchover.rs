@@ -1,0 +1,848 @@
+//! `keyferry ha switchover`: the planned exchange of roles, run on the
+//! current primary while both nodes are up. No committed transaction is
+//! lost: the primary is stopped cleanly, and the replica is promoted only
+//! once it has replayed the primary's final (shutdown) checkpoint, so it
+//! holds every commit the primary ever acknowledged.
+//!
+//! The steps, one held journaled change ([`crate::node::Node::begin_held`]):
+//!
+//! 1. checks, changing nothing: this node's server runs as primary (read
+//!    through its Unix socket as the data directory's owner); the peer's
+//!    runs as a replica, streams from it, is less than `--max-lag` behind,
+//!    and the replication user may execute `pg_promote`;
+//! 2. the replication password into the 0600 password file beside the data
+//!    directory, naming the peer (undo: the previous file back);
+//! 3. the next generation's row into `keyferry_pair` on this server (undo:
+//!    delete it once the server runs again) — written before the stop, it
+//!    reaches the replica inside the WAL the replica must replay anyway;
+//! 4. stop the local server (fast: clients are disconnected, the shutdown
+//!    checkpoint is written and streamed) (undo: start it again); read the
+//!    checkpoint's LSN with `pg_controldata`; wait until the replica has
+//!    received and replayed past it;
+//! 5. `pg_promote()` on the peer, as the replication user. The point of no
+//!    return: the journal forgets the undos above, and from here only
+//!    `--resume` (forward) is offered;
+//! 6. the slot the old primary will stream through (the one the replica
+//!    used) created on the new primary; this node configured as a standby
+//!    of the peer (`standby.signal`, `primary_conninfo` naming the password
+//!    file) and started; the slot left on it dropped; wait until the new
+//!    primary sees it streaming; `ha.toml` rewritten (roles swapped, the
+//!    new generation); the audit record.
+//!
+//! Invariants: a failure (or `--abort`) before step 5 leaves the old
+//! primary running as primary and everything else as it was; a failure
+//! after it never starts the old primary as a primary, keeps the journal
+//! and names the command that completes the switchover; at no moment do
+//! both servers accept writes (the old primary is stopped before the
+//! promotion and only ever started again with `standby.signal`).
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use zeroize::Zeroizing;
+
+use super::bootstrap::{passfile_path, write_owned};
+use super::check::credentials;
+use super::require_config;
+use super::roles::{self, other, peer_sql, SWITCHOVER};
+use crate::error::{Error, Result};
+use crate::fsutil::Ownership;
+use crate::ha::config::HaConfig;
+use crate::ha::generation::{self, Record};
+use crate::ha::preflight::Side;
+use crate::ha::service::Server;
+use crate::node::{Change, Home, Undo};
+use crate::ops::details;
+use crate::pg::standby::{self, Upstream};
+use crate::pg::{self, Credentials};
+use crate::secret::PasswordSource;
+
+/// The journal's name for a switchover (and the audit record's action).
+pub(crate) const ACTION: &str = "ha-switchover";
+const RESUME: &str = "keyferry ha switchover --resume";
+const ABORT: &str = "keyferry ha switchover --abort";
+/// Default `--max-lag`: 16 MiB.
+pub(crate) const DEFAULT_MAX_LAG: &str = "16MiB";
+
+/// Run, finish an interrupted run, or undo one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Run,
+    Resume,
+    Abort,
+}
+
+/// What `ha switchover` was given.
+#[derive(Debug, Clone)]
+pub(crate) struct SwitchoverOptions {
+    pub mode: Mode,
+    pub password: Option<PasswordSource>,
+    /// Refuse when the replica is further behind than this many bytes.
+    pub max_lag: u64,
+    pub dry_run: bool,
+    /// Bounds each connection attempt.
+    pub connect_timeout: Duration,
+    /// Bounds the server's stop and start, the catch-up and the streaming
+    /// check.
+    pub timeout: Duration,
+}
+
+/// How far a switchover got (the journal's state; no secret).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    /// `begun`, `stopped`, `promoting`, `promoted`.
+    phase: String,
+    peer: Side,
+    generation: u64,
+    slot: Option<String>,
+    checkpoint_lsn: Option<String>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            phase: String::new(),
+            peer: Side::Secondary,
+            generation: 0,
+            slot: None,
+            checkpoint_lsn: None,
+        }
+    }
+}
+
+/// What a switchover did (or, with `--dry-run`, would do).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct SwitchoverReport {
+    pub mode: &'static str,
+    pub dry_run: bool,
+    /// The steps, as the operator reads them.
+    pub plan: Vec<String>,
+    pub old_primary: String,
+    pub new_primary: String,
+    pub generation: u64,
+    /// The replica's lag when the switchover began, in bytes.
+    pub lag_bytes: Option<u64>,
+    /// The old primary's shutdown checkpoint, which the new primary replayed.
+    pub checkpoint_lsn: Option<String>,
+    pub slot: Option<String>,
+    /// Notes (`ha.toml` brought up to date, a slot dropped).
+    pub notes: Vec<String>,
+    pub audited: bool,
+    /// Seconds the clean stop of the old primary took.
+    pub stop_seconds: Option<f64>,
+    /// Seconds from the stop's end until the replica had replayed its
+    /// shutdown checkpoint.
+    pub catch_up_seconds: Option<f64>,
+    /// Seconds `pg_promote()` took.
+    pub promote_seconds: Option<f64>,
+}
+
+/// Runs, resumes or aborts a switchover; `step` hears each step as it
+/// begins.
+pub(crate) fn switchover(
+    home: &Home,
+    opts: &SwitchoverOptions,
+    step: &mut dyn FnMut(&str),
+) -> Result<SwitchoverReport> {
+    let config = require_config(home)?;
+    let mut facts = Vec::new();
+    let creds = credentials(&config, opts.password.as_ref(), &mut facts)?;
+    let server = Server::of(&config, opts.timeout);
+    match opts.mode {
+        Mode::Run => {
+            let (config, note) = roles::sync(home, config, &creds, opts.connect_timeout)?;
+            let mut report = fresh(home, &config, &server, &creds, opts, step)?;
+            report.notes.splice(0..0, note);
+            Ok(report)
+        }
+        Mode::Abort => {
+            let mut node = home.open(false)?;
+            let Some(change) = node.reopen_held(ACTION)? else {
+                return Err(nothing_interrupted());
+            };
+            let state: State = serde_json::from_value(change.state()).unwrap_or_default();
+            if promoted(&config, &state, &creds, opts)? {
+                change.suspend();
+                return Err(Error::Refused(format!(
+                    "the interrupted switchover has promoted {}: it cannot be undone (that would make two primaries); finish it with `{RESUME}`",
+                    state.peer.address(&config)
+                )));
+            }
+            step(
+                "undoing the interrupted switchover: starting this node's server again as primary",
+            );
+            change.abort()?;
+            let mut report = report_base(&config, state.peer, state.generation, "aborted");
+            report.plan =
+                vec!["the old primary runs again as primary; nothing else changed".into()];
+            Ok(report)
+        }
+        Mode::Resume => {
+            let mut node = home.open(false)?;
+            let Some(mut change) = node.reopen_held(ACTION)? else {
+                return Err(nothing_interrupted());
+            };
+            let state: State = serde_json::from_value(change.state()).unwrap_or_default();
+            if promoted(&config, &state, &creds, opts)? {
+                step("resuming after the promotion: turning this node into a replica of the new primary");
+                change.point_of_no_return()?;
+                let password = replication_password(&config, state.peer, &creds)?;
+                return forward(
+                    home, change, &config, &server, &state, &password, &creds, opts, step,
+                    "resumed",
+                );
+            }
+            step("the replica had not been promoted: undoing the interrupted switchover and starting over");
+            change.abort()?;
+            drop(node);
+            let (config, _) = roles::sync(home, config, &creds, opts.connect_timeout)?;
+            fresh(home, &config, &server, &creds, opts, step)
+        }
+    }
+}
+
+fn nothing_interrupted() -> Error {
+    Error::Usage(
+        "there is no interrupted switchover on this node: run `keyferry ha switchover` to start one"
+            .into(),
+    )
+}
+
+fn step_error(step: &str, message: impl std::fmt::Display, fix: &str) -> Error {
+    Error::Refused(format!("ha switchover: {step} failed: {message}; {fix}"))
+}
+
+/// Whether the journal's switchover got past the promotion. In the
+/// `promoting` phase the peer itself says: out of recovery is promoted; a
+/// peer that cannot be read cannot be shown not to be, so it counts as
+/// promoted (only the forward path is safe then).
+fn promoted(
+    config: &HaConfig,
+    state: &State,
+    creds: &Credentials,
+    opts: &SwitchoverOptions,
+) -> Result<bool> {
+    match state.phase.as_str() {
+        "promoted" => Ok(true),
+        "promoting" => match peer_sql(config, state.peer, creds, opts.connect_timeout)
+            .and_then(|(mut c, t)| pg::in_recovery(&mut c, &t))
+        {
+            Ok(in_recovery) => Ok(!in_recovery),
+            Err(e) => Err(step_error(
+                "reading the peer's role",
+                e,
+                &format!(
+                    "the promotion may have happened; make {} reachable and run `{RESUME}`",
+                    state.peer.address(config)
+                ),
+            )),
+        },
+        _ => Ok(false),
+    }
+}
+
+fn report_base(
+    config: &HaConfig,
+    peer: Side,
+    generation: u64,
+    mode: &'static str,
+) -> SwitchoverReport {
+    SwitchoverReport {
+        mode,
+        dry_run: false,
+        plan: Vec::new(),
+        old_primary: other(peer).address(config).to_string(),
+        new_primary: peer.address(config).to_string(),
+        generation,
+        lag_bytes: None,
+        checkpoint_lsn: None,
+        slot: None,
+        notes: Vec::new(),
+        audited: false,
+        stop_seconds: None,
+        catch_up_seconds: None,
+        promote_seconds: None,
+    }
+}
+
+/// The replication password, for the password file that names the peer.
+fn replication_password(
+    config: &HaConfig,
+    peer: Side,
+    creds: &Credentials,
+) -> Result<Zeroizing<String>> {
+    let host = peer.address(config).to_string();
+    let bytes = creds
+        .for_conn(&host, config.pg_port, "replication", &config.replication_user)
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "no password for the replication user {}: pass --password-file, --password-fd or --password-env, or add `{host}:{}:replication:{}:PASSWORD` to ~/.pgpass (mode 0600)",
+                config.replication_user, config.pg_port, config.replication_user
+            ))
+        })?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| Error::Usage("the replication password is not valid UTF-8".into()))?;
+    Ok(Zeroizing::new(text.to_owned()))
+}
+
+/// What the checks found.
+struct Checked {
+    lag: u64,
+    slot: Option<String>,
+    generation: u64,
+}
+
+/// Step 1: nothing is changed.
+fn check(
+    config: &HaConfig,
+    this: Side,
+    peer: Side,
+    creds: &Credentials,
+    opts: &SwitchoverOptions,
+) -> Result<Checked> {
+    let (mut local, lt) = roles::local_admin(config, opts.connect_timeout).map_err(|e| {
+        step_error(
+            "reading this node's server",
+            e,
+            "run `ha switchover` on the current primary, as root or as the data directory's owner, with the server running",
+        )
+    })?;
+    let fail_local = |e: postgres::Error| {
+        step_error(
+            "reading this node's server",
+            pg::from_postgres(&lt, e),
+            "see `keyferry ha status`",
+        )
+    };
+    if pg::in_recovery(&mut local, &lt)
+        .map_err(|e| step_error("reading this node's server", e, "see `keyferry ha status`"))?
+    {
+        return Err(Error::Refused(format!(
+            "this node ({}) runs as a replica: run `keyferry ha switchover` on the primary ({})",
+            this.address(config),
+            peer.address(config)
+        )));
+    }
+    let peer_addr = peer.address(config).to_string();
+    let row = local
+        .query_opt(
+            "SELECT s.state, greatest(pg_wal_lsn_diff(pg_current_wal_lsn(), s.replay_lsn), 0)::bigint, r.slot_name::text \
+             FROM pg_stat_replication s LEFT JOIN pg_replication_slots r ON r.active_pid = s.pid \
+             WHERE host(s.client_addr) = $1 AND s.application_name <> 'pg_basebackup' \
+             ORDER BY s.backend_start LIMIT 1",
+            &[&peer_addr],
+        )
+        .map_err(fail_local)?;
+    let Some(row) = row else {
+        return Err(Error::Refused(format!(
+            "the replica {peer_addr} does not stream from this node: a switchover needs a streaming replica (see `keyferry ha status`)"
+        )));
+    };
+    let state: Option<String> = row.get(0);
+    let lag = row
+        .get::<_, Option<i64>>(1)
+        .and_then(|l| u64::try_from(l).ok());
+    let slot: Option<String> = row.get(2);
+    if state.as_deref() != Some("streaming") {
+        return Err(Error::Refused(format!(
+            "the replica {peer_addr} is not streaming (state {}): wait until it has caught up (`keyferry ha status`)",
+            state.as_deref().unwrap_or("unknown")
+        )));
+    }
+    let lag = lag.unwrap_or(u64::MAX);
+    if lag > opts.max_lag {
+        return Err(Error::Refused(format!(
+            "the replica {peer_addr} is {} behind, over --max-lag {}: wait until it catches up, or raise --max-lag",
+            crate::fmt::human_bytes(lag),
+            crate::fmt::human_bytes(opts.max_lag)
+        )));
+    }
+    let table = generation::current(&mut local, &lt)
+        .map_err(|e| step_error("reading the pair's generation", e, "see the server's log"))?;
+    let generation = config.generation.max(table.map_or(0, |r| r.generation)) + 1;
+    let (mut remote, rt) = peer_sql(config, peer, creds, opts.connect_timeout).map_err(|e| {
+        let fix = crate::ha::preflight::connection_fix(&e, config, None, false);
+        step_error("connecting to the replica as the replication user", e, &fix)
+    })?;
+    if !pg::in_recovery(&mut remote, &rt)
+        .map_err(|e| step_error("reading the replica", e, "see `keyferry ha status`"))?
+    {
+        return Err(Error::Refused(format!(
+            "{peer_addr} runs as a primary too: split brain; see `keyferry ha status` before anything else"
+        )));
+    }
+    let rights = pg::monitor::rights(&mut remote, &rt).map_err(|e| {
+        step_error(
+            "reading the replication user's rights",
+            e,
+            "see `keyferry ha check`",
+        )
+    })?;
+    if !rights.promote {
+        return Err(Error::Refused(format!(
+            "the replication user {user} may not execute pg_promote on the replica, so it cannot be promoted without a superuser password: on the primary, GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO {user}; (it replicates), then run the switchover again",
+            user = config.replication_user
+        )));
+    }
+    Ok(Checked {
+        lag,
+        slot,
+        generation,
+    })
+}
+
+fn fresh(
+    home: &Home,
+    config: &HaConfig,
+    server: &Server,
+    creds: &Credentials,
+    opts: &SwitchoverOptions,
+    step: &mut dyn FnMut(&str),
+) -> Result<SwitchoverReport> {
+    let this = roles::this_side(config, "ha switchover")?;
+    let peer = other(this);
+    step("checking both nodes: this one runs as primary, the replica streams, its lag, its rights");
+    let checked = check(config, this, peer, creds, opts)?;
+    let password = replication_password(config, peer, creds)?;
+    let (this_addr, peer_addr) = (this.address(config), peer.address(config));
+    let mut report = report_base(config, peer, checked.generation, "switched");
+    report.lag_bytes = Some(checked.lag);
+    report.slot = checked.slot.clone();
+    report.plan = vec![
+        format!("write the replication password file {} naming {peer_addr}", passfile_path(config).display()),
+        format!("record generation {} (primary {peer_addr}) in {} on this server", checked.generation, generation::TABLE),
+        format!("stop this node's server ({this_addr}) cleanly and read its shutdown checkpoint"),
+        format!("wait (up to {} s) until {peer_addr} has replayed past that checkpoint", opts.timeout.as_secs()),
+        format!("promote {peer_addr} with pg_promote() as {}", config.replication_user),
+        match &checked.slot {
+            Some(s) => format!("create the replication slot {s} on {peer_addr}; drop the one left on this node"),
+            None => "no replication slot is in use: none to move".into(),
+        },
+        format!("configure this node as a replica of {peer_addr} (standby.signal, primary_conninfo) and start it; wait until it streams"),
+        format!("swap primary and secondary in ha.toml, generation {}", checked.generation),
+    ];
+    if opts.dry_run {
+        report.dry_run = true;
+        report.mode = "dry-run";
+        return Ok(report);
+    }
+    let mut node = home.open(false)?;
+    let mut change = node.begin_held(
+        ACTION,
+        details([
+            ("old_primary", Value::from(this_addr.to_string())),
+            ("new_primary", Value::from(peer_addr.to_string())),
+            ("generation", Value::from(checked.generation)),
+            ("lag_bytes", Value::from(checked.lag)),
+        ]),
+        RESUME,
+        ABORT,
+    )?;
+    let mut state = State {
+        phase: "begun".into(),
+        peer,
+        generation: checked.generation,
+        slot: checked.slot.clone(),
+        checkpoint_lsn: None,
+    };
+    change.set_state(to_value(&state))?;
+
+    step("writing the replication password file");
+    write_passfile(&mut change, config, peer, &password)?;
+
+    step(&format!("recording generation {}", checked.generation));
+    let undo = Undo::ForgetGeneration {
+        server: server.clone(),
+        socket_dir: config.pg_socket_dir.clone(),
+        port: config.pg_port,
+        generation: checked.generation,
+    };
+    change.step(undo, || {
+        let (mut local, lt) = roles::local_admin(config, opts.connect_timeout)
+            .map_err(|e| step_error("recording the generation", e, "see the server's log"))?;
+        let record = Record {
+            generation: checked.generation,
+            primary_addr: peer_addr.to_string(),
+            changed_at: None,
+            by_node: config.node.clone(),
+            action: SWITCHOVER.into(),
+        };
+        generation::insert(&mut local, &lt, &record, &config.replication_user)
+            .map_err(|e| step_error("recording the generation", e, "see the server's log"))
+    })?;
+
+    step("stopping this node's server cleanly");
+    let stop_began = Instant::now();
+    change.step(
+        Undo::Server {
+            server: server.clone(),
+            running: true,
+        },
+        || {
+            server.stop().map_err(|e| {
+                step_error(
+                    "stopping this node's server",
+                    e,
+                    "nothing was promoted; read the server's log",
+                )
+            })
+        },
+    )?;
+    let stop_seconds = stop_began.elapsed().as_secs_f64();
+    let catch_up_began = Instant::now();
+    state.phase = "stopped".into();
+    change.set_state(to_value(&state))?;
+    let control = pg::controldata(&config.pg_bin, &config.pg_data).map_err(|e| {
+        step_error(
+            "reading the shutdown checkpoint (pg_controldata)",
+            e,
+            "check pg_bin in ha.toml",
+        )
+    })?;
+    let ckpt = match (control.state.as_str(), control.checkpoint_lsn) {
+        ("shut down", Some(lsn)) => lsn.to_string(),
+        (other_state, _) => {
+            return Err(step_error(
+                "checking the clean shutdown",
+                format!("the cluster state is \"{other_state}\", not \"shut down\""),
+                "the old primary was started again; read its log",
+            ))
+        }
+    };
+    state.checkpoint_lsn = Some(ckpt.clone());
+    change.set_state(to_value(&state))?;
+
+    step(&format!(
+        "waiting until {peer_addr} has replayed the shutdown checkpoint {ckpt}"
+    ));
+    wait_replayed(config, peer, creds, opts, &ckpt)?;
+
+    step(&format!("promoting {peer_addr}"));
+    state.phase = "promoting".into();
+    change.set_state(to_value(&state))?;
+    let catch_up_seconds = catch_up_began.elapsed().as_secs_f64();
+    let promote_began = Instant::now();
+    promote(config, peer, creds, opts)?;
+    let promote_seconds = promote_began.elapsed().as_secs_f64();
+    change.point_of_no_return()?;
+    state.phase = "promoted".into();
+    change.set_state(to_value(&state))?;
+    forward(
+        home, change, config, server, &state, &password, creds, opts, step, "switched",
+    )
+    .map(|mut r| {
+        r.lag_bytes = Some(checked.lag);
+        r.plan = report.plan;
+        r.stop_seconds = Some(stop_seconds);
+        r.catch_up_seconds = Some(catch_up_seconds);
+        r.promote_seconds = Some(promote_seconds);
+        r
+    })
+}
+
+fn to_value(state: &State) -> Value {
+    serde_json::to_value(state).unwrap_or(Value::Null)
+}
+
+fn write_passfile(
+    change: &mut Change<'_>,
+    config: &HaConfig,
+    peer: Side,
+    password: &Zeroizing<String>,
+) -> Result<()> {
+    let path = passfile_path(config);
+    let up = upstream(config, peer, &path, None);
+    let line = standby::passfile_line(&up, password).ok_or_else(|| {
+        Error::Usage(
+            "the replication password has a line break: libpq's password file cannot hold it"
+                .into(),
+        )
+    })?;
+    change.replace_file(
+        &path,
+        &mut line.as_bytes(),
+        Ownership::PrivateTo(config.pg_data.clone()),
+    )?;
+    Ok(())
+}
+
+fn upstream<'a>(
+    config: &'a HaConfig,
+    peer: Side,
+    passfile: &'a std::path::Path,
+    slot: Option<&'a str>,
+) -> Upstream<'a> {
+    Upstream {
+        host: peer.address(config).to_string(),
+        port: config.pg_port,
+        user: &config.replication_user,
+        application_name: &config.node,
+        passfile,
+        slot,
+    }
+}
+
+/// Step 4's wait: the replica received and replayed past `ckpt`.
+fn wait_replayed(
+    config: &HaConfig,
+    peer: Side,
+    creds: &Credentials,
+    opts: &SwitchoverOptions,
+    ckpt: &str,
+) -> Result<()> {
+    let deadline = Instant::now() + opts.timeout;
+    let mut client = None;
+    let mut last = String::new();
+    loop {
+        if client.is_none() {
+            match peer_sql(config, peer, creds, opts.connect_timeout) {
+                Ok(c) => client = Some(c),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        if let Some((c, t)) = client.as_mut() {
+            match c.query_one(
+                "SELECT coalesce(pg_last_wal_receive_lsn() > $1::text::pg_lsn \
+                                 AND pg_last_wal_replay_lsn() > $1::text::pg_lsn, false)",
+                &[&ckpt],
+            ) {
+                Ok(row) if row.get::<_, bool>(0) => return Ok(()),
+                Ok(_) => last = "not replayed yet".into(),
+                Err(e) => {
+                    last = pg::from_postgres(t, e).to_string();
+                    client = None;
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(step_error(
+                "waiting for the replica to replay the shutdown checkpoint",
+                format!("not done after {} s: {last}", opts.timeout.as_secs()),
+                "nothing was promoted and the old primary was started again; read the replica's log, then run the switchover again",
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Step 5: `pg_promote(wait => true)` on the peer. An error that leaves
+/// the peer in recovery is a failure before the point of no return; one
+/// after which the peer is out of recovery is a promotion.
+fn promote(
+    config: &HaConfig,
+    peer: Side,
+    creds: &Credentials,
+    opts: &SwitchoverOptions,
+) -> Result<()> {
+    let wait = i32::try_from(opts.timeout.as_secs().clamp(1, 3600)).unwrap_or(60);
+    let outcome = peer_sql(config, peer, creds, opts.connect_timeout).and_then(|(mut c, t)| {
+        c.query_one("SELECT pg_promote(true, $1)", &[&wait])
+            .map(|row| row.get::<_, bool>(0))
+            .map_err(|e| pg::from_postgres(&t, e))
+    });
+    match outcome {
+        Ok(true) => Ok(()),
+        other_outcome => {
+            let still = peer_sql(config, peer, creds, opts.connect_timeout)
+                .and_then(|(mut c, t)| pg::in_recovery(&mut c, &t));
+            match still {
+                Ok(false) => Ok(()),
+                _ => Err(step_error(
+                    "promoting the replica (pg_promote)",
+                    match other_outcome {
+                        Ok(_) => format!("it did not finish within {wait} s"),
+                        Err(e) => e.to_string(),
+                    },
+                    "the old primary was started again as primary; read the replica's log, check `keyferry ha check` (rights), then run the switchover again",
+                )),
+            }
+        }
+    }
+}
+
+/// Step 6: from the promotion on, forward only. Any failure keeps the
+/// journal and says how to finish.
+#[allow(clippy::too_many_arguments)]
+fn forward(
+    home: &Home,
+    mut change: Change<'_>,
+    config: &HaConfig,
+    server: &Server,
+    state: &State,
+    password: &Zeroizing<String>,
+    creds: &Credentials,
+    opts: &SwitchoverOptions,
+    step: &mut dyn FnMut(&str),
+    mode: &'static str,
+) -> Result<SwitchoverReport> {
+    let peer = state.peer;
+    let this = other(peer);
+    let mut notes = Vec::new();
+    let result = (|| -> Result<()> {
+        if let Some(slot) = &state.slot {
+            step(&format!(
+                "creating the replication slot {slot} on the new primary"
+            ));
+            let (mut c, t) = peer_sql(config, peer, creds, opts.connect_timeout)
+                .map_err(|e| step_error("connecting to the new primary", e, "make it reachable"))?;
+            c.execute(
+                "SELECT pg_create_physical_replication_slot($1, true) \
+                 WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+                &[slot],
+            )
+            .map_err(|e| {
+                step_error(
+                    "creating the replication slot",
+                    pg::from_postgres(&t, e),
+                    "the replication user needs REPLICATION",
+                )
+            })?;
+        }
+        step("configuring this node as a replica of the new primary");
+        write_passfile(&mut change, config, peer, password)?;
+        let data = &config.pg_data;
+        write_owned(&data.join("standby.signal"), b"", data)?;
+        let auto = data.join("postgresql.auto.conf");
+        let existing = match std::fs::read_to_string(&auto) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(Error::io(format!("cannot read {}", auto.display()))(e)),
+        };
+        let passfile = passfile_path(config);
+        let up = upstream(config, peer, &passfile, state.slot.as_deref());
+        write_owned(&auto, standby::auto_conf(&existing, &up).as_bytes(), data)?;
+        step("starting this node as a replica");
+        server.start().map_err(|e| {
+            step_error(
+                "starting this node as a replica",
+                e,
+                "read the server's log",
+            )
+        })?;
+        if let Some(slot) = &state.slot {
+            match roles::drop_local_slot(config, slot, opts.connect_timeout) {
+                Ok(true) => notes.push(format!("dropped the replication slot {slot} left on this node")),
+                Ok(false) => {}
+                Err(e) => notes.push(format!(
+                    "the replication slot {slot} left on this node could not be dropped ({e}): drop it with SELECT pg_drop_replication_slot('{slot}')"
+                )),
+            }
+        }
+        step("waiting until this node streams from the new primary");
+        wait_streaming(config, this, peer, creds, opts)?;
+        let mut next = config.clone();
+        if peer == Side::Secondary {
+            std::mem::swap(&mut next.primary, &mut next.secondary);
+        }
+        next.generation = state.generation;
+        next.demoted = false;
+        roles::save_config(&mut change, home, &next)?;
+        change.set_detail("checkpoint_lsn", Value::from(state.checkpoint_lsn.clone()));
+        change.set_detail("slot", Value::from(state.slot.clone()));
+        Ok(())
+    })();
+    if let Err(e) = result {
+        change.suspend();
+        return Err(Error::Refused(format!(
+            "{e}; {} is the primary now (promoted); finish the switchover with `{RESUME}`",
+            peer.address(config)
+        )));
+    }
+    let receipt = change.finish()?;
+    let mut report = report_base(config, peer, state.generation, mode);
+    report.checkpoint_lsn = state.checkpoint_lsn.clone();
+    report.slot = state.slot.clone();
+    report.notes = notes;
+    report.audited = receipt.audited;
+    Ok(report)
+}
+
+/// The new primary sees this node streaming.
+fn wait_streaming(
+    config: &HaConfig,
+    this: Side,
+    peer: Side,
+    creds: &Credentials,
+    opts: &SwitchoverOptions,
+) -> Result<()> {
+    let me = this.address(config).to_string();
+    let deadline = Instant::now() + opts.timeout;
+    let mut last;
+    loop {
+        let seen = peer_sql(config, peer, creds, opts.connect_timeout).and_then(|(mut c, t)| {
+            c.query_one(
+                "SELECT coalesce(bool_or(state = 'streaming'), false) FROM pg_stat_replication WHERE host(client_addr) = $1",
+                &[&me],
+            )
+            .map(|r| r.get::<_, bool>(0))
+            .map_err(|e| pg::from_postgres(&t, e))
+        });
+        match seen {
+            Ok(true) => return Ok(()),
+            Ok(false) => last = "the new primary does not see this node streaming yet".into(),
+            Err(e) => last = e.to_string(),
+        }
+        if Instant::now() >= deadline {
+            return Err(step_error(
+                "checking that this node streams",
+                format!("not after {} s: {last}", opts.timeout.as_secs()),
+                "read this node's server log (pg_hba.conf on the new primary must let the replication user in from this address)",
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The report as the operator reads it.
+pub(crate) fn summary(r: &SwitchoverReport) -> Vec<String> {
+    let mut lines = Vec::new();
+    match r.mode {
+        "dry-run" => {
+            lines.push(format!(
+                "would switch over: {} -> {} (replica {} behind), generation {}:",
+                r.old_primary,
+                r.new_primary,
+                crate::fmt::human_bytes(r.lag_bytes.unwrap_or(0)),
+                r.generation
+            ));
+            lines.extend(r.plan.iter().enumerate().map(|(i, s)| format!("  {}. {s}", i + 1)));
+        }
+        "aborted" => lines.push(format!(
+            "the interrupted switchover was undone: {} runs as primary again",
+            r.old_primary
+        )),
+        _ => lines.push(format!(
+            "switched over: {} is the primary, {} streams from it; generation {}{}",
+            r.new_primary,
+            r.old_primary,
+            r.generation,
+            r.checkpoint_lsn
+                .as_deref()
+                .map(|c| format!(" (the old primary's shutdown checkpoint {c} was replayed before the promotion)"))
+                .unwrap_or_default()
+        )),
+    }
+    lines.extend(r.notes.iter().map(|n| format!("note: {n}")));
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_round_trips_through_the_journal() {
+        let state = State {
+            phase: "promoting".into(),
+            peer: Side::Primary,
+            generation: 4,
+            slot: Some("pam_b".into()),
+            checkpoint_lsn: Some("0/3000028".into()),
+        };
+        let back: State = serde_json::from_value(to_value(&state)).unwrap();
+        assert_eq!(back.phase, "promoting");
+        assert_eq!(back.peer, Side::Primary);
+        assert_eq!(back.generation, 4);
+    }
+}
