@@ -145,6 +145,19 @@ impl Pair {
         c
     }
 
+    /// `keyferry --home HOME ARGS…` on the primary's host.
+    pub fn keyferry_on_a(&self, home: &Path, args: &[&str]) -> Output {
+        NetnsPair::exec(&self.ns.a, &bin())
+            .arg("--home")
+            .arg(home)
+            .args(args)
+            .env_remove("KEYFERRY_HOME")
+            .env_remove("PGPASSFILE")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
     pub fn keyferry(&self, args: &[&str]) -> Output {
         self.command(args).output().unwrap()
     }

@@ -785,6 +785,10 @@ fn finish(
     ] {
         change.set_detail(k, v);
     }
+    if config.demoted {
+        // A node that lost the primary role is a replica again.
+        super::roles::clear_demoted(&mut change, home, config)?;
+    }
     let receipt = change.finish()?;
     report.audited = receipt.audited;
     let creds = Credentials::Given(Zeroizing::new(password.as_bytes().to_vec()));

@@ -235,7 +235,7 @@ fn new_primary(config: &HaConfig, password: &Zeroizing<String>, timeout: Duratio
 }
 
 fn fallback(home: &Home, opts: &RejoinOptions, obs: &mut dyn Observer) -> Result<BootstrapReport> {
-    let report = bootstrap::bootstrap(
+    bootstrap::bootstrap(
         home,
         &BootstrapOptions {
             mode: Mode::Run,
@@ -248,9 +248,7 @@ fn fallback(home: &Home, opts: &RejoinOptions, obs: &mut dyn Observer) -> Result
             timeout: opts.timeout,
         },
         obs,
-    )?;
-    roles::mark_rejoined(home)?;
-    Ok(report)
+    )
 }
 
 /// The `source` connection string of `pg_rewind`: the new primary, as the
@@ -328,7 +326,12 @@ fn rewind_and_follow(
     };
     if let Rewind::Diverged { at, timeline } = dry {
         report.diverged_at = Some(format!("{at} on timeline {timeline}"));
-        let end = control.as_ref().and_then(|c| c.checkpoint_lsn);
+        // Read again now that the server is stopped: its shutdown
+        // checkpoint is the end of what it wrote.
+        let end = pg::controldata(&config.pg_bin, &config.pg_data)
+            .ok()
+            .or(control)
+            .and_then(|c| c.checkpoint_lsn);
         let ahead = end.map(|e| e.0.saturating_sub(at.0)).unwrap_or(0);
         report.lost_wal_bytes = Some(ahead);
         if ahead > 0 && !opts.force {

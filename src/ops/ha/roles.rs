@@ -207,24 +207,7 @@ pub(crate) fn sync(
 }
 
 /// Clears `demoted` in this node's `ha.toml` once it runs as a replica
-/// again (for `ha rejoin`), in a change of its own. Inside another change,
-/// use [`clear_demoted`].
-pub(crate) fn mark_rejoined(home: &Home) -> Result<()> {
-    let mut node = home.open(false)?;
-    let config = require_config(home)?;
-    if !config.demoted {
-        return Ok(());
-    }
-    let mut change = node.begin(
-        "ha-rejoined",
-        details([("node", Value::from(config.node.clone()))]),
-    )?;
-    clear_demoted(&mut change, home, &config)?;
-    change.finish()?;
-    Ok(())
-}
-
-/// [`mark_rejoined`]'s step, inside the caller's change.
+/// again (`ha rejoin`, `ha bootstrap`), inside the caller's change.
 pub(crate) fn clear_demoted(change: &mut Change<'_>, home: &Home, config: &HaConfig) -> Result<()> {
     let mut next = config.clone();
     next.demoted = false;
