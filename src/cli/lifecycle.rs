@@ -92,7 +92,7 @@ pub(crate) fn rotate(home: &Home, args: RotateArgs) -> Result<()> {
         println!("  1. on this node:        keyferry export -n keys.exp");
         println!("  2. on every other node: keyferry import -n keys.exp");
         println!(
-            "  3. on every node, check it holds key {new} and the same fingerprint: keyferry keys list"
+            "  3. on this node, check that no node lacks key {new}: keyferry nodes (or `keyferry keys fingerprint` on each node)"
         );
         println!("  4. on this node:        keyferry promote {new}");
     } else {
@@ -139,7 +139,7 @@ pub(crate) fn promote(home: &Home, args: PromoteArgs) -> Result<()> {
     print_common(&r);
     println!("next steps:");
     println!("  1. on this node:        keyferry export -n keys.exp");
-    println!("  2. on every other node: keyferry import -n keys.exp");
+    println!("  2. on every other node: keyferry import -n keys.exp (then `keyferry nodes` here: every node agrees)");
     println!("  3. re-encrypt stored values: keyferry rewrap");
     println!(
         "  4. when `keyferry rewrap --check` shows nothing under key {}: keyferry disable {}",
