@@ -69,12 +69,19 @@ fn main() {
     );
     c.batch_execute("VACUUM bench").unwrap();
 
+    // REWRAP_BATCH overrides the batch size (none: keyferry's default).
+    let batch = std::env::var("REWRAP_BATCH").ok();
+    let mut args = vec![
+        "--home", home, "rewrap", "--json", "--aad", "{id}", "--dsn", dsn, "--table", "bench",
+        "--column", "secret",
+    ];
+    if let Some(b) = &batch {
+        args.extend(["--batch", b.as_str()]);
+    }
     let t = Instant::now();
     let out = Command::new(bin)
-        .args([
-            "--home", home, "rewrap", "--json", "--batch", "5000", "--aad", "{id}", "--dsn", dsn,
-            "--table", "bench", "--column", "secret",
-        ])
+        .args(&args)
+        .env("KEYFERRY_LOG", "keyferry::ops::rewrap=debug")
         .output()
         .unwrap();
     let took = t.elapsed().as_secs_f64();
@@ -88,5 +95,10 @@ fn main() {
         rows as f64 / took,
         100.0 * (rows as f64 / took) / (n as f64 / base)
     );
+    for line in String::from_utf8_lossy(&out.stderr).lines() {
+        if line.contains("where the time went") {
+            println!("  {}", line.trim());
+        }
+    }
     census("after");
 }

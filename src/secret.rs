@@ -235,6 +235,57 @@ impl PasswordSource {
     }
 }
 
+/// A database password (not a bundle password: it is used exactly as
+/// given, never canonicalised) from a source the operator named: the first
+/// line, without its line end. The prompt is not a source here (a
+/// database password comes from libpq's password file otherwise).
+pub(crate) fn read_db_password(source: &PasswordSource) -> Result<Zeroizing<Vec<u8>>, SecretError> {
+    let (what, mut raw) = match source {
+        PasswordSource::Prompt => return Err(SecretError::NoTerminal),
+        PasswordSource::File(path) => {
+            let what = format!("--password-file {}", path.display());
+            let raw = read_file(path).map_err(|source| SecretError::Source {
+                what: what.clone(),
+                source,
+            })?;
+            (what, raw)
+        }
+        PasswordSource::Fd(fd) => {
+            let what = format!("--password-fd {fd}");
+            let raw = platform::read_fd(*fd).map_err(|source| match source.kind() {
+                io::ErrorKind::Unsupported => SecretError::FdUnsupported,
+                _ => SecretError::Source {
+                    what: what.clone(),
+                    source,
+                },
+            })?;
+            (what, raw)
+        }
+        PasswordSource::Env(name) => {
+            let value =
+                std::env::var_os(name).ok_or_else(|| SecretError::EnvMissing(name.clone()))?;
+            (
+                format!("--password-env {name}"),
+                Zeroizing::new(value.into_encoded_bytes()),
+            )
+        }
+    };
+    if raw.len() > MAX_PASSWORD_LEN {
+        return Err(SecretError::TooLong(what));
+    }
+    if let Some(end) = raw.iter().position(|b| *b == b'\n') {
+        raw[end..].zeroize();
+        raw.truncate(end);
+    }
+    if raw.last() == Some(&b'\r') {
+        raw.pop();
+    }
+    if raw.is_empty() {
+        return Err(SecretError::Empty(what));
+    }
+    Ok(raw)
+}
+
 /// Takes the first line of what a source gave (a trailing newline from
 /// `echo` or an editor is not part of the password).
 fn password_from_bytes(what: &str, mut raw: Zeroizing<Vec<u8>>) -> Result<Password, SecretError> {

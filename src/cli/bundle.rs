@@ -166,6 +166,7 @@ pub fn import(home: &Home, args: ImportArgs) -> Result<()> {
         "imported"
     };
     note_ignored(&args.file, report.armor_ignored);
+    super::nodes::print_published(&report.published);
     println!(
         "{verb} keys from {} (made by node {:?} at {}, expires {})",
         args.file.display(),

@@ -6,8 +6,12 @@ use std::io::{self, BufRead, IsTerminal, Write};
 
 use clap::Args;
 
+use super::nodes::print_published;
+use super::rewrap::DbPassword;
 use crate::error::{Error, Result};
-use crate::ops::lifecycle::{self, DestroyPlan, Guard, Guarded, LifecycleReport};
+use crate::ops::lifecycle::{self, DestroyPlan, Guarded, LifecycleReport};
+use crate::ops::nodes::{Access, RegistryGuard};
+use crate::ops::rewrap::CensusGuard;
 use crate::ops::Home;
 
 #[derive(Args, Debug)]
@@ -34,6 +38,19 @@ pub(crate) struct GuardedArgs {
     /// record says what was overridden).
     #[arg(long)]
     force: bool,
+    /// The database password for the census (disable, destroy) or the
+    /// node registry (promote), when libpq's password file does not hold it.
+    #[command(flatten)]
+    password: DbPassword,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct PromoteArgs {
+    #[command(flatten)]
+    key: GuardedArgs,
+    /// Wait only for nodes the registry has seen within this time (e.g. 7d, 36h).
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = humantime::parse_duration)]
+    since: std::time::Duration,
 }
 
 #[derive(Args, Debug)]
@@ -59,6 +76,7 @@ fn print_common(r: &LifecycleReport) {
     for n in &r.notes {
         println!("note: {n}");
     }
+    print_published(&r.published);
 }
 
 pub(crate) fn rotate(home: &Home, args: RotateArgs) -> Result<()> {
@@ -74,7 +92,7 @@ pub(crate) fn rotate(home: &Home, args: RotateArgs) -> Result<()> {
         println!("  1. on this node:        keyferry export -n keys.exp");
         println!("  2. on every other node: keyferry import -n keys.exp");
         println!(
-            "  3. on every node, check it holds key {new} and the same fingerprint: keyferry keys list"
+            "  3. on this node, check that no node lacks key {new}: keyferry nodes (or `keyferry keys fingerprint` on each node)"
         );
         println!("  4. on this node:        keyferry promote {new}");
     } else {
@@ -95,8 +113,25 @@ pub(crate) fn rotate(home: &Home, args: RotateArgs) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn promote(home: &Home, args: GuardedArgs, guard: &dyn Guard) -> Result<()> {
-    let r = lifecycle::promote(home, args.id, guard, Guarded { force: args.force })?;
+pub(crate) fn promote(home: &Home, args: PromoteArgs) -> Result<()> {
+    let pw = args.key.password.read()?;
+    let pw = pw.as_deref().map(|p| &p[..]);
+    let guard = RegistryGuard {
+        access: Access {
+            dsn: None,
+            password: pw,
+        },
+        since_secs: args.since.as_secs(),
+    };
+    let r = lifecycle::promote(
+        home,
+        args.key.id,
+        &guard,
+        Guarded {
+            force: args.key.force,
+        },
+        pw,
+    )?;
     println!(
         "key {} is now the primary (was key {})",
         r.key, r.primary_before
@@ -104,7 +139,7 @@ pub(crate) fn promote(home: &Home, args: GuardedArgs, guard: &dyn Guard) -> Resu
     print_common(&r);
     println!("next steps:");
     println!("  1. on this node:        keyferry export -n keys.exp");
-    println!("  2. on every other node: keyferry import -n keys.exp");
+    println!("  2. on every other node: keyferry import -n keys.exp (then `keyferry nodes` here: every node agrees)");
     println!("  3. re-encrypt stored values: keyferry rewrap");
     println!(
         "  4. when `keyferry rewrap --check` shows nothing under key {}: keyferry disable {}",
@@ -113,8 +148,12 @@ pub(crate) fn promote(home: &Home, args: GuardedArgs, guard: &dyn Guard) -> Resu
     Ok(())
 }
 
-pub(crate) fn disable(home: &Home, args: GuardedArgs, guard: &dyn Guard) -> Result<()> {
-    let r = lifecycle::disable(home, args.id, guard, Guarded { force: args.force })?;
+pub(crate) fn disable(home: &Home, args: GuardedArgs) -> Result<()> {
+    let pw = args.password.read()?;
+    let guard = CensusGuard {
+        password: pw.as_deref().map(|p| &p[..]),
+    };
+    let r = lifecycle::disable(home, args.id, &guard, Guarded { force: args.force })?;
     println!(
         "key {} disabled: values sealed under it no longer open (`keyferry enable {}` undoes this)",
         r.key, r.key
@@ -130,7 +169,12 @@ pub(crate) fn enable(home: &Home, args: KeyIdArgs) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn destroy(home: &Home, args: DestroyArgs, guard: &dyn Guard) -> Result<()> {
+pub(crate) fn destroy(home: &Home, args: DestroyArgs) -> Result<()> {
+    let pw = args.key.password.read()?;
+    let guard = CensusGuard {
+        password: pw.as_deref().map(|p| &p[..]),
+    };
+    let guard = &guard;
     let yes = args.yes;
     let mut confirm = |plan: &DestroyPlan| -> Result<bool> {
         if yes {

@@ -10,6 +10,7 @@ mod ha;
 mod keys;
 mod lifecycle;
 mod logging;
+mod nodes;
 mod rewrap;
 mod roles;
 mod seal;
@@ -59,7 +60,7 @@ enum Command {
     /// Add a key version: the primary at once, or with --stage enabled but not primary.
     Rotate(lifecycle::RotateArgs),
     /// Make an enabled key the primary (refused while a recently seen node lacks it).
-    Promote(lifecycle::GuardedArgs),
+    Promote(lifecycle::PromoteArgs),
     /// Disable a key: values sealed under it stop opening until it is enabled.
     Disable(lifecycle::GuardedArgs),
     /// Enable a disabled key again.
@@ -70,6 +71,8 @@ enum Command {
     Encrypt(seal::SealArgs),
     /// Open an envelope from standard input; the value goes to standard output.
     Decrypt(seal::SealArgs),
+    /// The node registry: which keys every node holds (list; connect, publish, add, remove).
+    Nodes(nodes::NodesArgs),
     /// Re-encrypt values stored in PostgreSQL under the primary key; --check counts them per key.
     Rewrap(rewrap::RewrapArgs),
     /// Seal the keyring into a password-protected bundle file.
@@ -180,18 +183,11 @@ pub fn run() -> Result<()> {
         }
         Command::Keys(cmd) => keys::run(&home, cmd),
         Command::Rotate(args) => lifecycle::rotate(&home, args),
-        Command::Promote(args) => lifecycle::promote(&home, args, &crate::ops::lifecycle::NoGuard),
-        Command::Disable(args) => lifecycle::disable(
-            &home,
-            args,
-            &crate::ops::rewrap::CensusGuard { password: None },
-        ),
+        Command::Promote(args) => lifecycle::promote(&home, args),
+        Command::Disable(args) => lifecycle::disable(&home, args),
         Command::Enable(args) => lifecycle::enable(&home, args),
-        Command::Destroy(args) => lifecycle::destroy(
-            &home,
-            args,
-            &crate::ops::rewrap::CensusGuard { password: None },
-        ),
+        Command::Destroy(args) => lifecycle::destroy(&home, args),
+        Command::Nodes(args) => nodes::run(&home, args),
         Command::Rewrap(args) => rewrap::run(&home, args),
         Command::Encrypt(args) => seal::encrypt(&home, args),
         Command::Decrypt(args) => seal::decrypt(&home, args),

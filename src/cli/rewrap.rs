@@ -12,6 +12,7 @@ use super::print_json;
 use crate::error::{Error, Result};
 use crate::ops::rewrap::{self, Event, RewrapOptions, Target};
 use crate::ops::Home;
+use crate::secret::PasswordSource;
 
 #[derive(Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -89,13 +90,19 @@ impl TargetArgs {
     }
 }
 
-/// The database password, when libpq's password file does not hold it.
+/// The database password, when libpq's password file does not hold it
+/// (used by `rewrap`, `nodes` and the guards of `promote`, `disable` and
+/// `destroy`). Never on the command line itself.
 #[derive(Args, Debug, Default)]
 #[group(multiple = false)]
 pub(crate) struct DbPassword {
     /// Read the database password from the first line of this file.
     #[arg(long, value_name = "PATH")]
     password_file: Option<PathBuf>,
+    /// Read the database password from the first line of this inherited
+    /// file descriptor (Unix; 0 for standard input).
+    #[arg(long, value_name = "N")]
+    password_fd: Option<i32>,
     /// Read the database password from this environment variable.
     #[arg(long, value_name = "NAME")]
     password_env: Option<String>,
@@ -103,24 +110,16 @@ pub(crate) struct DbPassword {
 
 impl DbPassword {
     pub(crate) fn read(&self) -> Result<Option<Zeroizing<Vec<u8>>>> {
-        if let Some(path) = &self.password_file {
-            let text =
-                Zeroizing::new(std::fs::read(path).map_err(|e| {
-                    Error::Usage(format!("--password-file {}: {e}", path.display()))
-                })?);
-            let line = text.split(|b| *b == b'\n').next().unwrap_or(&[]);
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            return Ok(Some(Zeroizing::new(line.to_vec())));
-        }
-        if let Some(name) = &self.password_env {
-            let v = std::env::var_os(name).ok_or_else(|| {
-                Error::Usage(format!("--password-env {name}: the variable is not set"))
-            })?;
-            return Ok(Some(Zeroizing::new(
-                v.to_string_lossy().as_bytes().to_vec(),
-            )));
-        }
-        Ok(None)
+        let source = if let Some(path) = &self.password_file {
+            PasswordSource::File(path.clone())
+        } else if let Some(fd) = self.password_fd {
+            PasswordSource::Fd(fd)
+        } else if let Some(name) = &self.password_env {
+            PasswordSource::Env(name.clone())
+        } else {
+            return Ok(None);
+        };
+        Ok(Some(crate::secret::read_db_password(&source)?))
     }
 }
 

@@ -294,23 +294,25 @@ impl Keyring {
         self.keys.iter().find(|k| k.id == id)
     }
 
+    /// The ids of the keys that hold material (what the fingerprint
+    /// covers): the keys a node holding this keyring can use.
+    pub fn held_ids(&self) -> Vec<u32> {
+        self.keys
+            .iter()
+            .filter(|k| k.material.is_some())
+            .map(|k| k.id)
+            .collect()
+    }
+
     /// `kf1:` + hex of the first 20 bytes of SHA-256 over the label, the
     /// primary id and every key that has material, in ascending id order.
     pub fn fingerprint(&self) -> Fingerprint {
-        let mut h = Sha256::new();
-        h.update(FINGERPRINT_LABEL);
-        h.update([0u8]);
-        h.update(self.primary.to_be_bytes());
-        for k in &self.keys {
-            if let Some(m) = &k.material {
-                h.update(k.id.to_be_bytes());
-                h.update(m.as_bytes());
-            }
-        }
-        let digest = h.finalize();
-        let mut fp = [0u8; FINGERPRINT_BYTES];
-        fp.copy_from_slice(&digest[..FINGERPRINT_BYTES]);
-        Fingerprint(fp)
+        fingerprint_of(
+            self.primary,
+            self.keys
+                .iter()
+                .filter_map(|k| k.material.as_ref().map(|m| (k.id, m))),
+        )
     }
 
     /// Adds a new enabled key with fresh random material and returns its
@@ -491,6 +493,27 @@ pub fn to_json_zeroizing<T: Serialize>(value: &T, keys: usize) -> Zeroizing<Vec<
 }
 
 /// A keyring fingerprint: safe to print, store and compare.
+/// The fingerprint of a keyring whose primary is `primary` and whose keys
+/// with material are `keys` (ascending ids): what [`Keyring::fingerprint`]
+/// computes, for a keyring state that is known only by its parts.
+pub fn fingerprint_of<'a>(
+    primary: u32,
+    keys: impl IntoIterator<Item = (u32, &'a KeyMaterial)>,
+) -> Fingerprint {
+    let mut h = Sha256::new();
+    h.update(FINGERPRINT_LABEL);
+    h.update([0u8]);
+    h.update(primary.to_be_bytes());
+    for (id, m) in keys {
+        h.update(id.to_be_bytes());
+        h.update(m.as_bytes());
+    }
+    let digest = h.finalize();
+    let mut fp = [0u8; FINGERPRINT_BYTES];
+    fp.copy_from_slice(&digest[..FINGERPRINT_BYTES]);
+    Fingerprint(fp)
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Fingerprint([u8; FINGERPRINT_BYTES]);
 

@@ -220,8 +220,14 @@ impl Change<'_> {
         }
     }
 
-    /// The keyring the keystore will hold when the change commits.
+    /// The keyring the keystore will hold when the change commits. The
+    /// audit record also gets the key ids it holds and its primary
+    /// (`key_ids_after`, `primary_after`), so that a keyring state named
+    /// by its fingerprint can later be told apart by its keys (the node
+    /// registry works out which keys a remote host holds from them).
     pub(crate) fn set_keyring(&mut self, keyring: Keyring) {
+        self.set_detail("key_ids_after", keyring.held_ids());
+        self.set_detail("primary_after", keyring.primary());
         self.keyring = Some(keyring);
     }
 

@@ -76,6 +76,9 @@ pub struct ImportReport {
     pub deleted: Option<std::result::Result<Vec<PathBuf>, String>>,
     /// Text around an armored bundle that was not part of it.
     pub armor_ignored: Ignored,
+    /// The publish to the node registry that followed (when the home has
+    /// a registry connection).
+    pub published: Option<super::nodes::AutoPublish>,
 }
 
 /// A bundle made up to this many seconds "in the future" is normal clock
@@ -247,6 +250,7 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
         keystore_backup: None,
         deleted: None,
         armor_ignored,
+        published: None,
     };
     tracing::info!(
         before = ?report.before.map(|f| f.to_string()),
@@ -281,6 +285,7 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
         tracing::debug!(file = %opts.file.display(), ok = removed.is_ok(), "--delete: bundle removal");
         removed
     });
+    report.published = super::nodes::publish_after_change(home, None);
     Ok(report)
 }
 

@@ -51,9 +51,11 @@ pub struct LifecycleReport {
     pub removed: Vec<PathBuf>,
     /// `--force` overrode a guard: what it said.
     pub forced: Option<String>,
-    /// Steps that happened automatically afterwards (publishing to the
-    /// node registry), or why they did not.
+    /// Steps that happened automatically afterwards, or why they did not.
     pub notes: Vec<String>,
+    /// The publish to the node registry that followed `rotate` and
+    /// `promote` (when the home has a registry connection).
+    pub published: Option<super::nodes::AutoPublish>,
 }
 
 /// Options of the guarded changes.
@@ -157,6 +159,7 @@ fn commit(
         removed: Vec::new(),
         forced,
         notes: Vec::new(),
+        published: None,
     };
     let mut change = node.begin(action, record)?;
     change.set_keyring(keyring);
@@ -173,7 +176,7 @@ fn commit(
 /// unless `stage` (then it is enabled but not primary, to be distributed
 /// first and promoted later).
 pub fn rotate(home: &Home, stage: bool) -> Result<LifecycleReport> {
-    commit(
+    let mut report = commit(
         home,
         "rotate",
         |k| {
@@ -187,13 +190,23 @@ pub fn rotate(home: &Home, stage: bool) -> Result<LifecycleReport> {
         },
         None,
         vec![("staged", Value::from(stage))],
-    )
+    )?;
+    report.published = super::nodes::publish_after_change(home, None);
+    Ok(report)
 }
 
 /// `keyferry promote ID`: the enabled key `id` becomes the primary. The
 /// guard (the node registry) refuses while a recently seen node lacks it.
-pub fn promote(home: &Home, id: u32, guard: &dyn Guard, opts: Guarded) -> Result<LifecycleReport> {
-    commit(
+/// Afterwards this node is published to the registry (with
+/// `registry_password`, else libpq's password file), when it has one.
+pub fn promote(
+    home: &Home,
+    id: u32,
+    guard: &dyn Guard,
+    opts: Guarded,
+    registry_password: Option<&[u8]>,
+) -> Result<LifecycleReport> {
+    let mut report = commit(
         home,
         "promote",
         |k| {
@@ -202,7 +215,14 @@ pub fn promote(home: &Home, id: u32, guard: &dyn Guard, opts: Guarded) -> Result
         },
         Some((guard, opts)),
         Vec::new(),
-    )
+    )?;
+    report.published = super::nodes::publish_after_change(home, registry_password);
+    if report.published.is_none() {
+        report.notes.push(format!(
+            "this node has no node registry (`keyferry nodes connect --dsn DSN`): it was not checked that every node holds key {id}"
+        ));
+    }
+    Ok(report)
 }
 
 /// `keyferry disable ID`: values sealed under `id` stop opening until it is
@@ -358,6 +378,7 @@ fn finish_scrub(home: &Home, id: u32) -> Result<LifecycleReport> {
         notes: vec![
             "the key was destroyed already; its material is now gone from the backups too".into(),
         ],
+        published: None,
     })
 }
 

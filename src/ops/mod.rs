@@ -14,6 +14,7 @@ pub mod init;
 pub(crate) mod inspect;
 pub(crate) mod keys;
 pub mod lifecycle;
+pub mod nodes;
 pub mod rewrap;
 pub mod seal;
 pub(crate) mod selftest;

@@ -18,6 +18,14 @@
 //!   cursor, so the next run starts from the first row;
 //! - rows are walked in id order (keyset pagination); rows inserted behind
 //!   the cursor are left for the next run, ahead of it are picked up;
+//! - a batch is read, sealed and written by three stages at once (a
+//!   reader with its own connection, the crypto, the writer), so the next
+//!   batch is read and sealed while the last one is written; the reader
+//!   may see a value older than the writer's snapshot, and the
+//!   compare-and-set decides; a batch commits without waiting for the WAL
+//!   flush (`synchronous_commit = off` for that transaction only): a batch
+//!   lost to a server crash is lost with its cursor and simply done again,
+//!   and either version of a value opens to the same plaintext;
 //! - a value that cannot be opened is reported by id and left untouched;
 //!   the run finishes the rest and fails at the end;
 //! - the census reads the key id in SQL, without decrypting; `--verify`
@@ -49,7 +57,7 @@ pub(crate) const TARGETS_FILE: &str = crate::node::REWRAP_FILE;
 /// The cursor table, created in the target's database.
 pub const PROGRESS_TABLE: &str = "keyferry_rewrap_progress";
 /// Rows per batch unless told otherwise.
-pub const DEFAULT_BATCH: usize = 1000;
+pub const DEFAULT_BATCH: usize = 5000;
 
 /// One column of envelopes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -629,7 +637,7 @@ fn run_target(
             &[&name],
         )
         .map_err(pg(&dsn))?;
-    let mut cursor: Option<String> = match cursor_row {
+    let cursor: Option<String> = match cursor_row {
         Some(row) if row.get::<_, i64>(0) == primary => row.get(1),
         _ => None,
     };
@@ -652,26 +660,22 @@ fn run_target(
         total: total as u64,
         resumed: report.resumed,
     });
-    let select_first = client
-        .prepare(&format!(
-            "SELECT t.{id}::text AS kf_id, t.{c} AS kf_value FROM {table} AS t \
-             WHERE t.{c} IS NOT NULL AND {kid} IS DISTINCT FROM $1 ORDER BY t.{id} LIMIT $2",
-            id = r.id,
-            c = r.column,
-            table = r.table
-        ))
-        .map_err(pg(&dsn))?;
-    let select_next = client
-        .prepare(&format!(
-            "SELECT t.{id}::text AS kf_id, t.{c} AS kf_value FROM {table} AS t \
-             WHERE t.{id} > $3::text::{idt} AND t.{c} IS NOT NULL \
-             AND {kid} IS DISTINCT FROM $1 ORDER BY t.{id} LIMIT $2",
-            id = r.id,
-            c = r.column,
-            table = r.table,
-            idt = r.id_type
-        ))
-        .map_err(pg(&dsn))?;
+    let select_first = format!(
+        "SELECT t.{id}::text AS kf_id, t.{c} AS kf_value FROM {table} AS t \
+         WHERE t.{c} IS NOT NULL AND {kid} IS DISTINCT FROM $1 ORDER BY t.{id} LIMIT $2",
+        id = r.id,
+        c = r.column,
+        table = r.table
+    );
+    let select_next = format!(
+        "SELECT t.{id}::text AS kf_id, t.{c} AS kf_value FROM {table} AS t \
+         WHERE t.{id} > $3::text::{idt} AND t.{c} IS NOT NULL \
+         AND {kid} IS DISTINCT FROM $1 ORDER BY t.{id} LIMIT $2",
+        id = r.id,
+        c = r.column,
+        table = r.table,
+        idt = r.id_type
+    );
     let update = client
         .prepare(&format!(
             "UPDATE {table} AS t SET {c} = v.new \
@@ -694,82 +698,109 @@ fn run_target(
         .map_err(pg(&dsn))?;
     let limit = opts.batch as i64;
     let mut done = 0u64;
-    loop {
-        if let Some(max) = opts.max_lag {
-            let paused = wait_for_lag(&mut client, &dsn, max, on_event)?;
-            report.paused_ms += paused.as_millis() as u64;
-        }
-        let mut tx = client.transaction().map_err(pg(&dsn))?;
-        let rows = match &cursor {
-            None => tx.query(&select_first, &[&primary, &limit]),
-            Some(c) => tx.query(&select_next, &[&primary, &limit, c]),
-        }
-        .map_err(pg(&dsn))?;
-        if rows.is_empty() {
-            tx.commit().map_err(pg(&dsn))?;
-            break;
-        }
-        let mut ids = Vec::with_capacity(rows.len());
-        let mut failed = 0i64;
-        let (mut old_t, mut new_t) = (Vec::new(), Vec::new());
-        let (mut old_b, mut new_b) = (Vec::new(), Vec::new());
-        for row in &rows {
-            let id: String = row.get(0);
-            let plain = match open_value(keyring, t, &r, row, &id) {
-                Ok(p) => p,
-                Err(e) => {
-                    failed += 1;
-                    on_event(Event::Failed {
-                        target: name.clone(),
-                        id: id.clone(),
-                        error: e.to_string(),
-                    });
-                    continue;
+    let mut phases = Phases::default();
+    // Three stages run at once, handing batches on through bounded
+    // channels: a reader (its own connection, one autocommit SELECT per
+    // batch, keyset by id), the crypto (open, seal under the primary) and
+    // the writer (this connection: the compare-and-set UPDATE and the
+    // cursor, one transaction per batch). The reader's snapshot may be
+    // older than the writer's: the compare-and-set is what decides, so a
+    // value changed since it was read is left as it is.
+    let mut reader_client = dsn.connect(password)?;
+    let first = reader_client.prepare(&select_first).map_err(pg(&dsn))?;
+    let next = reader_client.prepare(&select_next).map_err(pg(&dsn))?;
+    let start_cursor = cursor.clone();
+    std::thread::scope(|scope| -> Result<()> {
+        let (read_tx, read_rx) = std::sync::mpsc::sync_channel::<Result<Vec<postgres::Row>>>(1);
+        let (sealed_tx, sealed_rx) = std::sync::mpsc::sync_channel::<Result<Sealed>>(1);
+        let dsn_r = &dsn;
+        scope.spawn(move || {
+            let mut cursor = start_cursor;
+            loop {
+                let rows = match &cursor {
+                    None => reader_client.query(&first, &[&primary, &limit]),
+                    Some(c) => reader_client.query(&next, &[&primary, &limit, c]),
                 }
-            };
-            let aad = t.aad_for(&id);
-            match r.form {
-                Form::Text => {
-                    let sealed = keyring.encrypt_text(&plain, &aad)?;
-                    old_t.push(row.get::<_, String>(1));
-                    new_t.push(sealed);
-                }
-                Form::Raw => {
-                    let sealed = keyring.encrypt(&plain, &aad)?;
-                    old_b.push(row.get::<_, Vec<u8>>(1));
-                    new_b.push(sealed);
+                .map_err(pg(dsn_r));
+                let stop = match &rows {
+                    Ok(rows) if rows.is_empty() => true,
+                    Ok(rows) => {
+                        cursor = Some(rows.last().expect("not empty").get(0));
+                        (rows.len() as i64) < limit
+                    }
+                    Err(_) => true,
+                };
+                let empty = matches!(&rows, Ok(r) if r.is_empty());
+                if empty || read_tx.send(rows).is_err() || stop {
+                    break;
                 }
             }
-            ids.push(id);
+        });
+        let r_ref = &r;
+        scope.spawn(move || {
+            for rows in read_rx {
+                let sealed = rows.and_then(|rows| seal_batch(keyring, t, r_ref, &rows));
+                if sealed_tx.send(sealed).is_err() {
+                    break;
+                }
+            }
+        });
+        for sealed in sealed_rx {
+            let b = sealed?;
+            if let Some(max) = opts.max_lag {
+                let paused = wait_for_lag(&mut client, &dsn, max, on_event)?;
+                report.paused_ms += paused.as_millis() as u64;
+            }
+            for (id, error) in &b.failures {
+                on_event(Event::Failed {
+                    target: name.clone(),
+                    id: id.clone(),
+                    error: error.clone(),
+                });
+            }
+            let t2 = Instant::now();
+            let mut tx = client.transaction().map_err(pg(&dsn))?;
+            // A batch lost to a crash is rolled back with its cursor and
+            // done again: its commit need not wait for the WAL flush.
+            tx.batch_execute("SET LOCAL synchronous_commit = off")
+                .map_err(pg(&dsn))?;
+            let (old, new): (&(dyn ToSql + Sync), &(dyn ToSql + Sync)) = match r.form {
+                Form::Text => (&b.old_t, &b.new_t),
+                Form::Raw => (&b.old_b, &b.new_b),
+            };
+            let updated = if b.ids.is_empty() {
+                0
+            } else {
+                tx.execute(&update, &[&b.ids, old, new]).map_err(pg(&dsn))?
+            } as i64;
+            let t3 = Instant::now();
+            phases.update += t3 - t2;
+            let changed = b.ids.len() as i64 - updated;
+            let failed = b.failures.len() as i64;
+            tx.execute(
+                &save,
+                &[&name, &primary, &b.last, &updated, &changed, &failed],
+            )
+            .map_err(pg(&dsn))?;
+            tx.commit().map_err(pg(&dsn))?;
+            phases.commit += t3.elapsed();
+            phases.crypto += b.crypto;
+            report.batches += 1;
+            report.rewrapped += updated as u64;
+            report.changed_meanwhile += changed as u64;
+            report.failed += failed as u64;
+            done += b.rows;
+            on_event(Event::Progress { done });
         }
-        let last: String = rows.last().expect("not empty").get(0);
-        let (old, new): (&(dyn ToSql + Sync), &(dyn ToSql + Sync)) = match r.form {
-            Form::Text => (&old_t, &new_t),
-            Form::Raw => (&old_b, &new_b),
-        };
-        let updated = if ids.is_empty() {
-            0
-        } else {
-            tx.execute(&update, &[&ids, old, new]).map_err(pg(&dsn))?
-        } as i64;
-        let changed = ids.len() as i64 - updated;
-        tx.execute(
-            &save,
-            &[&name, &primary, &last, &updated, &changed, &failed],
-        )
-        .map_err(pg(&dsn))?;
-        tx.commit().map_err(pg(&dsn))?;
-        cursor = Some(last);
-        report.batches += 1;
-        report.rewrapped += updated as u64;
-        report.changed_meanwhile += changed as u64;
-        report.failed += failed as u64;
-        done += rows.len() as u64;
-        on_event(Event::Progress { done });
-        if (rows.len() as i64) < limit {
-            break;
-        }
-    }
+        Ok(())
+    })?;
+    tracing::debug!(
+        target = %name,
+        crypto_ms = phases.crypto.as_millis() as u64,
+        update_ms = phases.update.as_millis() as u64,
+        cursor_and_commit_ms = phases.commit.as_millis() as u64,
+        "rewrap: where the time went (crypto overlaps the writes)"
+    );
     // Finished: the next run starts from the first row.
     client
         .execute(
@@ -779,6 +810,74 @@ fn run_target(
         .map_err(pg(&dsn))?;
     on_event(Event::Done { target: name });
     Ok(())
+}
+
+/// One batch, opened and sealed again, ready for the writer.
+struct Sealed {
+    ids: Vec<String>,
+    old_t: Vec<String>,
+    new_t: Vec<String>,
+    old_b: Vec<Vec<u8>>,
+    new_b: Vec<Vec<u8>>,
+    /// Values that could not be opened: id and why.
+    failures: Vec<(String, String)>,
+    /// The batch's last id (the cursor once it commits).
+    last: String,
+    rows: u64,
+    crypto: Duration,
+}
+
+/// Opens every value of a batch and seals it under the primary.
+fn seal_batch(
+    keyring: &Keyring,
+    t: &Target,
+    r: &Resolved,
+    rows: &[postgres::Row],
+) -> Result<Sealed> {
+    let start = Instant::now();
+    let mut b = Sealed {
+        ids: Vec::with_capacity(rows.len()),
+        old_t: Vec::new(),
+        new_t: Vec::new(),
+        old_b: Vec::new(),
+        new_b: Vec::new(),
+        failures: Vec::new(),
+        last: rows.last().map(|r| r.get(0)).unwrap_or_default(),
+        rows: rows.len() as u64,
+        crypto: Duration::ZERO,
+    };
+    for row in rows {
+        let id: String = row.get(0);
+        let plain = match open_value(keyring, t, r, row, &id) {
+            Ok(p) => p,
+            Err(e) => {
+                b.failures.push((id, e.to_string()));
+                continue;
+            }
+        };
+        let aad = t.aad_for(&id);
+        match r.form {
+            Form::Text => {
+                b.new_t.push(keyring.encrypt_text(&plain, &aad)?);
+                b.old_t.push(row.get::<_, String>(1));
+            }
+            Form::Raw => {
+                b.new_b.push(keyring.encrypt(&plain, &aad)?);
+                b.old_b.push(row.get::<_, Vec<u8>>(1));
+            }
+        }
+        b.ids.push(id);
+    }
+    b.crypto = start.elapsed();
+    Ok(b)
+}
+
+/// Time spent per phase of the batches, for `-vv`.
+#[derive(Default)]
+struct Phases {
+    crypto: Duration,
+    update: Duration,
+    commit: Duration,
 }
 
 /// Waits while the largest replay lag among the server's replicas is above

@@ -1,0 +1,238 @@
+//! `keyferry nodes`: thin handlers around [`crate::ops::nodes`] (the node
+//! registry); they print what it reports, and the automatic publish that
+//! follows a key change.
+
+use clap::{Args, Subcommand};
+
+use super::print_json;
+use super::printable;
+use super::rewrap::DbPassword;
+use crate::error::Result;
+use crate::fmt::fmt_time;
+use crate::ops::nodes::{self, Access, AutoPublish, Role};
+use crate::ops::Home;
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct NodesArgs {
+    #[command(subcommand)]
+    cmd: Option<NodesCommand>,
+    /// Machine-readable list.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// How to reach the registry: --dsn (else the home's connection) and the
+/// password source (else libpq's password file).
+#[derive(Args, Debug, Default)]
+pub(crate) struct Conn {
+    /// The registry's database on the primary (libpq key=value or
+    /// postgresql:// URI, without a password). Default: the home's
+    /// connection (`keyferry nodes connect`).
+    #[arg(long, value_name = "DSN")]
+    dsn: Option<String>,
+    #[command(flatten)]
+    password: DbPassword,
+}
+
+#[derive(Subcommand, Debug)]
+enum NodesCommand {
+    /// Keep the registry's connection in the home (no password) and publish this node.
+    Connect {
+        /// This node's name in the registry (default: `node` in ha.toml, else the host name).
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// What this node is: pair (primary or secondary), action or scheduler.
+        #[arg(long, value_name = "ROLE", default_value = "pair")]
+        role: Role,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Record this node (fingerprint, key ids, primary, version, now) in the registry.
+    Publish {
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        #[arg(long, value_name = "ROLE")]
+        role: Option<Role>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Record a host that cannot reach the database, by its `keyferry keys fingerprint`.
+    Add {
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// action or scheduler (or pair).
+        #[arg(long, value_name = "ROLE")]
+        role: Role,
+        /// The fingerprint `keyferry keys fingerprint` shows on that host (kf1:…).
+        #[arg(long, value_name = "KF1")]
+        fingerprint: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Remove a node that is gone from the registry.
+    Remove {
+        #[arg(value_name = "NAME")]
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+/// Prints how the automatic publish after a key change went.
+pub(crate) fn print_published(p: &Option<AutoPublish>) {
+    match p {
+        None => {}
+        Some(AutoPublish::Published(p)) => println!(
+            "published to the node registry at {} as {}",
+            p.registry, p.node.name
+        ),
+        Some(AutoPublish::Failed(why)) => eprintln!("warning: {why}"),
+    }
+}
+
+fn ids(ids: &Option<Vec<u32>>) -> String {
+    match ids {
+        Some(v) if v.is_empty() => "none".into(),
+        Some(v) => v.iter().map(u32::to_string).collect::<Vec<_>>().join(","),
+        None => "unknown".into(),
+    }
+}
+
+pub(crate) fn run(home: &Home, args: NodesArgs) -> Result<()> {
+    match args.cmd {
+        None => list(home, &args.conn, args.json),
+        Some(NodesCommand::Connect {
+            name,
+            role,
+            conn: Conn { dsn, password },
+        }) => {
+            let Some(dsn) = dsn else {
+                return Err(crate::error::Error::Usage(
+                    "nodes connect needs --dsn DSN (the registry's database on the primary, without a password)".into(),
+                ));
+            };
+            let pw = password.read()?;
+            let p = nodes::connect(home, &dsn, name, role, pw.as_deref().map(|p| &p[..]))?;
+            println!(
+                "node registry at {} kept in the home; published this node as {} ({}, fingerprint {})",
+                p.registry,
+                p.node.name,
+                p.node.role.label(),
+                p.node.fingerprint
+            );
+            Ok(())
+        }
+        Some(NodesCommand::Publish { name, role, conn }) => {
+            let pw = conn.password.read()?;
+            let access = Access {
+                dsn: conn.dsn.as_deref(),
+                password: pw.as_deref().map(|p| &p[..]),
+            };
+            let p = nodes::publish(home, access, name, role)?;
+            println!(
+                "published {} ({}, fingerprint {}, keys {}, primary {}) to the node registry at {}",
+                p.node.name,
+                p.node.role.label(),
+                p.node.fingerprint,
+                ids(&p.node.key_ids),
+                p.node
+                    .primary_id
+                    .map_or("unknown".into(), |p| p.to_string()),
+                p.registry
+            );
+            Ok(())
+        }
+        Some(NodesCommand::Add {
+            name,
+            role,
+            fingerprint,
+            conn,
+        }) => {
+            let pw = conn.password.read()?;
+            let access = Access {
+                dsn: conn.dsn.as_deref(),
+                password: pw.as_deref().map(|p| &p[..]),
+            };
+            let a = nodes::add(home, access, &name, role, &fingerprint)?;
+            match &a.derived {
+                Some(d) => println!(
+                    "added {} ({}) to the node registry at {}: keys {}, primary {} (from {})",
+                    a.node.name,
+                    role.label(),
+                    a.registry,
+                    ids(&a.node.key_ids),
+                    d.primary_id,
+                    d.how
+                ),
+                None => {
+                    println!(
+                        "added {} ({}) to the node registry at {}: keys unknown",
+                        a.node.name,
+                        role.label(),
+                        a.registry
+                    );
+                    eprintln!(
+                        "warning: fingerprint {} is not one this node's keyring has had, so which keys {} holds is unknown (and `promote` waits for it): check the fingerprint, or carry this keyring there (`keyferry export` here, `keyferry import --keys-only` there) and add it again with its new fingerprint",
+                        a.node.fingerprint, a.node.name
+                    );
+                }
+            }
+            Ok(())
+        }
+        Some(NodesCommand::Remove { name, conn }) => {
+            let pw = conn.password.read()?;
+            let access = Access {
+                dsn: conn.dsn.as_deref(),
+                password: pw.as_deref().map(|p| &p[..]),
+            };
+            let registry = nodes::remove(home, access, &name)?;
+            println!("removed {name} from the node registry at {registry}");
+            Ok(())
+        }
+    }
+}
+
+fn list(home: &Home, conn: &Conn, json: bool) -> Result<()> {
+    let pw = conn.password.read()?;
+    let access = Access {
+        dsn: conn.dsn.as_deref(),
+        password: pw.as_deref().map(|p| &p[..]),
+    };
+    let l = nodes::list(home, access)?;
+    if json {
+        return print_json(&l);
+    }
+    println!(
+        "node registry at {}; compared with this node ({}): primary {}, keys {}, fingerprint {}",
+        l.registry,
+        printable(&l.this_node),
+        l.primary_id,
+        ids(&Some(l.key_ids.clone())),
+        l.fingerprint
+    );
+    println!(
+        "{:<20} {:<10} {:<45} {:<10} {:<8} {:<9} {:<20} state",
+        "name", "role", "fingerprint", "keys", "primary", "version", "last seen"
+    );
+    for n in &l.nodes {
+        let r = &n.record;
+        println!(
+            "{:<20} {:<10} {:<45} {:<10} {:<8} {:<9} {:<20} {}",
+            printable(&r.name),
+            r.role.label(),
+            printable(&r.fingerprint),
+            ids(&r.key_ids),
+            r.primary_id.map_or("?".into(), |p| p.to_string()),
+            r.version.as_deref().map_or("?".into(), printable),
+            fmt_time(r.last_seen),
+            n.state
+        );
+    }
+    if l.nodes.is_empty() {
+        println!("(no nodes yet: `keyferry nodes publish` on each node, `keyferry nodes add` for hosts without database access)");
+    }
+    Ok(())
+}

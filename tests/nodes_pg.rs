@@ -1,0 +1,308 @@
+//! Issue 15 item 4 against a real PostgreSQL server started by the test:
+//! the node registry with three nodes (the primary and the secondary
+//! publish themselves, a remote Action host is added from the primary by
+//! its fingerprint); a staged key the Action host lacks; `promote` refused
+//! (exit 12, naming the node, the home unchanged) until it imports; the
+//! states after the promote; an automatic publish that fails warns without
+//! failing the import; `nodes connect` to a registry that cannot be reached
+//! changes nothing.
+#![cfg(unix)]
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::node::{assert_same, snapshot, Node};
+use common::pg::{PgOptions, PgServer};
+use serde_json::Value;
+
+const REG_PASSWORD: &str = "registry-pw";
+
+struct Registry {
+    _server: PgServer,
+    passfile: PathBuf,
+    dsn: String,
+    port: u16,
+}
+
+fn start(dir: &Path) -> Option<Registry> {
+    let server = PgServer::start_primary(PgOptions::default())?;
+    server
+        .connect()
+        .batch_execute(&format!(
+            "CREATE ROLE kf LOGIN PASSWORD '{REG_PASSWORD}'; GRANT CREATE ON SCHEMA public TO kf;"
+        ))
+        .unwrap();
+    let passfile = dir.join("pgpass");
+    fs::write(
+        &passfile,
+        format!("127.0.0.1:{}:*:kf:{REG_PASSWORD}\n", server.port()),
+    )
+    .unwrap();
+    fs::set_permissions(&passfile, fs::Permissions::from_mode(0o600)).unwrap();
+    let port = server.port();
+    Some(Registry {
+        dsn: format!("host=127.0.0.1 port={port} user=kf dbname=postgres"),
+        _server: server,
+        passfile,
+        port,
+    })
+}
+
+fn kf(node: &Node, reg: &Registry, args: &[&str]) -> Output {
+    node.cmd()
+        .env("PGPASSFILE", &reg.passfile)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `nodes --json` on `node`: name -> (state, key ids).
+fn states(node: &Node, reg: &Registry) -> Vec<(String, String, Value)> {
+    let v: Value = serde_json::from_str(&ok(&kf(node, reg, &["nodes", "--json"]))).unwrap();
+    v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap().to_owned(),
+                n["state"].as_str().unwrap().to_owned(),
+                n["key_ids"].clone(),
+            )
+        })
+        .collect()
+}
+
+fn state_of(all: &[(String, String, Value)], name: &str) -> String {
+    all.iter()
+        .find(|(n, _, _)| n == name)
+        .unwrap_or_else(|| panic!("no node {name} in {all:?}"))
+        .1
+        .clone()
+}
+
+/// Exports the primary's keyring and imports it on `to`.
+fn carry(from: &Node, to: &Node, reg: &Registry, name: &str) -> Output {
+    let bundle = from.path(name);
+    from.export(&bundle, &[]);
+    let mut c = to.import_cmd(&bundle);
+    c.env("PGPASSFILE", &reg.passfile);
+    c.output().unwrap()
+}
+
+#[test]
+fn registry_three_nodes_and_the_promote_guard() {
+    let primary = Node::initialised();
+    let Some(reg) = start(primary.dir.path()) else {
+        return;
+    };
+    // A registry that cannot be reached is refused; nothing is kept.
+    let before = snapshot(&primary.home);
+    let dead = format!(
+        "host=127.0.0.1 port={} user=kf dbname=postgres connect_timeout=2",
+        reg.port + 1
+    );
+    let out = kf(
+        &primary,
+        &reg,
+        &["nodes", "connect", "--dsn", &dead, "--name", "pam-a"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_same(&before, &snapshot(&primary.home));
+    // A DSN with a password is refused, naming the fix.
+    let out = kf(
+        &primary,
+        &reg,
+        &[
+            "nodes",
+            "connect",
+            "--dsn",
+            "host=127.0.0.1 user=kf password=x",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("password file"));
+
+    ok(&kf(
+        &primary,
+        &reg,
+        &["nodes", "connect", "--dsn", &reg.dsn, "--name", "pam-a"],
+    ));
+
+    // The secondary takes the keys and publishes itself.
+    let secondary = Node::empty();
+    ok(&carry(&primary, &secondary, &reg, "k1.exp"));
+    ok(&kf(
+        &secondary,
+        &reg,
+        &["nodes", "connect", "--dsn", &reg.dsn, "--name", "pam-b"],
+    ));
+    // A remote Action host that cannot reach the database: added from the
+    // primary by the fingerprint read there.
+    let action = Node::empty();
+    ok(&carry(&primary, &action, &reg, "k1b.exp"));
+    let out = ok(&kf(
+        &primary,
+        &reg,
+        &[
+            "nodes",
+            "add",
+            "act-1",
+            "--role",
+            "action",
+            "--fingerprint",
+            &action.fingerprint(),
+        ],
+    ));
+    assert!(out.contains("keys 1"), "{out}");
+    let all = states(&primary, &reg);
+    assert_eq!(all.len(), 3, "{all:?}");
+    for n in ["pam-a", "pam-b", "act-1"] {
+        assert_eq!(state_of(&all, n), "agrees", "{all:?}");
+    }
+
+    // Stage key 2 on the primary: published automatically; the other two
+    // lack it.
+    let out = ok(&kf(&primary, &reg, &["rotate", "--stage"]));
+    assert!(out.contains("published to the node registry"), "{out}");
+    let all = states(&primary, &reg);
+    assert_eq!(state_of(&all, "pam-a"), "agrees");
+    assert_eq!(state_of(&all, "pam-b"), "lacks keys 2");
+    assert_eq!(state_of(&all, "act-1"), "lacks keys 2");
+    let text = ok(&kf(&primary, &reg, &["nodes"]));
+    assert!(text.contains("act-1") && text.contains("Action"), "{text}");
+
+    // The secondary imports (and publishes on its own); the Action host
+    // has not yet: promote is refused, naming it, and nothing changes.
+    ok(&carry(&primary, &secondary, &reg, "k2.exp"));
+    assert_eq!(state_of(&states(&primary, &reg), "pam-b"), "agrees");
+    let before = snapshot(&primary.home);
+    let out = kf(&primary, &reg, &["promote", "2"]);
+    assert_eq!(out.status.code(), Some(12), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("act-1") && err.contains("lack key 2"), "{err}");
+    assert!(!err.contains("pam-b"), "{err}");
+    assert_same(&before, &snapshot(&primary.home));
+    // Also without the password file, from a --password-file source: the
+    // same refusal (the registry was read).
+    let pw = primary.path("regpw");
+    fs::write(&pw, format!("{REG_PASSWORD}\n")).unwrap();
+    let out = primary
+        .cmd()
+        .env("PGPASSFILE", "/nonexistent")
+        .args(["promote", "2", "--password-file"])
+        .arg(&pw)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(12), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("act-1"));
+    assert_same(&before, &snapshot(&primary.home));
+
+    // The Action host imports; its operator reads the new fingerprint
+    // (the primary's keyring now: keys 1 and 2).
+    ok(&carry(&primary, &action, &reg, "k2b.exp"));
+    let out = ok(&kf(
+        &primary,
+        &reg,
+        &[
+            "nodes",
+            "add",
+            "act-1",
+            "--role",
+            "action",
+            "--fingerprint",
+            &action.fingerprint(),
+        ],
+    ));
+    assert!(out.contains("keys 1,2"), "{out}");
+    let staged_fp = action.fingerprint();
+    let out = ok(&kf(&primary, &reg, &["promote", "2"]));
+    assert!(out.contains("published to the node registry"), "{out}");
+    let all = states(&primary, &reg);
+    assert_eq!(state_of(&all, "pam-a"), "agrees");
+    assert_eq!(state_of(&all, "pam-b"), "has the keys, older primary");
+    assert_eq!(state_of(&all, "act-1"), "has the keys, older primary");
+    // A past keyring state is identified by the audit record that made it
+    // (its key ids are on record); a fingerprint never seen is unknown.
+    let out = ok(&kf(
+        &primary,
+        &reg,
+        &[
+            "nodes",
+            "add",
+            "sched-1",
+            "--role",
+            "scheduler",
+            "--fingerprint",
+            &staged_fp,
+        ],
+    ));
+    assert!(
+        out.contains("keys 1,2") && out.contains("audit record"),
+        "{out}"
+    );
+    let unknown = format!("kf1:{}", "ab".repeat(20));
+    let out = kf(
+        &primary,
+        &reg,
+        &[
+            "nodes",
+            "add",
+            "sched-2",
+            "--role",
+            "scheduler",
+            "--fingerprint",
+            &unknown,
+        ],
+    );
+    assert!(ok(&out).contains("keys unknown"));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("warning:"));
+    assert!(state_of(&states(&primary, &reg), "sched-2").starts_with("unknown keys"));
+    ok(&kf(&primary, &reg, &["nodes", "remove", "sched-1"]));
+    ok(&kf(&primary, &reg, &["nodes", "remove", "sched-2"]));
+    assert_eq!(states(&primary, &reg).len(), 3);
+
+    // An automatic publish that fails (no password for the registry) does
+    // not fail the import: one warning line says how to publish later.
+    let bundle = primary.path("k3.exp");
+    primary.export(&bundle, &[]);
+    let out = secondary
+        .import_cmd(&bundle)
+        .env("PGPASSFILE", "/nonexistent")
+        .output()
+        .unwrap();
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("warning:"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(warnings[0].contains("keyferry nodes publish"), "{stderr}");
+    assert!(!stderr.contains(REG_PASSWORD));
+    assert_eq!(
+        state_of(&states(&primary, &reg), "pam-b"),
+        "has the keys, older primary"
+    );
+    ok(&kf(&secondary, &reg, &["nodes", "publish"]));
+    assert_eq!(state_of(&states(&primary, &reg), "pam-b"), "agrees");
+
+    // The registry holds no secret and the audit log says who connected.
+    let log = fs::read_to_string(primary.home.join("audit.log")).unwrap();
+    assert!(log.contains("nodes-connect") && log.contains("key_ids_after"));
+    assert!(!log.contains(REG_PASSWORD));
+}
