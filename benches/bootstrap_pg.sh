@@ -75,20 +75,28 @@ in_ns "$b" "$bin" --home "$home" ha init --node bench-b --primary $A --secondary
 
 now() { date +%s.%N; }
 plain_times=(); kf_times=()
-for r in $(seq "$rounds"); do
+plain() {
   rm -rf "$work/b/plain"; mkdir "$work/b/plain"; chown postgres "$work/b/plain"; chmod 700 "$work/b/plain"
+  sync
   t0=$(now)
   as_pg "$b" env PGPASSFILE="$work/b/pgpass" "$pgbin/pg_basebackup" -D "$work/b/plain" \
     -h $A -p 5432 -U repuser -w -X stream -c fast
   t1=$(now); plain_times+=("$(echo "$t1 - $t0" | bc)")
-
+}
+keyferry() {
   as_pg "$b" "$pgbin/pg_ctl" -D "$work/b/data" -m fast stop >/dev/null 2>&1 || true
   rm -rf "$work/b/data" "$work/b"/data.old-* "$work/b"/data.keyferry-*
   as_pg "$a" "$pgbin/psql" -qh "$work/a/sock" -U postgres -d postgres -c \
     "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots" >/dev/null
+  sync
   t0=$(now)
   in_ns "$b" "$bin" --home "$home" ha bootstrap --password-file "$work/pw" 2>&1 >/dev/null | while IFS= read -r l; do if [ -n "${STEPS:-}" ]; then echo "  $(date +%s.%N) $l"; fi; done
   t1=$(now); kf_times+=("$(echo "$t1 - $t0" | bc)")
+}
+# Alternate which goes first, so neither always inherits the other's
+# writeback.
+for r in $(seq "$rounds"); do
+  if [ $((r % 2)) = 1 ]; then plain; keyferry; else keyferry; plain; fi
   echo "round $r: pg_basebackup ${plain_times[-1]} s, keyferry ha bootstrap ${kf_times[-1]} s"
 done
 as_pg "$b" "$pgbin/pg_ctl" -D "$work/b/data" -m fast stop >/dev/null 2>&1 || true

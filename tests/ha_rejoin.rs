@@ -18,19 +18,14 @@ use std::time::Duration;
 use common::netns::{ADDR_A, ADDR_B};
 use common::pair::*;
 
-/// The grants `pg_rewind` needs on its source for a non-superuser.
-const REWIND_GRANTS: &str = "\
-    GRANT EXECUTE ON FUNCTION pg_catalog.pg_ls_dir(text, boolean, boolean) TO repuser;\
-    GRANT EXECUTE ON FUNCTION pg_catalog.pg_stat_file(text, boolean) TO repuser;\
-    GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text) TO repuser;\
-    GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO repuser;\
-    GRANT EXECUTE ON FUNCTION pg_catalog.pg_promote(boolean, integer) TO repuser;";
-
 /// The secondary bootstrapped from the primary, the secondary's
 /// `pg_hba.conf` letting the primary in, and a home for the primary.
 fn streaming_pair(tag: &str, conf: &[&str]) -> Option<(Pair, PathBuf)> {
     let pair = Pair::with_conf(tag, 1, conf)?;
-    pair.primary.connect().batch_execute(REWIND_GRANTS).unwrap();
+    pair.primary
+        .connect()
+        .batch_execute(common::pg::HA_GRANTS)
+        .unwrap();
     let out = pair.bootstrap(&["--yes"]);
     assert!(out.status.success(), "{}", text(&out));
     let mut hba = fs::read(pair.data().join("pg_hba.conf")).unwrap();

@@ -160,7 +160,10 @@ fn status_of_a_pair_from_both_nodes_as_it_loses_its_parts() {
     primary.write_hba(&hba);
     primary
         .connect()
-        .batch_execute("GRANT pg_monitor TO repuser; GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO repuser; SELECT pg_reload_conf();")
+        .batch_execute(&format!(
+            "GRANT pg_monitor TO repuser; {}; SELECT pg_reload_conf();",
+            common::pg::HA_GRANTS
+        ))
         .unwrap();
     let mut replica = primary.start_replica_with(PgOptions {
         extra_conf: vec![format!("listen_addresses = '{ADDR_B},127.0.0.1'")],

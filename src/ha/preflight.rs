@@ -45,6 +45,15 @@ use super::PeerAddr;
 use crate::fmt::human_bytes;
 use crate::pg::{self, replication, ConnSpec, Credentials, Endpoint, PgError, ServerFacts};
 
+/// The functions `pg_rewind` needs on its source for a role that is not a
+/// superuser (PostgreSQL's documentation of `pg_rewind`).
+pub(crate) const REWIND_FUNCTIONS: [&str; 4] = [
+    "pg_ls_dir(text, boolean, boolean)",
+    "pg_stat_file(text, boolean)",
+    "pg_read_binary_file(text)",
+    "pg_read_binary_file(text, bigint, bigint, boolean)",
+];
+
 /// Warn when the free space is below this multiple of the primary's size
 /// (the base backup also needs room for the WAL written while it runs).
 const DISK_MARGIN: f64 = 1.25;
@@ -240,40 +249,45 @@ pub(crate) fn rights(config: &HaConfig, server: Option<&ServerFacts>) -> Fact {
             "fix sql.primary above",
         );
     };
-    let promote_fix = format!(
-        "on the primary: GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO {user};"
-    );
-    match (f.rights.replication, f.rights.monitor, f.rights.promote) {
-        (true, true, true) => Fact::ok(
+    let r = &f.rights;
+    if !r.replication {
+        return Fact::fail(
             NAME,
-            format!("{user} has REPLICATION, pg_monitor and EXECUTE on pg_promote"),
-        ),
-        (false, monitor, _) => Fact::fail(
-            NAME,
-            format!(
-                "{user} lacks REPLICATION{}: no replica can stream as it",
-                if monitor { "" } else { " and pg_monitor" }
-            ),
-            format!(
-                "on the primary: ALTER ROLE {user} WITH REPLICATION;{}",
-                if monitor { String::new() } else { format!(" GRANT pg_monitor TO {user};") }
-            ),
-        ),
-        (true, false, promote) => Fact::warn(
-            NAME,
-            format!("{user} is not a member of pg_monitor: `ha status` on the other node cannot see the replication's state and lag{}",
-                if promote { "" } else { ", and `ha switchover` cannot promote the replica (no EXECUTE on pg_promote)" }),
-            format!(
-                "on the primary: GRANT pg_monitor TO {user};{}",
-                if promote { String::new() } else { promote_fix.trim_start_matches("on the primary:").to_owned() }
-            ),
-        ),
-        (true, true, false) => Fact::warn(
-            NAME,
-            format!("{user} may not execute pg_promote: `ha switchover` cannot promote the replica"),
-            promote_fix,
-        ),
+            format!("{user} lacks REPLICATION: no replica can stream as it"),
+            format!("on the primary: ALTER ROLE {user} WITH REPLICATION;"),
+        );
     }
+    let mut missing = Vec::new();
+    let mut fixes = Vec::new();
+    if !r.monitor {
+        missing.push("membership in pg_monitor (`ha status` on the other node cannot see the replication's state and lag)");
+        fixes.push(format!("GRANT pg_monitor TO {user};"));
+    }
+    if !r.promote {
+        missing.push("EXECUTE on pg_promote (`ha switchover` cannot promote the replica)");
+        fixes.push(format!(
+            "GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO {user};"
+        ));
+    }
+    if !r.rewind {
+        missing.push("EXECUTE on the functions pg_rewind reads through (`ha rejoin` falls back to a fresh bootstrap)");
+        fixes.extend(
+            REWIND_FUNCTIONS
+                .iter()
+                .map(|f| format!("GRANT EXECUTE ON FUNCTION pg_catalog.{f} TO {user};")),
+        );
+    }
+    if missing.is_empty() {
+        return Fact::ok(
+            NAME,
+            format!("{user} has REPLICATION, pg_monitor, and EXECUTE on pg_promote and pg_rewind's functions"),
+        );
+    }
+    Fact::warn(
+        NAME,
+        format!("{user} lacks {}", missing.join("; and ")),
+        format!("on the primary: {}", fixes.join(" ")),
+    )
 }
 
 /// `slots`: the primary's replication slots. An inactive slot is a
@@ -979,6 +993,7 @@ mod tests {
                 replication,
                 monitor,
                 promote: true,
+                rewind: true,
             },
             ..server(150_000, "replica", 10, 0)
         };
@@ -996,6 +1011,7 @@ mod tests {
                     replication: true,
                     monitor: true,
                     promote: false,
+                    rewind: true,
                 },
                 ..server(150_000, "replica", 10, 0)
             }),
@@ -1005,12 +1021,27 @@ mod tests {
             .fix
             .unwrap()
             .contains("GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO repuser"));
+        let no_rewind = rights(
+            &config,
+            Some(&ServerFacts {
+                rights: RoleRights {
+                    replication: true,
+                    monitor: true,
+                    promote: true,
+                    rewind: false,
+                },
+                ..server(150_000, "replica", 10, 0)
+            }),
+        );
+        assert_eq!(no_rewind.status, Status::Warn);
+        assert!(no_rewind.message.contains("pg_rewind"), "{no_rewind:?}");
+        let fix = no_rewind.fix.unwrap();
+        for f in REWIND_FUNCTIONS {
+            assert!(fix.contains(f), "{fix}");
+        }
         let none = rights(&config, Some(&with(false, false)));
         assert_eq!(none.status, Status::Fail);
-        assert!(
-            none.message.contains("lacks REPLICATION and pg_monitor"),
-            "{none:?}"
-        );
+        assert!(none.message.contains("lacks REPLICATION"), "{none:?}");
         assert_eq!(rights(&config, None).status, Status::Warn);
     }
 
@@ -1062,6 +1093,7 @@ mod tests {
                 replication: true,
                 monitor: true,
                 promote: true,
+                rewind: true,
             },
             slots: Vec::new(),
         }

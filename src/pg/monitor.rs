@@ -221,6 +221,9 @@ pub struct RoleRights {
     /// May execute `pg_promote()` (superuser, or granted EXECUTE): what
     /// `ha switchover` needs to promote the replica it connects to.
     pub promote: bool,
+    /// May execute the functions `pg_rewind` reads its source through
+    /// (superuser, or granted EXECUTE on each).
+    pub rewind: bool,
 }
 
 /// The connected role's [`RoleRights`].
@@ -229,7 +232,11 @@ pub(crate) fn rights(client: &mut Client, target: &str) -> Result<RoleRights, Pg
         .query_one(
             "SELECT rolreplication OR rolsuper, \
                     rolsuper OR pg_has_role(current_user, 'pg_monitor', 'USAGE'), \
-                    rolsuper OR has_function_privilege('pg_promote(boolean, integer)', 'EXECUTE') \
+                    rolsuper OR has_function_privilege('pg_promote(boolean, integer)', 'EXECUTE'), \
+                    rolsuper OR (has_function_privilege('pg_ls_dir(text, boolean, boolean)', 'EXECUTE') \
+                        AND has_function_privilege('pg_stat_file(text, boolean)', 'EXECUTE') \
+                        AND has_function_privilege('pg_read_binary_file(text)', 'EXECUTE') \
+                        AND has_function_privilege('pg_read_binary_file(text, bigint, bigint, boolean)', 'EXECUTE')) \
              FROM pg_roles WHERE rolname = current_user",
             &[],
         )
@@ -238,5 +245,6 @@ pub(crate) fn rights(client: &mut Client, target: &str) -> Result<RoleRights, Pg
         replication: row.get(0),
         monitor: row.get(1),
         promote: row.get(2),
+        rewind: row.get(3),
     })
 }

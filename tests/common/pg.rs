@@ -52,6 +52,16 @@ const PG_CTL_WAIT_SECS: &str = "30";
 /// picked between probing and the server's bind).
 const PORT_ATTEMPTS: usize = 3;
 
+/// What the replication user `repuser` needs besides `REPLICATION` and
+/// `pg_monitor` for switchover (`pg_promote`) and rejoin (`pg_rewind`'s
+/// functions), as README's "Connections and rights" says.
+pub const HA_GRANTS: &str = "\
+    GRANT EXECUTE ON FUNCTION pg_catalog.pg_promote(boolean, integer) TO repuser;\
+    GRANT EXECUTE ON FUNCTION pg_catalog.pg_ls_dir(text, boolean, boolean) TO repuser;\
+    GRANT EXECUTE ON FUNCTION pg_catalog.pg_stat_file(text, boolean) TO repuser;\
+    GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text) TO repuser;\
+    GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO repuser";
+
 /// Options for a test server.
 #[derive(Debug, Clone, Default)]
 pub struct PgOptions {

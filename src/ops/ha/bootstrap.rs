@@ -821,11 +821,24 @@ pub(super) fn wait_caught_up(
     let target_pos = config.primary.to_string();
     let mut last;
     let mut target: Option<String> = None;
+    // One connection for all the polls (a new one costs an authentication
+    // each time); opened again only after an error.
+    let mut client: Option<postgres::Client> = None;
     loop {
-        match poll_once(config, password, connect_timeout, &me, &mut target) {
+        match poll_once(
+            config,
+            password,
+            connect_timeout,
+            &mut client,
+            &me,
+            &mut target,
+        ) {
             Ok(Some(lsn)) => return Ok(lsn),
             Ok(None) => last = "the primary does not see this node streaming yet".into(),
-            Err(e) => last = e.to_string(),
+            Err(e) => {
+                client = None;
+                last = e.to_string();
+            }
         }
         if Instant::now() >= deadline {
             return Err(step_error(
@@ -836,7 +849,7 @@ pub(super) fn wait_caught_up(
                 ),
             ));
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -844,11 +857,17 @@ fn poll_once(
     config: &HaConfig,
     password: &Zeroizing<String>,
     connect_timeout: Duration,
+    client: &mut Option<postgres::Client>,
     me: &str,
     target: &mut Option<String>,
 ) -> Result<Option<String>, PgError> {
     let where_ = config.primary.to_string();
-    let mut client = primary_sql(config, password, connect_timeout)?;
+    if client.is_none() {
+        *client = Some(primary_sql(config, password, connect_timeout)?);
+    }
+    let Some(client) = client.as_mut() else {
+        return Ok(None);
+    };
     let target = match target {
         Some(t) => t.clone(),
         None => {
