@@ -264,13 +264,13 @@ fn switchover_failover_and_the_guard_on_a_pair() {
     hba.extend_from_slice(b"host all,replication repuser 10.213.0.0/24 scram-sha-256\n");
     a.write_hba(&hba);
     a.connect()
-        .batch_execute(
-            "GRANT pg_monitor TO repuser; \
-             GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO repuser; \
+        .batch_execute(&format!(
+            "GRANT pg_monitor TO repuser; {}; \
              SELECT pg_reload_conf(); \
              SELECT pg_create_physical_replication_slot('pam_b'); \
              CREATE TABLE load (id bigint PRIMARY KEY);",
-        )
+            common::pg::HA_GRANTS
+        ))
         .unwrap();
     let mut b = a.start_replica_with(PgOptions {
         extra_conf: vec![format!("listen_addresses = '{ADDR_B},127.0.0.1'")],
@@ -328,7 +328,10 @@ fn switchover_failover_and_the_guard_on_a_pair() {
 
     // The check sees the pg_promote right.
     let check = text(&ha(&ns.a, &home_a, &pw, &["check"]));
-    assert!(check.contains("EXECUTE on pg_promote"), "{check}");
+    assert!(
+        check.contains("EXECUTE on pg_promote and pg_rewind's functions"),
+        "{check}"
+    );
 
     // Failover refused while the primary is up; nothing changed.
     let (toml_b, data_b) = (
