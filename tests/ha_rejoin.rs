@@ -204,3 +204,34 @@ fn without_wal_log_hints_the_rejoin_is_a_bootstrap_that_keeps_the_old_data() {
     assert_eq!(kept.len(), 1, "the old data is kept: {kept:?}");
     a_streams_from_b(&pair);
 }
+
+/// The upgrade runbook's path: a switchover, the old primary stopped (for
+/// its upgrade), then rejoined: it was a replica when it stopped, so it
+/// follows the new primary without pg_rewind and without a copy.
+#[test]
+fn after_a_switchover_the_stopped_old_primary_just_follows() {
+    let Some((pair, home_a)) = streaming_pair("rs", &[]) else {
+        return;
+    };
+    let pw = pair.pw_file.to_str().unwrap();
+    let out = pair.keyferry_on_a(&home_a, &["ha", "switchover", "--password-file", pw]);
+    assert!(out.status.success(), "switchover: {}", text(&out));
+    let out = pair.keyferry_on_a(&home_a, &["ha", "stop"]);
+    assert!(out.status.success(), "stop: {}", text(&out));
+    assert!(!pair.primary.is_running());
+    let out = rejoin(&pair, &home_a, &["--dry-run"]);
+    assert!(text(&out).contains("without pg_rewind"), "{}", text(&out));
+    let out = rejoin(&pair, &home_a, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("follow"), "{}", text(&out));
+    a_streams_from_b(&pair);
+    let parent = pair.primary.data_dir().parent().unwrap();
+    assert!(
+        !fs::read_dir(parent).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("data.old-")),
+        "no copy was made"
+    );
+}

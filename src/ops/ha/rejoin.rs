@@ -44,7 +44,7 @@ use crate::fmt::human_bytes;
 use crate::ha::config::HaConfig;
 use crate::ha::preflight::{self, Side};
 use crate::ha::service::Server;
-use crate::node::{Home, Undo};
+use crate::node::{Change, Home, Undo};
 use crate::pg::rewind::{self, Rewind};
 use crate::pg::{self, Credentials, PgError};
 use crate::secret::PasswordSource;
@@ -150,7 +150,16 @@ pub(crate) fn rejoin(
             "check pg_bin and pg_data in ha.toml",
         )
     })?;
-    let impossible = rewind_impossible(control.as_ref(), full_page_writes);
+    // A node that was a replica when it stopped (after a switchover) wrote
+    // nothing of its own: it follows the new primary as it is.
+    let was_replica = control
+        .as_ref()
+        .is_some_and(|c| c.state.contains("recovery"));
+    let impossible = if was_replica {
+        None
+    } else {
+        rewind_impossible(control.as_ref(), full_page_writes)
+    };
     let mut report = RejoinReport {
         dry_run: opts.dry_run,
         plan: Vec::new(),
@@ -172,6 +181,13 @@ pub(crate) fn rejoin(
             "pg_rewind cannot be used: {why}; instead a fresh bootstrap from {} (the data directory is kept beside it as .old-<time>)",
             config.primary
         )),
+        None if was_replica => {
+            report.method = "follow";
+            report.plan.push(
+                "this node was a replica when it stopped: it follows the new primary without pg_rewind".into(),
+            );
+            report.plan.push(standby_plan(&config));
+        }
         None => {
             report.plan.push(format!(
                 "pg_rewind --dry-run from {}: where the histories diverged; if this node wrote WAL after that, stop unless --force",
@@ -180,11 +196,7 @@ pub(crate) fn rejoin(
             report.plan.push(
                 "pg_rewind, keeping this node's postgresql.conf, pg_hba.conf, pg_ident.conf and postgresql.auto.conf".into(),
             );
-            report.plan.push(format!(
-                "standby configuration (standby.signal, primary_conninfo to {} with the password file {}), start, wait until it streams",
-                config.primary,
-                passfile_path(&config).display()
-            ));
+            report.plan.push(standby_plan(&config));
         }
     }
     if opts.dry_run {
@@ -208,7 +220,23 @@ pub(crate) fn rejoin(
         return Ok(report);
     }
     rewind_and_follow(
-        home, &config, &server, &password, control, opts, obs, report,
+        home,
+        &config,
+        &server,
+        &password,
+        control,
+        was_replica,
+        opts,
+        obs,
+        report,
+    )
+}
+
+fn standby_plan(config: &HaConfig) -> String {
+    format!(
+        "standby configuration (standby.signal, primary_conninfo to {} with the password file {}), start, wait until it streams",
+        config.primary,
+        passfile_path(config).display()
     )
 }
 
@@ -296,6 +324,7 @@ fn rewind_and_follow(
     server: &Server,
     password: &Zeroizing<String>,
     control: Option<pg::ControlData>,
+    was_replica: bool,
     opts: &RejoinOptions,
     obs: &mut dyn Observer,
     mut report: RejoinReport,
@@ -308,20 +337,39 @@ fn rewind_and_follow(
     let mut change = node.begin(ACTION, details)?;
     let owner_ref = owner_reference(config);
     write_passfile(&mut change, config, password, &owner_ref)?;
+    if !was_replica {
+        rewind_if_needed(config, control, &mut change, &mut report, opts, obs)?;
+    }
+    if report.method == "bootstrap" {
+        drop(change);
+        drop(node);
+        report.bootstrap = Some(fallback(home, opts, obs)?);
+        return Ok(report);
+    }
+    follow(home, config, server, password, change, opts, obs, report)
+}
+
+/// Steps 3 and 4: the dry run, the divergence, the rewind. Sets the
+/// report's method to `bootstrap` when `pg_rewind` cannot be used.
+fn rewind_if_needed(
+    config: &HaConfig,
+    control: Option<pg::ControlData>,
+    change: &mut Change<'_>,
+    report: &mut RejoinReport,
+    opts: &RejoinOptions,
+    obs: &mut dyn Observer,
+) -> Result<()> {
     let source = source_conninfo(config);
     let restore = has_restore_command(&config.pg_data);
     obs.step("pg_rewind --dry-run: where did the two histories diverge?");
     let dry = match rewind::run(&config.pg_bin, &config.pg_data, &source, true, restore) {
         Ok(d) => d,
         Err(e) => {
-            change.abort()?;
-            drop(node);
             obs.step(&format!(
                 "pg_rewind cannot be used ({e}): bootstrapping instead"
             ));
             report.method = "bootstrap";
-            report.bootstrap = Some(fallback(home, opts, obs)?);
-            return Ok(report);
+            return Ok(());
         }
     };
     if let Rewind::Diverged { at, timeline } = dry {
@@ -335,7 +383,6 @@ fn rewind_and_follow(
         let ahead = end.map(|e| e.0.saturating_sub(at.0)).unwrap_or(0);
         report.lost_wal_bytes = Some(ahead);
         if ahead > 0 && !opts.force {
-            change.abort()?;
             return Err(Error::Refused(format!(
                 "this node wrote {} of WAL after the histories diverged at {at} (timeline {timeline}): a rewind loses those transactions. \
                  The server stays stopped. `keyferry ha rejoin --force` rewinds anyway; `keyferry ha bootstrap` instead keeps this data directory aside",
@@ -370,6 +417,21 @@ fn rewind_and_follow(
     } else {
         report.method = "follow";
     }
+    Ok(())
+}
+
+/// Step 5: the standby configuration, start, streaming, bookkeeping.
+#[allow(clippy::too_many_arguments)]
+fn follow(
+    home: &Home,
+    config: &HaConfig,
+    server: &Server,
+    password: &Zeroizing<String>,
+    mut change: Change<'_>,
+    opts: &RejoinOptions,
+    obs: &mut dyn Observer,
+    mut report: RejoinReport,
+) -> Result<RejoinReport> {
     obs.step("configuring this node as a replica of the new primary");
     if let Some(slot) = &opts.slot {
         bootstrap::ensure_slot(config, password, slot, opts.connect_timeout)?;
