@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::netns::{NetnsPair, ADDR_A, ADDR_B};
+use common::netns::{ADDR_A, ADDR_B};
 use common::node::{assert_same, snapshot};
 use common::pair::*;
 
@@ -242,12 +242,7 @@ fn each_failure_leaves_the_node_as_it_was() {
         let home2 = pair.tmp.path().join("home-small");
         let data2 = small.join("main");
         let run2 = |args: &[&str]| {
-            NetnsPair::exec(&pair.ns.b, &bin())
-                .arg("--home")
-                .arg(&home2)
-                .args(args)
-                .env_remove("PGPASSFILE")
-                .stdin(Stdio::null())
+            Pair::keyferry_cmd(&pair.ns.b, &home2, args)
                 .output()
                 .unwrap()
         };
@@ -478,12 +473,7 @@ fn a_disk_filled_during_the_copy_leaves_nothing_behind() {
     let home = pair.tmp.path().join("home-fresh");
     let data = disk.join("main");
     let run = |args: &[&str]| {
-        NetnsPair::exec(&pair.ns.b, &bin())
-            .arg("--home")
-            .arg(&home)
-            .args(args)
-            .env_remove("PGPASSFILE")
-            .stdin(Stdio::null())
+        Pair::keyferry_cmd(&pair.ns.b, &home, args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -16,32 +16,20 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::path::Path;
+use std::process::Output;
 
 use common::netns::{NetnsPair, WebService, ADDR_A, ADDR_B};
-use common::pg::{PgOptions, PgServer};
+use common::pair::Pair;
+use common::pg::PgServer;
 
-const PG_PORT: u16 = 5432;
 const WEB_PORT: u16 = 6500;
 const REPLICATION_PASSWORD: &str = "runbook replication password";
 const BUNDLE_PASSWORD: &str = "runbook bundle password";
 
-fn bin() -> PathBuf {
-    assert_cmd::cargo::cargo_bin("keyferry")
-}
-
 /// `keyferry --home HOME ARGS…` on the host of namespace `ns`.
 fn on(ns: &str, home: &Path, args: &[&str]) -> Output {
-    NetnsPair::exec(ns, &bin())
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .env_remove("KEYFERRY_HOME")
-        .env_remove("PGPASSFILE")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    Pair::keyferry_cmd(ns, home, args).output().unwrap()
 }
 
 fn ok(out: &Output) -> String {
@@ -49,11 +37,7 @@ fn ok(out: &Output) -> String {
 }
 
 fn server(ns: &str, addr: &str) -> Option<PgServer> {
-    let mut server = PgServer::start_primary(PgOptions {
-        extra_conf: vec![format!("listen_addresses = '{addr},127.0.0.1'")],
-        netns: Some(ns.to_owned()),
-    })?;
-    server.move_to_port(PG_PORT);
+    let server = common::pair::server(ns, addr, &[])?;
     server.create_replication_user("repuser", REPLICATION_PASSWORD);
     server
         .connect()

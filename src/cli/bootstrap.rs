@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{print_json, PasswordArgs};
+use super::print_json;
 use crate::error::{Error, Result};
 use crate::ops::ha::bootstrap::{self, BootstrapOptions, BootstrapReport, Mode, Observer};
 use crate::ops::ha::rejoin::{self, RejoinOptions};
@@ -35,16 +35,8 @@ pub(crate) struct BootstrapArgs {
     /// to catch up.
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     timeout: u64,
-    /// Timeout of every connection attempt, in milliseconds.
-    #[arg(long, value_name = "N", default_value_t = super::ha::DEFAULT_TIMEOUT_MS)]
-    timeout_ms: u64,
-    /// Machine-readable report.
-    #[arg(long)]
-    json: bool,
-    /// The replication user's password. Without a source: the libpq password
-    /// file (PGPASSFILE or ~/.pgpass) if it has an entry, else a prompt.
     #[command(flatten)]
-    password: PasswordArgs,
+    peer: super::ha::PeerArgs,
 }
 
 /// Shows the steps; a bar for the copy when standard error is a terminal.
@@ -143,15 +135,8 @@ pub(crate) struct RejoinArgs {
     /// Seconds to wait for the server's start and stop, and for streaming.
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     timeout: u64,
-    /// Timeout of every connection attempt, in milliseconds.
-    #[arg(long, value_name = "N", default_value_t = super::ha::DEFAULT_TIMEOUT_MS)]
-    timeout_ms: u64,
-    /// Machine-readable report.
-    #[arg(long)]
-    json: bool,
-    /// The replication user's password (as for `ha bootstrap`).
     #[command(flatten)]
-    password: PasswordArgs,
+    peer: super::ha::PeerArgs,
 }
 
 fn display(yes: bool) -> Display {
@@ -180,18 +165,18 @@ pub(crate) fn run_rejoin(home: &Home, a: RejoinArgs) -> Result<()> {
     let result = rejoin::rejoin(
         home,
         &RejoinOptions {
-            password: a.password.source(),
+            password: a.peer.password.source(),
             force: a.force,
             dry_run: a.dry_run,
             slot: a.slot,
-            connect_timeout: Duration::from_millis(a.timeout_ms),
+            connect_timeout: a.peer.connect_timeout(),
             timeout: Duration::from_secs(a.timeout),
         },
         &mut display,
     );
     display.done_with_bar();
     let report = result?;
-    if a.json {
+    if a.peer.json {
         return print_json(&report);
     }
     if report.dry_run {
@@ -230,17 +215,17 @@ pub(crate) fn run(home: &Home, a: BootstrapArgs) -> Result<()> {
         home,
         &BootstrapOptions {
             mode,
-            password: a.password.source(),
+            password: a.peer.password.source(),
             yes: a.yes,
             slot: a.slot,
-            connect_timeout: Duration::from_millis(a.timeout_ms),
+            connect_timeout: a.peer.connect_timeout(),
             timeout: Duration::from_secs(a.timeout),
         },
         &mut display,
     );
     display.done_with_bar();
     let report = result?;
-    if a.json {
+    if a.peer.json {
         return print_json(&report);
     }
     print_bootstrap(&report)

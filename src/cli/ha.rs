@@ -20,6 +20,28 @@ use crate::ops::ha::status::{self, StatusOptions, StatusReport, Verdict};
 use crate::ops::ha::{self as ops_ha, InitOptions};
 use crate::ops::Home;
 
+/// What every command that reaches the pair takes: the connection timeout,
+/// `--json`, and the replication user's password source.
+#[derive(Args, Debug)]
+pub(crate) struct PeerArgs {
+    /// Timeout of every connection attempt, in milliseconds.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_TIMEOUT_MS)]
+    timeout_ms: u64,
+    /// Machine-readable report.
+    #[arg(long)]
+    pub json: bool,
+    /// The replication user's password. Without a source: the libpq password
+    /// file (PGPASSFILE or ~/.pgpass) if it has an entry, else a prompt.
+    #[command(flatten)]
+    pub password: PasswordArgs,
+}
+
+impl PeerArgs {
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
 /// Default timeout of every connection attempt, in milliseconds.
 pub(crate) const DEFAULT_TIMEOUT_MS: u64 = 3000;
 

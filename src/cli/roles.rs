@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{print_json, PasswordArgs};
+use super::print_json;
 use crate::error::Result;
 use crate::ops::ha::failover::{self, FailoverOptions};
 use crate::ops::ha::guard;
@@ -29,16 +29,8 @@ pub(crate) struct SwitchoverArgs {
     /// Seconds to wait for the server's stop and start, the catch-up and the streaming.
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     timeout: u64,
-    /// Timeout of every connection attempt, in milliseconds.
-    #[arg(long, value_name = "N", default_value_t = super::ha::DEFAULT_TIMEOUT_MS)]
-    timeout_ms: u64,
-    /// Machine-readable report.
-    #[arg(long)]
-    json: bool,
-    /// The replication user's password. Without a source: the libpq password
-    /// file if it has an entry, else a prompt.
     #[command(flatten)]
-    password: PasswordArgs,
+    peer: super::ha::PeerArgs,
 }
 
 #[derive(Args, Debug)]
@@ -52,29 +44,17 @@ pub(crate) struct FailoverArgs {
     /// Seconds to wait for the promotion.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     timeout: u64,
-    /// Timeout of every connection attempt, in milliseconds.
-    #[arg(long, value_name = "N", default_value_t = super::ha::DEFAULT_TIMEOUT_MS)]
-    timeout_ms: u64,
-    /// Machine-readable report.
-    #[arg(long)]
-    json: bool,
     #[command(flatten)]
-    password: PasswordArgs,
+    peer: super::ha::PeerArgs,
 }
 
 #[derive(Args, Debug)]
 pub(crate) struct GuardArgs {
-    /// Timeout of every connection attempt, in milliseconds.
-    #[arg(long, value_name = "N", default_value_t = super::ha::DEFAULT_TIMEOUT_MS)]
-    timeout_ms: u64,
     /// Seconds to wait for the server's start or stop (`ha start`, `ha stop`).
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     timeout: u64,
-    /// Machine-readable report.
-    #[arg(long)]
-    json: bool,
     #[command(flatten)]
-    password: PasswordArgs,
+    peer: super::ha::PeerArgs,
 }
 
 pub(crate) fn run_switchover(home: &Home, a: SwitchoverArgs) -> Result<()> {
@@ -87,14 +67,14 @@ pub(crate) fn run_switchover(home: &Home, a: SwitchoverArgs) -> Result<()> {
     };
     let opts = SwitchoverOptions {
         mode,
-        password: a.password.source(),
+        password: a.peer.password.source(),
         max_lag: a.max_lag,
         dry_run: a.dry_run,
-        connect_timeout: Duration::from_millis(a.timeout_ms),
+        connect_timeout: a.peer.connect_timeout(),
         timeout: Duration::from_secs(a.timeout),
     };
     let report = switchover::switchover(home, &opts, &mut |s| eprintln!("{s}"))?;
-    if a.json {
+    if a.peer.json {
         return print_json(&report);
     }
     for line in switchover::summary(&report) {
@@ -108,14 +88,14 @@ pub(crate) fn run_failover(home: &Home, a: FailoverArgs) -> Result<()> {
     let report = failover::failover(
         home,
         &FailoverOptions {
-            password: a.password.source(),
+            password: a.peer.password.source(),
             force: a.force,
             dry_run: a.dry_run,
-            connect_timeout: Duration::from_millis(a.timeout_ms),
+            connect_timeout: a.peer.connect_timeout(),
             timeout: Duration::from_secs(a.timeout),
         },
     )?;
-    if a.json {
+    if a.peer.json {
         return print_json(&report);
     }
     for line in failover::summary(&report) {
@@ -139,21 +119,21 @@ fn print_guard(report: &guard::GuardReport, json: bool) -> Result<()> {
 pub(crate) fn run_guard(home: &Home, a: GuardArgs) -> Result<()> {
     let report = guard::guard(
         home,
-        a.password.source().as_ref(),
-        Duration::from_millis(a.timeout_ms),
+        a.peer.password.source().as_ref(),
+        a.peer.connect_timeout(),
     )?;
-    print_guard(&report, a.json)
+    print_guard(&report, a.peer.json)
 }
 
 pub(crate) fn run_start(home: &Home, a: GuardArgs) -> Result<()> {
     let report = guard::start(
         home,
-        a.password.source().as_ref(),
-        Duration::from_millis(a.timeout_ms),
+        a.peer.password.source().as_ref(),
+        a.peer.connect_timeout(),
         Duration::from_secs(a.timeout),
     )?;
-    print_guard(&report, a.json)?;
-    if !a.json {
+    print_guard(&report, a.peer.json)?;
+    if !a.peer.json {
         println!("the local server runs");
     }
     Ok(())
@@ -161,7 +141,7 @@ pub(crate) fn run_start(home: &Home, a: GuardArgs) -> Result<()> {
 
 pub(crate) fn run_stop(home: &Home, a: GuardArgs) -> Result<()> {
     guard::stop(home, Duration::from_secs(a.timeout))?;
-    if !a.json {
+    if !a.peer.json {
         println!("the local server is stopped");
     }
     Ok(())

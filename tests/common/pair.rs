@@ -134,10 +134,12 @@ impl Pair {
         self.secondary.data_dir()
     }
 
-    pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = NetnsPair::exec(&self.ns.b, &bin());
+    /// `keyferry --home HOME ARGS…` on the host of namespace `ns`, with no
+    /// home or libpq password file from the environment.
+    pub fn keyferry_cmd(ns: &str, home: &Path, args: &[&str]) -> Command {
+        let mut c = NetnsPair::exec(ns, &bin());
         c.arg("--home")
-            .arg(&self.home)
+            .arg(home)
             .args(args)
             .env_remove("KEYFERRY_HOME")
             .env_remove("PGPASSFILE")
@@ -145,24 +147,23 @@ impl Pair {
         c
     }
 
+    /// keyferry with the secondary's home, on its host.
+    pub fn command(&self, args: &[&str]) -> Command {
+        Self::keyferry_cmd(&self.ns.b, &self.home, args)
+    }
+
     /// `keyferry --home HOME ARGS…` on the primary's host.
     pub fn keyferry_on_a(&self, home: &Path, args: &[&str]) -> Output {
-        NetnsPair::exec(&self.ns.a, &bin())
-            .arg("--home")
-            .arg(home)
-            .args(args)
-            .env_remove("KEYFERRY_HOME")
-            .env_remove("PGPASSFILE")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+        Self::keyferry_cmd(&self.ns.a, home, args).output().unwrap()
     }
 
     pub fn keyferry(&self, args: &[&str]) -> Output {
         self.command(args).output().unwrap()
     }
 
-    pub fn bootstrap(&self, extra: &[&str]) -> Output {
+    /// `ha bootstrap` with the replication password file, `--timeout 60`
+    /// unless `extra` names one.
+    fn bootstrap_args<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
         let mut args = vec![
             "ha",
             "bootstrap",
@@ -173,20 +174,15 @@ impl Pair {
             args.extend(["--timeout", "60"]);
         }
         args.extend(extra);
-        self.keyferry(&args)
+        args
+    }
+
+    pub fn bootstrap(&self, extra: &[&str]) -> Output {
+        self.keyferry(&self.bootstrap_args(extra))
     }
 
     pub fn spawn_bootstrap(&self, extra: &[&str]) -> Child {
-        let mut args = vec![
-            "ha",
-            "bootstrap",
-            "--password-file",
-            self.pw_file.to_str().unwrap(),
-        ];
-        if !extra.contains(&"--timeout") {
-            args.extend(["--timeout", "60"]);
-        }
-        args.extend(extra);
+        let args = self.bootstrap_args(extra);
         self.command(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -73,7 +73,8 @@ const REQUIRED_CHECKS: [&str; 9] = [
     "disk",
 ];
 
-/// Run, finish an interrupted run, or undo one.
+/// Run, finish an interrupted run, or undo one (a held change: bootstrap,
+/// switchover).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
     Run,
@@ -737,20 +738,10 @@ fn finish(
         )
     })?;
     obs.step("starting the replica");
-    change.step(
-        Undo::Server {
-            server: server.clone(),
-            running: false,
-        },
-        || {
-            server.start().map_err(|e| {
-                step_error(
-                    "starting the replica",
-                    e.to_string(),
-                    "read the server's log, fix the cause, then run the bootstrap again",
-                )
-            })
-        },
+    start_step(
+        &mut change,
+        server,
+        "read the server's log, fix the cause, then run the bootstrap again",
     )?;
     obs.step(&format!(
         "waiting (up to {} s) until the replica streams and has caught up with the primary",
@@ -805,6 +796,21 @@ fn finish(
         "bootstrapped"
     };
     Ok(report)
+}
+
+/// Starts the local server as a step whose undo stops it again.
+pub(super) fn start_step(change: &mut Change<'_>, server: &Server, fix: &str) -> Result<()> {
+    change.step(
+        Undo::Server {
+            server: server.clone(),
+            running: false,
+        },
+        || {
+            server
+                .start()
+                .map_err(|e| step_error("starting the replica", e.to_string(), fix))
+        },
+    )
 }
 
 /// Step 6: the primary sees this node streaming and replayed up to the

@@ -44,7 +44,7 @@ use crate::fmt::human_bytes;
 use crate::ha::config::HaConfig;
 use crate::ha::preflight::{self, Side};
 use crate::ha::service::Server;
-use crate::node::{Change, Home, Undo};
+use crate::node::{Change, Home};
 use crate::pg::rewind::{self, Rewind};
 use crate::pg::{self, Credentials, PgError};
 use crate::secret::PasswordSource;
@@ -438,20 +438,10 @@ fn follow(
     }
     write_standby(config, opts.slot.as_deref())?;
     obs.step("starting the replica");
-    change.step(
-        Undo::Server {
-            server: server.clone(),
-            running: false,
-        },
-        || {
-            server.start().map_err(|e| {
-                step_error(
-                    "starting the replica",
-                    e.to_string(),
-                    "read the server's log, fix the cause, then run `keyferry ha rejoin` again",
-                )
-            })
-        },
+    bootstrap::start_step(
+        &mut change,
+        server,
+        "read the server's log, fix the cause, then run `keyferry ha rejoin` again",
     )?;
     obs.step("waiting until the new primary sees this node streaming");
     let caught_up = wait_caught_up(config, password, opts.connect_timeout, opts.timeout)?;

@@ -65,13 +65,7 @@ const ABORT: &str = "keyferry ha switchover --abort";
 /// Default `--max-lag`: 16 MiB.
 pub(crate) const DEFAULT_MAX_LAG: &str = "16MiB";
 
-/// Run, finish an interrupted run, or undo one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Mode {
-    Run,
-    Resume,
-    Abort,
-}
+pub(crate) use super::bootstrap::Mode;
 
 /// What `ha switchover` was given.
 #[derive(Debug, Clone)]
