@@ -49,6 +49,7 @@ use crate::fsutil::{self, Ownership};
 use crate::ha::config::HaConfig;
 use crate::ha::preflight::{self, Side, Status};
 use crate::ha::service::Server;
+use crate::ha::PeerAddr;
 use crate::node::{file_stamp, now_unix, Change, Home, Undo};
 use crate::pg::basebackup::{self, Phase, Said};
 use crate::pg::standby::{self, Upstream};
@@ -538,7 +539,7 @@ fn copy_and_swap(
 ) -> Result<State> {
     let owner_ref = owner_reference(config);
     platform::refuse_root_owned(&owner_ref)?;
-    write_passfile(change, config, password, &owner_ref)?;
+    write_passfile(change, config, config.primary, password, &owner_ref)?;
 
     obs.step(&format!(
         "copying {} into {} (the local server keeps running)",
@@ -630,11 +631,12 @@ pub(super) fn owner_reference(config: &HaConfig) -> PathBuf {
 pub(super) fn write_passfile(
     change: &mut Change<'_>,
     config: &HaConfig,
+    upstream_addr: PeerAddr,
     password: &Zeroizing<String>,
     owner_ref: &Path,
 ) -> Result<()> {
     let path = passfile_path(config);
-    let up = upstream(config, &path, None);
+    let up = upstream(config, upstream_addr, &path, None);
     let line = standby::passfile_line(&up, password).ok_or_else(|| {
         Error::Usage(
             "the replication password has a line break: libpq's password file cannot hold it"
@@ -649,9 +651,14 @@ pub(super) fn write_passfile(
     Ok(())
 }
 
-fn upstream<'a>(config: &'a HaConfig, passfile: &'a Path, slot: Option<&'a str>) -> Upstream<'a> {
+fn upstream<'a>(
+    config: &'a HaConfig,
+    upstream_addr: PeerAddr,
+    passfile: &'a Path,
+    slot: Option<&'a str>,
+) -> Upstream<'a> {
     Upstream {
-        host: config.primary.to_string(),
+        host: upstream_addr.to_string(),
         port: config.pg_port,
         user: &config.replication_user,
         application_name: &config.node,
@@ -697,13 +704,17 @@ fn configure(config: &HaConfig, state: &State) -> Result<()> {
             }
         }
     }
-    write_standby(config, state.slot.as_deref())
+    write_standby(config, config.primary, state.slot.as_deref())
 }
 
 /// `standby.signal`, and `primary_conninfo` (naming the password file) and
 /// `primary_slot_name` in `postgresql.auto.conf`, every other line of which
 /// is kept.
-pub(super) fn write_standby(config: &HaConfig, slot: Option<&str>) -> Result<()> {
+pub(super) fn write_standby(
+    config: &HaConfig,
+    upstream_addr: PeerAddr,
+    slot: Option<&str>,
+) -> Result<()> {
     let data = &config.pg_data;
     write_owned(&data.join("standby.signal"), b"", data)?;
     let auto = data.join("postgresql.auto.conf");
@@ -713,7 +724,7 @@ pub(super) fn write_standby(config: &HaConfig, slot: Option<&str>) -> Result<()>
         Err(e) => return Err(Error::io(format!("cannot read {}", auto.display()))(e)),
     };
     let passfile = passfile_path(config);
-    let up = upstream(config, &passfile, slot);
+    let up = upstream(config, upstream_addr, &passfile, slot);
     write_owned(&auto, standby::auto_conf(&existing, &up).as_bytes(), data)
 }
 

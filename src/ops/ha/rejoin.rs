@@ -336,7 +336,7 @@ fn rewind_and_follow(
     ]);
     let mut change = node.begin(ACTION, details)?;
     let owner_ref = owner_reference(config);
-    write_passfile(&mut change, config, password, &owner_ref)?;
+    write_passfile(&mut change, config, config.primary, password, &owner_ref)?;
     if !was_replica {
         rewind_if_needed(config, control, &mut change, &mut report, opts, obs)?;
     }
@@ -436,7 +436,7 @@ fn follow(
     if let Some(slot) = &opts.slot {
         bootstrap::ensure_slot(config, password, slot, opts.connect_timeout)?;
     }
-    write_standby(config, opts.slot.as_deref())?;
+    write_standby(config, config.primary, opts.slot.as_deref())?;
     obs.step("starting the replica");
     bootstrap::start_step(
         &mut change,

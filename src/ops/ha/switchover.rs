@@ -42,19 +42,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use zeroize::Zeroizing;
 
-use super::bootstrap::{passfile_path, write_owned};
+use super::bootstrap::{passfile_path, write_passfile, write_standby};
 use super::check::credentials;
 use super::require_config;
 use super::roles::{self, other, peer_sql, SWITCHOVER};
 use crate::error::{Error, Result};
-use crate::fsutil::Ownership;
 use crate::ha::config::HaConfig;
 use crate::ha::generation::{self, Record};
 use crate::ha::preflight::Side;
 use crate::ha::service::Server;
 use crate::node::{Change, Home, Undo};
 use crate::ops::details;
-use crate::pg::standby::{self, Upstream};
 use crate::pg::{self, Credentials};
 use crate::secret::PasswordSource;
 
@@ -443,7 +441,13 @@ fn fresh(
     change.set_state(to_value(&state))?;
 
     step("writing the replication password file");
-    write_passfile(&mut change, config, peer, &password)?;
+    write_passfile(
+        &mut change,
+        config,
+        peer.address(config),
+        &password,
+        &config.pg_data,
+    )?;
 
     step(&format!("recording generation {}", checked.generation));
     let undo = Undo::ForgetGeneration {
@@ -537,44 +541,6 @@ fn fresh(
 
 fn to_value(state: &State) -> Value {
     serde_json::to_value(state).unwrap_or(Value::Null)
-}
-
-fn write_passfile(
-    change: &mut Change<'_>,
-    config: &HaConfig,
-    peer: Side,
-    password: &Zeroizing<String>,
-) -> Result<()> {
-    let path = passfile_path(config);
-    let up = upstream(config, peer, &path, None);
-    let line = standby::passfile_line(&up, password).ok_or_else(|| {
-        Error::Usage(
-            "the replication password has a line break: libpq's password file cannot hold it"
-                .into(),
-        )
-    })?;
-    change.replace_file(
-        &path,
-        &mut line.as_bytes(),
-        Ownership::PrivateTo(config.pg_data.clone()),
-    )?;
-    Ok(())
-}
-
-fn upstream<'a>(
-    config: &'a HaConfig,
-    peer: Side,
-    passfile: &'a std::path::Path,
-    slot: Option<&'a str>,
-) -> Upstream<'a> {
-    Upstream {
-        host: peer.address(config).to_string(),
-        port: config.pg_port,
-        user: &config.replication_user,
-        application_name: &config.node,
-        passfile,
-        slot,
-    }
 }
 
 /// Step 4's wait: the replica received and replayed past `ckpt`.
@@ -694,18 +660,14 @@ fn forward(
             })?;
         }
         step("configuring this node as a replica of the new primary");
-        write_passfile(&mut change, config, peer, password)?;
-        let data = &config.pg_data;
-        write_owned(&data.join("standby.signal"), b"", data)?;
-        let auto = data.join("postgresql.auto.conf");
-        let existing = match std::fs::read_to_string(&auto) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(Error::io(format!("cannot read {}", auto.display()))(e)),
-        };
-        let passfile = passfile_path(config);
-        let up = upstream(config, peer, &passfile, state.slot.as_deref());
-        write_owned(&auto, standby::auto_conf(&existing, &up).as_bytes(), data)?;
+        write_passfile(
+            &mut change,
+            config,
+            peer.address(config),
+            password,
+            &config.pg_data,
+        )?;
+        write_standby(config, peer.address(config), state.slot.as_deref())?;
         step("starting this node as a replica");
         server.start().map_err(|e| {
             step_error(
