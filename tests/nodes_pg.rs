@@ -185,6 +185,35 @@ fn registry_three_nodes_and_the_promote_guard() {
     assert_eq!(state_of(&all, "act-1"), "lacks keys 2");
     let text = ok(&kf(&primary, &reg, &["nodes"]));
     assert!(text.contains("act-1") && text.contains("Action"), "{text}");
+    // `ha status` shows the pair's agreement line (the pair itself is not
+    // reachable here: only the line is judged).
+    ok(&kf(
+        &primary,
+        &reg,
+        &[
+            "ha",
+            "init",
+            "--node",
+            "pam-a",
+            "--primary",
+            "192.0.2.1",
+            "--secondary",
+            "192.0.2.2",
+        ],
+    ));
+    let out = kf(
+        &primary,
+        &reg,
+        &["ha", "status", "--json", "--timeout-ms", "300"],
+    );
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let keys = status["keys"].as_str().unwrap_or_default();
+    assert!(
+        keys.starts_with("keys: 1 of 3 registered nodes agree")
+            && keys.contains("pam-b lacks keys 2")
+            && keys.contains("act-1 lacks keys 2"),
+        "{status:#}"
+    );
 
     // The secondary imports (and publishes on its own); the Action host
     // has not yet: promote is refused, naming it, and nothing changes.

@@ -595,6 +595,9 @@ pub(crate) fn render_status(r: &StatusReport, json: bool) -> Result<String> {
             human_bytes(a.bytes)
         );
     }
+    if let Some(keys) = &r.keys {
+        let _ = writeln!(o, "{}", printable(keys));
+    }
     for n in &r.notes {
         let _ = writeln!(o, "note: {}", printable(n));
     }

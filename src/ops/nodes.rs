@@ -709,6 +709,36 @@ fn state_of(reference: &Keyring, r: &NodeRecord) -> (String, Vec<u32>) {
     }
 }
 
+/// The pair's key agreement in one line (for `ha status`), when the home
+/// has a registry connection: whether every registered node holds this
+/// node's keys under its primary, else which do not and why.
+pub fn agreement_line(home: &Home) -> Option<String> {
+    settings(home).ok()??;
+    let listing = match list(home, Access::default()) {
+        Ok(l) => l,
+        Err(e) => return Some(format!("keys: the node registry cannot be read: {e}")),
+    };
+    let others: Vec<String> = listing
+        .nodes
+        .iter()
+        .filter(|n| n.state != "agrees")
+        .map(|n| format!("{} {}", n.record.name, n.state))
+        .collect();
+    let total = listing.nodes.len();
+    Some(if others.is_empty() {
+        format!(
+            "keys: all {total} registered nodes agree ({})",
+            listing.fingerprint
+        )
+    } else {
+        format!(
+            "keys: {} of {total} registered nodes agree; {} (`keyferry nodes` lists them)",
+            total - others.len(),
+            others.join("; ")
+        )
+    })
+}
+
 /// `keyferry nodes [--json]`.
 pub fn list(home: &Home, access: Access) -> Result<Listing> {
     let settings = settings(home)?;

@@ -134,6 +134,9 @@ pub(crate) struct StatusReport {
     pub archive: Option<ArchiveStatus>,
     /// Things worth knowing that do not change the verdict.
     pub notes: Vec<String>,
+    /// The key agreement line from the node registry, when this home has
+    /// one (`keyferry nodes connect`).
+    pub keys: Option<String>,
 }
 
 /// One node as seen now.
@@ -417,6 +420,7 @@ pub(crate) fn status_with(
             .ok()
     });
     notes.extend(home.held_change());
+    let keys = key_agreement(home, opts.timeout);
     for node in &nodes {
         if let (Some(g), Some(mine)) = (
             node.generation,
@@ -448,6 +452,7 @@ pub(crate) fn status_with(
         old_data_dirs,
         archive,
         notes,
+        keys,
     }
 }
 
@@ -470,6 +475,24 @@ fn record_primary(home: &Home, nodes: &[NodeStatus]) {
                 tracing::warn!(error = %e, "cannot record the primary's position");
             }
         }
+    }
+}
+
+/// The registry's key agreement line, bounded like every read of `ha
+/// status`: a registry that does not answer in time is said so.
+fn key_agreement(home: &Home, timeout: Duration) -> Option<String> {
+    crate::ops::nodes::settings(home).ok()??;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let home = home.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(crate::ops::nodes::agreement_line(&home));
+    });
+    match rx.recv_timeout(timeout * 2 + DEADLINE_MARGIN) {
+        Ok(line) => line,
+        Err(_) => Some(format!(
+            "keys: the node registry did not answer within {} s",
+            (timeout * 2 + DEADLINE_MARGIN).as_secs()
+        )),
     }
 }
 
