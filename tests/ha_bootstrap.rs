@@ -333,6 +333,27 @@ fn each_failure_leaves_the_node_as_it_was() {
     assert!(old_dirs(&pair).is_empty());
 }
 
+/// The processes that have `path` open, for a failure message.
+fn holders(path: &std::path::Path) -> String {
+    let mut out = String::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(fds) = fs::read_dir(e.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if fs::read_link(fd.path()).is_ok_and(|l| l == path) {
+                let cmd = fs::read(e.path().join("cmdline")).unwrap_or_default();
+                out.push_str(&format!(
+                    "{} {}\n",
+                    e.file_name().to_string_lossy(),
+                    String::from_utf8_lossy(&cmd).replace('\0', " ")
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// kill -9 of keyferry during the copy, after the swap, and during the
 /// wait; `--abort` and `--resume` each lead to a working node.
 #[test]
@@ -350,6 +371,11 @@ fn a_killed_bootstrap_is_resumed_or_aborted() {
     });
     let staging = staging_of(&pair).unwrap();
     kill9(&mut child);
+    assert_eq!(
+        holders(&pair.home.join("keyferry.lock")),
+        "",
+        "nothing holds the lock after the kill"
+    );
     let t = Instant::now();
     while !no_process_with(staging.to_str().unwrap()) && t.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(5));
@@ -397,6 +423,11 @@ fn a_killed_bootstrap_is_resumed_or_aborted() {
         staging_of(&pair).is_some_and(|s| s.join("base").exists())
     });
     kill9(&mut child);
+    assert_eq!(
+        holders(&pair.home.join("keyferry.lock")),
+        "",
+        "nothing holds the lock after the kill"
+    );
     let out = pair.bootstrap(&["--resume"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_is_replica(&pair);
@@ -409,13 +440,19 @@ fn a_killed_bootstrap_is_resumed_or_aborted() {
         old_dirs(&pair).len() == 2 && pair.data().join("PG_VERSION").exists()
     });
     kill9(&mut child);
+    assert_eq!(
+        holders(&pair.home.join("keyferry.lock")),
+        "",
+        "nothing holds the lock after the kill"
+    );
     let out = pair.bootstrap(&["--resume"]);
     let log = pair.data().parent().unwrap().join("data.pg_ctl.log");
     assert!(
         out.status.success(),
-        "{}\n--- server log\n{}",
+        "{}\n--- server log\n{}\n--- lock holders\n{}",
         text(&out),
-        fs::read_to_string(log).unwrap_or_default()
+        fs::read_to_string(log).unwrap_or_default(),
+        holders(&pair.home.join("keyferry.lock"))
     );
     assert_is_replica(&pair);
 
@@ -425,6 +462,11 @@ fn a_killed_bootstrap_is_resumed_or_aborted() {
         old_dirs(&pair).len() == 3 && pair.data().join("postmaster.pid").exists()
     });
     kill9(&mut child);
+    assert_eq!(
+        holders(&pair.home.join("keyferry.lock")),
+        "",
+        "nothing holds the lock after the kill"
+    );
     let out = pair.keyferry(&["ha", "bootstrap", "--abort"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(

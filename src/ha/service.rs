@@ -127,7 +127,19 @@ impl Server {
         if self.is_running().map_err(ServiceError::Status)? {
             return Ok(());
         }
-        self.run(Op::Start)?;
+        if let Err(e) = self.run(Op::Start) {
+            // A start already under way (a `pg_ctl` left by a killed run)
+            // wins the data directory's lock and makes this one fail: the
+            // server it starts is what was asked for.
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while std::time::Instant::now() < deadline {
+                if self.is_running().map_err(ServiceError::Status)? {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            return Err(e);
+        }
         if !self.is_running().map_err(ServiceError::Status)? {
             return Err(self.failed(Op::Start, "the server is not running afterwards".into()));
         }

@@ -272,11 +272,15 @@ pub fn wait_during(child: &mut Child, what: &str, mut pred: impl FnMut() -> bool
     }
 }
 
+/// SIGKILL (std's `kill` sends exactly that), then reaps it: when this
+/// returns, the process is gone and its files are closed.
 pub fn kill9(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-9", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    child.kill().expect("SIGKILL keyferry");
+    let status = child.wait().expect("reap keyferry");
+    assert!(
+        status.code().is_none(),
+        "killed by a signal, not exited: {status}"
+    );
 }
 
 /// No process runs with `needle` in its command line.
