@@ -368,6 +368,8 @@ fn status_of_a_pair_from_both_nodes_as_it_loses_its_parts() {
     ns.set_link_b(false);
     let (out, took) = status(&ns.a, &home_a, &pw, &["--json"]);
     ns.set_link_b(true);
+    // Shown with --nocapture: what an operator waits for with a host down.
+    eprintln!("ha status with the secondary's host cut off (--timeout-ms {TIMEOUT_MS}): {took:?}");
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(out.status.code(), Some(9), "{r:#}");
     assert_eq!(r["nodes"][1]["role"], "Unreachable", "{r:#}");
