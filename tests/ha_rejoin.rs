@@ -193,7 +193,16 @@ fn without_wal_log_hints_the_rejoin_is_a_bootstrap_that_keeps_the_old_data() {
     let out = rejoin(&pair, &home_a, &["--dry-run"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("wal_log_hints"), "{}", text(&out));
-    let out = rejoin(&pair, &home_a, &[]);
+    // The password from a descriptor, which can be read only once: the
+    // fallback bootstrap must not read it again.
+    let out = Pair::keyferry_cmd(
+        &pair.ns.a,
+        &home_a,
+        &["ha", "rejoin", "--password-fd", "0", "--timeout", "60"],
+    )
+    .stdin(fs::File::open(&pair.pw_file).unwrap())
+    .output()
+    .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let parent = pair.primary.data_dir().parent().unwrap().to_path_buf();
     let kept: Vec<_> = fs::read_dir(&parent)

@@ -216,6 +216,7 @@ pub(crate) fn run(home: &Home, a: BootstrapArgs) -> Result<()> {
         &BootstrapOptions {
             mode,
             password: a.peer.password.source(),
+            known_password: None,
             yes: a.yes,
             slot: a.slot,
             connect_timeout: a.peer.connect_timeout(),

@@ -83,11 +83,14 @@ pub(crate) enum Mode {
     Abort,
 }
 
-/// What `ha bootstrap` was given.
-#[derive(Debug, Clone)]
+/// What `ha bootstrap` was given. (No `Debug`: it may hold the password.)
+#[derive(Clone)]
 pub(crate) struct BootstrapOptions {
     pub mode: Mode,
     pub password: Option<PasswordSource>,
+    /// The password, when a caller read it already (`ha rejoin` falling
+    /// back to a bootstrap: a descriptor or a prompt cannot be read twice).
+    pub known_password: Option<Zeroizing<String>>,
     /// Replace a primary's data without asking.
     pub yes: bool,
     pub slot: Option<String>,
@@ -172,7 +175,10 @@ pub(crate) fn bootstrap(
                 return Err(nothing_interrupted());
             };
             let state: State = serde_json::from_value(change.state()).unwrap_or_default();
-            let password = password(&config, opts.password.as_ref())?;
+            let password = match &opts.known_password {
+                Some(p) => p.clone(),
+                None => password(&config, opts.password.as_ref())?,
+            };
             if state.swapped {
                 obs.step("resuming after the swap: configuring and starting the replica");
                 return finish(home, change, &config, &server, &state, &password, opts, obs);
@@ -183,7 +189,10 @@ pub(crate) fn bootstrap(
             fresh(home, &mut node, &config, &server, &password, opts, yes, obs)
         }
         Mode::Run => {
-            let password = password(&config, opts.password.as_ref())?;
+            let password = match &opts.known_password {
+                Some(p) => p.clone(),
+                None => password(&config, opts.password.as_ref())?,
+            };
             fresh(
                 home, &mut node, &config, &server, &password, opts, opts.yes, obs,
             )

@@ -216,7 +216,7 @@ pub(crate) fn rejoin(
         obs.step(&format!(
             "pg_rewind cannot be used ({why}): bootstrapping instead"
         ));
-        report.bootstrap = Some(fallback(home, opts, obs)?);
+        report.bootstrap = Some(fallback(home, opts, &password, obs)?);
         return Ok(report);
     }
     rewind_and_follow(
@@ -262,12 +262,18 @@ fn new_primary(config: &HaConfig, password: &Zeroizing<String>, timeout: Duratio
     Ok(row.get::<_, String>(0) == "on")
 }
 
-fn fallback(home: &Home, opts: &RejoinOptions, obs: &mut dyn Observer) -> Result<BootstrapReport> {
+fn fallback(
+    home: &Home,
+    opts: &RejoinOptions,
+    password: &Zeroizing<String>,
+    obs: &mut dyn Observer,
+) -> Result<BootstrapReport> {
     bootstrap::bootstrap(
         home,
         &BootstrapOptions {
             mode: Mode::Run,
             password: opts.password.clone(),
+            known_password: Some(password.clone()),
             // The operator asked for this node's role to go: its data is
             // kept aside, never deleted.
             yes: true,
@@ -343,7 +349,7 @@ fn rewind_and_follow(
     if report.method == "bootstrap" {
         drop(change);
         drop(node);
-        report.bootstrap = Some(fallback(home, opts, obs)?);
+        report.bootstrap = Some(fallback(home, opts, password, obs)?);
         return Ok(report);
     }
     follow(home, config, server, password, change, opts, obs, report)
