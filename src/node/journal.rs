@@ -85,8 +85,10 @@ pub(crate) enum Undo {
     /// The change stages files in `dir` under its own tag; a crash may
     /// leave some there.
     Sweep { dir: PathBuf, tag: String },
-    /// The step created the directory `path` (a name with the change's own
-    /// stamp, that nothing else uses) and filled it.
+    /// The step filled the directory `path`, which the change created
+    /// before journaling this (a name with the change's own stamp; a
+    /// directory of that name made by anyone else makes the change fail
+    /// before this undo exists).
     RemoveTree { path: PathBuf },
     /// The step started or stopped the local PostgreSQL server; the undo
     /// puts it back to running (`running`) or stopped.

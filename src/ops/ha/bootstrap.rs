@@ -567,8 +567,11 @@ fn copy_and_swap(
     let undo =
         Undo::remove_tree(&state.staging).map_err(Error::io("cannot name the copy's directory"))?;
     let staging = state.staging.clone();
+    // Created before its undo is journaled: a directory of that name that
+    // someone else made first is a refusal here, never something the undo
+    // removes. (A crash between the two leaves an empty directory.)
+    create_owned_dir(&staging, &owner_ref)?;
     let copied = change.step(undo, || {
-        create_owned_dir(&staging, &owner_ref)?;
         basebackup::run(&config.pg_bin, &source, &staging, |said| match said {
             Said::Phase(p) => obs.copy_phase(*p),
             Said::Progress { done, total } => obs.copy_progress(*done, *total),
@@ -680,7 +683,11 @@ fn upstream<'a>(
 fn create_owned_dir(dir: &Path, owner_ref: &Path) -> Result<()> {
     let what = format!("cannot create {}", dir.display());
     fs::create_dir(dir).map_err(Error::io(what.clone()))?;
-    platform::own_like(dir, owner_ref, 0o700).map_err(Error::io(what))
+    platform::own_like(dir, owner_ref, 0o700).map_err(|e| {
+        // Still empty: ours to take back.
+        let _ = fs::remove_dir(dir);
+        Error::io(what)(e)
+    })
 }
 
 /// Writes `path` (in the new data directory) owned like the directory.
