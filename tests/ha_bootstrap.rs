@@ -135,6 +135,14 @@ fn over_a_stopped_older_data_directory_the_old_one_is_kept_byte_for_byte() {
         return;
     };
     pair.secondary.stop_clean();
+    // The server's account made pg_ident.conf a link to a file only root
+    // may read: keyferry (root) keeps the link, never copies through it.
+    let secret = pair.tmp.path().join("root-only");
+    fs::write(&secret, "root's secret\n").unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    let ident = pair.data().join("pg_ident.conf");
+    fs::remove_file(&ident).unwrap();
+    std::os::unix::fs::symlink(&secret, &ident).unwrap();
     let before: Snapshot = snapshot(pair.data());
     let out = pair.bootstrap(&["--yes"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -142,6 +150,15 @@ fn over_a_stopped_older_data_directory_the_old_one_is_kept_byte_for_byte() {
     assert_eq!(old.len(), 1);
     assert_same(&before, &snapshot(&old[0]));
     assert_is_replica(&pair);
+    assert_eq!(
+        fs::read_link(&ident).unwrap(),
+        secret,
+        "the link is kept as a link"
+    );
+    assert!(
+        files_holding(pair.data(), b"root's secret").is_empty(),
+        "no file of the new data directory holds the link's target"
+    );
 }
 
 /// Failure paths, each with the server stopped (so the data directory can

@@ -35,6 +35,7 @@
 pub(crate) mod addr;
 pub mod archive;
 pub mod config;
+pub(crate) mod datafile;
 mod error;
 pub(crate) mod generation;
 pub mod hba;

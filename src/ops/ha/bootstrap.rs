@@ -47,6 +47,7 @@ use crate::error::{Error, Result};
 use crate::fmt::human_bytes;
 use crate::fsutil::{self, Ownership};
 use crate::ha::config::HaConfig;
+use crate::ha::datafile;
 use crate::ha::preflight::{self, Side, Status};
 use crate::ha::service::Server;
 use crate::ha::PeerAddr;
@@ -691,10 +692,9 @@ fn create_owned_dir(dir: &Path, owner_ref: &Path) -> Result<()> {
 }
 
 /// Writes `path` (in the new data directory) owned like the directory.
-pub(crate) fn write_owned(path: &Path, contents: &[u8], data: &Path) -> Result<()> {
-    let what = format!("cannot write {}", path.display());
-    fs::write(path, contents).map_err(Error::io(what.clone()))?;
-    platform::own_like(path, data, 0o600).map_err(Error::io(what))
+fn write_owned(path: &Path, contents: &[u8], data: &Path) -> Result<()> {
+    datafile::write(path, contents, data)
+        .map_err(Error::io(format!("cannot write {}", path.display())))
 }
 
 /// Step 5: the replica's configuration in the new data directory.
@@ -703,17 +703,19 @@ fn configure(config: &HaConfig, state: &State) -> Result<()> {
     if state.had_data {
         for name in ["postgresql.conf", "pg_hba.conf", "pg_ident.conf"] {
             let theirs = state.old.join(name);
-            match fs::read(&theirs) {
-                Ok(bytes) => write_owned(&data.join(name), &bytes, data)?,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(format!("cannot read {}", theirs.display()))(e)),
+            let kept = datafile::read(&theirs)
+                .map_err(Error::io(format!("cannot read {}", theirs.display())))?;
+            if let Some(kept) = kept {
+                let ours = data.join(name);
+                datafile::put(&ours, &kept, data)
+                    .map_err(Error::io(format!("cannot write {}", ours.display())))?;
             }
         }
     } else {
         // A fresh node has no configuration of its own: the primary's
         // would make the server listen on the primary's address.
         let conf = data.join("postgresql.conf");
-        if let Ok(text) = fs::read_to_string(&conf) {
+        if let Ok(Some(text)) = datafile::read_text(&conf) {
             let (from, to) = (config.primary.to_string(), config.secondary.to_string());
             if let Some(rebound) = standby::rebind_listen(&text, &from, &to) {
                 write_owned(&conf, rebound.as_bytes(), data)?;
@@ -734,11 +736,9 @@ pub(super) fn write_standby(
     let data = &config.pg_data;
     write_owned(&data.join("standby.signal"), b"", data)?;
     let auto = data.join("postgresql.auto.conf");
-    let existing = match fs::read_to_string(&auto) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(Error::io(format!("cannot read {}", auto.display()))(e)),
-    };
+    let existing = datafile::read_text(&auto)
+        .map_err(Error::io(format!("cannot read {}", auto.display())))?
+        .unwrap_or_default();
     let passfile = passfile_path(config);
     let up = upstream(config, upstream_addr, &passfile, slot);
     write_owned(&auto, standby::auto_conf(&existing, &up).as_bytes(), data)

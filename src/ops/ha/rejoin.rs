@@ -35,13 +35,14 @@ use serde_json::Value;
 use zeroize::Zeroizing;
 
 use super::bootstrap::{
-    self, owner_reference, passfile_path, primary_sql, step_error, wait_caught_up, write_owned,
-    write_passfile, write_standby, BootstrapOptions, BootstrapReport, Mode, Observer,
+    self, owner_reference, passfile_path, primary_sql, step_error, wait_caught_up, write_passfile,
+    write_standby, BootstrapOptions, BootstrapReport, Mode, Observer,
 };
 use super::{require_config, roles};
 use crate::error::{Error, Result};
 use crate::fmt::human_bytes;
 use crate::ha::config::HaConfig;
+use crate::ha::datafile::{self, Kept};
 use crate::ha::preflight::{self, Side};
 use crate::ha::service::Server;
 use crate::node::{Change, Home};
@@ -310,7 +311,8 @@ fn has_restore_command(data: &Path) -> bool {
     ["postgresql.conf", "postgresql.auto.conf"]
         .iter()
         .any(|name| {
-            std::fs::read_to_string(data.join(name)).is_ok_and(|text| {
+            datafile::read_text(&data.join(name)).is_ok_and(|text| {
+                let text = text.unwrap_or_default();
                 text.lines().any(|l| {
                     let l = l.trim_start();
                     l.starts_with("restore_command")
@@ -395,9 +397,14 @@ fn rewind_if_needed(
                 human_bytes(ahead)
             )));
         }
-        let own: Vec<(String, Option<Vec<u8>>)> = OWN_FILES
+        let own: Vec<(String, Option<Kept>)> = OWN_FILES
             .iter()
-            .map(|n| ((*n).to_owned(), std::fs::read(config.pg_data.join(n)).ok()))
+            .map(|n| {
+                (
+                    (*n).to_owned(),
+                    datafile::read(&config.pg_data.join(n)).ok().flatten(),
+                )
+            })
             .collect();
         obs.step(&format!(
             "pg_rewind from {} (diverged at {at})",
@@ -413,9 +420,11 @@ fn rewind_if_needed(
                     "read the message; run `keyferry ha rejoin` again, or `keyferry ha bootstrap` (which keeps the data directory aside)",
                 )
             })?;
-            for (name, bytes) in &own {
-                if let Some(bytes) = bytes {
-                    write_owned(&config.pg_data.join(name), bytes, &config.pg_data)?;
+            for (name, kept) in &own {
+                if let Some(kept) = kept {
+                    let path = config.pg_data.join(name);
+                    datafile::put(&path, kept, &config.pg_data)
+                        .map_err(Error::io(format!("cannot put back {}", path.display())))?;
                 }
             }
             Ok(())
