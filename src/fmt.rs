@@ -62,6 +62,21 @@ pub(crate) fn parse_bytes(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
+/// `s` with its control characters escaped (`\n`, `\u{1b}`), for text that
+/// may come from another host, a database or a bundle's sender: it can then
+/// neither forge a line of output nor drive the terminal.
+pub(crate) fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::netns::{ADDR_A, ADDR_B};
+use common::netns::ADDR_B;
 use common::node::{assert_same, snapshot};
 use common::pair::*;
 
@@ -263,20 +263,7 @@ fn each_failure_leaves_the_node_as_it_was() {
                 .output()
                 .unwrap()
         };
-        common::succeeded(&run2(&[
-            "ha",
-            "init",
-            "--node",
-            "small",
-            "--primary",
-            ADDR_A,
-            "--secondary",
-            ADDR_B,
-            "--pg-bin",
-            pair.secondary.bin_dir().to_str().unwrap(),
-            "--pg-data",
-            data2.to_str().unwrap(),
-        ]));
+        pair.ha_init(&pair.ns.b, &home2, "small", &data2);
         let out = run2(&[
             "ha",
             "bootstrap",
@@ -538,23 +525,7 @@ fn a_disk_filled_during_the_copy_leaves_nothing_behind() {
             .spawn()
             .unwrap()
     };
-    let init = run(&[
-        "ha",
-        "init",
-        "--node",
-        "fresh",
-        "--primary",
-        ADDR_A,
-        "--secondary",
-        ADDR_B,
-        "--pg-bin",
-        pair.secondary.bin_dir().to_str().unwrap(),
-        "--pg-data",
-        data.to_str().unwrap(),
-    ])
-    .wait_with_output()
-    .unwrap();
-    common::succeeded(&init);
+    pair.ha_init(&pair.ns.b, &home, "fresh", &data);
     let before = snapshot(&disk);
     let mut child = run(&[
         "ha",

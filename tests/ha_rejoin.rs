@@ -43,25 +43,7 @@ fn streaming_pair(tag: &str, conf: &[&str]) -> Option<(Pair, PathBuf)> {
         .unwrap();
     let home_a = pair.tmp.path().join("home-a");
     common::succeeded(&pair.keyferry_on_a(&home_a, &["init"]));
-    let data_a = pair.primary.data_dir().to_str().unwrap().to_owned();
-    let bin = pair.primary.bin_dir().to_str().unwrap().to_owned();
-    common::succeeded(&pair.keyferry_on_a(
-        &home_a,
-        &[
-            "ha",
-            "init",
-            "--node",
-            "pam-a",
-            "--primary",
-            ADDR_A,
-            "--secondary",
-            ADDR_B,
-            "--pg-bin",
-            &bin,
-            "--pg-data",
-            &data_a,
-        ],
-    ));
+    pair.ha_init(&pair.ns.a, &home_a, "pam-a", pair.primary.data_dir());
     Some((pair, home_a))
 }
 

@@ -145,20 +145,7 @@ fn print_json<T: Serialize>(value: &T) -> Result<()> {
     Ok(())
 }
 
-/// `s` with its control characters escaped (`\n`, `\u{1b}`), for text that
-/// may come from another host or a bundle's sender: it can then neither
-/// forge a line of output nor drive the terminal.
-pub(crate) fn printable(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
+pub(crate) use crate::fmt::printable;
 
 /// Parses the command line and runs the command.
 pub fn run() -> Result<()> {

@@ -250,6 +250,17 @@ impl fmt::Display for FieldChange {
 }
 
 impl HaConfig {
+    /// A valid configuration on documentation addresses, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn example() -> Self {
+        HaConfig::new(
+            "n1",
+            "203.0.113.1".parse().unwrap(),
+            "203.0.113.2".parse().unwrap(),
+        )
+        .unwrap()
+    }
+
     /// A configuration with the defaults for everything but the node name
     /// and the two addresses. Fails like [`HaConfig::validate`].
     pub fn new(node: &str, primary: PeerAddr, secondary: PeerAddr) -> Result<Self, Error> {

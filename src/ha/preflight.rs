@@ -1163,12 +1163,7 @@ mod tests {
     }
 
     fn config() -> HaConfig {
-        HaConfig::new(
-            "n1",
-            "203.0.113.1".parse().unwrap(),
-            "203.0.113.2".parse().unwrap(),
-        )
-        .unwrap()
+        HaConfig::example()
     }
 
     #[test]

@@ -640,20 +640,6 @@ pub struct Listing {
     pub nodes: Vec<NodeView>,
 }
 
-/// Text from the registry (another host wrote it) with control
-/// characters escaped, so it cannot forge a line of a message.
-fn printable(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
-
 fn join_ids(ids: &[u32]) -> String {
     ids.iter()
         .map(u32::to_string)
@@ -825,7 +811,7 @@ impl Guard for RegistryGuard<'_> {
                 };
                 Some(format!(
                     "{} ({}, last seen {}: {why})",
-                    printable(&n.record.name),
+                    crate::fmt::printable(&n.record.name),
                     n.record.role.label(),
                     crate::fmt::fmt_time(n.record.last_seen)
                 ))

@@ -111,23 +111,29 @@ impl Pair {
             ns,
         };
         super::succeeded(&pair.keyferry(&["init"]));
-        let pg_bin = pair.secondary.bin_dir().to_str().unwrap().to_owned();
-        let pg_data = pair.data().to_str().unwrap().to_owned();
-        super::succeeded(&pair.keyferry(&[
+        pair.ha_init(&pair.ns.b, &pair.home, "pam-b", pair.data());
+        Some(pair)
+    }
+
+    /// `keyferry ha init` of node `node` in `home` on the host of `ns`:
+    /// this pair's addresses, the servers' programs, `data` as `pg_data`.
+    pub fn ha_init(&self, ns: &str, home: &Path, node: &str, data: &Path) {
+        let pg_bin = self.secondary.bin_dir().to_str().unwrap();
+        let args = [
             "ha",
             "init",
             "--node",
-            "pam-b",
+            node,
             "--primary",
             ADDR_A,
             "--secondary",
             ADDR_B,
             "--pg-bin",
-            &pg_bin,
+            pg_bin,
             "--pg-data",
-            &pg_data,
-        ]));
-        Some(pair)
+            data.to_str().unwrap(),
+        ];
+        super::succeeded(&Self::keyferry_cmd(ns, home, &args).output().unwrap());
     }
 
     pub fn data(&self) -> &Path {

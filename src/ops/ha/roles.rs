@@ -238,12 +238,7 @@ mod tests {
     use super::*;
 
     fn config() -> HaConfig {
-        HaConfig::new(
-            "n1",
-            "203.0.113.1".parse().unwrap(),
-            "203.0.113.2".parse().unwrap(),
-        )
-        .unwrap()
+        HaConfig::example()
     }
 
     fn record(generation: u64, primary: &str) -> Record {

@@ -951,12 +951,7 @@ mod tests {
     use super::*;
 
     fn config() -> HaConfig {
-        HaConfig::new(
-            "n1",
-            "203.0.113.1".parse().unwrap(),
-            "203.0.113.2".parse().unwrap(),
-        )
-        .unwrap()
+        HaConfig::example()
     }
 
     fn node(side: Side, role: Option<Role>) -> NodeStatus {
