@@ -337,6 +337,17 @@ fn each_failure_leaves_the_node_as_it_was() {
     assert!(old_dirs(&pair).is_empty());
 }
 
+/// kill -9 of a running keyferry: afterwards nothing holds the home's lock
+/// (no child it left behind keeps the node locked).
+fn kill_keyferry(pair: &Pair, child: &mut std::process::Child) {
+    kill9(child);
+    assert_eq!(
+        holders(&pair.home.join("keyferry.lock")),
+        "",
+        "nothing holds the lock after the kill"
+    );
+}
+
 /// The processes that have `path` open, for a failure message.
 fn holders(path: &std::path::Path) -> String {
     let mut out = String::new();
@@ -374,12 +385,7 @@ fn a_killed_bootstrap_is_resumed_or_aborted() {
         staging_of(&pair).is_some_and(|s| s.join("base").exists())
     });
     let staging = staging_of(&pair).unwrap();
-    kill9(&mut child);
-    assert_eq!(
-        holders(&pair.home.join("keyferry.lock")),
-        "",
-        "nothing holds the lock after the kill"
-    );
+    kill_keyferry(&pair, &mut child);
     let t = Instant::now();
     while !no_process_with(staging.to_str().unwrap()) && t.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(5));
@@ -426,12 +432,7 @@ fn a_killed_bootstrap_is_resumed_or_aborted() {
     wait_during(&mut child, "the copy to start", || {
         staging_of(&pair).is_some_and(|s| s.join("base").exists())
     });
-    kill9(&mut child);
-    assert_eq!(
-        holders(&pair.home.join("keyferry.lock")),
-        "",
-        "nothing holds the lock after the kill"
-    );
+    kill_keyferry(&pair, &mut child);
     let out = pair.bootstrap(&["--resume"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_is_replica(&pair);
@@ -443,12 +444,7 @@ fn a_killed_bootstrap_is_resumed_or_aborted() {
     wait_during(&mut child, "the swap", || {
         old_dirs(&pair).len() == 2 && pair.data().join("PG_VERSION").exists()
     });
-    kill9(&mut child);
-    assert_eq!(
-        holders(&pair.home.join("keyferry.lock")),
-        "",
-        "nothing holds the lock after the kill"
-    );
+    kill_keyferry(&pair, &mut child);
     let out = pair.bootstrap(&["--resume"]);
     let log = pair.data().parent().unwrap().join("data.pg_ctl.log");
     assert!(
@@ -465,12 +461,7 @@ fn a_killed_bootstrap_is_resumed_or_aborted() {
     wait_during(&mut child, "the new server to start", || {
         old_dirs(&pair).len() == 3 && pair.data().join("postmaster.pid").exists()
     });
-    kill9(&mut child);
-    assert_eq!(
-        holders(&pair.home.join("keyferry.lock")),
-        "",
-        "nothing holds the lock after the kill"
-    );
+    kill_keyferry(&pair, &mut child);
     let out = pair.keyferry(&["ha", "bootstrap", "--abort"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
