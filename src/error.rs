@@ -54,6 +54,23 @@ pub mod exit {
     /// failover` will not promote while the old primary may accept writes
     /// (`--force` overrides that one).
     pub const FENCED: u8 = 13;
+    /// `keyferry ha status`: split brain: two writable primaries, or a
+    /// primary on an older generation than the pair's record.
+    pub const SPLIT_BRAIN: u8 = 14;
+    /// `keyferry ha status`: the pair's state cannot be told (a node
+    /// answers but refuses to say: authentication failed, no rights, too
+    /// many clients); distinct from down.
+    pub const UNKNOWN: u8 = 15;
+    /// A held change (bootstrap, switchover, failover, rejoin) waits on
+    /// this node for `--resume` or `--abort`; nothing else was done.
+    pub const HELD: u8 = 16;
+    /// The journal's record of a held change does not parse (damaged, or
+    /// written by another version): nothing is done until it is looked at.
+    pub const UNREADABLE_STATE: u8 = 17;
+    /// Past the point of no return (the promotion was sent) the outcome
+    /// could not be confirmed: the old primary is kept stopped and
+    /// demoted, the journal kept; finish with `--resume`.
+    pub const IN_DOUBT: u8 = 18;
 }
 
 #[derive(Debug, Error)]
@@ -109,6 +126,22 @@ pub enum Error {
     /// Refused to protect the pair's roles (see [`exit::FENCED`]).
     #[error("{0}")]
     Fenced(String),
+    /// `ha status` saw split brain; the report was printed.
+    #[error("ha status: {summary}")]
+    SplitBrain { summary: String },
+    /// `ha status` could not tell the pair's state; the report was printed.
+    #[error("ha status: {summary}")]
+    Unknown { summary: String },
+    /// A held change waits for `--resume`/`--abort` (see [`exit::HELD`]).
+    #[error("{0}")]
+    Held(String),
+    /// A held change's state does not parse (see [`exit::UNREADABLE_STATE`]).
+    #[error("{0}")]
+    UnreadableState(String),
+    /// Past the point of no return, outcome unconfirmed (see
+    /// [`exit::IN_DOUBT`]).
+    #[error("{0}")]
+    InDoubt(String),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -158,6 +191,11 @@ impl Error {
             Error::Envelope(_) | Error::Undecryptable { .. } => exit::UNDECRYPTABLE,
             Error::InUse(_) => exit::IN_USE,
             Error::Fenced(_) => exit::FENCED,
+            Error::SplitBrain { .. } => exit::SPLIT_BRAIN,
+            Error::Unknown { .. } => exit::UNKNOWN,
+            Error::Held(_) => exit::HELD,
+            Error::UnreadableState(_) => exit::UNREADABLE_STATE,
+            Error::InDoubt(_) => exit::IN_DOUBT,
             Error::Pg(_) => exit::FAILURE,
             Error::Ha(e) if e.is_usage() => exit::USAGE,
             Error::Ha(_) => exit::FAILURE,

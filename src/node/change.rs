@@ -146,16 +146,16 @@ impl Node {
         self.home.backups_keep()?;
         let path = self.home.journal_path();
         if let Ok(Some(pending)) = Journal::read(&path) {
-            return Err(Error::Refused(match &pending.held {
-                Some(h) => format!(
+            return Err(match &pending.held {
+                Some(h) => Error::Held(format!(
                     "an interrupted `{}` (started {}) is not finished: run `{}` to finish it or `{}` to put the node back as it was, then try again",
                     pending.action, pending.started, h.resume, h.abort
-                ),
-                None => format!(
+                )),
+                None => Error::Refused(format!(
                     "the journal {} of an unfinished change is in the way; run keyferry again to recover it",
                     path.display()
-                ),
-            }));
+                )),
+            });
         }
         let mut journal = Journal::new(action, crate::fmt::fmt_time(now_unix()));
         journal.held = held;
