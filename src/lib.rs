@@ -13,6 +13,7 @@ pub mod audit;
 pub mod bundle;
 pub mod cli;
 pub mod error;
+mod failpoint;
 pub mod fmt;
 pub mod fsutil;
 pub mod ha;

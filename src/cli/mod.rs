@@ -152,7 +152,7 @@ pub fn run() -> Result<()> {
     let cli = Cli::parse();
     logging::init(cli.verbose)?;
     tracing::debug!(version = env!("CARGO_PKG_VERSION"), "keyferry starting");
-    let home = Home::resolve(cli.home);
+    let home = Home::resolve(cli.home).with_effects(crate::ops::ha::effects::pair_effects());
     if !matches!(cli.command, Command::Inspect(_) | Command::Selftest) {
         if let Some(warning) = home.sharing_warning() {
             eprintln!("warning: {warning}");

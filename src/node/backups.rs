@@ -103,7 +103,7 @@ impl Home {
         }
         let mut change = node.begin(
             "backups-prune",
-            crate::ops::details([
+            super::details([
                 ("keep", Value::from(keep)),
                 ("files", Value::from(files.len())),
             ]),

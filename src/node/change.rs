@@ -32,8 +32,12 @@ use std::fs::{self, File};
 use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 
+use super::effects::Effects;
+use super::held::{HeldPhase, Machine};
 use super::journal::{Held, Irreversible, Journal, Phase, Undo};
 use super::keystore::{Keystore, NodeState};
 use super::{file_stamp, now_unix, Node};
@@ -64,6 +68,15 @@ impl Progress {
     pub(crate) fn set(&mut self, key: &str, value: impl Into<Value>) {
         self.details.insert(key.to_owned(), value.into());
     }
+}
+
+/// What a held change is taken up again for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reopen {
+    /// To go on from where it stopped.
+    Resume,
+    /// To undo it (or finish an interrupted undo).
+    Abort,
 }
 
 /// A change to a node under way. See the module documentation.
@@ -112,6 +125,8 @@ impl Node {
             resume: resume.to_owned(),
             abort: abort.to_owned(),
             state: Value::Null,
+            state_version: 0,
+            aborting: false,
             details: details.clone(),
         };
         self.begin_with(action, details, Some(held))
@@ -119,21 +134,28 @@ impl Node {
 
     /// The held change `action` an interrupted run left, taken up again:
     /// its steps are those of the journal, so [`Change::abort`] undoes them
-    /// and [`Change::finish`] commits them.
-    pub(crate) fn reopen_held(&mut self, action: &str) -> Result<Option<Change<'_>>> {
+    /// and [`Change::finish`] commits them. An interrupted `--abort` can
+    /// only be taken up by another `--abort`: what it undid is gone, and
+    /// going forward would act on the old state.
+    pub(crate) fn reopen_held(&mut self, action: &str, why: Reopen) -> Result<Option<Change<'_>>> {
         let path = self.home.journal_path();
-        let journal = Journal::read(&path).map_err(Error::io(format!(
-            "cannot read the journal {}",
-            path.display()
-        )))?;
+        let journal = Journal::read(&path).map_err(|e| {
+            Error::UnreadableState(format!(
+                "the journal {} cannot be read ({e}): nothing was done; keep it for investigation, put the node back by hand as it lists, then move it aside",
+                path.display()
+            ))
+        })?;
         let Some(journal) = journal.filter(|j| j.action == action && j.held.is_some()) else {
             return Ok(None);
         };
-        let details = journal
-            .held
-            .as_ref()
-            .map(|h| h.details.clone())
-            .unwrap_or_default();
+        let held = journal.held.as_ref().expect("filtered on held");
+        if why == Reopen::Resume && held.aborting {
+            return Err(Error::Held(format!(
+                "an `{}` of the interrupted `{action}` did not finish: run `{}` again to finish undoing it",
+                held.abort, held.abort
+            )));
+        }
+        let details = held.details.clone();
         Ok(Some(self.new_change(journal, details)?))
     }
 
@@ -194,21 +216,68 @@ impl Node {
 }
 
 impl Change<'_> {
-    /// A held change's own record of how far it got (see
-    /// [`Node::begin_held`]); `Null` until set.
-    pub(crate) fn state(&self) -> Value {
-        self.journal
+    /// A held change's typed state. A state that does not parse, or was
+    /// written in another shape, is a refusal: never a default.
+    pub(crate) fn load<P: HeldPhase, D: DeserializeOwned>(&self) -> Result<Machine<P, D>> {
+        let path = self.node.home.journal_path();
+        let unreadable = |why: String| {
+            Error::UnreadableState(format!(
+                "the state of the interrupted `{}` in {} cannot be read ({why}): nothing was done; keep the file for investigation and put the node back by hand",
+                self.action,
+                path.display()
+            ))
+        };
+        let held = self
+            .journal
             .held
             .as_ref()
-            .map_or(Value::Null, |h| h.state.clone())
+            .ok_or_else(|| unreadable("it is not a held change".into()))?;
+        if held.state_version != P::VERSION {
+            return Err(unreadable(format!(
+                "version {}, this keyferry reads version {}",
+                held.state_version,
+                P::VERSION
+            )));
+        }
+        serde_json::from_value(held.state.clone()).map_err(|e| unreadable(e.to_string()))
     }
 
-    /// Records how far a held change got (journaled at once).
-    pub(crate) fn set_state(&mut self, state: Value) -> Result<()> {
+    /// Journals the held change's state as it is now (same phase).
+    pub(crate) fn save<P: HeldPhase, D: Serialize>(&mut self, state: &Machine<P, D>) -> Result<()> {
+        let value = serde_json::to_value(state).map_err(|e| {
+            Error::Refused(format!("cannot record the state of `{}`: {e}", self.action))
+        })?;
         if let Some(held) = &mut self.journal.held {
-            held.state = state;
+            held.state = value;
+            held.state_version = P::VERSION;
         }
         self.write_journal()
+    }
+
+    /// Moves the held change to phase `to` (the table must allow it) and
+    /// journals it before returning; entering a phase past the point of no
+    /// return forgets the undos so far in that same write.
+    pub(crate) fn advance<P: HeldPhase, D: Serialize>(
+        &mut self,
+        state: &mut Machine<P, D>,
+        to: P,
+    ) -> Result<()> {
+        if !state.allows(to) {
+            return Err(Error::Refused(format!(
+                "internal error: `{}` cannot go from {} to {}; nothing more was done, the journal is kept",
+                self.action,
+                state.phase().name(),
+                to.name()
+            )));
+        }
+        state.enter(to);
+        if to.no_return() && !self.no_return {
+            self.journal.undo.clear();
+            self.no_return = true;
+        }
+        self.save(state)?;
+        crate::failpoint::failpoint!("{}:{}", self.action, to.name());
+        Ok(())
     }
 
     /// Adds a fact to the change's audit record (kept in a held change's
@@ -239,7 +308,25 @@ impl Change<'_> {
             self.journal.undo.pop();
             return Err(self.fail(e));
         }
+        crate::failpoint::failpoint!("{}:step-{}", self.action, self.journal.undo.len());
         apply().map_err(|e| self.fail(e))
+    }
+
+    /// A step whose effect lies outside the home (see [`Effects`]): its
+    /// undo is `kind` with `data`, undone by the home's effects.
+    pub(crate) fn external_step<T>(
+        &mut self,
+        kind: &str,
+        data: Value,
+        apply: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        self.step(
+            Undo::External {
+                kind: kind.to_owned(),
+                data,
+            },
+            apply,
+        )
     }
 
     /// A staged file in `dir` for this change (to be persisted by a step);
@@ -310,6 +397,20 @@ impl Change<'_> {
         self.step(undo, || staged.persist_new(target).map_err(Error::io(what)))
     }
 
+    /// Renames `from` to `to` (a directory or a file; `to` must not
+    /// exist): a step whose undo moves it back.
+    pub(crate) fn rename(&mut self, from: &Path, to: &Path) -> Result<()> {
+        let what = format!("cannot move {} to {}", from.display(), to.display());
+        let undo = Undo::move_back(from, to)
+            .map_err(Error::io(what.clone()))
+            .map_err(|e| self.fail(e))?;
+        self.step(undo, || {
+            fs::rename(from, to)
+                .and_then(|()| fsutil::sync_parent(to))
+                .map_err(Error::io(what))
+        })
+    }
+
     /// Runs an effect that cannot be undone. What was done so far is
     /// committed first, with a record that it started; `removes` lists the
     /// files it will remove, so that an interrupted run can be counted.
@@ -367,24 +468,20 @@ impl Change<'_> {
         Ok(std::mem::take(&mut self.receipt))
     }
 
-    /// Forgets the undos journaled so far: an effect is about to happen
-    /// after which undoing them would be wrong (a switchover's promotion:
-    /// starting the old primary again would make two primaries). From here
-    /// a failure, an abort or a drop undoes only later steps.
-    pub(crate) fn point_of_no_return(&mut self) -> Result<()> {
-        self.journal.undo.clear();
-        self.no_return = true;
-        self.write_journal()
-    }
-
     /// Ends this run of a held change without undoing or committing it:
     /// the journal stays, and the change's own command resumes it.
     pub(crate) fn suspend(mut self) {
         self.open = false;
     }
 
-    /// Undoes every step so far and ends the change.
+    /// Undoes every step so far and ends the change. The journal says an
+    /// abort is under way first, and loses each undo once it is done, so
+    /// an interrupted abort is finished by running it again.
     pub(crate) fn abort(mut self) -> Result<()> {
+        if let Some(held) = &mut self.journal.held {
+            held.aborting = true;
+            self.write_journal()?;
+        }
         self.rollback()
     }
 
@@ -421,12 +518,11 @@ impl Change<'_> {
 
     fn rollback(&mut self) -> Result<()> {
         self.open = false;
-        undo_all(&self.journal.undo)?;
-        self.journal.undo.clear();
+        let path = self.node.home.journal_path();
+        undo_journaled(&mut self.journal, &path, self.node.home.effects())?;
         if self.no_return && self.journal.held.is_some() {
             return self.write_journal();
         }
-        let path = self.node.home.journal_path();
         Journal::remove(&path).map_err(Error::io(format!("cannot remove {}", path.display())))
     }
 
@@ -501,12 +597,26 @@ impl Drop for Change<'_> {
     }
 }
 
-/// Runs every undo, newest first; stops at the first that fails (the
-/// journal still lists it and those before it).
-pub(super) fn undo_all(undo: &[Undo]) -> Result<()> {
-    for u in undo.iter().rev() {
-        u.apply()
-            .map_err(|e| Error::Refused(format!("cannot {}: {e}", u.describe())))?;
+/// Runs every undo, newest first, dropping each from the journal (written
+/// at once) when it is done; stops at the first that fails, which the
+/// journal still lists with those before it. An undo run again after an
+/// interruption therefore starts where the last one stopped.
+pub(super) fn undo_journaled(
+    journal: &mut Journal,
+    path: &Path,
+    effects: &dyn Effects,
+) -> Result<()> {
+    while let Some(u) = journal.undo.last() {
+        u.apply(effects).map_err(|e| {
+            Error::Refused(format!("cannot {}: {e}", u.describe(effects)))
+        })?;
+        journal.undo.pop();
+        crate::failpoint::failpoint!("{}:undo-{}", journal.action, journal.undo.len() + 1);
+        if !journal.undo.is_empty() {
+            journal
+                .write(path)
+                .map_err(Error::io(format!("cannot write the journal {}", path.display())))?;
+        }
     }
     Ok(())
 }

@@ -26,8 +26,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::effects::Effects;
 use crate::fsutil;
-use crate::ha::service::Server;
 
 const FORMAT: &str = "keyferry-journal";
 const VERSION: u32 = 1;
@@ -90,17 +90,12 @@ pub(crate) enum Undo {
     /// directory of that name made by anyone else makes the change fail
     /// before this undo exists).
     RemoveTree { path: PathBuf },
-    /// The step started or stopped the local PostgreSQL server; the undo
-    /// puts it back to running (`running`) or stopped.
-    Server { server: Server, running: bool },
-    /// The step inserted the pair's generation row `generation` on the
-    /// local server (a switchover, before stopping it); the undo deletes it
-    /// again through the local socket, once the server runs again.
-    ForgetGeneration {
-        server: Server,
-        socket_dir: Option<PathBuf>,
-        port: u16,
-        generation: u64,
+    /// An effect outside the home that an upper layer owns (the local
+    /// server started or stopped, a row written on it): `kind` names it,
+    /// `data` is what its undo needs. The home's [`Effects`] undoes it.
+    External {
+        kind: String,
+        data: serde_json::Value,
     },
 }
 
@@ -154,31 +149,14 @@ impl Undo {
     }
 
     /// Takes the effect back, if it happened.
-    pub(crate) fn apply(&self) -> io::Result<()> {
+    pub(crate) fn apply(&self, effects: &dyn Effects) -> io::Result<()> {
         match self {
             Undo::RemoveTree { path } => match fs::remove_dir_all(path) {
                 Ok(()) => fsutil::sync_parent(path),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
                 Err(e) => Err(e),
             },
-            Undo::Server { server, running } => server.ensure(*running).map_err(io::Error::other),
-            Undo::ForgetGeneration {
-                server,
-                socket_dir,
-                port,
-                generation,
-            } => {
-                let timeout = std::time::Duration::from_secs(server.timeout_secs);
-                let (mut client, target) = crate::ha::generation::local_admin(
-                    &server.pg_data,
-                    socket_dir.as_deref(),
-                    *port,
-                    timeout,
-                )
-                .map_err(io::Error::other)?;
-                crate::ha::generation::remove(&mut client, &target, *generation)
-                    .map_err(io::Error::other)
-            }
+            Undo::External { kind, data } => effects.undo(kind, data),
             Undo::Sweep { dir, tag } => fsutil::sweep_staged(dir, tag).map(drop),
             Undo::Remove { path, sha256 } => match file_sha256(path) {
                 Ok(found) if found == *sha256 => {
@@ -214,7 +192,7 @@ impl Undo {
     }
 
     /// What this undo restores, for messages.
-    pub(crate) fn describe(&self) -> String {
+    pub(crate) fn describe(&self, effects: &dyn Effects) -> String {
         match self {
             Undo::Remove { path, .. } => format!("remove {}", path.display()),
             Undo::Restore { path, backup } => {
@@ -225,17 +203,7 @@ impl Undo {
             }
             Undo::Sweep { dir, .. } => format!("remove staged files from {}", dir.display()),
             Undo::RemoveTree { path } => format!("remove the directory {}", path.display()),
-            Undo::Server { server, running } => format!(
-                "{} the PostgreSQL server of {}",
-                if *running { "start" } else { "stop" },
-                server.pg_data.display()
-            ),
-            Undo::ForgetGeneration {
-                server, generation, ..
-            } => format!(
-                "delete generation {generation} from the pair table of the server of {}",
-                server.pg_data.display()
-            ),
+            Undo::External { kind, data } => effects.describe(kind, data),
         }
     }
 }
@@ -293,8 +261,16 @@ pub(crate) struct Journal {
 pub(crate) struct Held {
     pub resume: String,
     pub abort: String,
-    /// The change's own record of how far it got.
+    /// The change's own record of how far it got (a
+    /// [`super::held::Machine`]), `Null` until set.
     pub state: serde_json::Value,
+    /// The version of `state`'s shape ([`super::held::HeldPhase::VERSION`]).
+    #[serde(default)]
+    pub state_version: u32,
+    /// An `--abort` began: the undos left are what it has still to do,
+    /// and only `--abort` may take the change up again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub aborting: bool,
     /// The audit record's details so far.
     #[serde(default)]
     pub details: std::collections::BTreeMap<String, serde_json::Value>,
@@ -353,6 +329,7 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node::effects::NoEffects;
 
     #[test]
     fn journal_round_trips() {
@@ -384,12 +361,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bundle");
         let undo = Undo::remove(&path, b"ours").unwrap();
-        undo.apply().unwrap(); // never created: nothing to do
+        undo.apply(&NoEffects).unwrap(); // never created: nothing to do
         fs::write(&path, b"someone else's").unwrap();
-        undo.apply().unwrap();
+        undo.apply(&NoEffects).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"someone else's");
         fs::write(&path, b"ours").unwrap();
-        undo.apply().unwrap();
+        undo.apply(&NoEffects).unwrap();
         assert!(!path.exists());
     }
 
@@ -401,20 +378,20 @@ mod tests {
         fs::write(&path, b"old").unwrap();
         fs::write(&backup, b"old").unwrap();
         let undo = Undo::restore(&path, &backup).unwrap();
-        undo.apply().unwrap();
+        undo.apply(&NoEffects).unwrap();
         fs::write(&path, b"new").unwrap();
-        undo.apply().unwrap();
-        undo.apply().unwrap();
+        undo.apply(&NoEffects).unwrap();
+        undo.apply(&NoEffects).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"old");
 
         let from = dir.path().join("data");
         let to = dir.path().join("data.old");
         fs::create_dir(&from).unwrap();
         let undo = Undo::move_back(&from, &to).unwrap();
-        undo.apply().unwrap(); // never moved
+        undo.apply(&NoEffects).unwrap(); // never moved
         fs::rename(&from, &to).unwrap();
-        undo.apply().unwrap();
-        undo.apply().unwrap();
+        undo.apply(&NoEffects).unwrap();
+        undo.apply(&NoEffects).unwrap();
         assert!(from.is_dir() && !to.exists());
     }
 }

@@ -20,6 +20,8 @@
 
 mod backups;
 mod change;
+pub(crate) mod effects;
+pub(crate) mod held;
 mod journal;
 pub mod keystore;
 mod recover;
@@ -28,13 +30,16 @@ mod repair;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::audit;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use backups::SETTINGS_FILE;
-pub(crate) use change::{Change, Progress};
+pub(crate) use change::{Change, Progress, Reopen};
+pub(crate) use effects::Effects;
+pub(crate) use held::{HeldPhase, Machine};
 pub(crate) use journal::Undo;
 use keystore::Keystore;
 pub(crate) use recover::Recovered;
@@ -51,6 +56,13 @@ const LOCK_FILE: &str = "keyferry.lock";
 const JOURNAL_FILE: &str = "journal.json";
 /// Environment variable naming the home when `--home` is not given.
 pub const HOME_ENV: &str = "KEYFERRY_HOME";
+
+/// An audit record's details from (key, value) pairs.
+pub(crate) fn details<const N: usize>(
+    pairs: [(&str, serde_json::Value); N],
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
 
 /// Unix seconds now.
 pub fn now_unix() -> u64 {
@@ -69,11 +81,26 @@ pub(crate) fn file_stamp(secs: u64) -> String {
 #[derive(Clone, Debug)]
 pub struct Home {
     root: PathBuf,
+    /// Undoes the journaled effects outside the home (the pair's).
+    effects: Arc<dyn Effects>,
 }
 
 impl Home {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            effects: Arc::new(effects::NoEffects),
+        }
+    }
+
+    /// The same home, undoing journaled effects outside it with `effects`.
+    pub(crate) fn with_effects(mut self, effects: Arc<dyn Effects>) -> Self {
+        self.effects = effects;
+        self
+    }
+
+    pub(crate) fn effects(&self) -> &dyn Effects {
+        self.effects.as_ref()
     }
 
     /// `--home`, else `KEYFERRY_HOME`, else the platform default.
@@ -181,10 +208,12 @@ impl Home {
             SETTINGS_FILE,
             REWRAP_FILE,
             REGISTRY_FILE,
-            crate::ha::history::FILE,
         ];
-        let checks = std::iter::once((self.root.clone(), true))
-            .chain(ours.iter().map(|name| (self.root.join(name), false)));
+        let checks = std::iter::once((self.root.clone(), true)).chain(
+            ours.iter()
+                .chain(self.effects.home_files())
+                .map(|name| (self.root.join(name), false)),
+        );
         for (path, follow) in checks {
             let problem = match fsutil::foreign_control(&path, follow) {
                 Ok(p) => p,
@@ -436,5 +465,20 @@ mod platform {
                 PathBuf::from(r"C:\ProgramData")
             );
         }
+    }
+}
+
+/// A home with a keyring, for the node's own tests (without `ops`).
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::Home;
+    use crate::keyring::Keyring;
+
+    pub(crate) fn init(home: &Home) {
+        let mut node = home.open(true).unwrap();
+        let keyring = Keyring::generate("2026-12-01T00:00:00Z").unwrap();
+        let mut change = node.begin("init", Default::default()).unwrap();
+        change.set_keyring(keyring);
+        change.finish().unwrap();
     }
 }

@@ -15,7 +15,7 @@ use std::fmt;
 
 use serde_json::Value;
 
-use super::change::{commit_audited, cut_log, read_all, undo_all, Plans};
+use super::change::{commit_audited, cut_log, read_all, undo_journaled, Plans};
 use super::journal::{Irreversible, Journal, Phase};
 use super::{Home, Node};
 use crate::error::{Error, Result};
@@ -89,7 +89,7 @@ pub(super) fn recover(home: &Home) -> Result<Option<Recovered>> {
             path.display()
         ))
     })?;
-    let Some(journal) = journal else {
+    let Some(mut journal) = journal else {
         return Ok(None);
     };
     if let Some(held) = &journal.held {
@@ -129,12 +129,12 @@ pub(super) fn recover(home: &Home) -> Result<Option<Recovered>> {
         }));
     }
     tracing_note(&journal);
-    let outcome = match &journal.phase {
+    let steps = journal.undo.len();
+    let phase = journal.phase.clone();
+    let outcome = match &phase {
         Phase::Steps => {
-            undo_all(&journal.undo).map_err(|e| stuck(&path, e))?;
-            RecoveryOutcome::Undone {
-                steps: journal.undo.len(),
-            }
+            undo_journaled(&mut journal, &path, home.effects()).map_err(|e| stuck(&path, e))?;
+            RecoveryOutcome::Undone { steps }
         }
         Phase::Committing {
             log_len,
@@ -152,12 +152,10 @@ pub(super) fn recover(home: &Home) -> Result<Option<Recovered>> {
                 }
             } else {
                 cut_pending(home, *log_len, *log_existed, record)?;
-                undo_all(&journal.undo).map_err(|e| stuck(&path, e))?;
+                undo_journaled(&mut journal, &path, home.effects()).map_err(|e| stuck(&path, e))?;
                 match on_rollback {
                     Some(plan) => interrupted(home, &journal, plan)?,
-                    None => RecoveryOutcome::Undone {
-                        steps: journal.undo.len(),
-                    },
+                    None => RecoveryOutcome::Undone { steps },
                 }
             }
         }

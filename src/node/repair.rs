@@ -58,7 +58,7 @@ impl Home {
         if !apply {
             return Ok(report);
         }
-        let mut details = crate::ops::details([
+        let mut details = super::details([
             ("problem", Value::from(problem.to_string())),
             ("kept_records", Value::from(report.kept)),
             ("keystore_seq_before", Value::from(head.seq)),
@@ -112,11 +112,11 @@ mod tests {
     fn node_with_records(n: usize) -> (tempfile::TempDir, Home) {
         let dir = tempfile::tempdir().unwrap();
         let home = Home::new(dir.path().join("home"));
-        crate::ops::init::init(&home).unwrap();
+        crate::node::tests_support::init(&home);
         for i in 1..n {
             let mut node = home.open(false).unwrap();
             let change = node
-                .begin("test", crate::ops::details([("i", Value::from(i))]))
+                .begin("test", crate::node::details([("i", Value::from(i))]))
                 .unwrap();
             change.finish().unwrap();
         }

@@ -19,19 +19,15 @@ pub mod rewrap;
 pub mod seal;
 pub(crate) mod selftest;
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::path::Path;
 
-use serde_json::Value;
 
 use crate::error::{Error, Result};
 pub use crate::node::{now_unix, Home, HOME_ENV};
 
-pub(crate) fn details<const N: usize>(pairs: [(&str, Value); N]) -> BTreeMap<String, Value> {
-    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
-}
+pub(crate) use crate::node::details;
 
 /// Opens a bundle file for reading, with messages for the usual mistakes.
 pub(crate) fn open_bundle_file(path: &Path) -> Result<File> {

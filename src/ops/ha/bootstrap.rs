@@ -51,7 +51,8 @@ use crate::ha::datafile;
 use crate::ha::preflight::{self, Side, Status};
 use crate::ha::service::Server;
 use crate::ha::PeerAddr;
-use crate::node::{file_stamp, now_unix, Change, Home, Undo};
+use super::effects::PairSteps;
+use crate::node::{file_stamp, now_unix, Change, HeldPhase, Home, Machine, Reopen, Undo};
 use crate::pg::basebackup::{self, Phase, Said};
 use crate::pg::standby::{self, Upstream};
 use crate::pg::{self, ConnSpec, Credentials, Endpoint, PgError};
@@ -135,9 +136,40 @@ pub(crate) struct BootstrapReport {
     pub status: Option<super::status::StatusReport>,
 }
 
-/// The journal's record of how far a bootstrap got (no secret).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct State {
+/// The phases of a bootstrap, in order; none is past a point of no return
+/// (until the audit record, everything can be put back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum BootPhase {
+    /// The password file is written; the copy is being made.
+    Copying,
+    /// The copy is complete beside the data directory.
+    Copied,
+    /// The old data directory is aside, the copy in its place.
+    Swapped,
+}
+
+impl HeldPhase for BootPhase {
+    const VERSION: u32 = 2;
+    const TRANSITIONS: &'static [(Self, Self)] = &[
+        (BootPhase::Copying, BootPhase::Copied),
+        (BootPhase::Copied, BootPhase::Swapped),
+    ];
+    fn no_return(self) -> bool {
+        false
+    }
+    fn name(self) -> &'static str {
+        match self {
+            BootPhase::Copying => "copying",
+            BootPhase::Copied => "copied",
+            BootPhase::Swapped => "swapped",
+        }
+    }
+}
+
+/// The journal's record of a bootstrap besides its phase (no secret).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Facts {
     staging: PathBuf,
     old: PathBuf,
     had_data: bool,
@@ -145,8 +177,9 @@ struct State {
     slot: Option<String>,
     confirmed: bool,
     bytes_copied: u64,
-    swapped: bool,
 }
+
+type State = Machine<BootPhase, Facts>;
 
 /// Runs, resumes or aborts a bootstrap.
 pub(crate) fn bootstrap(
@@ -159,34 +192,34 @@ pub(crate) fn bootstrap(
     let server = Server::of(&config, opts.timeout);
     match opts.mode {
         Mode::Abort => {
-            let Some(change) = node.reopen_held(ACTION)? else {
+            let Some(change) = node.reopen_held(ACTION, Reopen::Abort)? else {
                 return Err(nothing_interrupted());
             };
-            let state: State = serde_json::from_value(change.state()).unwrap_or_default();
+            let state: State = change.load()?;
             obs.step("undoing the interrupted bootstrap");
             change.abort()?;
             Ok(BootstrapReport {
                 mode: "aborted",
-                slot: state.slot,
+                slot: state.data.slot,
                 ..report_base(&config)
             })
         }
         Mode::Resume => {
-            let Some(change) = node.reopen_held(ACTION)? else {
+            let Some(change) = node.reopen_held(ACTION, Reopen::Resume)? else {
                 return Err(nothing_interrupted());
             };
-            let state: State = serde_json::from_value(change.state()).unwrap_or_default();
+            let state: State = change.load()?;
             let password = match &opts.known_password {
                 Some(p) => p.clone(),
                 None => password(&config, opts.password.as_ref())?,
             };
-            if state.swapped {
+            if state.phase() == BootPhase::Swapped {
                 obs.step("resuming after the swap: configuring and starting the replica");
-                return finish(home, change, &config, &server, &state, &password, opts, obs);
+                return finish(home, change, &config, &server, &state.data, &password, opts, obs);
             }
             obs.step("the copy had not been swapped in: undoing it and starting over");
             change.abort()?;
-            let yes = opts.yes || state.confirmed;
+            let yes = opts.yes || state.data.confirmed;
             fresh(home, &mut node, &config, &server, &password, opts, yes, obs)
         }
         Mode::Run => {
@@ -487,22 +520,24 @@ fn fresh(
         )
     })?;
     let (staging, old) = free_siblings(&config.pg_data);
-    let state = State {
-        staging,
-        old,
-        had_data: matches!(local, Local::Cluster { .. }) || config.pg_data.exists(),
-        was_running,
-        slot: opts.slot.clone(),
-        confirmed,
-        bytes_copied: 0,
-        swapped: false,
-    };
+    let state = State::new(
+        BootPhase::Copying,
+        Facts {
+            staging,
+            old,
+            had_data: matches!(local, Local::Cluster { .. }) || config.pg_data.exists(),
+            was_running,
+            slot: opts.slot.clone(),
+            confirmed,
+            bytes_copied: 0,
+        },
+    );
     let details = crate::ops::details([
         ("primary", Value::from(config.primary.to_string())),
         ("node", Value::from(config.node.clone())),
     ]);
     let mut change = node.begin_held(ACTION, details, RESUME, ABORT)?;
-    change.set_state(to_value(&state))?;
+    change.save(&state)?;
     let result = copy_and_swap(&mut change, config, server, state, password, opts, obs);
     let state = match result {
         Ok(state) => state,
@@ -515,7 +550,7 @@ fn fresh(
             return Err(e);
         }
     };
-    finish(home, change, config, server, &state, password, opts, obs)
+    finish(home, change, config, server, &state.data, password, opts, obs)
 }
 
 /// The copy's and the old data's names, stamped with the time. A second
@@ -531,10 +566,6 @@ fn free_siblings(pg_data: &Path) -> (PathBuf, PathBuf) {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-fn to_value(state: &State) -> Value {
-    serde_json::to_value(state).unwrap_or(Value::Null)
 }
 
 /// Steps 2 to 4.
@@ -554,7 +585,7 @@ fn copy_and_swap(
     obs.step(&format!(
         "copying {} into {} (the local server keeps running)",
         config.primary,
-        state.staging.display()
+        state.data.staging.display()
     ));
     let passfile = passfile_path(config);
     let host = config.primary.to_string();
@@ -565,9 +596,9 @@ fn copy_and_swap(
         passfile: &passfile,
         slot: opts.slot.as_deref(),
     };
-    let undo =
-        Undo::remove_tree(&state.staging).map_err(Error::io("cannot name the copy's directory"))?;
-    let staging = state.staging.clone();
+    let undo = Undo::remove_tree(&state.data.staging)
+        .map_err(Error::io("cannot name the copy's directory"))?;
+    let staging = state.data.staging.clone();
     // Created before its undo is journaled: a directory of that name that
     // someone else made first is a refusal here, never something the undo
     // removes. (A crash between the two leaves an empty directory.)
@@ -586,49 +617,30 @@ fn copy_and_swap(
             )
         })
     })?;
-    state.bytes_copied = copied.bytes;
-    change.set_state(to_value(&state))?;
+    state.data.bytes_copied = copied.bytes;
+    change.advance(&mut state, BootPhase::Copied)?;
 
-    if state.was_running {
+    if state.data.was_running {
         obs.step("stopping the local server");
-        change.step(
-            Undo::Server {
-                server: server.clone(),
-                running: true,
-            },
-            || {
-                server.stop().map_err(|e| {
-                    step_error(
-                        "stopping the local server",
-                        e.to_string(),
-                        "stop it by hand, then run the bootstrap again",
-                    )
-                })
-            },
-        )?;
+        change.stop_server(server, &|e| {
+            step_error(
+                "stopping the local server",
+                e,
+                "stop it by hand, then run the bootstrap again",
+            )
+        })?;
     }
     if config.pg_data.exists() {
         obs.step(&format!(
             "moving {} aside to {}",
             config.pg_data.display(),
-            state.old.display()
+            state.data.old.display()
         ));
-        rename_step(change, &config.pg_data, &state.old)?;
+        change.rename(&config.pg_data, &state.data.old)?;
     }
-    rename_step(change, &state.staging, &config.pg_data)?;
-    state.swapped = true;
-    change.set_state(to_value(&state))?;
+    change.rename(&state.data.staging, &config.pg_data)?;
+    change.advance(&mut state, BootPhase::Swapped)?;
     Ok(state)
-}
-
-fn rename_step(change: &mut Change<'_>, from: &Path, to: &Path) -> Result<()> {
-    let what = format!("cannot move {} to {}", from.display(), to.display());
-    let undo = Undo::move_back(from, to).map_err(Error::io(what.clone()))?;
-    change.step(undo, || {
-        fs::rename(from, to)
-            .and_then(|()| fsutil::sync_parent(to))
-            .map_err(Error::io(what))
-    })
 }
 
 /// The path whose owner the server's files belong to: the data directory,
@@ -698,7 +710,7 @@ fn write_owned(path: &Path, contents: &[u8], data: &Path) -> Result<()> {
 }
 
 /// Step 5: the replica's configuration in the new data directory.
-fn configure(config: &HaConfig, state: &State) -> Result<()> {
+fn configure(config: &HaConfig, state: &Facts) -> Result<()> {
     let data = &config.pg_data;
     if state.had_data {
         for name in ["postgresql.conf", "pg_hba.conf", "pg_ident.conf"] {
@@ -751,7 +763,7 @@ fn finish(
     mut change: Change<'_>,
     config: &HaConfig,
     server: &Server,
-    state: &State,
+    state: &Facts,
     password: &Zeroizing<String>,
     opts: &BootstrapOptions,
     obs: &mut dyn Observer,
@@ -827,17 +839,7 @@ fn finish(
 
 /// Starts the local server as a step whose undo stops it again.
 pub(super) fn start_step(change: &mut Change<'_>, server: &Server, fix: &str) -> Result<()> {
-    change.step(
-        Undo::Server {
-            server: server.clone(),
-            running: false,
-        },
-        || {
-            server
-                .start()
-                .map_err(|e| step_error("starting the replica", e.to_string(), fix))
-        },
-    )
+    change.start_server(server, &|e| step_error("starting the replica", e, fix))
 }
 
 /// Step 6: the primary sees this node streaming and replayed up to the
@@ -1049,20 +1051,24 @@ mod tests {
 
     #[test]
     fn the_state_round_trips_through_the_journal() {
-        let state = State {
-            staging: "/d/main.keyferry-new-20261201T000000Z".into(),
-            old: "/d/main.old-20261201T000000Z".into(),
-            had_data: true,
-            was_running: true,
-            slot: Some("pam_b".into()),
-            confirmed: true,
-            bytes_copied: 42,
-            swapped: true,
-        };
-        let back: State = serde_json::from_value(to_value(&state)).unwrap();
-        assert_eq!(back.old, state.old);
-        assert!(back.swapped && back.was_running);
-        assert_eq!(back.slot.as_deref(), Some("pam_b"));
+        let state = State::new(
+            BootPhase::Copied,
+            Facts {
+                staging: "/d/main.keyferry-new-20261201T000000Z".into(),
+                old: "/d/main.old-20261201T000000Z".into(),
+                had_data: true,
+                was_running: true,
+                slot: Some("pam_b".into()),
+                confirmed: true,
+                bytes_copied: 42,
+            },
+        );
+        let back: State = serde_json::from_value(serde_json::to_value(&state).unwrap()).unwrap();
+        assert_eq!(back.data.old, state.data.old);
+        assert_eq!(back.phase(), BootPhase::Copied);
+        assert!(back.data.was_running);
+        assert_eq!(back.data.slot.as_deref(), Some("pam_b"));
+        assert!(back.allows(BootPhase::Swapped) && !back.allows(BootPhase::Copying));
     }
 
     #[cfg(unix)]

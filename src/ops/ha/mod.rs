@@ -17,6 +17,7 @@
 
 pub(crate) mod bootstrap;
 pub(crate) mod check;
+pub(crate) mod effects;
 pub(crate) mod failover;
 pub(crate) mod guard;
 pub mod hba;

@@ -19,9 +19,14 @@
 //!    checkpoint is written and streamed) (undo: start it again); read the
 //!    checkpoint's LSN with `pg_controldata`; wait until the replica has
 //!    received and replayed past it;
-//! 5. `pg_promote()` on the peer, as the replication user. The point of no
-//!    return: the journal forgets the undos above, and from here only
-//!    `--resume` (forward) is offered;
+//! 5. `ha.toml` marks this node demoted (so `ha guard` refuses to start it
+//!    as primary whatever happens next); the journal enters `promoting`,
+//!    the point of no return, *before* `pg_promote()` is sent to the peer
+//!    as the replication user: the undos above are forgotten in that same
+//!    journal write, and from here only `--resume` (forward) is offered. A
+//!    promotion that is not confirmed (its wait ran out, the connection
+//!    broke, the peer cannot be read) leaves this node stopped and
+//!    demoted, the journal kept, and exits 18 (in doubt);
 //! 6. the slot the old primary will stream through (the one the replica
 //!    used) created on the new primary; this node configured as a standby
 //!    of the peer (`standby.signal`, `primary_conninfo` naming the password
@@ -29,12 +34,16 @@
 //!    primary sees it streaming; `ha.toml` rewritten (roles swapped, the
 //!    new generation); the audit record.
 //!
-//! Invariants: a failure (or `--abort`) before step 5 leaves the old
-//! primary running as primary and everything else as it was; a failure
-//! after it never starts the old primary as a primary, keeps the journal
-//! and names the command that completes the switchover; at no moment do
-//! both servers accept writes (the old primary is stopped before the
-//! promotion and only ever started again with `standby.signal`).
+//! The phases ([`SwitchPhase`]) and their one transition table:
+//! `begun` → `stopped` → `promoting` → `promoted`; `promoting` and
+//! `promoted` are past the point of no return.
+//!
+//! Invariants: a failure (or `--abort`) before `promoting` leaves the old
+//! primary running as primary and everything else as it was; from
+//! `promoting` on, nothing ever starts the old primary as a primary (`--abort`
+//! is refused, a failure keeps the journal and names `--resume`); at no
+//! moment do both servers accept writes (the old primary is stopped before
+//! the promotion and only ever started again with `standby.signal`).
 
 use std::time::{Duration, Instant};
 
@@ -44,6 +53,7 @@ use zeroize::Zeroizing;
 
 use super::bootstrap::{passfile_path, write_passfile, write_standby};
 use super::check::credentials;
+use super::effects::{LocalServer, PairSteps};
 use super::require_config;
 use super::roles::{self, other, peer_sql, SWITCHOVER};
 use crate::error::{Error, Result};
@@ -51,7 +61,7 @@ use crate::ha::config::HaConfig;
 use crate::ha::generation::{self, Record};
 use crate::ha::preflight::Side;
 use crate::ha::service::Server;
-use crate::node::{Change, Home, Undo};
+use crate::node::{Change, HeldPhase, Home, Machine, Reopen};
 use crate::ops::details;
 use crate::pg::{self, Credentials};
 use crate::secret::PasswordSource;
@@ -80,28 +90,50 @@ pub(crate) struct SwitchoverOptions {
     pub timeout: Duration,
 }
 
-/// How far a switchover got (the journal's state; no secret).
+/// The phases of a switchover (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum SwitchPhase {
+    /// Checked; the password file and the generation row may be written.
+    Begun,
+    /// The old primary is stopped cleanly; its shutdown checkpoint is known.
+    Stopped,
+    /// The promotion is being (or was) sent: no way back.
+    Promoting,
+    /// The peer is out of recovery: only this node's following is left.
+    Promoted,
+}
+
+impl HeldPhase for SwitchPhase {
+    const VERSION: u32 = 2;
+    const TRANSITIONS: &'static [(Self, Self)] = &[
+        (SwitchPhase::Begun, SwitchPhase::Stopped),
+        (SwitchPhase::Stopped, SwitchPhase::Promoting),
+        (SwitchPhase::Promoting, SwitchPhase::Promoted),
+    ];
+    fn no_return(self) -> bool {
+        matches!(self, SwitchPhase::Promoting | SwitchPhase::Promoted)
+    }
+    fn name(self) -> &'static str {
+        match self {
+            SwitchPhase::Begun => "begun",
+            SwitchPhase::Stopped => "stopped",
+            SwitchPhase::Promoting => "promoting",
+            SwitchPhase::Promoted => "promoted",
+        }
+    }
+}
+
+/// What a switchover keeps in the journal besides its phase (no secret).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct State {
-    /// `begun`, `stopped`, `promoting`, `promoted`.
-    phase: String,
+struct Facts {
     peer: Side,
     generation: u64,
     slot: Option<String>,
     checkpoint_lsn: Option<String>,
 }
 
-impl Default for State {
-    fn default() -> Self {
-        State {
-            phase: String::new(),
-            peer: Side::Secondary,
-            generation: 0,
-            slot: None,
-            checkpoint_lsn: None,
-        }
-    }
-}
+type State = Machine<SwitchPhase, Facts>;
 
 /// What a switchover did (or, with `--dry-run`, would do).
 #[derive(Debug, Clone, Serialize)]
@@ -150,48 +182,67 @@ pub(crate) fn switchover(
         }
         Mode::Abort => {
             let mut node = home.open(false)?;
-            let Some(change) = node.reopen_held(ACTION)? else {
+            let Some(change) = node.reopen_held(ACTION, Reopen::Abort)? else {
                 return Err(nothing_interrupted());
             };
-            let state: State = serde_json::from_value(change.state()).unwrap_or_default();
-            if promoted(&config, &state, &creds, opts)? {
+            let state: State = change.load()?;
+            let peer = state.data.peer;
+            if state.phase().no_return() {
                 change.suspend();
-                return Err(Error::Refused(format!(
-                    "the interrupted switchover has promoted {}: it cannot be undone (that would make two primaries); finish it with `{RESUME}`",
-                    state.peer.address(&config)
+                return Err(Error::InDoubt(format!(
+                    "the interrupted switchover sent the promotion to {}: it cannot be undone (that could make two primaries); finish it with `{RESUME}`",
+                    peer.address(&config)
                 )));
             }
             step(
                 "undoing the interrupted switchover: starting this node's server again as primary",
             );
             change.abort()?;
-            let mut report = report_base(&config, state.peer, state.generation, "aborted");
+            let mut report = report_base(&config, peer, state.data.generation, "aborted");
             report.plan =
                 vec!["the old primary runs again as primary; nothing else changed".into()];
             Ok(report)
         }
         Mode::Resume => {
             let mut node = home.open(false)?;
-            let Some(mut change) = node.reopen_held(ACTION)? else {
+            let Some(mut change) = node.reopen_held(ACTION, Reopen::Resume)? else {
                 return Err(nothing_interrupted());
             };
-            let state: State = serde_json::from_value(change.state()).unwrap_or_default();
-            if promoted(&config, &state, &creds, opts)? {
-                step("resuming after the promotion: turning this node into a replica of the new primary");
-                change.point_of_no_return()?;
-                let password = replication_password(&config, state.peer, &creds)?;
-                return forward(
-                    home, change, &config, &server, &state, &password, &creds, opts, step,
-                    "resumed",
-                );
+            let mut state: State = change.load()?;
+            if !state.phase().no_return() {
+                step("the promotion had not been sent: undoing the interrupted switchover and starting over");
+                change.abort()?;
+                drop(node);
+                let (config, _) = roles::sync(home, config, &creds, opts.connect_timeout)?;
+                return fresh(home, &config, &server, &creds, opts, step);
             }
-            step("the replica had not been promoted: undoing the interrupted switchover and starting over");
-            change.abort()?;
-            drop(node);
-            let (config, _) = roles::sync(home, config, &creds, opts.connect_timeout)?;
-            fresh(home, &config, &server, &creds, opts, step)
+            if state.phase() == SwitchPhase::Promoting {
+                step(&format!(
+                    "finishing the promotion of {}",
+                    state.data.peer.address(&config)
+                ));
+                if let Err(e) = promote(&config, state.data.peer, &creds, opts) {
+                    change.suspend();
+                    return Err(in_doubt(&config, state.data.peer, &e));
+                }
+                change.advance(&mut state, SwitchPhase::Promoted)?;
+            }
+            step("resuming after the promotion: turning this node into a replica of the new primary");
+            let password = replication_password(&config, state.data.peer, &creds)?;
+            forward(
+                home, change, &config, &server, &state, &password, &creds, opts, step,
+                "resumed",
+            )
         }
     }
+}
+
+/// Past the point of no return, the promotion could not be confirmed.
+fn in_doubt(config: &HaConfig, peer: Side, why: &Error) -> Error {
+    Error::InDoubt(format!(
+        "the promotion of {peer_addr} was sent but not confirmed ({why}); {peer_addr} may be the primary now, so this node's server stays stopped and marked demoted; once {peer_addr} is reachable, finish with `{RESUME}`",
+        peer_addr = peer.address(config)
+    ))
 }
 
 fn nothing_interrupted() -> Error {
@@ -203,35 +254,6 @@ fn nothing_interrupted() -> Error {
 
 fn step_error(step: &str, message: impl std::fmt::Display, fix: &str) -> Error {
     Error::Refused(format!("ha switchover: {step} failed: {message}; {fix}"))
-}
-
-/// Whether the journal's switchover got past the promotion. In the
-/// `promoting` phase the peer itself says: out of recovery is promoted; a
-/// peer that cannot be read cannot be shown not to be, so it counts as
-/// promoted (only the forward path is safe then).
-fn promoted(
-    config: &HaConfig,
-    state: &State,
-    creds: &Credentials,
-    opts: &SwitchoverOptions,
-) -> Result<bool> {
-    match state.phase.as_str() {
-        "promoted" => Ok(true),
-        "promoting" => match peer_sql(config, state.peer, creds, opts.connect_timeout)
-            .and_then(|(mut c, t)| pg::in_recovery(&mut c, &t))
-        {
-            Ok(in_recovery) => Ok(!in_recovery),
-            Err(e) => Err(step_error(
-                "reading the peer's role",
-                e,
-                &format!(
-                    "the promotion may have happened; make {} reachable and run `{RESUME}`",
-                    state.peer.address(config)
-                ),
-            )),
-        },
-        _ => Ok(false),
-    }
 }
 
 fn report_base(
@@ -431,14 +453,16 @@ fn fresh(
         RESUME,
         ABORT,
     )?;
-    let mut state = State {
-        phase: "begun".into(),
-        peer,
-        generation: checked.generation,
-        slot: checked.slot.clone(),
-        checkpoint_lsn: None,
-    };
-    change.set_state(to_value(&state))?;
+    let mut state = State::new(
+        SwitchPhase::Begun,
+        Facts {
+            peer,
+            generation: checked.generation,
+            slot: checked.slot.clone(),
+            checkpoint_lsn: None,
+        },
+    );
+    change.save(&state)?;
 
     step("writing the replication password file");
     write_passfile(
@@ -450,47 +474,35 @@ fn fresh(
     )?;
 
     step(&format!("recording generation {}", checked.generation));
-    let undo = Undo::ForgetGeneration {
-        server: server.clone(),
-        socket_dir: config.pg_socket_dir.clone(),
-        port: config.pg_port,
+    let record = Record {
         generation: checked.generation,
+        primary_addr: peer_addr.to_string(),
+        changed_at: None,
+        by_node: config.node.clone(),
+        action: SWITCHOVER.into(),
     };
-    change.step(undo, || {
-        let (mut local, lt) = roles::local_admin(config, opts.connect_timeout)
-            .map_err(|e| step_error("recording the generation", e, "see the server's log"))?;
-        let record = Record {
-            generation: checked.generation,
-            primary_addr: peer_addr.to_string(),
-            changed_at: None,
-            by_node: config.node.clone(),
-            action: SWITCHOVER.into(),
-        };
-        generation::insert(&mut local, &lt, &record, &config.replication_user)
-            .map_err(|e| step_error("recording the generation", e, "see the server's log"))
-    })?;
+    change.record_generation(
+        server,
+        LocalServer {
+            socket_dir: config.pg_socket_dir.as_deref(),
+            port: config.pg_port,
+            connect_timeout: opts.connect_timeout,
+        },
+        &record,
+        &config.replication_user,
+    )?;
 
     step("stopping this node's server cleanly");
     let stop_began = Instant::now();
-    change.step(
-        Undo::Server {
-            server: server.clone(),
-            running: true,
-        },
-        || {
-            server.stop().map_err(|e| {
-                step_error(
-                    "stopping this node's server",
-                    e,
-                    "nothing was promoted; read the server's log",
-                )
-            })
-        },
-    )?;
+    change.stop_server(server, &|e| {
+        step_error(
+            "stopping this node's server",
+            e,
+            "nothing was promoted; read the server's log",
+        )
+    })?;
     let stop_seconds = stop_began.elapsed().as_secs_f64();
     let catch_up_began = Instant::now();
-    state.phase = "stopped".into();
-    change.set_state(to_value(&state))?;
     let control = pg::controldata(&config.pg_bin, &config.pg_data).map_err(|e| {
         step_error(
             "reading the shutdown checkpoint (pg_controldata)",
@@ -508,24 +520,31 @@ fn fresh(
             ))
         }
     };
-    state.checkpoint_lsn = Some(ckpt.clone());
-    change.set_state(to_value(&state))?;
+    state.data.checkpoint_lsn = Some(ckpt.clone());
+    change.advance(&mut state, SwitchPhase::Stopped)?;
 
     step(&format!(
         "waiting until {peer_addr} has replayed the shutdown checkpoint {ckpt}"
     ));
     wait_replayed(config, peer, creds, opts, &ckpt)?;
 
+    // Before the promotion is sent: this node is demoted (the guard keeps
+    // it from starting as primary), then the journal passes the point of
+    // no return. A crash from here on leaves a stopped, demoted node and a
+    // journal that only `--resume` takes up.
+    let mut demoted = config.clone();
+    demoted.demoted = true;
+    roles::save_config(&mut change, home, &demoted)?;
     step(&format!("promoting {peer_addr}"));
-    state.phase = "promoting".into();
-    change.set_state(to_value(&state))?;
+    change.advance(&mut state, SwitchPhase::Promoting)?;
     let catch_up_seconds = catch_up_began.elapsed().as_secs_f64();
     let promote_began = Instant::now();
-    promote(config, peer, creds, opts)?;
+    if let Err(e) = promote(config, peer, creds, opts) {
+        change.suspend();
+        return Err(in_doubt(config, peer, &e));
+    }
     let promote_seconds = promote_began.elapsed().as_secs_f64();
-    change.point_of_no_return()?;
-    state.phase = "promoted".into();
-    change.set_state(to_value(&state))?;
+    change.advance(&mut state, SwitchPhase::Promoted)?;
     forward(
         home, change, config, server, &state, &password, creds, opts, step, "switched",
     )
@@ -537,10 +556,6 @@ fn fresh(
         r.promote_seconds = Some(promote_seconds);
         r
     })
-}
-
-fn to_value(state: &State) -> Value {
-    serde_json::to_value(state).unwrap_or(Value::Null)
 }
 
 /// Step 4's wait: the replica received and replayed past `ckpt`.
@@ -586,9 +601,12 @@ fn wait_replayed(
     }
 }
 
-/// Step 5: `pg_promote(wait => true)` on the peer. An error that leaves
-/// the peer in recovery is a failure before the point of no return; one
-/// after which the peer is out of recovery is a promotion.
+/// Step 5: `pg_promote(wait => true)` on the peer, then confirmed: `Ok`
+/// only when the peer is seen out of recovery. Anything else (the wait ran
+/// out — the promotion may still complete —, the connection broke, the
+/// peer cannot be read) is an error the caller treats as "may have
+/// promoted". Sending it again to a peer that is promoting or promoted is
+/// harmless, so `--resume` simply calls this again.
 fn promote(
     config: &HaConfig,
     peer: Side,
@@ -597,27 +615,30 @@ fn promote(
 ) -> Result<()> {
     let wait = i32::try_from(opts.timeout.as_secs().clamp(1, 3600)).unwrap_or(60);
     let outcome = peer_sql(config, peer, creds, opts.connect_timeout).and_then(|(mut c, t)| {
+        if !pg::in_recovery(&mut c, &t)? {
+            return Ok(true);
+        }
         c.query_one("SELECT pg_promote(true, $1)", &[&wait])
             .map(|row| row.get::<_, bool>(0))
             .map_err(|e| pg::from_postgres(&t, e))
     });
-    match outcome {
-        Ok(true) => Ok(()),
-        other_outcome => {
-            let still = peer_sql(config, peer, creds, opts.connect_timeout)
-                .and_then(|(mut c, t)| pg::in_recovery(&mut c, &t));
-            match still {
-                Ok(false) => Ok(()),
-                _ => Err(step_error(
-                    "promoting the replica (pg_promote)",
-                    match other_outcome {
-                        Ok(_) => format!("it did not finish within {wait} s"),
-                        Err(e) => e.to_string(),
-                    },
-                    "the old primary was started again as primary; read the replica's log, check `keyferry ha check` (rights), then run the switchover again",
-                )),
-            }
-        }
+    if let Ok(true) = outcome {
+        return Ok(());
+    }
+    let still = peer_sql(config, peer, creds, opts.connect_timeout)
+        .and_then(|(mut c, t)| pg::in_recovery(&mut c, &t));
+    match (still, outcome) {
+        (Ok(false), _) => Ok(()),
+        (Ok(true), Ok(_)) => Err(step_error(
+            "promoting the replica (pg_promote)",
+            format!("it did not finish within {wait} s"),
+            "read the replica's log",
+        )),
+        (_, Err(e)) | (Err(e), Ok(_)) => Err(step_error(
+            "promoting the replica (pg_promote)",
+            e,
+            "make the peer reachable",
+        )),
     }
 }
 
@@ -636,11 +657,12 @@ fn forward(
     step: &mut dyn FnMut(&str),
     mode: &'static str,
 ) -> Result<SwitchoverReport> {
-    let peer = state.peer;
+    let facts = &state.data;
+    let peer = facts.peer;
     let this = other(peer);
     let mut notes = Vec::new();
     let result = (|| -> Result<()> {
-        if let Some(slot) = &state.slot {
+        if let Some(slot) = &facts.slot {
             step(&format!(
                 "creating the replication slot {slot} on the new primary"
             ));
@@ -667,7 +689,7 @@ fn forward(
             password,
             &config.pg_data,
         )?;
-        write_standby(config, peer.address(config), state.slot.as_deref())?;
+        write_standby(config, peer.address(config), facts.slot.as_deref())?;
         step("starting this node as a replica");
         server.start().map_err(|e| {
             step_error(
@@ -676,7 +698,7 @@ fn forward(
                 "read the server's log",
             )
         })?;
-        if let Some(slot) = &state.slot {
+        if let Some(slot) = &facts.slot {
             match roles::drop_local_slot(config, slot, opts.connect_timeout) {
                 Ok(true) => notes.push(format!("dropped the replication slot {slot} left on this node")),
                 Ok(false) => {}
@@ -691,24 +713,24 @@ fn forward(
         if peer == Side::Secondary {
             std::mem::swap(&mut next.primary, &mut next.secondary);
         }
-        next.generation = state.generation;
+        next.generation = facts.generation;
         next.demoted = false;
         roles::save_config(&mut change, home, &next)?;
-        change.set_detail("checkpoint_lsn", Value::from(state.checkpoint_lsn.clone()));
-        change.set_detail("slot", Value::from(state.slot.clone()));
+        change.set_detail("checkpoint_lsn", Value::from(facts.checkpoint_lsn.clone()));
+        change.set_detail("slot", Value::from(facts.slot.clone()));
         Ok(())
     })();
     if let Err(e) = result {
         change.suspend();
-        return Err(Error::Refused(format!(
-            "{e}; {} is the primary now (promoted); finish the switchover with `{RESUME}`",
+        return Err(Error::InDoubt(format!(
+            "{e}; {} is the primary now (promoted) and this node stays demoted; finish the switchover with `{RESUME}`",
             peer.address(config)
         )));
     }
     let receipt = change.finish()?;
-    let mut report = report_base(config, peer, state.generation, mode);
-    report.checkpoint_lsn = state.checkpoint_lsn.clone();
-    report.slot = state.slot.clone();
+    let mut report = report_base(config, peer, facts.generation, mode);
+    report.checkpoint_lsn = facts.checkpoint_lsn.clone();
+    report.slot = facts.slot.clone();
     report.notes = notes;
     report.audited = receipt.audited;
     Ok(report)
@@ -789,16 +811,36 @@ mod tests {
 
     #[test]
     fn the_state_round_trips_through_the_journal() {
-        let state = State {
-            phase: "promoting".into(),
-            peer: Side::Primary,
-            generation: 4,
-            slot: Some("pam_b".into()),
-            checkpoint_lsn: Some("0/3000028".into()),
-        };
-        let back: State = serde_json::from_value(to_value(&state)).unwrap();
-        assert_eq!(back.phase, "promoting");
-        assert_eq!(back.peer, Side::Primary);
-        assert_eq!(back.generation, 4);
+        let state = State::new(
+            SwitchPhase::Promoting,
+            Facts {
+                peer: Side::Primary,
+                generation: 4,
+                slot: Some("pam_b".into()),
+                checkpoint_lsn: Some("0/3000028".into()),
+            },
+        );
+        let back: State = serde_json::from_value(serde_json::to_value(&state).unwrap()).unwrap();
+        assert_eq!(back.phase(), SwitchPhase::Promoting);
+        assert_eq!(back.data.peer, Side::Primary);
+        assert_eq!(back.data.generation, 4);
+    }
+
+    #[test]
+    fn the_promotion_is_past_the_point_of_no_return() {
+        assert!(!SwitchPhase::Stopped.no_return());
+        assert!(SwitchPhase::Promoting.no_return());
+        let m = State::new(
+            SwitchPhase::Begun,
+            Facts {
+                peer: Side::Primary,
+                generation: 1,
+                slot: None,
+                checkpoint_lsn: None,
+            },
+        );
+        // The promotion cannot be reached without the clean stop.
+        assert!(!m.allows(SwitchPhase::Promoting));
+        assert!(m.allows(SwitchPhase::Stopped));
     }
 }
