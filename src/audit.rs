@@ -16,14 +16,16 @@
 
 use std::collections::BTreeMap;
 
+/// The node's audit key: 32 bytes (the keystore holds it as key
+/// material; the log needs only the bytes).
+pub(crate) type AuditKey = [u8; 32];
+
 use hmac::{KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use thiserror::Error;
-
-use crate::keyring::KeyMaterial;
 
 const MAC_LABEL: &[u8] = b"keyferry audit v1";
 const MAC_LEN: usize = 32;
@@ -84,14 +86,14 @@ pub(crate) struct Record {
     pub mac: Option<String>,
 }
 
-fn compute_mac(key: &KeyMaterial, record: &Record) -> [u8; MAC_LEN] {
+fn compute_mac(key: &AuditKey, record: &Record) -> [u8; MAC_LEN] {
     let unsigned = Record {
         mac: None,
         ..record.clone()
     };
     let body = serde_json::to_vec(&unsigned).expect("records serialize");
-    let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key.as_bytes())
-        .expect("HMAC takes 32-byte keys");
+    let mut mac =
+        <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes 32-byte keys");
     mac.update(MAC_LABEL);
     mac.update(&[0]);
     mac.update(&body);
@@ -100,7 +102,7 @@ fn compute_mac(key: &KeyMaterial, record: &Record) -> [u8; MAC_LEN] {
 
 /// Builds the record that follows `head`, and the new head.
 pub(crate) fn next_record(
-    key: &KeyMaterial,
+    key: &AuditKey,
     head: &AuditHead,
     actor: &Actor,
     time: &str,
@@ -173,7 +175,7 @@ pub(crate) struct ValidPrefix {
 
 /// Walks the log from its start and stops at the first record that does not
 /// verify. `head` only names the error of a record past it.
-pub(crate) fn valid_prefix(log: &[u8], key: &KeyMaterial, head: &AuditHead) -> ValidPrefix {
+pub(crate) fn valid_prefix(log: &[u8], key: &AuditKey, head: &AuditHead) -> ValidPrefix {
     let mut prefix = ValidPrefix {
         records: Vec::new(),
         head: AuditHead::genesis(),
@@ -204,7 +206,7 @@ pub(crate) fn valid_prefix(log: &[u8], key: &KeyMaterial, head: &AuditHead) -> V
 fn check_line(
     line: &[u8],
     line_no: usize,
-    key: &KeyMaterial,
+    key: &AuditKey,
     expect: &AuditHead,
     head: &AuditHead,
 ) -> Result<Option<(Record, AuditHead)>, AuditError> {
@@ -257,7 +259,7 @@ fn check_line(
 /// Verifies a whole log against the keystore's head; returns the records.
 pub(crate) fn verify(
     log: &[u8],
-    key: &KeyMaterial,
+    key: &AuditKey,
     head: &AuditHead,
 ) -> Result<Vec<Record>, AuditError> {
     let prefix = valid_prefix(log, key, head);
@@ -285,8 +287,8 @@ pub(crate) fn verify(
 mod tests {
     use super::*;
 
-    fn log_of(n: usize) -> (KeyMaterial, Vec<Vec<u8>>, AuditHead) {
-        let key = KeyMaterial::from_bytes([9; 32]);
+    fn log_of(n: usize) -> (AuditKey, Vec<Vec<u8>>, AuditHead) {
+        let key = [9; 32];
         let actor = Actor {
             host: "db1".into(),
             user: "ops".into(),
@@ -377,7 +379,7 @@ mod tests {
             Err(AuditError::Ahead { log: 5, head: 4 })
         );
 
-        let other_key = KeyMaterial::from_bytes([8; 32]);
+        let other_key = [8; 32];
         assert_eq!(
             verify(&lines.concat(), &other_key, &head),
             Err(AuditError::Mac(1))

@@ -142,6 +142,23 @@ pub enum Error {
     /// [`exit::IN_DOUBT`]).
     #[error("{0}")]
     InDoubt(String),
+    /// A step of an operation failed (not a refusal: something went wrong
+    /// while doing it); what it had done was undone.
+    #[error("{op}: {step} failed: {cause}; {fix}")]
+    Step {
+        op: &'static str,
+        step: String,
+        cause: String,
+        fix: String,
+    },
+    /// A step failed, and undoing what was done before it failed too: both
+    /// errors, and where what is left is listed.
+    #[error("{error}; undoing it failed too ({undo}): the journal {} lists what is left, and the next keyferry command on this home finishes the undo", journal.display())]
+    UndoFailed {
+        error: Box<Error>,
+        undo: Box<Error>,
+        journal: PathBuf,
+    },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -196,6 +213,8 @@ impl Error {
             Error::Held(_) => exit::HELD,
             Error::UnreadableState(_) => exit::UNREADABLE_STATE,
             Error::InDoubt(_) => exit::IN_DOUBT,
+            Error::Step { .. } => exit::FAILURE,
+            Error::UndoFailed { .. } => exit::FAILURE,
             Error::Pg(_) => exit::FAILURE,
             Error::Ha(e) if e.is_usage() => exit::USAGE,
             Error::Ha(_) => exit::FAILURE,

@@ -41,6 +41,9 @@ pub(crate) struct FailoverArgs {
     /// Print what would be done and what may be lost; do nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Finish an interrupted failover (its promotion was sent; it can only go forward).
+    #[arg(long, conflicts_with_all = ["force", "dry_run"])]
+    resume: bool,
     /// Seconds to wait for the promotion.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     timeout: u64,
@@ -91,6 +94,7 @@ pub(crate) fn run_failover(home: &Home, a: FailoverArgs) -> Result<()> {
             password: a.peer.password.source(),
             force: a.force,
             dry_run: a.dry_run,
+            resume: a.resume,
             connect_timeout: a.peer.connect_timeout(),
             timeout: Duration::from_secs(a.timeout),
         },

@@ -508,11 +508,11 @@ impl Change<'_> {
     fn fail(&mut self, e: Error) -> Error {
         match self.rollback() {
             Ok(()) => e,
-            Err(undo) => Error::Refused(format!(
-                "{e}; undoing it failed too ({undo}): the journal {} lists what is left, \
-                 and the next keyferry command on this home finishes the undo",
-                self.node.home.journal_path().display()
-            )),
+            Err(undo) => Error::UndoFailed {
+                error: Box::new(e),
+                undo: Box::new(undo),
+                journal: self.node.home.journal_path(),
+            },
         }
     }
 
@@ -607,15 +607,15 @@ pub(super) fn undo_journaled(
     effects: &dyn Effects,
 ) -> Result<()> {
     while let Some(u) = journal.undo.last() {
-        u.apply(effects).map_err(|e| {
-            Error::Refused(format!("cannot {}: {e}", u.describe(effects)))
-        })?;
+        u.apply(effects)
+            .map_err(|e| Error::Refused(format!("cannot {}: {e}", u.describe(effects))))?;
         journal.undo.pop();
         crate::failpoint::failpoint!("{}:undo-{}", journal.action, journal.undo.len() + 1);
         if !journal.undo.is_empty() {
-            journal
-                .write(path)
-                .map_err(Error::io(format!("cannot write the journal {}", path.display())))?;
+            journal.write(path).map_err(Error::io(format!(
+                "cannot write the journal {}",
+                path.display()
+            )))?;
         }
     }
     Ok(())
@@ -654,7 +654,7 @@ pub(super) fn commit_audited(
     let home = node.home.clone();
     let now = now_unix();
     let (record, head) = audit::next_record(
-        &store.node.audit_key,
+        store.node.audit_key.as_bytes(),
         &store.node.audit_head,
         &Actor::current(),
         &crate::fmt::fmt_time(now),
@@ -752,4 +752,186 @@ pub(super) fn read_all(path: &Path) -> io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     File::open(path)?.read_to_end(&mut bytes)?;
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::node::held::tests::Toy;
+    use crate::node::{Home, Reopen};
+
+    /// Effects of kind `count` that succeed and count their undos, and of
+    /// kind `fail` that fail while `failing` is set.
+    #[derive(Default)]
+    struct Counting {
+        undone: AtomicUsize,
+        failing: std::sync::atomic::AtomicBool,
+    }
+
+    impl Effects for Counting {
+        fn undo(&self, kind: &str, _data: &Value) -> io::Result<()> {
+            if kind == "fail" && self.failing.load(Ordering::SeqCst) {
+                return Err(io::Error::other("still failing"));
+            }
+            self.undone.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn describe(&self, kind: &str, _data: &Value) -> String {
+            format!("undo {kind}")
+        }
+    }
+
+    fn home(effects: Arc<Counting>) -> (tempfile::TempDir, Home) {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path().join("home")).with_effects(effects);
+        home.create().unwrap();
+        (dir, home)
+    }
+
+    fn held(node: &mut Node) -> Change<'_> {
+        node.begin_held("toy", BTreeMap::new(), "toy --resume", "toy --abort")
+            .unwrap()
+    }
+
+    #[test]
+    fn a_state_is_read_back_typed_and_an_unreadable_one_is_refused() {
+        let (_d, home) = home(Arc::default());
+        let mut node = home.open(false).unwrap();
+        let mut change = held(&mut node);
+        let mut state = Machine::new(Toy::Begun, 7u32);
+        change.save(&state).unwrap();
+        change.advance(&mut state, Toy::Done).unwrap();
+        change.suspend();
+        let change = node.reopen_held("toy", Reopen::Resume).unwrap().unwrap();
+        let back: Machine<Toy, u32> = change.load().unwrap();
+        assert_eq!((back.phase(), back.data), (Toy::Done, 7));
+        // Another shape of data is a refusal, never a default.
+        let wrong = change.load::<Toy, String>().unwrap_err();
+        assert!(matches!(wrong, Error::UnreadableState(_)), "{wrong}");
+        change.suspend();
+
+        // So is a state written by another version.
+        let path = home.journal_path();
+        let text = fs::read_to_string(&path).unwrap();
+        fs::write(
+            &path,
+            text.replace("\"state_version\": 1", "\"state_version\": 9"),
+        )
+        .unwrap();
+        let change = node.reopen_held("toy", Reopen::Resume).unwrap().unwrap();
+        let e = change.load::<Toy, u32>().unwrap_err();
+        assert!(
+            matches!(e, Error::UnreadableState(_)) && e.to_string().contains("version 9"),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), crate::error::exit::UNREADABLE_STATE);
+        change.suspend();
+    }
+
+    #[test]
+    fn a_transition_outside_the_table_is_refused_and_no_return_forgets_the_undos() {
+        let effects = Arc::new(Counting::default());
+        let (_d, home) = home(effects.clone());
+        let mut node = home.open(false).unwrap();
+        let mut change = held(&mut node);
+        let mut state = Machine::new(Toy::Begun, ());
+        change.save(&state).unwrap();
+        change
+            .external_step("count", Value::Null, || Ok(()))
+            .unwrap();
+        assert!(change.advance(&mut state, Toy::Committed).is_err());
+        assert_eq!(state.phase(), Toy::Begun);
+        change.advance(&mut state, Toy::Done).unwrap();
+        change.advance(&mut state, Toy::Committed).unwrap();
+        // Past the point of no return an abort undoes nothing before it and
+        // keeps the journal for --resume.
+        change.abort().unwrap();
+        assert_eq!(effects.undone.load(Ordering::SeqCst), 0);
+        assert!(home.journal_path().exists());
+    }
+
+    #[test]
+    fn an_interrupted_abort_is_finished_by_another_abort_and_refuses_resume() {
+        let effects = Arc::new(Counting::default());
+        let (_d, home) = home(effects.clone());
+        let mut node = home.open(false).unwrap();
+        let mut change = held(&mut node);
+        change.save(&Machine::new(Toy::Begun, ())).unwrap();
+        change
+            .external_step("fail", Value::Null, || Ok(()))
+            .unwrap();
+        change
+            .external_step("count", Value::Null, || Ok(()))
+            .unwrap();
+        change
+            .external_step("count", Value::Null, || Ok(()))
+            .unwrap();
+        change.suspend();
+
+        effects.failing.store(true, Ordering::SeqCst);
+        let change = node.reopen_held("toy", Reopen::Abort).unwrap().unwrap();
+        let e = change.abort().unwrap_err();
+        assert!(e.to_string().contains("undo fail"), "{e}");
+        // The two undos that ran are gone from the journal: running the
+        // abort again does not repeat them.
+        assert_eq!(effects.undone.load(Ordering::SeqCst), 2);
+        let journal = Journal::read(&home.journal_path()).unwrap().unwrap();
+        assert_eq!(journal.undo.len(), 1);
+        assert!(journal.held.as_ref().unwrap().aborting);
+        let refused = node.reopen_held("toy", Reopen::Resume).err().unwrap();
+        assert_eq!(refused.exit_code(), crate::error::exit::HELD);
+
+        effects.failing.store(false, Ordering::SeqCst);
+        let change = node.reopen_held("toy", Reopen::Abort).unwrap().unwrap();
+        change.abort().unwrap();
+        assert_eq!(effects.undone.load(Ordering::SeqCst), 3);
+        assert!(!home.journal_path().exists());
+    }
+
+    #[test]
+    fn recovery_undoes_an_unheld_change_once_each_and_a_failure_is_resumable() {
+        let effects = Arc::new(Counting::default());
+        let (_d, home) = home(effects.clone());
+        {
+            let mut node = home.open(false).unwrap();
+            let mut change = node.begin("plain", BTreeMap::new()).unwrap();
+            change
+                .external_step("fail", Value::Null, || Ok(()))
+                .unwrap();
+            change
+                .external_step("count", Value::Null, || Ok(()))
+                .unwrap();
+            // A crash: nothing runs the undo now.
+            change.open = false;
+        }
+        effects.failing.store(true, Ordering::SeqCst);
+        assert!(home.open(false).is_err());
+        assert_eq!(effects.undone.load(Ordering::SeqCst), 1);
+        effects.failing.store(false, Ordering::SeqCst);
+        home.open(false).unwrap();
+        assert_eq!(effects.undone.load(Ordering::SeqCst), 2);
+        assert!(!home.journal_path().exists());
+    }
+
+    #[test]
+    fn a_home_without_the_pair_s_effects_names_the_one_it_cannot_undo() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = Home::new(dir.path().join("home")).with_effects(Arc::new(Counting::default()));
+        with.create().unwrap();
+        {
+            let mut node = with.open(false).unwrap();
+            let mut change = node.begin("plain", BTreeMap::new()).unwrap();
+            change
+                .external_step("server", Value::Null, || Ok(()))
+                .unwrap();
+            change.open = false;
+        }
+        let without = Home::new(dir.path().join("home"));
+        let e = without.open(false).unwrap_err();
+        assert!(e.to_string().contains("`server` effect"), "{e}");
+        assert!(without.journal_path().exists());
+    }
 }

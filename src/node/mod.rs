@@ -271,7 +271,7 @@ impl Home {
         let log = self.read_audit_log()?;
         Ok(audit::verify(
             &log,
-            &store.node.audit_key,
+            store.node.audit_key.as_bytes(),
             &store.node.audit_head,
         )?)
     }

@@ -42,8 +42,8 @@ impl Home {
         let store = self.load_keystore()?;
         let log = self.read_audit_log()?;
         let head = store.node.audit_head;
-        let problem = audit::verify(&log, &store.node.audit_key, &head).err();
-        let prefix = audit::valid_prefix(&log, &store.node.audit_key, &head);
+        let problem = audit::verify(&log, store.node.audit_key.as_bytes(), &head).err();
+        let prefix = audit::valid_prefix(&log, store.node.audit_key.as_bytes(), &head);
         let mut report = RepairReport {
             problem,
             kept: prefix.records.len(),

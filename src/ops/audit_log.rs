@@ -20,8 +20,12 @@ pub(crate) fn show(home: &Home) -> Result<(Vec<Record>, Result<()>)> {
         .filter(|l| !l.is_empty())
         .filter_map(|l| serde_json::from_slice::<Record>(l).ok())
         .collect();
-    let verdict = audit::verify(&log, &store.node.audit_key, &store.node.audit_head)
-        .map(|_| ())
-        .map_err(Into::into);
+    let verdict = audit::verify(
+        &log,
+        store.node.audit_key.as_bytes(),
+        &store.node.audit_head,
+    )
+    .map(|_| ())
+    .map_err(Into::into);
     Ok((records, verdict))
 }

@@ -23,7 +23,6 @@ use std::fs::File;
 use std::io;
 use std::path::Path;
 
-
 use crate::error::{Error, Result};
 pub use crate::node::{now_unix, Home, HOME_ENV};
 

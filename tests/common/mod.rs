@@ -10,6 +10,8 @@ pub mod node;
 pub mod pair;
 #[cfg(unix)]
 pub mod pg;
+#[cfg(unix)]
+pub mod switch;
 
 /// `keyferry --home HOME ARGS…` in this namespace, with no home or libpq
 /// password file inherited from the environment.

@@ -42,6 +42,7 @@ use serde_json::Value;
 use zeroize::Zeroizing;
 
 use super::check::credentials;
+use super::effects::PairSteps;
 use super::require_config;
 use crate::error::{Error, Result};
 use crate::fmt::human_bytes;
@@ -51,7 +52,6 @@ use crate::ha::datafile;
 use crate::ha::preflight::{self, Side, Status};
 use crate::ha::service::Server;
 use crate::ha::PeerAddr;
-use super::effects::PairSteps;
 use crate::node::{file_stamp, now_unix, Change, HeldPhase, Home, Machine, Reopen, Undo};
 use crate::pg::basebackup::{self, Phase, Said};
 use crate::pg::standby::{self, Upstream};
@@ -215,7 +215,16 @@ pub(crate) fn bootstrap(
             };
             if state.phase() == BootPhase::Swapped {
                 obs.step("resuming after the swap: configuring and starting the replica");
-                return finish(home, change, &config, &server, &state.data, &password, opts, obs);
+                return finish(
+                    home,
+                    change,
+                    &config,
+                    &server,
+                    &state.data,
+                    &password,
+                    opts,
+                    obs,
+                );
             }
             obs.step("the copy had not been swapped in: undoing it and starting over");
             change.abort()?;
@@ -331,7 +340,12 @@ fn local_data(config: &HaConfig) -> Result<Local> {
 }
 
 pub(super) fn step_error(step: &str, message: String, fix: &str) -> Error {
-    Error::Refused(format!("ha bootstrap: {step} failed: {message}; {fix}"))
+    Error::Step {
+        op: "ha bootstrap",
+        step: step.to_owned(),
+        cause: message,
+        fix: fix.to_owned(),
+    }
 }
 
 fn preflight(
@@ -550,7 +564,16 @@ fn fresh(
             return Err(e);
         }
     };
-    finish(home, change, config, server, &state.data, password, opts, obs)
+    finish(
+        home,
+        change,
+        config,
+        server,
+        &state.data,
+        password,
+        opts,
+        obs,
+    )
 }
 
 /// The copy's and the old data's names, stamped with the time. A second

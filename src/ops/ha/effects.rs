@@ -117,17 +117,9 @@ fn data<T: Serialize>(undo: &T) -> Value {
 pub(crate) trait PairSteps {
     /// Stops the local server (undo: start it again). `fail` turns the
     /// service's error into the operation's.
-    fn stop_server(
-        &mut self,
-        server: &Server,
-        fail: &dyn Fn(String) -> Error,
-    ) -> Result<()>;
+    fn stop_server(&mut self, server: &Server, fail: &dyn Fn(String) -> Error) -> Result<()>;
     /// Starts the local server (undo: stop it again).
-    fn start_server(
-        &mut self,
-        server: &Server,
-        fail: &dyn Fn(String) -> Error,
-    ) -> Result<()>;
+    fn start_server(&mut self, server: &Server, fail: &dyn Fn(String) -> Error) -> Result<()>;
     /// Writes `record` into the pair table through the local socket (undo:
     /// delete it once the server runs).
     fn record_generation(
@@ -148,11 +140,7 @@ pub(crate) struct LocalServer<'a> {
 }
 
 impl PairSteps for Change<'_> {
-    fn stop_server(
-        &mut self,
-        server: &Server,
-        fail: &dyn Fn(String) -> Error,
-    ) -> Result<()> {
+    fn stop_server(&mut self, server: &Server, fail: &dyn Fn(String) -> Error) -> Result<()> {
         let undo = data(&ServerUndo {
             server: server.clone(),
             running: true,
@@ -162,11 +150,7 @@ impl PairSteps for Change<'_> {
         })
     }
 
-    fn start_server(
-        &mut self,
-        server: &Server,
-        fail: &dyn Fn(String) -> Error,
-    ) -> Result<()> {
+    fn start_server(&mut self, server: &Server, fail: &dyn Fn(String) -> Error) -> Result<()> {
         let undo = data(&ServerUndo {
             server: server.clone(),
             running: false,

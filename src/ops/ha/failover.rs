@@ -11,11 +11,17 @@
 //! Before promoting it reports what can be lost: the replica's last
 //! received WAL position against the last primary position this node
 //! recorded (`pair-history.json`, written by `ha status`). Then, as one
-//! journaled change: the promotion (irreversible: `pg_promote()` through
-//! the local socket), the next generation's row written on the new primary
-//! (which also proves it accepts writes), the slot the old primary will
-//! stream through once it rejoins created, `ha.toml` with the roles
-//! swapped and the new generation, the audit record.
+//! held journaled change with the phases [`FailPhase`] (`begun` →
+//! `promoting` → `promoted`; the journal enters `promoting`, the point of
+//! no return, before `pg_promote()` is sent through the local socket): the
+//! promotion, confirmed by reading the server out of recovery; the next
+//! generation's row written on the new primary (which also proves it
+//! accepts writes), the slot the old primary will stream through once it
+//! rejoins created, `ha.toml` with the roles swapped and the new
+//! generation, the audit record. A promotion that is not confirmed within
+//! its wait, or a failure after it, keeps the journal and exits 18;
+//! `ha failover --resume` finishes (there is no abort: a promotion cannot
+//! be taken back).
 //!
 //! The old primary, when it comes back, learns the new generation from
 //! this node's table (its `ha guard`, or any `ha` command there) and is
@@ -24,7 +30,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::check::credentials;
@@ -35,13 +41,56 @@ use crate::ha::config::HaConfig;
 use crate::ha::generation::{self, Record};
 use crate::ha::preflight::Side;
 use crate::ha::{history, net};
-use crate::node::Home;
+use crate::node::{HeldPhase, Home, Machine, Reopen};
 use crate::ops::details;
 use crate::pg::{self, Credentials};
 use crate::secret::PasswordSource;
 
 /// The audit record's action.
 pub(crate) const ACTION: &str = "ha-failover";
+const RESUME: &str = "keyferry ha failover --resume";
+const NO_ABORT: &str = "nothing (a promotion cannot be undone)";
+
+/// The phases of a failover (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum FailPhase {
+    /// Checked and reported; nothing done.
+    Begun,
+    /// The promotion is being (or was) sent: no way back.
+    Promoting,
+    /// This node runs out of recovery: the record, the slot and `ha.toml`
+    /// are left.
+    Promoted,
+}
+
+impl HeldPhase for FailPhase {
+    const VERSION: u32 = 1;
+    const TRANSITIONS: &'static [(Self, Self)] = &[
+        (FailPhase::Begun, FailPhase::Promoting),
+        (FailPhase::Promoting, FailPhase::Promoted),
+    ];
+    fn no_return(self) -> bool {
+        !matches!(self, FailPhase::Begun)
+    }
+    fn name(self) -> &'static str {
+        match self {
+            FailPhase::Begun => "begun",
+            FailPhase::Promoting => "promoting",
+            FailPhase::Promoted => "promoted",
+        }
+    }
+}
+
+/// What a failover keeps in the journal besides its phase (no secret).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Facts {
+    this: Side,
+    generation: u64,
+    slot: Option<String>,
+}
+
+type State = Machine<FailPhase, Facts>;
 
 /// What `ha failover` was given.
 #[derive(Debug, Clone)]
@@ -50,6 +99,8 @@ pub(crate) struct FailoverOptions {
     /// Promote even though the old primary may still accept writes.
     pub force: bool,
     pub dry_run: bool,
+    /// Finish an interrupted failover.
+    pub resume: bool,
     pub connect_timeout: Duration,
     /// Bounds the promotion.
     pub timeout: Duration,
@@ -117,6 +168,9 @@ pub(crate) fn failover(home: &Home, opts: &FailoverOptions) -> Result<FailoverRe
     let config = require_config(home)?;
     let mut facts = Vec::new();
     let creds = credentials(&config, opts.password.as_ref(), &mut facts)?;
+    if opts.resume {
+        return resume(home, &config, opts, started);
+    }
     let (config, sync_note) = roles::sync(home, config, &creds, opts.connect_timeout)?;
     let this = roles::this_side(&config, "ha failover")?;
     let peer = other(this);
@@ -229,7 +283,7 @@ pub(crate) fn failover(home: &Home, opts: &FailoverOptions) -> Result<FailoverRe
     }
 
     let mut node = home.open(false)?;
-    let mut change = node.begin(
+    let mut change = node.begin_held(
         ACTION,
         details([
             ("old_primary", Value::from(peer_addr.clone())),
@@ -239,53 +293,131 @@ pub(crate) fn failover(home: &Home, opts: &FailoverOptions) -> Result<FailoverRe
             ("received_lsn", Value::from(received.clone())),
             ("may_lose_bytes", Value::from(may_lose)),
         ]),
+        RESUME,
+        NO_ABORT,
     )?;
-    let wait = i32::try_from(opts.timeout.as_secs().clamp(1, 3600)).unwrap_or(60);
-    change.irreversible("promoting this node", Vec::new(), |_| {
-        let ok: bool = local
-            .query_one("SELECT pg_promote(true, $1)", &[&wait])
-            .map_err(|e| Error::Refused(format!("ha failover: pg_promote failed: {}", pg::from_postgres(&lt, e))))?
-            .get(0);
-        if ok {
-            Ok(())
-        } else {
-            Err(Error::Refused(format!(
-                "ha failover: the promotion did not finish within {wait} s; read the server's log; `keyferry ha status` shows whether it finished later"
-            )))
-        }
-    })?;
-    let record = Record {
-        generation: next_generation,
-        primary_addr: this_addr.clone(),
-        changed_at: None,
-        by_node: config.node.clone(),
-        action: FAILOVER.into(),
+    drop(local);
+    let mut state = State::new(
+        FailPhase::Begun,
+        Facts {
+            this,
+            generation: next_generation,
+            slot,
+        },
+    );
+    change.save(&state)?;
+    change.advance(&mut state, FailPhase::Promoting)?;
+    complete(home, change, &config, state, opts, started, report)
+}
+
+/// `ha failover --resume`: finishes the promotion and what follows it.
+fn resume(
+    home: &Home,
+    config: &HaConfig,
+    opts: &FailoverOptions,
+    started: Instant,
+) -> Result<FailoverReport> {
+    let mut node = home.open(false)?;
+    let Some(change) = node.reopen_held(ACTION, Reopen::Resume)? else {
+        return Err(Error::Usage(
+            "there is no interrupted failover on this node: run `keyferry ha failover` to start one".into(),
+        ));
     };
-    generation::insert(&mut local, &lt, &record, &config.replication_user).map_err(|e| {
-        Error::Refused(format!(
-            "ha failover: this node was promoted but the first write (the generation record) failed: {e}; read the server's log, then run `keyferry ha failover` again"
+    let state: State = change.load()?;
+    let this = state.data.this;
+    let report = FailoverReport {
+        mode: "resumed",
+        dry_run: false,
+        plan: Vec::new(),
+        old_primary: other(this).address(config).to_string(),
+        new_primary: this.address(config).to_string(),
+        generation: state.data.generation,
+        old_primary_state: "not looked at (resumed)".into(),
+        forced: false,
+        risk: None,
+        received_lsn: None,
+        last_known_primary_lsn: None,
+        last_known_at: None,
+        may_lose_bytes: None,
+        seconds_to_first_write: None,
+        slot: state.data.slot.clone(),
+        notes: Vec::new(),
+        audited: false,
+    };
+    complete(home, change, config, state, opts, started, report)
+}
+
+/// From the point of no return on: the promotion (sent again when it is
+/// not confirmed yet: harmless on a server already promoting), the
+/// generation record, the slot, `ha.toml`, the audit record. Any failure
+/// keeps the journal for `--resume`.
+fn complete(
+    home: &Home,
+    mut change: crate::node::Change<'_>,
+    config: &HaConfig,
+    mut state: State,
+    opts: &FailoverOptions,
+    started: Instant,
+    mut report: FailoverReport,
+) -> Result<FailoverReport> {
+    let this = state.data.this;
+    let this_addr = this.address(config).to_string();
+    let peer_addr = other(this).address(config).to_string();
+    let in_doubt = |e: Error| {
+        Error::InDoubt(format!(
+            "ha failover: {e}; the promotion of this node was sent, so the failover can only go forward: finish it with `{RESUME}`"
         ))
-    })?;
-    report.seconds_to_first_write = Some(started.elapsed().as_secs_f64());
-    if let Some(s) = &slot {
-        if let Err(e) = local.execute(
-            "SELECT pg_create_physical_replication_slot($1, true) \
-             WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
-            &[s],
-        ) {
-            report.notes.push(format!(
-                "the replication slot {s} could not be created here ({}); create it before the old primary rejoins: SELECT pg_create_physical_replication_slot('{s}', true)",
-                pg::from_postgres(&lt, e)
-            ));
+    };
+    let result = (|| -> Result<()> {
+        if state.phase() == FailPhase::Promoting {
+            promote_local(config, opts)?;
+            change.advance(&mut state, FailPhase::Promoted)?;
         }
+        let (mut local, lt) = roles::local_admin(config, opts.connect_timeout)
+            .map_err(|e| Error::Refused(format!("reading this node's server failed: {e}")))?;
+        let record = Record {
+            generation: state.data.generation,
+            primary_addr: this_addr.clone(),
+            changed_at: None,
+            by_node: config.node.clone(),
+            action: FAILOVER.into(),
+        };
+        if generation::current(&mut local, &lt)
+            .ok()
+            .flatten()
+            .is_none_or(|r| r.generation < record.generation)
+        {
+            generation::insert(&mut local, &lt, &record, &config.replication_user).map_err(|e| {
+                Error::Refused(format!(
+                    "this node was promoted but the first write (the generation record) failed: {e}; read the server's log"
+                ))
+            })?;
+        }
+        report.seconds_to_first_write = Some(started.elapsed().as_secs_f64());
+        if let Some(s) = &state.data.slot {
+            if let Err(e) = local.execute(
+                "SELECT pg_create_physical_replication_slot($1, true) \
+                 WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+                &[s],
+            ) {
+                report.notes.push(format!(
+                    "the replication slot {s} could not be created here ({}); create it before the old primary rejoins: SELECT pg_create_physical_replication_slot('{s}', true)",
+                    pg::from_postgres(&lt, e)
+                ));
+            }
+        }
+        let mut next = config.clone();
+        if this == Side::Secondary && next.primary != this.address(config) {
+            std::mem::swap(&mut next.primary, &mut next.secondary);
+        }
+        next.generation = next.generation.max(state.data.generation);
+        next.demoted = false;
+        roles::save_config(&mut change, home, &next)
+    })();
+    if let Err(e) = result {
+        change.suspend();
+        return Err(in_doubt(e));
     }
-    let mut next = config.clone();
-    if this == Side::Secondary {
-        std::mem::swap(&mut next.primary, &mut next.secondary);
-    }
-    next.generation = next_generation;
-    next.demoted = false;
-    roles::save_config(&mut change, home, &next)?;
     report.audited = change.finish()?.audited;
     report
         .notes
@@ -293,6 +425,32 @@ pub(crate) fn failover(home: &Home, opts: &FailoverOptions) -> Result<FailoverRe
             "the old primary {peer_addr} must not start as primary: its `keyferry ha guard` (ExecStartPre) refuses once it can reach this node; make it a replica with `keyferry ha rejoin` there, which also drops the slot left on it"
         ));
     Ok(report)
+}
+
+/// `pg_promote(wait => true)` through the local socket, confirmed by
+/// reading the server out of recovery; sent only while it is in recovery.
+fn promote_local(config: &HaConfig, opts: &FailoverOptions) -> Result<()> {
+    let wait = i32::try_from(opts.timeout.as_secs().clamp(1, 3600)).unwrap_or(60);
+    let (mut local, lt) = roles::local_admin(config, opts.connect_timeout)
+        .map_err(|e| Error::Refused(format!("reading this node's server failed: {e}")))?;
+    if !pg::in_recovery(&mut local, &lt)? {
+        return Ok(());
+    }
+    let sent = local
+        .query_one("SELECT pg_promote(true, $1)", &[&wait])
+        .map(|row| row.get::<_, bool>(0));
+    let (mut again, at) = roles::local_admin(config, opts.connect_timeout).map_err(|e| {
+        Error::Refused(format!(
+            "reading this node's server after the promotion failed: {e}"
+        ))
+    })?;
+    if !pg::in_recovery(&mut again, &at)? {
+        return Ok(());
+    }
+    Err(Error::Refused(match sent {
+        Ok(_) => format!("the promotion did not finish within {wait} s (read the server's log)"),
+        Err(e) => format!("pg_promote failed: {}", pg::from_postgres(&lt, e)),
+    }))
 }
 
 /// The report as the operator reads it.

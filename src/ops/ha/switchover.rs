@@ -214,6 +214,8 @@ pub(crate) fn switchover(
                 change.abort()?;
                 drop(node);
                 let (config, _) = roles::sync(home, config, &creds, opts.connect_timeout)?;
+                step("waiting until the replica streams from this node again");
+                wait_replica_back(&config, state.data.peer, opts);
                 return fresh(home, &config, &server, &creds, opts, step);
             }
             if state.phase() == SwitchPhase::Promoting {
@@ -227,13 +229,35 @@ pub(crate) fn switchover(
                 }
                 change.advance(&mut state, SwitchPhase::Promoted)?;
             }
-            step("resuming after the promotion: turning this node into a replica of the new primary");
+            step(
+                "resuming after the promotion: turning this node into a replica of the new primary",
+            );
             let password = replication_password(&config, state.data.peer, &creds)?;
             forward(
-                home, change, &config, &server, &state, &password, &creds, opts, step,
-                "resumed",
+                home, change, &config, &server, &state, &password, &creds, opts, step, "resumed",
             )
         }
+    }
+}
+
+/// After an undo restarted this node's server, its replica reconnects
+/// within seconds; the fresh run's checks need it streaming. Bounded by
+/// `--timeout`; the checks that follow say what is wrong if it never does.
+fn wait_replica_back(config: &HaConfig, peer: Side, opts: &SwitchoverOptions) {
+    let peer_addr = peer.address(config).to_string();
+    let deadline = Instant::now() + opts.timeout;
+    while Instant::now() < deadline {
+        let streaming = roles::local_admin(config, opts.connect_timeout).is_ok_and(|(mut c, _)| {
+            c.query_one(
+                "SELECT count(*) > 0 FROM pg_stat_replication WHERE host(client_addr) = $1 AND state = 'streaming'",
+                &[&peer_addr],
+            )
+            .is_ok_and(|r| r.get::<_, bool>(0))
+        });
+        if streaming {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -253,7 +277,12 @@ fn nothing_interrupted() -> Error {
 }
 
 fn step_error(step: &str, message: impl std::fmt::Display, fix: &str) -> Error {
-    Error::Refused(format!("ha switchover: {step} failed: {message}; {fix}"))
+    Error::Step {
+        op: "ha switchover",
+        step: step.to_owned(),
+        cause: message.to_string(),
+        fix: fix.to_owned(),
+    }
 }
 
 fn report_base(

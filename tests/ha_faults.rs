@@ -1,0 +1,521 @@
+//! The fault suite of `ha switchover`: a real pair on two hosts, a prober
+//! asking both nodes "do you accept writes?" every 50 ms throughout, and
+//! keyferry killed (as by kill -9) at every point its journal names —
+//! each step's journal write, each phase — followed by `--abort` or
+//! `--resume`; a promotion that does not finish within its wait (the
+//! peer's startup process stopped with SIGSTOP); an `--abort` itself killed
+//! half way and run again. Every case asserts: never two writable
+//! primaries at once; past the promotion, `--abort` is refused (exit 18)
+//! and the old primary stays down; the journal always leads to one primary
+//! and a streaming replica. Prints one line per case (the table in
+//! RELIABILITY.md).
+//!
+//! Needs the `failpoints` feature (`cargo test --features failpoints --test
+//! ha_faults`), root, `ip netns` and PostgreSQL; skips otherwise (fails
+//! with `KEYFERRY_REQUIRE_PG=1`).
+#![cfg(all(unix, feature = "failpoints"))]
+
+mod common;
+
+use std::fs;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::switch::{accepts_writes, roles_of, text, wait_until, Prober, SwitchPair};
+
+/// What a case does after the kill.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Then {
+    Abort,
+    Resume,
+}
+
+/// The kill points of a switchover, in the order a run passes them, and
+/// whether each is past the point of no return.
+const POINTS: [(&str, bool); 6] = [
+    ("ha-switchover:step-1", false), // password file journaled
+    ("ha-switchover:step-2", false), // generation row journaled
+    ("ha-switchover:step-3", false), // the stop journaled
+    ("ha-switchover:stopped", false),
+    ("ha-switchover:promoting", true), // before the promotion is sent
+    ("ha-switchover:promoted", true),
+];
+
+fn killed(out: &std::process::Output) -> bool {
+    out.status.code().is_none()
+}
+
+/// Waits until the pair is one primary with its replica streaming, and
+/// returns whether `a` is that primary.
+fn settled(pair: &SwitchPair) -> bool {
+    let mut primary_a = false;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    wait_until("one primary and a streaming replica", 45, || {
+        assert!(
+            Instant::now() < deadline,
+            "not settled: {}",
+            common::switch::describe(pair)
+        );
+        let (wa, wb) = (
+            accepts_writes(pair.a.socket_dir()),
+            accepts_writes(pair.b.socket_dir()),
+        );
+        if wa == wb {
+            return false;
+        }
+        primary_a = wa;
+        pair.streams(wa)
+    });
+    primary_a
+}
+
+#[test]
+fn switchover_survives_a_kill_at_every_point_and_an_unconfirmed_promotion() {
+    let Some(pair) = SwitchPair::new("f") else {
+        return;
+    };
+    let prober = Prober::start(pair.a.socket_dir(), pair.b.socket_dir());
+    let mut table = Vec::new();
+
+    for (point, no_return) in POINTS {
+        for then in [Then::Abort, Then::Resume] {
+            let from_a = settled(&pair);
+            let (_, home, _, _) = pair.node(from_a);
+            let out = pair
+                .ha_cmd(from_a, &["switchover"], &format!("{point}=crash"))
+                .output()
+                .unwrap();
+            assert!(killed(&out), "{point}: not killed: {}", text(&out));
+            assert!(home.join("journal.json").exists(), "{point}: no journal");
+            assert_eq!(prober.two_primaries(), 0, "{point}: two primaries");
+            let outcome = if no_return {
+                // Past the promotion: abort is refused, the old primary
+                // stays down and demoted, resume finishes.
+                let out = pair.ha(from_a, &["switchover", "--abort"]);
+                assert_eq!(out.status.code(), Some(18), "{point}: {}", text(&out));
+                assert!(text(&out).contains("--resume"), "{}", text(&out));
+                assert!(roles_of(home).2, "{point}: not marked demoted");
+                let (_, _, old_socket, _) = pair.node(from_a);
+                assert!(!accepts_writes(old_socket), "{point}: old primary writable");
+                if then == Then::Resume {
+                    let out = pair.ha(from_a, &["switchover", "--resume"]);
+                    assert!(out.status.success(), "{point}: {}", text(&out));
+                } else {
+                    // `ha start` does not start the demoted node as
+                    // primary: the guard refuses (13), or the held
+                    // switchover does (16); resume is what finishes.
+                    let out = pair.ha(from_a, &["start"]);
+                    assert!(
+                        matches!(out.status.code(), Some(13 | 16)),
+                        "{point}: {}",
+                        text(&out)
+                    );
+                    let (_, _, old_socket, _) = pair.node(from_a);
+                    assert!(!accepts_writes(old_socket), "{point}: started");
+                    let out = pair.ha(from_a, &["switchover", "--resume"]);
+                    assert!(out.status.success(), "{point}: {}", text(&out));
+                }
+                "switched (abort refused, exit 18)"
+            } else {
+                let flag = if then == Then::Abort {
+                    "--abort"
+                } else {
+                    "--resume"
+                };
+                let out = pair.ha(from_a, &["switchover", flag]);
+                assert!(out.status.success(), "{point} {flag}: {}", text(&out));
+                if then == Then::Abort {
+                    "undone"
+                } else {
+                    "undone, switched on resume"
+                }
+            };
+            assert!(!home.join("journal.json").exists(), "{point}: journal left");
+            let now_a = settled(&pair);
+            let expect_switched = no_return || then == Then::Resume;
+            assert_eq!(now_a != from_a, expect_switched, "{point} {then:?}");
+            assert!(!roles_of(home).2, "{point}: still demoted");
+            assert_eq!(prober.two_primaries(), 0, "{point}: two primaries");
+            table.push(format!("kill at {point}, then {then:?}: {outcome}"));
+        }
+    }
+
+    // An --abort killed after its first undo (the server started again)
+    // can only be finished by --abort: --resume is refused (exit 16).
+    let from_a = settled(&pair);
+    let (_, home, _, _) = pair.node(from_a);
+    let out = pair
+        .ha_cmd(from_a, &["switchover"], "ha-switchover:stopped=crash")
+        .output()
+        .unwrap();
+    assert!(killed(&out), "{}", text(&out));
+    let out = pair
+        .ha_cmd(
+            from_a,
+            &["switchover", "--abort"],
+            "ha-switchover:undo-3=crash",
+        )
+        .output()
+        .unwrap();
+    assert!(killed(&out), "the abort was not killed: {}", text(&out));
+    let out = pair.ha(from_a, &["switchover", "--resume"]);
+    assert_eq!(out.status.code(), Some(16), "{}", text(&out));
+    let out = pair.ha(from_a, &["switchover", "--abort"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!home.join("journal.json").exists());
+    assert_eq!(settled(&pair), from_a, "the abort put the old primary back");
+    table.push("kill during --abort, then --resume (refused, exit 16), --abort: undone".into());
+
+    // A promotion that does not finish within its wait: the peer's startup
+    // process is stopped between the point of no return and the promotion.
+    let from_a = settled(&pair);
+    let (_, home, old_socket, _) = pair.node(from_a);
+    let mut child = pair
+        .ha_cmd(
+            from_a,
+            &["switchover", "--timeout", "3"],
+            "ha-switchover:promoting=sleep(1500)",
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let journal = home.join("journal.json");
+    wait_until("the promoting phase", 60, || {
+        fs::read_to_string(&journal).is_ok_and(|t| t.contains("\"phase\": \"promoting\""))
+    });
+    let startup = pair.startup_pid(!from_a).to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &startup])
+        .status()
+        .unwrap()
+        .success());
+    let began = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let waited = began.elapsed();
+    assert_eq!(out.status.code(), Some(18), "{}", text(&out));
+    assert!(text(&out).contains("--resume"), "{}", text(&out));
+    assert!(waited < Duration::from_secs(30), "took {waited:?}");
+    assert!(!accepts_writes(old_socket), "the old primary was started");
+    assert!(roles_of(home).2, "not demoted");
+    assert_eq!(prober.two_primaries(), 0);
+    assert!(Command::new("kill")
+        .args(["-CONT", &startup])
+        .status()
+        .unwrap()
+        .success());
+    let (_, _, new_socket, _) = pair.node(!from_a);
+    wait_until("the promotion completes by itself", 30, || {
+        accepts_writes(new_socket)
+    });
+    let out = pair.ha(from_a, &["switchover", "--resume"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(settled(&pair), !from_a);
+    table.push("promotion not finished within its wait (SIGSTOP): exit 18, old primary kept down; --resume: switched".into());
+
+    let probes = prober.probes.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(prober.two_primaries(), 0);
+    drop(prober);
+    for line in &table {
+        eprintln!("FAULT {line}");
+    }
+    eprintln!(
+        "FAULT {} cases, {probes} probes of both nodes, moments with two writable primaries: 0",
+        table.len()
+    );
+}
+
+/// Stops the primary `a` or `b` as a crash would (immediate shutdown).
+fn crash_server(pair: &mut SwitchPair, a: bool) {
+    if a {
+        pair.a.stop();
+    } else {
+        pair.b.stop();
+    }
+}
+
+/// `ha rejoin --force` on the old primary, until it streams again.
+fn rejoin(pair: &SwitchPair, a: bool) {
+    let out = pair.ha(a, &["rejoin", "--force"]);
+    assert!(out.status.success(), "rejoin: {}", text(&out));
+    wait_until("the old primary streams", 60, || pair.streams(!a));
+}
+
+#[test]
+fn failover_goes_only_forward_after_a_kill_or_an_unconfirmed_promotion() {
+    let Some(mut pair) = SwitchPair::new("g") else {
+        return;
+    };
+    let prober = Prober::start(pair.a.socket_dir(), pair.b.socket_dir());
+    let mut table = Vec::new();
+
+    // Killed at each phase past the point of no return: --resume finishes.
+    for (point, new_primary_a) in [
+        ("ha-failover:promoting", false),
+        ("ha-failover:promoted", true),
+    ] {
+        let replica_a = new_primary_a;
+        crash_server(&mut pair, !replica_a);
+        let (_, home, socket, _) = pair.node(replica_a);
+        let out = pair
+            .ha_cmd(replica_a, &["failover"], &format!("{point}=crash"))
+            .output()
+            .unwrap();
+        assert!(killed(&out), "{point}: not killed: {}", text(&out));
+        assert!(home.join("journal.json").exists());
+        let out = pair.ha(replica_a, &["failover", "--resume"]);
+        assert!(out.status.success(), "{point}: {}", text(&out));
+        assert!(accepts_writes(socket), "{point}: not promoted");
+        assert!(!home.join("journal.json").exists());
+        let (primary, _, demoted) = roles_of(home);
+        assert_eq!(primary, pair.node(replica_a).3);
+        assert!(!demoted);
+        assert_eq!(prober.two_primaries(), 0, "{point}");
+        rejoin(&pair, !replica_a);
+        table.push(format!(
+            "kill at {point}, then --resume: promoted, roles swapped"
+        ));
+    }
+
+    // The promotion does not finish within its wait: this node's startup
+    // process is stopped between the point of no return and pg_promote.
+    let replica_a = pair.primary_is_a();
+    let replica_a = !replica_a;
+    crash_server(&mut pair, !replica_a);
+    let (_, home, socket, _) = pair.node(replica_a);
+    let child = pair
+        .ha_cmd(
+            replica_a,
+            &["failover", "--timeout", "2"],
+            "ha-failover:promoting=sleep(1500)",
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let journal = home.join("journal.json");
+    wait_until("the promoting phase", 60, || {
+        fs::read_to_string(&journal).is_ok_and(|t| t.contains("\"phase\": \"promoting\""))
+    });
+    let startup = pair.startup_pid(replica_a).to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &startup])
+        .status()
+        .unwrap()
+        .success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(18), "{}", text(&out));
+    assert!(
+        text(&out).contains("ha failover --resume"),
+        "{}",
+        text(&out)
+    );
+    assert!(journal.exists());
+    assert!(Command::new("kill")
+        .args(["-CONT", &startup])
+        .status()
+        .unwrap()
+        .success());
+    let out = pair.ha(replica_a, &["failover", "--resume"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(accepts_writes(socket));
+    assert_eq!(prober.two_primaries(), 0);
+    table.push("promotion not finished within its wait (SIGSTOP): exit 18, journal kept; --resume: promoted".into());
+
+    let probes = prober.probes.load(std::sync::atomic::Ordering::Relaxed);
+    drop(prober);
+    for line in &table {
+        eprintln!("FAULT {line}");
+    }
+    eprintln!(
+        "FAULT failover: {} cases, {probes} probes, moments with two writable primaries: 0",
+        table.len()
+    );
+}
+
+/// A small deterministic generator (xorshift64*): a run is replayed with
+/// `KEYFERRY_FAULT_SEED`.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The faults a randomized run injects into one switchover.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// kill -9 of keyferry after a random delay.
+    KillKeyferry,
+    /// The link between the hosts down for a while.
+    Partition,
+    /// The peer's startup process stopped (SIGSTOP), so a promotion cannot
+    /// finish, for a while.
+    StallPromotion,
+    /// kill -9 of the old primary's postmaster.
+    KillPostgres,
+}
+
+/// Brings a pair left by a fault back to one primary with a streaming
+/// replica, the way an operator would: `--resume` while a switchover is
+/// held (retried while it is in doubt), else nothing. Returns what it did.
+fn recover(pair: &SwitchPair, ran_on_a: bool) -> String {
+    let (_, home, _, _) = pair.node(ran_on_a);
+    let mut said = Vec::new();
+    for attempt in 0..6 {
+        if !home.join("journal.json").exists() {
+            break;
+        }
+        let out = pair.ha(ran_on_a, &["switchover", "--resume"]);
+        said.push(format!("resume -> {:?}", out.status.code()));
+        if out.status.success() {
+            break;
+        }
+        assert!(attempt < 5, "cannot finish: {}", text(&out));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    if said.is_empty() {
+        "nothing to recover".into()
+    } else {
+        said.join(", ")
+    }
+}
+
+#[test]
+fn randomized_switchovers_under_faults_lose_nothing_and_never_make_two_primaries() {
+    let Some(pair) = SwitchPair::new("r") else {
+        return;
+    };
+    let runs: u64 = std::env::var("KEYFERRY_FAULT_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(6);
+    let seed: u64 = std::env::var("KEYFERRY_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("FAULT seed {seed} (KEYFERRY_FAULT_SEED replays), {runs} runs");
+    let mut rng = Rng(seed);
+    let prober = Prober::start(pair.a.socket_dir(), pair.b.socket_dir());
+    let load = common::switch::Load::start(vec![
+        pair.a.socket_dir().to_path_buf(),
+        pair.b.socket_dir().to_path_buf(),
+    ]);
+    wait_until("the load writes", 20, || load.count() > 20);
+    let mut table = Vec::new();
+    for run in 0..runs {
+        let from_a = settled(&pair);
+        let fault = match rng.below(4) {
+            0 => Fault::KillKeyferry,
+            1 => Fault::Partition,
+            2 => Fault::StallPromotion,
+            _ => Fault::KillPostgres,
+        };
+        let delay = Duration::from_millis(rng.below(1500));
+        let hold = Duration::from_millis(500 + rng.below(2500));
+        let mut child = pair
+            .ha_cmd(
+                from_a,
+                &["switchover", "--timeout", "10", "--timeout-ms", "1000"],
+                "",
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let mut stalled = None;
+        match fault {
+            Fault::KillKeyferry => {
+                let _ = child.kill();
+            }
+            Fault::Partition => {
+                pair.ns.set_link_b(false);
+                std::thread::sleep(hold);
+                pair.ns.set_link_b(true);
+            }
+            Fault::StallPromotion => {
+                let pid = pair.startup_pid(!from_a).to_string();
+                let _ = Command::new("kill").args(["-STOP", &pid]).status();
+                stalled = Some(pid);
+                std::thread::sleep(hold);
+            }
+            Fault::KillPostgres => {
+                let server = if from_a { &pair.a } else { &pair.b };
+                if let Ok(t) = fs::read_to_string(server.data_dir().join("postmaster.pid")) {
+                    let pid = t.lines().next().unwrap_or("").trim().to_owned();
+                    let _ = Command::new("kill").args(["-KILL", &pid]).status();
+                }
+            }
+        }
+        if let Some(pid) = &stalled {
+            let _ = Command::new("kill").args(["-CONT", pid]).status();
+        }
+        let status = child.wait().unwrap();
+        eprintln!(
+            "FAULT run {run}: {fault:?} after {} ms (held {} ms): keyferry {status}",
+            delay.as_millis(),
+            hold.as_millis()
+        );
+        let recovered = recover(&pair, from_a);
+        // A killed postmaster that keyferry did not restart (its run had
+        // already stopped it, or finished) is started the way systemd would:
+        // through the guard.
+        for a in [true, false] {
+            let (_, _, socket, _) = pair.node(a);
+            if sql_alive(socket) {
+                continue;
+            }
+            let out = pair.ha(a, &["start"]);
+            eprintln!(
+                "FAULT run {run}: ha start on {}: {}",
+                if a { "a" } else { "b" },
+                text(&out).trim()
+            );
+        }
+        let now_a = settled(&pair);
+        assert_eq!(
+            prober.two_primaries(),
+            0,
+            "run {run} ({fault:?}): two primaries"
+        );
+        let line = format!(
+            "run {run}: {fault:?} after {} ms (held {} ms): keyferry {}, then {recovered}; primary {} -> {}",
+            delay.as_millis(),
+            hold.as_millis(),
+            status.code().map_or("killed".to_owned(), |c| format!("exit {c}")),
+            if from_a { "a" } else { "b" },
+            if now_a { "a" } else { "b" }
+        );
+        eprintln!("FAULT {line}");
+        table.push(line);
+    }
+    let acked = load.finish();
+    let primary_a = settled(&pair);
+    let missing = common::switch::missing_rows(pair.node(primary_a).2, &acked);
+    assert!(missing.is_empty(), "acknowledged rows lost: {missing:?}");
+    let probes = prober.probes.load(std::sync::atomic::Ordering::Relaxed);
+    drop(prober);
+    eprintln!(
+        "FAULT randomized: {runs} runs, seed {seed}, {} rows acknowledged, 0 lost, {probes} probes, moments with two writable primaries: 0",
+        acked.len()
+    );
+}
+
+/// The server behind `socket` accepts a connection.
+fn sql_alive(socket: &std::path::Path) -> bool {
+    common::switch::sql(socket).is_some()
+}
