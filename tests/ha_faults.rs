@@ -135,6 +135,11 @@ fn switchover_survives_a_kill_at_every_point_and_an_unconfirmed_promotion() {
             let expect_switched = no_return || then == Then::Resume;
             assert_eq!(now_a != from_a, expect_switched, "{point} {then:?}");
             assert!(!roles_of(home).2, "{point}: still demoted");
+            assert_eq!(
+                roles_of(home).0,
+                pair.node(now_a).3,
+                "{point} {then:?}: ha.toml names the wrong primary"
+            );
             assert_eq!(prober.two_primaries(), 0, "{point}: two primaries");
             table.push(format!("kill at {point}, then {then:?}: {outcome}"));
         }
@@ -373,8 +378,17 @@ fn recover(pair: &SwitchPair, ran_on_a: bool) -> String {
         if !home.join("journal.json").exists() {
             break;
         }
+        let began = Instant::now();
         let out = pair.ha(ran_on_a, &["switchover", "--resume"]);
-        said.push(format!("resume -> {:?}", out.status.code()));
+        said.push(format!(
+            "resume -> {:?} in {:.1} s",
+            out.status.code(),
+            began.elapsed().as_secs_f64()
+        ));
+        eprintln!(
+            "FAULT resume said: {}",
+            text(&out).trim().replace('\n', " | ")
+        );
         if out.status.success() {
             break;
         }
@@ -424,7 +438,7 @@ fn randomized_switchovers_under_faults_lose_nothing_and_never_make_two_primaries
             2 => Fault::StallPromotion,
             _ => Fault::KillPostgres,
         };
-        let delay = Duration::from_millis(rng.below(1500));
+        let delay = Duration::from_millis(rng.below(900));
         let hold = Duration::from_millis(500 + rng.below(2500));
         let mut child = pair
             .ha_cmd(
@@ -448,10 +462,13 @@ fn randomized_switchovers_under_faults_lose_nothing_and_never_make_two_primaries
                 pair.ns.set_link_b(true);
             }
             Fault::StallPromotion => {
-                let pid = pair.startup_pid(!from_a).to_string();
-                let _ = Command::new("kill").args(["-STOP", &pid]).status();
-                stalled = Some(pid);
-                std::thread::sleep(hold);
+                // None when the switchover already promoted the peer.
+                if let Some(pid) = pair.try_startup_pid(!from_a) {
+                    let pid = pid.to_string();
+                    let _ = Command::new("kill").args(["-STOP", &pid]).status();
+                    stalled = Some(pid);
+                    std::thread::sleep(hold);
+                }
             }
             Fault::KillPostgres => {
                 let server = if from_a { &pair.a } else { &pair.b };

@@ -239,20 +239,25 @@ impl SwitchPair {
 
     /// The pid of the startup (recovery) process of node `a` or `b`.
     pub fn startup_pid(&self, a: bool) -> u32 {
+        self.try_startup_pid(a)
+            .unwrap_or_else(|| panic!("no startup process: {}", describe(self)))
+    }
+
+    /// The pid of the startup process, if the node runs one (a replica).
+    pub fn try_startup_pid(&self, a: bool) -> Option<u32> {
         let server = if a { &self.a } else { &self.b };
-        let pid_file = fs::read_to_string(server.data_dir().join("postmaster.pid")).unwrap();
-        let postmaster = pid_file.lines().next().unwrap().trim().to_owned();
+        let pid_file = fs::read_to_string(server.data_dir().join("postmaster.pid")).ok()?;
+        let postmaster = pid_file.lines().next()?.trim().to_owned();
         let out = Command::new("pgrep")
             .args(["-P", &postmaster, "-f", "startup"])
             .output()
-            .unwrap();
+            .ok()?;
         String::from_utf8_lossy(&out.stdout)
             .lines()
-            .next()
-            .unwrap_or_else(|| panic!("no startup process under {postmaster}"))
+            .next()?
             .trim()
             .parse()
-            .unwrap()
+            .ok()
     }
 }
 
@@ -373,13 +378,15 @@ impl Load {
 /// The acknowledged ids missing from the server behind `socket`.
 pub fn missing_rows(socket: &Path, acked: &[i64]) -> Vec<i64> {
     let mut c = sql(socket).expect("connect to the primary");
+    let present: std::collections::HashSet<i64> = c
+        .query("SELECT id FROM load", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     acked
         .iter()
         .copied()
-        .filter(|id| {
-            c.query_opt("SELECT 1 FROM load WHERE id = $1", &[id])
-                .unwrap()
-                .is_none()
-        })
+        .filter(|id| !present.contains(id))
         .collect()
 }

@@ -213,9 +213,13 @@ pub(crate) fn switchover(
                 step("the promotion had not been sent: undoing the interrupted switchover and starting over");
                 change.abort()?;
                 drop(node);
-                let (config, _) = roles::sync(home, config, &creds, opts.connect_timeout)?;
+                // Before any sync: until the replica streams again it may
+                // still hold the generation row this run wrote and its
+                // undo deleted, and following that would swap the roles
+                // in ha.toml for a switchover that never happened.
                 step("waiting until the replica streams from this node again");
                 wait_replica_back(&config, state.data.peer, opts);
+                let (config, _) = roles::sync(home, config, &creds, opts.connect_timeout)?;
                 return fresh(home, &config, &server, &creds, opts, step);
             }
             if state.phase() == SwitchPhase::Promoting {
@@ -241,20 +245,31 @@ pub(crate) fn switchover(
 }
 
 /// After an undo restarted this node's server, its replica reconnects
-/// within seconds; the fresh run's checks need it streaming. Bounded by
-/// `--timeout`; the checks that follow say what is wrong if it never does.
+/// within seconds; the fresh run's checks need it streaming, and the sync
+/// before them needs it to have replayed the undo. Bounded by `--timeout`;
+/// the checks that follow say what is wrong if it never does.
 fn wait_replica_back(config: &HaConfig, peer: Side, opts: &SwitchoverOptions) {
     let peer_addr = peer.address(config).to_string();
     let deadline = Instant::now() + opts.timeout;
+    // Replayed up to here: past the undo's deletion of the generation row.
+    let mut target: Option<String> = None;
     while Instant::now() < deadline {
-        let streaming = roles::local_admin(config, opts.connect_timeout).is_ok_and(|(mut c, _)| {
+        let caught_up = roles::local_admin(config, opts.connect_timeout).is_ok_and(|(mut c, _)| {
+            if target.is_none() {
+                target = c
+                    .query_one("SELECT pg_current_wal_lsn()::text", &[])
+                    .ok()
+                    .map(|r| r.get(0));
+            }
+            let Some(lsn) = &target else { return false };
             c.query_one(
-                "SELECT count(*) > 0 FROM pg_stat_replication WHERE host(client_addr) = $1 AND state = 'streaming'",
-                &[&peer_addr],
+                "SELECT count(*) > 0 FROM pg_stat_replication WHERE host(client_addr) = $1 \
+                 AND state = 'streaming' AND replay_lsn >= $2::text::pg_lsn",
+                &[&peer_addr, lsn],
             )
             .is_ok_and(|r| r.get::<_, bool>(0))
         });
-        if streaming {
+        if caught_up {
             return;
         }
         std::thread::sleep(Duration::from_millis(200));
