@@ -379,9 +379,16 @@ fn recover(pair: &SwitchPair, ran_on_a: bool) -> String {
             break;
         }
         let began = Instant::now();
-        let out = pair.ha(ran_on_a, &["switchover", "--resume"]);
+        // An interrupted undo is finished by --abort, as the refusal of
+        // --resume (exit 16) says.
+        let flag = if said.last().is_some_and(|s: &String| s.contains("Some(16)")) {
+            "--abort"
+        } else {
+            "--resume"
+        };
+        let out = pair.ha(ran_on_a, &["switchover", flag]);
         said.push(format!(
-            "resume -> {:?} in {:.1} s",
+            "{flag} -> {:?} in {:.1} s",
             out.status.code(),
             began.elapsed().as_secs_f64()
         ));
@@ -535,4 +542,74 @@ fn randomized_switchovers_under_faults_lose_nothing_and_never_make_two_primaries
 /// The server behind `socket` accepts a connection.
 fn sql_alive(socket: &std::path::Path) -> bool {
     common::switch::sql(socket).is_some()
+}
+
+/// The kill points of a bootstrap, in the order a run passes them.
+const BOOTSTRAP_POINTS: [&str; 9] = [
+    "ha-bootstrap:step-1", // the password file's staging journaled
+    "ha-bootstrap:step-2", // the password file journaled
+    "ha-bootstrap:step-3", // the copy journaled, before pg_basebackup
+    "ha-bootstrap:copied",
+    "ha-bootstrap:step-4", // the stop journaled
+    "ha-bootstrap:step-5", // moving the old data aside journaled
+    "ha-bootstrap:step-6", // moving the copy in journaled
+    "ha-bootstrap:swapped",
+    "ha-bootstrap:step-7", // the start journaled
+];
+
+#[test]
+fn bootstrap_survives_a_kill_at_every_point() {
+    use common::pair::{assert_is_replica, old_dirs, staging_of, Pair};
+    let Some(pair) = Pair::new("k", 1) else {
+        return;
+    };
+    let in_recovery = || -> bool { pair.replica_query("SELECT pg_is_in_recovery()")[0].get(0) };
+    let mut table = Vec::new();
+    for point in BOOTSTRAP_POINTS {
+        for then in [Then::Abort, Then::Resume] {
+            let before = in_recovery();
+            let olds = old_dirs(&pair).len();
+            let pw = pair.pw_file.to_str().unwrap();
+            let run = |mode: &str| {
+                let mut c = pair.command(&[
+                    "ha",
+                    "bootstrap",
+                    mode,
+                    "--timeout",
+                    "60",
+                    "--password-file",
+                    pw,
+                ]);
+                if mode == "--yes" {
+                    c.env("KEYFERRY_FAILPOINTS", format!("{point}=crash"));
+                }
+                c.output().unwrap()
+            };
+            let out = run("--yes");
+            assert!(killed(&out), "{point}: not killed: {}", text(&out));
+            assert!(pair.home.join("journal.json").exists(), "{point}");
+            let out = run(if then == Then::Abort {
+                "--abort"
+            } else {
+                "--resume"
+            });
+            assert!(out.status.success(), "{point} {then:?}: {}", text(&out));
+            assert!(!pair.home.join("journal.json").exists(), "{point} {then:?}");
+            assert!(staging_of(&pair).is_none(), "{point} {then:?}: copy left");
+            let outcome = if then == Then::Abort {
+                // As it was: the same role, no old directory added.
+                assert_eq!(in_recovery(), before, "{point}: role changed");
+                assert_eq!(old_dirs(&pair).len(), olds, "{point}: data moved");
+                "undone: the node as it was"
+            } else {
+                assert_is_replica(&pair);
+                "a streaming replica; the old data kept aside"
+            };
+            table.push(format!("kill at {point}, then {then:?}: {outcome}"));
+        }
+    }
+    for line in &table {
+        eprintln!("FAULT {line}");
+    }
+    eprintln!("FAULT bootstrap: {} cases", table.len());
 }

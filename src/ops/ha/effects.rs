@@ -32,7 +32,8 @@ struct ServerUndo {
     running: bool,
 }
 
-/// The undo of a generation row written on the local server.
+/// The undo of a generation row written on the local server: the server
+/// is started if it is down, then the row deleted.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ForgetGeneration {
     server: Server,
@@ -68,6 +69,12 @@ impl Effects for PairEffects {
             }
             FORGET_GENERATION => {
                 let u: ForgetGeneration = parse(kind, data)?;
+                // The row can only be deleted on a running server. Before a
+                // switchover's point of no return (the only time this undo
+                // runs) the old primary running as primary is exactly the
+                // state being restored; a server that crashed meanwhile is
+                // started for it.
+                u.server.ensure(true).map_err(io::Error::other)?;
                 let timeout = Duration::from_secs(u.server.timeout_secs);
                 let (mut client, target) = generation::local_admin(
                     &u.server.pg_data,

@@ -91,23 +91,39 @@ pub(crate) fn local_admin(
 }
 
 /// The newest generation record either server holds (the local one when
-/// it runs, the peer's when it answers), or `None`.
+/// it runs, the peer's when it answers), or `None`. A record whose primary
+/// is read and found still in recovery is not the pair's state: a
+/// switchover writes the next generation's row before it stops the old
+/// primary, and until the promotion that row names a replica (an aborted
+/// switchover deletes it again); following it would swap the roles in
+/// `ha.toml` for a change that has not happened.
 pub(crate) fn pair_generation(
     config: &HaConfig,
     this: Side,
     creds: &Credentials,
     timeout: Duration,
 ) -> Option<Record> {
+    let read = |c: &mut postgres::Client, t: &str| -> Option<(Option<Record>, bool)> {
+        let record = generation::current(c, t).ok()?;
+        let in_recovery = crate::pg::in_recovery(c, t).ok()?;
+        Some((record, in_recovery))
+    };
     let local = local_admin(config, timeout)
         .ok()
-        .and_then(|(mut c, t)| generation::current(&mut c, &t).ok().flatten());
+        .and_then(|(mut c, t)| read(&mut c, &t));
     let peer = peer_sql(config, other(this), creds, timeout)
         .ok()
-        .and_then(|(mut c, t)| generation::current(&mut c, &t).ok().flatten());
-    match (local, peer) {
-        (Some(a), Some(b)) => Some(if a.generation >= b.generation { a } else { b }),
-        (a, b) => a.or(b),
-    }
+        .and_then(|(mut c, t)| read(&mut c, &t));
+    let recovering: Vec<String> = [(this, &local), (other(this), &peer)]
+        .iter()
+        .filter(|(_, seen)| seen.as_ref().is_some_and(|s| s.1))
+        .map(|(side, _)| side.address(config).to_string())
+        .collect();
+    [local, peer]
+        .into_iter()
+        .filter_map(|seen| seen.and_then(|s| s.0))
+        .filter(|r| !recovering.contains(&r.primary_addr))
+        .max_by_key(|r| r.generation)
 }
 
 /// `config` as the record says the pair now is: primary and secondary
