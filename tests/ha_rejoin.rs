@@ -493,3 +493,80 @@ fn the_fallback_bootstrap_refuses_a_diverged_old_primary_without_force() {
     a_streams_from_b(&pair);
     common::succeeded(&pair.keyferry_on_a(&home_a, &["audit", "verify"]));
 }
+
+/// The pair's record and the replica's actual upstream are checked before
+/// a generation is written into ha.toml: `ha status` on the replica
+/// leaves the file byte for byte when the record names a primary that is
+/// neither of its addresses, or one the replica does not stream from, and
+/// writes the generation when all agree.
+#[test]
+fn status_writes_a_generation_only_into_an_ha_toml_that_agrees() {
+    let Some(pair) = Pair::new("rg", 0) else {
+        return;
+    };
+    pair.primary
+        .connect()
+        .batch_execute(common::pg::HA_GRANTS)
+        .unwrap();
+    let out = pair.bootstrap(&["--yes"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let toml = pair.home.join("ha.toml");
+    let record = |generation: i64, primary: &str| {
+        pair.primary
+            .connect()
+            .batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS public.keyferry_pair (generation bigint PRIMARY KEY, \
+                 primary_addr text NOT NULL, changed_at timestamptz NOT NULL DEFAULT now(), \
+                 by_node text NOT NULL, action text NOT NULL); \
+                 GRANT SELECT ON public.keyferry_pair TO repuser; \
+                 INSERT INTO public.keyferry_pair (generation, primary_addr, by_node, action) \
+                 VALUES ({generation}, '{primary}', 'elsewhere', 'failover')"
+            ))
+            .unwrap();
+        wait_for("the record on the replica", Duration::from_secs(20), || {
+            pair.secondary
+                .connect()
+                .query(
+                    &format!("SELECT 1 FROM public.keyferry_pair WHERE generation = {generation}"),
+                    &[],
+                )
+                .is_ok_and(|r| r.len() == 1)
+        });
+    };
+    let status = || {
+        pair.keyferry(&[
+            "ha",
+            "status",
+            "--password-file",
+            pair.pw_file.to_str().unwrap(),
+        ])
+    };
+
+    // The record says the secondary (this replica) became the primary,
+    // but it streams from ADDR_A.
+    let before = fs::read(&toml).unwrap();
+    record(4, ADDR_B);
+    let out = status();
+    assert!(
+        text(&out).contains(&format!("streams from {ADDR_A}")) && text(&out).contains("ha init"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(fs::read(&toml).unwrap(), before, "ha.toml left as it was");
+
+    // A record naming an address ha.toml does not have (a typo).
+    record(5, "10.213.0.11");
+    let out = status();
+    assert!(text(&out).contains("10.213.0.11"), "{}", text(&out));
+    assert_eq!(fs::read(&toml).unwrap(), before, "ha.toml left as it was");
+
+    // All agree: the generation is written.
+    record(6, ADDR_A);
+    let out = status();
+    let after = fs::read_to_string(&toml).unwrap();
+    assert!(after.contains("generation = 6"), "{}\n{after}", text(&out));
+    assert!(
+        after.contains(&format!("primary = \"{ADDR_A}\"")),
+        "{after}"
+    );
+}
