@@ -122,8 +122,12 @@ pub(crate) fn summarize(
     child.wait().map_err(cannot)?;
     // pg_waldump always ends in an error at the end of the WAL ("invalid
     // record length", "could not find file"); what it read before counts.
-    // Reading nothing at all is only an answer when it says why.
-    if summary.records == 0 && !err.contains("could not find a valid record") {
+    // Reading nothing at all is only an answer when it says why: no valid
+    // record after the point, or the WAL ends exactly there (the segment
+    // holding it was never begun, and none after it exists).
+    let ends_there =
+        missing_segment(&err).is_some_and(|name| !later_segment_exists(&data.join("pg_wal"), name));
+    if summary.records == 0 && !ends_there && !err.contains("could not find a valid record") {
         return Err(RewindError::Failed {
             program: program.display().to_string(),
             said: last_lines(&err),
@@ -133,6 +137,32 @@ pub(crate) fn summarize(
         summary.end = Some(from);
     }
     Ok(summary)
+}
+
+/// The segment `pg_waldump` could not find, from its complaint.
+fn missing_segment(err: &str) -> Option<&str> {
+    let rest = err.split_once("could not find file \"")?.1;
+    let name = rest.split_once('"')?.0;
+    is_segment_name(name).then_some(name)
+}
+
+/// `TTTTTTTTLLLLLLLLSSSSSSSS`: 24 hexadecimal digits.
+fn is_segment_name(name: &str) -> bool {
+    name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Whether `wal_dir` holds a segment of `name`'s timeline after `name`.
+fn later_segment_exists(wal_dir: &Path, name: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir(wal_dir) else {
+        // Unreadable: assume the worst (the WAL may go on).
+        return true;
+    };
+    entries.filter_map(|e| e.ok()).any(|e| {
+        let other = e.file_name().to_string_lossy().into_owned();
+        is_segment_name(&other)
+            && other[..8].eq_ignore_ascii_case(&name[..8])
+            && other.to_ascii_uppercase() > name.to_ascii_uppercase()
+    })
 }
 
 #[cfg(test)]
@@ -157,6 +187,22 @@ mod tests {
         assert_eq!(s.commits, 1);
         assert_eq!(s.rows, 2 + 12 + 1);
         assert_eq!(s.end, Some(Lsn(0x3002298 + 120)));
+    }
+
+    #[test]
+    fn a_wal_that_ends_where_the_segment_would_begin_holds_nothing_after() {
+        let err = "pg_waldump: error: could not find file \"000000010000000000000039\": No such file or directory";
+        assert_eq!(missing_segment(err), Some("000000010000000000000039"));
+        assert_eq!(missing_segment("could not find file \"x\""), None);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("000000010000000000000038"), b"").unwrap();
+        std::fs::write(dir.path().join("00000002000000000000003A"), b"").unwrap();
+        assert!(!later_segment_exists(
+            dir.path(),
+            "000000010000000000000039"
+        ));
+        std::fs::write(dir.path().join("00000001000000000000003A"), b"").unwrap();
+        assert!(later_segment_exists(dir.path(), "000000010000000000000039"));
     }
 
     #[test]
