@@ -285,3 +285,56 @@ fn a_linked_appsettings_is_installed_at_its_target_and_stays_a_link() {
     assert_eq!(fs::read(&audit_log).unwrap(), log_before);
     assert!(fs::symlink_metadata(&app).unwrap().file_type().is_symlink());
 }
+
+/// A bundle from a node whose ha.toml is behind the pair (a lower
+/// generation) never lowers this node's: ha.toml stays byte for byte,
+/// and the import says what it kept. A bundle ahead is taken.
+#[test]
+fn an_import_never_lowers_the_generation() {
+    let with_generation = |generation: u64, name: &str| {
+        let node = Node::initialised();
+        let app = describe_pair(&node, name, "/srv/pg/x");
+        fs::write(&app, b"{}").unwrap();
+        let mut c = read_config(&node);
+        c.generation = generation;
+        fs::write(node.home.join("ha.toml"), c.to_toml().unwrap()).unwrap();
+        node
+    };
+    let behind = with_generation(3, "db1");
+    let file = behind.path("keys.exp");
+    behind.export(&file, &["--with-config"]);
+    let ahead = with_generation(4, "db2");
+    let before = fs::read(ahead.home.join("ha.toml")).unwrap();
+    let out = ahead
+        .import_cmd(&file)
+        .arg("--accept-config")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("kept") && said.contains("only rises"),
+        "{said}"
+    );
+    assert!(!said.contains("4 -> 3"), "{said}");
+    assert_eq!(fs::read(ahead.home.join("ha.toml")).unwrap(), before);
+
+    let newer = with_generation(5, "db1");
+    let file = newer.path("keys.exp");
+    newer.export(&file, &["--with-config"]);
+    let out = ahead
+        .import_cmd(&file)
+        .arg("--accept-config")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(read_config(&ahead).generation, 5);
+}

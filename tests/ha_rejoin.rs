@@ -226,3 +226,347 @@ fn after_a_switchover_the_stopped_old_primary_just_follows() {
         "no copy was made"
     );
 }
+
+/// SIGKILL to the server of `data` and to every process it started, as a
+/// power loss leaves them: no shutdown checkpoint, a stale
+/// `postmaster.pid`.
+fn kill9_server(data: &Path) {
+    let pid: u32 = fs::read_to_string(data.join("postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let parent_of = |p: u32| -> Option<u32> {
+        let stat = fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let children: Vec<u32> = fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|p| parent_of(*p) == Some(pid))
+        .collect();
+    let all: Vec<u32> = std::iter::once(pid).chain(children).collect();
+    for p in &all {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &p.to_string()])
+            .status();
+    }
+    // Reaped here (see `reap_orphans_here`): a zombie's pid still answers
+    // `kill -0`, so `pg_ctl status` would call the server running.
+    wait_for(
+        "the killed server's processes to end",
+        Duration::from_secs(20),
+        || {
+            all.iter().all(|p| {
+                let pid = *p as libc::pid_t;
+                let mut status = 0;
+                // SAFETY: waits only for the given pid, without blocking.
+                let reaped = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+                reaped == pid || !Path::new(&format!("/proc/{p}")).exists()
+            })
+        },
+    );
+}
+
+/// Makes this test process the reaper of orphans started below it: the
+/// server `pg_ctl` starts is an orphan, and where PID 1 does not reap (as
+/// in some containers) a killed one would stay a zombie that `pg_ctl
+/// status` calls running. On a host, init reaps it.
+fn reap_orphans_here() {
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag and changes only
+    // this process's attributes.
+    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(r, 0, "prctl(PR_SET_CHILD_SUBREAPER)");
+}
+
+fn cluster_state(pair: &Pair, data: &Path) -> String {
+    let out = pair
+        .primary
+        .run_tool("pg_controldata", &[data.to_str().unwrap()]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Database cluster state:"))
+        .unwrap_or("")
+        .trim()
+        .to_owned()
+}
+
+/// The number before `word` in `text` ("changing 1027 row(s)" -> 1027).
+fn number_before(text: &str, word: &str) -> Option<u64> {
+    let (before, _) = text.split_once(word)?;
+    before.split_whitespace().last()?.parse().ok()
+}
+
+/// The link is cut, the old primary commits rows the replica never gets,
+/// the replica is failed over to; then the old primary dies (kill -9) and
+/// the new one takes writes. The rejoin reads what the old primary wrote
+/// after the divergence from its WAL before touching anything, refuses
+/// without --force naming it, and with --force runs crash recovery in
+/// single-user mode and pg_rewind: no copy is made.
+#[test]
+fn a_crashed_diverged_old_primary_is_recovered_and_rewound_only_with_force() {
+    reap_orphans_here();
+    let Some((pair, home_a)) =
+        streaming_pair("rc", &["wal_log_hints = on", "wal_keep_size = 256MB"])
+    else {
+        return;
+    };
+    pair.ns.set_link_b(false);
+    pair.primary
+        .connect()
+        .batch_execute(
+            "CREATE TABLE lost_on_a (x int); INSERT INTO lost_on_a SELECT generate_series(1, 1000)",
+        )
+        .unwrap();
+    let out = pair.keyferry(&[
+        "ha",
+        "failover",
+        "--password-file",
+        pair.pw_file.to_str().unwrap(),
+        "--timeout-ms",
+        "500",
+    ]);
+    assert!(out.status.success(), "failover: {}", text(&out));
+    let data_a = pair.primary.data_dir().to_path_buf();
+    kill9_server(&data_a);
+    assert!(!pair.primary.is_running());
+    assert_eq!(cluster_state(&pair, &data_a), "in production");
+    pair.ns.set_link_b(true);
+    pair.secondary
+        .connect()
+        .batch_execute("CREATE TABLE written_on_b (x int); INSERT INTO written_on_b VALUES (7)")
+        .unwrap();
+    let control_before = fs::read(data_a.join("global/pg_control")).unwrap();
+
+    let out = rejoin(&pair, &home_a, &["--dry-run"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("crash recovery in single-user mode"),
+        "{}",
+        text(&out)
+    );
+
+    let out = rejoin(&pair, &home_a, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("--force") && said.contains("of WAL after the histories diverged"),
+        "{said}"
+    );
+    assert!(
+        number_before(&said, "committed transaction").is_some_and(|n| n >= 1),
+        "{said}"
+    );
+    assert!(
+        number_before(&said, "row(s)").is_some_and(|n| n >= 1000),
+        "{said}"
+    );
+    assert!(
+        !said.contains("pg_bin"),
+        "the message names the real cause: {said}"
+    );
+    assert_eq!(
+        fs::read(data_a.join("global/pg_control")).unwrap(),
+        control_before,
+        "a refusal leaves the crashed cluster as it was"
+    );
+    assert_eq!(cluster_state(&pair, &data_a), "in production");
+
+    let out = rejoin(&pair, &home_a, &["--force"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("rewind") && said.contains("after crash recovery"),
+        "{said}"
+    );
+    assert!(!said.contains("bootstrap"), "{said}");
+    let parent = data_a.parent().unwrap();
+    assert!(
+        !fs::read_dir(parent).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("data.old-")),
+        "rewound, not copied"
+    );
+    a_streams_from_b(&pair);
+    wait_for(
+        "the new primary's row on the old one",
+        Duration::from_secs(20),
+        || {
+            pair.primary
+                .connect()
+                .query("SELECT x FROM written_on_b", &[])
+                .is_ok_and(|r| r.len() == 1)
+        },
+    );
+    assert!(pair
+        .primary
+        .connect()
+        .query("SELECT 1 FROM lost_on_a", &[])
+        .is_err());
+    let audit = fs::read_to_string(home_a.join("audit.log")).unwrap();
+    assert!(audit.contains("\"crash_recovered\":true"), "{audit}");
+    assert!(audit.contains("\"forced\":true"), "{audit}");
+    common::succeeded(&pair.keyferry_on_a(&home_a, &["audit", "verify"]));
+}
+
+/// Without wal_log_hints the rejoin is a bootstrap; when the old primary
+/// committed rows after the divergence (and then crashed), the bootstrap
+/// refuses as the rewind does, and with --force the audit log names
+/// where the data directory was set aside.
+#[test]
+fn the_fallback_bootstrap_refuses_a_diverged_old_primary_without_force() {
+    reap_orphans_here();
+    let Some((pair, home_a)) = streaming_pair("rf", &[]) else {
+        return;
+    };
+    pair.ns.set_link_b(false);
+    pair.primary
+        .connect()
+        .batch_execute(
+            "CREATE TABLE lost_on_a (x int); INSERT INTO lost_on_a SELECT generate_series(1, 149)",
+        )
+        .unwrap();
+    let out = pair.keyferry(&[
+        "ha",
+        "failover",
+        "--password-file",
+        pair.pw_file.to_str().unwrap(),
+        "--timeout-ms",
+        "500",
+    ]);
+    assert!(out.status.success(), "failover: {}", text(&out));
+    let data_a = pair.primary.data_dir().to_path_buf();
+    kill9_server(&data_a);
+    pair.ns.set_link_b(true);
+    let control_before = fs::read(data_a.join("global/pg_control")).unwrap();
+
+    let out = rejoin(&pair, &home_a, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("bootstrap") && said.contains("--force"),
+        "{said}"
+    );
+    assert!(
+        number_before(&said, "row(s)").is_some_and(|n| n >= 149),
+        "{said}"
+    );
+    let parent = data_a.parent().unwrap().to_path_buf();
+    let kept = |parent: &Path| -> Vec<PathBuf> {
+        fs::read_dir(parent)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("data.old-")
+            })
+            .collect()
+    };
+    assert!(
+        kept(&parent).is_empty(),
+        "nothing set aside without --force"
+    );
+    assert_eq!(
+        fs::read(data_a.join("global/pg_control")).unwrap(),
+        control_before
+    );
+
+    let out = rejoin(&pair, &home_a, &["--force"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let aside = kept(&parent);
+    assert_eq!(aside.len(), 1, "the old data is kept: {aside:?}");
+    let audit = fs::read_to_string(home_a.join("audit.log")).unwrap();
+    let recorded = format!("\"set_aside\":\"{}\"", aside[0].display());
+    assert!(audit.contains(&recorded), "{recorded} in {audit}");
+    a_streams_from_b(&pair);
+    common::succeeded(&pair.keyferry_on_a(&home_a, &["audit", "verify"]));
+}
+
+/// The pair's record and the replica's actual upstream are checked before
+/// a generation is written into ha.toml: `ha status` on the replica
+/// leaves the file byte for byte when the record names a primary that is
+/// neither of its addresses, or one the replica does not stream from, and
+/// writes the generation when all agree.
+#[test]
+fn status_writes_a_generation_only_into_an_ha_toml_that_agrees() {
+    let Some(pair) = Pair::new("rg", 0) else {
+        return;
+    };
+    pair.primary
+        .connect()
+        .batch_execute(common::pg::HA_GRANTS)
+        .unwrap();
+    let out = pair.bootstrap(&["--yes"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let toml = pair.home.join("ha.toml");
+    let record = |generation: i64, primary: &str| {
+        pair.primary
+            .connect()
+            .batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS public.keyferry_pair (generation bigint PRIMARY KEY, \
+                 primary_addr text NOT NULL, changed_at timestamptz NOT NULL DEFAULT now(), \
+                 by_node text NOT NULL, action text NOT NULL); \
+                 GRANT SELECT ON public.keyferry_pair TO repuser; \
+                 INSERT INTO public.keyferry_pair (generation, primary_addr, by_node, action) \
+                 VALUES ({generation}, '{primary}', 'elsewhere', 'failover')"
+            ))
+            .unwrap();
+        wait_for("the record on the replica", Duration::from_secs(20), || {
+            pair.secondary
+                .connect()
+                .query(
+                    &format!("SELECT 1 FROM public.keyferry_pair WHERE generation = {generation}"),
+                    &[],
+                )
+                .is_ok_and(|r| r.len() == 1)
+        });
+    };
+    let status = || {
+        pair.keyferry(&[
+            "ha",
+            "status",
+            "--password-file",
+            pair.pw_file.to_str().unwrap(),
+        ])
+    };
+
+    // The record says the secondary (this replica) became the primary,
+    // but it streams from ADDR_A.
+    let before = fs::read(&toml).unwrap();
+    record(4, ADDR_B);
+    let out = status();
+    assert!(
+        text(&out).contains(&format!("streams from {ADDR_A}")) && text(&out).contains("ha init"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(fs::read(&toml).unwrap(), before, "ha.toml left as it was");
+
+    // A record naming an address ha.toml does not have (a typo).
+    record(5, "10.213.0.11");
+    let out = status();
+    assert!(text(&out).contains("10.213.0.11"), "{}", text(&out));
+    assert_eq!(fs::read(&toml).unwrap(), before, "ha.toml left as it was");
+
+    // All agree: the generation is written.
+    record(6, ADDR_A);
+    let out = status();
+    let after = fs::read_to_string(&toml).unwrap();
+    assert!(after.contains("generation = 6"), "{}\n{after}", text(&out));
+    assert!(
+        after.contains(&format!("primary = \"{ADDR_A}\"")),
+        "{after}"
+    );
+}

@@ -187,17 +187,42 @@ pub(crate) fn run_rejoin(home: &Home, a: RejoinArgs) -> Result<()> {
         return Ok(());
     }
     if let Some(b) = &report.bootstrap {
+        if let Some(commits) = report.lost_commits.filter(|c| *c > 0) {
+            println!(
+                "set aside with --force: {commits} committed transaction(s) this node wrote after the histories diverged ({}), kept in {}",
+                report.lost_wal_range.as_deref().unwrap_or("?"),
+                report
+                    .set_aside
+                    .as_ref()
+                    .map_or("?".into(), |p| p.display().to_string())
+            );
+        }
         return print_bootstrap(b);
     }
     println!(
-        "this node is a replica of the new primary again ({}{})",
+        "this node is a replica of the new primary again ({}{}{})",
         report.method,
+        if report.crash_recovered {
+            ", after crash recovery"
+        } else {
+            ""
+        },
         report
             .diverged_at
             .as_deref()
             .map(|d| format!(", histories diverged at {d}"))
             .unwrap_or_default()
     );
+    if let (Some(bytes), Some(range)) = (report.lost_wal_bytes, &report.lost_wal_range) {
+        println!(
+            "set aside: {} of this node's WAL ({range}){}",
+            crate::fmt::human_bytes(bytes),
+            match (report.lost_commits, report.lost_rows) {
+                (Some(c), Some(r)) => format!(", {c} committed transaction(s), {r} row(s)"),
+                _ => String::new(),
+            }
+        );
+    }
     super::ha::not_audited_note(report.audited);
     Ok(())
 }

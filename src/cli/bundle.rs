@@ -232,6 +232,9 @@ pub fn import(home: &Home, args: ImportArgs) -> Result<()> {
                 c.target.display()
             );
         }
+        for why in &c.kept {
+            println!("{}: kept: {why}", c.target.display());
+        }
         let what = match (c.unchanged, c.existed) {
             (true, _) => "unchanged",
             (false, true) => {

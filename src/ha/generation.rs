@@ -16,10 +16,14 @@
 //!
 //! This module owns the table (its SQL and its reading) and the local
 //! administrative connection that writes it; deciding when to write is the
-//! callers' (`ops::ha`). Invariants: a generation row is inserted, never
-//! updated; rows are removed only by the undo of a switchover that did not
-//! promote (the row was written before the old primary stopped, so that it
-//! reaches the new primary inside the WAL the replica replays).
+//! callers' (`ops::ha`), but the rule of `ha.toml`'s generation is here:
+//! it only rises ([`Forward`] is the one way to a generation to write),
+//! and it is written only into an `ha.toml` whose addresses agree with the
+//! pair's record and the replica's actual upstream ([`check_addresses`]).
+//! Invariants: a generation row is inserted, never updated; rows are
+//! removed only by the undo of a switchover that did not promote (the row
+//! was written before the old primary stopped, so that it reaches the new
+//! primary inside the WAL the replica replays).
 
 use std::path::Path;
 use std::time::Duration;
@@ -136,6 +140,76 @@ pub(crate) fn remove(client: &mut Client, target: &str, generation: u64) -> Resu
         .map_err(|e| from_postgres(target, e))
 }
 
+/// A generation `ha.toml` may take: never below the one it holds. The
+/// only constructor, [`Forward::new`], refuses to go backwards, so every
+/// writer of `ha.toml`'s generation (the roles sync, an import with
+/// `--accept-config`) goes through the one rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Forward {
+    from: u64,
+    to: u64,
+}
+
+/// Why a generation may not be written into `ha.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum GenerationError {
+    #[error("generation {to} is behind ha.toml's {from}: the pair's generation only rises, so ha.toml keeps {from} (what offered {to} comes from a node that is behind)")]
+    Backwards { from: u64, to: u64 },
+    #[error("ha.toml was left as it was: {problem}; fix its addresses with `keyferry ha init … --force`, then run the command again")]
+    Disagrees { problem: String },
+}
+
+impl Forward {
+    /// From `ha.toml`'s generation `from` to `to`; an error when `to` is
+    /// lower.
+    pub(crate) fn new(from: u64, to: u64) -> Result<Self, GenerationError> {
+        if to < from {
+            return Err(GenerationError::Backwards { from, to });
+        }
+        Ok(Self { from, to })
+    }
+
+    /// The generation to write.
+    pub(crate) fn value(self) -> u64 {
+        self.to
+    }
+
+    /// Whether it is above the one held.
+    pub(crate) fn raised(self) -> bool {
+        self.to > self.from
+    }
+}
+
+/// Whether `ha.toml`'s addresses (`primary`, `secondary`, as it would be
+/// written) agree with the pair's record and with the replica's actual
+/// upstream (`sender_host` of its WAL receiver, when known): the record's
+/// primary must be `ha.toml`'s primary, and the replica must stream from
+/// it.
+pub(crate) fn check_addresses(
+    primary: &str,
+    secondary: &str,
+    record: &Record,
+    upstream: Option<&str>,
+) -> Result<(), GenerationError> {
+    if record.primary_addr != primary {
+        return Err(GenerationError::Disagrees {
+            problem: format!(
+                "the pair's record ({TABLE}, generation {}) names {} the primary, which is neither of ha.toml's addresses (primary {primary}, secondary {secondary})",
+                record.generation, record.primary_addr
+            ),
+        });
+    }
+    if let Some(upstream) = upstream.filter(|u| *u != primary) {
+        return Err(GenerationError::Disagrees {
+            problem: format!(
+                "the replica streams from {upstream}, not from the primary {primary} that ha.toml and the pair's record (generation {}) name",
+                record.generation
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// `"name"` with embedded quotes doubled.
 pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -196,5 +270,41 @@ mod tests {
     fn identifiers_are_quoted() {
         assert_eq!(quote_ident("repuser"), "\"repuser\"");
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+    #[test]
+    fn the_generation_never_goes_backwards() {
+        assert_eq!(
+            Forward::new(4, 3),
+            Err(GenerationError::Backwards { from: 4, to: 3 })
+        );
+        let same = Forward::new(4, 4).unwrap();
+        assert!(!same.raised());
+        assert_eq!(same.value(), 4);
+        let up = Forward::new(4, 5).unwrap();
+        assert!(up.raised());
+        assert_eq!(up.value(), 5);
+    }
+
+    #[test]
+    fn addresses_must_agree_with_the_record_and_the_upstream() {
+        let record = Record {
+            generation: 4,
+            primary_addr: "10.231.5.1".into(),
+            changed_at: None,
+            by_node: "n2".into(),
+            action: "failover".into(),
+        };
+        assert!(check_addresses("10.231.5.1", "10.231.5.2", &record, Some("10.231.5.1")).is_ok());
+        assert!(check_addresses("10.231.5.1", "10.231.5.2", &record, None).is_ok());
+        let typo = check_addresses("10.231.5.11", "10.231.5.2", &record, None).unwrap_err();
+        assert!(typo.to_string().contains("10.231.5.11"), "{typo}");
+        assert!(typo.to_string().contains("ha init"), "{typo}");
+        let elsewhere =
+            check_addresses("10.231.5.1", "10.231.5.2", &record, Some("10.231.5.9")).unwrap_err();
+        assert!(
+            elsewhere.to_string().contains("streams from 10.231.5.9"),
+            "{elsewhere}"
+        );
+        assert!(!elsewhere.to_string().contains('\n'));
     }
 }

@@ -9,6 +9,7 @@ use super::Home;
 use crate::error::{Error, Result};
 use crate::fsutil::{self, Staged};
 use crate::ha::config::{FieldChange, HaConfig, LocalPaths};
+use crate::ha::generation::Forward;
 use crate::node::Change;
 use crate::payload::{zip, ConfigFile, ConfigSink, ConfigSource};
 
@@ -185,6 +186,8 @@ pub(crate) struct FilePlan {
     /// Node-local paths left unset (the field, and the import option that
     /// sets it); for appsettings.json: not installed, no path.
     pub unset: Vec<(&'static str, &'static str)>,
+    /// What this node kept of its own against the bundle, and why.
+    pub kept: Vec<String>,
     contents: Staged,
 }
 
@@ -280,9 +283,22 @@ pub(crate) fn plan_install(
             (None, Some(n)) => n.to_owned(),
             (None, None) => host_name(),
         };
-        let adjusted = received
+        let mut adjusted = received
             .for_receiving_node(&name, local.as_ref(), policy.paths)
             .map_err(invalid_ha)?;
+        let mut kept = Vec::new();
+        if let Some(l) = &local {
+            if let Err(behind) = Forward::new(l.generation, adjusted.generation) {
+                // A bundle from a node whose ha.toml is behind the pair's
+                // roles: its roles are older than this node's too.
+                adjusted.generation = l.generation;
+                adjusted.primary = l.primary;
+                adjusted.secondary = l.secondary;
+                kept.push(format!(
+                    "the bundle's {behind}; primary and secondary kept too"
+                ));
+            }
+        }
         let rendered = adjusted.to_toml()?;
         let mut contents = Staged::new_in(&sink.dir).map_err(Error::io("cannot stage ha.toml"))?;
         contents
@@ -316,6 +332,7 @@ pub(crate) fn plan_install(
             unchanged: local.is_some() && changes.is_empty(),
             changes,
             unset,
+            kept,
             contents,
         });
         effective = Some(adjusted);
@@ -330,6 +347,7 @@ pub(crate) fn plan_install(
                 unchanged: true,
                 changes: Vec::new(),
                 unset: vec![("appsettings", "--appsettings")],
+                kept: Vec::new(),
                 contents: staged,
             });
             return Ok(plans);
@@ -360,6 +378,7 @@ pub(crate) fn plan_install(
             unchanged,
             changes: Vec::new(),
             unset: Vec::new(),
+            kept: Vec::new(),
             contents: staged,
         });
     }

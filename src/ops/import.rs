@@ -48,6 +48,9 @@ pub struct ConfigChange {
     /// Node-local paths left unset, with the option that sets them; for
     /// appsettings.json, that it was not installed for want of a path.
     pub unset: Vec<(&'static str, &'static str)>,
+    /// What this node kept of its own against the bundle, and why (a
+    /// generation behind this node's is never taken).
+    pub kept: Vec<String>,
 }
 
 pub struct ImportReport {
@@ -194,6 +197,7 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
             unchanged: p.unchanged,
             changes: p.changes.clone(),
             unset: p.unset.clone(),
+            kept: p.kept.clone(),
         })
         .collect();
     let config_skipped = if opts.keys_only {

@@ -32,9 +32,11 @@ pub mod dsn;
 pub mod monitor;
 pub mod passfile;
 pub mod pidfile;
+pub(crate) mod recovery;
 pub mod replication;
 pub(crate) mod rewind;
 pub(crate) mod standby;
+pub(crate) mod waldump;
 
 pub(crate) use platform::as_owner_of;
 

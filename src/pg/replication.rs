@@ -30,6 +30,49 @@ use super::{one_line, PgError};
 const MAX_MESSAGE_LEN: usize = 1 << 20;
 const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
 
+/// The server's current timeline and that timeline's history file (`None`
+/// on timeline 1, which has none), read over a replication connection as
+/// `TIMELINE_HISTORY` (the replication user may run it; reading the file
+/// with SQL would need a superuser). `timeout` bounds every read.
+pub fn timeline_history(
+    addr: SocketAddr,
+    user: &str,
+    password: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<(u32, Option<String>), PgError> {
+    let target = addr.to_string();
+    let unreachable = |source| PgError::Unreachable {
+        target: target.clone(),
+        source,
+    };
+    let stream = TcpStream::connect_timeout(&addr, timeout).map_err(unreachable)?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(unreachable)?;
+    let mut conn = Conn {
+        stream,
+        target: target.clone(),
+    };
+    conn.startup(user, password)?;
+    let (_, timeline, _) = conn.identify_system()?;
+    let timeline: u32 = timeline
+        .parse()
+        .map_err(|_| conn.protocol(format!("IDENTIFY_SYSTEM returned timeline {timeline:?}")))?;
+    if timeline <= 1 {
+        conn.terminate();
+        return Ok((timeline, None));
+    }
+    let row = conn.query_row(&format!("TIMELINE_HISTORY {timeline}"))?;
+    conn.terminate();
+    let content = row
+        .get(1)
+        .cloned()
+        .flatten()
+        .ok_or_else(|| conn.protocol("TIMELINE_HISTORY returned no content".into()))?;
+    Ok((timeline, Some(content)))
+}
+
 /// What `IDENTIFY_SYSTEM` answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SystemIdentity {
@@ -249,8 +292,16 @@ impl Conn {
 
     /// Sends `IDENTIFY_SYSTEM`; returns (systemid, timeline, xlogpos).
     fn identify_system(&mut self) -> Result<(String, String, String), PgError> {
+        let values = self.query_row("IDENTIFY_SYSTEM")?;
+        let get = |i: usize| values.get(i).cloned().flatten().unwrap_or_default();
+        Ok((get(0), get(1), get(2)))
+    }
+
+    /// Sends one replication command that answers one row; returns its
+    /// values as text (raw bytes read as UTF-8, lossily).
+    fn query_row(&mut self, command: &str) -> Result<Vec<Option<String>>, PgError> {
         let mut buf = BytesMut::new();
-        let r = frontend::query("IDENTIFY_SYSTEM", &mut buf);
+        let r = frontend::query(command, &mut buf);
         self.encode(r)?;
         self.send(&buf)?;
         let mut row: Option<Vec<Option<String>>> = None;
@@ -274,9 +325,7 @@ impl Conn {
         if let Some(e) = error {
             return Err(e);
         }
-        let values = row.ok_or_else(|| self.protocol("IDENTIFY_SYSTEM returned no row".into()))?;
-        let get = |i: usize| values.get(i).cloned().flatten().unwrap_or_default();
-        Ok((get(0), get(1), get(2)))
+        row.ok_or_else(|| self.protocol(format!("{command} returned no row")))
     }
 
     fn terminate(&mut self) {

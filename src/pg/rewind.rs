@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Stdio;
 
 use super::child::{spawn_tied, tied_command};
-use super::{one_line, prepare_program, Lsn, PgError};
+use super::{one_line, prepare_program, Lsn};
 
 /// What `pg_rewind` found (or did).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,41 +49,47 @@ pub(crate) fn parse(output: &str) -> Option<Rewind> {
     })
 }
 
-/// Runs `pg_rewind` on the stopped data directory `target` from the server
-/// `source` (a libpq connection string naming a password file).
-pub(crate) fn run(
-    pg_bin: &Path,
-    target: &Path,
-    source: &str,
-    dry_run: bool,
-    restore_target_wal: bool,
-) -> Result<Rewind, PgError> {
-    let program = super::program(pg_bin, "pg_rewind");
-    let mut command = tied_command(&program);
-    prepare_program(&mut command, Some(target));
+/// Why `pg_rewind` (or another program of this module's family) did not
+/// give an answer. Only [`RewindError::CannotRun`] is about `pg_bin`.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RewindError {
+    #[error("cannot run {program}: {message}; check pg_bin in ha.toml")]
+    CannotRun { program: String, message: String },
+    #[error("{program} failed: {said}")]
+    Failed { program: String, said: String },
+    #[error("{program} said something keyferry cannot read: {said}")]
+    Unreadable { program: String, said: String },
+}
+
+/// What a tied program said: exit status, standard output and error.
+pub(super) struct Said {
+    pub status: std::process::ExitStatus,
+    pub out: String,
+    pub err: String,
+}
+
+/// Runs `command` (made by [`tied_command`]) tied to keyferry, its
+/// standard input the null device, and collects both outputs.
+pub(super) fn run_tied(
+    program: &Path,
+    command: &mut std::process::Command,
+) -> Result<Said, RewindError> {
     command
-        .arg("-D")
-        .arg(target)
-        .arg(format!("--source-server={source}"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if dry_run {
-        command.arg("--dry-run");
-    }
-    if restore_target_wal {
-        command.arg("--restore-target-wal");
-    }
-    let tool = |message: String| PgError::Tool {
+    let cannot = |e: std::io::Error| RewindError::CannotRun {
         program: program.display().to_string(),
-        message,
+        message: e.to_string(),
     };
-    let mut child = spawn_tied(&mut command).map_err(|e| tool(e.to_string()))?;
+    let mut child = spawn_tied(command).map_err(cannot)?;
     let child = child.child_mut();
-    let (mut out, mut err) = (String::new(), String::new());
+    let mut out = String::new();
     {
         use std::io::Read;
         let mut stderr = child.stderr.take();
+        // Both pipes are drained at once: a program that fills one while
+        // keyferry waits on the other would never end.
         let reader = std::thread::spawn(move || {
             let mut text = String::new();
             if let Some(s) = stderr.as_mut() {
@@ -94,24 +100,75 @@ pub(crate) fn run(
         if let Some(mut stdout) = child.stdout.take() {
             let _ = stdout.read_to_string(&mut out);
         }
-        err.push_str(&reader.join().unwrap_or_default());
+        let err = reader.join().unwrap_or_default();
+        let status = child.wait().map_err(cannot)?;
+        Ok(Said { status, out, err })
     }
-    let status = child.wait().map_err(|e| tool(e.to_string()))?;
-    let said = format!("{out}\n{err}");
-    tracing::debug!(said = %said, "pg_rewind");
-    if !status.success() {
-        let last: Vec<&str> = said
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .rev()
-            .take(2)
-            .collect();
-        return Err(tool(format!(
-            "{} ({status})",
-            one_line(&last.into_iter().rev().collect::<Vec<_>>().join("; "))
-        )));
+}
+
+/// The last two non-empty lines of `text`, on one line.
+pub(super) fn last_lines(text: &str) -> String {
+    let last: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .rev()
+        .take(2)
+        .collect();
+    one_line(&last.into_iter().rev().collect::<Vec<_>>().join("; "))
+}
+
+/// Runs `pg_rewind` on the stopped data directory `target` from the server
+/// `source` (a libpq connection string naming a password file).
+pub(crate) fn run(
+    pg_bin: &Path,
+    target: &Path,
+    source: &str,
+    dry_run: bool,
+    restore_target_wal: bool,
+) -> Result<Rewind, RewindError> {
+    let program = super::program(pg_bin, "pg_rewind");
+    let mut command = tied_command(&program);
+    prepare_program(&mut command, Some(target));
+    command
+        .arg("-D")
+        .arg(target)
+        .arg(format!("--source-server={source}"));
+    if dry_run {
+        command.arg("--dry-run");
     }
-    parse(&said).ok_or_else(|| tool(format!("unexpected output: {}", one_line(&said))))
+    if restore_target_wal {
+        command.arg("--restore-target-wal");
+    }
+    let said = run_tied(&program, &mut command)?;
+    let text = format!("{}\n{}", said.out, said.err);
+    tracing::debug!(said = %text, "pg_rewind");
+    let program = program.display().to_string();
+    if !said.status.success() {
+        return Err(RewindError::Failed {
+            program,
+            said: format!("{} ({})", last_lines(&text), said.status),
+        });
+    }
+    parse(&text).ok_or_else(|| RewindError::Unreadable {
+        program,
+        said: one_line(&text),
+    })
+}
+
+/// Where the old timeline `old` ends in the history file of the server's
+/// current timeline (`history`: lines `parentTLI<TAB>switchpoint<TAB>reason`):
+/// the point where the two histories diverged, if `old` is an ancestor.
+pub(crate) fn switchpoint(history: &str, old: u32) -> Option<Lsn> {
+    history.lines().find_map(|line| {
+        let line = line.trim();
+        if line.starts_with('#') || line.is_empty() {
+            return None;
+        }
+        let mut fields = line.split_whitespace();
+        let parent: u32 = fields.next()?.parse().ok()?;
+        let at = Lsn::parse(fields.next()?)?;
+        (parent == old).then_some(at)
+    })
 }
 
 #[cfg(test)]
@@ -135,5 +192,14 @@ mod tests {
             Some(Rewind::NotNeeded)
         );
         assert_eq!(parse("something else"), None);
+    }
+
+    #[test]
+    fn the_switchpoint_of_the_old_timeline_is_read_from_the_history() {
+        let history = "1\t0/5000148\tno recovery target specified\n\n2\t0/7000000\tno recovery target specified\n";
+        assert_eq!(switchpoint(history, 1), Some(Lsn(0x5000148)));
+        assert_eq!(switchpoint(history, 2), Some(Lsn(0x7000000)));
+        assert_eq!(switchpoint(history, 3), None);
+        assert_eq!(switchpoint("# comment\n", 1), None);
     }
 }

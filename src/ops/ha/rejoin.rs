@@ -2,7 +2,8 @@
 //! replica of the new one — by `pg_rewind` when its prerequisites hold, else
 //! by a fresh bootstrap (which keeps the old data directory aside).
 //!
-//! The steps:
+//! The steps ([`Phase`] names where a run is; [`Phase::next`] is the one
+//! place a phase changes):
 //!
 //! 1. checks that change nothing: `ha.toml` names this node the secondary
 //!    (a node that lost its role), the primary it names runs as primary,
@@ -11,26 +12,36 @@
 //! 2. stop the local server (not undone: a demoted node that stopped is in
 //!    the safe state, and starting it again as a primary is what the start
 //!    guard exists to prevent);
-//! 3. `pg_rewind --dry-run`: where the histories diverged. When this node
-//!    wrote WAL after that point, rewinding loses those transactions: only
-//!    with `--force`, and the refusal says how many bytes;
-//! 4. `pg_rewind` (an irreversible step, audited before and after), with
-//!    `--restore-target-wal` when this node's configuration has a
-//!    `restore_command`; the configuration files it would overwrite
-//!    (`postgresql.conf`, `pg_hba.conf`, `pg_ident.conf`,
+//! 3. the divergence: where the new primary's timeline left this node's
+//!    (its timeline history, read over the replication connection), and
+//!    what this node's WAL holds after that point (`pg_waldump`: bytes, the
+//!    LSN range, committed transactions and rows). When it committed
+//!    transactions there, a rewind or a bootstrap sets them aside: only
+//!    with `--force`, and the refusal says how much. Read only: a refusal
+//!    leaves the data directory as it was;
+//! 4. a cluster that was not shut down cleanly (the primary was killed, or
+//!    lost power) gets its crash recovery in single-user mode
+//!    ([`crate::pg::recovery`]): `pg_rewind` needs a clean shutdown, and a
+//!    normal start would make the demoted node a writable primary;
+//! 5. `pg_rewind --dry-run`, then `pg_rewind` (an irreversible step,
+//!    audited before and after), with `--restore-target-wal` when this
+//!    node's configuration has a `restore_command`; the configuration files
+//!    it would overwrite (`postgresql.conf`, `pg_hba.conf`, `pg_ident.conf`,
 //!    `postgresql.auto.conf`) are put back as they were;
-//! 5. the standby configuration (as in bootstrap), start, and wait until the
+//! 6. the standby configuration (as in bootstrap), start, and wait until the
 //!    new primary sees this node streaming.
 //!
 //! When a prerequisite is missing, or the dry run fails (the WAL it needs is
-//! gone), the rejoin is a bootstrap: see [`super::bootstrap`]. Running the
+//! gone), the rejoin is a bootstrap: see [`super::bootstrap`]. It refuses
+//! what the rewind refuses (step 3), and its audit record names where the
+//! data directory was set aside; nothing is ever deleted. Running the
 //! command again after any failure goes on from where the node is: every
 //! step is safe to repeat.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use zeroize::Zeroizing;
 
@@ -47,10 +58,14 @@ use crate::ha::preflight::{self, Side};
 use crate::ha::service::Server;
 use crate::node::{Change, Home};
 use crate::pg::rewind::{self, Rewind};
-use crate::pg::{self, Credentials, PgError};
+use crate::pg::waldump::{self, WalSummary};
+use crate::pg::{self, recovery, Credentials, Lsn, PgError};
 use crate::secret::PasswordSource;
 
 const ACTION: &str = "ha-rejoin";
+
+/// The version of [`State`] in the change's details.
+pub(crate) const STATE_VERSION: u32 = 1;
 
 /// Files `pg_rewind` copies from the source that belong to this node.
 const OWN_FILES: [&str; 4] = [
@@ -60,11 +75,108 @@ const OWN_FILES: [&str; 4] = [
     "postgresql.auto.conf",
 ];
 
+/// Where a rejoin is. Only [`Phase::next`] moves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Phase {
+    /// The checks ran; nothing changed.
+    Checked,
+    /// The local server is stopped (and stays so: it is demoted).
+    Stopped,
+    /// What this node wrote after the divergence is known and allowed
+    /// (nothing committed there, or `--force`), or left to the dry run.
+    Measured,
+    /// Crash recovery in single-user mode ended in a clean shutdown.
+    Recovered,
+    /// `pg_rewind` ran (irreversible).
+    Rewound,
+    /// Handed to a bootstrap, which sets the data directory aside.
+    Bootstrapping,
+    /// Configured as a standby of the new primary and started.
+    Started,
+    /// The new primary sees this node streaming.
+    Streaming,
+}
+
+/// What happened, moving a rejoin from one [`Phase`] to the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Event {
+    Stop,
+    Measure,
+    Recover,
+    Rewind,
+    Bootstrap,
+    Start,
+    Stream,
+}
+
+/// A step out of order: a bug, never an operator's doing.
+#[derive(Debug, thiserror::Error)]
+#[error("ha rejoin: no step leads from phase {from:?} by {event:?}; nothing more was done: report this keyferry bug, then run `keyferry ha rejoin` again")]
+pub(crate) struct PhaseError {
+    pub from: Phase,
+    pub event: Event,
+}
+
+impl Phase {
+    /// The one transition function: the phase `event` leads to from here.
+    pub(crate) fn next(self, event: Event) -> std::result::Result<Phase, PhaseError> {
+        use Event as E;
+        use Phase as P;
+        Ok(match (self, event) {
+            (P::Checked, E::Stop) => P::Stopped,
+            (P::Checked | P::Stopped, E::Measure) => P::Measured,
+            (P::Measured, E::Recover) => P::Recovered,
+            (P::Measured | P::Recovered, E::Rewind) => P::Rewound,
+            (P::Checked | P::Stopped | P::Measured | P::Recovered, E::Bootstrap) => {
+                P::Bootstrapping
+            }
+            (P::Checked | P::Stopped | P::Measured | P::Recovered | P::Rewound, E::Start) => {
+                P::Started
+            }
+            (P::Started | P::Bootstrapping, E::Stream) => P::Streaming,
+            (from, event) => return Err(PhaseError { from, event }),
+        })
+    }
+}
+
+/// A rejoin's state as the change's details carry it (versioned: a later
+/// keyferry reading an older one knows what it reads).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct State {
+    pub version: u32,
+    pub phase: Phase,
+}
+
+impl State {
+    fn new() -> Self {
+        Self {
+            version: STATE_VERSION,
+            phase: Phase::Checked,
+        }
+    }
+
+    fn advance(&mut self, event: Event) -> Result<()> {
+        self.phase = self
+            .phase
+            .next(event)
+            .map_err(|e| Error::Refused(e.to_string()))?;
+        tracing::debug!(phase = ?self.phase, "ha rejoin");
+        Ok(())
+    }
+
+    fn to_value(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
 /// What `ha rejoin` was given.
 #[derive(Debug, Clone)]
 pub(crate) struct RejoinOptions {
     pub password: Option<PasswordSource>,
-    /// Rewind even when this node wrote WAL after the histories diverged.
+    /// Rewind (or bootstrap) even when this node committed transactions
+    /// after the histories diverged.
     pub force: bool,
     /// Print the plan; change nothing.
     pub dry_run: bool,
@@ -82,10 +194,90 @@ pub(crate) struct RejoinReport {
     /// `rewind`, `follow` (no rewind needed) or `bootstrap`.
     pub method: &'static str,
     pub diverged_at: Option<String>,
-    /// WAL this node wrote after the divergence, lost by the rewind.
+    /// WAL this node wrote after the divergence, set aside by the rewind
+    /// or the bootstrap.
     pub lost_wal_bytes: Option<u64>,
+    /// The LSN range of that WAL.
+    pub lost_wal_range: Option<String>,
+    /// Transactions committed, and rows they changed, in that WAL (when
+    /// `pg_waldump` could read it).
+    pub lost_commits: Option<u64>,
+    pub lost_rows: Option<u64>,
+    /// Whether crash recovery ran (the server had not shut down cleanly).
+    pub crash_recovered: bool,
+    /// Where a bootstrap set the data directory aside.
+    pub set_aside: Option<PathBuf>,
     pub bootstrap: Option<BootstrapReport>,
+    pub phase: Phase,
     pub audited: bool,
+}
+
+/// What this node's WAL holds after the point where the histories
+/// diverged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Divergence {
+    pub at: Lsn,
+    pub timeline: u32,
+    /// The end of this node's WAL.
+    pub end: Lsn,
+    /// What `pg_waldump` read there, if it could.
+    pub summary: Option<WalSummary>,
+}
+
+impl Divergence {
+    pub(crate) fn bytes(&self) -> u64 {
+        self.end.0.saturating_sub(self.at.0)
+    }
+
+    /// Whether rewinding or replacing this node sets aside work a client
+    /// was told is done: a commit after the divergence; without a summary,
+    /// any WAL at all.
+    pub(crate) fn loses_commits(&self) -> bool {
+        match &self.summary {
+            Some(s) => s.commits > 0,
+            None => self.bytes() > 0,
+        }
+    }
+
+    /// "12.0 KiB of WAL after the histories diverged (0/3000148 to
+    /// 0/3003148 on timeline 1): 1 committed transaction(s), 1000 row(s)".
+    pub(crate) fn describe(&self) -> String {
+        let what = match &self.summary {
+            Some(s) => format!(
+                ": {} committed transaction(s) changing {} row(s)",
+                s.commits, s.rows
+            ),
+            None => String::new(),
+        };
+        format!(
+            "{} of WAL after the histories diverged ({} to {} on timeline {}){what}",
+            human_bytes(self.bytes()),
+            self.at,
+            self.end,
+            self.timeline
+        )
+    }
+
+    fn record(&self, report: &mut RejoinReport) {
+        report.diverged_at = Some(format!("{} on timeline {}", self.at, self.timeline));
+        report.lost_wal_bytes = Some(self.bytes());
+        report.lost_wal_range = Some(format!("{}..{}", self.at, self.end));
+        report.lost_commits = self.summary.as_ref().map(|s| s.commits);
+        report.lost_rows = self.summary.as_ref().map(|s| s.rows);
+    }
+}
+
+/// The refusal of a rejoin that would set aside committed work.
+fn diverged_refusal(d: &Divergence, method: &str) -> Error {
+    let instead = if method == "bootstrap" {
+        "`keyferry ha rejoin --force` bootstraps anyway and keeps this data directory aside as a .old- directory (recorded in the audit log)"
+    } else {
+        "`keyferry ha rejoin --force` rewinds anyway; `keyferry ha bootstrap` instead keeps this data directory aside"
+    };
+    Error::Refused(format!(
+        "this node wrote {}: a {method} sets those transactions aside. The server stays stopped and its data directory unchanged. {instead}",
+        d.describe()
+    ))
 }
 
 /// Why `pg_rewind` cannot be used, if it cannot.
@@ -102,6 +294,12 @@ fn rewind_impossible(control: Option<&pg::ControlData>, full_page_writes: bool) 
         return Some("the new primary runs with full_page_writes = off".into());
     }
     None
+}
+
+/// A cluster that stopped as a replica (after a switchover) wrote nothing
+/// of its own. ("in crash recovery" is a primary that crashed again.)
+fn stopped_as_replica(state: &str) -> bool {
+    state == "shut down in recovery" || state == "in archive recovery"
 }
 
 /// Runs (or, with `dry_run`, plans) a rejoin.
@@ -151,16 +349,20 @@ pub(crate) fn rejoin(
             "check pg_bin and pg_data in ha.toml",
         )
     })?;
-    // A node that was a replica when it stopped (after a switchover) wrote
-    // nothing of its own: it follows the new primary as it is.
     let was_replica = control
         .as_ref()
-        .is_some_and(|c| c.state.contains("recovery"));
+        .is_some_and(|c| stopped_as_replica(&c.state));
+    let crashed = !running
+        && !was_replica
+        && control
+            .as_ref()
+            .is_some_and(|c| recovery::needs_recovery(&c.state));
     let impossible = if was_replica {
         None
     } else {
         rewind_impossible(control.as_ref(), full_page_writes)
     };
+    let mut state = State::new();
     let mut report = RejoinReport {
         dry_run: opts.dry_run,
         plan: Vec::new(),
@@ -171,15 +373,27 @@ pub(crate) fn rejoin(
         },
         diverged_at: None,
         lost_wal_bytes: None,
+        lost_wal_range: None,
+        lost_commits: None,
+        lost_rows: None,
+        crash_recovered: false,
+        set_aside: None,
         bootstrap: None,
+        phase: state.phase,
         audited: false,
     };
     if running {
         report.plan.push("stop the local server".into());
     }
+    if has_cluster && !was_replica {
+        report.plan.push(format!(
+            "read where {}'s timeline left this node's and what this node wrote after that (pg_waldump); if it committed transactions there, stop unless --force",
+            config.primary
+        ));
+    }
     match &impossible {
         Some(why) => report.plan.push(format!(
-            "pg_rewind cannot be used: {why}; instead a fresh bootstrap from {} (the data directory is kept beside it as .old-<time>)",
+            "pg_rewind cannot be used: {why}; instead a fresh bootstrap from {} (the data directory is kept beside it as .old-<time>, recorded in the audit log)",
             config.primary
         )),
         None if was_replica => {
@@ -190,8 +404,14 @@ pub(crate) fn rejoin(
             report.plan.push(standby_plan(&config));
         }
         None => {
+            if crashed {
+                report.plan.push(format!(
+                    "the server was not shut down cleanly (cluster state: {}): its crash recovery in single-user mode (no connections), which must end \"shut down\"",
+                    control.as_ref().map_or("", |c| c.state.as_str())
+                ));
+            }
             report.plan.push(format!(
-                "pg_rewind --dry-run from {}: where the histories diverged; if this node wrote WAL after that, stop unless --force",
+                "pg_rewind --dry-run from {}: where the histories diverged",
                 config.primary
             ));
             report.plan.push(
@@ -201,6 +421,21 @@ pub(crate) fn rejoin(
         }
     }
     if opts.dry_run {
+        if !running && has_cluster && !was_replica {
+            // Read only, and the server is stopped: the plan can say it.
+            if let Ok(Some(d)) = divergence(&config, &password, control.as_ref(), opts) {
+                d.record(&mut report);
+                report.plan.push(format!(
+                    "this node holds {}{}",
+                    d.describe(),
+                    if d.loses_commits() && !opts.force {
+                        ": refused without --force"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        }
         return Ok(report);
     }
     if running {
@@ -212,25 +447,123 @@ pub(crate) fn rejoin(
                 "stop it by hand, then run `keyferry ha rejoin` again",
             )
         })?;
+        state.advance(Event::Stop)?;
+    }
+    // Read again now that the server is stopped.
+    let control = if has_cluster {
+        pg::controldata(&config.pg_bin, &config.pg_data)
+            .ok()
+            .or(control)
+    } else {
+        None
+    };
+    let mut measured = None;
+    if has_cluster && !was_replica {
+        obs.step("reading what this node wrote after the histories diverged");
+        match divergence(&config, &password, control.as_ref(), opts) {
+            Ok(Some(d)) => {
+                d.record(&mut report);
+                let method = if impossible.is_some() {
+                    "bootstrap"
+                } else {
+                    "rewind"
+                };
+                if d.loses_commits() && !opts.force {
+                    return Err(diverged_refusal(&d, method));
+                }
+                obs.step(&format!("this node holds {}", d.describe()));
+                measured = Some(d);
+            }
+            Ok(None) => {}
+            Err(why) if impossible.is_some() && !opts.force => {
+                // The bootstrap has no dry run of its own to tell.
+                return Err(Error::Refused(format!(
+                    "cannot tell whether this node committed transactions after the histories diverged ({why}): a bootstrap would set them aside. The server stays stopped and its data directory unchanged. `keyferry ha rejoin --force` bootstraps anyway and keeps this data directory aside as a .old- directory (recorded in the audit log)"
+                )));
+            }
+            Err(why) => obs.step(&format!("note: {why}")),
+        }
+        state.advance(Event::Measure)?;
     }
     if let Some(why) = impossible {
         obs.step(&format!(
             "pg_rewind cannot be used ({why}): bootstrapping instead"
         ));
-        report.bootstrap = Some(fallback(home, opts, &password, obs)?);
-        return Ok(report);
+        return bootstrap_instead(home, &config, opts, &password, state, report, obs);
+    }
+    if crashed {
+        obs.step("crash recovery in single-user mode (the server was not shut down cleanly)");
+        recovery::recover(&config.pg_bin, &config.pg_data).map_err(|e| {
+            step_error(
+                "crash recovery in single-user mode",
+                e.to_string(),
+                "read the message (the server's log says more), fix the cause, then run `keyferry ha rejoin` again",
+            )
+        })?;
+        report.crash_recovered = true;
+        state.advance(Event::Recover)?;
     }
     rewind_and_follow(
         home,
         &config,
         &server,
         &password,
-        control,
         was_replica,
+        measured,
         opts,
         obs,
+        state,
         report,
     )
+}
+
+/// Where the new primary's timeline left this node's, from its timeline
+/// history, and what this node's WAL holds after that. `Ok(None)`: the
+/// new primary is on this node's timeline (no fork to measure). `Err`:
+/// why it cannot be told.
+fn divergence(
+    config: &HaConfig,
+    password: &Zeroizing<String>,
+    control: Option<&pg::ControlData>,
+    opts: &RejoinOptions,
+) -> std::result::Result<Option<Divergence>, String> {
+    let ours = control
+        .and_then(|c| c.timeline)
+        .ok_or("pg_controldata shows no timeline")?;
+    let addr = std::net::SocketAddr::new(config.primary.ip(), config.pg_port);
+    let (theirs, history) = pg::replication::timeline_history(
+        addr,
+        &config.replication_user,
+        Some(password.as_bytes()),
+        opts.connect_timeout.max(Duration::from_secs(5)),
+    )
+    .map_err(|e| format!("the new primary's timeline history: {e}"))?;
+    if theirs == ours {
+        return Ok(None);
+    }
+    let at = history
+        .as_deref()
+        .and_then(|h| rewind::switchpoint(h, ours))
+        .ok_or(format!(
+            "the new primary's timeline {theirs} does not descend from this node's timeline {ours}"
+        ))?;
+    measure_from(config, ours, at).map(Some)
+}
+
+/// What this node's WAL on `timeline` holds from `at` on.
+fn measure_from(
+    config: &HaConfig,
+    timeline: u32,
+    at: Lsn,
+) -> std::result::Result<Divergence, String> {
+    let summary = waldump::summarize(&config.pg_bin, &config.pg_data, timeline, at)
+        .map_err(|e| format!("reading this node's WAL after {at}: {e}"))?;
+    Ok(Divergence {
+        at,
+        timeline,
+        end: summary.end.unwrap_or(at).max(at),
+        summary: Some(summary),
+    })
 }
 
 fn standby_plan(config: &HaConfig) -> String {
@@ -263,19 +596,27 @@ fn new_primary(config: &HaConfig, password: &Zeroizing<String>, timeout: Duratio
     Ok(row.get::<_, String>(0) == "on")
 }
 
-fn fallback(
+/// The bootstrap that replaces a rewind, and the audit record that says
+/// why this node's data went aside and where.
+fn bootstrap_instead(
     home: &Home,
+    config: &HaConfig,
     opts: &RejoinOptions,
     password: &Zeroizing<String>,
+    mut state: State,
+    mut report: RejoinReport,
     obs: &mut dyn Observer,
-) -> Result<BootstrapReport> {
-    bootstrap::bootstrap(
+) -> Result<RejoinReport> {
+    state.advance(Event::Bootstrap)?;
+    report.method = "bootstrap";
+    let done = bootstrap::bootstrap(
         home,
         &BootstrapOptions {
             mode: Mode::Run,
             password: opts.password.clone(),
             known_password: Some(password.clone()),
-            // The operator asked for this node's role to go: its data is
+            // The operator asked for this node's role to go, and what it
+            // wrote after the divergence was weighed above: its data is
             // kept aside, never deleted.
             yes: true,
             slot: opts.slot.clone(),
@@ -283,7 +624,41 @@ fn fallback(
             timeout: opts.timeout,
         },
         obs,
-    )
+    )?;
+    state.advance(Event::Stream)?;
+    report.set_aside = done.old_data.clone();
+    let mut node = home.open(false)?;
+    let mut change = node.begin(ACTION, details(config, opts, &state, &report))?;
+    change.set_detail(
+        "set_aside",
+        Value::from(report.set_aside.as_ref().map(|p| p.display().to_string())),
+    );
+    report.audited = change.finish()?.audited;
+    report.bootstrap = Some(done);
+    report.phase = state.phase;
+    Ok(report)
+}
+
+/// The audit record's details of a rejoin.
+fn details(
+    config: &HaConfig,
+    opts: &RejoinOptions,
+    state: &State,
+    report: &RejoinReport,
+) -> std::collections::BTreeMap<String, Value> {
+    crate::ops::details([
+        ("primary", Value::from(config.primary.to_string())),
+        ("node", Value::from(config.node.clone())),
+        ("method", Value::from(report.method)),
+        ("state", state.to_value()),
+        ("forced", Value::from(opts.force)),
+        ("crash_recovered", Value::from(report.crash_recovered)),
+        ("diverged_at", Value::from(report.diverged_at.clone())),
+        ("lost_wal_bytes", Value::from(report.lost_wal_bytes)),
+        ("lost_wal_range", Value::from(report.lost_wal_range.clone())),
+        ("lost_commits", Value::from(report.lost_commits)),
+        ("lost_rows", Value::from(report.lost_rows)),
+    ])
 }
 
 /// The `source` connection string of `pg_rewind`: the new primary, as the
@@ -331,38 +706,45 @@ fn rewind_and_follow(
     config: &HaConfig,
     server: &Server,
     password: &Zeroizing<String>,
-    control: Option<pg::ControlData>,
     was_replica: bool,
+    measured: Option<Divergence>,
     opts: &RejoinOptions,
     obs: &mut dyn Observer,
+    mut state: State,
     mut report: RejoinReport,
 ) -> Result<RejoinReport> {
     let mut node = home.open(false)?;
-    let details = crate::ops::details([
-        ("primary", Value::from(config.primary.to_string())),
-        ("node", Value::from(config.node.clone())),
-    ]);
-    let mut change = node.begin(ACTION, details)?;
+    let mut change = node.begin(ACTION, details(config, opts, &state, &report))?;
     let owner_ref = owner_reference(config);
     write_passfile(&mut change, config, config.primary, password, &owner_ref)?;
     if !was_replica {
-        rewind_if_needed(config, control, &mut change, &mut report, opts, obs)?;
+        rewind_if_needed(
+            config,
+            measured,
+            &mut change,
+            &mut state,
+            &mut report,
+            opts,
+            obs,
+        )?;
     }
     if report.method == "bootstrap" {
         drop(change);
         drop(node);
-        report.bootstrap = Some(fallback(home, opts, password, obs)?);
-        return Ok(report);
+        return bootstrap_instead(home, config, opts, password, state, report, obs);
     }
-    follow(home, config, server, password, change, opts, obs, report)
+    follow(
+        home, config, server, password, change, opts, obs, state, report,
+    )
 }
 
-/// Steps 3 and 4: the dry run, the divergence, the rewind. Sets the
-/// report's method to `bootstrap` when `pg_rewind` cannot be used.
+/// The dry run, the divergence, the rewind. Sets the report's method to
+/// `bootstrap` when `pg_rewind` cannot be used (after the same refusal).
 fn rewind_if_needed(
     config: &HaConfig,
-    control: Option<pg::ControlData>,
+    measured: Option<Divergence>,
     change: &mut Change<'_>,
+    state: &mut State,
     report: &mut RejoinReport,
     opts: &RejoinOptions,
     obs: &mut dyn Observer,
@@ -373,6 +755,11 @@ fn rewind_if_needed(
     let dry = match rewind::run(&config.pg_bin, &config.pg_data, &source, true, restore) {
         Ok(d) => d,
         Err(e) => {
+            if measured.is_none() && !opts.force {
+                return Err(Error::Refused(format!(
+                    "pg_rewind cannot be used ({e}), and whether this node committed transactions after the histories diverged cannot be told: a bootstrap would set them aside. The server stays stopped. `keyferry ha rejoin --force` bootstraps anyway and keeps this data directory aside as a .old- directory (recorded in the audit log)"
+                )));
+            }
             obs.step(&format!(
                 "pg_rewind cannot be used ({e}): bootstrapping instead"
             ));
@@ -380,62 +767,79 @@ fn rewind_if_needed(
             return Ok(());
         }
     };
-    if let Rewind::Diverged { at, timeline } = dry {
-        report.diverged_at = Some(format!("{at} on timeline {timeline}"));
-        // Read again now that the server is stopped: its shutdown
-        // checkpoint is the end of what it wrote.
-        let end = pg::controldata(&config.pg_bin, &config.pg_data)
-            .ok()
-            .or(control)
-            .and_then(|c| c.checkpoint_lsn);
-        let ahead = end.map(|e| e.0.saturating_sub(at.0)).unwrap_or(0);
-        report.lost_wal_bytes = Some(ahead);
-        if ahead > 0 && !opts.force {
-            return Err(Error::Refused(format!(
-                "this node wrote {} of WAL after the histories diverged at {at} (timeline {timeline}): a rewind loses those transactions. \
-                 The server stays stopped. `keyferry ha rejoin --force` rewinds anyway; `keyferry ha bootstrap` instead keeps this data directory aside",
-                human_bytes(ahead)
-            )));
-        }
-        let own: Vec<(String, Option<Kept>)> = OWN_FILES
-            .iter()
-            .map(|n| {
-                (
-                    (*n).to_owned(),
-                    datafile::read(&config.pg_data.join(n)).ok().flatten(),
-                )
-            })
-            .collect();
-        obs.step(&format!(
-            "pg_rewind from {} (diverged at {at})",
-            config.primary
-        ));
-        change.irreversible("pg_rewind", Vec::new(), |progress| {
-            progress.set("diverged_at", at.to_string());
-            progress.set("lost_wal_bytes", ahead);
-            rewind::run(&config.pg_bin, &config.pg_data, &source, false, restore).map_err(|e| {
-                step_error(
-                    "pg_rewind",
-                    e.to_string(),
-                    "read the message; run `keyferry ha rejoin` again, or `keyferry ha bootstrap` (which keeps the data directory aside)",
-                )
-            })?;
-            for (name, kept) in &own {
-                if let Some(kept) = kept {
-                    let path = config.pg_data.join(name);
-                    datafile::put(&path, kept, &config.pg_data)
-                        .map_err(Error::io(format!("cannot put back {}", path.display())))?;
-                }
-            }
-            Ok(())
-        })?;
-    } else {
+    let Rewind::Diverged { at, timeline } = dry else {
         report.method = "follow";
+        return Ok(());
+    };
+    let control = pg::controldata(&config.pg_bin, &config.pg_data).ok();
+    let d = match measured {
+        Some(d) => d,
+        None => {
+            let ours = control
+                .as_ref()
+                .and_then(|c| c.timeline)
+                .unwrap_or(timeline);
+            measure_from(config, ours, at).unwrap_or_else(|why| {
+                obs.step(&format!("note: {why}"));
+                // A clean shutdown's checkpoint is the end of what it wrote.
+                Divergence {
+                    at,
+                    timeline,
+                    end: control
+                        .as_ref()
+                        .and_then(|c| c.checkpoint_lsn)
+                        .unwrap_or(at)
+                        .max(at),
+                    summary: None,
+                }
+            })
+        }
+    };
+    d.record(report);
+    if d.loses_commits() && !opts.force {
+        return Err(diverged_refusal(&d, "rewind"));
     }
+    let own: Vec<(String, Option<Kept>)> = OWN_FILES
+        .iter()
+        .map(|n| {
+            (
+                (*n).to_owned(),
+                datafile::read(&config.pg_data.join(n)).ok().flatten(),
+            )
+        })
+        .collect();
+    obs.step(&format!(
+        "pg_rewind from {} (diverged at {at})",
+        config.primary
+    ));
+    state.advance(Event::Rewind)?;
+    change.set_detail("state", state.to_value());
+    for (k, v) in details(config, opts, state, report) {
+        change.set_detail(&k, v);
+    }
+    change.irreversible("pg_rewind", Vec::new(), |progress| {
+        progress.set("diverged_at", at.to_string());
+        progress.set("lost_wal_bytes", d.bytes());
+        rewind::run(&config.pg_bin, &config.pg_data, &source, false, restore).map_err(|e| {
+            step_error(
+                "pg_rewind",
+                e.to_string(),
+                "read the message; run `keyferry ha rejoin` again, or `keyferry ha bootstrap` (which keeps the data directory aside)",
+            )
+        })?;
+        for (name, kept) in &own {
+            if let Some(kept) = kept {
+                let path = config.pg_data.join(name);
+                datafile::put(&path, kept, &config.pg_data)
+                    .map_err(Error::io(format!("cannot put back {}", path.display())))?;
+            }
+        }
+        Ok(())
+    })?;
     Ok(())
 }
 
-/// Step 5: the standby configuration, start, streaming, bookkeeping.
+/// The standby configuration, start, streaming, bookkeeping.
 #[allow(clippy::too_many_arguments)]
 fn follow(
     home: &Home,
@@ -445,6 +849,7 @@ fn follow(
     mut change: Change<'_>,
     opts: &RejoinOptions,
     obs: &mut dyn Observer,
+    mut state: State,
     mut report: RejoinReport,
 ) -> Result<RejoinReport> {
     obs.step("configuring this node as a replica of the new primary");
@@ -458,8 +863,10 @@ fn follow(
         server,
         "read the server's log, fix the cause, then run `keyferry ha rejoin` again",
     )?;
+    state.advance(Event::Start)?;
     obs.step("waiting until the new primary sees this node streaming");
     let caught_up = wait_caught_up(config, password, opts.connect_timeout, opts.timeout)?;
+    state.advance(Event::Stream)?;
     let dropped = drop_stale_slots(config, opts.connect_timeout);
     if !dropped.is_empty() {
         obs.step(&format!(
@@ -468,11 +875,12 @@ fn follow(
         ));
     }
     roles::clear_demoted(&mut change, home, config)?;
-    change.set_detail("method", report.method);
-    change.set_detail("diverged_at", Value::from(report.diverged_at.clone()));
-    change.set_detail("lost_wal_bytes", Value::from(report.lost_wal_bytes));
+    for (k, v) in details(config, opts, &state, &report) {
+        change.set_detail(&k, v);
+    }
     change.set_detail("caught_up_to", caught_up);
     report.audited = change.finish()?.audited;
+    report.phase = state.phase;
     Ok(report)
 }
 
@@ -523,6 +931,82 @@ mod tests {
             .unwrap()
             .contains("full_page_writes"));
         assert!(rewind_impossible(None, true).is_some());
+    }
+
+    #[test]
+    fn phases_move_only_through_the_transition_function() {
+        let mut p = Phase::Checked;
+        for e in [
+            Event::Stop,
+            Event::Measure,
+            Event::Recover,
+            Event::Rewind,
+            Event::Start,
+            Event::Stream,
+        ] {
+            p = p.next(e).unwrap();
+        }
+        assert_eq!(p, Phase::Streaming);
+        // Never a rewind before the divergence was weighed, never crash
+        // recovery after the rewind, nothing after the end.
+        assert!(Phase::Checked.next(Event::Rewind).is_err());
+        assert!(Phase::Stopped.next(Event::Recover).is_err());
+        assert!(Phase::Rewound.next(Event::Recover).is_err());
+        assert!(Phase::Rewound.next(Event::Bootstrap).is_err());
+        assert!(Phase::Streaming.next(Event::Stop).is_err());
+        assert_eq!(
+            Phase::Measured.next(Event::Bootstrap).unwrap(),
+            Phase::Bootstrapping
+        );
+    }
+
+    #[test]
+    fn the_state_is_versioned_and_a_bad_one_does_not_parse() {
+        let s = State {
+            version: STATE_VERSION,
+            phase: Phase::Rewound,
+        };
+        assert_eq!(
+            s.to_value(),
+            serde_json::json!({"version": 1, "phase": "rewound"})
+        );
+        assert_eq!(serde_json::from_value::<State>(s.to_value()).unwrap(), s);
+        assert!(serde_json::from_value::<State>(
+            serde_json::json!({"version": 1, "phase": "half"})
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn only_commits_after_the_divergence_are_a_loss() {
+        let mut d = Divergence {
+            at: Lsn(0x3000000),
+            timeline: 1,
+            end: Lsn(0x3000100),
+            summary: Some(WalSummary {
+                end: Some(Lsn(0x3000100)),
+                records: 2,
+                commits: 0,
+                rows: 0,
+            }),
+        };
+        assert!(!d.loses_commits(), "checkpoints alone are no loss");
+        assert!(d.describe().contains("256 B of WAL"), "{}", d.describe());
+        assert!(d.describe().contains("0/3000000 to 0/3000100"));
+        d.summary = None;
+        assert!(d.loses_commits(), "unread WAL counts as a loss");
+        d.summary = Some(WalSummary {
+            commits: 2,
+            rows: 149,
+            ..WalSummary::default()
+        });
+        assert!(d.loses_commits());
+        assert!(d
+            .describe()
+            .contains("2 committed transaction(s) changing 149 row(s)"));
+        assert!(diverged_refusal(&d, "bootstrap")
+            .to_string()
+            .contains("--force"));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use super::require_config;
 use crate::error::{Error, Result};
 use crate::fsutil::Ownership;
 use crate::ha::config::HaConfig;
-use crate::ha::generation::{self, Record};
+use crate::ha::generation::{self, Forward, GenerationError, Record};
 use crate::ha::preflight::{self, Side};
 use crate::node::{Change, Home};
 use crate::ops::details;
@@ -130,13 +130,18 @@ pub(crate) fn pair_generation(
 /// swapped when the record's primary is `ha.toml`'s secondary, the
 /// record's generation, and `demoted` when a failover made the other node
 /// primary (cleared when this node is the primary).
-pub(crate) fn follow(config: &HaConfig, record: &Record, this: Option<Side>) -> HaConfig {
+pub(crate) fn follow(
+    config: &HaConfig,
+    record: &Record,
+    this: Option<Side>,
+) -> Result<HaConfig, GenerationError> {
+    let forward = Forward::new(config.generation, record.generation)?;
     let mut next = config.clone();
     let this_addr = this.map(|s| s.address(config).to_string());
     if record.primary_addr == config.secondary.to_string() {
         std::mem::swap(&mut next.primary, &mut next.secondary);
     }
-    next.generation = record.generation;
+    next.generation = forward.value();
     if let Some(addr) = this_addr {
         if addr == record.primary_addr {
             next.demoted = false;
@@ -146,7 +151,29 @@ pub(crate) fn follow(config: &HaConfig, record: &Record, this: Option<Side>) -> 
             next.demoted = true;
         }
     }
-    next
+    Ok(next)
+}
+
+/// The address the pair's replica streams from (`sender_host` of its WAL
+/// receiver), when one of the two servers runs as a replica and says.
+fn replica_upstream(
+    config: &HaConfig,
+    this: Side,
+    creds: &Credentials,
+    timeout: Duration,
+) -> Option<String> {
+    const SQL: &str = "SELECT sender_host FROM pg_stat_wal_receiver WHERE pg_is_in_recovery()";
+    let ask = |client: &mut postgres::Client| -> Option<String> {
+        client.query_opt(SQL, &[]).ok().flatten()?.get(0)
+    };
+    local_admin(config, timeout)
+        .ok()
+        .and_then(|(mut c, _)| ask(&mut c))
+        .or_else(|| {
+            peer_sql(config, other(this), creds, timeout)
+                .ok()
+                .and_then(|(mut c, _)| ask(&mut c))
+        })
 }
 
 /// Replaces `ha.toml` inside `change` (the old one goes to `backups/`).
@@ -176,16 +203,35 @@ pub(crate) fn sync(
     let Some(record) = pair_generation(&config, this_side, creds, timeout) else {
         return Ok((config, None));
     };
-    if record.generation <= config.generation {
+    if !Forward::new(config.generation, record.generation).is_ok_and(Forward::raised) {
         return Ok((config, None));
     }
     let mut node = home.open(false)?;
     // Re-read under the lock: another keyferry may have done it meanwhile.
     let config = require_config(home)?;
-    if record.generation <= config.generation {
+    if !Forward::new(config.generation, record.generation).is_ok_and(Forward::raised) {
         return Ok((config, None));
     }
-    let next = follow(&config, &record, this);
+    let checked = follow(&config, &record, this).and_then(|next| {
+        let upstream = replica_upstream(&next, this_side, creds, timeout);
+        generation::check_addresses(
+            &next.primary.to_string(),
+            &next.secondary.to_string(),
+            &record,
+            upstream.as_deref(),
+        )
+        .map(|()| next)
+    });
+    let next = match checked {
+        Ok(next) => next,
+        Err(e) => {
+            tracing::warn!(
+                generation = record.generation,
+                "ha.toml not brought up to date: {e}"
+            );
+            return Ok((config, Some(e.to_string())));
+        }
+    };
     let mut change = node.begin(
         SYNC_ACTION,
         details([
@@ -269,18 +315,29 @@ mod tests {
 
     #[test]
     fn following_a_failover_swaps_and_demotes_the_old_primary() {
-        let next = follow(&config(), &record(1, "203.0.113.2"), Some(Side::Primary));
+        let next = follow(&config(), &record(1, "203.0.113.2"), Some(Side::Primary)).unwrap();
         assert_eq!(next.primary.to_string(), "203.0.113.2");
         assert_eq!(next.secondary.to_string(), "203.0.113.1");
         assert_eq!(next.generation, 1);
         assert!(next.demoted);
-        let new_primary = follow(&config(), &record(1, "203.0.113.2"), Some(Side::Secondary));
+        let new_primary =
+            follow(&config(), &record(1, "203.0.113.2"), Some(Side::Secondary)).unwrap();
         assert!(!new_primary.demoted);
-        let same = follow(&config(), &record(2, "203.0.113.1"), Some(Side::Primary));
+        let same = follow(&config(), &record(2, "203.0.113.1"), Some(Side::Primary)).unwrap();
         assert_eq!(same.primary.to_string(), "203.0.113.1");
         assert!(!same.demoted);
         let mut switched = record(3, "203.0.113.2");
         switched.action = SWITCHOVER.into();
-        assert!(!follow(&config(), &switched, Some(Side::Primary)).demoted);
+        assert!(
+            !follow(&config(), &switched, Some(Side::Primary))
+                .unwrap()
+                .demoted
+        );
+        let mut ahead = config();
+        ahead.generation = 4;
+        assert_eq!(
+            follow(&ahead, &record(3, "203.0.113.2"), Some(Side::Primary)),
+            Err(GenerationError::Backwards { from: 4, to: 3 })
+        );
     }
 }
