@@ -175,7 +175,7 @@ fn switchover_survives_a_kill_at_every_point_and_an_unconfirmed_promotion() {
     // process is stopped between the point of no return and the promotion.
     let from_a = settled(&pair);
     let (_, home, old_socket, _) = pair.node(from_a);
-    let mut child = pair
+    let child = pair
         .ha_cmd(
             from_a,
             &["switchover", "--timeout", "3"],
@@ -248,6 +248,7 @@ fn rejoin(pair: &SwitchPair, a: bool) {
 
 #[test]
 fn failover_goes_only_forward_after_a_kill_or_an_unconfirmed_promotion() {
+    common::pg::reap_orphans_here();
     let Some(mut pair) = SwitchPair::new("g") else {
         return;
     };
@@ -411,6 +412,7 @@ fn recover(pair: &SwitchPair, ran_on_a: bool) -> String {
 
 #[test]
 fn randomized_switchovers_under_faults_lose_nothing_and_never_make_two_primaries() {
+    common::pg::reap_orphans_here();
     let Some(pair) = SwitchPair::new("r") else {
         return;
     };
@@ -479,9 +481,8 @@ fn randomized_switchovers_under_faults_lose_nothing_and_never_make_two_primaries
             }
             Fault::KillPostgres => {
                 let server = if from_a { &pair.a } else { &pair.b };
-                if let Ok(t) = fs::read_to_string(server.data_dir().join("postmaster.pid")) {
-                    let pid = t.lines().next().unwrap_or("").trim().to_owned();
-                    let _ = Command::new("kill").args(["-KILL", &pid]).status();
+                if server.data_dir().join("postmaster.pid").exists() {
+                    common::pg::kill9_server(server.data_dir());
                 }
             }
         }

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use common::netns::{ADDR_A, ADDR_B};
 use common::pair::*;
+use common::pg::{kill9_server, reap_orphans_here};
 
 /// The secondary bootstrapped from the primary, the secondary's
 /// `pg_hba.conf` letting the primary in, and a home for the primary.
@@ -225,66 +226,6 @@ fn after_a_switchover_the_stopped_old_primary_just_follows() {
             .starts_with("data.old-")),
         "no copy was made"
     );
-}
-
-/// SIGKILL to the server of `data` and to every process it started, as a
-/// power loss leaves them: no shutdown checkpoint, a stale
-/// `postmaster.pid`.
-fn kill9_server(data: &Path) {
-    let pid: u32 = fs::read_to_string(data.join("postmaster.pid"))
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let parent_of = |p: u32| -> Option<u32> {
-        let stat = fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-        stat.rsplit_once(')')?
-            .1
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    };
-    let children: Vec<u32> = fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|p| parent_of(*p) == Some(pid))
-        .collect();
-    let all: Vec<u32> = std::iter::once(pid).chain(children).collect();
-    for p in &all {
-        let _ = std::process::Command::new("kill")
-            .args(["-9", &p.to_string()])
-            .status();
-    }
-    // Reaped here (see `reap_orphans_here`): a zombie's pid still answers
-    // `kill -0`, so `pg_ctl status` would call the server running.
-    wait_for(
-        "the killed server's processes to end",
-        Duration::from_secs(20),
-        || {
-            all.iter().all(|p| {
-                let pid = *p as libc::pid_t;
-                let mut status = 0;
-                // SAFETY: waits only for the given pid, without blocking.
-                let reaped = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-                reaped == pid || !Path::new(&format!("/proc/{p}")).exists()
-            })
-        },
-    );
-}
-
-/// Makes this test process the reaper of orphans started below it: the
-/// server `pg_ctl` starts is an orphan, and where PID 1 does not reap (as
-/// in some containers) a killed one would stay a zombie that `pg_ctl
-/// status` calls running. On a host, init reaps it.
-fn reap_orphans_here() {
-    // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag and changes only
-    // this process's attributes.
-    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    assert_eq!(r, 0, "prctl(PR_SET_CHILD_SUBREAPER)");
 }
 
 fn cluster_state(pair: &Pair, data: &Path) -> String {

@@ -11,8 +11,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::print_json;
 use crate::error::{Error, Result};
-use crate::ops::ha::bootstrap::{self, BootstrapOptions, BootstrapReport, Mode, Observer};
+use crate::ops::ha::bootstrap::{self, BootstrapOptions, BootstrapReport, Mode};
 use crate::ops::ha::rejoin::{self, RejoinOptions};
+use crate::ops::ha::steps::Observer;
 use crate::ops::Home;
 use crate::pg::basebackup::Phase;
 

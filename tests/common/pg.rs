@@ -565,3 +565,62 @@ fn check(output: &Output, what: &str) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// SIGKILL to the server of `data` and to every process it started, as a
+/// power loss leaves them: no shutdown checkpoint, a stale
+/// `postmaster.pid`.
+pub fn kill9_server(data: &std::path::Path) {
+    // A server that stopped meanwhile has no postmaster.pid: nothing to kill.
+    let Some(pid) = std::fs::read_to_string(data.join("postmaster.pid"))
+        .ok()
+        .and_then(|t| t.lines().next()?.trim().parse::<u32>().ok())
+    else {
+        return;
+    };
+    let parent_of = |p: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let children: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|p| parent_of(*p) == Some(pid))
+        .collect();
+    let all: Vec<u32> = std::iter::once(pid).chain(children).collect();
+    for p in &all {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &p.to_string()])
+            .status();
+    }
+    // Reaped here (see `reap_orphans_here`): a zombie's pid still answers
+    // `kill -0`, so `pg_ctl status` would call the server running.
+    super::pair::wait_for(
+        "the killed server's processes to end",
+        std::time::Duration::from_secs(20),
+        || {
+            all.iter().all(|p| {
+                let pid = *p as libc::pid_t;
+                let mut status = 0;
+                // SAFETY: waits only for the given pid, without blocking.
+                let reaped = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+                reaped == pid || !std::path::Path::new(&format!("/proc/{p}")).exists()
+            })
+        },
+    );
+}
+
+/// Makes this test process the reaper of orphans started below it: the
+/// server `pg_ctl` starts is an orphan, and where PID 1 does not reap (as
+/// in some containers) a killed one would stay a zombie that `pg_ctl
+/// status` calls running. On a host, init reaps it.
+pub fn reap_orphans_here() {
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag and changes only
+    // this process's attributes.
+    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(r, 0, "prctl(PR_SET_CHILD_SUBREAPER)");
+}

@@ -35,7 +35,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -44,18 +44,20 @@ use zeroize::Zeroizing;
 use super::check::credentials;
 use super::effects::PairSteps;
 use super::require_config;
+use super::steps::{
+    owner_reference, passfile_path, primary_sql, start_step, wait_caught_up, write_owned,
+    write_passfile, write_standby, Observer,
+};
 use crate::error::{Error, Result};
 use crate::fmt::human_bytes;
-use crate::fsutil::{self, Ownership};
 use crate::ha::config::HaConfig;
 use crate::ha::datafile;
 use crate::ha::preflight::{self, Side, Status};
 use crate::ha::service::Server;
-use crate::ha::PeerAddr;
 use crate::node::{file_stamp, now_unix, Change, HeldPhase, Home, Machine, Reopen, Undo};
-use crate::pg::basebackup::{self, Phase, Said};
-use crate::pg::standby::{self, Upstream};
-use crate::pg::{self, ConnSpec, Credentials, Endpoint, PgError};
+use crate::pg::basebackup::{self, Said};
+use crate::pg::standby;
+use crate::pg::{self, Credentials, PgError};
 use crate::secret::PasswordSource;
 
 /// The journal's name for a bootstrap (and the audit record's action).
@@ -100,17 +102,6 @@ pub(crate) struct BootstrapOptions {
     pub connect_timeout: Duration,
     /// Bounds the server's start and stop, and the wait for catch-up.
     pub timeout: Duration,
-}
-
-/// What the command line shows while the bootstrap runs.
-pub(crate) trait Observer {
-    /// A step begins (one plain line without a terminal).
-    fn step(&mut self, what: &str);
-    /// `pg_basebackup`'s own progress.
-    fn copy_phase(&mut self, phase: Phase);
-    fn copy_progress(&mut self, done: u64, total: u64);
-    /// Asks the operator; `false` refuses.
-    fn confirm(&mut self, question: &str) -> Result<bool>;
 }
 
 /// How a bootstrap ended.
@@ -294,13 +285,6 @@ pub(super) fn password(
     Ok(Zeroizing::new(text.to_owned()))
 }
 
-/// The libpq password file the replica reads its password from: beside
-/// the data directory (inside it, a base backup taken from this node after
-/// a switchover would carry the password along).
-pub(crate) fn passfile_path(config: &HaConfig) -> PathBuf {
-    basebackup::sibling(&config.pg_data, "keyferry", "replication.pgpass")
-}
-
 /// What the local data directory holds.
 enum Local {
     /// Missing or empty.
@@ -385,22 +369,6 @@ fn preflight(
         });
     }
     Ok(())
-}
-
-/// A SQL connection to the primary as the replication user.
-pub(super) fn primary_sql(
-    config: &HaConfig,
-    password: &Zeroizing<String>,
-    timeout: Duration,
-) -> Result<postgres::Client, PgError> {
-    let endpoint = Endpoint::ip(config.primary.ip(), config.pg_port);
-    pg::connect(&ConnSpec {
-        endpoint: &endpoint,
-        user: &config.replication_user,
-        dbname: pg::MAINTENANCE_DB,
-        password: Some(password.as_bytes()),
-        timeout,
-    })
 }
 
 /// Refuses an active slot of that name and drops a stale one.
@@ -666,55 +634,6 @@ fn copy_and_swap(
     Ok(state)
 }
 
-/// The path whose owner the server's files belong to: the data directory,
-/// or its parent when there is none yet.
-pub(super) fn owner_reference(config: &HaConfig) -> PathBuf {
-    if config.pg_data.exists() {
-        config.pg_data.clone()
-    } else {
-        fsutil::parent_dir(&config.pg_data).to_path_buf()
-    }
-}
-
-pub(super) fn write_passfile(
-    change: &mut Change<'_>,
-    config: &HaConfig,
-    upstream_addr: PeerAddr,
-    password: &Zeroizing<String>,
-    owner_ref: &Path,
-) -> Result<()> {
-    let path = passfile_path(config);
-    let up = upstream(config, upstream_addr, &path, None);
-    let line = standby::passfile_line(&up, password).ok_or_else(|| {
-        Error::Usage(
-            "the replication password has a line break: libpq's password file cannot hold it"
-                .into(),
-        )
-    })?;
-    change.replace_file(
-        &path,
-        &mut line.as_bytes(),
-        Ownership::PrivateTo(owner_ref.to_path_buf()),
-    )?;
-    Ok(())
-}
-
-fn upstream<'a>(
-    config: &'a HaConfig,
-    upstream_addr: PeerAddr,
-    passfile: &'a Path,
-    slot: Option<&'a str>,
-) -> Upstream<'a> {
-    Upstream {
-        host: upstream_addr.to_string(),
-        port: config.pg_port,
-        user: &config.replication_user,
-        application_name: &config.node,
-        passfile,
-        slot,
-    }
-}
-
 /// Creates `dir` (mode 0700) owned like `owner_ref`.
 fn create_owned_dir(dir: &Path, owner_ref: &Path) -> Result<()> {
     let what = format!("cannot create {}", dir.display());
@@ -724,12 +643,6 @@ fn create_owned_dir(dir: &Path, owner_ref: &Path) -> Result<()> {
         let _ = fs::remove_dir(dir);
         Error::io(what)(e)
     })
-}
-
-/// Writes `path` (in the new data directory) owned like the directory.
-fn write_owned(path: &Path, contents: &[u8], data: &Path) -> Result<()> {
-    datafile::write(path, contents, data)
-        .map_err(Error::io(format!("cannot write {}", path.display())))
 }
 
 /// Step 5: the replica's configuration in the new data directory.
@@ -758,25 +671,6 @@ fn configure(config: &HaConfig, state: &Facts) -> Result<()> {
         }
     }
     write_standby(config, config.primary, state.slot.as_deref())
-}
-
-/// `standby.signal`, and `primary_conninfo` (naming the password file) and
-/// `primary_slot_name` in `postgresql.auto.conf`, every other line of which
-/// is kept.
-pub(super) fn write_standby(
-    config: &HaConfig,
-    upstream_addr: PeerAddr,
-    slot: Option<&str>,
-) -> Result<()> {
-    let data = &config.pg_data;
-    write_owned(&data.join("standby.signal"), b"", data)?;
-    let auto = data.join("postgresql.auto.conf");
-    let existing = datafile::read_text(&auto)
-        .map_err(Error::io(format!("cannot read {}", auto.display())))?
-        .unwrap_or_default();
-    let passfile = passfile_path(config);
-    let up = upstream(config, upstream_addr, &passfile, slot);
-    write_owned(&auto, standby::auto_conf(&existing, &up).as_bytes(), data)
 }
 
 /// Steps 5 to 7.
@@ -858,94 +752,6 @@ fn finish(
         "bootstrapped"
     };
     Ok(report)
-}
-
-/// Starts the local server as a step whose undo stops it again.
-pub(super) fn start_step(change: &mut Change<'_>, server: &Server, fix: &str) -> Result<()> {
-    change.start_server(server, &|e| step_error("starting the replica", e, fix))
-}
-
-/// Step 6: the primary sees this node streaming and replayed up to the
-/// primary's WAL position when the wait began. Asked of the primary, whose
-/// `pg_stat_replication` the replication user reads through `pg_monitor`.
-pub(super) fn wait_caught_up(
-    config: &HaConfig,
-    password: &Zeroizing<String>,
-    connect_timeout: Duration,
-    timeout: Duration,
-) -> Result<String> {
-    let deadline = Instant::now() + timeout;
-    let me = config.secondary.to_string();
-    let target_pos = config.primary.to_string();
-    let mut last;
-    let mut target: Option<String> = None;
-    // One connection for all the polls (a new one costs an authentication
-    // each time); opened again only after an error.
-    let mut client: Option<postgres::Client> = None;
-    loop {
-        match poll_once(
-            config,
-            password,
-            connect_timeout,
-            &mut client,
-            &me,
-            &mut target,
-        ) {
-            Ok(Some(lsn)) => return Ok(lsn),
-            Ok(None) => last = "the primary does not see this node streaming yet".into(),
-            Err(e) => {
-                client = None;
-                last = e.to_string();
-            }
-        }
-        if Instant::now() >= deadline {
-            return Err(step_error(
-                "waiting for the replica to catch up",
-                format!("not caught up after {} s: {last}", timeout.as_secs()),
-                &format!(
-                    "read the replica's server log, check `keyferry ha check` (pg_hba.conf on {target_pos}, the replication user's pg_monitor membership), then run the bootstrap again, with a longer --timeout if the primary is busy"
-                ),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn poll_once(
-    config: &HaConfig,
-    password: &Zeroizing<String>,
-    connect_timeout: Duration,
-    client: &mut Option<postgres::Client>,
-    me: &str,
-    target: &mut Option<String>,
-) -> Result<Option<String>, PgError> {
-    let where_ = config.primary.to_string();
-    if client.is_none() {
-        *client = Some(primary_sql(config, password, connect_timeout)?);
-    }
-    let Some(client) = client.as_mut() else {
-        return Ok(None);
-    };
-    let target = match target {
-        Some(t) => t.clone(),
-        None => {
-            let row = client
-                .query_one("SELECT pg_current_wal_lsn()::text", &[])
-                .map_err(|e| pg::from_postgres(&where_, e))?;
-            let t: String = row.get(0);
-            *target = Some(t.clone());
-            t
-        }
-    };
-    let row = client
-        .query_opt(
-            "SELECT bool_or(state = 'streaming' AND replay_lsn >= $2::text::pg_lsn) \
-             FROM pg_stat_replication WHERE host(client_addr) = $1",
-            &[&me, &target],
-        )
-        .map_err(|e| pg::from_postgres(&where_, e))?;
-    let done: Option<bool> = row.and_then(|r| r.get(0));
-    Ok(done.unwrap_or(false).then_some(target))
 }
 
 /// Bytes under `dir`, not following symbolic links.

@@ -24,6 +24,7 @@ pub mod hba;
 pub(crate) mod rejoin;
 pub(crate) mod roles;
 pub(crate) mod status;
+pub(crate) mod steps;
 pub(crate) mod switchover;
 
 use std::path::PathBuf;

@@ -45,9 +45,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use zeroize::Zeroizing;
 
-use super::bootstrap::{
-    self, owner_reference, passfile_path, primary_sql, step_error, wait_caught_up, write_passfile,
-    write_standby, BootstrapOptions, BootstrapReport, Mode, Observer,
+use super::bootstrap::{self, step_error, BootstrapOptions, BootstrapReport, Mode};
+use super::steps::{
+    self, owner_reference, passfile_path, primary_sql, wait_caught_up, write_passfile,
+    write_standby, Observer,
 };
 use super::{require_config, roles};
 use crate::error::{Error, Result};
@@ -858,7 +859,7 @@ fn follow(
     }
     write_standby(config, config.primary, opts.slot.as_deref())?;
     obs.step("starting the replica");
-    bootstrap::start_step(
+    steps::start_step(
         &mut change,
         server,
         "read the server's log, fix the cause, then run `keyferry ha rejoin` again",
@@ -900,7 +901,7 @@ fn drop_stale_slots(config: &HaConfig, timeout: Duration) -> Vec<String> {
     drop(client);
     names
         .into_iter()
-        .filter(|n| roles::drop_local_slot(config, n, timeout).is_ok_and(|d| d))
+        .filter(|n| steps::drop_local_slot(config, n, timeout).is_ok_and(|d| d))
         .collect()
 }
 

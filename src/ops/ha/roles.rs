@@ -276,25 +276,6 @@ pub(crate) fn clear_demoted(change: &mut Change<'_>, home: &Home, config: &HaCon
     save_config(change, home, &next)
 }
 
-/// Drops the physical replication slot `slot` on this node's own server
-/// when nothing uses it: a demoted node keeps the slot its replica used,
-/// which would retain WAL for nobody. For switchover and `ha rejoin`.
-pub(crate) fn drop_local_slot(
-    config: &HaConfig,
-    slot: &str,
-    timeout: Duration,
-) -> Result<bool, PgError> {
-    let (mut client, target) = local_admin(config, timeout)?;
-    let rows = client
-        .query(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-             WHERE slot_name = $1 AND slot_type = 'physical' AND NOT active",
-            &[&slot],
-        )
-        .map_err(|e| pg::from_postgres(&target, e))?;
-    Ok(!rows.is_empty())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

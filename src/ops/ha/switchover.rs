@@ -51,11 +51,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use zeroize::Zeroizing;
 
-use super::bootstrap::{passfile_path, write_passfile, write_standby};
 use super::check::credentials;
 use super::effects::{LocalServer, PairSteps};
 use super::require_config;
 use super::roles::{self, other, peer_sql, SWITCHOVER};
+use super::steps::{self, passfile_path, write_passfile, write_standby};
 use crate::error::{Error, Result};
 use crate::ha::config::HaConfig;
 use crate::ha::generation::{self, Record};
@@ -743,7 +743,7 @@ fn forward(
             )
         })?;
         if let Some(slot) = &facts.slot {
-            match roles::drop_local_slot(config, slot, opts.connect_timeout) {
+            match steps::drop_local_slot(config, slot, opts.connect_timeout) {
                 Ok(true) => notes.push(format!("dropped the replication slot {slot} left on this node")),
                 Ok(false) => {}
                 Err(e) => notes.push(format!(
