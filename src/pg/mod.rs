@@ -13,6 +13,12 @@
 //! the right fix). It depends on nothing else in the crate.
 //!
 //! Invariants:
+//! - every SQL connection's connect, startup and authentication end within
+//!   its [`ConnSpec::timeout`], and a whole read through [`exchange`]
+//!   (connect and every statement) too, whatever the server does; a server
+//!   that accepts and then says nothing is [`PgError::Silent`], never
+//!   "unreachable" (see [`bounded`] for why a deadline on a worker thread,
+//!   and not the client's own timeouts, is what bounds it);
 //! - passwords are only ever borrowed from the caller and handed to the
 //!   connection; they appear in no error, no log line and no command line
 //!   (the `postgres` crate keeps its own copy inside its `Config` for the

@@ -956,12 +956,7 @@ pub(crate) fn judge(
                 )
             })
             .collect();
-        reasons.extend(
-            nodes
-                .iter()
-                .filter(|n| n.role.is_some())
-                .map(&describe),
-        );
+        reasons.extend(nodes.iter().filter(|n| n.role.is_some()).map(&describe));
         return (Verdict::Unknown, reasons);
     }
     if primaries.is_empty() {
