@@ -6,7 +6,9 @@
 //! verdict; after a failover the demoted old primary is kept from starting
 //! as primary when its guard's password is stale and when every connection
 //! slot of the new primary is taken; `ha status` tells split brain (exit
-//! 14) and "cannot tell" (exit 15) from down. Needs root, `ip netns` and
+//! 14) and "cannot tell" (exit 15) from down, and shows the old primary,
+//! once it follows the new one, on the new timeline (or on none), never
+//! on a stale one. Needs root, `ip netns` and
 //! PostgreSQL; skips otherwise (fails with `KEYFERRY_REQUIRE_PG=1`).
 #![cfg(unix)]
 
@@ -377,6 +379,55 @@ fn after_a_failover_the_old_primary_stays_down_when_the_peer_cannot_be_read() {
     assert!(text(&out).contains("ha rejoin"), "{}", text(&out));
     assert_eq!(generation_of(&home_a), (1, true));
     assert!(!a.is_running());
+
+    // The old primary follows the new one as a replica (it stopped with
+    // nothing the new primary lacks): its timeline is the new one, or not
+    // shown, never the old one from its last checkpoint.
+    fs::write(a.data_dir().join("standby.signal"), b"").unwrap();
+    let mut auto = fs::OpenOptions::new()
+        .append(true)
+        .open(a.data_dir().join("postgresql.auto.conf"))
+        .unwrap();
+    use std::io::Write;
+    writeln!(
+        auto,
+        "primary_conninfo = 'host={ADDR_B} port={PG_PORT} user=repuser password=''{PASSWORD}'''"
+    )
+    .unwrap();
+    drop(auto);
+    a.start();
+    let a_streams = || {
+        !b.connect()
+            .query(
+                "SELECT 1 FROM pg_stat_replication WHERE host(client_addr) = $1 AND state = 'streaming'",
+                &[&ADDR_A],
+            )
+            .unwrap()
+            .is_empty()
+    };
+    common::pair::wait_for("a streams from b", Duration::from_secs(30), a_streams);
+    let timelines = |monitor: bool| {
+        let (out, _) = ha(&ns.b, &home_b, &pw, &["status", "--json"]);
+        let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let nodes = r["nodes"].as_array().unwrap();
+        let of = |addr: &str| {
+            nodes
+                .iter()
+                .find(|n| n["address"] == addr)
+                .unwrap_or_else(|| panic!("{r:#}"))["timeline"]
+                .clone()
+        };
+        assert_eq!(of(ADDR_B), 2, "the new primary, monitor {monitor}: {r:#}");
+        of(ADDR_A)
+    };
+    // Without pg_monitor the replica's WAL receiver is hidden: no timeline
+    // rather than a stale one.
+    let seen = timelines(false);
+    assert!(seen == 2 || seen.is_null(), "stale timeline {seen}");
+    b.connect()
+        .batch_execute("GRANT pg_monitor TO repuser")
+        .unwrap();
+    assert_eq!(timelines(true), 2);
     drop((a, b));
     drop(ns);
 }
