@@ -205,6 +205,42 @@ fn a_peer_that_accepts_and_stays_silent_is_answered_within_the_bound() {
         text(&out)
     );
 
+    // The link cut: no answer at all. A dead peer and a cut network look
+    // the same, so the guard refuses, until the operator who has checked
+    // the peer's host says it is down (`--peer-down`); the failover
+    // likewise until `--force`.
+    pair.ns.set_link_b(false);
+    let cut = ha(&pair.ns.b, &pair.home, &pair.pw_file, &["guard"]).0;
+    let dry = ha(
+        &pair.ns.b,
+        &pair.home,
+        &pair.pw_file,
+        &["failover", "--dry-run"],
+    )
+    .0;
+    let overruled = ha(
+        &pair.ns.b,
+        &pair.home,
+        &pair.pw_file,
+        &["guard", "--peer-down"],
+    )
+    .0;
+    pair.ns.set_link_b(true);
+    assert_eq!(cut.status.code(), Some(13), "{}", text(&cut));
+    assert!(
+        text(&cut).contains("no answer") && text(&cut).contains("--peer-down"),
+        "{}",
+        text(&cut)
+    );
+    assert_eq!(dry.status.code(), Some(13), "{}", text(&dry));
+    assert!(text(&dry).contains("--force"), "{}", text(&dry));
+    assert!(overruled.status.success(), "{}", text(&overruled));
+    assert!(
+        text(&overruled).contains("the operator says it is down"),
+        "{}",
+        text(&overruled)
+    );
+
     // A wrong password: the peer answers and refuses. Cannot tell (15),
     // never "down".
     let wrong = password_file(pair.tmp.path(), "wrong.pw", "not the password");
