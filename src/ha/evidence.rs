@@ -56,6 +56,8 @@ impl Refusal {
             Some(pg::SQLSTATE_TOO_MANY_CONNECTIONS) => Refusal::TooManyClients,
             Some(pg::SQLSTATE_INSUFFICIENT_PRIVILEGE) => Refusal::NoRights,
             Some("57P03") => Refusal::NotReady,
+            // The server asked for a password and none was given.
+            None if e.to_string().contains("password missing") => Refusal::Password,
             _ => Refusal::Other,
         }
     }
@@ -399,6 +401,20 @@ mod tests {
                 "refusing",
             ),
         ];
+        let missing = classify(Err(PgError::Protocol {
+            target: "t".into(),
+            message: "invalid configuration: password missing".into(),
+        }));
+        assert!(
+            matches!(
+                missing,
+                Evidence::Refusing {
+                    refusal: Refusal::Password,
+                    ..
+                }
+            ),
+            "{missing:?}"
+        );
         for (outcome, kind) in cases {
             let e = classify(outcome);
             assert_eq!(e.kind(), kind, "{e}");

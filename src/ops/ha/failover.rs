@@ -1,8 +1,8 @@
 //! `keyferry ha failover`: the unplanned promotion of the replica, run on
 //! it while the primary is down.
 //!
-//! The old primary is looked at once, by the same classifier and rule as
-//! the start guard ([`crate::ha::evidence`]): the failover goes ahead only
+//! The old primary is looked at by the same bounded look, classifier and
+//! rule as the start guard ([`crate::ha::evidence`]): the failover goes ahead only
 //! on positive evidence that the old primary does not accept writes (its
 //! host says nothing listens on its port, or it runs as a replica).
 //! Refused while it accepts writes (a switchover's job: two primaries
@@ -34,13 +34,14 @@ use super::check::credentials;
 use super::require_config;
 use super::roles::{self, other, FAILOVER};
 use crate::error::{Error, Result};
+use crate::ha::config::HaConfig;
 use crate::ha::evidence::{self, Evidence};
 use crate::ha::generation::{self, Record};
 use crate::ha::history;
 use crate::ha::preflight::Side;
 use crate::node::Home;
 use crate::ops::details;
-use crate::pg;
+use crate::pg::{self, Credentials};
 use crate::secret::PasswordSource;
 
 /// The audit record's action.
@@ -88,22 +89,26 @@ pub(crate) struct FailoverReport {
     pub audited: bool,
 }
 
+/// The old primary as this node sees it: one look bounded by the timeout
+/// (connect, authentication and queries), classified as the start guard
+/// classifies it.
+fn look_at_peer(config: &HaConfig, peer: Side, creds: &Credentials, timeout: Duration) -> Evidence {
+    evidence::look(config, peer, creds, timeout)
+}
+
 /// Runs a failover.
 pub(crate) fn failover(home: &Home, opts: &FailoverOptions) -> Result<FailoverReport> {
     let started = Instant::now();
     let config = require_config(home)?;
     let mut facts = Vec::new();
     let creds = credentials(&config, opts.password.as_ref(), &mut facts)?;
-    // The one look at the peer (bounded by --timeout-ms) serves both the
-    // generation sync and the decision below.
-    let (config, sync_note, seen) =
-        roles::sync_and_look(home, config, &creds, opts.connect_timeout)?;
+    let (config, sync_note) = roles::sync(home, config, &creds, opts.connect_timeout)?;
     let this = roles::this_side(&config, "ha failover")?;
     let peer = other(this);
     let peer_addr = peer.address(&config).to_string();
     let this_addr = this.address(&config).to_string();
 
-    let seen = seen.unwrap_or_else(|| evidence::look(&config, peer, &creds, opts.connect_timeout));
+    let seen = look_at_peer(&config, peer, &creds, opts.connect_timeout);
     let state_text = seen.to_string();
     // The guard's rule, with no allowance for a writable peer: promoting
     // next to one makes two.

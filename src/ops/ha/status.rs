@@ -22,11 +22,16 @@
 //! Invariants:
 //! - nothing is changed anywhere: servers are only read, directories only
 //!   listed;
-//! - the two nodes are read at the same time, each connection bounded by
-//!   the timeout (and each statement by `statement_timeout`), and the whole
-//!   gathering by a deadline after which a node that has not answered is
-//!   reported as such: a node that is down costs about one timeout, never
-//!   a hang;
+//! - the two nodes are read at the same time, each connection's connect
+//!   and authentication bounded by the timeout (`pg::connect`), each
+//!   statement by `statement_timeout`, and the whole gathering by a
+//!   deadline after which a node that has not answered is reported as
+//!   such; the look at the peer that first brings `ha.toml` up to date is
+//!   one bounded exchange too ([`crate::ha::evidence::look`]): a node that
+//!   is down, frozen or a tarpit costs one or two timeouts, never a hang;
+//! - a node that answers but will not say what it is has no role, and
+//!   makes the verdict `unknown` (it may be a writable primary), never
+//!   `down`;
 //! - no password appears in the report, a note or an error;
 //! - the verdict is computed by [`judge`] from the report's own fields
 //!   alone, so what the report shows is what the verdict says.
