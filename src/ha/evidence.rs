@@ -112,14 +112,6 @@ impl Evidence {
         }
     }
 
-    /// The peer's generation record, when it showed one.
-    pub(crate) fn record(&self) -> Option<&Record> {
-        match self {
-            Evidence::Replica { record, .. } | Evidence::Primary { record, .. } => record.as_ref(),
-            _ => None,
-        }
-    }
-
     /// A one-word kind, for `--json` and logs.
     pub(crate) fn kind(&self) -> &'static str {
         match self {

@@ -29,9 +29,9 @@
 //!
 //! First the guard brings `ha.toml` up to date from the pair's generation
 //! (the peer's table), so a node that was down during a failover learns of
-//! it here; that one look at the peer (bounded by `--timeout-ms`, connect,
-//! authentication and queries together) is also the evidence the decision
-//! uses. `[guard] require_peer = true` refuses even when nothing listens
+//! it here; then it looks at the peer (one exchange bounded by
+//! `--timeout-ms`: connect, authentication and queries together) for the
+//! evidence the decision uses. `[guard] require_peer = true` refuses even when nothing listens
 //! on the peer's port (so a lone surviving primary does not restart while
 //! its peer is down).
 
@@ -83,14 +83,14 @@ pub(crate) fn guard(
     let config = require_config(home)?;
     let mut facts = Vec::new();
     let creds = credentials(&config, password, &mut facts)?;
-    let (config, note, seen) = roles::sync_and_look(home, config, &creds, timeout)?;
+    let (config, note) = roles::sync(home, config, &creds, timeout)?;
     let mut report = GuardReport {
         allowed: true,
         starts_as: "primary",
         reason: String::new(),
         generation: config.generation,
-        peer_generation: seen.as_ref().and_then(Evidence::generation),
-        peer: seen.as_ref().map(Evidence::kind),
+        peer_generation: None,
+        peer: None,
         notes: note.into_iter().collect(),
     };
     if starts_as_replica(&config.pg_data) {
@@ -111,10 +111,7 @@ pub(crate) fn guard(
     let this = roles::this_side(&config, "ha guard")?;
     let peer = other(this);
     let peer_addr = peer.address(&config).to_string();
-    let seen = match seen {
-        Some(seen) => seen,
-        None => evidence::look(&config, peer, &creds, timeout),
-    };
+    let seen = evidence::look(&config, peer, &creds, timeout);
     report.peer = Some(seen.kind());
     report.peer_generation = seen.generation();
     let refuse = |why: String| {

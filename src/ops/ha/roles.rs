@@ -18,7 +18,6 @@ use super::require_config;
 use crate::error::{Error, Result};
 use crate::fsutil::Ownership;
 use crate::ha::config::HaConfig;
-use crate::ha::evidence::{self, Evidence};
 use crate::ha::generation::{self, Record};
 use crate::ha::preflight::{self, Side};
 use crate::node::{Change, Home};
@@ -92,25 +91,23 @@ pub(crate) fn local_admin(
 }
 
 /// The newest generation record either server holds (the local one when
-/// it runs, the peer's when it answers), or `None`; and what the look at
-/// the peer showed, so that a caller deciding on the peer's role does not
-/// wait for it twice.
+/// it runs, the peer's when it answers), or `None`.
 pub(crate) fn pair_generation(
     config: &HaConfig,
     this: Side,
     creds: &Credentials,
     timeout: Duration,
-) -> (Option<Record>, Evidence) {
+) -> Option<Record> {
     let local = local_admin(config, timeout)
         .ok()
         .and_then(|(mut c, t)| generation::current(&mut c, &t).ok().flatten());
-    let seen = evidence::look(config, other(this), creds, timeout);
-    let peer = seen.record().cloned();
-    let newest = match (local, peer) {
+    let peer = peer_sql(config, other(this), creds, timeout)
+        .ok()
+        .and_then(|(mut c, t)| generation::current(&mut c, &t).ok().flatten());
+    match (local, peer) {
         (Some(a), Some(b)) => Some(if a.generation >= b.generation { a } else { b }),
         (a, b) => a.or(b),
-    };
-    (newest, seen)
+    }
 }
 
 /// `config` as the record says the pair now is: primary and secondary
@@ -156,33 +153,21 @@ pub(crate) fn sync(
     creds: &Credentials,
     timeout: Duration,
 ) -> Result<(HaConfig, Option<String>)> {
-    sync_and_look(home, config, creds, timeout).map(|(config, note, _)| (config, note))
-}
-
-/// [`sync`], and what the look at the peer showed (`None` when this
-/// machine is neither node, so there was no peer to look at).
-pub(crate) fn sync_and_look(
-    home: &Home,
-    config: HaConfig,
-    creds: &Credentials,
-    timeout: Duration,
-) -> Result<(HaConfig, Option<String>, Option<Evidence>)> {
     let this = preflight::this_node(&config).0;
     let Some(this_side) = this else {
-        return Ok((config, None, None));
+        return Ok((config, None));
     };
-    let (record, seen) = pair_generation(&config, this_side, creds, timeout);
-    let Some(record) = record else {
-        return Ok((config, None, Some(seen)));
+    let Some(record) = pair_generation(&config, this_side, creds, timeout) else {
+        return Ok((config, None));
     };
     if record.generation <= config.generation {
-        return Ok((config, None, Some(seen)));
+        return Ok((config, None));
     }
     let mut node = home.open(false)?;
     // Re-read under the lock: another keyferry may have done it meanwhile.
     let config = require_config(home)?;
     if record.generation <= config.generation {
-        return Ok((config, None, Some(seen)));
+        return Ok((config, None));
     }
     let next = follow(&config, &record, this);
     let mut change = node.begin(
@@ -218,7 +203,7 @@ pub(crate) fn sync_and_look(
         }
     );
     tracing::info!(generation = record.generation, "ha.toml brought up to date");
-    Ok((next, Some(note), Some(seen)))
+    Ok((next, Some(note)))
 }
 
 /// Clears `demoted` in this node's `ha.toml` once it runs as a replica
