@@ -86,7 +86,8 @@ fn a_diverged_old_primary_is_rewound_only_with_force() {
         return;
     };
     // The link goes down; the old primary goes on accepting writes that the
-    // replica never receives, and the replica is failed over to.
+    // replica never receives, and the replica is failed over to: forced,
+    // since a cut network gives no answer and the failover fails closed.
     pair.ns.set_link_b(false);
     pair.primary
         .connect()
@@ -97,6 +98,17 @@ fn a_diverged_old_primary_is_rewound_only_with_force() {
     let out = pair.keyferry(&[
         "ha",
         "failover",
+        "--password-file",
+        pair.pw_file.to_str().unwrap(),
+        "--timeout-ms",
+        "500",
+    ]);
+    assert_eq!(out.status.code(), Some(13), "failover: {}", text(&out));
+    assert!(text(&out).contains("no answer"), "{}", text(&out));
+    let out = pair.keyferry(&[
+        "ha",
+        "failover",
+        "--force",
         "--password-file",
         pair.pw_file.to_str().unwrap(),
         "--timeout-ms",

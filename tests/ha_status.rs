@@ -6,7 +6,8 @@
 //!
 //! One pair serves every case, in an order that only ever takes things
 //! away: healthy from both nodes (text and JSON, an old data directory
-//! listed without changing the verdict), an abandoned slot over a tiny
+//! listed without changing the verdict), a wrong password while the
+//! replica streams (unknown, exit 15, not down), an abandoned slot over a tiny
 //! `--slot-warn`, the replica's host cut off (returns within the timeout),
 //! the replica stopped (degraded, `Stopped` on its own node), the primary
 //! stopped (down). Needs root, `ip netns` and PostgreSQL; skips otherwise
@@ -312,6 +313,26 @@ fn status_of_a_pair_from_both_nodes_as_it_loses_its_parts() {
             .unwrap()
             .contains(".old-20260101T000000Z (4.9 KiB"),
         "{kept:#}"
+    );
+
+    // A wrong replication password, seen from the replica that streams:
+    // the primary answers and refuses, so the pair's state cannot be told
+    // (exit 15) — never "down: no running primary".
+    let wrong = path("wrong.pw");
+    fs::write(&wrong, "not the password\n").unwrap();
+    fs::set_permissions(&wrong, fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, r) = json(&ns.b, &home_b, &wrong, &[]);
+    assert_eq!(code, 15, "{r:#}");
+    assert_eq!(r["verdict"], "unknown", "{r:#}");
+    assert_eq!(r["nodes"][0]["role"], "Unknown", "{r:#}");
+    assert_eq!(r["nodes"][1]["role"], "Running Replica", "{r:#}");
+    let summary = r["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with("unknown: primary 10.213.0.1 cannot be read")
+            && summary.contains("password authentication failed")
+            && summary.contains("(a replica streams from it)")
+            && !summary.contains("no running primary"),
+        "{summary}"
     );
 
     // An abandoned slot holds WAL back: over a tiny --slot-warn it degrades.

@@ -57,7 +57,7 @@ pub(crate) enum HaCommand {
     },
     /// Preflight: ports, replication connection, WAL settings, versions, data dir, archive, disk, keys.
     Check(CheckArgs),
-    /// Each node's role, replication, lag, slots, kept data dirs, archive; a verdict (exit 0 healthy, 9 degraded, 10 down).
+    /// Each node's role, replication, lag, slots, kept data dirs, archive; a verdict (exit 0 healthy, 9 degraded, 10 down, 14 split brain, 15 unknown).
     Status(StatusArgs),
     /// The WAL archive directory.
     #[command(subcommand)]
@@ -464,6 +464,12 @@ fn run_status(home: &Home, a: StatusArgs) -> Result<()> {
                 summary: report.summary,
             }),
             Verdict::Down => Err(Error::Down {
+                summary: report.summary,
+            }),
+            Verdict::SplitBrain => Err(Error::SplitBrain {
+                summary: report.summary,
+            }),
+            Verdict::Unknown => Err(Error::Unknown {
                 summary: report.summary,
             }),
         };

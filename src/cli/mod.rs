@@ -33,7 +33,8 @@ use crate::secret::PasswordSource;
                   4 malformed/modified bundle, 5 expired bundle, 6 KDF over import limit, 7 audit log damaged, \
                   8 preflight (ha check) failed, 9 pair degraded (ha status), 10 pair down (ha status), \
                   11 a value could not be decrypted, 12 refused: values or nodes still depend on the key (--force), \
-                  13 refused to protect the pair's roles (ha guard, ha start, ha failover)"
+                  13 refused to protect the pair's roles (ha guard, ha start, ha failover), \
+                  14 split brain (ha status), 15 the pair's state cannot be told (ha status)"
 )]
 pub(crate) struct Cli {
     /// The node's home (keyring.json, audit.log, backups/). Default: $KEYFERRY_HOME,

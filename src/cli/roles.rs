@@ -56,6 +56,9 @@ pub(crate) struct GuardArgs {
     /// Seconds to wait for the server's start or stop (`ha start`, `ha stop`).
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     timeout: u64,
+    /// You have checked that the peer's host is off (or its PostgreSQL stopped for good): start even though it gives no answer. Never overrides a peer that answers, nor a demoted node.
+    #[arg(long)]
+    peer_down: bool,
     #[command(flatten)]
     peer: super::ha::PeerArgs,
 }
@@ -125,6 +128,7 @@ pub(crate) fn run_guard(home: &Home, a: GuardArgs) -> Result<()> {
         home,
         a.peer.password.source().as_ref(),
         a.peer.connect_timeout(),
+        a.peer_down,
     )?;
     print_guard(&report, a.peer.json)
 }
@@ -135,6 +139,7 @@ pub(crate) fn run_start(home: &Home, a: GuardArgs) -> Result<()> {
         a.peer.password.source().as_ref(),
         a.peer.connect_timeout(),
         Duration::from_secs(a.timeout),
+        a.peer_down,
     )?;
     print_guard(&report, a.peer.json)?;
     if !a.peer.json {

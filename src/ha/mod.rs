@@ -16,6 +16,8 @@
 //! - [`preflight`]: the named checks of the pair's preflight, each
 //!   returning a [`preflight::Fact`];
 //! - [`generation`]: the pair's generation table on the primary;
+//! - [`evidence`]: what a bounded look at the peer showed, and the one
+//!   fail-closed rule that decides whether this node may be primary;
 //! - [`history`]: the primary's WAL positions this node last saw;
 //! - [`role`]: a node's [`Role`] (`Running Primary`, `Running Replica`,
 //!   `Stopped`, `Unreachable`) and the rule that finds it.
@@ -37,6 +39,7 @@ pub mod archive;
 pub mod config;
 pub(crate) mod datafile;
 mod error;
+pub(crate) mod evidence;
 pub(crate) mod generation;
 pub mod hba;
 pub(crate) mod history;

@@ -630,8 +630,10 @@ pub(crate) fn sql_connection(
             password: password.as_ref().map(|p| p.as_slice()),
             timeout,
         };
-        pg::connect(&spec)
-            .and_then(|mut client| pg::server_facts(&mut client, &endpoint.to_string()))
+        // Connect, authentication and the reads together within the
+        // timeout: a server that accepts and stays silent cannot hang the
+        // check.
+        pg::exchange(&spec, pg::server_facts)
     };
     // This node's own server is read over loopback first: its pg_hba.conf
     // allows its peer's address, not its own (initdb's file allows

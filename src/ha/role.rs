@@ -86,11 +86,8 @@ pub struct LocalServer<'a> {
 /// module documentation. `local`: the node's data directory when it is on
 /// this machine.
 pub fn observe(spec: &ConnSpec<'_>, local: Option<LocalServer<'_>>) -> Result<Role, PgError> {
-    match pg::connect(spec) {
-        Ok(mut client) => {
-            let in_recovery = pg::in_recovery(&mut client, &spec.endpoint.to_string())?;
-            Ok(Role::from_recovery(in_recovery))
-        }
+    match pg::exchange(spec, pg::in_recovery) {
+        Ok(in_recovery) => Ok(Role::from_recovery(in_recovery)),
         Err(e) if e.is_unreachable() => Ok(Role::when_unanswered(
             local.map(|l| pg::server_status(l.pg_bin, l.pg_data)),
         )),

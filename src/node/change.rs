@@ -930,7 +930,9 @@ mod tests {
             change.open = false;
         }
         let without = Home::new(dir.path().join("home"));
-        let e = without.open(false).unwrap_err();
+        let Err(e) = without.open(false) else {
+            panic!("recovered without the pair's effects");
+        };
         assert!(e.to_string().contains("`server` effect"), "{e}");
         assert!(without.journal_path().exists());
     }

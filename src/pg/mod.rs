@@ -13,6 +13,12 @@
 //! the right fix). It depends on nothing else in the crate.
 //!
 //! Invariants:
+//! - every SQL connection's connect, startup and authentication end within
+//!   its [`ConnSpec::timeout`], and a whole read through [`exchange`]
+//!   (connect and every statement) too, whatever the server does; a server
+//!   that accepts and then says nothing is [`PgError::Silent`], never
+//!   "unreachable" (see [`bounded`] for why a deadline on a worker thread,
+//!   and not the client's own timeouts, is what bounds it);
 //! - passwords are only ever borrowed from the caller and handed to the
 //!   connection; they appear in no error, no log line and no command line
 //!   (the `postgres` crate keeps its own copy inside its `Config` for the
@@ -26,6 +32,7 @@
 //!   records belong to `ops`.
 
 pub(crate) mod basebackup;
+pub mod bounded;
 pub(crate) mod child;
 pub(crate) mod conf;
 pub mod dsn;
@@ -47,7 +54,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use postgres::{Client, NoTls};
+pub use bounded::exchange;
+use postgres::Client;
 use zeroize::Zeroizing;
 
 /// SQLSTATE `28P01`: the password was wrong.
@@ -77,6 +85,16 @@ pub enum PgError {
         /// The operating system's error.
         #[source]
         source: io::Error,
+    },
+    /// Something accepted the connection and then did not answer within
+    /// the bound: a stopped or hung server, or something else on its port.
+    /// It is alive as far as TCP goes; it is not "unreachable".
+    #[error("PostgreSQL at {target}: no answer within {ms} ms (the connection was accepted, then nothing came back: a stopped or hung server, or another program on its port)")]
+    Silent {
+        /// Where keyferry connected.
+        target: String,
+        /// The bound, in milliseconds.
+        ms: u128,
     },
     /// The server answered with an error.
     #[error("PostgreSQL at {target} refused: {message} (SQLSTATE {code})")]
@@ -175,7 +193,8 @@ pub struct ConnSpec<'a> {
     pub dbname: &'a str,
     /// The password, when the server may ask for one.
     pub password: Option<&'a [u8]>,
-    /// Connect (and, for the replication handshake, read) timeout.
+    /// Bounds the connect, the startup and authentication, and (through
+    /// [`exchange`]) everything read on the connection.
     pub timeout: Duration,
 }
 
@@ -242,28 +261,10 @@ impl fmt::Debug for Credentials {
     }
 }
 
-/// Opens a SQL connection.
+/// Opens a SQL connection; connect, startup and authentication together
+/// are bounded by `spec.timeout` (see [`bounded`]).
 pub fn connect(spec: &ConnSpec<'_>) -> Result<Client, PgError> {
-    let target = spec.endpoint.to_string();
-    let mut config = postgres::Config::new();
-    config
-        .user(spec.user)
-        .dbname(spec.dbname)
-        .application_name(APPLICATION_NAME)
-        .connect_timeout(spec.timeout);
-    match spec.endpoint {
-        Endpoint::Tcp { host, port } => {
-            config.host(host).port(*port);
-        }
-        Endpoint::Socket { dir, port } => {
-            platform::socket_host(&mut config, dir, &target)?;
-            config.port(*port);
-        }
-    }
-    if let Some(password) = spec.password {
-        config.password(password);
-    }
-    config.connect(NoTls).map_err(|e| from_postgres(&target, e))
+    bounded::connect(spec)
 }
 
 /// Turns a `postgres` crate error into a [`PgError`] for `target`.

@@ -41,8 +41,8 @@ pub struct WalPosition {
     /// `pg_is_in_recovery()`.
     pub in_recovery: bool,
     /// The timeline: a primary's from its current WAL file's name; a
-    /// replica's from its WAL receiver (`received_tli`), else from its
-    /// last restartpoint (`pg_control_checkpoint()`).
+    /// replica's from its WAL receiver (`received_tli`, needs
+    /// `pg_monitor`), else `None`: never a stale one.
     pub timeline: Option<u32>,
     /// `pg_current_wal_lsn()` (primary only).
     pub current_lsn: Option<String>,
@@ -87,7 +87,6 @@ pub(crate) fn position(client: &mut Client, target: &str) -> Result<WalPosition,
                     CASE WHEN pg_is_in_recovery() THEN NULL \
                          ELSE pg_walfile_name(pg_current_wal_lsn()) END, \
                     (SELECT received_tli FROM pg_stat_wal_receiver LIMIT 1), \
-                    (SELECT timeline_id FROM pg_control_checkpoint()), \
                     (SELECT status FROM pg_stat_wal_receiver LIMIT 1), \
                     (SELECT sender_host || ':' || sender_port FROM pg_stat_wal_receiver LIMIT 1)",
             &[],
@@ -95,9 +94,12 @@ pub(crate) fn position(client: &mut Client, target: &str) -> Result<WalPosition,
         .map_err(|e| from_postgres(target, e))?;
     let in_recovery: bool = row.get(0);
     let wal_file: Option<String> = row.get(6);
+    // A replica's timeline only from its WAL receiver, which is current:
+    // its last restartpoint's (pg_control_checkpoint) stays on the old
+    // timeline after a failover until the next restartpoint. Without
+    // pg_monitor the receiver is hidden and the timeline is not known.
     let timeline = if in_recovery {
         row.get::<_, Option<i32>>(7)
-            .or(row.get::<_, Option<i32>>(8))
             .and_then(|t| u32::try_from(t).ok())
     } else {
         wal_file.and_then(|wal| u32::from_str_radix(wal.get(..8)?, 16).ok())
@@ -112,8 +114,8 @@ pub(crate) fn position(client: &mut Client, target: &str) -> Result<WalPosition,
             .get::<_, Option<i64>>(4)
             .and_then(|b| u64::try_from(b).ok()),
         replay_age_seconds: row.get::<_, Option<f64>>(5).map(|s| s.max(0.0)),
-        receiver_status: row.get(9),
-        upstream: row.get(10),
+        receiver_status: row.get(8),
+        upstream: row.get(9),
     })
 }
 

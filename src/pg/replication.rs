@@ -53,6 +53,7 @@ pub fn timeline_history(
     let mut conn = Conn {
         stream,
         target: target.clone(),
+        timeout,
     };
     conn.startup(user, password)?;
     let (_, timeline, _) = conn.identify_system()?;
@@ -108,6 +109,7 @@ pub fn identify_system(
     let mut conn = Conn {
         stream,
         target: target.clone(),
+        timeout,
     };
     let server_version = conn.startup(user, password)?;
     let (system_id, timeline, xlogpos) = conn.identify_system()?;
@@ -125,6 +127,8 @@ pub fn identify_system(
 struct Conn {
     stream: TcpStream,
     target: String,
+    /// Each read's and write's bound.
+    timeout: Duration,
 }
 
 impl Conn {
@@ -136,6 +140,16 @@ impl Conn {
     }
 
     fn io(&self, e: std::io::Error) -> PgError {
+        // A read that timed out: the server accepted and then said nothing.
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
+            return PgError::Silent {
+                target: self.target.clone(),
+                ms: self.timeout.as_millis(),
+            };
+        }
         self.protocol(format!("connection failed during the handshake: {e}"))
     }
 

@@ -1,12 +1,16 @@
 //! `keyferry ha failover`: the unplanned promotion of the replica, run on
 //! it while the primary is down.
 //!
-//! Refused while the old primary is reachable and accepts writes (its
-//! PostgreSQL port answers and `pg_is_in_recovery()` is false) — that is a
-//! switchover's job, and two primaries would split the pair's data; a port
-//! that answers without letting keyferry read the role is refused too,
-//! since the old primary cannot be shown to be down. `--force` overrides
-//! both and says what it risks.
+//! The old primary is looked at by the same bounded look, classifier and
+//! rule as the start guard ([`crate::ha::evidence`]): the failover goes ahead only
+//! on positive evidence that the old primary does not accept writes (its
+//! host says nothing listens on its port, or it runs as a replica).
+//! Refused while it accepts writes (a switchover's job: two primaries
+//! would split the pair's data), while it answers without saying what it
+//! is (a wrong password, "too many clients", a silent socket: it is
+//! alive), and while it gives no answer at all (a dead host and a cut
+//! network look the same). `--force` overrides each and says what it
+//! risks.
 //!
 //! Before promoting it reports what can be lost: the replica's last
 //! received WAL position against the last primary position this node
@@ -27,7 +31,6 @@
 //! this node's table (its `ha guard`, or any `ha` command there) and is
 //! kept from starting as primary until `ha rejoin`.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -35,12 +38,13 @@ use serde_json::Value;
 
 use super::check::credentials;
 use super::require_config;
-use super::roles::{self, other, peer_sql, FAILOVER};
+use super::roles::{self, other, FAILOVER};
 use crate::error::{Error, Result};
 use crate::ha::config::HaConfig;
+use crate::ha::evidence::{self, Evidence};
 use crate::ha::generation::{self, Record};
+use crate::ha::history;
 use crate::ha::preflight::Side;
-use crate::ha::{history, net};
 use crate::node::{HeldPhase, Home, Machine, Reopen};
 use crate::ops::details;
 use crate::pg::{self, Credentials};
@@ -136,30 +140,11 @@ pub(crate) struct FailoverReport {
     pub audited: bool,
 }
 
-/// The old primary as this node sees it.
-enum Peer {
-    /// Nothing answers on its PostgreSQL port.
-    Down,
-    /// Its server answers and runs as a replica.
-    Replica,
-    /// Its server answers and accepts writes.
-    Primary,
-    /// The port answers but the role could not be read.
-    Unknown(String),
-}
-
-fn look_at_peer(config: &HaConfig, peer: Side, creds: &Credentials, timeout: Duration) -> Peer {
-    let addr = SocketAddr::new(peer.address(config).ip(), config.pg_port);
-    if net::tcp_probe(addr, timeout).is_err() {
-        return Peer::Down;
-    }
-    match peer_sql(config, peer, creds, timeout).and_then(|(mut c, t)| pg::in_recovery(&mut c, &t))
-    {
-        Ok(true) => Peer::Replica,
-        Ok(false) => Peer::Primary,
-        Err(e) if e.is_unreachable() => Peer::Down,
-        Err(e) => Peer::Unknown(e.to_string()),
-    }
+/// The old primary as this node sees it: one look bounded by the timeout
+/// (connect, authentication and queries), classified as the start guard
+/// classifies it.
+fn look_at_peer(config: &HaConfig, peer: Side, creds: &Credentials, timeout: Duration) -> Evidence {
+    evidence::look(config, peer, creds, timeout)
 }
 
 /// Runs a failover.
@@ -178,21 +163,18 @@ pub(crate) fn failover(home: &Home, opts: &FailoverOptions) -> Result<FailoverRe
     let this_addr = this.address(&config).to_string();
 
     let seen = look_at_peer(&config, peer, &creds, opts.connect_timeout);
-    let (state_text, refusal) = match &seen {
-        Peer::Down => ("down (its PostgreSQL port does not answer)".to_owned(), None),
-        Peer::Replica => ("running as a replica".to_owned(), None),
-        Peer::Primary => (
-            "running as primary and accepting writes".to_owned(),
-            Some(format!(
-                "{peer_addr} is reachable and accepts writes: a failover now would make two primaries; for a planned change of roles run `keyferry ha switchover` on {peer_addr}"
-            )),
-        ),
-        Peer::Unknown(why) => (
-            format!("answering on its port, role unknown ({why})"),
-            Some(format!(
-                "{peer_addr}'s PostgreSQL port answers but its role cannot be read ({why}): it may still accept writes; stop it, or fix the connection (see `keyferry ha status`)"
-            )),
-        ),
+    let state_text = seen.to_string();
+    // The guard's rule, with no allowance for a writable peer: promoting
+    // next to one makes two.
+    let refusal = match evidence::may_be_primary(&seen, config.generation, false, false) {
+        Ok(_) => None,
+        Err(_) if matches!(seen, Evidence::Primary { .. }) => Some(format!(
+            "{peer_addr} is reachable and accepts writes: a failover now would make two primaries; for a planned change of roles run `keyferry ha switchover` on {peer_addr}"
+        )),
+        Err(why) => Some(format!(
+            "{peer_addr}: {why}; {}",
+            evidence::way_out(&seen, &config, &peer_addr, "`--force`")
+        )),
     };
     let risk = match (&refusal, opts.force) {
         (Some(why), false) => {

@@ -5,19 +5,35 @@
 //! `ExecStartPre=`, or `ha start`, which runs it first). It decides only
 //! whether the node may start as a *primary*; a data directory with
 //! `standby.signal` (or `recovery.signal`) starts as a replica and is
-//! always let through. A would-be primary is refused (exit 13) when
+//! always let through.
 //!
-//! - its own `ha.toml` says it was demoted (a failover made the other node
-//!   primary; `ha rejoin` clears the mark), or
-//! - the peer is reachable, runs as primary, and its generation is higher
-//!   than this node's.
+//! It fails closed (DESIGN.md, "Fail closed"): a would-be primary starts
+//! only on positive evidence that the peer is not a writable primary of a
+//! newer generation — the peer's host says nothing listens on its port,
+//! the peer says it is a replica, or it says it is a primary of a
+//! generation not above this node's (allowed with a warning: the pair then
+//! has two primaries, which `ha status` shows as split brain). Everything
+//! else is a refusal (exit 13) that names what was seen and the way out:
+//!
+//! - this node's own `ha.toml` says it was demoted (a failover made the
+//!   other node primary; `ha rejoin` clears the mark);
+//! - the peer is a primary of a newer generation;
+//! - the peer answers but will not say what it is (a stale password, no
+//!   `pg_hba.conf` line, "too many clients", no rights, any error), or
+//!   accepts the connection and stays silent (a stopped postmaster, a
+//!   tarpit): it is alive, so it may be primary;
+//! - the peer gives no answer at all (TCP connect timed out, no route): a
+//!   dead peer and a cut network look the same. The operator who has
+//!   checked the peer's host says so with `--peer-down`, which answers
+//!   this case and no other.
 //!
 //! First the guard brings `ha.toml` up to date from the pair's generation
 //! (the peer's table), so a node that was down during a failover learns of
-//! it here. When the peer cannot be reached a two-node pair cannot tell a
-//! dead peer from a cut network: the guard lets the node start and logs
-//! why, unless `[guard] require_peer = true`, which refuses instead (and so
-//! keeps a lone surviving primary from restarting while its peer is down).
+//! it here; then it looks at the peer (one exchange bounded by
+//! `--timeout-ms`: connect, authentication and queries together) for the
+//! evidence the decision uses. `[guard] require_peer = true` refuses even when nothing listens
+//! on the peer's port (so a lone surviving primary does not restart while
+//! its peer is down).
 
 use std::path::Path;
 use std::time::Duration;
@@ -26,13 +42,12 @@ use serde::Serialize;
 
 use super::check::credentials;
 use super::require_config;
-use super::roles::{self, other, peer_sql};
+use super::roles::{self, other};
 use crate::error::{Error, Result};
 use crate::ha::config::HaConfig;
-use crate::ha::generation;
+use crate::ha::evidence::{self, Evidence};
 use crate::ha::service::Server;
 use crate::node::Home;
-use crate::pg;
 use crate::secret::PasswordSource;
 
 /// What the guard decided.
@@ -45,6 +60,9 @@ pub(crate) struct GuardReport {
     pub reason: String,
     pub generation: u64,
     pub peer_generation: Option<u64>,
+    /// What the look at the peer showed (`not_listening`, `no_answer`,
+    /// `silent`, `refusing`, `replica`, `primary`).
+    pub peer: Option<&'static str>,
     pub notes: Vec<String>,
 }
 
@@ -54,11 +72,13 @@ pub(crate) fn starts_as_replica(pg_data: &Path) -> bool {
 }
 
 /// Runs the guard. A refusal is `Err(Error::Fenced)`; the report of an
-/// allowed start says why it was allowed.
+/// allowed start says why it was allowed. `peer_down`: the operator has
+/// checked that the peer is down (answers "no answer", nothing else).
 pub(crate) fn guard(
     home: &Home,
     password: Option<&PasswordSource>,
     timeout: Duration,
+    peer_down: bool,
 ) -> Result<GuardReport> {
     let config = require_config(home)?;
     let mut facts = Vec::new();
@@ -70,6 +90,7 @@ pub(crate) fn guard(
         reason: String::new(),
         generation: config.generation,
         peer_generation: None,
+        peer: None,
         notes: note.into_iter().collect(),
     };
     if starts_as_replica(&config.pg_data) {
@@ -89,42 +110,25 @@ pub(crate) fn guard(
     }
     let this = roles::this_side(&config, "ha guard")?;
     let peer = other(this);
-    let peer_addr = peer.address(&config);
-    let seen = peer_sql(&config, peer, &creds, timeout).and_then(|(mut c, t)| {
-        let in_recovery = pg::in_recovery(&mut c, &t)?;
-        let generation = generation::current(&mut c, &t)?.map(|r| r.generation);
-        Ok((in_recovery, generation))
-    });
-    match seen {
-        Ok((in_recovery, peer_gen)) => {
-            report.peer_generation = peer_gen;
-            let peer_gen = peer_gen.unwrap_or(0);
-            if !in_recovery && peer_gen > config.generation {
-                return Err(Error::Fenced(format!(
-                    "ha guard: the peer {peer_addr} runs as primary at generation {peer_gen}, above this node's {}: starting this node as primary would make two; {rejoin}",
-                    config.generation
-                )));
-            }
-            report.reason = if in_recovery {
-                format!("the peer {peer_addr} runs as a replica (generation {peer_gen}); this node starts as primary")
-            } else {
-                format!(
-                    "the peer {peer_addr} runs as primary too, at generation {peer_gen}, not above this node's {}: this node starts, but the pair has two primaries; see `keyferry ha status`",
-                    config.generation
-                )
-            };
-        }
-        Err(e) => {
-            if config.guard.require_peer {
-                return Err(Error::Fenced(format!(
-                    "ha guard: the peer {peer_addr} cannot be reached ({e}) and [guard] require_peer = true: a two-node pair cannot tell whether the peer took over, so this node does not start as primary; start it once the peer is reachable, or set require_peer = false to accept that risk"
-                )));
-            }
-            report.reason = format!(
-                "the peer {peer_addr} cannot be reached ({e}): a two-node pair cannot know whether it took over; starting as primary ([guard] require_peer = true would refuse)"
-            );
-        }
+    let peer_addr = peer.address(&config).to_string();
+    let seen = evidence::look(&config, peer, &creds, timeout);
+    report.peer = Some(seen.kind());
+    report.peer_generation = seen.generation();
+    let refuse = |why: String| {
+        Error::Fenced(format!(
+            "ha guard: {peer_addr}: {why}; this node does not start as primary; {}",
+            evidence::way_out(&seen, &config, &peer_addr, "`--peer-down`")
+        ))
+    };
+    if config.guard.require_peer
+        && !matches!(seen, Evidence::Replica { .. } | Evidence::Primary { .. })
+    {
+        return Err(Error::Fenced(format!(
+            "ha guard: the peer {peer_addr} is {seen}, and [guard] require_peer = true: this node starts as primary only while the peer answers; start it once the peer runs, or set require_peer = false"
+        )));
     }
+    report.reason =
+        evidence::may_be_primary(&seen, config.generation, peer_down, true).map_err(refuse)?;
     tracing::warn!(reason = %report.reason, "ha guard lets the server start");
     Ok(report)
 }
@@ -135,8 +139,9 @@ pub(crate) fn start(
     password: Option<&PasswordSource>,
     connect_timeout: Duration,
     timeout: Duration,
+    peer_down: bool,
 ) -> Result<GuardReport> {
-    let report = guard(home, password, connect_timeout)?;
+    let report = guard(home, password, connect_timeout, peer_down)?;
     let config = require_config(home)?;
     server(&config, timeout)
         .start()

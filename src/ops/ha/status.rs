@@ -1,6 +1,6 @@
 //! `keyferry ha status`: what the pair is doing now, from either node (or
 //! a third host), as one [`StatusReport`] with a verdict scripts can act
-//! on (`healthy`, `degraded`, `down`).
+//! on (`healthy`, `degraded`, `down`, `split_brain`, `unknown`).
 //!
 //! This module owns gathering the report and the verdict rule; `cli`
 //! only prints it. How each server is reached:
@@ -22,11 +22,16 @@
 //! Invariants:
 //! - nothing is changed anywhere: servers are only read, directories only
 //!   listed;
-//! - the two nodes are read at the same time, each connection bounded by
-//!   the timeout (and each statement by `statement_timeout`), and the whole
-//!   gathering by a deadline after which a node that has not answered is
-//!   reported as such: a node that is down costs about one timeout, never
-//!   a hang;
+//! - the two nodes are read at the same time, each connection's connect
+//!   and authentication bounded by the timeout (`pg::connect`), each
+//!   statement by `statement_timeout`, and the whole gathering by a
+//!   deadline after which a node that has not answered is reported as
+//!   such; the look at the peer that first brings `ha.toml` up to date is
+//!   one bounded exchange too ([`crate::ha::evidence::look`]): a node that
+//!   is down, frozen or a tarpit costs one or two timeouts, never a hang;
+//! - a node that answers but will not say what it is has no role, and
+//!   makes the verdict `unknown` (it may be a writable primary), never
+//!   `down`;
 //! - no password appears in the report, a note or an error;
 //! - the verdict is computed by [`judge`] from the report's own fields
 //!   alone, so what the report shows is what the verdict says.
@@ -88,16 +93,25 @@ impl StatusOptions {
     }
 }
 
-/// The verdict: `healthy`, `degraded` or `down`.
+/// The verdict: `healthy`, `degraded`, `down`, `split_brain` or
+/// `unknown`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub(crate) enum Verdict {
     /// One running primary, one streaming replica, nothing over a limit.
     Healthy,
     /// A primary runs, but something needs attention (see the reasons).
     Degraded,
-    /// No running primary could be seen: nothing accepts writes.
+    /// No running primary could be seen, and every node was seen: nothing
+    /// accepts writes.
     Down,
+    /// Two writable primaries, or a primary on an older generation than
+    /// the pair's record (an old primary came back).
+    SplitBrain,
+    /// A node answers but will not say what it is (authentication failed,
+    /// no rights, too many clients, a silent socket): it may be a writable
+    /// primary, so the pair's state cannot be told.
+    Unknown,
 }
 
 impl Verdict {
@@ -106,6 +120,8 @@ impl Verdict {
             Verdict::Healthy => "healthy",
             Verdict::Degraded => "degraded",
             Verdict::Down => "down",
+            Verdict::SplitBrain => "split_brain",
+            Verdict::Unknown => "unknown",
         }
     }
 }
@@ -843,13 +859,20 @@ fn rights_notes(config: &HaConfig, nodes: &[NodeStatus], views: &[Seen], notes: 
     }
 }
 
-/// The verdict rule (README, "ha status"):
+/// The verdict rule (README, "ha status"), in order:
 ///
+/// - `split_brain`: both nodes run as primary, or a running primary holds
+///   a generation below the pair's record (the highest generation any
+///   server or this node's `ha.toml` holds);
+/// - `unknown`: a node answered but could not be read (authentication
+///   failed, no rights, too many clients, silent) and the running primary
+///   does not show it streaming as its replica: it may be a writable
+///   primary;
 /// - `down`: neither node is seen running as primary (nothing accepts
 ///   writes, as far as this node can tell);
-/// - `degraded`: a primary runs, and: both nodes run as primary; or the
-///   other node is not a running replica (stopped, unreachable, unreadable);
-///   or replication is not active; or the replica is more than
+/// - `degraded`: a primary runs, and: the other node is not a running
+///   replica (stopped, unreachable, unreadable but streaming); or
+///   replication is not active; or the replica is more than
 ///   `lag_warn_seconds` behind; or a slot retains more WAL than the limit;
 /// - `healthy` otherwise. Kept old data directories and the archive's
 ///   contents are information and never change the verdict.
@@ -875,44 +898,101 @@ pub(crate) fn judge(
         .iter()
         .filter(|n| n.role == Some(Role::RunningPrimary))
         .collect();
+    let shown = |n: &NodeStatus, what: Option<u64>| {
+        what.map_or("?".into(), |v| v.to_string()) + &format!(" on {}", n.address)
+    };
+    if primaries.len() > 1 {
+        return (
+            Verdict::SplitBrain,
+            vec![format!(
+                "both nodes run as primary and accept writes (generations {} and {}, timelines {} and {}): stop the one that must not be primary now (the older generation), then make it a replica with `keyferry ha rejoin`",
+                shown(primaries[0], primaries[0].generation),
+                shown(primaries[1], primaries[1].generation),
+                shown(primaries[0], primaries[0].timeline.map(u64::from)),
+                shown(primaries[1], primaries[1].timeline.map(u64::from)),
+            )],
+        );
+    }
+    let record = nodes
+        .iter()
+        .flat_map(|n| [n.generation, n.ha_toml_generation])
+        .flatten()
+        .max();
+    if let (Some(p), Some(record)) = (primaries.first(), record) {
+        if let Some(g) = p.generation.filter(|g| *g < record) {
+            return (
+                Verdict::SplitBrain,
+                vec![format!(
+                    "{} runs as primary at generation {g}, below the pair's generation {record}: an old primary came back after the roles changed; stop it now and make it a replica with `keyferry ha rejoin`",
+                    p.label()
+                )],
+            );
+        }
+    }
+    // A node that answered without saying what it is, unless the running
+    // primary shows it streaming as its replica (then it is one).
+    let streams = |n: &NodeStatus| {
+        primaries.len() == 1
+            && replication.active
+            && replication.standby_address.as_deref() == Some(n.address.as_str())
+    };
+    let unreadable: Vec<&NodeStatus> = nodes
+        .iter()
+        .filter(|n| n.role.is_none() && !streams(n))
+        .collect();
+    if !unreadable.is_empty() {
+        let mut reasons: Vec<String> = unreadable
+            .iter()
+            .map(|n| {
+                let fed = nodes.iter().any(|r| {
+                    r.role == Some(Role::RunningReplica)
+                        && r.upstream
+                            .as_deref()
+                            .is_some_and(|u| u.split(':').next() == Some(n.address.as_str()))
+                });
+                format!(
+                    "{}; it runs{} and may be a writable primary",
+                    describe(n),
+                    if fed {
+                        " (a replica streams from it)"
+                    } else {
+                        ""
+                    }
+                )
+            })
+            .collect();
+        reasons.extend(nodes.iter().filter(|n| n.role.is_some()).map(&describe));
+        return (Verdict::Unknown, reasons);
+    }
     if primaries.is_empty() {
         let mut reasons = vec!["no running primary".to_owned()];
         reasons.extend(nodes.iter().map(describe));
         return (Verdict::Down, reasons);
     }
     let mut reasons = Vec::new();
-    if primaries.len() > 1 {
-        let timeline = |n: &NodeStatus| n.timeline.map_or("?".into(), |t| t.to_string());
-        reasons.push(format!(
-            "both nodes run as primary (timelines {} and {}): split brain, or a secondary never bootstrapped",
-            timeline(primaries[0]),
-            timeline(primaries[1])
-        ));
-    } else {
-        for other in nodes
-            .iter()
-            .filter(|n| n.role != Some(Role::RunningPrimary))
+    for other in nodes
+        .iter()
+        .filter(|n| n.role != Some(Role::RunningPrimary))
+    {
+        if other.role != Some(Role::RunningReplica) {
+            reasons.push(describe(other));
+        } else if !replication.active {
+            reasons.push(format!(
+                "replication not active ({})",
+                replication
+                    .state
+                    .as_deref()
+                    .map_or("no WAL sender for the replica".to_owned(), |s| format!(
+                        "state {s}"
+                    ))
+            ));
+        } else if let Some(lag) = replication
+            .lag_seconds
+            .filter(|l| *l > lag_warn_seconds as f64)
         {
-            if other.role != Some(Role::RunningReplica) {
-                reasons.push(describe(other));
-            } else if !replication.active {
-                reasons.push(format!(
-                    "replication not active ({})",
-                    replication
-                        .state
-                        .as_deref()
-                        .map_or("no WAL sender for the replica".to_owned(), |s| format!(
-                            "state {s}"
-                        ))
-                ));
-            } else if let Some(lag) = replication
-                .lag_seconds
-                .filter(|l| *l > lag_warn_seconds as f64)
-            {
-                reasons.push(format!(
-                    "the replica is {lag:.0} s behind (over {lag_warn_seconds} s)"
-                ));
-            }
+            reasons.push(format!(
+                "the replica is {lag:.0} s behind (over {lag_warn_seconds} s)"
+            ));
         }
     }
     for s in slots.iter().filter(|s| s.over_threshold) {
@@ -1016,11 +1096,9 @@ mod tests {
         for (p, s) in [
             (Some(Role::Stopped), R),
             (Some(Role::Unreachable), Some(Role::Unreachable)),
-            (None, R),
             (R, R),
         ] {
-            let mut nodes = pair(p, s);
-            nodes[0].error = p.is_none().then(|| "password authentication failed".into());
+            let nodes = pair(p, s);
             let (v, reasons) = judge(&nodes, &Replication::default(), &[], 300);
             assert_eq!(v, Verdict::Down, "{p:?} {s:?}");
             let line = summary(v, &reasons);
@@ -1065,18 +1143,6 @@ mod tests {
                 vec![slot(2 << 30, true)],
                 "slot s1 (inactive) retains 2.0 GiB",
             ),
-            (
-                pair(P, P),
-                Replication::default(),
-                vec![],
-                "both nodes run as primary (timelines 1 and 1)",
-            ),
-            (
-                pair(P, None),
-                Replication::default(),
-                vec![],
-                "secondary 203.0.113.2 Unknown",
-            ),
         ];
         unreachable[1].web_port_open = true;
         let mut all = cases;
@@ -1095,6 +1161,68 @@ mod tests {
                 "{words}: {line}"
             );
         }
+    }
+
+    #[test]
+    fn two_primaries_or_an_outranked_primary_is_split_brain() {
+        let mut both = pair(P, P);
+        both[0].generation = Some(5);
+        both[1].generation = Some(6);
+        let (v, reasons) = judge(&both, &Replication::default(), &[], 300);
+        assert_eq!(v, Verdict::SplitBrain);
+        let line = summary(v, &reasons);
+        assert!(
+            line.starts_with("split_brain: both nodes run as primary")
+                && line.contains("generations 5 on 203.0.113.1 and 6 on 203.0.113.2"),
+            "{line}"
+        );
+        // One primary, below the generation this node's ha.toml holds: an
+        // old primary that came back while the new one is away.
+        let mut old = pair(P, Some(Role::Unreachable));
+        old[0].generation = Some(5);
+        old[0].ha_toml_generation = Some(6);
+        let (v, reasons) = judge(&old, &Replication::default(), &[], 300);
+        assert_eq!(v, Verdict::SplitBrain, "{reasons:?}");
+        assert!(reasons[0].contains("at generation 5, below the pair's generation 6"));
+        // At the record's generation it is not.
+        old[0].generation = Some(6);
+        let (v, _) = judge(&old, &Replication::default(), &[], 300);
+        assert_eq!(v, Verdict::Degraded);
+    }
+
+    #[test]
+    fn a_node_that_will_not_say_what_it_is_is_unknown_not_down() {
+        // The replica streams, the primary refuses the password: not
+        // "no running primary".
+        let mut nodes = pair(None, R);
+        nodes[0].error = Some("password authentication failed for user \"repuser\"".into());
+        nodes[1].upstream = Some("203.0.113.1:5432".into());
+        let (v, reasons) = judge(&nodes, &Replication::default(), &[], 300);
+        assert_eq!(v, Verdict::Unknown);
+        let line = summary(v, &reasons);
+        assert!(
+            line.starts_with(
+                "unknown: primary 203.0.113.1 cannot be read: password authentication failed"
+            ) && line.contains("(a replica streams from it)")
+                && !line.contains("no running primary"),
+            "{line}"
+        );
+        // A running primary and an unreadable other node: may be two.
+        let mut nodes = pair(P, None);
+        nodes[1].error = Some("no answer within 1000 ms".into());
+        let (v, reasons) = judge(&nodes, &Replication::default(), &[], 300);
+        assert_eq!(v, Verdict::Unknown, "{reasons:?}");
+        // Unless the primary shows it streaming as its replica.
+        let mut r = streaming(0.0);
+        r.standby_address = Some("203.0.113.2".into());
+        let (v, reasons) = judge(&nodes, &r, &[], 300);
+        assert_eq!(v, Verdict::Degraded, "{reasons:?}");
+        assert!(reasons[0].contains("secondary 203.0.113.2 cannot be read"));
+        assert_eq!(
+            serde_json::to_value(Verdict::SplitBrain).unwrap(),
+            "split_brain"
+        );
+        assert_eq!(serde_json::to_value(Verdict::Unknown).unwrap(), "unknown");
     }
 
     #[test]
