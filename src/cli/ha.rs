@@ -81,6 +81,22 @@ pub(crate) enum HaCommand {
     Start(super::roles::GuardArgs),
     /// Stop the local server through ha.toml's [service] (fast shutdown).
     Stop(super::roles::GuardArgs),
+    /// Print the connection string an application uses to follow the primary
+    /// after a switchover or failover (both nodes, writable one chosen; no password).
+    Connstr(ConnstrArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ConnstrArgs {
+    /// The client's dialect: libpq, uri, npgsql (appsettings.json) or jdbc.
+    #[arg(long, value_name = "FORMAT", default_value = "libpq")]
+    format: crate::ha::connstr::Format,
+    /// The application's database.
+    #[arg(long, value_name = "NAME")]
+    database: Option<String>,
+    /// The application's role.
+    #[arg(long, value_name = "ROLE")]
+    user: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -316,6 +332,21 @@ pub fn run(home: &Home, cmd: HaCommand) -> Result<()> {
         HaCommand::Guard(a) => super::roles::run_guard(home, a),
         HaCommand::Start(a) => super::roles::run_start(home, a),
         HaCommand::Stop(a) => super::roles::run_stop(home, a),
+        HaCommand::Connstr(a) => {
+            let config = ops_ha::require_config(home)?;
+            println!(
+                "{}",
+                crate::ha::connstr::render(
+                    &config,
+                    a.format,
+                    &crate::ha::connstr::Target {
+                        database: a.database.as_deref(),
+                        user: a.user.as_deref(),
+                    },
+                )
+            );
+            Ok(())
+        }
         HaCommand::Show { json } => {
             let report = ops_ha::show(home)?;
             if json {

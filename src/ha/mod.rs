@@ -9,6 +9,8 @@
 //!   peer without touching any other byte of the file;
 //! - [`config`]: the pair description `ha.toml`, its validation and its
 //!   adjustment when a secondary imports the primary's copy;
+//! - [`connstr`]: the multi-host connection string that follows the
+//!   primary, in the dialects clients speak;
 //! - [`archive`]: recognising WAL archive files and removing only those;
 //! - [`kept`]: the old data directories a bootstrap keeps beside
 //!   `pg_data`, found and measured, never touched;
@@ -35,6 +37,7 @@
 pub(crate) mod addr;
 pub mod archive;
 pub mod config;
+pub mod connstr;
 pub(crate) mod datafile;
 mod error;
 pub(crate) mod generation;
