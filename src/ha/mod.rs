@@ -17,6 +17,8 @@
 //! - [`net`]: TCP reachability and "is this address mine";
 //! - [`preflight`]: the named checks of the pair's preflight, each
 //!   returning a [`preflight::Fact`];
+//! - [`prepare`]: the replication role, its schema and the server settings
+//!   `ha prepare` makes right, as SQL planned from what the server has;
 //! - [`generation`]: the pair's generation table on the primary;
 //! - [`history`]: the primary's WAL positions this node last saw;
 //! - [`role`]: a node's [`Role`] (`Running Primary`, `Running Replica`,
@@ -46,6 +48,7 @@ pub(crate) mod history;
 pub mod kept;
 pub(crate) mod net;
 pub(crate) mod preflight;
+pub mod prepare;
 pub mod role;
 pub(crate) mod service;
 
