@@ -95,3 +95,103 @@ fn prepare_makes_the_role_its_rights_schema_and_settings_once() {
     let hints: String = admin.query_one("SHOW wal_log_hints", &[]).unwrap().get(0);
     assert_eq!(hints, "on");
 }
+
+fn keyferry(home: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_keyferry"))
+        .arg("--home")
+        .arg(home)
+        .env_remove("KEYFERRY_HOME")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn ha_prepare_lists_runs_audits_and_then_has_nothing_to_do() {
+    let Some(server) = PgServer::start_primary(PgOptions::default()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    ok(&keyferry(&home, &["init"]));
+    let port = server.port().to_string();
+    ok(&keyferry(
+        &home,
+        &[
+            "ha",
+            "init",
+            "--node",
+            "pam-a",
+            "--primary",
+            "192.0.2.1",
+            "--secondary",
+            "192.0.2.2",
+            "--pg-port",
+            &port,
+            "--pg-data",
+            server.data_dir().to_str().unwrap(),
+            "--pg-socket-dir",
+            server.socket_dir().to_str().unwrap(),
+            "--pg-bin",
+            server.bin_dir().to_str().unwrap(),
+        ],
+    ));
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    let pw = pw.to_str().unwrap();
+    let audit = || std::fs::read_to_string(home.join("audit.log")).unwrap();
+    let before = audit();
+
+    let out = ok(&keyferry(
+        &home,
+        &["ha", "prepare", "--dry-run", "--password-file", pw],
+    ));
+    assert!(out.contains("would run: CREATE ROLE \"repuser\""), "{out}");
+    assert!(
+        out.contains("would run: ALTER SYSTEM SET wal_log_hints"),
+        "{out}"
+    );
+    assert!(
+        !out.contains(PASSWORD) && !out.contains("SCRAM-SHA-256$"),
+        "{out}"
+    );
+    let exists: bool = server
+        .connect()
+        .query_one(
+            "SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = 'repuser')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(!exists, "a dry run created the role");
+    assert_eq!(audit(), before);
+
+    let out = ok(&keyferry(&home, &["ha", "prepare", "--password-file", pw]));
+    assert!(
+        out.contains("ran: GRANT pg_monitor TO \"repuser\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("restart the server for") && out.contains("wal_log_hints"),
+        "{out}"
+    );
+    server.connect_as("repuser", PASSWORD);
+    let log = audit();
+    assert_eq!(log.matches("\"ha-prepare\"").count(), 1, "{log}");
+    assert!(!log.contains(PASSWORD) && !log.contains("SCRAM-SHA-256$"));
+
+    let out = ok(&keyferry(&home, &["ha", "prepare", "--password-file", pw]));
+    assert!(out.contains("nothing to change"), "{out}");
+    assert!(!out.contains("ran:"), "{out}");
+    assert_eq!(audit(), log);
+}

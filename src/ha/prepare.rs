@@ -78,6 +78,21 @@ pub struct Statement {
     pub why: String,
 }
 
+impl Statement {
+    /// The statement as printed and audited: a password verifier is
+    /// replaced by what it stands for (a verifier still allows guessing
+    /// the password offline, so it is kept out of files and terminals).
+    pub fn shown(&self) -> String {
+        match self.sql.find(" PASSWORD '") {
+            Some(at) => format!(
+                "{} PASSWORD '<SCRAM-SHA-256 verifier of the given password>'",
+                &self.sql[..at]
+            ),
+            None => self.sql.clone(),
+        }
+    }
+}
+
 /// What `ha prepare` would do on one server.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {

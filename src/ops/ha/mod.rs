@@ -20,6 +20,7 @@ pub(crate) mod check;
 pub(crate) mod failover;
 pub(crate) mod guard;
 pub mod hba;
+pub(crate) mod prepare;
 pub(crate) mod rejoin;
 pub(crate) mod roles;
 pub(crate) mod status;
