@@ -823,3 +823,78 @@ fn hba_ensure_edits_a_linked_files_target_and_keeps_the_link() {
         .file_type()
         .is_symlink());
 }
+
+#[test]
+fn ha_connstr_prints_both_nodes_for_each_client_and_never_a_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    // No ha.toml: refused, naming the fix.
+    keyferry(&home)
+        .args(["ha", "connstr"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("keyferry ha init"));
+    keyferry(&home)
+        .args(init_args("10.0.0.1", "fd00::2"))
+        .assert()
+        .success();
+    let out = stdout_of(keyferry(&home).args([
+        "ha",
+        "connstr",
+        "--format",
+        "npgsql",
+        "--database",
+        "pam",
+        "--user",
+        "pamapp",
+    ]));
+    assert_eq!(
+        out,
+        "Host=10.0.0.1,fd00::2;Port=5432;Database=pam;Username=pamapp;Target Session Attributes=primary\n"
+    );
+    let out = stdout_of(keyferry(&home).args(["ha", "connstr"]));
+    assert_eq!(
+        out,
+        "host=10.0.0.1,fd00::2 port=5432,5432 target_session_attrs=read-write\n"
+    );
+    let out = stdout_of(keyferry(&home).args(["ha", "connstr", "--format", "jdbc"]));
+    assert_eq!(
+        out,
+        "jdbc:postgresql://10.0.0.1:5432,[fd00::2]:5432/?targetServerType=primary\n"
+    );
+    for format in ["libpq", "uri", "npgsql", "jdbc"] {
+        let out = stdout_of(keyferry(&home).args(["ha", "connstr", "--format", format]));
+        assert!(!out.to_ascii_lowercase().contains("password"), "{out}");
+    }
+    keyferry(&home)
+        .args(["ha", "connstr", "--format", "odbc"])
+        .assert()
+        .code(2);
+}
+
+#[test]
+fn nodes_connect_without_a_dsn_needs_ha_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    keyferry(&home).arg("init").assert().success();
+    let before = fs::read(home.join("audit.log")).unwrap();
+    keyferry(&home)
+        .args(["nodes", "connect"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--dsn").and(predicate::str::contains("ha.toml")));
+    assert_eq!(fs::read(home.join("audit.log")).unwrap(), before);
+    assert!(!home.join("registry.json").exists());
+    // --user and --database only shape the DSN built from ha.toml.
+    keyferry(&home)
+        .args([
+            "nodes",
+            "connect",
+            "--dsn",
+            "host=10.0.0.1 user=kf",
+            "--user",
+            "kf",
+        ])
+        .assert()
+        .code(2);
+}

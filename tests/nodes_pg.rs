@@ -6,6 +6,13 @@
 //! states after the promote; an automatic publish that fails warns without
 //! failing the import; `nodes connect` to a registry that cannot be reached
 //! changes nothing.
+//!
+//! Issue 20 items 3 and 4: a registry DSN listing a replica and the
+//! primary reaches the primary and names it; after a switchover (the old
+//! primary stopped, the replica promoted) `nodes publish` reaches the new
+//! primary and names it; `disable`, `enable` and `destroy` publish like
+//! `rotate`, so the registry row holds the keys the node holds; a missing
+//! registry password says whose and where it is read from.
 #![cfg(unix)]
 
 mod common;
@@ -22,7 +29,7 @@ use serde_json::Value;
 const REG_PASSWORD: &str = "registry-pw";
 
 struct Registry {
-    _server: PgServer,
+    server: PgServer,
     passfile: PathBuf,
     dsn: String,
     port: u16,
@@ -39,14 +46,15 @@ fn start(dir: &Path) -> Option<Registry> {
     let passfile = dir.join("pgpass");
     fs::write(
         &passfile,
-        format!("127.0.0.1:{}:*:kf:{REG_PASSWORD}\n", server.port()),
+        // Any port: a replica of this server holds the same role.
+        format!("127.0.0.1:*:*:kf:{REG_PASSWORD}\n"),
     )
     .unwrap();
     fs::set_permissions(&passfile, fs::Permissions::from_mode(0o600)).unwrap();
     let port = server.port();
     Some(Registry {
         dsn: format!("host=127.0.0.1 port={port} user=kf dbname=postgres"),
-        _server: server,
+        server,
         passfile,
         port,
     })
@@ -334,4 +342,102 @@ fn registry_three_nodes_and_the_promote_guard() {
     let log = fs::read_to_string(primary.home.join("audit.log")).unwrap();
     assert!(log.contains("nodes-connect") && log.contains("key_ids_after"));
     assert!(!log.contains(REG_PASSWORD));
+}
+
+/// The registry row of `name`: (fingerprint, key ids, primary id).
+fn row(server: &PgServer, name: &str) -> (String, Vec<i32>, i32) {
+    let r = server
+        .connect()
+        .query_one(
+            "SELECT fingerprint, key_ids, primary_id FROM keyferry_nodes WHERE name = $1",
+            &[&name],
+        )
+        .unwrap();
+    (r.get(0), r.get(1), r.get(2))
+}
+
+fn assert_row_is(server: &PgServer, node: &Node, ids: &[i32], primary: i32) {
+    let (fp, got_ids, got_primary) = row(server, "pam-a");
+    assert_eq!(fp, node.fingerprint());
+    assert_eq!((got_ids.as_slice(), got_primary), (ids, primary));
+}
+
+#[test]
+fn registry_follows_the_primary_and_every_key_change_publishes() {
+    let node = Node::initialised();
+    let Some(mut reg) = start(node.dir.path()) else {
+        return;
+    };
+    let replica = reg.server.start_replica();
+    let (p, r) = (reg.port, replica.port());
+    let at_primary = format!("registry at 127.0.0.1:{p}/postgres");
+    let at_replica = format!("registry at 127.0.0.1:{r}/postgres");
+    // The replica is listed first: keyferry asks for a writable server, so
+    // it goes on to the primary, and says so.
+    let dsn = format!("host=127.0.0.1,127.0.0.1 port={r},{p} user=kf dbname=postgres");
+    let out = ok(&kf(
+        &node,
+        &reg,
+        &["nodes", "connect", "--dsn", &dsn, "--name", "pam-a"],
+    ));
+    assert!(out.contains(&at_primary), "{out}");
+
+    // Every key change publishes, naming where.
+    let out = ok(&kf(&node, &reg, &["rotate"]));
+    assert!(
+        out.contains(&format!("published to the node {at_primary}")),
+        "{out}"
+    );
+    assert_row_is(&reg.server, &node, &[1, 2], 2);
+    let out = ok(&kf(&node, &reg, &["disable", "1"]));
+    assert!(
+        out.contains(&format!("published to the node {at_primary}")),
+        "{out}"
+    );
+    let disabled_fp = node.fingerprint();
+    assert_eq!(row(&reg.server, "pam-a").0, disabled_fp);
+    let out = ok(&kf(&node, &reg, &["enable", "1"]));
+    assert!(out.contains("published to the node registry"), "{out}");
+    ok(&kf(&node, &reg, &["disable", "1"]));
+    let out = ok(&kf(&node, &reg, &["destroy", "1", "--yes"]));
+    assert!(
+        out.contains(&format!("published to the node {at_primary}")),
+        "{out}"
+    );
+    // The destroyed key's material is gone: the row shows key 2 only.
+    assert_row_is(&reg.server, &node, &[2], 2);
+
+    // A missing registry password names the role and where it is read from.
+    let out = node
+        .cmd()
+        .env("PGPASSFILE", "/nonexistent/pgpass")
+        .args(["nodes", "publish"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("user kf's password")
+            && err.contains("/nonexistent/pgpass (named by PGPASSFILE) does not exist")
+            && err.contains("--password-file")
+            && !err.contains("invalid configuration"),
+        "{err}"
+    );
+
+    // Switchover: the old primary stops, the replica is promoted. The same
+    // connection, unchanged, now reaches the new primary.
+    reg.server.stop_clean();
+    let promoted: bool = replica
+        .connect()
+        .query_one("SELECT pg_promote(true, 30)", &[])
+        .unwrap()
+        .get(0);
+    assert!(promoted);
+    ok(&kf(&node, &reg, &["rotate", "--stage"]));
+    let out = ok(&kf(&node, &reg, &["nodes", "publish"]));
+    assert!(out.contains(&at_replica), "{out}");
+    assert!(!out.contains(&at_primary), "{out}");
+    assert_row_is(&replica, &node, &[2, 3], 2);
+    let out = ok(&kf(&node, &reg, &["nodes"]));
+    assert!(out.contains(&at_replica), "{out}");
 }

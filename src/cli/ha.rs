@@ -81,6 +81,39 @@ pub(crate) enum HaCommand {
     Start(super::roles::GuardArgs),
     /// Stop the local server through ha.toml's [service] (fast shutdown).
     Stop(super::roles::GuardArgs),
+    /// Print the connection string an application uses to follow the primary
+    /// after a switchover or failover (both nodes, writable one chosen; no password).
+    Connstr(ConnstrArgs),
+    /// Make this node's server ready for the pair: the replication role with its
+    /// rights and a `keyferry` schema, the replication settings (ALTER SYSTEM).
+    Prepare(PrepareArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct PrepareArgs {
+    /// List every statement; run nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Timeout of the connection to the local server, in milliseconds.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_TIMEOUT_MS)]
+    timeout_ms: u64,
+    /// The replication role's password (without: a new role gets none, an
+    /// existing one keeps its own).
+    #[command(flatten)]
+    password: super::rewrap::DbPassword,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ConnstrArgs {
+    /// The client's dialect: libpq, uri, npgsql (appsettings.json) or jdbc.
+    #[arg(long, value_name = "FORMAT", default_value = "libpq")]
+    format: crate::ha::connstr::Format,
+    /// The application's database.
+    #[arg(long, value_name = "NAME")]
+    database: Option<String>,
+    /// The application's role.
+    #[arg(long, value_name = "ROLE")]
+    user: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -316,6 +349,47 @@ pub fn run(home: &Home, cmd: HaCommand) -> Result<()> {
         HaCommand::Guard(a) => super::roles::run_guard(home, a),
         HaCommand::Start(a) => super::roles::run_start(home, a),
         HaCommand::Stop(a) => super::roles::run_stop(home, a),
+        HaCommand::Prepare(a) => {
+            let pw = a.password.read()?;
+            let r = crate::ops::ha::prepare::prepare(
+                home,
+                pw.as_deref().map(|p| &p[..]),
+                a.dry_run,
+                Duration::from_millis(a.timeout_ms),
+            )?;
+            let verb = if r.dry_run { "would run" } else { "ran" };
+            if r.statements.is_empty() {
+                println!("{}: nothing to change", r.server);
+            }
+            for s in &r.statements {
+                println!("{verb}: {};   -- {}", s.sql, s.why);
+            }
+            if !r.restart_for.is_empty() {
+                println!(
+                    "restart the server for {} to take effect (`keyferry ha stop` then `keyferry ha start`)",
+                    r.restart_for.join(", ")
+                );
+            }
+            if !r.dry_run && !r.statements.is_empty() {
+                not_audited_note(r.audited);
+            }
+            Ok(())
+        }
+        HaCommand::Connstr(a) => {
+            let config = ops_ha::require_config(home)?;
+            println!(
+                "{}",
+                crate::ha::connstr::render(
+                    &config,
+                    a.format,
+                    &crate::ha::connstr::Target {
+                        database: a.database.as_deref(),
+                        user: a.user.as_deref(),
+                    },
+                )
+            );
+            Ok(())
+        }
         HaCommand::Show { json } => {
             let report = ops_ha::show(home)?;
             if json {

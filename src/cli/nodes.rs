@@ -9,7 +9,7 @@ use super::printable;
 use super::rewrap::DbPassword;
 use crate::error::Result;
 use crate::fmt::fmt_time;
-use crate::ops::nodes::{self, Access, AutoPublish, Role};
+use crate::ops::nodes::{self, Access, AutoPublish, PairDsn, Role};
 use crate::ops::Home;
 
 #[derive(Args, Debug)]
@@ -40,7 +40,14 @@ pub(crate) struct Conn {
 #[derive(Subcommand, Debug)]
 enum NodesCommand {
     /// Keep the registry's connection in the home (no password) and publish this node.
+    /// Without --dsn, a pair node's is built from ha.toml: both nodes, the writable one chosen.
     Connect {
+        /// Without --dsn: the role to connect as [default: ha.toml's replication user].
+        #[arg(long, value_name = "ROLE", conflicts_with = "dsn")]
+        user: Option<String>,
+        /// Without --dsn: the database [default: postgres].
+        #[arg(long, value_name = "NAME", conflicts_with = "dsn")]
+        database: Option<String>,
         /// This node's name in the registry (default: `node` in ha.toml, else the host name).
         #[arg(long, value_name = "NAME")]
         name: Option<String>,
@@ -105,17 +112,24 @@ pub(crate) fn run(home: &Home, args: NodesArgs) -> Result<()> {
     match args.cmd {
         None => list(home, &args.conn, args.json),
         Some(NodesCommand::Connect {
+            user,
+            database,
             name,
             role,
             conn: Conn { dsn, password },
         }) => {
-            let Some(dsn) = dsn else {
-                return Err(crate::error::Error::Usage(
-                    "nodes connect needs --dsn DSN (the registry's database on the primary, without a password)".into(),
-                ));
-            };
             let pw = password.read()?;
-            let p = nodes::connect(home, &dsn, name, role, pw.as_deref().map(|p| &p[..]))?;
+            let p = nodes::connect(
+                home,
+                dsn.as_deref(),
+                PairDsn {
+                    user: user.as_deref(),
+                    database: database.as_deref(),
+                },
+                name,
+                role,
+                pw.as_deref().map(|p| &p[..]),
+            )?;
             println!(
                 "node registry at {} kept in the home; published this node as {} ({}, fingerprint {})",
                 p.registry,

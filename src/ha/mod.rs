@@ -9,12 +9,16 @@
 //!   peer without touching any other byte of the file;
 //! - [`config`]: the pair description `ha.toml`, its validation and its
 //!   adjustment when a secondary imports the primary's copy;
+//! - [`connstr`]: the multi-host connection string that follows the
+//!   primary, in the dialects clients speak;
 //! - [`archive`]: recognising WAL archive files and removing only those;
 //! - [`kept`]: the old data directories a bootstrap keeps beside
 //!   `pg_data`, found and measured, never touched;
 //! - [`net`]: TCP reachability and "is this address mine";
 //! - [`preflight`]: the named checks of the pair's preflight, each
 //!   returning a [`preflight::Fact`];
+//! - [`prepare`]: the replication role, its schema and the server settings
+//!   `ha prepare` makes right, as SQL planned from what the server has;
 //! - [`generation`]: the pair's generation table on the primary;
 //! - [`evidence`]: what a bounded look at the peer showed, and the one
 //!   fail-closed rule that decides whether this node may be primary;
@@ -37,6 +41,7 @@
 pub(crate) mod addr;
 pub mod archive;
 pub mod config;
+pub mod connstr;
 pub(crate) mod datafile;
 mod error;
 pub(crate) mod evidence;
@@ -46,6 +51,7 @@ pub(crate) mod history;
 pub mod kept;
 pub(crate) mod net;
 pub(crate) mod preflight;
+pub mod prepare;
 pub mod role;
 pub(crate) mod service;
 

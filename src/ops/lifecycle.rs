@@ -228,7 +228,7 @@ pub fn promote(
 /// `keyferry disable ID`: values sealed under `id` stop opening until it is
 /// enabled again. The guard (the census) refuses while values remain.
 pub fn disable(home: &Home, id: u32, guard: &dyn Guard, opts: Guarded) -> Result<LifecycleReport> {
-    commit(
+    let mut report = commit(
         home,
         "disable",
         |k| {
@@ -237,12 +237,14 @@ pub fn disable(home: &Home, id: u32, guard: &dyn Guard, opts: Guarded) -> Result
         },
         Some((guard, opts)),
         Vec::new(),
-    )
+    )?;
+    report.published = super::nodes::publish_after_change(home, None);
+    Ok(report)
 }
 
 /// `keyferry enable ID`.
 pub fn enable(home: &Home, id: u32) -> Result<LifecycleReport> {
-    commit(
+    let mut report = commit(
         home,
         "enable",
         |k| {
@@ -251,7 +253,9 @@ pub fn enable(home: &Home, id: u32) -> Result<LifecycleReport> {
         },
         None,
         Vec::new(),
-    )
+    )?;
+    report.published = super::nodes::publish_after_change(home, None);
+    Ok(report)
 }
 
 /// What `destroy` is about to do, for the confirmation prompt.
@@ -328,6 +332,9 @@ pub fn destroy(
         Vec::new(),
     )?;
     report.forced = forced;
+    // The fingerprint changed (the material is gone): until the registry
+    // hears of it, this node would show as disagreeing.
+    report.published = super::nodes::publish_after_change(home, None);
     Ok(report)
 }
 

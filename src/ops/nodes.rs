@@ -18,9 +18,16 @@
 //!   journaled: a row is one upsert (or delete), atomic in PostgreSQL, and
 //!   a publish that fails leaves the row as it was, to be published again
 //!   (`keyferry nodes publish`);
-//! - an automatic publish after `import`, `rotate` or `promote` never
-//!   fails the change that already committed: its failure is reported for
-//!   one warning line that says how to publish later;
+//! - every key change (`import`, `rotate`, `promote`, `disable`,
+//!   `enable`, `destroy`) publishes automatically when the home has a
+//!   registry connection, so the registry follows the keyring; that
+//!   publish never fails the change that already committed: its failure is
+//!   reported for one warning line that says how to publish later;
+//! - the registry is always reached on a server that accepts writes: a
+//!   pair node's connection lists both nodes of `ha.toml`
+//!   (`target_session_attrs=read-write`), so it follows the primary across
+//!   a switchover or failover, and every message names the host that
+//!   answered;
 //! - a node added by fingerprint is given key ids only when they are known
 //!   for certain: this node's keyring now, an audit record whose
 //!   `fingerprint_after` is that fingerprint and that lists its
@@ -43,9 +50,11 @@ use super::lifecycle::{Guard, GuardFinding};
 use super::{details, now_unix, Home};
 use crate::error::{Error, Result};
 use crate::fsutil::Ownership;
+use crate::ha::config::HaConfig;
+use crate::ha::connstr;
 use crate::keyring::{fingerprint_of, Fingerprint, KeyMaterial, Keyring};
 use crate::node::{KEYRING_FILE, REGISTRY_FILE};
-use crate::pg::dsn::Dsn;
+use crate::pg::dsn::{ConnectError, Connected, Dsn};
 
 /// The registry's table, in the database the registry DSN names.
 pub const TABLE: &str = "keyferry_nodes";
@@ -117,6 +126,13 @@ pub struct Settings {
     pub name: Option<String>,
     #[serde(default)]
     pub role: Role,
+}
+
+/// Who a pair node's registry DSN, built from `ha.toml`, connects as.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PairDsn<'a> {
+    pub user: Option<&'a str>,
+    pub database: Option<&'a str>,
 }
 
 /// How one command reaches the registry: `--dsn` (else the home's
@@ -191,13 +207,27 @@ fn dsn_for(home: &Home, access: Access) -> Result<Option<Dsn>> {
     }
 }
 
-fn pg(dsn: &Dsn) -> impl Fn(postgres::Error) -> Error + '_ {
-    move |e| Error::Pg(crate::pg::from_postgres(&dsn.target(), e))
+fn pg(target: &str) -> impl Fn(postgres::Error) -> Error + '_ {
+    move |e| Error::Pg(crate::pg::from_postgres(target, e))
 }
 
-/// Connects and creates the table when it is not there yet.
-fn open(dsn: &Dsn, password: Option<&[u8]>) -> Result<Client> {
-    let mut client = dsn.connect(password)?;
+/// A connection to the registry and the host that answered it.
+struct Reg {
+    client: Client,
+    /// `host:port/dbname` of the server actually used (of a multi-host
+    /// DSN, the writable one).
+    target: String,
+}
+
+/// Connects to a server that accepts writes (of a multi-host DSN, the
+/// current primary) and creates the table when it is not there yet.
+fn open(dsn: &Dsn, password: Option<&[u8]>) -> Result<Reg> {
+    let Connected { mut client, target } = dsn.connect_writable(password).map_err(|e| match e {
+        ConnectError::Pg(e) => Error::Pg(e),
+        // Says which password and where it is read from: the fix is
+        // the operator's, as for any password source.
+        e @ ConnectError::NoPassword { .. } => Error::Usage(format!("node registry: {e}")),
+    })?;
     client
         .batch_execute(&format!(
             "CREATE TABLE IF NOT EXISTS {TABLE} (\
@@ -210,17 +240,17 @@ fn open(dsn: &Dsn, password: Option<&[u8]>) -> Result<Client> {
                last_seen timestamptz NOT NULL DEFAULT now(), \
                source text NOT NULL DEFAULT 'published')"
         ))
-        .map_err(pg(dsn))?;
-    Ok(client)
+        .map_err(pg(&target))?;
+    Ok(Reg { client, target })
 }
 
-fn upsert(client: &mut Client, dsn: &Dsn, r: &NodeRecord) -> Result<()> {
+fn upsert(reg: &mut Reg, r: &NodeRecord) -> Result<()> {
     let ids: Option<Vec<i32>> = r
         .key_ids
         .as_ref()
         .map(|v| v.iter().map(|i| *i as i32).collect());
     let primary = r.primary_id.map(|p| p as i32);
-    client
+    reg.client
         .execute(
             &format!(
                 "INSERT INTO {TABLE} (name, role, fingerprint, key_ids, primary_id, version, last_seen, source) \
@@ -239,12 +269,13 @@ fn upsert(client: &mut Client, dsn: &Dsn, r: &NodeRecord) -> Result<()> {
                 &r.source,
             ],
         )
-        .map_err(pg(dsn))?;
+        .map_err(pg(&reg.target))?;
     Ok(())
 }
 
-fn read_all(client: &mut Client, dsn: &Dsn) -> Result<Vec<NodeRecord>> {
-    let rows = client
+fn read_all(reg: &mut Reg) -> Result<Vec<NodeRecord>> {
+    let rows = reg
+        .client
         .query(
             &format!(
                 "SELECT name, role, fingerprint, key_ids, primary_id, version, \
@@ -252,7 +283,7 @@ fn read_all(client: &mut Client, dsn: &Dsn) -> Result<Vec<NodeRecord>> {
             ),
             &[],
         )
-        .map_err(pg(dsn))?;
+        .map_err(pg(&reg.target))?;
     Ok(rows
         .iter()
         .map(|r| {
@@ -317,17 +348,47 @@ fn own_record(name: String, role: Role, keyring: &Keyring) -> NodeRecord {
     }
 }
 
-/// `keyferry nodes connect --dsn DSN`: checks that the registry can be
+/// The registry DSN of a pair node: both nodes of `ha.toml` on their
+/// PostgreSQL port, the writable one chosen, as `user` (default: the
+/// replication user, which `ha prepare` gives a schema of its own) in
+/// `database` (default: `postgres`).
+pub fn pair_dsn(config: &HaConfig, user: Option<&str>, database: Option<&str>) -> String {
+    connstr::render(
+        config,
+        connstr::Format::Libpq,
+        &connstr::Target {
+            database: Some(database.unwrap_or(crate::pg::MAINTENANCE_DB)),
+            user: Some(user.unwrap_or(&config.replication_user)),
+        },
+    )
+}
+
+/// `keyferry nodes connect [--dsn DSN]`: checks that the registry can be
 /// reached (creating its table on first use), keeps the connection in the
-/// home (an audited change) and publishes this node.
+/// home (an audited change) and publishes this node. Without a DSN, a
+/// pair node's is built from `ha.toml` ([`pair_dsn`]).
 pub fn connect(
     home: &Home,
-    dsn_text: &str,
+    dsn_text: Option<&str>,
+    pair: PairDsn,
     name: Option<String>,
     role: Role,
     password: Option<&[u8]>,
 ) -> Result<Published> {
-    let dsn = parse_dsn(dsn_text)?;
+    let dsn = match dsn_text {
+        Some(text) => parse_dsn(text)?,
+        None => {
+            let config = crate::ops::config::load_local(home)?.ok_or_else(|| {
+                Error::Usage(
+                    "nodes connect needs --dsn DSN (the registry's database on the primary, without a password), or ha.toml on a pair node (`keyferry ha init`) to build it from"
+                        .into(),
+                )
+            })?;
+            let text = pair_dsn(&config, pair.user, pair.database);
+            Dsn::parse(&text)
+                .map_err(|e| Error::Usage(format!("the registry DSN built from ha.toml: {e}")))?
+        }
+    };
     if let Some(n) = &name {
         check_name(n)?;
     }
@@ -335,7 +396,7 @@ pub fn connect(
     let keyring = node.require_keystore()?.keyring.clone();
     // Reached before anything is kept: a registry that cannot be used is
     // refused with the home unchanged.
-    let mut client = open(&dsn, password)?;
+    let mut reg = open(&dsn, password)?;
     let settings = Settings {
         format: SETTINGS_FORMAT.into(),
         version: 1,
@@ -361,9 +422,9 @@ pub fn connect(
         Ownership::OwnerOnly,
     )?;
     change.finish()?;
-    upsert(&mut client, &dsn, &record)?;
+    upsert(&mut reg, &record)?;
     Ok(Published {
-        registry: dsn.target(),
+        registry: reg.target,
         node: record,
     })
 }
@@ -387,10 +448,10 @@ pub fn publish(
         .or(settings.as_ref().map(|s| s.role))
         .unwrap_or_default();
     let record = own_record(name, role, &keyring);
-    let mut client = open(&dsn, access.password)?;
-    upsert(&mut client, &dsn, &record)?;
+    let mut reg = open(&dsn, access.password)?;
+    upsert(&mut reg, &record)?;
     Ok(Published {
-        registry: dsn.target(),
+        registry: reg.target,
         node: record,
     })
 }
@@ -403,7 +464,7 @@ pub enum AutoPublish {
     Failed(String),
 }
 
-/// The publish that follows `import`, `rotate` and `promote` on a home
+/// The publish that follows every key change on a home
 /// with a registry connection; `None` without one. Never an error: the
 /// change before it has committed.
 pub fn publish_after_change(home: &Home, password: Option<&[u8]>) -> Option<AutoPublish> {
@@ -587,10 +648,10 @@ pub fn add(
         last_seen: now_unix(),
         source: "added".into(),
     };
-    let mut client = open(&dsn, access.password)?;
-    upsert(&mut client, &dsn, &record)?;
+    let mut reg = open(&dsn, access.password)?;
+    upsert(&mut reg, &record)?;
     Ok(Added {
-        registry: dsn.target(),
+        registry: reg.target,
         node: record,
         derived,
     })
@@ -599,17 +660,18 @@ pub fn add(
 /// `keyferry nodes remove NAME`: a host that is gone.
 pub fn remove(home: &Home, access: Access, name: &str) -> Result<String> {
     let dsn = dsn_for(home, access)?.ok_or_else(no_registry)?;
-    let mut client = open(&dsn, access.password)?;
-    let n = client
+    let mut reg = open(&dsn, access.password)?;
+    let n = reg
+        .client
         .execute(&format!("DELETE FROM {TABLE} WHERE name = $1"), &[&name])
-        .map_err(pg(&dsn))?;
+        .map_err(pg(&reg.target))?;
     if n == 0 {
         return Err(Error::Usage(format!(
             "the node registry at {} has no node {name:?}: `keyferry nodes` lists them",
-            dsn.target()
+            reg.target
         )));
     }
-    Ok(dsn.target())
+    Ok(reg.target)
 }
 
 /// A node against this node's keyring.
@@ -731,8 +793,8 @@ pub fn list(home: &Home, access: Access) -> Result<Listing> {
     let dsn = dsn_for(home, access)?.ok_or_else(no_registry)?;
     let keyring = home.load_keystore()?.keyring;
     let me = this_name(home, settings.as_ref());
-    let mut client = open(&dsn, access.password)?;
-    let records = read_all(&mut client, &dsn)?;
+    let mut reg = open(&dsn, access.password)?;
+    let records = read_all(&mut reg)?;
     let mut cache: BTreeMap<String, Option<Derived>> = BTreeMap::new();
     let mut nodes = Vec::with_capacity(records.len());
     for mut record in records {
@@ -764,7 +826,7 @@ pub fn list(home: &Home, access: Access) -> Result<Listing> {
         });
     }
     Ok(Listing {
-        registry: dsn.target(),
+        registry: reg.target,
         this_node: me,
         fingerprint: keyring.fingerprint().to_string(),
         primary_id: keyring.primary(),
@@ -849,6 +911,29 @@ mod tests {
             last_seen: 0,
             source: "added".into(),
         }
+    }
+
+    #[test]
+    fn a_pair_nodes_registry_dsn_lists_both_nodes_and_wants_the_writable_one() {
+        let config = HaConfig::new(
+            "pam-a",
+            crate::ha::PeerAddr::parse("10.0.0.1").unwrap(),
+            crate::ha::PeerAddr::parse("fd00::2").unwrap(),
+        )
+        .unwrap();
+        let text = pair_dsn(&config, None, None);
+        assert_eq!(
+            text,
+            format!(
+                "host=10.0.0.1,fd00::2 port=5432,5432 dbname=postgres user={} target_session_attrs=read-write",
+                config.replication_user
+            )
+        );
+        let dsn = Dsn::parse(&text).unwrap();
+        assert!(dsn.is_multi_host());
+        assert_eq!(dsn.target(), "10.0.0.1:5432,[fd00::2]:5432/postgres");
+        let other = pair_dsn(&config, Some("kf"), Some("registry"));
+        assert!(other.contains("dbname=registry user=kf "), "{other}");
     }
 
     #[test]

@@ -43,6 +43,16 @@ pub(crate) fn default_path() -> Option<PathBuf> {
     path.is_file().then_some(path)
 }
 
+/// The password file libpq would look at, whether or not it exists, and
+/// whether `PGPASSFILE` named it: for messages that say where a missing
+/// password is read from.
+pub(crate) fn expected_path() -> Option<(PathBuf, bool)> {
+    match std::env::var_os(PASSFILE_ENV).filter(|v| !v.is_empty()) {
+        Some(p) => Some((PathBuf::from(p), true)),
+        None => platform::home_passfile().map(|p| (p, false)),
+    }
+}
+
 /// Why a password file was not used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Unused {

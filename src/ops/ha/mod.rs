@@ -21,6 +21,7 @@ pub(crate) mod effects;
 pub(crate) mod failover;
 pub(crate) mod guard;
 pub mod hba;
+pub(crate) mod prepare;
 pub(crate) mod rejoin;
 pub(crate) mod roles;
 pub(crate) mod status;
