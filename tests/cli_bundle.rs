@@ -1100,3 +1100,97 @@ fn an_invalid_ha_toml_in_a_bundle_is_a_bad_bundle() {
     );
     assert!(!node.home.exists(), "nothing was created");
 }
+
+/// Issue 23, finding 5: `--password-fd 3` with nothing on descriptor 3 read
+/// keyferry's own handle on the bundle (which took number 3) as the
+/// password. The descriptor is checked before any file is opened, and
+/// named; nothing changes.
+#[cfg(unix)]
+#[test]
+fn a_password_descriptor_that_is_not_open_is_named_before_any_file_is_opened() {
+    let node = Node::empty();
+    let before = snapshot(node.dir.path());
+    // std's Command passes on only descriptors 0 to 2: 3 is not open.
+    let out = node
+        .cmd()
+        .args(["import", "-n"])
+        .arg(Path::new(VECTORS).join("keys.kfb"))
+        .args(["--password-fd", "3"])
+        .output()
+        .unwrap();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--password-fd 3") && err.contains("not open"),
+        "{err}"
+    );
+    assert_same(&before, &snapshot(node.dir.path()));
+}
+
+/// Issue 23, findings 4 and 5: no program keyferry starts inherits a
+/// password source, neither the `--password-env` variable nor the
+/// `--password-fd` descriptor. `ha bootstrap` starts `pg_basebackup`
+/// first; here it is a script in place of it, which records what it got.
+#[cfg(unix)]
+#[test]
+fn no_program_keyferry_starts_inherits_a_password_source() {
+    use std::os::unix::fs::PermissionsExt;
+    let node = Node::initialised();
+    let bin_dir = node.path("pgbin");
+    fs::create_dir(&bin_dir).unwrap();
+    let seen = node.path("seen");
+    for program in [
+        "pg_basebackup",
+        "pg_ctl",
+        "pg_controldata",
+        "postgres",
+        "psql",
+    ] {
+        let script = bin_dir.join(program);
+        fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\n{{ env; ls -l /proc/$$/fd; }} >> '{}' 2>&1\nexit 1\n",
+                seen.display()
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let data = node.path("data");
+    fs::create_dir(&data).unwrap();
+    node.cmd()
+        .args(common::node::HA_INIT)
+        .arg("--pg-bin")
+        .arg(&bin_dir)
+        .arg("--pg-data")
+        .arg(&data)
+        .assert()
+        .success();
+    let pw = node.password_file("the replication password");
+    let bin = assert_cmd::cargo::cargo_bin("keyferry");
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(concat!(
+            r#""$0" --home "$1" ha check --timeout-ms 300 --password-fd 7 7<"$2"; "#,
+            r#"KF_TEST_LEAK_PW="$3" "$0" --home "$1" ha check --timeout-ms 300 --password-env KF_TEST_LEAK_PW"#
+        ))
+        .arg(&bin)
+        .arg(&node.home)
+        .arg(&pw)
+        .arg("the replication password")
+        .env_remove("KF_TEST_LEAK_PW")
+        .env_remove("KEYFERRY_HOME")
+        .output()
+        .unwrap();
+    let seen = fs::read_to_string(&seen).unwrap_or_default();
+    // Each of the two runs started at least one program.
+    assert!(
+        seen.matches("total ").count() >= 2,
+        "programs were started: {}",
+        stderr_of(&out)
+    );
+    assert!(!seen.contains("KF_TEST_LEAK_PW"), "{seen}");
+    assert!(!seen.contains("the replication password"), "{seen}");
+    assert!(!seen.contains(" 7 -> "), "{seen}");
+}

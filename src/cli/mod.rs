@@ -17,7 +17,7 @@ mod seal;
 
 use std::path::PathBuf;
 
-use clap::{ArgAction, Args, Parser, Subcommand};
+use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -147,9 +147,29 @@ fn print_json<T: Serialize>(value: &T) -> Result<()> {
 
 pub(crate) use crate::fmt::printable;
 
+/// The password sources named anywhere on the command line (each command
+/// group flattens its own password options into its matches).
+fn named_sources(matches: &clap::ArgMatches, out: &mut Vec<PasswordSource>) {
+    if let Ok(Some(fd)) = matches.try_get_one::<i32>("password_fd") {
+        out.push(PasswordSource::Fd(*fd));
+    }
+    if let Ok(Some(name)) = matches.try_get_one::<String>("password_env") {
+        out.push(PasswordSource::Env(name.clone()));
+    }
+    if let Some((_, sub)) = matches.subcommand() {
+        named_sources(sub, out);
+    }
+}
+
 /// Parses the command line and runs the command.
 pub fn run() -> Result<()> {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    // Before anything opens a file or starts a program: see
+    // `secret::prepare_sources`.
+    let mut sources = Vec::new();
+    named_sources(&matches, &mut sources);
+    crate::secret::prepare_sources(&sources)?;
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     logging::init(cli.verbose)?;
     tracing::debug!(version = env!("CARGO_PKG_VERSION"), "keyferry starting");
     let home = Home::resolve(cli.home);
