@@ -10,6 +10,9 @@
 //! - [`config`]: the pair description `ha.toml`, its validation and its
 //!   adjustment when a secondary imports the primary's copy;
 //! - [`archive`]: recognising WAL archive files and removing only those;
+//! - [`autoconf`]: the replica's `postgresql.auto.conf` after a copy from
+//!   the primary (the secondary's own, plus only what a standby needs) and
+//!   the check that the replica listens where `ha.toml` says;
 //! - [`kept`]: the old data directories a bootstrap keeps beside
 //!   `pg_data`, found and measured, never touched;
 //! - [`net`]: TCP reachability and "is this address mine";
@@ -34,6 +37,7 @@
 
 pub(crate) mod addr;
 pub mod archive;
+pub(crate) mod autoconf;
 pub mod config;
 pub(crate) mod datafile;
 mod error;
