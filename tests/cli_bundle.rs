@@ -1194,3 +1194,169 @@ fn no_program_keyferry_starts_inherits_a_password_source() {
     assert!(!seen.contains("the replication password"), "{seen}");
     assert!(!seen.contains(" 7 -> "), "{seen}");
 }
+
+/// Every kind of character that can forge output or drive a terminal:
+/// C0 and C1 controls, DEL, bidirectional overrides, isolates and marks.
+const HAZARDS: [char; 14] = [
+    '\n', '\r', '\x1b', '\x7f', '\u{9b}', '\u{202a}', '\u{202d}', '\u{202e}', '\u{2066}',
+    '\u{2069}', '\u{200e}', '\u{200f}', '\u{61c}', '\u{2028}',
+];
+
+/// No hazard in `text` but the line breaks that end keyferry's own lines:
+/// the hostile strings are `x` then a hazard, repeated, so a raw line
+/// break among them starts a line with `x`.
+fn assert_no_hazard(what: &str, text: &str) {
+    for c in HAZARDS.iter().filter(|c| **c != '\n') {
+        assert!(!text.contains(*c), "{what}: raw {c:?} in {text:?}");
+    }
+    assert!(
+        !text.lines().any(|l| l.starts_with('x')),
+        "{what}: a forged line in {text:?}"
+    );
+}
+
+/// Issue 23, finding 6: `import` printed the bundle's file name raw, and
+/// `audit show` printed a right-to-left override in `source_node` raw.
+/// Each hazard goes through every printer of the import: the file name and
+/// the sender's name in `import` (its output and its note), in `audit
+/// show`, and in an error message.
+#[cfg(unix)]
+#[test]
+fn strings_from_outside_reach_the_terminal_escaped_in_every_printer() {
+    let keyring = keyferry::keyring::Keyring::generate("2026-11-25T00:00:00Z").unwrap();
+    let hostile: String = HAZARDS.iter().map(|c| format!("x{c}")).collect();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "format": "keyferry-payload",
+        "version": 1,
+        "source_node": format!("db1{hostile}"),
+        "created_by": "test",
+        "keyring_fingerprint": keyring.fingerprint().to_string(),
+        "contents": ["keyring"],
+    }))
+    .unwrap();
+    let zip = common::craft::zip_of(
+        &[
+            ("manifest.json", &manifest),
+            ("keyring.json", keyring.to_json().as_ref()),
+        ],
+        false,
+    );
+    let node = Node::empty();
+    fs::create_dir_all(node.dir.path()).unwrap();
+    let sealed = common::craft::seal(&zip, PASSWORD, false);
+    // A path with a line break is refused as a usage error (finding 8)…
+    let broken = node.path("keys\nx.kfb");
+    fs::write(&broken, &sealed).unwrap();
+    let out = node.import_cmd(&broken).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert_no_hazard("a refused path", &stderr_of(&out));
+    // …so a file name holds every other hazard.
+    let in_name: String = HAZARDS
+        .iter()
+        .filter(|c| !matches!(c, '\n' | '\r'))
+        .map(|c| format!("x{c}"))
+        .collect();
+    let file = node.path(&format!("keys{in_name}.kfb"));
+    fs::write(&file, &sealed).unwrap();
+
+    // A wrong password first: the error names the file.
+    let out = node
+        .cmd()
+        .args(["import", "-n"])
+        .arg(&file)
+        .args(["--password-env", "KF_TEST_WRONG_PW"])
+        .env("KF_TEST_WRONG_PW", "not the password at all")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    assert_no_hazard("import error", &String::from_utf8_lossy(&out.stderr));
+
+    let out = node.import_cmd(&file).output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_no_hazard("import", &stdout);
+    assert_no_hazard("import's note", &stderr);
+    assert!(
+        stdout.contains("\\u{202e}") && stdout.contains("\\u{1b}"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("\\u{202e}"),
+        "the file name, escaped: {stderr}"
+    );
+
+    let out = node.cmd().args(["audit", "show"]).output().unwrap();
+    let shown = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(shown.lines().count(), 1, "{shown:?}");
+    assert_no_hazard("audit show", &shown);
+    assert!(shown.contains("\\u{202e}"), "{shown}");
+}
+
+/// Issue 23, finding 8: a refused `--dry-run` import appended an audit
+/// record. A dry run writes nothing, refused or not.
+#[test]
+fn a_refused_dry_run_writes_nothing_not_even_an_audit_record() {
+    let sender = Node::initialised();
+    let file = sender.path("k.kfb");
+    sender
+        .cmd()
+        .args(["export", "-n"])
+        .arg(&file)
+        .args(FAST_KDF)
+        .arg("--password-file")
+        .arg(sender.password_file(PASSWORD))
+        .assert()
+        .success();
+    let node = Node::initialised();
+    let before = snapshot(&node.home);
+    let out = node
+        .import_cmd_with(&file, "not the password at all")
+        .arg("--dry-run")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    assert_same(&before, &snapshot(&node.home));
+    // Without --dry-run the refusal is recorded, as before.
+    let out = node
+        .import_cmd_with(&file, "not the password at all")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    let log = fs::read_to_string(node.home.join("audit.log")).unwrap();
+    assert!(log.contains("import-refused"), "{log}");
+}
+
+/// Issue 23, finding 8: `--pg-data` with a line break was accepted (and
+/// would have started a line of its own in `ha.toml`). Every path option
+/// refuses one as a usage error, naming it escaped, and nothing changes.
+#[test]
+fn a_path_option_with_a_line_break_is_a_usage_error() {
+    let node = Node::initialised();
+    let before = snapshot(node.dir.path());
+    let mut ha_init: Vec<&str> = common::node::HA_INIT.to_vec();
+    ha_init.extend(["--pg-data", "/var/lib/pg\narchive_dir = \"/etc\""]);
+    let import = [
+        "import",
+        "-n",
+        "k.kfb",
+        "--accept-config",
+        "--pg-data",
+        "/srv/pg\r\nx",
+    ];
+    for args in [&ha_init[..], &import[..]] {
+        let out = node.cmd().args(args).output().unwrap();
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("--pg-data") && err.contains("line break"),
+            "{err}"
+        );
+        assert!(
+            !err.lines()
+                .any(|l| l.starts_with("archive_dir") || l == "x"),
+            "{err}"
+        );
+        assert_same(&before, &snapshot(node.dir.path()));
+    }
+}

@@ -38,7 +38,7 @@ use crate::secret::PasswordSource;
 pub(crate) struct Cli {
     /// The node's home (keyring.json, audit.log, backups/). Default: $KEYFERRY_HOME,
     /// else /var/lib/keyferry (Unix) or %ProgramData%\keyferry (Windows).
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(value_parser = crate::cli::PathArg, long, global = true, value_name = "DIR")]
     home: Option<PathBuf>,
 
     /// Log what keyferry does to stderr: -v info, -vv debug, -vvv trace (never a
@@ -114,7 +114,7 @@ enum BackupsCommand {
 #[group(multiple = false)]
 pub(crate) struct PasswordArgs {
     /// Read the password from the first line of this file.
-    #[arg(long, value_name = "PATH")]
+    #[arg(value_parser = crate::cli::PathArg, long, value_name = "PATH")]
     password_file: Option<PathBuf>,
     /// Read the password from the first line of this inherited file descriptor
     /// (Unix; 0 for standard input). The descriptor is left open.
@@ -135,6 +135,39 @@ impl PasswordArgs {
         } else {
             self.password_env.clone().map(PasswordSource::Env)
         }
+    }
+}
+
+/// A path given on the command line. A line break in it is a usage error:
+/// keyferry writes paths into line-based files (`ha.toml`, libpq's
+/// password file, `primary_conninfo`, audit records) where it would start a
+/// line of the attacker's choosing, and no real data directory needs one.
+/// The message shows the value escaped (clap's own would echo it raw).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PathArg;
+
+impl clap::builder::TypedValueParser for PathArg {
+    type Value = PathBuf;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> std::result::Result<PathBuf, clap::Error> {
+        let text = value.to_string_lossy();
+        if text.contains(['\n', '\r']) {
+            let name = arg.map_or_else(|| "a path".to_owned(), |a| a.to_string());
+            let mut cmd = cmd.clone();
+            return Err(cmd.error(
+                clap::error::ErrorKind::ValueValidation,
+                format!(
+                    "{name} \"{}\" contains a line break: give the path without one",
+                    crate::fmt::printable(&text)
+                ),
+            ));
+        }
+        Ok(PathBuf::from(value))
     }
 }
 
