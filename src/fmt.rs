@@ -62,19 +62,47 @@ pub(crate) fn parse_bytes(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
-/// `s` with its control characters escaped (`\n`, `\u{1b}`), for text that
-/// may come from another host, a database or a bundle's sender: it can then
-/// neither forge a line of output nor drive the terminal.
-pub(crate) fn printable(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+/// Characters that reorder or break what a terminal shows without being
+/// control characters: the bidirectional embeddings and overrides
+/// (U+202A–U+202E), isolates (U+2066–U+2069), marks (U+200E, U+200F,
+/// U+061C), and the Unicode line and paragraph separators.
+fn is_bidi_or_break(c: char) -> bool {
+    matches!(
+        c,
+        '\u{202a}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{200e}'
+            | '\u{200f}'
+            | '\u{061c}'
+            | '\u{2028}'
+            | '\u{2029}'
+    )
+}
+
+/// `s` escaped for a terminal: C0 and C1 control characters (`\n`,
+/// `\u{1b}`, `\u{9b}`), DEL, the bidirectional controls and the Unicode
+/// line separators are written as Rust escapes (`\u{202e}`); backslashes
+/// are left alone (Windows paths stay readable), so a shown `\n` may have
+/// been typed as such, never a line break. The one function every string from outside
+/// keyferry (file names, node names, bundle fields, registry rows, server
+/// messages) goes through before it reaches a terminal: it can then neither
+/// forge a line of output, nor drive the terminal, nor reorder what the
+/// operator reads.
+pub fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() || is_bidi_or_break(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// [`printable`] of a path (not UTF-8 parts shown as U+FFFD).
+pub fn printable_path(p: &std::path::Path) -> String {
+    printable(&p.to_string_lossy())
 }
 
 #[cfg(test)]
@@ -103,6 +131,45 @@ mod tests {
         assert!(parse_bytes("99999999TiB")
             .unwrap_err()
             .contains("too large"));
+    }
+
+    /// Issue 23, finding 6: each kind of character that can forge output
+    /// or drive a terminal comes out escaped, and nothing else changes.
+    #[test]
+    fn every_terminal_hazard_is_escaped_and_nothing_else() {
+        for (hazard, shown) in [
+            ("\n", "\\n"),
+            ("\r", "\\r"),
+            ("\t", "\\t"),
+            ("\u{0}", "\\u{0}"),
+            ("\u{1b}", "\\u{1b}"),
+            ("\u{7f}", "\\u{7f}"),
+            ("\u{85}", "\\u{85}"),
+            ("\u{9b}", "\\u{9b}"),
+            ("\u{202a}", "\\u{202a}"),
+            ("\u{202b}", "\\u{202b}"),
+            ("\u{202c}", "\\u{202c}"),
+            ("\u{202d}", "\\u{202d}"),
+            ("\u{202e}", "\\u{202e}"),
+            ("\u{2066}", "\\u{2066}"),
+            ("\u{2067}", "\\u{2067}"),
+            ("\u{2068}", "\\u{2068}"),
+            ("\u{2069}", "\\u{2069}"),
+            ("\u{200e}", "\\u{200e}"),
+            ("\u{200f}", "\\u{200f}"),
+            ("\u{61c}", "\\u{61c}"),
+            ("\u{2028}", "\\u{2028}"),
+            ("\u{2029}", "\\u{2029}"),
+        ] {
+            assert_eq!(printable(&format!("a{hazard}b")), format!("a{shown}b"));
+        }
+        for plain in ["pam-b", "Zürich", "日本", "a b", "kf1:00ff", "עברית"] {
+            assert_eq!(printable(plain), plain);
+        }
+        assert_eq!(
+            printable_path(std::path::Path::new("/tmp/x\u{1b}[2J.kfb")),
+            "/tmp/x\\u{1b}[2J.kfb"
+        );
     }
 
     #[test]

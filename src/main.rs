@@ -7,7 +7,9 @@ fn main() -> ExitCode {
     match keyferry::cli::run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("keyferry: {e}");
+            // Messages carry server replies, file names and other text
+            // from outside: escaped like every other line keyferry prints.
+            eprintln!("keyferry: {}", keyferry::fmt::printable(&e.to_string()));
             ExitCode::from(e.exit_code())
         }
     }

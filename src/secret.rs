@@ -10,9 +10,11 @@
 //! - the bytes handed to the KDF are always the canonical form, on export
 //!   and on import alike.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use thiserror::Error;
 use zeroize::{Zeroize, Zeroizing};
@@ -171,6 +173,10 @@ pub enum SecretError {
     NotUtf8(String),
     #[error("--password-env {0}: the environment variable is not set: export it or choose another source")]
     EnvMissing(String),
+    #[error("--password-env {0:?} is not a variable name (empty, or with '=' or a NUL): give the variable's name")]
+    EnvName(String),
+    #[error("--password-fd {0}: descriptor {0} is not open in keyferry's process: open it for keyferry (e.g. `{0}<FILE` in the shell) or choose another source")]
+    FdNotOpen(i32),
     #[error(
         "--password-fd is not available on this platform: use --password-file or --password-env"
     )]
@@ -208,12 +214,7 @@ impl PasswordSource {
                     },
                 })?,
             ),
-            PasswordSource::Env(name) => {
-                let value =
-                    std::env::var_os(name).ok_or_else(|| SecretError::EnvMissing(name.clone()))?;
-                let bytes = Zeroizing::new(value.into_encoded_bytes());
-                (format!("--password-env {name}"), bytes)
-            }
+            PasswordSource::Env(name) => (format!("--password-env {name}"), take_env(name)?),
         };
         password_from_bytes(&what, raw)
     }
@@ -261,14 +262,7 @@ pub(crate) fn read_db_password(source: &PasswordSource) -> Result<Zeroizing<Vec<
             })?;
             (what, raw)
         }
-        PasswordSource::Env(name) => {
-            let value =
-                std::env::var_os(name).ok_or_else(|| SecretError::EnvMissing(name.clone()))?;
-            (
-                format!("--password-env {name}"),
-                Zeroizing::new(value.into_encoded_bytes()),
-            )
-        }
+        PasswordSource::Env(name) => (format!("--password-env {name}"), take_env(name)?),
     };
     if raw.len() > MAX_PASSWORD_LEN {
         return Err(SecretError::TooLong(what));
@@ -284,6 +278,55 @@ pub(crate) fn read_db_password(source: &PasswordSource) -> Result<Zeroizing<Vec<
         return Err(SecretError::Empty(what));
     }
     Ok(raw)
+}
+
+/// Values of `--password-env` variables, taken out of the environment.
+static TAKEN_FROM_ENV: Mutex<BTreeMap<String, Zeroizing<Vec<u8>>>> = Mutex::new(BTreeMap::new());
+
+/// The value of the environment variable `name`, which is removed from
+/// keyferry's environment on first read (and kept here for later reads):
+/// every program keyferry starts (`pg_ctl`, the postmaster, `pg_basebackup`)
+/// inherits the environment, and must not inherit the password.
+fn take_env(name: &str) -> Result<Zeroizing<Vec<u8>>, SecretError> {
+    if name.is_empty() || name.contains(['=', '\0']) {
+        return Err(SecretError::EnvName(name.to_owned()));
+    }
+    let mut taken = TAKEN_FROM_ENV
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(value) = taken.get(name) {
+        return Ok(value.clone());
+    }
+    let value = std::env::var_os(name).ok_or_else(|| SecretError::EnvMissing(name.to_owned()))?;
+    std::env::remove_var(name);
+    let value = Zeroizing::new(value.into_encoded_bytes());
+    taken.insert(name.to_owned(), value.clone());
+    Ok(value)
+}
+
+/// Makes the named password sources safe before keyferry does anything
+/// else (the binary calls it first, while it has one thread and has opened
+/// no file): a `--password-fd` descriptor must be open now, or the number
+/// could later be the one keyferry's own file (the bundle) gets, and that
+/// file would be read as the password; above 2 it is marked close-on-exec,
+/// so no program keyferry starts inherits it (0 to 2 are never passed on
+/// as they are: children get /dev/null or pipes). A `--password-env`
+/// variable is taken out of the environment at once.
+pub(crate) fn prepare_sources(sources: &[PasswordSource]) -> Result<(), SecretError> {
+    for source in sources {
+        match source {
+            PasswordSource::Fd(fd) => platform::prepare_fd(*fd)?,
+            PasswordSource::Env(name) => {
+                // Missing now is reported when it is read, with its own error.
+                match take_env(name) {
+                    Ok(_) | Err(SecretError::EnvMissing(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            PasswordSource::Prompt | PasswordSource::File(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Takes the first line of what a source gave (a trailing newline from
@@ -363,6 +406,28 @@ mod platform {
         std::io::stdin().is_terminal() || std::io::stderr().is_terminal()
     }
 
+    /// See [`super::prepare_sources`].
+    pub(crate) fn prepare_fd(fd: i32) -> Result<(), super::SecretError> {
+        // SAFETY: F_GETFD takes no pointer; it fails with EBADF on a
+        // descriptor that is not open (and on a negative number).
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags == -1 {
+            return Err(super::SecretError::FdNotOpen(fd));
+        }
+        if fd > 2 && flags & libc::FD_CLOEXEC == 0 {
+            // SAFETY: F_SETFD takes an int; `fd` is open (just checked).
+            // The flag belongs to this process's descriptor only, not to
+            // the caller's.
+            if unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } == -1 {
+                return Err(super::SecretError::Source {
+                    what: format!("--password-fd {fd}"),
+                    source: io::Error::last_os_error(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Reads the password from the caller's descriptor `fd` through a
     /// duplicate: `fd` itself stays open. Closing it (even 0, 1 or 2) would
     /// let the next file keyferry opens take its number, and later
@@ -423,6 +488,10 @@ mod platform {
     pub(crate) fn read_fd(_fd: i32) -> io::Result<Zeroizing<Vec<u8>>> {
         Err(io::Error::from(io::ErrorKind::Unsupported))
     }
+
+    pub(crate) fn prepare_fd(_fd: i32) -> Result<(), super::SecretError> {
+        Err(super::SecretError::FdUnsupported)
+    }
 }
 
 #[cfg(test)]
@@ -454,6 +523,53 @@ mod tests {
             PasswordSource::Fd(-1).read(""),
             Err(SecretError::Source { .. })
         ));
+    }
+
+    /// Issue 23, finding 4: the variable stayed in the environment and
+    /// every program keyferry started inherited it.
+    #[cfg(unix)]
+    #[test]
+    fn a_password_variable_leaves_the_environment_once_read_and_no_child_sees_it() {
+        let name = "KEYFERRY_TEST_PW_TAKEN";
+        std::env::set_var(name, "env password value");
+        let p = PasswordSource::Env(name.into()).read("").unwrap();
+        assert_eq!(p.reveal(), "env password value");
+        assert!(std::env::var_os(name).is_none());
+        // A second read (a retry, a second connection) still has it.
+        let again = read_db_password(&PasswordSource::Env(name.into())).unwrap();
+        assert_eq!(&again[..], b"env password value");
+        let child = std::process::Command::new("/usr/bin/env").output().unwrap();
+        let seen = String::from_utf8_lossy(&child.stdout);
+        assert!(!seen.contains(name) && !seen.contains("env password value"));
+        assert!(matches!(
+            PasswordSource::Env("A=B".into()).read(""),
+            Err(SecretError::EnvName(_))
+        ));
+    }
+
+    /// Issue 23, finding 5: a descriptor that is not open is named at
+    /// start; an open one above 2 is kept from children.
+    #[cfg(unix)]
+    #[test]
+    fn a_password_descriptor_must_be_open_at_start_and_is_not_inherited() {
+        use std::os::fd::AsRawFd;
+        let (reader, writer) = std::io::pipe().unwrap();
+        let fd = reader.as_raw_fd();
+        drop(writer);
+        // std opens its descriptors close-on-exec; the caller's are not.
+        // SAFETY: F_SETFD takes an int; `fd` is open.
+        assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, 0);
+        prepare_sources(&[PasswordSource::Fd(fd)]).unwrap();
+        // SAFETY: F_GETFD takes no pointer.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+        drop(reader);
+        // Far above any descriptor limit: never open (a number just closed
+        // could be reused by another test's thread).
+        let closed = 987_654;
+        let err = prepare_sources(&[PasswordSource::Fd(closed)]).unwrap_err();
+        assert!(matches!(err, SecretError::FdNotOpen(n) if n == closed));
+        assert!(err.to_string().contains("--password-fd 987654"));
     }
 
     #[test]

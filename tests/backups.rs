@@ -91,3 +91,38 @@ fn prune_brings_an_old_home_down_to_the_limit() {
     assert_eq!(prune[1]["details"]["removed"], 6);
     node.cmd().args(["audit", "verify"]).assert().success();
 }
+
+/// Issue 23, finding 8: when the keystore could not be written, backups of
+/// it were left behind (copies of the keys for nothing). A failed change
+/// leaves the home as it was, backups included.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_failed_keystore_write_leaves_no_backup_behind() {
+    let node = Node::initialised();
+    node.cmd().arg("rotate").assert().success();
+    let before = common::node::snapshot(&node.home);
+    let keystore = node.home.join("keyring.json");
+    // Immutable even to root: the rename over it fails.
+    let set = std::process::Command::new("chattr")
+        .arg("+i")
+        .arg(&keystore)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !set {
+        eprintln!("skipped: chattr +i is not available here");
+        return;
+    }
+    let out = node.cmd().arg("rotate").output().unwrap();
+    let _ = std::process::Command::new("chattr")
+        .arg("-i")
+        .arg(&keystore)
+        .status();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    common::node::assert_same(&before, &common::node::snapshot(&node.home));
+    assert_eq!(count(&node, "keyring.json"), 1, "the first rotate's only");
+}

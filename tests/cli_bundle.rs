@@ -1100,3 +1100,263 @@ fn an_invalid_ha_toml_in_a_bundle_is_a_bad_bundle() {
     );
     assert!(!node.home.exists(), "nothing was created");
 }
+
+/// Issue 23, finding 5: `--password-fd 3` with nothing on descriptor 3 read
+/// keyferry's own handle on the bundle (which took number 3) as the
+/// password. The descriptor is checked before any file is opened, and
+/// named; nothing changes.
+#[cfg(unix)]
+#[test]
+fn a_password_descriptor_that_is_not_open_is_named_before_any_file_is_opened() {
+    let node = Node::empty();
+    let before = snapshot(node.dir.path());
+    // std's Command passes on only descriptors 0 to 2: 3 is not open.
+    let out = node
+        .cmd()
+        .args(["import", "-n"])
+        .arg(Path::new(VECTORS).join("keys.kfb"))
+        .args(["--password-fd", "3"])
+        .output()
+        .unwrap();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--password-fd 3") && err.contains("not open"),
+        "{err}"
+    );
+    assert_same(&before, &snapshot(node.dir.path()));
+}
+
+/// Issue 23, findings 4 and 5: no program keyferry starts inherits a
+/// password source, neither the `--password-env` variable nor the
+/// `--password-fd` descriptor. `ha bootstrap` starts `pg_basebackup`
+/// first; here it is a script in place of it, which records what it got.
+#[cfg(unix)]
+#[test]
+fn no_program_keyferry_starts_inherits_a_password_source() {
+    use std::os::unix::fs::PermissionsExt;
+    let node = Node::initialised();
+    let bin_dir = node.path("pgbin");
+    fs::create_dir(&bin_dir).unwrap();
+    let seen = node.path("seen");
+    for program in [
+        "pg_basebackup",
+        "pg_ctl",
+        "pg_controldata",
+        "postgres",
+        "psql",
+    ] {
+        let script = bin_dir.join(program);
+        fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\n{{ env; ls -l /proc/$$/fd; }} >> '{}' 2>&1\nexit 1\n",
+                seen.display()
+            ),
+        )
+        .unwrap();
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let data = node.path("data");
+    fs::create_dir(&data).unwrap();
+    node.cmd()
+        .args(common::node::HA_INIT)
+        .arg("--pg-bin")
+        .arg(&bin_dir)
+        .arg("--pg-data")
+        .arg(&data)
+        .assert()
+        .success();
+    let pw = node.password_file("the replication password");
+    let bin = assert_cmd::cargo::cargo_bin("keyferry");
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(concat!(
+            r#""$0" --home "$1" ha check --timeout-ms 300 --password-fd 7 7<"$2"; "#,
+            r#"KF_TEST_LEAK_PW="$3" "$0" --home "$1" ha check --timeout-ms 300 --password-env KF_TEST_LEAK_PW"#
+        ))
+        .arg(&bin)
+        .arg(&node.home)
+        .arg(&pw)
+        .arg("the replication password")
+        .env_remove("KF_TEST_LEAK_PW")
+        .env_remove("KEYFERRY_HOME")
+        .output()
+        .unwrap();
+    let seen = fs::read_to_string(&seen).unwrap_or_default();
+    // Each of the two runs started at least one program.
+    assert!(
+        seen.matches("total ").count() >= 2,
+        "programs were started: {}",
+        stderr_of(&out)
+    );
+    assert!(!seen.contains("KF_TEST_LEAK_PW"), "{seen}");
+    assert!(!seen.contains("the replication password"), "{seen}");
+    assert!(!seen.contains(" 7 -> "), "{seen}");
+}
+
+/// Every kind of character that can forge output or drive a terminal:
+/// C0 and C1 controls, DEL, bidirectional overrides, isolates and marks.
+const HAZARDS: [char; 14] = [
+    '\n', '\r', '\x1b', '\x7f', '\u{9b}', '\u{202a}', '\u{202d}', '\u{202e}', '\u{2066}',
+    '\u{2069}', '\u{200e}', '\u{200f}', '\u{61c}', '\u{2028}',
+];
+
+/// No hazard in `text` but the line breaks that end keyferry's own lines:
+/// the hostile strings are `x` then a hazard, repeated, so a raw line
+/// break among them starts a line with `x`.
+fn assert_no_hazard(what: &str, text: &str) {
+    for c in HAZARDS.iter().filter(|c| **c != '\n') {
+        assert!(!text.contains(*c), "{what}: raw {c:?} in {text:?}");
+    }
+    assert!(
+        !text.lines().any(|l| l.starts_with('x')),
+        "{what}: a forged line in {text:?}"
+    );
+}
+
+/// Issue 23, finding 6: `import` printed the bundle's file name raw, and
+/// `audit show` printed a right-to-left override in `source_node` raw.
+/// Each hazard goes through every printer of the import: the file name and
+/// the sender's name in `import` (its output and its note), in `audit
+/// show`, and in an error message.
+#[cfg(unix)]
+#[test]
+fn strings_from_outside_reach_the_terminal_escaped_in_every_printer() {
+    let keyring = keyferry::keyring::Keyring::generate("2026-11-25T00:00:00Z").unwrap();
+    let hostile: String = HAZARDS.iter().map(|c| format!("x{c}")).collect();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "format": "keyferry-payload",
+        "version": 1,
+        "source_node": format!("db1{hostile}"),
+        "created_by": "test",
+        "keyring_fingerprint": keyring.fingerprint().to_string(),
+        "contents": ["keyring"],
+    }))
+    .unwrap();
+    let zip = common::craft::zip_of(
+        &[
+            ("manifest.json", &manifest),
+            ("keyring.json", keyring.to_json().as_ref()),
+        ],
+        false,
+    );
+    let node = Node::empty();
+    fs::create_dir_all(node.dir.path()).unwrap();
+    let sealed = common::craft::seal(&zip, PASSWORD, false);
+    // A path with a line break is refused as a usage error (finding 8)…
+    let broken = node.path("keys\nx.kfb");
+    fs::write(&broken, &sealed).unwrap();
+    let out = node.import_cmd(&broken).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr_of(&out));
+    assert_no_hazard("a refused path", &stderr_of(&out));
+    // …so a file name holds every other hazard.
+    let in_name: String = HAZARDS
+        .iter()
+        .filter(|c| !matches!(c, '\n' | '\r'))
+        .map(|c| format!("x{c}"))
+        .collect();
+    let file = node.path(&format!("keys{in_name}.kfb"));
+    fs::write(&file, &sealed).unwrap();
+
+    // A wrong password first: the error names the file.
+    let out = node
+        .cmd()
+        .args(["import", "-n"])
+        .arg(&file)
+        .args(["--password-env", "KF_TEST_WRONG_PW"])
+        .env("KF_TEST_WRONG_PW", "not the password at all")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    assert_no_hazard("import error", &String::from_utf8_lossy(&out.stderr));
+
+    let out = node.import_cmd(&file).output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_no_hazard("import", &stdout);
+    assert_no_hazard("import's note", &stderr);
+    assert!(
+        stdout.contains("\\u{202e}") && stdout.contains("\\u{1b}"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("\\u{202e}"),
+        "the file name, escaped: {stderr}"
+    );
+
+    let out = node.cmd().args(["audit", "show"]).output().unwrap();
+    let shown = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(shown.lines().count(), 1, "{shown:?}");
+    assert_no_hazard("audit show", &shown);
+    assert!(shown.contains("\\u{202e}"), "{shown}");
+}
+
+/// Issue 23, finding 8: a refused `--dry-run` import appended an audit
+/// record. A dry run writes nothing, refused or not.
+#[test]
+fn a_refused_dry_run_writes_nothing_not_even_an_audit_record() {
+    let sender = Node::initialised();
+    let file = sender.path("k.kfb");
+    sender
+        .cmd()
+        .args(["export", "-n"])
+        .arg(&file)
+        .args(FAST_KDF)
+        .arg("--password-file")
+        .arg(sender.password_file(PASSWORD))
+        .assert()
+        .success();
+    let node = Node::initialised();
+    let before = snapshot(&node.home);
+    let out = node
+        .import_cmd_with(&file, "not the password at all")
+        .arg("--dry-run")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    assert_same(&before, &snapshot(&node.home));
+    // Without --dry-run the refusal is recorded, as before.
+    let out = node
+        .import_cmd_with(&file, "not the password at all")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr_of(&out));
+    let log = fs::read_to_string(node.home.join("audit.log")).unwrap();
+    assert!(log.contains("import-refused"), "{log}");
+}
+
+/// Issue 23, finding 8: `--pg-data` with a line break was accepted (and
+/// would have started a line of its own in `ha.toml`). Every path option
+/// refuses one as a usage error, naming it escaped, and nothing changes.
+#[test]
+fn a_path_option_with_a_line_break_is_a_usage_error() {
+    let node = Node::initialised();
+    let before = snapshot(node.dir.path());
+    let mut ha_init: Vec<&str> = common::node::HA_INIT.to_vec();
+    ha_init.extend(["--pg-data", "/var/lib/pg\narchive_dir = \"/etc\""]);
+    let import = [
+        "import",
+        "-n",
+        "k.kfb",
+        "--accept-config",
+        "--pg-data",
+        "/srv/pg\r\nx",
+    ];
+    for args in [&ha_init[..], &import[..]] {
+        let out = node.cmd().args(args).output().unwrap();
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("--pg-data") && err.contains("line break"),
+            "{err}"
+        );
+        assert!(
+            !err.lines()
+                .any(|l| l.starts_with("archive_dir") || l == "x"),
+            "{err}"
+        );
+        assert_same(&before, &snapshot(node.dir.path()));
+    }
+}

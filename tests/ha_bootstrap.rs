@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::netns::ADDR_B;
+use common::netns::{ADDR_A, ADDR_B};
 use common::node::{assert_same, snapshot};
 use common::pair::*;
 
@@ -546,4 +546,82 @@ fn a_disk_filled_during_the_copy_leaves_nothing_behind() {
     assert!(text(&out).contains("pg_basebackup"), "{}", text(&out));
     assert_same(&before, &snapshot(&disk));
     assert!(!data.exists(), "no data directory appeared");
+}
+
+/// Issue 23, finding 2: the bootstrap copied the primary's
+/// `postgresql.auto.conf`, which overrides the secondary's own settings:
+/// an `ALTER SYSTEM` on the primary left the replica listening on loopback
+/// only (the bootstrap said healthy) and could set programs it runs. Now
+/// the replica keeps its own settings, is told what was dropped, and the
+/// bootstrap checks it listens where `ha.toml` says. Also finding 4: the
+/// `--password-env` variable is not in the postmaster's environment.
+#[test]
+fn the_primary_does_not_configure_the_replicas_server() {
+    let Some(pair) = Pair::new("bp", 0) else {
+        return;
+    };
+    let parent = pair.data().parent().unwrap().to_path_buf();
+    let marker = parent.join("restore-command-ran");
+    for (name, value) in [
+        ("listen_addresses", format!("{ADDR_A},127.0.0.1")),
+        ("archive_command", format!("touch {}", marker.display())),
+        ("restore_command", format!("touch {}", marker.display())),
+        ("shared_preload_libraries", "pg_stat_statements".to_owned()),
+    ] {
+        pair.primary
+            .connect()
+            .batch_execute(&format!(
+                "ALTER SYSTEM SET {name} = '{}'",
+                value.replace('\'', "''")
+            ))
+            .unwrap();
+    }
+    let out = pair
+        .command(&[
+            "ha",
+            "bootstrap",
+            "--yes",
+            "--timeout",
+            "60",
+            "--password-env",
+            "KF_TEST_REPLICATION_PW",
+        ])
+        .env("KF_TEST_REPLICATION_PW", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_is_replica(&pair);
+
+    let auto = fs::read_to_string(pair.data().join("postgresql.auto.conf")).unwrap();
+    for name in [
+        "listen_addresses",
+        "archive_command",
+        "restore_command",
+        "shared_preload_libraries",
+    ] {
+        assert!(!auto.contains(name), "{name} in the replica's {auto}");
+        assert!(text(&out).contains(name), "{name} reported: {}", text(&out));
+    }
+    let show = |name: &str| -> String {
+        pair.replica_query(&format!("SELECT current_setting('{name}')"))[0].get(0)
+    };
+    assert_eq!(show("listen_addresses"), format!("{ADDR_B},127.0.0.1"));
+    assert_eq!(show("shared_preload_libraries"), "");
+    assert_eq!(show("restore_command"), "");
+    assert!(!marker.exists());
+    let log = fs::read_to_string(pair.home.join("audit.log")).unwrap();
+    assert!(log.contains("dropped_settings"), "{log}");
+
+    // The postmaster (started by keyferry through pg_ctl) has no password
+    // source in its environment.
+    let pid = fs::read_to_string(pair.data().join("postmaster.pid")).unwrap();
+    let pid = pid.lines().next().unwrap().trim();
+    let environ = fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(
+        environ.contains("PATH="),
+        "read the right process: {environ}"
+    );
+    assert!(!environ.contains("KF_TEST_REPLICATION_PW"), "{environ}");
+    assert!(!environ.contains(PASSWORD), "{environ}");
 }

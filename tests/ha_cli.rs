@@ -898,3 +898,58 @@ fn nodes_connect_without_a_dsn_needs_ha_toml() {
         .assert()
         .code(2);
 }
+
+/// Issue 23, finding 7: `hba ensure --file <any file> --pg-port 0` appended
+/// keyferry's block to a password file, backed it up and exited 0 ("not
+/// checked by PostgreSQL"). A file that does not read as a pg_hba.conf is
+/// refused, and, with no server to check it, so is one whose name says it
+/// is another file; `--force` overrides. Refused means byte for byte
+/// untouched, no backup, no audit record.
+#[test]
+fn hba_ensure_refuses_a_file_that_is_not_a_pg_hba_conf() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    keyferry(&home).arg("init").assert().success();
+    let home_before = common::node::snapshot(&home);
+    let pgpass: &[u8] = b"10.0.0.1:5432:*:repuser:the replication password\n";
+    let shadow: &[u8] = b"root:$6$abc$hash:19000:0:99999:7:::\n";
+    let (pgpass_file, _, _) = server_like_file(tmp.path(), "pgpass", pgpass);
+    let (shadow_file, _, _) = server_like_file(tmp.path(), "hba-shadow.conf", shadow);
+    // Reads as a pg_hba.conf, but named as a password file.
+    let (named, _, _) = server_like_file(tmp.path(), "repl.pgpass", SAMPLE);
+    for (file, bytes, phrase) in [
+        (&pgpass_file, pgpass, "does not read as a pg_hba.conf"),
+        (&shadow_file, shadow, "does not read as a pg_hba.conf"),
+        (&named, SAMPLE, "named like another file"),
+    ] {
+        for extra in [&["--pg-port", "0"][..], &["--offline"][..]] {
+            let out = keyferry(&home)
+                .args(["hba", "ensure", "--peer", "10.0.0.2", "--file"])
+                .arg(file)
+                .args(extra)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{err}");
+            assert!(err.contains(phrase) && err.contains("--force"), "{err}");
+            assert!(!err.contains("replication password") && !err.contains("hash"));
+            assert_eq!(fs::read(file).unwrap(), bytes);
+            common::node::assert_same(&home_before, &common::node::snapshot(&home));
+        }
+    }
+    // --force: the operator says it is one.
+    keyferry(&home)
+        .args([
+            "hba",
+            "ensure",
+            "--peer",
+            "10.0.0.2",
+            "--offline",
+            "--force",
+            "--file",
+        ])
+        .arg(&named)
+        .assert()
+        .success();
+    assert!(fs::read_to_string(&named).unwrap().contains("10.0.0.2/32"));
+}

@@ -422,3 +422,182 @@ fn rewrap_census_resume_concurrency_and_guards() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("password file"));
 }
+
+/// Issue 23, finding 3: `decrypt` and rewrap read a text value with
+/// leading whitespace or a key id written `+1`, which the census did not
+/// count under its key, so `disable` was allowed while values sealed under
+/// that key remained. Now one reader refuses them everywhere: decrypt does
+/// not open them, rewrap leaves them untouched and fails, the census
+/// counts them as undecryptable, and `disable` stays refused. The census's
+/// SQL and the reader are held to the same hostile values.
+#[test]
+fn values_the_text_form_refuses_are_undecryptable_everywhere_and_block_disable() {
+    use base64::Engine;
+    use keyferry::keyring::envelope;
+    let node = Node::initialised();
+    let Some(db) = start(&node) else {
+        return;
+    };
+    let mut c = db.client();
+    c.batch_execute("CREATE TABLE app_creds (id bigint PRIMARY KEY, secret text NOT NULL)")
+        .unwrap();
+    let k1 = keyring(&node);
+    // 16 bytes: the binary form (49 bytes) ends in a padded base64 group,
+    // whose stray bits and padding the probes below can get wrong.
+    let under_1 = k1.encrypt_text(b"sealed under key", b"2").unwrap();
+    let b64 = under_1.strip_prefix("kfe1:1:").unwrap().to_owned();
+    ok(&run(&node, &db, &["rotate"]));
+    let k2 = keyring(&node);
+    assert_eq!(k2.primary(), 2);
+    // Row 1 a proper value under the primary; rows 2 and 3 key 1's value in
+    // the lenient spellings the old reader opened.
+    let hostile = [format!(" {under_1}"), format!("kfe1:+1:{b64}")];
+    c.execute(
+        "INSERT INTO app_creds VALUES (1, $1), (2, $2), (3, $3)",
+        &[
+            &k2.encrypt_text(b"row 1", b"1").unwrap(),
+            &hostile[0],
+            &hostile[1],
+        ],
+    )
+    .unwrap();
+
+    // decrypt does not open them (it opens the proper form of the same value).
+    for (text, opens) in [
+        (hostile[0].clone(), false),
+        (hostile[1].clone(), false),
+        (format!("{under_1}\n"), true),
+    ] {
+        let mut child = kf(&node, &db, &["decrypt", "--aad", "2"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        if opens {
+            assert_eq!(ok(&out), "sealed under key");
+        } else {
+            assert_eq!(out.status.code(), Some(11), "{text:?} must not open");
+            assert!(out.stdout.is_empty());
+        }
+    }
+
+    // The census counts them as undecryptable, with --check and --verify.
+    assert_eq!(census(&node, &db, "secret", false), (keys(&[("2", 1)]), 2));
+    assert_eq!(census(&node, &db, "secret", true), (keys(&[("2", 1)]), 2));
+
+    // disable 1 is refused while they are there, and nothing changes.
+    let mut args = vec!["rewrap", "add-target"];
+    args.extend(target_args(&db, "secret"));
+    ok(&run(&node, &db, &args));
+    let refused = |node: &Node| {
+        let before = snapshot(&node.home);
+        let out = run(node, &db, &["disable", "1"]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(12), "{err}");
+        assert!(
+            err.contains("2 stored value(s)") && err.contains("--verify"),
+            "{err}"
+        );
+        assert_same(&before, &snapshot(&node.home));
+    };
+    refused(&node);
+
+    // rewrap does not open them either: it leaves them as they are and fails.
+    let table_before: Vec<(i64, String)> = c
+        .query(
+            "SELECT id, secret FROM app_creds WHERE id > 1 ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut args = vec!["rewrap"];
+    args.extend(target_args(&db, "secret"));
+    let out = run(&node, &db, &args);
+    assert_eq!(
+        out.status.code(),
+        Some(11),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table_after: Vec<(i64, String)> = c
+        .query(
+            "SELECT id, secret FROM app_creds WHERE id > 1 ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(table_after, table_before);
+    refused(&node);
+
+    // The census's SQL places a value under a key exactly when the reader
+    // takes it, over values that probe each rule of the form.
+    let bin = base64::engine::general_purpose::STANDARD
+        .decode(&b64)
+        .unwrap();
+    let enc = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let mut other_format = bin.clone();
+    other_format[0] = 2;
+    let mut stray_bits = b64.clone();
+    // The last character before the padding carries bits beyond the data.
+    let pad = stray_bits.find('=').unwrap();
+    let last = stray_bits.as_bytes()[pad - 1];
+    let bumped = if last == b'/' {
+        '+'
+    } else {
+        (last + 1) as char
+    };
+    stray_bits.replace_range(pad - 1..pad, &bumped.to_string());
+    let probes: Vec<String> = vec![
+        under_1.clone(),
+        hostile[0].clone(),
+        hostile[1].clone(),
+        format!("{under_1}\n"),
+        format!("{under_1} "),
+        format!("\t{under_1}"),
+        format!("kfe1:01:{b64}"),
+        format!("kfe1:2:{b64}"),
+        format!("kfe1:1:{}", b64.trim_end_matches('=')),
+        format!("kfe1:1:{b64}="),
+        format!("kfe1:1:{stray_bits}"),
+        format!("kfe1:1:{}", enc(&other_format)),
+        format!("kfe1:1:{}", enc(&bin[..20])),
+        format!("kfe1:4294967297:{b64}"),
+        format!("kfe1:1:{}\n{}", &b64[..8], &b64[8..]),
+        "kfe1:1:".into(),
+        "KFE1:1:AAAA".into(),
+    ];
+    c.batch_execute("CREATE TABLE probes (id int PRIMARY KEY, v text NOT NULL)")
+        .unwrap();
+    for (i, p) in probes.iter().enumerate() {
+        c.execute("INSERT INTO probes VALUES ($1, $2)", &[&(i as i32), p])
+            .unwrap();
+    }
+    let sql = format!(
+        "SELECT id, v, {} FROM probes ORDER BY id",
+        envelope::text_key_id_sql("v")
+    );
+    let mut opened = 0;
+    for row in c.query(&sql, &[]).unwrap() {
+        let v: String = row.get(1);
+        let in_sql: Option<i64> = row.get(2);
+        let in_rust = envelope::from_text(&v)
+            .ok()
+            .map(|b| i64::from(envelope::key_id(&b).unwrap()));
+        assert_eq!(in_sql, in_rust, "{v:?}");
+        opened += usize::from(in_rust.is_some());
+    }
+    assert_eq!(opened, 1, "only the proper form is an envelope");
+}

@@ -4,7 +4,7 @@ use clap::Args;
 
 use super::{print_json, PasswordArgs};
 use crate::error::Result;
-use crate::fmt::fmt_time;
+use crate::fmt::{fmt_time, printable, printable_path};
 use crate::kdf::KdfParams;
 use crate::ops::export::{self, Expiry, ExportOptions};
 use crate::ops::import::{self, ImportOptions};
@@ -14,7 +14,7 @@ use crate::secret::PasswordSource;
 #[derive(Args, Debug)]
 pub(crate) struct ExportArgs {
     /// The bundle file to create (never overwritten).
-    #[arg(short = 'n', long = "file", value_name = "FILE")]
+    #[arg(value_parser = crate::cli::PathArg, short = 'n', long = "file", value_name = "FILE")]
     file: PathBuf,
     /// Also carry this node's ha.toml and the appsettings.json it names.
     #[arg(long)]
@@ -41,7 +41,7 @@ pub(crate) struct ExportArgs {
 #[derive(Args, Debug)]
 pub(crate) struct ImportArgs {
     /// The bundle file to import.
-    #[arg(short = 'n', long = "file", value_name = "FILE")]
+    #[arg(value_parser = crate::cli::PathArg, short = 'n', long = "file", value_name = "FILE")]
     file: PathBuf,
     /// Take only the keys, even if the bundle carries configuration (remote service hosts).
     #[arg(long)]
@@ -63,13 +63,13 @@ pub(crate) struct ImportArgs {
     node: Option<String>,
     /// This node's PostgreSQL data directory, for an ha.toml created with
     /// --accept-config (a bundle never chooses this node's paths).
-    #[arg(long, value_name = "DIR", requires = "accept_config")]
+    #[arg(value_parser = crate::cli::PathArg, long, value_name = "DIR", requires = "accept_config")]
     pg_data: Option<PathBuf>,
     /// This node's WAL archive directory, for an ha.toml created with --accept-config.
-    #[arg(long, value_name = "DIR", requires = "accept_config")]
+    #[arg(value_parser = crate::cli::PathArg, long, value_name = "DIR", requires = "accept_config")]
     archive_dir: Option<PathBuf>,
     /// Where this node's appsettings.json is, for an ha.toml created with --accept-config.
-    #[arg(long, value_name = "PATH", requires = "accept_config")]
+    #[arg(value_parser = crate::cli::PathArg, long, value_name = "PATH", requires = "accept_config")]
     appsettings: Option<PathBuf>,
     /// Verify the bundle and show what would change, without changing anything.
     #[arg(long)]
@@ -85,7 +85,7 @@ pub(crate) struct ImportArgs {
 #[derive(Args, Debug)]
 pub(crate) struct InspectArgs {
     /// The bundle file.
-    #[arg(short = 'n', long = "file", value_name = "FILE")]
+    #[arg(value_parser = crate::cli::PathArg, short = 'n', long = "file", value_name = "FILE")]
     file: PathBuf,
     /// Machine-readable output.
     #[arg(long)]
@@ -112,7 +112,7 @@ pub fn export(home: &Home, args: ExportArgs) -> Result<()> {
             password: args.password.source(),
         },
     )?;
-    println!("wrote {}", report.file.display());
+    println!("wrote {}", printable_path(&report.file));
     println!("fingerprint {}", report.fingerprint);
     println!("expires {}", expiry_text(report.expires));
     println!(
@@ -168,9 +168,9 @@ pub fn import(home: &Home, args: ImportArgs) -> Result<()> {
     note_ignored(&args.file, report.armor_ignored);
     super::nodes::print_published(&report.published);
     println!(
-        "{verb} keys from {} (made by node {:?} at {}, expires {})",
-        args.file.display(),
-        report.source_node,
+        "{verb} keys from {} (made by node \"{}\" at {}, expires {})",
+        printable_path(&args.file),
+        printable(&report.source_node),
         fmt_time(report.created),
         expiry_text(report.expires)
     );
@@ -205,7 +205,7 @@ pub fn import(home: &Home, args: ImportArgs) -> Result<()> {
         }
     }
     if let Some(backup) = &report.keystore_backup {
-        println!("previous keystore kept as {}", backup.display());
+        println!("previous keystore kept as {}", printable_path(backup));
     }
     if !report.config_skipped.is_empty() {
         println!(
@@ -229,7 +229,7 @@ pub fn import(home: &Home, args: ImportArgs) -> Result<()> {
         for (field, flag) in &c.unset {
             println!(
                 "{}: {field} left unset (the bundle never sets this node's paths; give {flag} with --accept-config, or use `keyferry ha init … --force`)",
-                c.target.display()
+                printable_path(&c.target)
             );
         }
         for why in &c.kept {
@@ -255,14 +255,14 @@ pub fn import(home: &Home, args: ImportArgs) -> Result<()> {
         println!(
             "{} -> {}: {what}",
             c.file.content().entry_name(),
-            c.target.display()
+            printable_path(&c.target)
         );
         for ch in &c.changes {
             println!(
                 "    {}: {} -> {}",
                 ch.field,
-                ch.before.as_deref().unwrap_or("(none)"),
-                ch.after.as_deref().unwrap_or("(none)")
+                printable(ch.before.as_deref().unwrap_or("(none)")),
+                printable(ch.after.as_deref().unwrap_or("(none)"))
             );
         }
     }
@@ -273,7 +273,7 @@ pub fn import(home: &Home, args: ImportArgs) -> Result<()> {
     match report.deleted {
         Some(Ok(removed)) => {
             for f in removed {
-                println!("deleted {}", f.display());
+                println!("deleted {}", printable_path(&f));
             }
         }
         // The keys are installed and audited: a failure here must not look
@@ -281,11 +281,11 @@ pub fn import(home: &Home, args: ImportArgs) -> Result<()> {
         Some(Err(why)) => eprintln!(
             "warning: the import succeeded, but --delete could not remove {} ({why}): \
              delete it by hand (and any copy): it holds the keys, protected only by its password",
-            args.file.display()
+            printable_path(&args.file)
         ),
         None => eprintln!(
             "Now delete {} (and any copy): it holds the keys, protected only by its password.",
-            args.file.display()
+            printable_path(&args.file)
         ),
     }
     Ok(())
@@ -294,7 +294,11 @@ pub fn import(home: &Home, args: ImportArgs) -> Result<()> {
 /// Tells the operator about text around an armored bundle that was skipped.
 fn note_ignored(file: &std::path::Path, ignored: crate::bundle::Ignored) {
     if !ignored.is_empty() {
-        eprintln!("note: {}: {ignored}", file.display());
+        eprintln!(
+            "note: {}: {}",
+            printable_path(file),
+            printable(&ignored.to_string())
+        );
     }
 }
 

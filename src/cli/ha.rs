@@ -134,19 +134,19 @@ pub(crate) struct InitArgs {
     #[arg(long, value_name = "PORT")]
     web_port: Option<u16>,
     /// Directory of pg_ctl, pg_basebackup, pg_controldata.
-    #[arg(long, value_name = "DIR")]
+    #[arg(value_parser = crate::cli::PathArg, long, value_name = "DIR")]
     pg_bin: Option<PathBuf>,
     /// PostgreSQL data directory.
-    #[arg(long, value_name = "DIR")]
+    #[arg(value_parser = crate::cli::PathArg, long, value_name = "DIR")]
     pg_data: Option<PathBuf>,
     /// WAL archive directory (archive_command's target), if the pair archives WAL.
-    #[arg(long, value_name = "DIR")]
+    #[arg(value_parser = crate::cli::PathArg, long, value_name = "DIR")]
     archive_dir: Option<PathBuf>,
     /// This node's PostgreSQL Unix socket directory, used by `ha status` when the server's postmaster.pid cannot say.
-    #[arg(long, value_name = "DIR")]
+    #[arg(value_parser = crate::cli::PathArg, long, value_name = "DIR")]
     pg_socket_dir: Option<PathBuf>,
     /// The application's appsettings.json.
-    #[arg(long, value_name = "PATH")]
+    #[arg(value_parser = crate::cli::PathArg, long, value_name = "PATH")]
     appsettings: Option<PathBuf>,
     /// Role the replica streams as [default: repuser].
     #[arg(long, value_name = "ROLE")]
@@ -204,7 +204,7 @@ pub(crate) enum ArchiveCommand {
         #[arg(long)]
         dry_run: bool,
         /// The archive directory [default: archive_dir from ha.toml].
-        #[arg(long, value_name = "DIR")]
+        #[arg(value_parser = crate::cli::PathArg, long, value_name = "DIR")]
         dir: Option<PathBuf>,
         /// Machine-readable output.
         #[arg(long)]
@@ -267,7 +267,7 @@ pub(crate) enum HbaCommand {
 #[derive(Args, Debug)]
 pub(crate) struct TargetArgs {
     /// The pg_hba.conf [default: <pg_data>/pg_hba.conf from ha.toml].
-    #[arg(long, value_name = "PATH")]
+    #[arg(value_parser = crate::cli::PathArg, long, value_name = "PATH")]
     file: Option<PathBuf>,
     /// Role of the replication line [default: replication_user from ha.toml, else repuser].
     #[arg(long, value_name = "ROLE")]
@@ -279,7 +279,7 @@ pub(crate) struct TargetArgs {
     #[arg(long, value_name = "HOST", conflicts_with = "pg_socket_dir")]
     pg_host: Option<String>,
     /// The local server's Unix socket directory [default: the running server's, from its postmaster.pid; else /var/run/postgresql, then /tmp].
-    #[arg(long, value_name = "DIR")]
+    #[arg(value_parser = crate::cli::PathArg, long, value_name = "DIR")]
     pg_socket_dir: Option<PathBuf>,
     /// The local server's port [default: the running server's, from its postmaster.pid; else pg_port from ha.toml, else 5432].
     #[arg(long, value_name = "PORT")]
@@ -290,6 +290,10 @@ pub(crate) struct TargetArgs {
     /// Timeout of the connection attempt, in milliseconds.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_TIMEOUT_MS)]
     timeout_ms: u64,
+    /// Edit the file even though it does not read as a pg_hba.conf, or (with
+    /// no server to check it) is not named like one.
+    #[arg(long)]
+    force: bool,
 }
 
 impl TargetArgs {
@@ -305,6 +309,7 @@ impl TargetArgs {
                 user: self.pg_user,
                 timeout: Duration::from_millis(self.timeout_ms),
             },
+            force: self.force,
         }
     }
 }
@@ -585,7 +590,13 @@ pub(crate) fn render_status(r: &StatusReport, json: bool) -> Result<String> {
     let mut o = String::new();
     for n in &r.nodes {
         let me = if n.this_node { " (this node)" } else { "" };
-        let _ = write!(o, "{:<9} {:<15} {}", n.name, n.address, n.role_text);
+        let _ = write!(
+            o,
+            "{:<9} {:<15} {}",
+            printable(n.name),
+            n.address,
+            n.role_text
+        );
         match n.role {
             Some(crate::ha::Role::RunningPrimary) => {
                 let _ = write!(
@@ -664,13 +675,17 @@ pub(crate) fn render_status(r: &StatusReport, json: bool) -> Result<String> {
         );
     }
     for d in &r.old_data_dirs {
-        let _ = writeln!(o, "old data directory {}", status::describe_old_dir(d));
+        let _ = writeln!(
+            o,
+            "old data directory {}",
+            printable(&status::describe_old_dir(d))
+        );
     }
     if let Some(a) = &r.archive {
         let _ = writeln!(
             o,
             "archive {}: {} WAL files, {}",
-            a.dir.display(),
+            crate::fmt::printable_path(&a.dir),
             a.wal_files,
             human_bytes(a.bytes)
         );

@@ -17,7 +17,7 @@ mod seal;
 
 use std::path::PathBuf;
 
-use clap::{ArgAction, Args, Parser, Subcommand};
+use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -39,7 +39,7 @@ use crate::secret::PasswordSource;
 pub(crate) struct Cli {
     /// The node's home (keyring.json, audit.log, backups/). Default: $KEYFERRY_HOME,
     /// else /var/lib/keyferry (Unix) or %ProgramData%\keyferry (Windows).
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(value_parser = crate::cli::PathArg, long, global = true, value_name = "DIR")]
     home: Option<PathBuf>,
 
     /// Log what keyferry does to stderr: -v info, -vv debug, -vvv trace (never a
@@ -115,7 +115,7 @@ enum BackupsCommand {
 #[group(multiple = false)]
 pub(crate) struct PasswordArgs {
     /// Read the password from the first line of this file.
-    #[arg(long, value_name = "PATH")]
+    #[arg(value_parser = crate::cli::PathArg, long, value_name = "PATH")]
     password_file: Option<PathBuf>,
     /// Read the password from the first line of this inherited file descriptor
     /// (Unix; 0 for standard input). The descriptor is left open.
@@ -139,6 +139,39 @@ impl PasswordArgs {
     }
 }
 
+/// A path given on the command line. A line break in it is a usage error:
+/// keyferry writes paths into line-based files (`ha.toml`, libpq's
+/// password file, `primary_conninfo`, audit records) where it would start a
+/// line of the attacker's choosing, and no real data directory needs one.
+/// The message shows the value escaped (clap's own would echo it raw).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PathArg;
+
+impl clap::builder::TypedValueParser for PathArg {
+    type Value = PathBuf;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> std::result::Result<PathBuf, clap::Error> {
+        let text = value.to_string_lossy();
+        if text.contains(['\n', '\r']) {
+            let name = arg.map_or_else(|| "a path".to_owned(), |a| a.to_string());
+            let mut cmd = cmd.clone();
+            return Err(cmd.error(
+                clap::error::ErrorKind::ValueValidation,
+                format!(
+                    "{name} \"{}\" contains a line break: give the path without one",
+                    crate::fmt::printable(&text)
+                ),
+            ));
+        }
+        Ok(PathBuf::from(value))
+    }
+}
+
 fn print_json<T: Serialize>(value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| Error::Refused(format!("cannot render JSON: {e}")))?;
@@ -148,9 +181,29 @@ fn print_json<T: Serialize>(value: &T) -> Result<()> {
 
 pub(crate) use crate::fmt::printable;
 
+/// The password sources named anywhere on the command line (each command
+/// group flattens its own password options into its matches).
+fn named_sources(matches: &clap::ArgMatches, out: &mut Vec<PasswordSource>) {
+    if let Ok(Some(fd)) = matches.try_get_one::<i32>("password_fd") {
+        out.push(PasswordSource::Fd(*fd));
+    }
+    if let Ok(Some(name)) = matches.try_get_one::<String>("password_env") {
+        out.push(PasswordSource::Env(name.clone()));
+    }
+    if let Some((_, sub)) = matches.subcommand() {
+        named_sources(sub, out);
+    }
+}
+
 /// Parses the command line and runs the command.
 pub fn run() -> Result<()> {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    // Before anything opens a file or starts a program: see
+    // `secret::prepare_sources`.
+    let mut sources = Vec::new();
+    named_sources(&matches, &mut sources);
+    crate::secret::prepare_sources(&sources)?;
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     logging::init(cli.verbose)?;
     tracing::debug!(version = env!("CARGO_PKG_VERSION"), "keyferry starting");
     let home = Home::resolve(cli.home).with_effects(crate::ops::ha::effects::pair_effects());

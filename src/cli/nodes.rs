@@ -94,7 +94,8 @@ pub(crate) fn print_published(p: &Option<AutoPublish>) {
         None => {}
         Some(AutoPublish::Published(p)) => println!(
             "published to the node registry at {} as {}",
-            p.registry, p.node.name
+            printable(&p.registry.to_string()),
+            printable(&p.node.name)
         ),
         Some(AutoPublish::Failed(why)) => eprintln!("warning: {why}"),
     }
@@ -132,8 +133,8 @@ pub(crate) fn run(home: &Home, args: NodesArgs) -> Result<()> {
             )?;
             println!(
                 "node registry at {} kept in the home; published this node as {} ({}, fingerprint {})",
-                p.registry,
-                p.node.name,
+                printable(&p.registry.to_string()),
+                printable(&p.node.name),
                 p.node.role.label(),
                 p.node.fingerprint
             );
@@ -148,14 +149,14 @@ pub(crate) fn run(home: &Home, args: NodesArgs) -> Result<()> {
             let p = nodes::publish(home, access, name, role)?;
             println!(
                 "published {} ({}, fingerprint {}, keys {}, primary {}) to the node registry at {}",
-                p.node.name,
+                printable(&p.node.name),
                 p.node.role.label(),
                 p.node.fingerprint,
                 ids(&p.node.key_ids),
                 p.node
                     .primary_id
                     .map_or("unknown".into(), |p| p.to_string()),
-                p.registry
+                printable(&p.registry.to_string())
             );
             Ok(())
         }
@@ -174,9 +175,9 @@ pub(crate) fn run(home: &Home, args: NodesArgs) -> Result<()> {
             match &a.derived {
                 Some(d) => println!(
                     "added {} ({}) to the node registry at {}: keys {}, primary {} (from {})",
-                    a.node.name,
+                    printable(&a.node.name),
                     role.label(),
-                    a.registry,
+                    printable(&a.registry.to_string()),
                     ids(&a.node.key_ids),
                     d.primary_id,
                     d.how
@@ -184,13 +185,14 @@ pub(crate) fn run(home: &Home, args: NodesArgs) -> Result<()> {
                 None => {
                     println!(
                         "added {} ({}) to the node registry at {}: keys unknown",
-                        a.node.name,
+                        printable(&a.node.name),
                         role.label(),
-                        a.registry
+                        printable(&a.registry.to_string())
                     );
                     eprintln!(
                         "warning: fingerprint {} is not one this node's keyring has had, so which keys {} holds is unknown (and `promote` waits for it): check the fingerprint, or carry this keyring there (`keyferry export` here, `keyferry import --keys-only` there) and add it again with its new fingerprint",
-                        a.node.fingerprint, a.node.name
+                        a.node.fingerprint,
+                        printable(&a.node.name)
                     );
                 }
             }
@@ -203,7 +205,11 @@ pub(crate) fn run(home: &Home, args: NodesArgs) -> Result<()> {
                 password: pw.as_deref().map(|p| &p[..]),
             };
             let registry = nodes::remove(home, access, &name)?;
-            println!("removed {name} from the node registry at {registry}");
+            println!(
+                "removed {} from the node registry at {}",
+                printable(&name),
+                printable(&registry.to_string())
+            );
             Ok(())
         }
     }
@@ -221,7 +227,7 @@ fn list(home: &Home, conn: &Conn, json: bool) -> Result<()> {
     }
     println!(
         "node registry at {}; compared with this node ({}): primary {}, keys {}, fingerprint {}",
-        l.registry,
+        printable(&l.registry.to_string()),
         printable(&l.this_node),
         l.primary_id,
         ids(&Some(l.key_ids.clone())),
@@ -242,7 +248,7 @@ fn list(home: &Home, conn: &Conn, json: bool) -> Result<()> {
             r.primary_id.map_or("?".into(), |p| p.to_string()),
             r.version.as_deref().map_or("?".into(), printable),
             fmt_time(r.last_seen),
-            n.state
+            printable(&n.state.to_string())
         );
     }
     if l.nodes.is_empty() {

@@ -97,7 +97,7 @@ impl TargetArgs {
 #[group(multiple = false)]
 pub(crate) struct DbPassword {
     /// Read the database password from the first line of this file.
-    #[arg(long, value_name = "PATH")]
+    #[arg(value_parser = crate::cli::PathArg, long, value_name = "PATH")]
     password_file: Option<PathBuf>,
     /// Read the database password from the first line of this inherited
     /// file descriptor (Unix; 0 for standard input).

@@ -738,6 +738,60 @@ impl HbaRecord {
     }
 }
 
+/// Connection types (and directives) a `pg_hba.conf` record may start
+/// with, and the fewest fields each needs.
+const RECORD_KINDS: [(&str, usize); 9] = [
+    ("local", 4),
+    ("host", 5),
+    ("hostssl", 5),
+    ("hostnossl", 5),
+    ("hostgssenc", 5),
+    ("hostnogssenc", 5),
+    ("include", 2),
+    ("include_if_exists", 2),
+    ("include_dir", 2),
+];
+
+/// Why `text` does not read as a `pg_hba.conf`: the first record that
+/// starts with no connection type PostgreSQL knows, or has too few fields
+/// for its type; `None` when every record reads as one. The reason names
+/// the line, never its content: the wrong file (a password file) may hold
+/// secrets.
+pub fn not_hba_reason(text: &[u8]) -> Option<String> {
+    if text.contains(&0) {
+        return Some("it holds NUL bytes, which no pg_hba.conf does".into());
+    }
+    for r in tokenize(text) {
+        let kind = r.kind().unwrap_or("");
+        // Lines of the packaged sample template (`@authcomment@`,
+        // `@remove-line-for-nolocal@local …`), which initdb fills in: the
+        // file an operator edits is often a copy of it.
+        let template = kind
+            .strip_prefix('@')
+            .is_some_and(|rest| rest.contains('@'));
+        if template {
+            continue;
+        }
+        match RECORD_KINDS.iter().find(|(k, _)| *k == kind) {
+            None => {
+                return Some(format!(
+                    "line {} does not start with a connection type (local, host, hostssl, hostnossl, hostgssenc, hostnogssenc)",
+                    r.line
+                ))
+            }
+            Some((_, min)) if r.fields.len() < *min => {
+                return Some(format!(
+                    "line {} has {} fields, too few for a {kind} record",
+                    r.line,
+                    r.fields.len()
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    None
+}
+
 /// Reads every record of a `pg_hba.conf` the way PostgreSQL's tokenizer
 /// does: backslash at the very end of a line continues it, `#` outside
 /// quotes starts a comment, fields are separated by blanks, tokens within a
@@ -1592,5 +1646,28 @@ mod tests {
         let (edit, found) = adopt(SAMPLE, &p, "repuser", HbaMethod::Md5).unwrap();
         assert_eq!(found, None);
         assert_eq!(edit, ensure_ok(SAMPLE, &p, HbaMethod::Md5));
+    }
+
+    /// Issue 23, finding 7: a password file passed as `--file` was edited.
+    #[test]
+    fn only_what_reads_as_pg_hba_conf_is_taken_for_one() {
+        let hba = b"# TYPE DATABASE USER ADDRESS METHOD\n\n\
+local all postgres peer\n\
+host all all 127.0.0.1/32 scram-sha-256\n\
+host replication repuser 10.0.0.2 255.255.255.255 md5\n\
+hostssl \"db one\",two all ::1/128 cert # comment\n";
+        assert_eq!(not_hba_reason(hba), None);
+        assert_eq!(not_hba_reason(b""), None);
+        for (text, line) in [
+            (&b"root:$6$salt$hash:19000:0:99999:7:::\n"[..], 1),
+            (b"10.0.0.1:5432:*:repuser:s3cret\n", 1),
+            (b"local all all peer\nhost all all\n", 2),
+            (b"# x\nlisten_addresses = '*'\n", 2),
+        ] {
+            let why = not_hba_reason(text).unwrap();
+            assert!(why.contains(&format!("line {line}")), "{why}");
+            assert!(!why.contains("s3cret") && !why.contains("hash"), "{why}");
+        }
+        assert!(not_hba_reason(b"local all all peer\n\0").is_some());
     }
 }

@@ -12,6 +12,9 @@
 //! - [`connstr`]: the multi-host connection string that follows the
 //!   primary, in the dialects clients speak;
 //! - [`archive`]: recognising WAL archive files and removing only those;
+//! - [`autoconf`]: the replica's `postgresql.auto.conf` after a copy from
+//!   the primary (the secondary's own, plus only what a standby needs) and
+//!   the check that the replica listens where `ha.toml` says;
 //! - [`kept`]: the old data directories a bootstrap keeps beside
 //!   `pg_data`, found and measured, never touched;
 //! - [`net`]: TCP reachability and "is this address mine";
@@ -40,6 +43,7 @@
 
 pub(crate) mod addr;
 pub mod archive;
+pub(crate) mod autoconf;
 pub mod config;
 pub mod connstr;
 pub(crate) mod datafile;

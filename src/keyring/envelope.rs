@@ -167,16 +167,41 @@ fn to_text(envelope: &[u8]) -> String {
     format!("{TEXT_TAG}:{id}:{}", STANDARD.encode(envelope))
 }
 
+/// The two parts of a text envelope, read exactly as `docs/envelope.md`
+/// writes them and nothing more leniently: `kfe1:`, the key id in decimal
+/// (ASCII digits, no sign, no leading zero, at most `u32::MAX`), `:`, then
+/// the rest, with nothing before, around or after. This is the one reader
+/// of the text form; `decrypt`, `rewrap` and the census (whose SQL mirror is
+/// [`text_key_id_sql`]) all go through it, so a value one of them refuses
+/// is refused by all: a lenient reader here would open values the census
+/// does not count under their key, and a key could be disabled under them.
+fn parse_text(text: &str) -> Result<(u32, &str), EnvelopeError> {
+    let not_text = || EnvelopeError::Text("it does not start with kfe1:<key id>:");
+    let rest = text
+        .strip_prefix(TEXT_TAG)
+        .and_then(|r| r.strip_prefix(':'))
+        .ok_or_else(not_text)?;
+    let (id, b64) = rest.split_once(':').ok_or_else(not_text)?;
+    let canonical = !id.is_empty()
+        && id.bytes().all(|b| b.is_ascii_digit())
+        && (id == "0" || !id.starts_with('0'));
+    if !canonical {
+        return Err(EnvelopeError::Text(
+            "the key id is not a decimal number (digits only, no sign, no leading zero)",
+        ));
+    }
+    let id = id
+        .parse()
+        .map_err(|_| EnvelopeError::Text("the key id is larger than any key id"))?;
+    Ok((id, b64))
+}
+
 /// The binary form inside a text envelope, after checking that its visible
 /// key id is the one inside.
 pub fn from_text(text: &str) -> Result<Vec<u8>, EnvelopeError> {
-    let mut parts = text.trim().splitn(3, ':');
-    let (Some(TEXT_TAG), Some(id), Some(b64)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(EnvelopeError::Text("it does not start with kfe1:<key id>:"));
-    };
-    let id: u32 = id
-        .parse()
-        .map_err(|_| EnvelopeError::Text("the key id is not a decimal number"))?;
+    let (id, b64) = parse_text(text)?;
+    // STANDARD decodes canonical padded base64 only: no whitespace, no
+    // missing or extra padding, no stray bits.
     let binary = STANDARD
         .decode(b64)
         .map_err(|_| EnvelopeError::Text("the part after the key id is not base64"))?;
@@ -228,15 +253,36 @@ impl Keyring {
 }
 
 /// The key id of a text envelope, read without decrypting (and without
-/// decoding the base64: the census reads it the same way in SQL).
+/// decoding the base64), by the same reader as [`from_text`].
 pub fn text_key_id(text: &str) -> Result<u32, EnvelopeError> {
-    let mut parts = text.trim().splitn(3, ':');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(TEXT_TAG), Some(id), Some(_)) => id
-            .parse()
-            .map_err(|_| EnvelopeError::Text("the key id is not a decimal number")),
-        _ => Err(EnvelopeError::Text("it does not start with kfe1:<key id>:")),
-    }
+    parse_text(text).map(|(id, _)| id)
+}
+
+/// SQL giving the key id of the text envelope in `column` (an already
+/// quoted identifier) as `bigint`, or NULL when [`from_text`] would refuse
+/// it: the census counts values per key in the database, without moving
+/// them here, and must agree with the reader exactly. It checks what
+/// [`from_text`] checks: the tag, a canonical decimal key id, canonical
+/// padded base64 (decoded and encoded again to the same text, which also
+/// refuses stray bits), the format byte, the length and the key id inside.
+/// An id above `u32::MAX` comes back as such and the caller refuses it.
+/// `tests/rewrap_pg.rs` holds the two to the same hostile values.
+pub fn text_key_id_sql(column: &str) -> String {
+    let form = format!(
+        "{column} ~ '^{TEXT_TAG}:(0|[1-9][0-9]{{0,9}}):([A-Za-z0-9+/]{{4}})*([A-Za-z0-9+/]{{2}}==|[A-Za-z0-9+/]{{3}}=)?$'"
+    );
+    let b64 = format!("split_part({column}, ':', 3)");
+    let bin = format!("decode({b64}, 'base64')");
+    let kid = format!("split_part({column}, ':', 2)::bigint");
+    // CASE evaluates its branches in order, so nothing is decoded or cast
+    // before the pattern has matched.
+    format!(
+        "(CASE WHEN NOT ({form}) THEN NULL \
+         WHEN translate(encode({bin}, 'base64'), E'\\n', '') <> {b64} THEN NULL \
+         WHEN length({bin}) < {OVERHEAD} OR get_byte({bin}, 0) <> {FORMAT_V1} THEN NULL \
+         WHEN ('x' || encode(substring({bin} from 2 for 4), 'hex'))::bit(32)::bigint <> {kid} THEN NULL \
+         ELSE {kid} END)"
+    )
 }
 
 /// The text form of a binary envelope (after checking it is one).
@@ -371,6 +417,49 @@ mod tests {
             from_text("kfe1:2:AAAA"),
             Err(EnvelopeError::Truncated { len: 3 })
         ));
+    }
+
+    /// Issue 23, finding 3: `decrypt` read a value with leading whitespace
+    /// or a key id written `+1` that the census did not count under its
+    /// key. The text form is read exactly as documented, or not at all.
+    #[test]
+    fn the_text_form_is_read_exactly_as_documented_and_no_more_leniently() {
+        let k = two_keys();
+        let text = encrypt_text(&k, b"pw", b"a").unwrap();
+        let b64 = text.strip_prefix("kfe1:2:").unwrap();
+        assert_eq!(text_key_id(&text), Ok(2));
+        for bad in [
+            format!(" {text}"),
+            format!("\t{text}"),
+            format!("\n{text}"),
+            format!("{text}\n"),
+            format!("{text} "),
+            format!("kfe1:+2:{b64}"),
+            format!("kfe1:02:{b64}"),
+            format!("kfe1: 2:{b64}"),
+            format!("kfe1:2 :{b64}"),
+            format!("KFE1:2:{b64}"),
+            format!("kfe1:2:{}", b64.trim_end_matches('=')),
+            format!("kfe1:2: {b64}"),
+            format!("kfe1:4294967298:{b64}"),
+        ] {
+            assert!(
+                matches!(decrypt_text(&k, &bad, b"a"), Err(EnvelopeError::Text(_))),
+                "{bad:?} must not open"
+            );
+        }
+        // The key id alone (what the census reads) refuses what the
+        // reader refuses in it.
+        for bad in [
+            "kfe1:+2:x",
+            "kfe1:02:x",
+            " kfe1:2:x",
+            "kfe1:-0:x",
+            "kfe1::x",
+        ] {
+            assert!(text_key_id(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(text_key_id("kfe1:0:x"), Ok(0));
     }
 
     /// One vector of `tests/vectors/envelope/vectors.json` (byte strings

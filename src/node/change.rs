@@ -739,11 +739,18 @@ fn write_keystore(
     } else {
         None
     };
-    let mut staged = Staged::new_in(home.root()).map_err(Error::io(what.clone()))?;
-    staged
-        .write_all(&store.to_json())
-        .and_then(|()| staged.persist_replace(&path))
-        .map_err(Error::io(what))?;
+    let written = Staged::new_in(home.root()).and_then(|mut staged| {
+        staged.write_all(&store.to_json())?;
+        staged.persist_replace(&path)
+    });
+    if let Err(e) = written {
+        // Nothing was changed, so nothing was backed up: a backup of the
+        // unchanged keystore would only be one more copy of the keys.
+        if let Some(b) = &backup {
+            let _ = fs::remove_file(b).and_then(|()| fsutil::sync_parent(b));
+        }
+        return Err(Error::io(what)(e));
+    }
     Ok(backup)
 }
 

@@ -158,9 +158,10 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
                 return Err(local);
             }
             let about_the_bundle = matches!(e, Error::Bundle(_) | Error::Payload(_));
+            // A dry run writes nothing, a record of its refusal included.
             if let Some(node) = node
                 .as_mut()
-                .filter(|n| about_the_bundle && n.keystore().is_some())
+                .filter(|n| about_the_bundle && !opts.dry_run && n.keystore().is_some())
             {
                 audit_refused(node, &opts.file, header.as_ref(), &e);
             }

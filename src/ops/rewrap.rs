@@ -273,13 +273,11 @@ fn resolve(client: &mut Client, dsn: &Dsn, t: &Target) -> Result<Resolved> {
 
 impl Resolved {
     /// SQL giving the key id of the column's value without decrypting it
-    /// (NULL when the value is not an envelope).
+    /// (NULL when the value is not an envelope the reader would take).
     fn key_id_sql(&self) -> String {
         let c = &self.column;
         match self.form {
-            Form::Text => format!(
-                "(CASE WHEN {c} ~ '^kfe1:[0-9]{{1,10}}:' THEN split_part({c}, ':', 2)::bigint END)"
-            ),
+            Form::Text => envelope::text_key_id_sql(c),
             Form::Raw => format!(
                 "(CASE WHEN length({c}) >= {} AND get_byte({c}, 0) = {} \
                  THEN ('x' || encode(substring({c} from 2 for 4), 'hex'))::bit(32)::bigint END)",
@@ -928,7 +926,22 @@ impl Guard for CensusGuard<'_> {
         };
         let n = census.under(key);
         if n == 0 {
-            return Ok(None);
+            // A value the census cannot place under a key may be sealed
+            // under this one: the census is clean or the key stays.
+            if census.undecryptable == 0 {
+                return Ok(None);
+            }
+            let where_: Vec<String> = census
+                .targets
+                .iter()
+                .filter(|t| t.undecryptable > 0)
+                .map(|t| format!("{} in {} ({})", t.undecryptable, t.target, t.dsn))
+                .collect();
+            return Ok(Some(format!(
+                "{} stored value(s) cannot be opened by this node or are not keyferry envelopes as docs/envelope.md writes them: {}; which key sealed them is unknown, so they may be under key {key}. `keyferry rewrap --verify` lists them by id: correct or remove them, then {action} key {key} (with --force, any of them under key {key} become unreadable)",
+                census.undecryptable,
+                where_.join(", ")
+            )));
         }
         let where_: Vec<String> = census
             .targets

@@ -45,7 +45,12 @@ pub fn decrypt(home: &Home, input: &[u8], aad: &[u8], form: Form) -> Result<Zero
             let text = std::str::from_utf8(input).map_err(|_| {
                 EnvelopeError::Text("the input is not text; give --raw for a binary envelope")
             })?;
-            keyring.decrypt_text(text, aad)?
+            // One line end closes the line `encrypt` wrote; it is input
+            // framing, not part of the value. Anything else around the
+            // value (leading blanks, a second line) is the reader's to refuse.
+            let line = text.strip_suffix('\n').unwrap_or(text);
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            keyring.decrypt_text(line, aad)?
         }
     })
 }

@@ -37,7 +37,7 @@ fn parse(text: &str) -> Vec<(String, String)> {
     text.lines().filter_map(parse_line).collect()
 }
 
-fn parse_line(line: &str) -> Option<(String, String)> {
+pub(crate) fn parse_line(line: &str) -> Option<(String, String)> {
     let line = line.trim_start();
     let name_len = line
         .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))

@@ -51,9 +51,9 @@ use super::steps::{
 use crate::error::{Error, Result};
 use crate::fmt::human_bytes;
 use crate::ha::config::HaConfig;
-use crate::ha::datafile;
 use crate::ha::preflight::{self, Side, Status};
 use crate::ha::service::Server;
+use crate::ha::{autoconf, datafile};
 use crate::node::{file_stamp, now_unix, Change, HeldPhase, Home, Machine, Reopen, Undo};
 use crate::pg::basebackup::{self, Said};
 use crate::pg::standby;
@@ -125,6 +125,9 @@ pub(crate) struct BootstrapReport {
     pub audited: bool,
     /// The pair's status once the replica caught up.
     pub status: Option<super::status::StatusReport>,
+    /// Settings of the primary's `postgresql.auto.conf` the replica was
+    /// not given (names only).
+    pub dropped_settings: Vec<String>,
 }
 
 /// The phases of a bootstrap, in order; none is past a point of no return
@@ -257,6 +260,7 @@ fn report_base(config: &HaConfig) -> BootstrapReport {
         passfile: passfile_path(config),
         audited: false,
         status: None,
+        dropped_settings: Vec::new(),
     }
 }
 
@@ -645,8 +649,9 @@ fn create_owned_dir(dir: &Path, owner_ref: &Path) -> Result<()> {
     })
 }
 
-/// Step 5: the replica's configuration in the new data directory.
-fn configure(config: &HaConfig, state: &Facts) -> Result<()> {
+/// Step 5: the replica's configuration in the new data directory. Returns
+/// the primary's `postgresql.auto.conf` settings left out.
+fn configure(config: &HaConfig, state: &Facts) -> Result<Vec<String>> {
     let data = &config.pg_data;
     if state.had_data {
         for name in ["postgresql.conf", "pg_hba.conf", "pg_ident.conf"] {
@@ -670,7 +675,13 @@ fn configure(config: &HaConfig, state: &Facts) -> Result<()> {
             }
         }
     }
-    write_standby(config, config.primary, state.slot.as_deref())
+    let own = state.had_data.then_some(state.old.as_path());
+    let dropped = autoconf::replace_copied(data, own).map_err(Error::io(format!(
+        "cannot write {}",
+        data.join(autoconf::FILE).display()
+    )))?;
+    write_standby(config, config.primary, state.slot.as_deref())?;
+    Ok(dropped)
 }
 
 /// Steps 5 to 7.
@@ -686,7 +697,7 @@ fn finish(
     obs: &mut dyn Observer,
 ) -> Result<BootstrapReport> {
     obs.step("configuring the new data directory as a replica");
-    configure(config, state).map_err(|e| {
+    let dropped = configure(config, state).map_err(|e| {
         step_error(
             "writing the standby configuration",
             e.to_string(),
@@ -704,11 +715,14 @@ fn finish(
         opts.timeout.as_secs()
     ));
     let caught_up = wait_caught_up(config, password, opts.connect_timeout, opts.timeout)?;
+    autoconf::check_listening(config.secondary.ip(), config.pg_port, opts.connect_timeout)
+        .map_err(|e| step_error("the final check", e, "set listen_addresses in this node's postgresql.conf to include its address, then run the bootstrap again"))?;
     let control = pg::controldata(&config.pg_bin, &config.pg_data).ok();
     let mut report = report_base(config);
     report.bytes_copied = state.bytes_copied;
     report.slot = state.slot.clone();
     report.caught_up_to = Some(caught_up.clone());
+    report.dropped_settings = dropped;
     report.system_identifier = control.as_ref().and_then(|c| c.system_identifier.clone());
     report.timeline = control.as_ref().and_then(|c| c.timeline);
     if state.had_data && state.old.exists() {
@@ -729,6 +743,10 @@ fn finish(
         ),
         ("slot", Value::from(report.slot.clone())),
         ("caught_up_to", Value::from(caught_up)),
+        (
+            "dropped_settings",
+            Value::from(report.dropped_settings.clone()),
+        ),
     ] {
         change.set_detail(k, v);
     }
@@ -802,6 +820,12 @@ pub(crate) fn summary(report: &BootstrapReport) -> Vec<String> {
             old.display(),
             human_bytes(size),
             report.remove_old.as_deref().unwrap_or("")
+        ));
+    }
+    if !report.dropped_settings.is_empty() {
+        lines.push(format!(
+            "not taken from the primary's postgresql.auto.conf (this node keeps its own server settings): {}",
+            report.dropped_settings.join(", ")
         ));
     }
     lines.push(format!(

@@ -66,6 +66,9 @@ pub struct HbaTarget {
     /// Default: `replication_user` from `ha.toml`, else `repuser`.
     pub replication_user: Option<String>,
     pub server: ServerAccess,
+    /// Edit a file that does not look like a `pg_hba.conf` (by its
+    /// content, or, with no server to ask, by its name).
+    pub force: bool,
 }
 
 /// How to reach the local server to check and reload.
@@ -260,6 +263,14 @@ fn change(
     let r = resolve(home, target)?;
     let mut node = home.open(true)?;
     let original = read_hba(&r.file)?;
+    if !target.force {
+        if let Some(why) = hba::not_hba_reason(&original) {
+            return Err(Error::Refused(format!(
+                "{} does not read as a pg_hba.conf ({why}); nothing was changed: give the server's pg_hba.conf with --file, or --force if this is one",
+                r.file.display()
+            )));
+        }
+    }
     let (edit, action, equivalents) = match what {
         Change::Ensure {
             method,
@@ -315,6 +326,14 @@ fn change(
         let endpoints = reach(&target.server, &r, &mut report.warnings)?;
         (connect_admin(&target.server, &r, &endpoints)?, endpoints)
     };
+    if let Some(name) = name_says_otherwise(&r).filter(|_| server.is_none() && !target.force) {
+        // No server will compare the file with its hba_file: its name is
+        // the last sign left of what it is.
+        return Err(Error::Refused(format!(
+            "{} is named like another file than a pg_hba.conf ({name:?}) and no server checks it (offline, or none running); nothing was changed: give the server's pg_hba.conf with --file, or --force if this is the right file",
+            r.file.display()
+        )));
+    }
     report.server = match &server {
         None if target.server.offline => ServerOutcome::Offline,
         None => ServerOutcome::NotRunning {
@@ -373,6 +392,39 @@ fn change(
         })?;
     }
     Ok(report)
+}
+
+/// Names of files that are something else than a `pg_hba.conf` (parts
+/// of a file name, lower case): keyferry's block must never be appended to
+/// a password file, a key or another configuration file.
+const OTHER_FILES: [&str; 16] = [
+    "pgpass",
+    "passwd",
+    "shadow",
+    "gshadow",
+    "sudoers",
+    "authorized_keys",
+    "id_rsa",
+    "id_ed25519",
+    "postgresql.conf",
+    "postgresql.auto.conf",
+    "pg_ident",
+    "ha.toml",
+    "keyring",
+    "appsettings",
+    ".key",
+    ".pem",
+];
+
+/// The name of the file edited, or of the path given for it, when it says
+/// the file is another one than a `pg_hba.conf`.
+fn name_says_otherwise(r: &Resolved) -> Option<String> {
+    [Some(&r.file), r.link.as_ref()]
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.file_name())
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .find(|n| !n.contains("hba") && OTHER_FILES.iter().any(|o| n.contains(o)))
 }
 
 /// Runs PostgreSQL's parser over the file on disk.

@@ -53,6 +53,7 @@ use super::steps::{
 use super::{require_config, roles};
 use crate::error::{Error, Result};
 use crate::fmt::human_bytes;
+use crate::ha::autoconf;
 use crate::ha::config::HaConfig;
 use crate::ha::datafile::{self, Kept};
 use crate::ha::preflight::{self, Side};
@@ -829,10 +830,15 @@ fn rewind_if_needed(
             )
         })?;
         for (name, kept) in &own {
+            let path = config.pg_data.join(name);
             if let Some(kept) = kept {
-                let path = config.pg_data.join(name);
                 datafile::put(&path, kept, &config.pg_data)
                     .map_err(Error::io(format!("cannot put back {}", path.display())))?;
+            } else if name == autoconf::FILE {
+                // None of its own: the one pg_rewind copied is the
+                // primary's, which must not configure this server.
+                autoconf::replace_copied(&config.pg_data, None)
+                    .map_err(Error::io(format!("cannot write {}", path.display())))?;
             }
         }
         Ok(())
