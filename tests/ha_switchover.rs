@@ -22,19 +22,13 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::netns::{NetnsPair, ADDR_A, ADDR_B};
-use common::pg::{PgOptions, PgServer};
+use common::switch::{accepts_writes, roles_of, sql, text, wait_until, Load, SwitchPair, PASSWORD};
 use serde_json::Value;
-
-const PG_PORT: u16 = 5432;
-const PASSWORD: &str = "switchover replication password";
 
 fn bin() -> PathBuf {
     assert_cmd::cargo::cargo_bin("keyferry")
@@ -62,14 +56,6 @@ fn ha(ns: &str, home: &Path, pw: &Path, args: &[&str]) -> Output {
     out
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn ok(out: Output) -> String {
     assert!(
         out.status.success(),
@@ -82,130 +68,6 @@ fn ok(out: Output) -> String {
 
 fn json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(out)))
-}
-
-/// A superuser connection through a server's Unix socket (trusted).
-fn sql(socket: &Path, port: u16) -> Option<postgres::Client> {
-    postgres::Config::new()
-        .host_path(socket)
-        .port(port)
-        .user("postgres")
-        .dbname("postgres")
-        .connect_timeout(Duration::from_secs(2))
-        .connect(postgres::NoTls)
-        .ok()
-}
-
-fn accepts_writes(socket: &Path, port: u16) -> bool {
-    sql(socket, port).is_some_and(|mut c| {
-        c.query_one("SELECT NOT pg_is_in_recovery()", &[])
-            .map(|r| r.get::<_, bool>(0))
-            .unwrap_or(false)
-    })
-}
-
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// `ha.toml`'s `primary`, `generation` and `demoted`.
-fn roles_of(home: &Path) -> (String, u64, bool) {
-    let t: toml::Value =
-        toml::from_str(&fs::read_to_string(home.join("ha.toml")).unwrap()).unwrap();
-    (
-        t["primary"].as_str().unwrap().to_owned(),
-        t.get("generation")
-            .and_then(|g| g.as_integer())
-            .unwrap_or(0) as u64,
-        t.get("demoted").and_then(|d| d.as_bool()).unwrap_or(false),
-    )
-}
-
-/// The write load: numbered rows inserted into whichever server accepts
-/// them, each acknowledged commit recorded with its time.
-struct Load {
-    stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Vec<(i64, Instant)>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(servers: Vec<(PathBuf, u16)>) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(Mutex::new(Vec::new()));
-        let (s, a) = (stop.clone(), acked.clone());
-        let thread = std::thread::spawn(move || {
-            let mut clients: Vec<Option<postgres::Client>> = servers.iter().map(|_| None).collect();
-            let mut next = 1i64;
-            let mut which = 0;
-            while !s.load(Ordering::Relaxed) {
-                let (dir, port) = &servers[which];
-                if clients[which].is_none() {
-                    clients[which] = sql(dir, *port);
-                }
-                let done = clients[which]
-                    .as_mut()
-                    .map(|c| c.execute("INSERT INTO load (id) VALUES ($1)", &[&next]));
-                match done {
-                    Some(Ok(_)) => {
-                        a.lock().unwrap().push((next, Instant::now()));
-                        next += 1;
-                    }
-                    Some(Err(e)) => {
-                        // A replica refuses (read only); a stopped server
-                        // drops the connection: try the other one. A row
-                        // whose commit was not acknowledged is not
-                        // retried under the same number.
-                        if e.code().is_none() || e.is_closed() {
-                            clients[which] = None;
-                        }
-                        next += 1;
-                        which = 1 - which;
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                    None => {
-                        which = 1 - which;
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                }
-            }
-        });
-        Load {
-            stop,
-            acked,
-            thread: Some(thread),
-        }
-    }
-
-    fn count(&self) -> usize {
-        self.acked.lock().unwrap().len()
-    }
-
-    /// The longest time between two acknowledged writes within `from..to`.
-    fn longest_gap(&self, from: Instant, to: Instant) -> Duration {
-        let acked = self.acked.lock().unwrap();
-        let times: Vec<Instant> = acked
-            .iter()
-            .map(|(_, t)| *t)
-            .filter(|t| *t >= from && *t <= to)
-            .collect();
-        times
-            .windows(2)
-            .map(|w| w[1] - w[0])
-            .max()
-            .unwrap_or_default()
-    }
-
-    fn finish(mut self) -> Vec<i64> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().unwrap().join().unwrap();
-        let acked = self.acked.lock().unwrap();
-        acked.iter().map(|(id, _)| *id).collect()
-    }
 }
 
 fn data_snapshot(dir: &Path) -> Vec<(PathBuf, u64)> {
@@ -248,47 +110,18 @@ fn kill_at(mut child: std::process::Child, home: &Path, phase: &str) {
 
 #[test]
 fn switchover_failover_and_the_guard_on_a_pair() {
-    let Some(ns) = NetnsPair::create("w") else {
-        return;
-    };
-    let Some(mut a) = PgServer::start_primary(PgOptions {
-        extra_conf: vec![format!("listen_addresses = '{ADDR_A},127.0.0.1'")],
-        netns: Some(ns.a.clone()),
-    }) else {
+    let Some(mut pair) = SwitchPair::new("w") else {
         return;
     };
     let bench = std::env::var("KEYFERRY_BENCH").as_deref() == Ok("1");
-    a.move_to_port(PG_PORT);
-    a.create_replication_user("repuser", PASSWORD);
-    let mut hba = a.read_hba();
-    hba.extend_from_slice(b"host all,replication repuser 10.213.0.0/24 scram-sha-256\n");
-    a.write_hba(&hba);
-    a.connect()
-        .batch_execute(&format!(
-            "GRANT pg_monitor TO repuser; {}; \
-             SELECT pg_reload_conf(); \
-             SELECT pg_create_physical_replication_slot('pam_b'); \
-             CREATE TABLE load (id bigint PRIMARY KEY);",
-            common::pg::HA_GRANTS
-        ))
-        .unwrap();
-    let mut b = a.start_replica_with(PgOptions {
-        extra_conf: vec![format!("listen_addresses = '{ADDR_B},127.0.0.1'")],
-        netns: Some(ns.b.clone()),
-    });
-    b.move_to_port(PG_PORT);
-    let mut admin_b = b.connect();
-    for statement in [
-        format!("ALTER SYSTEM SET primary_conninfo = 'host={ADDR_A} port={PG_PORT} user=repuser password=''{PASSWORD}'' application_name=pam-b'"),
-        "ALTER SYSTEM SET primary_slot_name = 'pam_b'".to_owned(),
-        "SELECT pg_reload_conf()".to_owned(),
-    ] {
-        admin_b.batch_execute(&statement).unwrap();
-    }
-    drop(admin_b);
-    let (sa, sb) = (a.socket_dir().to_path_buf(), b.socket_dir().to_path_buf());
+    let (sa, sb) = (
+        pair.a.socket_dir().to_path_buf(),
+        pair.b.socket_dir().to_path_buf(),
+    );
+    let (ns_a, ns_b) = (pair.ns.a.clone(), pair.ns.b.clone());
+    let (home_a, home_b, pw) = (pair.home_a.clone(), pair.home_b.clone(), pair.pw.clone());
     let streams_to = |primary: &Path, addr: &str| {
-        sql(primary, PG_PORT).is_some_and(|mut c| {
+        sql(primary).is_some_and(|mut c| {
             !c.query(
                 "SELECT 1 FROM pg_stat_replication WHERE host(client_addr) = $1 AND state = 'streaming'",
                 &[&addr],
@@ -297,37 +130,9 @@ fn switchover_failover_and_the_guard_on_a_pair() {
             .is_empty()
         })
     };
-    wait_until("b streams from a", 30, || streams_to(&sa, ADDR_B));
-
-    let tmp = tempfile::tempdir().unwrap();
-    let (home_a, home_b) = (tmp.path().join("home-a"), tmp.path().join("home-b"));
-    for (home, node, server) in [(&home_a, "pam-a", &a), (&home_b, "pam-b", &b)] {
-        common::succeeded(&common::keyferry_in(
-            home,
-            &[
-                "ha",
-                "init",
-                "--node",
-                node,
-                "--primary",
-                ADDR_A,
-                "--secondary",
-                ADDR_B,
-                "--pg-port",
-                "5432",
-                "--pg-bin",
-                server.bin_dir().to_str().unwrap(),
-                "--pg-data",
-                server.data_dir().to_str().unwrap(),
-            ],
-        ));
-    }
-    let pw = tmp.path().join("repuser.pw");
-    fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
-    fs::set_permissions(&pw, fs::Permissions::from_mode(0o600)).unwrap();
 
     // The check sees the pg_promote right.
-    let check = text(&ha(&ns.a, &home_a, &pw, &["check"]));
+    let check = text(&ha(&ns_a, &home_a, &pw, &["check"]));
     assert!(
         check.contains("EXECUTE on pg_promote and pg_rewind's functions"),
         "{check}"
@@ -336,33 +141,33 @@ fn switchover_failover_and_the_guard_on_a_pair() {
     // Failover refused while the primary is up; nothing changed.
     let (toml_b, data_b) = (
         fs::read(home_b.join("ha.toml")).unwrap(),
-        data_snapshot(b.data_dir()),
+        data_snapshot(pair.b.data_dir()),
     );
-    let out = ha(&ns.b, &home_b, &pw, &["failover"]);
+    let out = ha(&ns_b, &home_b, &pw, &["failover"]);
     assert_eq!(out.status.code(), Some(13), "{}", text(&out));
     assert!(text(&out).contains("ha switchover"), "{}", text(&out));
     assert_eq!(fs::read(home_b.join("ha.toml")).unwrap(), toml_b);
-    assert_eq!(data_snapshot(b.data_dir()), data_b);
-    assert!(accepts_writes(&sa, PG_PORT) && !accepts_writes(&sb, PG_PORT));
+    assert_eq!(data_snapshot(pair.b.data_dir()), data_b);
+    assert!(accepts_writes(&sa) && !accepts_writes(&sb));
 
     // A dry run changes nothing.
     let (toml_a, data_a) = (
         fs::read(home_a.join("ha.toml")).unwrap(),
-        data_snapshot(a.data_dir()),
+        data_snapshot(pair.a.data_dir()),
     );
-    let out = ok(ha(&ns.a, &home_a, &pw, &["switchover", "--dry-run"]));
+    let out = ok(ha(&ns_a, &home_a, &pw, &["switchover", "--dry-run"]));
     assert!(
         out.contains("would switch over") && out.contains("pg_promote"),
         "{out}"
     );
     assert_eq!(fs::read(home_a.join("ha.toml")).unwrap(), toml_a);
-    assert_eq!(data_snapshot(a.data_dir()), data_a);
+    assert_eq!(data_snapshot(pair.a.data_dir()), data_a);
 
     // Switchover under load, both directions twice.
-    let load = Load::start(vec![(sa.clone(), PG_PORT), (sb.clone(), PG_PORT)]);
+    let load = Load::start(vec![sa.clone(), sb.clone()]);
     wait_until("the load writes", 10, || load.count() > 50);
     let mut figures = Vec::new();
-    let nodes = [(&ns.a, &home_a, &sa, ADDR_A), (&ns.b, &home_b, &sb, ADDR_B)];
+    let nodes = [(&ns_a, &home_a, &sa, ADDR_A), (&ns_b, &home_b, &sb, ADDR_B)];
     for round in 0..4 {
         let (from, to) = (nodes[round % 2], nodes[1 - round % 2]);
         let began = Instant::now();
@@ -372,13 +177,13 @@ fn switchover_failover_and_the_guard_on_a_pair() {
         let r = json(&out);
         assert_eq!(r["new_primary"], to.3, "{r:#}");
         assert_eq!(r["generation"], round as u64 + 1, "{r:#}");
-        assert!(accepts_writes(to.2, PG_PORT) && !accepts_writes(from.2, PG_PORT));
+        assert!(accepts_writes(to.2) && !accepts_writes(from.2));
         wait_until("the old primary streams from the new one", 10, || {
             streams_to(to.2, from.3)
         });
         // The slot followed: on the new primary, gone from the old one.
         let slots = |s: &Path| -> Vec<String> {
-            sql(s, PG_PORT)
+            sql(s)
                 .unwrap()
                 .query("SELECT slot_name::text FROM pg_replication_slots", &[])
                 .unwrap()
@@ -409,10 +214,10 @@ fn switchover_failover_and_the_guard_on_a_pair() {
         ));
     }
     // The other node's ha.toml follows on its next ha command.
-    let status = text(&ha(&ns.b, &home_b, &pw, &["status"]));
+    let status = text(&ha(&ns_b, &home_b, &pw, &["status"]));
     assert!(status.contains("generation 4"), "{status}");
     let acked = load.finish();
-    let mut c = sql(&sa, PG_PORT).unwrap();
+    let mut c = sql(&sa).unwrap();
     let missing: Vec<i64> = acked
         .iter()
         .copied()
@@ -439,69 +244,69 @@ fn switchover_failover_and_the_guard_on_a_pair() {
 
     // kill -9 after the old primary stopped: status names the fix; abort
     // starts it again as primary, nothing promoted.
-    let child = ha_cmd(&ns.a, &home_a, &pw, &["switchover"])
+    let child = ha_cmd(&ns_a, &home_a, &pw, &["switchover"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     kill_at(child, &home_a, "stopped");
-    assert!(!accepts_writes(&sb, PG_PORT), "nothing promoted yet");
-    let status = text(&ha(&ns.a, &home_a, &pw, &["status"]));
+    assert!(!accepts_writes(&sb), "nothing promoted yet");
+    let status = text(&ha(&ns_a, &home_a, &pw, &["status"]));
     assert!(
         status.contains("keyferry ha switchover --resume") && status.contains("--abort"),
         "{status}"
     );
-    ok(ha(&ns.a, &home_a, &pw, &["switchover", "--abort"]));
-    assert!(accepts_writes(&sa, PG_PORT) && !accepts_writes(&sb, PG_PORT));
+    ok(ha(&ns_a, &home_a, &pw, &["switchover", "--abort"]));
+    assert!(accepts_writes(&sa) && !accepts_writes(&sb));
     assert_eq!(roles_of(&home_a).1, 4);
     wait_until("b streams from a again", 20, || streams_to(&sa, ADDR_B));
 
     // kill -9 right after the promotion: only --resume, which finishes.
-    let child = ha_cmd(&ns.a, &home_a, &pw, &["switchover"])
+    let child = ha_cmd(&ns_a, &home_a, &pw, &["switchover"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     kill_at(child, &home_a, "promoted");
-    let out = ha(&ns.a, &home_a, &pw, &["switchover", "--abort"]);
+    let out = ha(&ns_a, &home_a, &pw, &["switchover", "--abort"]);
     assert!(
         !out.status.success() && text(&out).contains("--resume"),
         "{}",
         text(&out)
     );
     assert!(
-        !accepts_writes(&sa, PG_PORT),
+        !accepts_writes(&sa),
         "the old primary was not started as primary"
     );
-    ok(ha(&ns.a, &home_a, &pw, &["switchover", "--resume"]));
-    assert!(accepts_writes(&sb, PG_PORT) && !accepts_writes(&sa, PG_PORT));
+    ok(ha(&ns_a, &home_a, &pw, &["switchover", "--resume"]));
+    assert!(accepts_writes(&sb) && !accepts_writes(&sa));
     wait_until("a streams from b", 20, || streams_to(&sb, ADDR_A));
     assert_eq!(roles_of(&home_a), (ADDR_B.to_owned(), 5, false));
 
     // Failover: the primary (b) dies; a (the replica) records b's
     // position first, as `ha status` does on a running pair.
-    ok(ha(&ns.a, &home_a, &pw, &["status"]));
-    sql(&sb, PG_PORT)
+    ok(ha(&ns_a, &home_a, &pw, &["status"]));
+    sql(&sb)
         .unwrap()
         .batch_execute("INSERT INTO load VALUES (-1)")
         .unwrap();
     wait_until("a replayed the row", 10, || {
-        sql(&sa, PG_PORT)
+        sql(&sa)
             .unwrap()
             .query_opt("SELECT 1 FROM load WHERE id = -1", &[])
             .unwrap()
             .is_some()
     });
-    b.stop(); // immediate shutdown
+    pair.b.stop(); // immediate shutdown
     let began = Instant::now();
-    let out = ha(&ns.a, &home_a, &pw, &["failover", "--json"]);
+    let out = ha(&ns_a, &home_a, &pw, &["failover", "--json"]);
     let failover_secs = began.elapsed().as_secs_f64();
     assert!(out.status.success(), "{}", text(&out));
     let r = json(&out);
     assert_eq!(r["new_primary"], ADDR_A, "{r:#}");
     assert_eq!(r["generation"], 6);
     assert!(r["may_lose_bytes"].is_u64(), "{r:#}");
-    sql(&sa, PG_PORT)
+    sql(&sa)
         .unwrap()
         .batch_execute("INSERT INTO load VALUES (-2)")
         .unwrap();
@@ -515,15 +320,14 @@ fn switchover_failover_and_the_guard_on_a_pair() {
 
     // The old primary (b) must not come back as primary: b stopped as a
     // primary, so its guard reads a's generation and refuses.
-    let data_b = data_snapshot(b.data_dir());
-    let out = ha(&ns.b, &home_b, &pw, &["guard"]);
+    let data_b = data_snapshot(pair.b.data_dir());
+    let out = ha(&ns_b, &home_b, &pw, &["guard"]);
     assert_eq!(out.status.code(), Some(13), "{}", text(&out));
     assert!(text(&out).contains("ha rejoin"), "{}", text(&out));
     assert_eq!(roles_of(&home_b), (ADDR_A.to_owned(), 6, true));
-    let out = ha(&ns.b, &home_b, &pw, &["start"]);
+    let out = ha(&ns_b, &home_b, &pw, &["start"]);
     assert_eq!(out.status.code(), Some(13), "{}", text(&out));
-    assert!(!b.is_running());
-    assert_eq!(data_snapshot(b.data_dir()), data_b);
-    drop((a, b));
-    drop(ns);
+    assert!(!pair.b.is_running());
+    assert_eq!(data_snapshot(pair.b.data_dir()), data_b);
+    drop(pair);
 }

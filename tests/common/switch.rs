@@ -313,7 +313,7 @@ impl Drop for Prober {
 /// them, each acknowledged commit recorded.
 pub struct Load {
     stop: Arc<AtomicBool>,
-    acked: Arc<std::sync::Mutex<Vec<i64>>>,
+    pub acked: Arc<std::sync::Mutex<Vec<(i64, Instant)>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -335,7 +335,7 @@ impl Load {
                     .map(|c| c.execute("INSERT INTO load (id) VALUES ($1)", &[&next]));
                 match done {
                     Some(Ok(_)) => {
-                        a.lock().unwrap().push(next);
+                        a.lock().unwrap().push((next, Instant::now()));
                         next += 1;
                     }
                     Some(Err(e)) => {
@@ -367,11 +367,27 @@ impl Load {
         self.acked.lock().unwrap().len()
     }
 
+    /// The longest time between two acknowledged writes within `from..to`.
+    pub fn longest_gap(&self, from: Instant, to: Instant) -> Duration {
+        let acked = self.acked.lock().unwrap();
+        let times: Vec<Instant> = acked
+            .iter()
+            .map(|(_, t)| *t)
+            .filter(|t| *t >= from && *t <= to)
+            .collect();
+        times
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or_default()
+    }
+
     /// Stops the load and returns the acknowledged row ids.
     pub fn finish(mut self) -> Vec<i64> {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.take().unwrap().join().unwrap();
-        std::mem::take(&mut *self.acked.lock().unwrap())
+        let acked = self.acked.lock().unwrap();
+        acked.iter().map(|(id, _)| *id).collect()
     }
 }
 

@@ -39,6 +39,7 @@ use serde_json::Value;
 use super::check::credentials;
 use super::require_config;
 use super::roles::{self, other, FAILOVER};
+use super::steps::Observer;
 use crate::error::{Error, Result};
 use crate::ha::config::HaConfig;
 use crate::ha::evidence::{self, Evidence};
@@ -148,13 +149,17 @@ fn look_at_peer(config: &HaConfig, peer: Side, creds: &Credentials, timeout: Dur
 }
 
 /// Runs a failover.
-pub(crate) fn failover(home: &Home, opts: &FailoverOptions) -> Result<FailoverReport> {
+pub(crate) fn failover(
+    home: &Home,
+    opts: &FailoverOptions,
+    obs: &mut dyn Observer,
+) -> Result<FailoverReport> {
     let started = Instant::now();
     let config = require_config(home)?;
     let mut facts = Vec::new();
     let creds = credentials(&config, opts.password.as_ref(), &mut facts)?;
     if opts.resume {
-        return resume(home, &config, opts, started);
+        return resume(home, &config, opts, started, obs);
     }
     let (config, sync_note) = roles::sync(home, config, &creds, opts.connect_timeout)?;
     let this = roles::this_side(&config, "ha failover")?;
@@ -289,7 +294,7 @@ pub(crate) fn failover(home: &Home, opts: &FailoverOptions) -> Result<FailoverRe
     );
     change.save(&state)?;
     change.advance(&mut state, FailPhase::Promoting)?;
-    complete(home, change, &config, state, opts, started, report)
+    complete(home, change, &config, state, opts, started, report, obs)
 }
 
 /// `ha failover --resume`: finishes the promotion and what follows it.
@@ -298,6 +303,7 @@ fn resume(
     config: &HaConfig,
     opts: &FailoverOptions,
     started: Instant,
+    obs: &mut dyn Observer,
 ) -> Result<FailoverReport> {
     let mut node = home.open(false)?;
     let Some(change) = node.reopen_held(ACTION, Reopen::Resume)? else {
@@ -326,13 +332,14 @@ fn resume(
         notes: Vec::new(),
         audited: false,
     };
-    complete(home, change, config, state, opts, started, report)
+    complete(home, change, config, state, opts, started, report, obs)
 }
 
 /// From the point of no return on: the promotion (sent again when it is
 /// not confirmed yet: harmless on a server already promoting), the
 /// generation record, the slot, `ha.toml`, the audit record. Any failure
 /// keeps the journal for `--resume`.
+#[allow(clippy::too_many_arguments)]
 fn complete(
     home: &Home,
     mut change: crate::node::Change<'_>,
@@ -341,6 +348,7 @@ fn complete(
     opts: &FailoverOptions,
     started: Instant,
     mut report: FailoverReport,
+    obs: &mut dyn Observer,
 ) -> Result<FailoverReport> {
     let this = state.data.this;
     let this_addr = this.address(config).to_string();
@@ -352,9 +360,14 @@ fn complete(
     };
     let result = (|| -> Result<()> {
         if state.phase() == FailPhase::Promoting {
+            obs.step("promoting this node (pg_promote)");
             promote_local(config, opts)?;
             change.advance(&mut state, FailPhase::Promoted)?;
         }
+        obs.step(&format!(
+            "recording generation {} and swapping the roles in ha.toml",
+            state.data.generation
+        ));
         let (mut local, lt) = roles::local_admin(config, opts.connect_timeout)
             .map_err(|e| Error::Refused(format!("reading this node's server failed: {e}")))?;
         let record = Record {

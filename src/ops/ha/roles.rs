@@ -102,7 +102,7 @@ pub(crate) fn pair_generation(
     this: Side,
     creds: &Credentials,
     timeout: Duration,
-) -> Option<Record> {
+) -> Result<Option<Record>, Contradicted> {
     let read = |c: &mut postgres::Client, t: &str| -> Option<(Option<Record>, bool)> {
         let record = generation::current(c, t).ok()?;
         let in_recovery = crate::pg::in_recovery(c, t).ok()?;
@@ -119,11 +119,29 @@ pub(crate) fn pair_generation(
         .filter(|(_, seen)| seen.as_ref().is_some_and(|s| s.1))
         .map(|(side, _)| side.address(config).to_string())
         .collect();
-    [local, peer]
+    let newest = [local, peer]
         .into_iter()
         .filter_map(|seen| seen.and_then(|s| s.0))
-        .filter(|r| !recovering.contains(&r.primary_addr))
-        .max_by_key(|r| r.generation)
+        .max_by_key(|r| r.generation);
+    match newest {
+        Some(r) if recovering.contains(&r.primary_addr) => Err(Contradicted(r)),
+        other => Ok(other),
+    }
+}
+
+/// The pair's newest record names a server that runs as a replica.
+#[derive(Debug)]
+pub(crate) struct Contradicted(Record);
+
+impl std::fmt::Display for Contradicted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = &self.0;
+        write!(
+            f,
+            "the pair's record (generation {}, {} by {}) names {} as the primary, but it runs as a replica: ha.toml was left as it was; an interrupted switchover is finished or undone with `keyferry ha switchover --resume` or `--abort` on the node that ran it, otherwise see `keyferry ha status`",
+            r.generation, r.action, r.by_node, r.primary_addr
+        )
+    }
 }
 
 /// `config` as the record says the pair now is: primary and secondary
@@ -200,8 +218,11 @@ pub(crate) fn sync(
     let Some(this_side) = this else {
         return Ok((config, None));
     };
-    let Some(record) = pair_generation(&config, this_side, creds, timeout) else {
-        return Ok((config, None));
+    let record = match pair_generation(&config, this_side, creds, timeout) {
+        Ok(Some(record)) => record,
+        Ok(None) => return Ok((config, None)),
+        Err(c) if c.0.generation > config.generation => return Ok((config, Some(c.to_string()))),
+        Err(_) => return Ok((config, None)),
     };
     if !Forward::new(config.generation, record.generation).is_ok_and(Forward::raised) {
         return Ok((config, None));

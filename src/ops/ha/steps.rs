@@ -33,11 +33,24 @@ use crate::pg::{self, ConnSpec, Endpoint, PgError};
 pub(crate) trait Observer {
     /// A step begins (one plain line without a terminal).
     fn step(&mut self, what: &str);
-    /// `pg_basebackup`'s own progress.
-    fn copy_phase(&mut self, phase: Phase);
-    fn copy_progress(&mut self, done: u64, total: u64);
-    /// Asks the operator; `false` refuses.
-    fn confirm(&mut self, question: &str) -> Result<bool>;
+    /// `pg_basebackup`'s own progress (bootstrap and rejoin's copy).
+    fn copy_phase(&mut self, _phase: Phase) {}
+    fn copy_progress(&mut self, _done: u64, _total: u64) {}
+    /// Asks the operator; `false` refuses. An observer that cannot ask
+    /// refuses.
+    fn confirm(&mut self, _question: &str) -> Result<bool> {
+        Ok(false)
+    }
+}
+
+/// An observer that prints each step as one line on standard error (the
+/// switchover and failover have no copy to show and ask nothing).
+pub(crate) struct StepLines;
+
+impl Observer for StepLines {
+    fn step(&mut self, what: &str) {
+        eprintln!("{what}");
+    }
 }
 
 /// The libpq password file the replica reads its password from: beside

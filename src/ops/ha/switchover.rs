@@ -55,7 +55,7 @@ use super::check::credentials;
 use super::effects::{LocalServer, PairSteps};
 use super::require_config;
 use super::roles::{self, other, peer_sql, SWITCHOVER};
-use super::steps::{self, passfile_path, write_passfile, write_standby};
+use super::steps::{self, passfile_path, write_passfile, write_standby, Observer};
 use crate::error::{Error, Result};
 use crate::ha::config::HaConfig;
 use crate::ha::generation::{self, Record};
@@ -167,7 +167,7 @@ pub(crate) struct SwitchoverReport {
 pub(crate) fn switchover(
     home: &Home,
     opts: &SwitchoverOptions,
-    step: &mut dyn FnMut(&str),
+    obs: &mut dyn Observer,
 ) -> Result<SwitchoverReport> {
     let config = require_config(home)?;
     let mut facts = Vec::new();
@@ -176,7 +176,7 @@ pub(crate) fn switchover(
     match opts.mode {
         Mode::Run => {
             let (config, note) = roles::sync(home, config, &creds, opts.connect_timeout)?;
-            let mut report = fresh(home, &config, &server, &creds, opts, step)?;
+            let mut report = fresh(home, &config, &server, &creds, opts, obs)?;
             report.notes.splice(0..0, note);
             Ok(report)
         }
@@ -194,7 +194,7 @@ pub(crate) fn switchover(
                     peer.address(&config)
                 )));
             }
-            step(
+            obs.step(
                 "undoing the interrupted switchover: starting this node's server again as primary",
             );
             change.abort()?;
@@ -210,20 +210,20 @@ pub(crate) fn switchover(
             };
             let mut state: State = change.load()?;
             if !state.phase().no_return() {
-                step("the promotion had not been sent: undoing the interrupted switchover and starting over");
+                obs.step("the promotion had not been sent: undoing the interrupted switchover and starting over");
                 change.abort()?;
                 drop(node);
                 // Before any sync: until the replica streams again it may
                 // still hold the generation row this run wrote and its
                 // undo deleted, and following that would swap the roles
                 // in ha.toml for a switchover that never happened.
-                step("waiting until the replica streams from this node again");
+                obs.step("waiting until the replica streams from this node again");
                 wait_replica_back(&config, state.data.peer, opts);
                 let (config, _) = roles::sync(home, config, &creds, opts.connect_timeout)?;
-                return fresh(home, &config, &server, &creds, opts, step);
+                return fresh(home, &config, &server, &creds, opts, obs);
             }
             if state.phase() == SwitchPhase::Promoting {
-                step(&format!(
+                obs.step(&format!(
                     "finishing the promotion of {}",
                     state.data.peer.address(&config)
                 ));
@@ -233,12 +233,12 @@ pub(crate) fn switchover(
                 }
                 change.advance(&mut state, SwitchPhase::Promoted)?;
             }
-            step(
+            obs.step(
                 "resuming after the promotion: turning this node into a replica of the new primary",
             );
             let password = replication_password(&config, state.data.peer, &creds)?;
             forward(
-                home, change, &config, &server, &state, &password, &creds, opts, step, "resumed",
+                home, change, &config, &server, &state, &password, &creds, opts, obs, "resumed",
             )
         }
     }
@@ -456,11 +456,13 @@ fn fresh(
     server: &Server,
     creds: &Credentials,
     opts: &SwitchoverOptions,
-    step: &mut dyn FnMut(&str),
+    obs: &mut dyn Observer,
 ) -> Result<SwitchoverReport> {
     let this = roles::this_side(config, "ha switchover")?;
     let peer = other(this);
-    step("checking both nodes: this one runs as primary, the replica streams, its lag, its rights");
+    obs.step(
+        "checking both nodes: this one runs as primary, the replica streams, its lag, its rights",
+    );
     let checked = check(config, this, peer, creds, opts)?;
     let password = replication_password(config, peer, creds)?;
     let (this_addr, peer_addr) = (this.address(config), peer.address(config));
@@ -508,7 +510,7 @@ fn fresh(
     );
     change.save(&state)?;
 
-    step("writing the replication password file");
+    obs.step("writing the replication password file");
     write_passfile(
         &mut change,
         config,
@@ -517,7 +519,7 @@ fn fresh(
         &config.pg_data,
     )?;
 
-    step(&format!("recording generation {}", checked.generation));
+    obs.step(&format!("recording generation {}", checked.generation));
     let record = Record {
         generation: checked.generation,
         primary_addr: peer_addr.to_string(),
@@ -536,7 +538,7 @@ fn fresh(
         &config.replication_user,
     )?;
 
-    step("stopping this node's server cleanly");
+    obs.step("stopping this node's server cleanly");
     let stop_began = Instant::now();
     change.stop_server(server, &|e| {
         step_error(
@@ -567,7 +569,7 @@ fn fresh(
     state.data.checkpoint_lsn = Some(ckpt.clone());
     change.advance(&mut state, SwitchPhase::Stopped)?;
 
-    step(&format!(
+    obs.step(&format!(
         "waiting until {peer_addr} has replayed the shutdown checkpoint {ckpt}"
     ));
     wait_replayed(config, peer, creds, opts, &ckpt)?;
@@ -579,7 +581,7 @@ fn fresh(
     let mut demoted = config.clone();
     demoted.demoted = true;
     roles::save_config(&mut change, home, &demoted)?;
-    step(&format!("promoting {peer_addr}"));
+    obs.step(&format!("promoting {peer_addr}"));
     change.advance(&mut state, SwitchPhase::Promoting)?;
     let catch_up_seconds = catch_up_began.elapsed().as_secs_f64();
     let promote_began = Instant::now();
@@ -590,7 +592,7 @@ fn fresh(
     let promote_seconds = promote_began.elapsed().as_secs_f64();
     change.advance(&mut state, SwitchPhase::Promoted)?;
     forward(
-        home, change, config, server, &state, &password, creds, opts, step, "switched",
+        home, change, config, server, &state, &password, creds, opts, obs, "switched",
     )
     .map(|mut r| {
         r.lag_bytes = Some(checked.lag);
@@ -698,7 +700,7 @@ fn forward(
     password: &Zeroizing<String>,
     creds: &Credentials,
     opts: &SwitchoverOptions,
-    step: &mut dyn FnMut(&str),
+    obs: &mut dyn Observer,
     mode: &'static str,
 ) -> Result<SwitchoverReport> {
     let facts = &state.data;
@@ -707,7 +709,7 @@ fn forward(
     let mut notes = Vec::new();
     let result = (|| -> Result<()> {
         if let Some(slot) = &facts.slot {
-            step(&format!(
+            obs.step(&format!(
                 "creating the replication slot {slot} on the new primary"
             ));
             let (mut c, t) = peer_sql(config, peer, creds, opts.connect_timeout)
@@ -725,7 +727,7 @@ fn forward(
                 )
             })?;
         }
-        step("configuring this node as a replica of the new primary");
+        obs.step("configuring this node as a replica of the new primary");
         write_passfile(
             &mut change,
             config,
@@ -734,7 +736,7 @@ fn forward(
             &config.pg_data,
         )?;
         write_standby(config, peer.address(config), facts.slot.as_deref())?;
-        step("starting this node as a replica");
+        obs.step("starting this node as a replica");
         server.start().map_err(|e| {
             step_error(
                 "starting this node as a replica",
@@ -751,7 +753,7 @@ fn forward(
                 )),
             }
         }
-        step("waiting until this node streams from the new primary");
+        obs.step("waiting until this node streams from the new primary");
         wait_streaming(config, this, peer, creds, opts)?;
         let mut next = config.clone();
         if peer == Side::Secondary {
