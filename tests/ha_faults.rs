@@ -175,28 +175,14 @@ fn switchover_survives_a_kill_at_every_point_and_an_unconfirmed_promotion() {
     // process is stopped between the point of no return and the promotion.
     let from_a = settled(&pair);
     let (_, home, old_socket, _) = pair.node(from_a);
-    let child = pair
-        .ha_cmd(
-            from_a,
-            &["switchover", "--timeout", "3"],
-            "ha-switchover:promoting=sleep(1500)",
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let journal = home.join("journal.json");
-    wait_until("the promoting phase", 60, || {
-        fs::read_to_string(&journal).is_ok_and(|t| t.contains("\"phase\": \"promoting\""))
-    });
-    let startup = pair.startup_pid(!from_a).to_string();
-    assert!(Command::new("kill")
-        .args(["-STOP", &startup])
-        .status()
-        .unwrap()
-        .success());
     let began = Instant::now();
-    let out = child.wait_with_output().unwrap();
+    let (out, startup) = stalled_promotion(
+        &pair,
+        from_a,
+        &["switchover", "--timeout", "3"],
+        "ha-switchover",
+        !from_a,
+    );
     let waited = began.elapsed();
     assert_eq!(out.status.code(), Some(18), "{}", text(&out));
     assert!(text(&out).contains("--resume"), "{}", text(&out));
@@ -228,6 +214,37 @@ fn switchover_survives_a_kill_at_every_point_and_an_unconfirmed_promotion() {
         "FAULT {} cases, {probes} probes of both nodes, moments with two writable primaries: 0",
         table.len()
     );
+}
+
+/// Runs `args` on node `on_a` with the crash point `ACTION:promoting`
+/// paused for 1.5 s, and in that pause stops the startup process of node
+/// `stall_a` (SIGSTOP), so the promotion sent next cannot finish within its
+/// wait. Returns keyferry's output and the stopped pid (to SIGCONT).
+fn stalled_promotion(
+    pair: &SwitchPair,
+    on_a: bool,
+    args: &[&str],
+    action: &str,
+    stall_a: bool,
+) -> (std::process::Output, String) {
+    let (_, home, _, _) = pair.node(on_a);
+    let child = pair
+        .ha_cmd(on_a, args, &format!("{action}:promoting=sleep(1500)"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let journal = home.join("journal.json");
+    wait_until("the promoting phase", 60, || {
+        fs::read_to_string(&journal).is_ok_and(|t| t.contains("\"phase\": \"promoting\""))
+    });
+    let startup = pair.startup_pid(stall_a).to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &startup])
+        .status()
+        .unwrap()
+        .success());
+    (child.wait_with_output().unwrap(), startup)
 }
 
 /// Stops the primary `a` or `b` as a crash would (immediate shutdown).
@@ -289,27 +306,14 @@ fn failover_goes_only_forward_after_a_kill_or_an_unconfirmed_promotion() {
     let replica_a = !replica_a;
     crash_server(&mut pair, !replica_a);
     let (_, home, socket, _) = pair.node(replica_a);
-    let child = pair
-        .ha_cmd(
-            replica_a,
-            &["failover", "--timeout", "2"],
-            "ha-failover:promoting=sleep(1500)",
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (out, startup) = stalled_promotion(
+        &pair,
+        replica_a,
+        &["failover", "--timeout", "2"],
+        "ha-failover",
+        replica_a,
+    );
     let journal = home.join("journal.json");
-    wait_until("the promoting phase", 60, || {
-        fs::read_to_string(&journal).is_ok_and(|t| t.contains("\"phase\": \"promoting\""))
-    });
-    let startup = pair.startup_pid(replica_a).to_string();
-    assert!(Command::new("kill")
-        .args(["-STOP", &startup])
-        .status()
-        .unwrap()
-        .success());
-    let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(18), "{}", text(&out));
     assert!(
         text(&out).contains("ha failover --resume"),

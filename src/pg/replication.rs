@@ -40,21 +40,7 @@ pub fn timeline_history(
     password: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<(u32, Option<String>), PgError> {
-    let target = addr.to_string();
-    let unreachable = |source| PgError::Unreachable {
-        target: target.clone(),
-        source,
-    };
-    let stream = TcpStream::connect_timeout(&addr, timeout).map_err(unreachable)?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .and_then(|()| stream.set_write_timeout(Some(timeout)))
-        .map_err(unreachable)?;
-    let mut conn = Conn {
-        stream,
-        target: target.clone(),
-        timeout,
-    };
+    let mut conn = Conn::open(addr, timeout)?;
     conn.startup(user, password)?;
     let (_, timeline, _) = conn.identify_system()?;
     let timeline: u32 = timeline
@@ -96,21 +82,7 @@ pub fn identify_system(
     password: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<SystemIdentity, PgError> {
-    let target = addr.to_string();
-    let unreachable = |source| PgError::Unreachable {
-        target: target.clone(),
-        source,
-    };
-    let stream = TcpStream::connect_timeout(&addr, timeout).map_err(unreachable)?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .and_then(|()| stream.set_write_timeout(Some(timeout)))
-        .map_err(unreachable)?;
-    let mut conn = Conn {
-        stream,
-        target: target.clone(),
-        timeout,
-    };
+    let mut conn = Conn::open(addr, timeout)?;
     let server_version = conn.startup(user, password)?;
     let (system_id, timeline, xlogpos) = conn.identify_system()?;
     conn.terminate();
@@ -132,6 +104,26 @@ struct Conn {
 }
 
 impl Conn {
+    /// A TCP connection to `addr` whose connect, reads and writes are each
+    /// bounded by `timeout`.
+    fn open(addr: SocketAddr, timeout: Duration) -> Result<Conn, PgError> {
+        let target = addr.to_string();
+        let unreachable = |source| PgError::Unreachable {
+            target: target.clone(),
+            source,
+        };
+        let stream = TcpStream::connect_timeout(&addr, timeout).map_err(unreachable)?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .and_then(|()| stream.set_write_timeout(Some(timeout)))
+            .map_err(unreachable)?;
+        Ok(Conn {
+            stream,
+            target,
+            timeout,
+        })
+    }
+
     fn protocol(&self, message: String) -> PgError {
         PgError::Protocol {
             target: self.target.clone(),
