@@ -15,11 +15,27 @@
 //!   stopping a stopped one does nothing, so they can serve as undos that
 //!   may run twice;
 //! - a server started here does not die with keyferry: `pg_ctl` is run
-//!   without the parent-death tie of [`crate::pg::child`] and with its
-//!   output in a log file, not in keyferry's pipes.
+//!   without the parent-death tie of [`crate::pg::child`];
+//! - nothing `pg_ctl` starts can hold keyferry up: `pg_ctl`'s own standard
+//!   output and error go to a file, never to a pipe. The server inherits
+//!   them (on Windows always, whatever `-l` says; elsewhere any program that
+//!   forks a daemon does the same) and keeps them open until it stops, so a
+//!   pipe would not reach end-of-file while the server runs.
+//!
+//! That file is `<data>.pg_ctl.log` beside the data directory, the one
+//! `pg_ctl start -l` already writes the server's log to: one file to name in
+//! messages, outside the data directory so a base backup does not copy it,
+//! and in a directory the data directory's owner can write. keyferry
+//! appends to it, creates it owner-only and (as root) gives it to the data
+//! directory's owner, since the server, running as that owner, appends to it
+//! too. When `pg_ctl` fails, the error quotes the last lines this run added
+//! to it and names it. `systemctl` and the Service Control Manager start the
+//! server in their own context, so their output is not involved.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -181,9 +197,22 @@ impl Server {
                     .args(&args)
                     .env("LC_ALL", "C")
                     .env("LANG", "C")
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped());
+                    .stdin(Stdio::null());
+                // pg_ctl: its output (and whatever the server inherits) to
+                // the log file; systemctl: a pipe, as nothing it runs
+                // inherits it.
+                let log = match self.control {
+                    ServiceControl::PgCtl => {
+                        let (file, start) = self.open_pg_ctl_log()?;
+                        let err = file.try_clone().map_err(|e| self.log_error(e))?;
+                        command.stdout(file).stderr(err);
+                        Some(start)
+                    }
+                    _ => {
+                        command.stdout(Stdio::null()).stderr(Stdio::piped());
+                        None
+                    }
+                };
                 if as_data_owner {
                     pg::as_owner_of(&mut command, &self.pg_data);
                 }
@@ -191,7 +220,10 @@ impl Server {
                     .output()
                     .map_err(|e| self.failed(op, format!("{}: {e}", program.display())))?;
                 if !out.status.success() {
-                    let said = pg::one_line(&String::from_utf8_lossy(&out.stderr));
+                    let said = match log {
+                        Some(start) => tail_since(&self.pg_ctl_log(), start),
+                        None => pg::one_line(&String::from_utf8_lossy(&out.stderr)),
+                    };
                     return Err(self.failed(op, format!("{said} ({})", out.status)));
                 }
                 Ok(())
@@ -203,6 +235,24 @@ impl Server {
         }
     }
 
+    /// Opens [`Self::pg_ctl_log`] for appending `pg_ctl`'s output: created
+    /// owner-only, owned like the data directory; with its length before
+    /// this run, where this run's output starts.
+    fn open_pg_ctl_log(&self) -> Result<(File, u64), ServiceError> {
+        let path = self.pg_ctl_log();
+        let file = crate::fsutil::open_append_private(&path).map_err(|e| self.log_error(e))?;
+        own_like(&file, &self.pg_data).map_err(|e| self.log_error(e))?;
+        let start = file.metadata().map_err(|e| self.log_error(e))?.len();
+        Ok((file, start))
+    }
+
+    fn log_error(&self, source: io::Error) -> ServiceError {
+        ServiceError::Log {
+            path: self.pg_ctl_log(),
+            source,
+        }
+    }
+
     fn failed(&self, op: Op, message: String) -> ServiceError {
         ServiceError::Failed {
             op: op_word(op),
@@ -210,6 +260,62 @@ impl Server {
             message,
             log: matches!(self.control, ServiceControl::PgCtl).then(|| self.pg_ctl_log()),
         }
+    }
+}
+
+/// As root, gives `file` to the owner (and group) of `data`, the account
+/// `pg_ctl` and the server run as (see [`pg::as_owner_of`]); otherwise the
+/// caller, who runs them, owns it already.
+#[cfg(unix)]
+fn own_like(file: &File, data: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    let meta = std::fs::metadata(data)?;
+    if meta.uid() == 0 {
+        return Ok(());
+    }
+    std::os::unix::fs::fchown(file, Some(meta.uid()), Some(meta.gid()))
+}
+
+/// `pg_ctl` runs as the caller on Windows (see [`pg::as_owner_of`]), who
+/// created the file owner-only.
+#[cfg(windows)]
+fn own_like(_file: &File, _data: &Path) -> io::Result<()> {
+    Ok(())
+}
+
+/// The last lines written to `log` from byte `start` on, as one line (at
+/// most the last 8 KiB); what could not be read is said instead.
+fn tail_since(log: &Path, start: u64) -> String {
+    const MAX: u64 = 8 * 1024;
+    const LINES: usize = 5;
+    let read = || -> io::Result<String> {
+        let mut file = File::open(log)?;
+        let len = file.metadata()?.len();
+        let from = start.max(len.saturating_sub(MAX)).min(len);
+        file.seek(SeekFrom::Start(from))?;
+        let mut bytes = Vec::new();
+        file.take(MAX).read_to_end(&mut bytes)?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    };
+    match read() {
+        Ok(text) => {
+            let lines: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            let said = pg::one_line(&lines[lines.len().saturating_sub(LINES)..].join("\n"));
+            if said.is_empty() {
+                "pg_ctl said nothing".to_owned()
+            } else {
+                said
+            }
+        }
+        Err(e) => format!("pg_ctl's output cannot be read: {e}"),
     }
 }
 
@@ -232,11 +338,18 @@ pub(crate) enum ServiceError {
     },
     #[error("cannot tell whether PostgreSQL runs: {0}")]
     Status(PgError),
+    #[error("cannot open {} for pg_ctl's output: {source}; make its directory writable, or move the file away if something else owns it", .path.display())]
+    Log { path: PathBuf, source: io::Error },
 }
 
 fn log_hint(log: &Option<PathBuf>) -> String {
     log.as_ref()
-        .map(|l| format!("; the server's log is {}", l.display()))
+        .map(|l| {
+            format!(
+                "; pg_ctl's output and the server's log are in {}",
+                l.display()
+            )
+        })
         .unwrap_or_default()
 }
 
@@ -451,6 +564,84 @@ mod tests {
                 op: Op::Start
             }
         );
+    }
+
+    /// A `pg_ctl` stand-in in a temporary directory, with a data
+    /// directory beside it; `start` runs `start_body` (sh), `status` says
+    /// running once `start` has succeeded.
+    #[cfg(unix)]
+    fn fake_pg_ctl(start_body: &str) -> (tempfile::TempDir, Server) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        let data = dir.path().join("data");
+        std::fs::create_dir(&bin).unwrap();
+        std::fs::create_dir(&data).unwrap();
+        std::fs::write(data.join("PG_VERSION"), "15\n").unwrap();
+        let script = format!(
+            "#!/bin/sh\ncase \"$1\" in\n\
+             start) {start_body} ;;\n\
+             status) [ -f \"$3/running\" ] && exit 0; exit 3 ;;\n\
+             *) exit 1 ;;\nesac\n"
+        );
+        let pg_ctl = pg::program(&bin, "pg_ctl");
+        std::fs::write(&pg_ctl, script).unwrap();
+        std::fs::set_permissions(&pg_ctl, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let server = Server {
+            control: ServiceControl::PgCtl,
+            pg_bin: bin,
+            pg_data: data,
+            timeout_secs: 60,
+        };
+        (dir, server)
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_server_holding_pg_ctl_s_output_does_not_hold_up_start() {
+        // Like postgres (and postgres.exe under pg_ctl on Windows): a
+        // process that outlives pg_ctl with its stdout and stderr.
+        let (_dir, s) = fake_pg_ctl(
+            "sleep 30 & echo $! > \"$3/sleep.pid\"; echo started; touch \"$3/running\"; exit 0",
+        );
+        let began = std::time::Instant::now();
+        let result = s.start();
+        let took = began.elapsed();
+        if let Ok(pid) = std::fs::read_to_string(s.pg_data.join("sleep.pid")) {
+            // SAFETY: signals the one process this test started.
+            unsafe { libc::kill(pid.trim().parse().unwrap(), libc::SIGKILL) };
+        }
+        result.unwrap();
+        assert!(
+            took < Duration::from_secs(25),
+            "start waited {took:?} for the backgrounded process"
+        );
+        let log = std::fs::read_to_string(s.pg_ctl_log()).unwrap();
+        assert!(log.contains("started"), "{log}");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(s.pg_ctl_log())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "log mode {mode:o}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_failing_pg_ctl_is_quoted_from_its_log_and_the_log_named() {
+        let (_dir, s) = fake_pg_ctl(
+            "echo 'waiting for server to start.... stopped waiting'; \
+             echo 'pg_ctl: could not start server: fake refusal' >&2; exit 1",
+        );
+        std::fs::write(s.pg_ctl_log(), "an earlier run's line\n").unwrap();
+        let e = s.run(Op::Start).unwrap_err().to_string();
+        assert!(
+            e.contains("pg_ctl: could not start server: fake refusal"),
+            "{e}"
+        );
+        assert!(e.contains(&s.pg_ctl_log().display().to_string()), "{e}");
+        assert!(!e.contains("an earlier run"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
     }
 
     #[cfg(not(windows))]
