@@ -625,3 +625,66 @@ fn the_primary_does_not_configure_the_replicas_server() {
     assert!(!environ.contains("KF_TEST_REPLICATION_PW"), "{environ}");
     assert!(!environ.contains(PASSWORD), "{environ}");
 }
+
+/// The trial's attack (issue 23): the server's account owns the data
+/// directory's parent, so once the copy is finished it puts a link to a
+/// directory elsewhere in the copy's place, hoping root renames the link
+/// into place and writes the configuration files through it. The swap is
+/// refused with one line naming the copy, nothing is written in the link's
+/// target, and the node is as it was (server running, its data untouched).
+#[test]
+fn a_copy_replaced_by_a_link_is_refused_and_nothing_is_written_through_it() {
+    let Some(pair) = Pair::new("bl", 0) else {
+        return;
+    };
+    let conf = fs::read(pair.data().join("postgresql.conf")).unwrap();
+    let outside = pair.tmp.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    let journal = pair.home.join("journal.json");
+
+    let mut child = pair.spawn_bootstrap(&["--yes"]);
+    // Phase "copied" is journaled before the local server is stopped and
+    // the copy renamed: the window the attacker uses.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let staging = loop {
+        if fs::read_to_string(&journal).is_ok_and(|j| j.contains("\"copied\"")) {
+            break staging_of(&pair).expect("the copy is still beside the data directory");
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for the copy");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "keyferry ended before the copy was finished"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let moved = staging.with_file_name("moved-by-postgres");
+    fs::rename(&staging, &moved).unwrap();
+    std::os::unix::fs::symlink(&outside, &staging).unwrap();
+
+    let out = child.wait_with_output().unwrap();
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("was replaced by someone else") && said.contains(staging.to_str().unwrap()),
+        "a one-line refusal naming the copy: {said}"
+    );
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing written in the link's target"
+    );
+    assert!(
+        fs::symlink_metadata(pair.data()).unwrap().is_dir(),
+        "the data directory is a directory, not the link"
+    );
+    assert_eq!(fs::read(pair.data().join("postgresql.conf")).unwrap(), conf);
+    // The failed step undid the change (the journal is gone with it): an
+    // --abort finds nothing left to undo, and the server runs again.
+    if journal.exists() {
+        let out = pair.keyferry(&["ha", "bootstrap", "--abort"]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    assert!(pair.secondary.is_running());
+    assert!(!pair.data().join("standby.signal").exists());
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+}

@@ -109,15 +109,17 @@ fn quote(value: &str) -> String {
 /// (its previous data directory; `None` when it had none). Returns the
 /// dropped settings' names. Links are neither read through nor written
 /// through ([`datafile`]).
-pub(crate) fn replace_copied(data: &Path, own_dir: Option<&Path>) -> io::Result<Vec<String>> {
-    let path = data.join(FILE);
-    let copied = datafile::read_text(&path)?.unwrap_or_default();
+pub(crate) fn replace_copied(
+    data: &datafile::Dir,
+    own_dir: Option<&Path>,
+) -> io::Result<Vec<String>> {
+    let copied = data.read_text(FILE)?.unwrap_or_default();
     let own = match own_dir {
         Some(dir) => datafile::read_text(&dir.join(FILE))?,
         None => None,
     };
     let replica = for_replica(&copied, own.as_deref());
-    datafile::write(&path, replica.text.as_bytes(), data)?;
+    data.write(FILE, replica.text.as_bytes())?;
     Ok(replica.dropped)
 }
 

@@ -411,6 +411,26 @@ impl Change<'_> {
         })
     }
 
+    /// As [`Change::rename`], for a directory that must still be `id` (the
+    /// one keyferry created): a directory or link put in its place by
+    /// someone else is refused, not moved (`crate::ha::datafile::rename_dir`).
+    pub(crate) fn rename_dir(
+        &mut self,
+        from: &Path,
+        to: &Path,
+        id: crate::ha::datafile::DirId,
+    ) -> Result<()> {
+        let what = format!("cannot move {} to {}", from.display(), to.display());
+        let undo = Undo::move_back(from, to)
+            .map_err(Error::io(what.clone()))
+            .map_err(|e| self.fail(e))?;
+        self.step(undo, || {
+            crate::ha::datafile::rename_dir(from, to, id)
+                .and_then(|()| fsutil::sync_parent(to))
+                .map_err(Error::io(what))
+        })
+    }
+
     /// Runs an effect that cannot be undone. What was done so far is
     /// committed first, with a record that it started; `removes` lists the
     /// files it will remove, so that an interrupted run can be counted.

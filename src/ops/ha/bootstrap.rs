@@ -45,12 +45,13 @@ use super::check::credentials;
 use super::effects::PairSteps;
 use super::require_config;
 use super::steps::{
-    owner_reference, passfile_path, primary_sql, start_step, wait_caught_up, write_owned,
-    write_passfile, write_standby, Observer,
+    open_data, owner_reference, passfile_path, primary_sql, start_step, wait_caught_up,
+    write_owned, write_passfile, write_standby, Observer,
 };
 use crate::error::{Error, Result};
 use crate::fmt::human_bytes;
 use crate::ha::config::HaConfig;
+use crate::ha::datafile::{Dir, DirId};
 use crate::ha::preflight::{self, Side, Status};
 use crate::ha::service::Server;
 use crate::ha::{autoconf, datafile};
@@ -171,6 +172,12 @@ pub(crate) struct Facts {
     slot: Option<String>,
     confirmed: bool,
     bytes_copied: u64,
+    /// The copy's directory as keyferry created it (before handing it to
+    /// the server's account): the swap and every write afterwards refuse
+    /// a directory that is not this one. `None` in a journal written
+    /// before it was recorded.
+    #[serde(default)]
+    staging_id: Option<DirId>,
 }
 
 type State = Machine<BootPhase, Facts>;
@@ -516,6 +523,7 @@ fn fresh(
             slot: opts.slot.clone(),
             confirmed,
             bytes_copied: 0,
+            staging_id: None,
         },
     );
     let details = crate::ops::details([
@@ -597,7 +605,7 @@ fn copy_and_swap(
     // Created before its undo is journaled: a directory of that name that
     // someone else made first is a refusal here, never something the undo
     // removes. (A crash between the two leaves an empty directory.)
-    create_owned_dir(&staging, &owner_ref)?;
+    state.data.staging_id = Some(create_owned_dir(&staging, &owner_ref)?);
     let copied = change.step(undo, || {
         basebackup::run(&config.pg_bin, &source, &staging, |said| match said {
             Said::Phase(p) => obs.copy_phase(*p),
@@ -633,16 +641,25 @@ fn copy_and_swap(
         ));
         change.rename(&config.pg_data, &state.data.old)?;
     }
-    change.rename(&state.data.staging, &config.pg_data)?;
+    // The server's account owns the parent and may have put anything in
+    // the copy's place: only the directory keyferry created is moved.
+    match state.data.staging_id {
+        Some(id) => change.rename_dir(&state.data.staging, &config.pg_data, id)?,
+        None => change.rename(&state.data.staging, &config.pg_data)?,
+    }
     change.advance(&mut state, BootPhase::Swapped)?;
     Ok(state)
 }
 
-/// Creates `dir` (mode 0700) owned like `owner_ref`.
-fn create_owned_dir(dir: &Path, owner_ref: &Path) -> Result<()> {
+/// Creates `dir` (mode 0700) owned like `owner_ref`; returns its identity,
+/// taken from a descriptor opened before the server's account owns it (so
+/// it is the directory keyferry created, whatever happens to the path).
+fn create_owned_dir(dir: &Path, owner_ref: &Path) -> Result<DirId> {
     let what = format!("cannot create {}", dir.display());
     fs::create_dir(dir).map_err(Error::io(what.clone()))?;
-    platform::own_like(dir, owner_ref, 0o700).map_err(|e| {
+    let opened = Dir::open(dir, None)
+        .and_then(|d| platform::own_like(&d, owner_ref, 0o700).map(|()| d.id()));
+    opened.map_err(|e| {
         // Still empty: ours to take back.
         let _ = fs::remove_dir(dir);
         Error::io(what)(e)
@@ -652,35 +669,38 @@ fn create_owned_dir(dir: &Path, owner_ref: &Path) -> Result<()> {
 /// Step 5: the replica's configuration in the new data directory. Returns
 /// the primary's `postgresql.auto.conf` settings left out.
 fn configure(config: &HaConfig, state: &Facts) -> Result<Vec<String>> {
-    let data = &config.pg_data;
+    // Written through a descriptor of the copy keyferry created, never by
+    // the path (which the server's account can point elsewhere).
+    let data = open_data(&config.pg_data, state.staging_id)?;
     if state.had_data {
         for name in ["postgresql.conf", "pg_hba.conf", "pg_ident.conf"] {
             let theirs = state.old.join(name);
             let kept = datafile::read(&theirs)
                 .map_err(Error::io(format!("cannot read {}", theirs.display())))?;
             if let Some(kept) = kept {
-                let ours = data.join(name);
-                datafile::put(&ours, &kept, data)
-                    .map_err(Error::io(format!("cannot write {}", ours.display())))?;
+                data.put(name, &kept).map_err(Error::io(format!(
+                    "cannot write {}",
+                    config.pg_data.join(name).display()
+                )))?;
             }
         }
     } else {
         // A fresh node has no configuration of its own: the primary's
         // would make the server listen on the primary's address.
-        let conf = data.join("postgresql.conf");
-        if let Ok(Some(text)) = datafile::read_text(&conf) {
+        let conf = "postgresql.conf";
+        if let Ok(Some(text)) = data.read_text(conf) {
             let (from, to) = (config.primary.to_string(), config.secondary.to_string());
             if let Some(rebound) = standby::rebind_listen(&text, &from, &to) {
-                write_owned(&conf, rebound.as_bytes(), data)?;
+                write_owned(&data, conf, rebound.as_bytes())?;
             }
         }
     }
     let own = state.had_data.then_some(state.old.as_path());
-    let dropped = autoconf::replace_copied(data, own).map_err(Error::io(format!(
+    let dropped = autoconf::replace_copied(&data, own).map_err(Error::io(format!(
         "cannot write {}",
-        data.join(autoconf::FILE).display()
+        config.pg_data.join(autoconf::FILE).display()
     )))?;
-    write_standby(config, config.primary, state.slot.as_deref())?;
+    write_standby(config, &data, config.primary, state.slot.as_deref())?;
     Ok(dropped)
 }
 
@@ -838,14 +858,16 @@ pub(crate) fn summary(report: &BootstrapReport) -> Vec<String> {
 #[cfg(unix)]
 mod platform {
     use std::io;
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::fs::MetadataExt;
     use std::path::Path;
 
-    /// `path` owned by the owner and group of `like`, with `mode`.
-    pub(super) fn own_like(path: &Path, like: &Path, mode: u32) -> io::Result<()> {
+    use crate::ha::datafile::Dir;
+
+    /// The directory `dir` owned by the owner and group of `like`, with
+    /// `mode` (through its descriptor, not its path).
+    pub(super) fn own_like(dir: &Dir, like: &Path, mode: u32) -> io::Result<()> {
         let meta = std::fs::metadata(like)?;
-        std::os::unix::fs::chown(path, Some(meta.uid()), Some(meta.gid()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        dir.set_owner(meta.uid(), meta.gid(), mode)
     }
 
     /// PostgreSQL refuses to run as root: a copy owned by root could never
@@ -881,7 +903,11 @@ mod platform {
     use std::path::Path;
 
     /// New files inherit the data directory's access list on Windows.
-    pub(super) fn own_like(_path: &Path, _like: &Path, _mode: u32) -> io::Result<()> {
+    pub(super) fn own_like(
+        _dir: &crate::ha::datafile::Dir,
+        _like: &Path,
+        _mode: u32,
+    ) -> io::Result<()> {
         Ok(())
     }
 
@@ -914,6 +940,7 @@ mod tests {
                 slot: Some("pam_b".into()),
                 confirmed: true,
                 bytes_copied: 42,
+                staging_id: Some(DirId { dev: 1, ino: 2 }),
             },
         );
         let back: State = serde_json::from_value(serde_json::to_value(&state).unwrap()).unwrap();
@@ -921,6 +948,12 @@ mod tests {
         assert_eq!(back.phase(), BootPhase::Copied);
         assert!(back.data.was_running);
         assert_eq!(back.data.slot.as_deref(), Some("pam_b"));
+        assert_eq!(back.data.staging_id, Some(DirId { dev: 1, ino: 2 }));
+        // A journal from before the copy's identity was recorded still loads.
+        let mut old = serde_json::to_value(&state).unwrap();
+        old["data"].as_object_mut().unwrap().remove("staging_id");
+        let back: State = serde_json::from_value(old).unwrap();
+        assert_eq!(back.data.staging_id, None);
         assert!(back.allows(BootPhase::Swapped) && !back.allows(BootPhase::Copying));
     }
 

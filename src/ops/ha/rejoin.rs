@@ -801,14 +801,13 @@ fn rewind_if_needed(
     if d.loses_commits() && !opts.force {
         return Err(diverged_refusal(&d, "rewind"));
     }
+    // Held open from here: pg_rewind rewrites the files, not the
+    // directory, so the put-back goes through this descriptor and refuses
+    // a directory the server's account swapped in meanwhile.
+    let data = steps::open_data(&config.pg_data, None)?;
     let own: Vec<(String, Option<Kept>)> = OWN_FILES
         .iter()
-        .map(|n| {
-            (
-                (*n).to_owned(),
-                datafile::read(&config.pg_data.join(n)).ok().flatten(),
-            )
-        })
+        .map(|n| ((*n).to_owned(), data.read(n).ok().flatten()))
         .collect();
     obs.step(&format!(
         "pg_rewind from {} (diverged at {at})",
@@ -832,12 +831,12 @@ fn rewind_if_needed(
         for (name, kept) in &own {
             let path = config.pg_data.join(name);
             if let Some(kept) = kept {
-                datafile::put(&path, kept, &config.pg_data)
+                data.put(name, kept)
                     .map_err(Error::io(format!("cannot put back {}", path.display())))?;
             } else if name == autoconf::FILE {
                 // None of its own: the one pg_rewind copied is the
                 // primary's, which must not configure this server.
-                autoconf::replace_copied(&config.pg_data, None)
+                autoconf::replace_copied(&data, None)
                     .map_err(Error::io(format!("cannot write {}", path.display())))?;
             }
         }
@@ -863,7 +862,8 @@ fn follow(
     if let Some(slot) = &opts.slot {
         bootstrap::ensure_slot(config, password, slot, opts.connect_timeout)?;
     }
-    write_standby(config, config.primary, opts.slot.as_deref())?;
+    let data = steps::open_data(&config.pg_data, None)?;
+    write_standby(config, &data, config.primary, opts.slot.as_deref())?;
     obs.step("starting the replica");
     steps::start_step(
         &mut change,

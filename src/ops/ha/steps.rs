@@ -109,10 +109,20 @@ pub(super) fn upstream<'a>(
     }
 }
 
-/// Writes `path` (in the new data directory) owned like the directory.
-pub(super) fn write_owned(path: &Path, contents: &[u8], data: &Path) -> Result<()> {
-    datafile::write(path, contents, data)
-        .map_err(Error::io(format!("cannot write {}", path.display())))
+/// Writes `name` in the data directory `dir` (through its descriptor),
+/// owned like the directory.
+pub(super) fn write_owned(dir: &datafile::Dir, name: &str, contents: &[u8]) -> Result<()> {
+    dir.write(name, contents).map_err(Error::io(format!(
+        "cannot write {}",
+        dir.path().join(name).display()
+    )))
+}
+
+/// Opens the data directory to write in (never through a link); `expected`
+/// is the directory keyferry created, when it did.
+pub(super) fn open_data(path: &Path, expected: Option<datafile::DirId>) -> Result<datafile::Dir> {
+    datafile::Dir::open(path, expected)
+        .map_err(Error::io(format!("cannot open {}", path.display())))
 }
 
 /// `standby.signal`, and `primary_conninfo` (naming the password file) and
@@ -120,18 +130,22 @@ pub(super) fn write_owned(path: &Path, contents: &[u8], data: &Path) -> Result<(
 /// is kept.
 pub(super) fn write_standby(
     config: &HaConfig,
+    data: &datafile::Dir,
     upstream_addr: PeerAddr,
     slot: Option<&str>,
 ) -> Result<()> {
-    let data = &config.pg_data;
-    write_owned(&data.join("standby.signal"), b"", data)?;
-    let auto = data.join("postgresql.auto.conf");
-    let existing = datafile::read_text(&auto)
-        .map_err(Error::io(format!("cannot read {}", auto.display())))?
+    write_owned(data, "standby.signal", b"")?;
+    let auto = "postgresql.auto.conf";
+    let existing = data
+        .read_text(auto)
+        .map_err(Error::io(format!(
+            "cannot read {}",
+            data.path().join(auto).display()
+        )))?
         .unwrap_or_default();
     let passfile = passfile_path(config);
     let up = upstream(config, upstream_addr, &passfile, slot);
-    write_owned(&auto, standby::auto_conf(&existing, &up).as_bytes(), data)
+    write_owned(data, auto, standby::auto_conf(&existing, &up).as_bytes())
 }
 
 /// Starts the local server as a step whose undo stops it again.

@@ -735,7 +735,8 @@ fn forward(
             password,
             &config.pg_data,
         )?;
-        write_standby(config, peer.address(config), facts.slot.as_deref())?;
+        let data = steps::open_data(&config.pg_data, None)?;
+        write_standby(config, &data, peer.address(config), facts.slot.as_deref())?;
         obs.step("starting this node as a replica");
         server.start().map_err(|e| {
             step_error(
