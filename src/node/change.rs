@@ -411,22 +411,21 @@ impl Change<'_> {
         })
     }
 
-    /// As [`Change::rename`], for a directory that must still be `id` (the
-    /// one keyferry created): a directory or link put in its place by
-    /// someone else is refused, not moved (`crate::ha::datafile::rename_dir`).
-    pub(crate) fn rename_dir(
+    /// As [`Change::rename`], with the move done by `mv` (which checks,
+    /// say, that `from` is still the directory it was): a step whose undo
+    /// moves it back.
+    pub(crate) fn rename_with(
         &mut self,
         from: &Path,
         to: &Path,
-        id: crate::ha::datafile::DirId,
+        mv: impl FnOnce() -> io::Result<()>,
     ) -> Result<()> {
         let what = format!("cannot move {} to {}", from.display(), to.display());
         let undo = Undo::move_back(from, to)
             .map_err(Error::io(what.clone()))
             .map_err(|e| self.fail(e))?;
         self.step(undo, || {
-            crate::ha::datafile::rename_dir(from, to, id)
-                .and_then(|()| fsutil::sync_parent(to))
+            mv().and_then(|()| fsutil::sync_parent(to))
                 .map_err(Error::io(what))
         })
     }

@@ -10,7 +10,7 @@
 //! PostgreSQL): every home the command line opens carries it.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::ha::generation;
 use crate::ha::service::Server;
+use crate::ha::{datafile, generation};
 use crate::node::{Change, Effects};
 
 const SERVER: &str = "server";
@@ -127,6 +127,10 @@ pub(crate) trait PairSteps {
     fn stop_server(&mut self, server: &Server, fail: &dyn Fn(String) -> Error) -> Result<()>;
     /// Starts the local server (undo: stop it again).
     fn start_server(&mut self, server: &Server, fail: &dyn Fn(String) -> Error) -> Result<()>;
+    /// Moves the directory `from` (which must still be `id`, the one
+    /// keyferry created: a directory or link put in its place by someone
+    /// else is refused, not moved) to `to` (undo: move it back).
+    fn rename_dir(&mut self, from: &Path, to: &Path, id: datafile::DirId) -> Result<()>;
     /// Writes `record` into the pair table through the local socket (undo:
     /// delete it once the server runs).
     fn record_generation(
@@ -147,6 +151,10 @@ pub(crate) struct LocalServer<'a> {
 }
 
 impl PairSteps for Change<'_> {
+    fn rename_dir(&mut self, from: &Path, to: &Path, id: datafile::DirId) -> Result<()> {
+        self.rename_with(from, to, || datafile::rename_dir(from, to, id))
+    }
+
     fn stop_server(&mut self, server: &Server, fail: &dyn Fn(String) -> Error) -> Result<()> {
         let undo = data(&ServerUndo {
             server: server.clone(),
