@@ -179,7 +179,7 @@ fn switchover_survives_a_kill_at_every_point_and_an_unconfirmed_promotion() {
     let (out, startup) = stalled_promotion(
         &pair,
         from_a,
-        &["switchover", "--timeout", "3"],
+        &["switchover", "--timeout", "10"],
         "ha-switchover",
         !from_a,
     );
@@ -235,9 +235,19 @@ fn stalled_promotion(
         .spawn()
         .unwrap();
     let journal = home.join("journal.json");
+    let mut child = child;
+    let mut ended = false;
     wait_until("the promoting phase", 60, || {
-        fs::read_to_string(&journal).is_ok_and(|t| t.contains("\"phase\": \"promoting\""))
+        if fs::read_to_string(&journal).is_ok_and(|t| t.contains("\"phase\": \"promoting\"")) {
+            return true;
+        }
+        ended = matches!(child.try_wait(), Ok(Some(_)));
+        ended
     });
+    if ended {
+        let out = child.wait_with_output().unwrap();
+        panic!("keyferry ended before the promoting phase: {}", text(&out));
+    }
     let startup = pair.startup_pid(stall_a).to_string();
     assert!(Command::new("kill")
         .args(["-STOP", &startup])
