@@ -247,18 +247,33 @@ fn delete_through_a_link_removes_the_bundle_itself() {
 #[test]
 fn reading_beside_a_running_change_leaves_its_journal_alone() {
     let node = Node::initialised();
-    let lock = fs::OpenOptions::new()
-        .append(true)
-        .open(node.home.join("keyferry.lock"))
+    // The other keyferry is a real process: a lock held by this test
+    // process would stay held after its drop for as long as a child that
+    // a parallel test is spawning still has the descriptor (between its
+    // fork and its exec).
+    let mut holder = Command::new("sh")
+        .arg("-c")
+        .arg("exec 9>>\"$1\" && flock -x 9 && echo held && exec sleep 600")
+        .arg("sh")
+        .arg(node.home.join("keyferry.lock"))
+        .stdout(Stdio::piped())
+        .spawn()
         .unwrap();
-    lock.try_lock().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "held\n", "the lock holder did not start");
     let journal = node.home.join("journal.json");
     let text = "{\"format\":\"keyferry-journal\",\"version\":1,\"action\":\"import\",\
                 \"started\":\"2026-12-01T00:00:00Z\",\"undo\":[],\"phase\":\"steps\"}\n";
     fs::write(&journal, text).unwrap();
     node.cmd().args(["keys", "list"]).assert().success();
     assert_eq!(fs::read_to_string(&journal).unwrap(), text);
-    drop(lock);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
     // Once that process is gone, the next command recovers and says so.
     node.cmd()
         .args(["keys", "list"])
