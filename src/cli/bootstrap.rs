@@ -1,21 +1,17 @@
-//! `keyferry ha bootstrap` and `keyferry ha rejoin`: the options, the
-//! progress display (a bar on a terminal, one plain line per step
-//! otherwise) and the confirmation prompt. The work is
+//! `keyferry ha bootstrap` and `keyferry ha rejoin`: the options and the
+//! report (the progress display is [`super::progress`]'s). The work is
 //! `ops::ha::bootstrap`'s and `ops::ha::rejoin`'s.
 
-use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 
 use super::print_json;
-use crate::error::{Error, Result};
+use super::progress::display;
+use crate::error::Result;
 use crate::ops::ha::bootstrap::{self, BootstrapOptions, BootstrapReport, Mode};
 use crate::ops::ha::rejoin::{self, RejoinOptions};
-use crate::ops::ha::steps::Observer;
 use crate::ops::Home;
-use crate::pg::basebackup::Phase;
 
 #[derive(Args, Debug)]
 pub(crate) struct BootstrapArgs {
@@ -40,86 +36,6 @@ pub(crate) struct BootstrapArgs {
     peer: super::ha::PeerArgs,
 }
 
-/// Shows the steps; a bar for the copy when standard error is a terminal.
-struct Display {
-    yes: bool,
-    bar: Option<ProgressBar>,
-    terminal: bool,
-    phase: Option<Phase>,
-}
-
-impl Display {
-    fn bar(&mut self) -> &ProgressBar {
-        self.bar.get_or_insert_with(|| {
-            let bar = ProgressBar::new(0);
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{msg:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
-            bar
-        })
-    }
-
-    fn done_with_bar(&mut self) {
-        if let Some(bar) = self.bar.take() {
-            bar.finish_and_clear();
-        }
-    }
-}
-
-impl Observer for Display {
-    fn step(&mut self, what: &str) {
-        self.done_with_bar();
-        eprintln!("{what}");
-    }
-
-    fn copy_phase(&mut self, phase: Phase) {
-        if self.phase == Some(phase) {
-            return;
-        }
-        self.phase = Some(phase);
-        if self.terminal {
-            let word = match phase {
-                Phase::Checkpoint => "checkpoint",
-                Phase::Copy => "copy",
-                Phase::Wal => "wal",
-                Phase::Sync => "sync",
-            };
-            self.bar().set_message(word);
-        } else {
-            eprintln!("  {}", phase.describe());
-        }
-    }
-
-    fn copy_progress(&mut self, done: u64, total: u64) {
-        if self.terminal {
-            let bar = self.bar();
-            bar.set_length(total.max(done));
-            bar.set_position(done);
-        }
-    }
-
-    fn confirm(&mut self, question: &str) -> Result<bool> {
-        if self.yes {
-            return Ok(true);
-        }
-        if !crate::secret::have_terminal() {
-            return Ok(false);
-        }
-        self.done_with_bar();
-        eprint!("{question} [y/N] ");
-        let _ = std::io::stderr().flush();
-        let mut answer = String::new();
-        std::io::stdin()
-            .read_line(&mut answer)
-            .map_err(Error::io("cannot read the answer"))?;
-        Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
-    }
-}
-
 #[derive(Args, Debug)]
 pub(crate) struct RejoinArgs {
     /// Print what would be done; change nothing.
@@ -138,15 +54,6 @@ pub(crate) struct RejoinArgs {
     timeout: u64,
     #[command(flatten)]
     peer: super::ha::PeerArgs,
-}
-
-fn display(yes: bool) -> Display {
-    Display {
-        yes,
-        bar: None,
-        terminal: std::io::stderr().is_terminal(),
-        phase: None,
-    }
 }
 
 fn print_bootstrap(report: &BootstrapReport) -> Result<()> {

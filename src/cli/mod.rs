@@ -11,6 +11,7 @@ mod keys;
 mod lifecycle;
 mod logging;
 mod nodes;
+mod progress;
 mod rewrap;
 mod roles;
 mod seal;

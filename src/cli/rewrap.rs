@@ -1,16 +1,14 @@
 //! `keyferry rewrap` and its target list: thin handlers around
-//! [`crate::ops::rewrap`]; a progress bar (indicatif) on a terminal.
+//! [`crate::ops::rewrap`]; the progress display is [`super::progress`]'s.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use zeroize::Zeroizing;
 
 use super::print_json;
 use crate::error::{Error, Result};
-use crate::ops::rewrap::{self, Event, RewrapOptions, Target};
+use crate::ops::rewrap::{self, RewrapOptions, Target};
 use crate::ops::Home;
 use crate::secret::PasswordSource;
 
@@ -216,61 +214,7 @@ fn run_rewrap(home: &Home, args: &RewrapArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let b = ProgressBar::new(0);
-        b.set_style(
-            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} rows, {per_sec}, ETA {eta}")
-                .expect("a valid template")
-                .progress_chars("=> "),
-        );
-        b
-    });
-    let mut on_event = |e: Event| match e {
-        Event::Start {
-            target,
-            total,
-            resumed,
-        } => {
-            let msg = if resumed {
-                format!("{target} (resumed)")
-            } else {
-                target
-            };
-            match &bar {
-                Some(b) => {
-                    b.reset();
-                    b.set_length(total);
-                    b.set_message(msg);
-                }
-                None => eprintln!("{msg}: {total} value(s) not under the primary"),
-            }
-        }
-        Event::Progress { done } => {
-            if let Some(b) = &bar {
-                b.set_position(done);
-            }
-        }
-        Event::Paused { lag } => {
-            if let Some(b) = &bar {
-                b.set_message(format!("paused: replica {lag} bytes behind"));
-            }
-        }
-        Event::Failed { target, id, error } => {
-            let line = format!(
-                "{target} id {}: left untouched: {error}",
-                super::printable(&id)
-            );
-            match &bar {
-                Some(b) => b.println(line),
-                None => eprintln!("{line}"),
-            }
-        }
-        Event::Done { .. } => {
-            if let Some(b) = &bar {
-                b.finish();
-            }
-        }
-    };
+    let mut display = super::progress::display(false);
     let json = args.json;
     let mut on_report = |r: &rewrap::RewrapReport| {
         if json {
@@ -297,14 +241,7 @@ fn run_rewrap(home: &Home, args: &RewrapArgs) -> Result<()> {
         batch: args.batch,
         max_lag: args.max_lag,
     };
-    rewrap::rewrap(
-        home,
-        &targets,
-        opts,
-        password,
-        &mut on_event,
-        &mut on_report,
-    )?;
+    rewrap::rewrap(home, &targets, opts, password, &mut display, &mut on_report)?;
     if !json {
         println!("next: `keyferry rewrap --check` shows what is left under each key");
     }

@@ -79,7 +79,7 @@ pub(crate) fn run_switchover(home: &Home, a: SwitchoverArgs) -> Result<()> {
         connect_timeout: a.peer.connect_timeout(),
         timeout: Duration::from_secs(a.timeout),
     };
-    let report = switchover::switchover(home, &opts, &mut crate::ops::ha::steps::StepLines)?;
+    let report = switchover::switchover(home, &opts, &mut crate::ops::progress::StepLines)?;
     if a.peer.json {
         return print_json(&report);
     }
@@ -101,7 +101,7 @@ pub(crate) fn run_failover(home: &Home, a: FailoverArgs) -> Result<()> {
             connect_timeout: a.peer.connect_timeout(),
             timeout: Duration::from_secs(a.timeout),
         },
-        &mut crate::ops::ha::steps::StepLines,
+        &mut crate::ops::progress::StepLines,
     )?;
     if a.peer.json {
         return print_json(&report);

@@ -15,6 +15,7 @@ pub(crate) mod inspect;
 pub(crate) mod keys;
 pub mod lifecycle;
 pub mod nodes;
+pub mod progress;
 pub mod rewrap;
 pub mod seal;
 pub(crate) mod selftest;

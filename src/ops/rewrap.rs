@@ -45,6 +45,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::lifecycle::{Guard, GuardFinding};
+use super::progress::{Observer, Unit};
 use super::{details, Home};
 use crate::error::{Error, Result};
 use crate::fsutil::Ownership;
@@ -452,30 +453,6 @@ impl Default for RewrapOptions {
     }
 }
 
-/// What a rewrap run reports as it goes, for a progress bar.
-#[derive(Debug, Clone)]
-pub enum Event {
-    /// A target starts: values not under the primary, and whether a cursor
-    /// of an interrupted run was found.
-    Start {
-        target: String,
-        total: u64,
-        resumed: bool,
-    },
-    /// Values handled so far in this target.
-    Progress { done: u64 },
-    /// Waiting for the replica to catch up.
-    Paused { lag: u64 },
-    /// A value that cannot be opened, left untouched.
-    Failed {
-        target: String,
-        id: String,
-        error: String,
-    },
-    /// The target is done.
-    Done { target: String },
-}
-
 /// Counts of one target.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct TargetReport {
@@ -517,7 +494,7 @@ pub fn rewrap(
     targets: &[Target],
     opts: RewrapOptions,
     password: Password,
-    on_event: &mut dyn FnMut(Event),
+    obs: &mut dyn Observer,
     on_report: &mut dyn FnMut(&RewrapReport),
 ) -> Result<RewrapReport> {
     if targets.is_empty() {
@@ -550,7 +527,7 @@ pub fn rewrap(
     )?;
     let result = change.irreversible("rewrapping stored values", Vec::new(), |progress| {
         for t in targets {
-            let r = rewrap_one(&keyring, t, opts, password, on_event);
+            let r = rewrap_one(&keyring, t, opts, password, obs);
             let tr = match r {
                 Ok(tr) => tr,
                 Err(failed) => {
@@ -591,7 +568,7 @@ fn rewrap_one(
     t: &Target,
     opts: RewrapOptions,
     password: Password,
-    on_event: &mut dyn FnMut(Event),
+    obs: &mut dyn Observer,
 ) -> std::result::Result<TargetReport, Failed> {
     let start = Instant::now();
     let mut report = TargetReport {
@@ -599,7 +576,7 @@ fn rewrap_one(
         dsn: t.dsn.clone(),
         ..Default::default()
     };
-    let result = run_target(keyring, t, opts, password, on_event, &mut report);
+    let result = run_target(keyring, t, opts, password, obs, &mut report);
     report.elapsed_ms = start.elapsed().as_millis() as u64;
     match result {
         Ok(()) => Ok(report),
@@ -612,7 +589,7 @@ fn run_target(
     t: &Target,
     opts: RewrapOptions,
     password: Password,
-    on_event: &mut dyn FnMut(Event),
+    obs: &mut dyn Observer,
     report: &mut TargetReport,
 ) -> Result<()> {
     let dsn = Dsn::parse(&t.dsn).map_err(|e| Error::Usage(e.to_string()))?;
@@ -653,11 +630,18 @@ fn run_target(
         .query_one(&remaining_sql, &[&primary, &cursor])
         .map_err(pg(&dsn))?
         .get(0);
-    on_event(Event::Start {
-        target: name.clone(),
-        total: total as u64,
-        resumed: report.resumed,
-    });
+    let total = total as u64;
+    let label = if report.resumed {
+        format!("{name} (resumed)")
+    } else {
+        name.clone()
+    };
+    obs.work(
+        &label,
+        &format!("{label}: {total} value(s) not under the primary"),
+        Unit::Rows,
+    );
+    obs.progress(0, total);
     let select_first = format!(
         "SELECT t.{id}::text AS kf_id, t.{c} AS kf_value FROM {table} AS t \
          WHERE t.{c} IS NOT NULL AND {kid} IS DISTINCT FROM $1 ORDER BY t.{id} LIMIT $2",
@@ -746,15 +730,14 @@ fn run_target(
         for sealed in sealed_rx {
             let b = sealed?;
             if let Some(max) = opts.max_lag {
-                let paused = wait_for_lag(&mut client, &dsn, max, on_event)?;
+                let paused = wait_for_lag(&mut client, &dsn, max, obs)?;
                 report.paused_ms += paused.as_millis() as u64;
             }
             for (id, error) in &b.failures {
-                on_event(Event::Failed {
-                    target: name.clone(),
-                    id: id.clone(),
-                    error: error.clone(),
-                });
+                obs.note(&format!(
+                    "{name} id {}: left untouched: {error}",
+                    crate::fmt::printable(id)
+                ));
             }
             let t2 = Instant::now();
             let mut tx = client.transaction().map_err(pg(&dsn))?;
@@ -788,7 +771,7 @@ fn run_target(
             report.changed_meanwhile += changed as u64;
             report.failed += failed as u64;
             done += b.rows;
-            on_event(Event::Progress { done });
+            obs.progress(done, total);
         }
         Ok(())
     })?;
@@ -806,7 +789,7 @@ fn run_target(
             &[&name],
         )
         .map_err(pg(&dsn))?;
-    on_event(Event::Done { target: name });
+    obs.finished();
     Ok(())
 }
 
@@ -884,9 +867,10 @@ fn wait_for_lag(
     client: &mut Client,
     dsn: &Dsn,
     max: u64,
-    on_event: &mut dyn FnMut(Event),
+    obs: &mut dyn Observer,
 ) -> Result<Duration> {
     let start = Instant::now();
+    let mut noted = false;
     loop {
         let lag: i64 = client
             .query_one(
@@ -899,7 +883,13 @@ fn wait_for_lag(
         if lag <= max as i64 {
             return Ok(start.elapsed());
         }
-        on_event(Event::Paused { lag: lag as u64 });
+        if !noted {
+            noted = true;
+            obs.note(&format!(
+                "paused: the replica is {} behind",
+                crate::fmt::human_bytes(lag as u64)
+            ));
+        }
         std::thread::sleep(Duration::from_millis(500));
     }
 }

@@ -33,6 +33,16 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// The phase in one word (a progress bar's message).
+    pub fn label(self) -> &'static str {
+        match self {
+            Phase::Checkpoint => "checkpoint",
+            Phase::Copy => "copy",
+            Phase::Wal => "wal",
+            Phase::Sync => "sync",
+        }
+    }
+
     pub fn describe(self) -> &'static str {
         match self {
             Phase::Checkpoint => "waiting for the primary's checkpoint",

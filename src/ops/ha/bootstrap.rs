@@ -46,7 +46,7 @@ use super::effects::PairSteps;
 use super::require_config;
 use super::steps::{
     open_data, owner_reference, passfile_path, primary_sql, start_step, wait_caught_up,
-    write_owned, write_passfile, write_standby, Observer,
+    write_owned, write_passfile, write_standby, Pair,
 };
 use crate::error::{Error, Result};
 use crate::fmt::human_bytes;
@@ -56,6 +56,7 @@ use crate::ha::preflight::{self, Side, Status};
 use crate::ha::service::Server;
 use crate::ha::{autoconf, datafile};
 use crate::node::{file_stamp, now_unix, Change, HeldPhase, Home, Machine, Reopen, Undo};
+use crate::ops::progress::{Observer, Unit};
 use crate::pg::basebackup::{self, Said};
 use crate::pg::standby;
 use crate::pg::{self, Credentials, PgError};
@@ -63,6 +64,9 @@ use crate::secret::PasswordSource;
 
 /// The journal's name for a bootstrap (and the audit record's action).
 pub(crate) const ACTION: &str = "ha-bootstrap";
+
+/// A bootstrap's context.
+type Cx<'a> = Pair<'a, BootstrapOptions>;
 const RESUME: &str = "keyferry ha bootstrap --resume";
 const ABORT: &str = "keyferry ha bootstrap --abort";
 
@@ -190,19 +194,19 @@ pub(crate) fn bootstrap(
 ) -> Result<BootstrapReport> {
     let config = require_config(home)?;
     let mut node = home.open(false)?;
-    let server = Server::of(&config, opts.timeout);
+    let cx = &mut Pair::new(home, config, opts.timeout, opts, obs);
     match opts.mode {
         Mode::Abort => {
             let Some(change) = node.reopen_held(ACTION, Reopen::Abort)? else {
                 return Err(nothing_interrupted());
             };
             let state: State = change.load()?;
-            obs.step("undoing the interrupted bootstrap");
+            cx.obs.step("undoing the interrupted bootstrap");
             change.abort()?;
             Ok(BootstrapReport {
                 mode: "aborted",
                 slot: state.data.slot,
-                ..report_base(&config)
+                ..report_base(&cx.config)
             })
         }
         Mode::Resume => {
@@ -212,34 +216,25 @@ pub(crate) fn bootstrap(
             let state: State = change.load()?;
             let password = match &opts.known_password {
                 Some(p) => p.clone(),
-                None => password(&config, opts.password.as_ref())?,
+                None => password(&cx.config, opts.password.as_ref())?,
             };
             if state.phase() == BootPhase::Swapped {
-                obs.step("resuming after the swap: configuring and starting the replica");
-                return finish(
-                    home,
-                    change,
-                    &config,
-                    &server,
-                    &state.data,
-                    &password,
-                    opts,
-                    obs,
-                );
+                cx.obs
+                    .step("resuming after the swap: configuring and starting the replica");
+                return finish(cx, change, &state.data, &password);
             }
-            obs.step("the copy had not been swapped in: undoing it and starting over");
+            cx.obs
+                .step("the copy had not been swapped in: undoing it and starting over");
             change.abort()?;
             let yes = opts.yes || state.data.confirmed;
-            fresh(home, &mut node, &config, &server, &password, opts, yes, obs)
+            fresh(cx, &mut node, &password, yes)
         }
         Mode::Run => {
             let password = match &opts.known_password {
                 Some(p) => p.clone(),
-                None => password(&config, opts.password.as_ref())?,
+                None => password(&cx.config, opts.password.as_ref())?,
             };
-            fresh(
-                home, &mut node, &config, &server, &password, opts, opts.yes, obs,
-            )
+            fresh(cx, &mut node, &password, opts.yes)
         }
     }
 }
@@ -467,17 +462,14 @@ fn drop_slot_after_failure(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn fresh(
-    home: &Home,
+    cx: &mut Cx<'_>,
     node: &mut crate::node::Node,
-    config: &HaConfig,
-    server: &Server,
     password: &Zeroizing<String>,
-    opts: &BootstrapOptions,
     yes: bool,
-    obs: &mut dyn Observer,
 ) -> Result<BootstrapReport> {
+    let (config, server, opts) = (&cx.config, &cx.server, cx.opts);
+    let obs = &mut *cx.obs;
     obs.step("preflight: checking the primary, the versions, the WAL settings and the disk");
     preflight(config, password, opts)?;
     let local = local_data(config)?;
@@ -544,16 +536,7 @@ fn fresh(
             return Err(e);
         }
     };
-    finish(
-        home,
-        change,
-        config,
-        server,
-        &state.data,
-        password,
-        opts,
-        obs,
-    )
+    finish(cx, change, &state.data, password)
 }
 
 /// The copy's and the old data's names, stamped with the time. A second
@@ -608,8 +591,8 @@ fn copy_and_swap(
     state.data.staging_id = Some(create_owned_dir(&staging, &owner_ref)?);
     let copied = change.step(undo, || {
         basebackup::run(&config.pg_bin, &source, &staging, |said| match said {
-            Said::Phase(p) => obs.copy_phase(*p),
-            Said::Progress { done, total } => obs.copy_progress(*done, *total),
+            Said::Phase(p) => obs.work(p.label(), p.describe(), Unit::Bytes),
+            Said::Progress { done, total } => obs.progress(*done, *total),
             Said::Other(_) => {}
         })
         .map_err(|e| {
@@ -705,17 +688,14 @@ fn configure(config: &HaConfig, state: &Facts) -> Result<Vec<String>> {
 }
 
 /// Steps 5 to 7.
-#[allow(clippy::too_many_arguments)]
 fn finish(
-    home: &Home,
+    cx: &mut Cx<'_>,
     mut change: Change<'_>,
-    config: &HaConfig,
-    server: &Server,
     state: &Facts,
     password: &Zeroizing<String>,
-    opts: &BootstrapOptions,
-    obs: &mut dyn Observer,
 ) -> Result<BootstrapReport> {
+    let (home, config, server, opts) = (cx.home, &cx.config, &cx.server, cx.opts);
+    let obs = &mut *cx.obs;
     obs.step("configuring the new data directory as a replica");
     let dropped = configure(config, state).map_err(|e| {
         step_error(

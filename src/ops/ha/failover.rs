@@ -39,7 +39,7 @@ use serde_json::Value;
 use super::check::credentials;
 use super::require_config;
 use super::roles::{self, other, FAILOVER};
-use super::steps::Observer;
+use super::steps::Pair;
 use crate::error::{Error, Result};
 use crate::ha::config::HaConfig;
 use crate::ha::evidence::{self, Evidence};
@@ -48,6 +48,7 @@ use crate::ha::history;
 use crate::ha::preflight::Side;
 use crate::node::{HeldPhase, Home, Machine, Reopen};
 use crate::ops::details;
+use crate::ops::progress::Observer;
 use crate::pg::{self, Credentials};
 use crate::secret::PasswordSource;
 
@@ -294,7 +295,8 @@ pub(crate) fn failover(
     );
     change.save(&state)?;
     change.advance(&mut state, FailPhase::Promoting)?;
-    complete(home, change, &config, state, opts, started, report, obs)
+    let mut cx = Pair::new(home, config, opts.timeout, opts, obs);
+    complete(&mut cx, change, state, started, report)
 }
 
 /// `ha failover --resume`: finishes the promotion and what follows it.
@@ -332,24 +334,23 @@ fn resume(
         notes: Vec::new(),
         audited: false,
     };
-    complete(home, change, config, state, opts, started, report, obs)
+    let mut cx = Pair::new(home, config.clone(), opts.timeout, opts, obs);
+    complete(&mut cx, change, state, started, report)
 }
 
 /// From the point of no return on: the promotion (sent again when it is
 /// not confirmed yet: harmless on a server already promoting), the
 /// generation record, the slot, `ha.toml`, the audit record. Any failure
 /// keeps the journal for `--resume`.
-#[allow(clippy::too_many_arguments)]
 fn complete(
-    home: &Home,
+    cx: &mut Pair<'_, FailoverOptions>,
     mut change: crate::node::Change<'_>,
-    config: &HaConfig,
     mut state: State,
-    opts: &FailoverOptions,
     started: Instant,
     mut report: FailoverReport,
-    obs: &mut dyn Observer,
 ) -> Result<FailoverReport> {
+    let (home, config, opts) = (cx.home, &cx.config, cx.opts);
+    let obs = &mut *cx.obs;
     let this = state.data.this;
     let this_addr = this.address(config).to_string();
     let peer_addr = other(this).address(config).to_string();

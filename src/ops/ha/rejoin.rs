@@ -48,7 +48,7 @@ use zeroize::Zeroizing;
 use super::bootstrap::{self, step_error, BootstrapOptions, BootstrapReport, Mode};
 use super::steps::{
     self, owner_reference, passfile_path, primary_sql, wait_caught_up, write_passfile,
-    write_standby, Observer,
+    write_standby,
 };
 use super::{require_config, roles};
 use crate::error::{Error, Result};
@@ -59,6 +59,7 @@ use crate::ha::datafile::{self, Kept};
 use crate::ha::preflight::{self, Side};
 use crate::ha::service::Server;
 use crate::node::{Change, Home};
+use crate::ops::progress::Observer;
 use crate::pg::rewind::{self, Rewind};
 use crate::pg::waldump::{self, WalSummary};
 use crate::pg::{self, recovery, Credentials, Lsn, PgError};

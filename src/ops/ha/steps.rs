@@ -2,15 +2,14 @@
 //! switchover, failover): the replication password file, the standby
 //! configuration of a data directory, starting the local server as a
 //! journaled step, the wait until a replica has caught up, the slot left on
-//! a demoted node; and the one observer every pair operation reports its
-//! progress to.
+//! a demoted node; and [`Pair`], the one context value every pair
+//! operation's steps take (its observer is [`crate::ops::progress`]'s).
 //!
 //! Invariants: the password file is written owner-only and owned by the
 //! server's account, never inside the data directory (a base backup would
 //! carry it); files in a data directory go through `ha::datafile` (never
 //! through a link); every wait is bounded by the caller's timeout.
 
-/// What the command line shows while the bootstrap runs.
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -26,30 +25,43 @@ use crate::ha::datafile;
 use crate::ha::service::Server;
 use crate::ha::PeerAddr;
 use crate::node::Change;
-use crate::pg::basebackup::{self, Phase};
+use crate::node::Home;
+use crate::ops::progress::Observer;
+use crate::pg::basebackup;
 use crate::pg::standby::{self, Upstream};
 use crate::pg::{self, ConnSpec, Endpoint, PgError};
 
-pub(crate) trait Observer {
-    /// A step begins (one plain line without a terminal).
-    fn step(&mut self, what: &str);
-    /// `pg_basebackup`'s own progress (bootstrap and rejoin's copy).
-    fn copy_phase(&mut self, _phase: Phase) {}
-    fn copy_progress(&mut self, _done: u64, _total: u64) {}
-    /// Asks the operator; `false` refuses. An observer that cannot ask
-    /// refuses.
-    fn confirm(&mut self, _question: &str) -> Result<bool> {
-        Ok(false)
-    }
+/// One pair operation's context: the node's home, its pair configuration
+/// (as last synced from the pair's generation record), its local server,
+/// the operation's options and the observer it reports to. The steps that
+/// need most of these take this one value; the small helpers take the
+/// pieces they read.
+pub(crate) struct Pair<'a, O> {
+    pub home: &'a Home,
+    pub config: HaConfig,
+    pub server: Server,
+    pub opts: &'a O,
+    pub obs: &'a mut dyn Observer,
 }
 
-/// An observer that prints each step as one line on standard error (the
-/// switchover and failover have no copy to show and ask nothing).
-pub(crate) struct StepLines;
-
-impl Observer for StepLines {
-    fn step(&mut self, what: &str) {
-        eprintln!("{what}");
+impl<'a, O> Pair<'a, O> {
+    /// The context of an operation on the node at `home` whose server is
+    /// waited for up to `timeout`.
+    pub(crate) fn new(
+        home: &'a Home,
+        config: HaConfig,
+        timeout: Duration,
+        opts: &'a O,
+        obs: &'a mut dyn Observer,
+    ) -> Self {
+        let server = Server::of(&config, timeout);
+        Self {
+            home,
+            config,
+            server,
+            opts,
+            obs,
+        }
     }
 }
 

@@ -55,21 +55,26 @@ use super::check::credentials;
 use super::effects::{LocalServer, PairSteps};
 use super::require_config;
 use super::roles::{self, other, peer_sql, SWITCHOVER};
-use super::steps::{self, passfile_path, write_passfile, write_standby, Observer};
+use super::steps::{self, passfile_path, write_passfile, write_standby, Pair};
 use crate::error::{Error, Result};
 use crate::ha::config::HaConfig;
 use crate::ha::generation::{self, Record};
 use crate::ha::preflight::Side;
-use crate::ha::service::Server;
 use crate::node::{Change, HeldPhase, Home, Machine, Reopen};
 use crate::ops::details;
+use crate::ops::progress::Observer;
 use crate::pg::{self, Credentials};
 use crate::secret::PasswordSource;
 
 /// The journal's name for a switchover (and the audit record's action).
 pub(crate) const ACTION: &str = "ha-switchover";
+
 const RESUME: &str = "keyferry ha switchover --resume";
 const ABORT: &str = "keyferry ha switchover --abort";
+
+/// A switchover's context.
+type Cx<'a> = Pair<'a, SwitchoverOptions>;
+
 /// Default `--max-lag`: 16 MiB.
 pub(crate) const DEFAULT_MAX_LAG: &str = "16MiB";
 
@@ -172,11 +177,11 @@ pub(crate) fn switchover(
     let config = require_config(home)?;
     let mut facts = Vec::new();
     let creds = credentials(&config, opts.password.as_ref(), &mut facts)?;
-    let server = Server::of(&config, opts.timeout);
     match opts.mode {
         Mode::Run => {
             let (config, note) = roles::sync(home, config, &creds, opts.connect_timeout)?;
-            let mut report = fresh(home, &config, &server, &creds, opts, obs)?;
+            let mut cx = Pair::new(home, config, opts.timeout, opts, obs);
+            let mut report = fresh(&mut cx, &creds)?;
             report.notes.splice(0..0, note);
             Ok(report)
         }
@@ -220,7 +225,10 @@ pub(crate) fn switchover(
                 obs.step("waiting until the replica streams from this node again");
                 wait_replica_back(&config, state.data.peer, opts);
                 let (config, _) = roles::sync(home, config, &creds, opts.connect_timeout)?;
-                return fresh(home, &config, &server, &creds, opts, obs);
+                return fresh(
+                    &mut Pair::new(home, config, opts.timeout, opts, obs),
+                    &creds,
+                );
             }
             if state.phase() == SwitchPhase::Promoting {
                 obs.step(&format!(
@@ -237,9 +245,8 @@ pub(crate) fn switchover(
                 "resuming after the promotion: turning this node into a replica of the new primary",
             );
             let password = replication_password(&config, state.data.peer, &creds)?;
-            forward(
-                home, change, &config, &server, &state, &password, &creds, opts, obs, "resumed",
-            )
+            let mut cx = Pair::new(home, config, opts.timeout, opts, obs);
+            forward(&mut cx, change, &state, &password, &creds, "resumed")
         }
     }
 }
@@ -450,14 +457,9 @@ fn check(
     })
 }
 
-fn fresh(
-    home: &Home,
-    config: &HaConfig,
-    server: &Server,
-    creds: &Credentials,
-    opts: &SwitchoverOptions,
-    obs: &mut dyn Observer,
-) -> Result<SwitchoverReport> {
+fn fresh(cx: &mut Cx<'_>, creds: &Credentials) -> Result<SwitchoverReport> {
+    let (home, config, server, opts) = (cx.home, &cx.config, &cx.server, cx.opts);
+    let obs = &mut *cx.obs;
     let this = roles::this_side(config, "ha switchover")?;
     let peer = other(this);
     obs.step(
@@ -591,10 +593,7 @@ fn fresh(
     }
     let promote_seconds = promote_began.elapsed().as_secs_f64();
     change.advance(&mut state, SwitchPhase::Promoted)?;
-    forward(
-        home, change, config, server, &state, &password, creds, opts, obs, "switched",
-    )
-    .map(|mut r| {
+    forward(cx, change, &state, &password, creds, "switched").map(|mut r| {
         r.lag_bytes = Some(checked.lag);
         r.plan = report.plan;
         r.stop_seconds = Some(stop_seconds);
@@ -690,19 +689,16 @@ fn promote(
 
 /// Step 6: from the promotion on, forward only. Any failure keeps the
 /// journal and says how to finish.
-#[allow(clippy::too_many_arguments)]
 fn forward(
-    home: &Home,
+    cx: &mut Cx<'_>,
     mut change: Change<'_>,
-    config: &HaConfig,
-    server: &Server,
     state: &State,
     password: &Zeroizing<String>,
     creds: &Credentials,
-    opts: &SwitchoverOptions,
-    obs: &mut dyn Observer,
     mode: &'static str,
 ) -> Result<SwitchoverReport> {
+    let (home, config, server, opts) = (cx.home, &cx.config, &cx.server, cx.opts);
+    let obs = &mut *cx.obs;
     let facts = &state.data;
     let peer = facts.peer;
     let this = other(peer);
