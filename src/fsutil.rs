@@ -21,7 +21,7 @@
 //! touches cryptography; it moves bytes it is given.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use tempfile::NamedTempFile;
@@ -135,10 +135,6 @@ fn replace_with_backup(
 pub(crate) enum Ownership {
     /// Owner-only, whatever the old file allowed: for secrets.
     OwnerOnly,
-    /// A secret for the account that owns this path (the PostgreSQL server's
-    /// account, owner of its data directory): owned by it, mode 0600; on
-    /// Windows the path's access list, which names that account.
-    PrivateTo(PathBuf),
     /// The old file's owner, group and mode, so that the service that reads
     /// it (PostgreSQL, the application) still can; owner-only for a new file.
     KeepExisting,
@@ -187,7 +183,6 @@ impl Replacement {
             Ownership::KeepExisting if exists => {
                 platform::copy_owner_and_mode(target, staged.file_mut())?
             }
-            Ownership::PrivateTo(owner) => platform::private_to(owner, staged.file_mut())?,
             _ => {}
         }
         let backup = if exists {
@@ -285,14 +280,24 @@ pub(crate) fn restore(target: &Path, backup: Option<&Path>) -> io::Result<()> {
 /// fsync-ed) and returns the copy's path. An existing backup of the same
 /// name is never overwritten: a counter is appended instead.
 pub(crate) fn backup_file(target: &Path, backup_dir: &Path, stamp: &str) -> io::Result<PathBuf> {
-    ensure_private_dir(backup_dir)?;
     let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "file".to_owned());
-    let mut source = File::open(target)?;
+    backup_from(&mut File::open(target)?, &name, backup_dir, stamp)
+}
+
+/// Keeps what `source` reads as the backup `<name>.<stamp>.bak` in
+/// `backup_dir` (owner-only, never overwriting one); returns its path.
+pub(crate) fn backup_from(
+    source: &mut dyn Read,
+    name: &str,
+    backup_dir: &Path,
+    stamp: &str,
+) -> io::Result<PathBuf> {
+    ensure_private_dir(backup_dir)?;
     let mut staged = Staged::new_in(backup_dir)?;
-    io::copy(&mut source, &mut staged)?;
+    io::copy(source, &mut staged)?;
     staged.sync()?;
     for n in 0u32.. {
         let candidate = if n == 0 {
@@ -306,6 +311,14 @@ pub(crate) fn backup_file(target: &Path, backup_dir: &Path, stamp: &str) -> io::
         return staged.persist_new(&candidate).map(|()| candidate);
     }
     unreachable!("u32 backup counter exhausted")
+}
+
+/// Gives `file` to the account that owns `owner` (the PostgreSQL server's
+/// account, owner of its data directory), mode 0600; on Windows the
+/// owner's access list, which names that account.
+#[cfg(windows)]
+pub(crate) fn private_to(owner: &Path, file: &File) -> io::Result<()> {
+    platform::private_to(owner, file)
 }
 
 /// Bytes available to an unprivileged user on the file system that holds
@@ -446,14 +459,6 @@ mod platform {
         let meta = fs::metadata(from)?;
         std::os::unix::fs::fchown(to, Some(meta.uid()), Some(meta.gid()))?;
         to.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))
-    }
-
-    /// `to` owned by the owner (and group) of `owner`, mode 0600.
-    pub(crate) fn private_to(owner: &Path, to: &File) -> io::Result<()> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = fs::metadata(owner)?;
-        std::os::unix::fs::fchown(to, Some(meta.uid()), Some(meta.gid()))?;
-        to.set_permissions(fs::Permissions::from_mode(0o600))
     }
 
     pub(crate) fn available_space(path: &Path) -> io::Result<u64> {

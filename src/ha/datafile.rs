@@ -181,8 +181,22 @@ impl Dir {
     /// Writes `name` as a new file (mode 0600, owned like this directory),
     /// as [`write`], through the descriptor.
     pub(crate) fn write(&self, name: &str, contents: &[u8]) -> io::Result<()> {
+        self.write_like(name, contents, self)
+    }
+
+    /// Writes `name` as a new file (mode 0600) owned like the directory
+    /// `owner` (the password file beside the data directory belongs to the
+    /// data directory's owner, whoever owns its parent).
+    pub(crate) fn write_like(&self, name: &str, contents: &[u8], owner: &Dir) -> io::Result<()> {
         self.check()?;
-        platform::write_at(self, name, contents)
+        platform::write_at(self, name, contents, owner)
+    }
+
+    /// Removes the file or link `name` (not a directory); a missing one is
+    /// no error.
+    pub(crate) fn remove(&self, name: &str) -> io::Result<()> {
+        self.check()?;
+        platform::remove_file_at(self, name)
     }
 
     /// Puts back a file or a link read by [`read`] as `name`.
@@ -400,7 +414,11 @@ mod platform {
         }
     }
 
-    pub(super) fn write_at(dir: &Dir, name: &str, contents: &[u8]) -> io::Result<()> {
+    pub(super) fn remove_file_at(dir: &Dir, name: &str) -> io::Result<()> {
+        remove_at(dir, &name_c(name)?, name)
+    }
+
+    pub(super) fn write_at(dir: &Dir, name: &str, contents: &[u8], owner: &Dir) -> io::Result<()> {
         let c = name_c(name)?;
         remove_at(dir, &c, name)?;
         let mut file = open_at(
@@ -411,7 +429,7 @@ mod platform {
         )?;
         file.write_all(contents)?;
         file.sync_all()?;
-        let st = fstat(dir.fd.as_raw_fd())?;
+        let st = fstat(owner.fd.as_raw_fd())?;
         std::os::unix::fs::fchown(&file, Some(st.st_uid), Some(st.st_gid))
     }
 
@@ -485,9 +503,10 @@ mod platform {
         OpenOptions::new().write(true).create_new(true).open(path)
     }
 
-    /// New files inherit the data directory's access list.
-    pub(super) fn own_like(_file: &File, _like: &Path) -> io::Result<()> {
-        Ok(())
+    /// The access list of `like` (the data directory: its server account
+    /// and the administrators), whatever the file's own directory allows.
+    pub(super) fn own_like(file: &File, like: &Path) -> io::Result<()> {
+        crate::fsutil::private_to(like, file)
     }
 
     pub(super) fn symlink(target: &Path, link: &Path) -> io::Result<()> {
@@ -509,8 +528,12 @@ mod platform {
         super::read(&dir.path.join(name))
     }
 
-    pub(super) fn write_at(dir: &Dir, name: &str, contents: &[u8]) -> io::Result<()> {
-        super::write(&dir.path.join(name), contents, &dir.path)
+    pub(super) fn write_at(dir: &Dir, name: &str, contents: &[u8], owner: &Dir) -> io::Result<()> {
+        super::write(&dir.path.join(name), contents, &owner.path)
+    }
+
+    pub(super) fn remove_file_at(dir: &Dir, name: &str) -> io::Result<()> {
+        super::remove_entry(&dir.path.join(name))
     }
 
     pub(super) fn symlink_at(dir: &Dir, name: &str, target: &Path) -> io::Result<()> {

@@ -387,6 +387,25 @@ impl Change<'_> {
         Ok(backup)
     }
 
+    /// Keeps `data` (a file outside the home that a step is about to
+    /// replace, read by the caller without following links) among the
+    /// home's backups, owner-only, bounded like the others; returns its
+    /// path for the step's undo.
+    pub(crate) fn back_up(&mut self, name: &str, data: &[u8]) -> Result<PathBuf> {
+        let backup = fsutil::backup_from(
+            &mut &data[..],
+            name,
+            &self.node.home.backup_dir(),
+            &file_stamp(now_unix()),
+        )
+        .map_err(Error::io(format!(
+            "cannot keep the previous {name} among the home's backups; nothing was changed"
+        )))
+        .map_err(|e| self.fail(e))?;
+        self.backed_up.insert(name.to_owned());
+        Ok(backup)
+    }
+
     /// Moves the staged file to `target`, which must not exist: a step
     /// whose undo removes it again.
     pub(crate) fn create_file(&mut self, staged: Staged, target: &Path) -> Result<()> {

@@ -19,7 +19,7 @@ use super::bootstrap::step_error;
 use super::effects::PairSteps;
 use super::roles::local_admin;
 use crate::error::{Error, Result};
-use crate::fsutil::{self, Ownership};
+use crate::fsutil;
 use crate::ha::config::HaConfig;
 use crate::ha::datafile;
 use crate::ha::service::Server;
@@ -97,12 +97,15 @@ pub(super) fn write_passfile(
                 .into(),
         )
     })?;
-    change.replace_file(
-        &path,
-        &mut line.as_bytes(),
-        Ownership::PrivateTo(owner_ref.to_path_buf()),
-    )?;
-    Ok(())
+    // The data directory's parent belongs to the server's account on most
+    // systems: it is written through a held descriptor, never by path.
+    let beside = open_data(fsutil::parent_dir(&path), None)?;
+    let owner = open_data(owner_ref, None)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    change.put_file(&beside, &name, line.as_bytes(), &owner)
 }
 
 pub(super) fn upstream<'a>(
