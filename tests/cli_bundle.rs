@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::hazard::{assert_no_hazard, HAZARDS};
+
 use std::fs;
 use std::path::Path;
 
@@ -1195,26 +1197,6 @@ fn no_program_keyferry_starts_inherits_a_password_source() {
     assert!(!seen.contains(" 7 -> "), "{seen}");
 }
 
-/// Every kind of character that can forge output or drive a terminal:
-/// C0 and C1 controls, DEL, bidirectional overrides, isolates and marks.
-const HAZARDS: [char; 14] = [
-    '\n', '\r', '\x1b', '\x7f', '\u{9b}', '\u{202a}', '\u{202d}', '\u{202e}', '\u{2066}',
-    '\u{2069}', '\u{200e}', '\u{200f}', '\u{61c}', '\u{2028}',
-];
-
-/// No hazard in `text` but the line breaks that end keyferry's own lines:
-/// the hostile strings are `x` then a hazard, repeated, so a raw line
-/// break among them starts a line with `x`.
-fn assert_no_hazard(what: &str, text: &str) {
-    for c in HAZARDS.iter().filter(|c| **c != '\n') {
-        assert!(!text.contains(*c), "{what}: raw {c:?} in {text:?}");
-    }
-    assert!(
-        !text.lines().any(|l| l.starts_with('x')),
-        "{what}: a forged line in {text:?}"
-    );
-}
-
 /// Issue 23, finding 6: `import` printed the bundle's file name raw, and
 /// `audit show` printed a right-to-left override in `source_node` raw.
 /// Each hazard goes through every printer of the import: the file name and
@@ -1224,7 +1206,7 @@ fn assert_no_hazard(what: &str, text: &str) {
 #[test]
 fn strings_from_outside_reach_the_terminal_escaped_in_every_printer() {
     let keyring = keyferry::keyring::Keyring::generate("2026-11-25T00:00:00Z").unwrap();
-    let hostile: String = HAZARDS.iter().map(|c| format!("x{c}")).collect();
+    let hostile = common::hazard::hostile();
     let manifest = serde_json::to_vec(&serde_json::json!({
         "format": "keyferry-payload",
         "version": 1,

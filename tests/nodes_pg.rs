@@ -344,6 +344,38 @@ fn registry_three_nodes_and_the_promote_guard() {
     assert!(!log.contains(REG_PASSWORD));
 }
 
+/// Issue 23 item 5: a registry row is written by whoever can reach the
+/// registry, so its strings are hostile. Every one (name, fingerprint,
+/// version) reaches the terminal escaped in `nodes`.
+#[test]
+fn a_hostile_registry_row_reaches_the_terminal_escaped() {
+    let primary = Node::initialised();
+    let Some(reg) = start(primary.dir.path()) else {
+        return;
+    };
+    ok(&kf(
+        &primary,
+        &reg,
+        &["nodes", "connect", "--dsn", &reg.dsn, "--name", "pam-a"],
+    ));
+    // Prefixed: the name begins its row, and a row must not begin with a
+    // hostile string's `x`.
+    let hostile = format!("evil-{}", common::hazard::hostile());
+    reg.server
+        .connect()
+        .execute(
+            "INSERT INTO keyferry_nodes (name, role, fingerprint, key_ids, primary_id, version) \
+             VALUES ($1, 'action', $1, '{1}', 1, $1)",
+            &[&hostile],
+        )
+        .unwrap();
+    let out = kf(&primary, &reg, &["nodes"]);
+    let shown = ok(&out);
+    assert!(shown.contains("pam-a"), "{shown}");
+    common::hazard::assert_no_hazard("nodes", &shown);
+    common::hazard::assert_no_hazard("nodes (stderr)", &String::from_utf8_lossy(&out.stderr));
+}
+
 /// The registry row of `name`: (fingerprint, key ids, primary id).
 fn row(server: &PgServer, name: &str) -> (String, Vec<i32>, i32) {
     let r = server

@@ -828,3 +828,100 @@ pub(crate) fn run_hba(home: &Home, cmd: HbaCommand) -> Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ha::Role;
+    use crate::ops::ha::status::{NodeStatus, Replication, SlotStatus};
+
+    /// Every character that can forge a line or drive a terminal.
+    const HAZARDS: [char; 14] = [
+        '\n', '\r', '\x1b', '\x7f', '\u{9b}', '\u{202a}', '\u{202d}', '\u{202e}', '\u{2066}',
+        '\u{2069}', '\u{200e}', '\u{200f}', '\u{61c}', '\u{2028}',
+    ];
+
+    fn node(role: Role, hostile: &str) -> NodeStatus {
+        let h = Some(hostile.to_owned());
+        NodeStatus {
+            name: "primary",
+            address: "10.0.0.1".into(),
+            this_node: false,
+            role: Some(role),
+            role_text: role.to_string(),
+            via: h.clone(),
+            error: h.clone(),
+            web_port: 443,
+            web_port_open: false,
+            timeline: Some(1),
+            lsn: h.clone(),
+            current_lsn: h.clone(),
+            receive_lsn: h.clone(),
+            replay_lsn: h.clone(),
+            receiver_status: h.clone(),
+            upstream: h,
+            replay_age_seconds: None,
+            generation: Some(1),
+            ha_toml_generation: Some(1),
+        }
+    }
+
+    /// Issue 23 item 5: what the servers and the other host said (their
+    /// messages, slot names, positions, the upstream, the verdict's
+    /// reasons) reaches the terminal escaped in `ha status`.
+    #[test]
+    fn every_string_a_server_supplied_is_escaped_in_ha_status() {
+        let hostile: String = HAZARDS.iter().map(|c| format!("x{c}")).collect();
+        let h = Some(hostile.clone());
+        let report = StatusReport {
+            verdict: Verdict::Degraded,
+            summary: hostile.clone(),
+            reasons: vec![hostile.clone()],
+            this_node: None,
+            nodes: vec![
+                node(Role::RunningPrimary, &hostile),
+                node(Role::RunningReplica, &hostile),
+            ],
+            replication: Replication {
+                active: true,
+                state: h.clone(),
+                sync_state: h.clone(),
+                upstream: h.clone(),
+                standby_address: h,
+                ..Default::default()
+            },
+            slots: vec![SlotStatus {
+                name: hostile.clone(),
+                slot_type: hostile.clone(),
+                active: false,
+                restart_lsn: Some(hostile.clone()),
+                retained_bytes: Some(1 << 40),
+                over_threshold: true,
+            }],
+            slot_warn_bytes: 1,
+            lag_warn_seconds: 1,
+            old_data_dirs: vec![crate::ha::kept::OldDataDir {
+                path: PathBuf::from(format!("/var/lib/{hostile}")),
+                kept_at: hostile.clone(),
+                bytes: 1,
+                complete: true,
+            }],
+            archive: Some(status::ArchiveStatus {
+                dir: PathBuf::from(format!("/archive/{hostile}")),
+                wal_files: 1,
+                bytes: 1,
+            }),
+            notes: vec![hostile.clone()],
+            keys: Some(format!("keys: {hostile}")),
+        };
+        let text = render_status(&report, false).unwrap();
+        for c in HAZARDS.iter().filter(|c| **c != '\n') {
+            assert!(!text.contains(*c), "raw {c:?} in {text:?}");
+        }
+        assert!(
+            !text.lines().any(|l| l.starts_with('x')),
+            "a forged line in {text:?}"
+        );
+        assert!(text.matches("x\\").count() > 10, "{text}");
+    }
+}

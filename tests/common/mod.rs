@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod craft;
+pub mod hazard;
 #[cfg(unix)]
 pub mod netns;
 pub mod node;
