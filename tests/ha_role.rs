@@ -72,3 +72,45 @@ fn a_server_that_refuses_is_an_error_not_a_role() {
     let err = observe(&server, "wrong", true).unwrap_err();
     assert_eq!(err.code(), Some(pg::SQLSTATE_INVALID_PASSWORD), "{err}");
 }
+
+/// Issue 20 item 6: the server answers SQLSTATE 28000 for a missing role, a
+/// role that may not log in and a missing `pg_hba.conf` line alike; the fix
+/// differs, so keyferry tells them apart from the message.
+#[test]
+fn an_authorization_failure_says_which_one_it_is() {
+    let Some(server) = PgServer::start_primary(PgOptions::default()) else {
+        return;
+    };
+    server.create_replication_user("repuser", PASSWORD);
+    server
+        .connect()
+        .batch_execute("CREATE ROLE shut NOLOGIN")
+        .unwrap();
+    let socket = Endpoint::Socket {
+        dir: server.socket_dir().to_path_buf(),
+        port: server.port(),
+    };
+    let via_socket = |user: &str| {
+        pg::connect(&ConnSpec {
+            endpoint: &socket,
+            user,
+            dbname: pg::MAINTENANCE_DB,
+            password: None,
+            timeout: TIMEOUT,
+        })
+        .map(|_| ())
+        .unwrap_err()
+    };
+    let e = via_socket("ghost");
+    assert_eq!(e.auth_refusal(), Some(pg::AuthRefusal::NoRole), "{e}");
+    let e = via_socket("shut");
+    assert_eq!(e.auth_refusal(), Some(pg::AuthRefusal::CannotLogin), "{e}");
+    // Only the socket is let in now: TCP finds no line.
+    server.write_hba(b"local all all trust\n");
+    server
+        .connect()
+        .batch_execute("SELECT pg_reload_conf()")
+        .unwrap();
+    let e = observe(&server, PASSWORD, false).unwrap_err();
+    assert_eq!(e.auth_refusal(), Some(pg::AuthRefusal::NoHbaLine), "{e}");
+}

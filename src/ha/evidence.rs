@@ -35,9 +35,11 @@ use crate::pg::{self, ConnSpec, Credentials, Endpoint, PgError};
 pub(crate) enum Refusal {
     /// The password was refused (SQLSTATE 28P01): a stale password here.
     Password,
-    /// No `pg_hba.conf` line lets this node in, or the role may not log in
+    /// No `pg_hba.conf` line lets this node in, or its method refused it
     /// (28000).
     NoHbaLine,
+    /// The role does not exist there, or may not log in (28000).
+    NoRole,
     /// Every connection slot is taken (53300).
     TooManyClients,
     /// The role may not read what the look needs (42501).
@@ -52,7 +54,10 @@ impl Refusal {
     fn of(e: &PgError) -> Refusal {
         match e.code() {
             Some(pg::SQLSTATE_INVALID_PASSWORD) => Refusal::Password,
-            Some(pg::SQLSTATE_INVALID_AUTHORIZATION) => Refusal::NoHbaLine,
+            Some(pg::SQLSTATE_INVALID_AUTHORIZATION) => match e.auth_refusal() {
+                Some(pg::AuthRefusal::NoRole | pg::AuthRefusal::CannotLogin) => Refusal::NoRole,
+                _ => Refusal::NoHbaLine,
+            },
             Some(pg::SQLSTATE_TOO_MANY_CONNECTIONS) => Refusal::TooManyClients,
             Some(pg::SQLSTATE_INSUFFICIENT_PRIVILEGE) => Refusal::NoRights,
             Some("57P03") => Refusal::NotReady,
@@ -67,6 +72,7 @@ impl Refusal {
         match self {
             Refusal::Password => "authentication failed",
             Refusal::NoHbaLine => "no pg_hba.conf line",
+            Refusal::NoRole => "no such role",
             Refusal::TooManyClients => "too many clients",
             Refusal::NoRights => "no rights",
             Refusal::NotReady => "not accepting connections yet",
@@ -273,6 +279,9 @@ pub(crate) fn way_out(
             Refusal::NoHbaLine => format!(
                 "on {peer}, let this node in as {user} (`keyferry hba ensure --peer THIS-NODE-IP`), then run this again"
             ),
+            Refusal::NoRole => format!(
+                "on {peer}, create {user} with the rights the pair needs (`keyferry ha prepare` there), then run this again"
+            ),
             Refusal::TooManyClients => format!(
                 "free connection slots on {peer} (or stop it), then run this again"
             ),
@@ -455,6 +464,32 @@ mod tests {
                 }
                 other => panic!("{code}: {other:?}"),
             }
+        }
+    }
+
+    /// 28000 is sent for a missing line, a missing role and a failed peer
+    /// check alike; the fix differs, so the message tells them apart.
+    #[test]
+    fn an_authorization_failure_names_a_missing_role_apart_from_a_missing_line() {
+        let with = |message: &str| PgError::Server {
+            target: "10.0.0.2:5432".into(),
+            code: "28000".into(),
+            message: message.into(),
+        };
+        for (message, refusal) in [
+            (
+                "no pg_hba.conf entry for replication connection from host \"10.0.0.1\", user \"kf_repl\", no encryption",
+                Refusal::NoHbaLine,
+            ),
+            ("role \"kf_repl\" does not exist", Refusal::NoRole),
+            ("role \"kf_repl\" is not permitted to log in", Refusal::NoRole),
+            ("Peer authentication failed for user \"postgres\"", Refusal::NoHbaLine),
+        ] {
+            let e = with(message);
+            assert_eq!(Refusal::of(&e), refusal, "{message}");
+            let fix = crate::ha::preflight::connection_fix(&e, &crate::ha::config::HaConfig::example(), None, true);
+            let wants = if refusal == Refusal::NoRole { "ha prepare" } else { "hba ensure" };
+            assert!(fix.contains(wants), "{message}: {fix}");
         }
     }
 

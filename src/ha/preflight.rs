@@ -965,9 +965,20 @@ pub(crate) fn connection_fix(
         Some(pg::SQLSTATE_INVALID_PASSWORD) => format!(
             "give the right password of {user}, or set it on the primary: ALTER ROLE {user} PASSWORD '…' (run \\password {user} in psql)"
         ),
-        Some(pg::SQLSTATE_INVALID_AUTHORIZATION) => format!(
-            "on the server, run `keyferry hba ensure --peer {here}` (it adds the replication and all lines for this node), or check that {user} may log in"
-        ),
+        Some(pg::SQLSTATE_INVALID_AUTHORIZATION) => match e.auth_refusal() {
+            Some(pg::AuthRefusal::NoRole) => format!(
+                "the role {user} does not exist on that server: run `keyferry ha prepare` there (it creates {user} with the rights the pair needs)"
+            ),
+            Some(pg::AuthRefusal::CannotLogin) => format!(
+                "on that server: ALTER ROLE {user} WITH LOGIN (or run `keyferry ha prepare` there)"
+            ),
+            Some(pg::AuthRefusal::NoHbaLine) => format!(
+                "on the server, run `keyferry hba ensure --peer {here}` (it adds the replication and all lines for this node)"
+            ),
+            _ => format!(
+                "the server's pg_hba.conf method refused {user}: run `keyferry hba ensure --peer {here}` on the server (its lines use a password), or check that {user} may log in"
+            ),
+        },
         Some(pg::SQLSTATE_INSUFFICIENT_PRIVILEGE) => format!(
             "on the primary: ALTER ROLE {user} WITH REPLICATION LOGIN"
         ),

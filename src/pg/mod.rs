@@ -74,6 +74,21 @@ pub const MAINTENANCE_DB: &str = "postgres";
 /// in `pg_stat_activity`.
 pub(crate) const APPLICATION_NAME: &str = "keyferry";
 
+/// What an authorization failure (SQLSTATE 28000) was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthRefusal {
+    /// No `pg_hba.conf` line matches (or a `reject` line does).
+    NoHbaLine,
+    /// The role does not exist on that server.
+    NoRole,
+    /// The role exists but may not log in (NOLOGIN).
+    CannotLogin,
+    /// The line's method (peer, ident, cert, …) refused.
+    Method,
+    /// Another message.
+    Other,
+}
+
 /// Why a PostgreSQL request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
@@ -132,6 +147,34 @@ impl PgError {
             PgError::Server { code, .. } => Some(code),
             _ => None,
         }
+    }
+
+    /// What an authorization failure (SQLSTATE 28000) was, from the
+    /// server's message; `None` for any other error. The server sends the
+    /// same SQLSTATE for a missing `pg_hba.conf` line, a missing role and
+    /// a failed `peer` check, and each has another fix. Its messages are in
+    /// English unless `lc_messages` says otherwise: an unrecognised one is
+    /// [`AuthRefusal::Other`].
+    pub fn auth_refusal(&self) -> Option<AuthRefusal> {
+        let PgError::Server { code, message, .. } = self else {
+            return None;
+        };
+        if code != SQLSTATE_INVALID_AUTHORIZATION {
+            return None;
+        }
+        Some(
+            if message.contains("no pg_hba.conf entry") || message.contains("rejects connection") {
+                AuthRefusal::NoHbaLine
+            } else if message.contains("does not exist") && message.contains("role") {
+                AuthRefusal::NoRole
+            } else if message.contains("not permitted to log in") {
+                AuthRefusal::CannotLogin
+            } else if message.contains("authentication failed") {
+                AuthRefusal::Method
+            } else {
+                AuthRefusal::Other
+            },
+        )
     }
 
     /// Whether nothing answered at all (the server is not running there).
