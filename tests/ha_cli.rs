@@ -953,3 +953,56 @@ fn hba_ensure_refuses_a_file_that_is_not_a_pg_hba_conf() {
         .success();
     assert!(fs::read_to_string(&named).unwrap().contains("10.0.0.2/32"));
 }
+
+/// Issue 20 item 6: `hba ensure --peer` with an address that is neither
+/// node of the pair in ha.toml (a typo lets a stranger in) is refused, the
+/// file byte-identical, unless --force.
+#[test]
+fn hba_ensure_for_an_address_outside_the_pair_needs_force() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    keyferry(&home).arg("init").assert().success();
+    keyferry(&home)
+        .args([
+            "ha",
+            "init",
+            "--node",
+            "a",
+            "--primary",
+            "10.0.0.1",
+            "--secondary",
+            "10.0.0.2",
+        ])
+        .assert()
+        .success();
+    let (file, _, _) = server_like_file(tmp.path(), "pg_hba.conf", SAMPLE);
+    keyferry(&home)
+        .args(["hba", "ensure", "--peer", "10.0.0.3", "--offline", "--file"])
+        .arg(&file)
+        .assert()
+        .code(1)
+        .stderr(
+            predicates::str::contains("10.0.0.3 is neither node of the pair")
+                .and(predicates::str::contains("--force")),
+        );
+    assert_eq!(fs::read(&file).unwrap(), SAMPLE);
+    keyferry(&home)
+        .args(["hba", "ensure", "--peer", "10.0.0.2", "--offline", "--file"])
+        .arg(&file)
+        .assert()
+        .success();
+    keyferry(&home)
+        .args([
+            "hba",
+            "ensure",
+            "--peer",
+            "10.0.0.3",
+            "--offline",
+            "--force",
+            "--file",
+        ])
+        .arg(&file)
+        .assert()
+        .success();
+    assert!(String::from_utf8_lossy(&fs::read(&file).unwrap()).contains("10.0.0.3/32"));
+}

@@ -291,7 +291,8 @@ pub(crate) struct TargetArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_TIMEOUT_MS)]
     timeout_ms: u64,
     /// Edit the file even though it does not read as a pg_hba.conf, or (with
-    /// no server to check it) is not named like one.
+    /// no server to check it) is not named like one; let in a peer address
+    /// that is neither node of the pair in ha.toml.
     #[arg(long)]
     force: bool,
 }

@@ -199,6 +199,8 @@ struct Resolved {
     data_dirs: Vec<PathBuf>,
     /// `pg_port` from `ha.toml`.
     configured_port: Option<u16>,
+    /// The pair's two addresses from `ha.toml`.
+    pair: Option<[PeerAddr; 2]>,
 }
 
 fn resolve(home: &Home, target: &HbaTarget) -> Result<Resolved> {
@@ -241,6 +243,7 @@ fn resolve(home: &Home, target: &HbaTarget) -> Result<Resolved> {
         replication_user,
         data_dirs,
         configured_port: config.as_ref().map(|c| c.pg_port),
+        pair: config.as_ref().map(|c| [c.primary, c.secondary]),
     })
 }
 
@@ -268,6 +271,14 @@ fn change(
             return Err(Error::Refused(format!(
                 "{} does not read as a pg_hba.conf ({why}); nothing was changed: give the server's pg_hba.conf with --file, or --force if this is one",
                 r.file.display()
+            )));
+        }
+    }
+    if let (Change::Ensure { .. }, Some(pair), false) = (&what, r.pair, target.force) {
+        if !pair.contains(&peer) {
+            return Err(Error::Refused(format!(
+                "{peer} is neither node of the pair in ha.toml ({} and {}); nothing was changed: check the address, or give --force to let it in anyway",
+                pair[0], pair[1]
             )));
         }
     }
