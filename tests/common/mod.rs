@@ -4,6 +4,8 @@
 
 pub mod craft;
 #[cfg(unix)]
+pub mod fault;
+#[cfg(unix)]
 pub mod netns;
 pub mod node;
 #[cfg(unix)]
