@@ -771,7 +771,12 @@ fn failover_run(runs: &mut Runs, run: u64, fault: Fault, delay: Duration) -> Str
         .copied()
         .filter(|(_, t)| *t <= killed_at)
         .collect();
-    let ids: Vec<i64> = acked.iter().map(|(id, _)| *id).collect();
+    // Rows an earlier failover lost are not this one's.
+    let ids: Vec<i64> = acked
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| !runs.lost.contains(id))
+        .collect();
     let missing = common::switch::missing_rows(new_socket, &ids);
     if may_lose == Some(0) {
         let early: Vec<i64> = acked
