@@ -15,11 +15,11 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::fault::{password_file, postmaster_pid, take_all_slots, Stopped};
 use common::netns::{NetnsPair, WebService, ADDR_A, ADDR_B};
 use common::pair::{Pair, PASSWORD};
 use common::pg::{PgOptions, PgServer};
@@ -68,13 +68,6 @@ fn ha(ns: &str, home: &Path, pw: &Path, args: &[&str]) -> (Output, Duration) {
     (out, took)
 }
 
-fn password_file(dir: &Path, name: &str, password: &str) -> PathBuf {
-    let path = dir.join(name);
-    fs::write(&path, format!("{password}\n")).unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-    path
-}
-
 /// The four commands that read the peer, each bounded and each with its
 /// verdict: status 15 (unknown), check 8 (a failed check), guard 13 and
 /// failover --dry-run 13 (fenced). `what`: the peer, for messages.
@@ -118,33 +111,6 @@ fn all_bounded_and_fenced(pair: &Pair, what: &str) {
     assert!(!toml.contains("demoted = true"), "{toml}");
 }
 
-/// Sends SIGCONT to a stopped process when dropped, so a failing
-/// assertion does not leave a frozen postmaster behind.
-struct Stopped(u32);
-
-impl Stopped {
-    fn stop(pid: u32) -> Stopped {
-        signal("STOP", pid);
-        Stopped(pid)
-    }
-}
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        signal("CONT", self.0);
-    }
-}
-
-fn signal(name: &str, pid: u32) {
-    let ok = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{name} {pid}");
-}
-
 /// Whether a TCP connect from the host of `ns` to `addr:port` succeeds.
 fn accepts(ns: &str, addr: &str, port: u16) -> bool {
     NetnsPair::exec(ns, Path::new("bash"))
@@ -153,11 +119,6 @@ fn accepts(ns: &str, addr: &str, port: u16) -> bool {
         .status()
         .unwrap()
         .success()
-}
-
-fn postmaster_pid(server: &PgServer) -> u32 {
-    let text = fs::read_to_string(server.data_dir().join("postmaster.pid")).unwrap();
-    text.lines().next().unwrap().trim().parse().unwrap()
 }
 
 #[test]
@@ -178,7 +139,7 @@ fn a_peer_that_accepts_and_stays_silent_is_answered_within_the_bound() {
 
     // The real postmaster, frozen.
     pair.primary.start();
-    let pid = postmaster_pid(&pair.primary);
+    let pid = postmaster_pid(pair.primary.data_dir()).expect("the primary runs");
     {
         let _frozen = Stopped::stop(pid);
         all_bounded_and_fenced(&pair, "a postmaster under SIGSTOP");
@@ -370,19 +331,7 @@ fn after_a_failover_the_old_primary_stays_down_when_the_peer_cannot_be_read() {
 
     // Every slot of the new primary taken by a role without rights: "too
     // many clients" is an answer from a live server, not an absence.
-    let mut hogs = Vec::new();
-    for _ in 0..20 {
-        let mut c = postgres::Config::new();
-        c.host_path(b.socket_dir())
-            .port(PG_PORT)
-            .user("hog")
-            .password("hog")
-            .dbname("postgres");
-        match c.connect(postgres::NoTls) {
-            Ok(client) => hogs.push(client),
-            Err(_) => break,
-        }
-    }
+    let hogs = take_all_slots(b.socket_dir(), PG_PORT, "hog", "hog", 20);
     assert!(!hogs.is_empty() && hogs.len() < 20, "{} hogs", hogs.len());
     for args in [&["guard"][..], &["start"][..]] {
         let (out, _) = ha(&ns.a, &home_a, &pw, args);

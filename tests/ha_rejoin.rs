@@ -229,24 +229,30 @@ fn after_a_switchover_the_stopped_old_primary_just_follows() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("follow"), "{}", text(&out));
     a_streams_from_b(&pair);
-    let parent = pair.primary.data_dir().parent().unwrap();
-    assert!(
-        !fs::read_dir(parent).unwrap().any(|e| e
-            .unwrap()
+    assert!(!kept_aside(pair.primary.data_dir()), "no copy was made");
+}
+
+/// Whether a data directory was set aside beside `data` (`data.old-…`).
+fn kept_aside(data: &Path) -> bool {
+    fs::read_dir(data.parent().unwrap()).unwrap().any(|e| {
+        e.unwrap()
             .file_name()
             .to_string_lossy()
-            .starts_with("data.old-")),
-        "no copy was made"
-    );
+            .starts_with("data.old-")
+    })
 }
 
 fn cluster_state(pair: &Pair, data: &Path) -> String {
-    let out = pair
-        .primary
-        .run_tool("pg_controldata", &[data.to_str().unwrap()]);
+    control_field(&pair.primary, data, "Database cluster state:")
+}
+
+/// A field of `pg_controldata` on the data directory `data` (run with the
+/// server programs of `server`).
+fn control_field(server: &common::pg::PgServer, data: &Path, field: &str) -> String {
+    let out = server.run_tool("pg_controldata", &[data.to_str().unwrap()]);
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .find_map(|l| l.strip_prefix("Database cluster state:"))
+        .find_map(|l| l.strip_prefix(field))
         .unwrap_or("")
         .trim()
         .to_owned()
@@ -344,15 +350,7 @@ fn a_crashed_diverged_old_primary_is_recovered_and_rewound_only_with_force() {
         "{said}"
     );
     assert!(!said.contains("bootstrap"), "{said}");
-    let parent = data_a.parent().unwrap();
-    assert!(
-        !fs::read_dir(parent).unwrap().any(|e| e
-            .unwrap()
-            .file_name()
-            .to_string_lossy()
-            .starts_with("data.old-")),
-        "rewound, not copied"
-    );
+    assert!(!kept_aside(&data_a), "rewound, not copied");
     a_streams_from_b(&pair);
     wait_for(
         "the new primary's row on the old one",
@@ -530,4 +528,70 @@ fn status_writes_a_generation_only_into_an_ha_toml_that_agrees() {
         after.contains(&format!("primary = \"{ADDR_A}\"")),
         "{after}"
     );
+}
+
+/// An old primary promoted by a switchover, cut off, committing, and
+/// killed before its first checkpoint on the timeline it was promoted to
+/// (its control file still names the timeline before: the checkpoint
+/// after a promotion is a spread one). What it committed is measured on
+/// the timeline it wrote it on, so the rejoin refuses without --force.
+/// It once measured the control file's timeline, found nothing after the
+/// fork there, and set the commits aside unasked (the randomized fault
+/// runs of ha_faults.rs found it).
+#[test]
+fn an_old_primary_killed_before_its_first_checkpoint_is_measured_on_its_own_timeline() {
+    use common::switch::{sql, text, SwitchPair};
+    reap_orphans_here();
+    let Some(pair) = SwitchPair::new("rt") else {
+        return;
+    };
+    // Many dirty buffers on the replica, so the checkpoint that follows
+    // its promotion takes minutes.
+    sql(pair.a.socket_dir())
+        .unwrap()
+        .batch_execute(
+            "CREATE TABLE filler AS SELECT g AS x, repeat('x', 200) AS pad FROM generate_series(1, 100000) g",
+        )
+        .unwrap();
+    let out = pair.ha(
+        true,
+        &["switchover", "--timeout", "60", "--max-lag", "1GiB"],
+    );
+    assert!(out.status.success(), "switchover: {}", text(&out));
+    wait_for("a streams from b", Duration::from_secs(60), || {
+        pair.streams(false)
+    });
+    pair.ns.set_link_b(false);
+    sql(pair.b.socket_dir())
+        .unwrap()
+        .batch_execute(
+            "CREATE TABLE lost_on_b (x int); INSERT INTO lost_on_b SELECT generate_series(1, 100)",
+        )
+        .unwrap();
+    kill9_server(pair.b.data_dir());
+    let tli = control_field(
+        &pair.b,
+        pair.b.data_dir(),
+        "Latest checkpoint's TimeLineID:",
+    );
+    assert_eq!(
+        tli, "1",
+        "the checkpoint after b's promotion ended before the kill: this case needs it not to"
+    );
+    pair.ns.set_link_b(true);
+    let out = pair.ha(true, &["failover", "--timeout-ms", "1000"]);
+    assert!(out.status.success(), "failover: {}", text(&out));
+
+    let out = pair.ha(false, &["rejoin", "--timeout", "120"]);
+    let said = text(&out);
+    assert!(!out.status.success(), "rejoined without --force: {said}");
+    assert!(
+        said.contains("--force") && said.contains("on timeline 2"),
+        "{said}"
+    );
+    assert!(
+        !kept_aside(pair.b.data_dir()),
+        "the data directory was set aside without --force"
+    );
+    assert!(!common::switch::accepts_writes(pair.b.socket_dir()));
 }

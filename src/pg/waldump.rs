@@ -165,9 +165,52 @@ fn later_segment_exists(wal_dir: &Path, name: &str) -> bool {
     })
 }
 
+/// The newest timeline this node's WAL reaches: the highest among the
+/// segments and timeline history files in `wal_dir` (`None`: none there,
+/// or unreadable). The control file names its last checkpoint's timeline,
+/// which right after a promotion is still the one before: the
+/// end-of-recovery checkpoint is a spread one that may take minutes, and
+/// a server killed meanwhile has written on the new timeline all the same.
+pub(crate) fn newest_timeline(wal_dir: &Path) -> Option<u32> {
+    std::fs::read_dir(wal_dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let tli = if is_segment_name(&name) {
+                &name[..8]
+            } else {
+                name.strip_suffix(".history")
+                    .filter(|t| t.len() == 8 && t.bytes().all(|b| b.is_ascii_hexdigit()))?
+            };
+            u32::from_str_radix(tli, 16).ok()
+        })
+        .max()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_newest_timeline_is_read_from_segment_and_history_names() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(newest_timeline(dir.path()), None);
+        for name in [
+            "000000010000000000000003",
+            "00000002.history",
+            "archive_status",
+            "000000090000000000000001.partial",
+            "0000000A.history.tmp",
+            "xlogtemp.123",
+        ] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        assert_eq!(newest_timeline(dir.path()), Some(2));
+        std::fs::write(dir.path().join("0000000F0000000000000004"), b"").unwrap();
+        assert_eq!(newest_timeline(dir.path()), Some(15));
+        assert_eq!(newest_timeline(&dir.path().join("missing")), None);
+    }
 
     #[test]
     fn records_commits_and_rows_are_counted() {

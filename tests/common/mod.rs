@@ -5,6 +5,8 @@
 pub mod craft;
 pub mod hazard;
 #[cfg(unix)]
+pub mod fault;
+#[cfg(unix)]
 pub mod netns;
 pub mod node;
 #[cfg(unix)]

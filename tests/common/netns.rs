@@ -105,11 +105,15 @@ impl NetnsPair {
     /// Sets the second host's end of the link down (`up` false: as if its
     /// cable were pulled; packets to it go nowhere) or up again.
     pub fn set_link_b(&self, up: bool) {
+        let state = if up { "up" } else { "down" };
+        ip(&["-n", &self.b, "link", "set", &self.veth_b(), state]).unwrap();
+    }
+
+    /// The second host's end of the link (in namespace `b`).
+    pub fn veth_b(&self) -> String {
         // setup() names the two ends kv<id>a and kv<id>b.
         let stem = self.veth_a.strip_suffix('a').expect("kv<id>a");
-        let veth_b = format!("{stem}b");
-        let state = if up { "up" } else { "down" };
-        ip(&["-n", &self.b, "link", "set", &veth_b, state]).unwrap();
+        format!("{stem}b")
     }
 
     /// `ip netns exec <ns> <program>` as a command to add arguments to.

@@ -216,6 +216,11 @@ impl SwitchPair {
     /// `keyferry --home HOME ha ARGS… --password-file PW` on node `a` or
     /// `b`, with `failpoints` (KEYFERRY_FAILPOINTS) set.
     pub fn ha_cmd(&self, a: bool, args: &[&str], failpoints: &str) -> Command {
+        self.ha_cmd_with(a, args, failpoints, &self.pw)
+    }
+
+    /// [`SwitchPair::ha_cmd`] with the password file `pw`.
+    pub fn ha_cmd_with(&self, a: bool, args: &[&str], failpoints: &str, pw: &Path) -> Command {
         let (ns, home, _, _) = self.node(a);
         let mut c = NetnsPair::exec(ns, &assert_cmd::cargo::cargo_bin("keyferry"));
         c.arg("--home")
@@ -223,7 +228,7 @@ impl SwitchPair {
             .arg("ha")
             .args(args)
             .arg("--password-file")
-            .arg(&self.pw)
+            .arg(pw)
             .env_remove("KEYFERRY_HOME")
             .env("KEYFERRY_FAILPOINTS", failpoints)
             .env("PGPASSFILE", "/nonexistent")
@@ -235,6 +240,25 @@ impl SwitchPair {
         let out = self.ha_cmd(a, args, "").output().unwrap();
         assert!(!text(&out).contains(PASSWORD), "the password was printed");
         out
+    }
+
+    /// `ha ARGS…` on node `a` or `b` with the password file `pw`, and how
+    /// long it took.
+    pub fn ha_timed(&self, a: bool, args: &[&str], pw: &Path) -> (Output, Duration) {
+        let began = Instant::now();
+        let out = self.ha_cmd_with(a, args, "", pw).output().unwrap();
+        let took = began.elapsed();
+        assert!(!text(&out).contains(PASSWORD), "the password was printed");
+        (out, took)
+    }
+
+    /// The server of node `a` or `b`.
+    pub fn server(&self, a: bool) -> &PgServer {
+        if a {
+            &self.a
+        } else {
+            &self.b
+        }
     }
 
     /// The pid of the startup (recovery) process of node `a` or `b`.

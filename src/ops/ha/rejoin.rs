@@ -530,8 +530,12 @@ fn divergence(
     control: Option<&pg::ControlData>,
     opts: &RejoinOptions,
 ) -> std::result::Result<Option<Divergence>, String> {
+    // The control file's timeline is its last checkpoint's; the WAL says
+    // whether the node went on to a later one (promoted, then killed
+    // before its first checkpoint there).
     let ours = control
         .and_then(|c| c.timeline)
+        .max(waldump::newest_timeline(&config.pg_data.join("pg_wal")))
         .ok_or("pg_controldata shows no timeline")?;
     let addr = std::net::SocketAddr::new(config.primary.ip(), config.pg_port);
     let (theirs, history) = pg::replication::timeline_history(
