@@ -1342,3 +1342,27 @@ fn a_path_option_with_a_line_break_is_a_usage_error() {
         assert_same(&before, &snapshot(node.dir.path()));
     }
 }
+
+/// Issue 20 item 6: `--node ""` with `--accept-config` is a usage error
+/// (exit 2) naming --node before anything is read, in a dry run too; it
+/// was "the bundle's contents are invalid" (exit 4), and passed --dry-run.
+#[test]
+fn an_empty_node_name_is_a_usage_error_even_in_a_dry_run() {
+    let primary = Node::initialised();
+    let bundle = primary.path("keys.exp");
+    primary.export(&bundle, &[]);
+    let node = Node::empty();
+    fs::create_dir_all(node.dir.path()).unwrap();
+    for extra in [&[][..], &["--dry-run"][..]] {
+        let out = node
+            .import_cmd(&bundle)
+            .args(["--accept-config", "--node", ""])
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(err.contains("--node") && err.contains("empty"), "{err}");
+    }
+    assert!(!node.home.exists(), "nothing was created");
+}

@@ -59,7 +59,7 @@ pub(crate) struct ImportArgs {
     #[arg(long)]
     accept_config: bool,
     /// This node's name in an ha.toml created with --accept-config (default: the host name).
-    #[arg(long, value_name = "NAME", requires = "accept_config")]
+    #[arg(long, value_name = "NAME", requires = "accept_config", value_parser = node_name)]
     node: Option<String>,
     /// This node's PostgreSQL data directory, for an ha.toml created with
     /// --accept-config (a bundle never chooses this node's paths).
@@ -322,4 +322,13 @@ pub(crate) fn inspect(args: InspectArgs) -> Result<()> {
     println!("size     {} bytes", i.file_size);
     println!("(header not yet authenticated: only import, with the password, proves it)");
     Ok(())
+}
+
+/// `--node`: refused as a usage error before anything is read (a dry run
+/// too), for the reasons `ha.toml` would refuse it.
+fn node_name(name: &str) -> std::result::Result<String, String> {
+    match crate::ha::config::node_name_problem(name) {
+        Some(problem) => Err(format!("the node name {problem}")),
+        None => Ok(name.to_owned()),
+    }
 }

@@ -63,6 +63,20 @@ pub(crate) const DEFAULT_PG_PORT: u16 = 5432;
 pub(crate) const DEFAULT_WEB_PORT: u16 = 6500;
 /// Default role used by the replica to stream from the primary.
 pub(crate) const DEFAULT_REPLICATION_USER: &str = "repuser";
+/// Why `name` cannot be a node's name (it appears in audit records, status
+/// and the registry), or `None` when it can.
+pub(crate) fn node_name_problem(name: &str) -> Option<&'static str> {
+    if name.trim().is_empty() {
+        Some("is empty; give this node a name, e.g. its host name")
+    } else if name.chars().count() > MAX_NODE_NAME_CHARS {
+        Some("is longer than 64 characters; choose a shorter name")
+    } else if name.chars().any(char::is_control) || name.trim() != name {
+        Some("has control characters or surrounding blanks; remove them")
+    } else {
+        None
+    }
+}
+
 /// Longest node name accepted (it appears in audit records and status).
 pub(crate) const MAX_NODE_NAME_CHARS: usize = 64;
 
@@ -375,24 +389,8 @@ impl HaConfig {
                 reason: reason.to_owned(),
             })
         };
-        let name = self.node.as_str();
-        if name.trim().is_empty() {
-            return invalid(
-                "node",
-                "is empty; give this node a name, e.g. its host name",
-            );
-        }
-        if name.chars().count() > MAX_NODE_NAME_CHARS {
-            return invalid(
-                "node",
-                "is longer than 64 characters; choose a shorter name",
-            );
-        }
-        if name.chars().any(char::is_control) || name.trim() != name {
-            return invalid(
-                "node",
-                "has control characters or surrounding blanks; remove them",
-            );
+        if let Some(problem) = node_name_problem(&self.node) {
+            return invalid("node", problem);
         }
         if self.primary == self.secondary {
             return invalid("secondary", "equals primary; give the other node's address");

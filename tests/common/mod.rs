@@ -3,9 +3,9 @@
 #![allow(dead_code)]
 
 pub mod craft;
-pub mod hazard;
 #[cfg(unix)]
 pub mod fault;
+pub mod hazard;
 #[cfg(unix)]
 pub mod netns;
 pub mod node;
