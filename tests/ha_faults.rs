@@ -1037,16 +1037,15 @@ fn sql_alive(socket: &std::path::Path) -> bool {
 }
 
 /// The kill points of a bootstrap, in the order a run passes them.
-const BOOTSTRAP_POINTS: [&str; 9] = [
-    "ha-bootstrap:step-1", // the password file's staging journaled
-    "ha-bootstrap:step-2", // the password file journaled
-    "ha-bootstrap:step-3", // the copy journaled, before pg_basebackup
+const BOOTSTRAP_POINTS: [&str; 8] = [
+    "ha-bootstrap:step-1", // the password file journaled
+    "ha-bootstrap:step-2", // the copy journaled, before pg_basebackup
     "ha-bootstrap:copied",
-    "ha-bootstrap:step-4", // the stop journaled
-    "ha-bootstrap:step-5", // moving the old data aside journaled
-    "ha-bootstrap:step-6", // moving the copy in journaled
+    "ha-bootstrap:step-3", // the stop journaled
+    "ha-bootstrap:step-4", // moving the old data aside journaled
+    "ha-bootstrap:step-5", // moving the copy in journaled
     "ha-bootstrap:swapped",
-    "ha-bootstrap:step-7", // the start journaled
+    "ha-bootstrap:step-6", // the start journaled
 ];
 
 #[test]
