@@ -462,6 +462,14 @@ impl Change<'_> {
             // The step's own error is what the operator must see, whether or
             // not its outcome could be recorded now.
             return Err(match self.commit("failed", failed, None) {
+                Ok(()) if self.journal.held.is_some() => {
+                    // A held change is not over: its journal (and state)
+                    // stays for the command that resumes it.
+                    match self.write_journal() {
+                        Ok(()) => e,
+                        Err(unwritten) => Error::Refused(format!("{e}; and {unwritten}")),
+                    }
+                }
                 Ok(()) => {
                     // Committed: a journal left behind is removed next run.
                     let _ = self.close_journal();
@@ -572,6 +580,7 @@ impl Change<'_> {
         let plans = Plans {
             on_commit,
             on_rollback: self.ran.take(),
+            goes_on: outcome != "done",
         };
         let after_irreversible = plans.on_rollback.is_some();
         let backup = commit_audited(
@@ -656,6 +665,8 @@ fn new_node_state() -> Result<NodeState> {
 pub(super) struct Plans {
     pub on_commit: Option<Irreversible>,
     pub on_rollback: Option<Irreversible>,
+    /// The change goes on after the record (see [`Phase::Committing`]).
+    pub goes_on: bool,
 }
 
 /// Appends the record for `store` (moving its head on) and replaces the
@@ -696,6 +707,7 @@ pub(super) fn commit_audited(
         head_mac: head.mac_hex(),
         on_commit: plans.on_commit,
         on_rollback: plans.on_rollback,
+        goes_on: plans.goes_on,
     };
     let journal_path = home.journal_path();
     journal.write(&journal_path).map_err(Error::io(format!(
@@ -877,6 +889,65 @@ mod tests {
         change.abort().unwrap();
         assert_eq!(effects.undone.load(Ordering::SeqCst), 0);
         assert!(home.journal_path().exists());
+    }
+
+    #[test]
+    fn a_failed_irreversible_step_keeps_a_held_change_s_journal() {
+        let (_d, home) = home(Arc::default());
+        let mut node = home.open(false).unwrap();
+        let mut change = held(&mut node);
+        let mut state = Machine::new(Toy::Begun, ());
+        change.save(&state).unwrap();
+        change.advance(&mut state, Toy::Done).unwrap();
+        change.advance(&mut state, Toy::Committed).unwrap();
+        let e = change
+            .irreversible("toy step", Vec::new(), |_| -> Result<()> {
+                Err(Error::Refused("it failed".into()))
+            })
+            .unwrap_err();
+        assert!(e.to_string().contains("it failed"), "{e}");
+        change.suspend();
+        // The journal and its state wait for --resume, through a recovery.
+        drop(node);
+        let mut node = home.open(false).unwrap();
+        let change = node.reopen_held("toy", Reopen::Resume).unwrap().unwrap();
+        let back: Machine<Toy, ()> = change.load().unwrap();
+        assert_eq!(back.phase(), Toy::Committed);
+        change.suspend();
+    }
+
+    #[test]
+    fn a_mid_change_record_does_not_end_a_held_change_in_recovery() {
+        let (_d, home) = home(Arc::default());
+        {
+            let mut node = home.open(false).unwrap();
+            let mut change = held(&mut node);
+            let mut state = Machine::new(Toy::Begun, ());
+            change.save(&state).unwrap();
+            change.advance(&mut state, Toy::Done).unwrap();
+            change.advance(&mut state, Toy::Committed).unwrap();
+            let mut journal = Journal::read(&home.journal_path()).unwrap().unwrap();
+            // As a kill right after an irreversible step's start was
+            // committed leaves it (no keystore here: not committed, so the
+            // record is cut; the journal must stay either way).
+            journal.phase = Phase::Committing {
+                log_len: 0,
+                log_existed: false,
+                record: String::new(),
+                head_seq: 1,
+                head_mac: String::new(),
+                on_commit: None,
+                on_rollback: None,
+                goes_on: true,
+            };
+            journal.write(&home.journal_path()).unwrap();
+            change.open = false;
+        }
+        let mut node = home.open(false).unwrap();
+        let change = node.reopen_held("toy", Reopen::Resume).unwrap().unwrap();
+        let back: Machine<Toy, ()> = change.load().unwrap();
+        assert_eq!(back.phase(), Toy::Committed);
+        change.suspend();
     }
 
     #[test]
