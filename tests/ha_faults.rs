@@ -856,6 +856,77 @@ fn rejoin_is_held_and_survives_a_kill_at_every_point() {
         eprintln!("FAULT {line}");
         table.push(line);
     }
+    // Killed during pg_rewind, simulated: killed at `rewound`, then the
+    // journal made to say pg_rewind had started (the cluster is still shut
+    // down, as after a pg_rewind that died before its last write). The
+    // directory may be half rewritten: --resume bootstraps instead and
+    // keeps it aside.
+    let case_began = Instant::now();
+    let old_a = settled(&pair);
+    crash_server(&mut pair, old_a);
+    let out = pair.ha(!old_a, &["failover"]);
+    assert!(out.status.success(), "failover: {}", text(&out));
+    let failed_over = Instant::now();
+    let (_, home, _, _) = pair.node(old_a);
+    let (_, _, new_socket, _) = pair.node(!old_a);
+    let journal = home.join("journal.json");
+    let data = if old_a {
+        pair.a.data_dir().to_path_buf()
+    } else {
+        pair.b.data_dir().to_path_buf()
+    };
+    let kept_aside = || {
+        fs::read_dir(data.parent().unwrap())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains(".old-")
+            })
+            .count()
+    };
+    let aside_before = kept_aside();
+    let out = pair
+        .ha_cmd(
+            old_a,
+            &["rejoin", "--force", "--timeout", "60"],
+            "ha-rejoin:rewound=crash",
+        )
+        .output()
+        .unwrap();
+    assert!(killed(&out), "not killed: {}", text(&out));
+    let written = fs::read_to_string(&journal).unwrap();
+    assert!(written.contains("\"rewind_started\": false"), "{written}");
+    fs::write(
+        &journal,
+        written.replace("\"rewind_started\": false", "\"rewind_started\": true"),
+    )
+    .unwrap();
+    let out = pair.ha(old_a, &["rejoin", "--abort"]);
+    assert_eq!(out.status.code(), Some(18), "{}", text(&out));
+    let out = pair.ha(old_a, &["rejoin", "--resume", "--timeout", "60"]);
+    assert!(out.status.success(), "--resume: {}", text(&out));
+    assert!(
+        text(&out).contains("bootstrapping instead"),
+        "{}",
+        text(&out)
+    );
+    assert!(!journal.exists(), "journal left");
+    assert_eq!(kept_aside(), aside_before + 1, "the old data is not kept");
+    wait_until("the old primary streams", 60, || pair.streams(!old_a));
+    assert!(!roles_of(home).2, "still demoted");
+    let acked = acked_since(&load, failed_over);
+    assert!(common::switch::missing_rows(new_socket, &acked).is_empty());
+    assert_eq!(prober.two_primaries(), 0);
+    let line = format!(
+        "rejoin: killed during pg_rewind (simulated), then --abort, --resume: abort refused (exit 18); --resume bootstraps, the data directory kept aside ({:.1} s)",
+        case_began.elapsed().as_secs_f64()
+    );
+    eprintln!("FAULT {line}");
+    table.push(line);
+
     let acked = load.finish();
     let probes = prober.probes.load(std::sync::atomic::Ordering::Relaxed);
     drop(prober);
