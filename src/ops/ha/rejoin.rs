@@ -419,7 +419,7 @@ pub(crate) fn rejoin(
     match opts.mode {
         Mode::Run => fresh(home, opts, obs),
         Mode::Resume => resume(home, opts, obs),
-        Mode::Abort => abort(home, obs),
+        Mode::Abort => abort(home, opts, obs),
     }
 }
 
@@ -667,10 +667,16 @@ fn bootstrap_facts(opts: &RejoinOptions) -> Facts {
 
 /// `ha rejoin --abort`: before the point of no return, undoes the steps
 /// and ends the hold; the stop is not undone.
-fn abort(home: &Home, obs: &mut dyn Observer) -> Result<RejoinReport> {
-    let _config = require_config(home)?;
+fn abort(home: &Home, opts: &RejoinOptions, obs: &mut dyn Observer) -> Result<RejoinReport> {
+    let config = require_config(home)?;
     let mut node = home.open(false)?;
     let Some(change) = node.reopen_held(ACTION, Reopen::Abort)? else {
+        if let Some(boot) = node.reopen_held(bootstrap::ACTION, Reopen::Resume)? {
+            boot.suspend();
+            return Err(Error::Usage(
+                "the rejoin had handed over to a bootstrap, which was interrupted: `keyferry ha bootstrap --abort` undoes that (the old data directory back in place, the server stopped), `keyferry ha rejoin --resume` finishes it".into(),
+            ));
+        }
         return Err(nothing_interrupted());
     };
     let state: State = change.load()?;
@@ -685,6 +691,16 @@ fn abort(home: &Home, obs: &mut dyn Observer) -> Result<RejoinReport> {
     }
     obs.step("ending the interrupted rejoin: undoing its steps");
     change.abort()?;
+    // Killed while the stop was under way, the old primary may still run
+    // (as a primary, beside the new one): stopped is the state an abort
+    // leaves, whatever the phase.
+    Server::of(&config, opts.timeout).stop().map_err(|e| {
+        step_error(
+            "stopping the local server",
+            e.to_string(),
+            "the rejoin was ended; stop the server by hand (`keyferry ha stop`)",
+        )
+    })?;
     let mut report = report_base("aborted", &state.data, phase);
     report.notes.push(
         "the local server stays stopped and ha.toml keeps this node demoted: the stop is deliberately not undone (started again it would be a primary beside the new one); `keyferry ha rejoin` starts over".into(),
