@@ -971,10 +971,19 @@ fn rejoin_hands_over_to_the_bootstrap_after_a_kill() {
             .unwrap();
         assert!(killed(&out), "{point}: not killed: {}", text(&out));
         assert!(journal.exists(), "{point}: no journal");
+        let out = pair.ha(old_a, &["rejoin", "--abort"]);
         if point.starts_with("ha-rejoin") {
-            let out = pair.ha(old_a, &["rejoin", "--abort"]);
             assert_eq!(out.status.code(), Some(18), "{point}: {}", text(&out));
             assert!(text(&out).contains("--resume"), "{}", text(&out));
+        } else {
+            // The bootstrap's own journal: its own --abort, named.
+            assert!(!out.status.success(), "{point}: {}", text(&out));
+            assert!(
+                text(&out).contains("ha bootstrap --abort"),
+                "{point}: {}",
+                text(&out)
+            );
+            assert!(journal.exists(), "{point}: the journal went");
         }
         assert!(!accepts_writes(old_socket), "{point}: old primary writable");
         let out = pair.ha(old_a, &["rejoin", "--resume", "--timeout", "60"]);
