@@ -891,15 +891,30 @@ mod tests {
         assert!(home.journal_path().exists());
     }
 
-    #[test]
-    fn a_failed_irreversible_step_keeps_a_held_change_s_journal() {
-        let (_d, home) = home(Arc::default());
-        let mut node = home.open(false).unwrap();
-        let mut change = held(&mut node);
+    /// A held change past its point of no return, on an audited home.
+    fn held_past_no_return(node: &mut Node) -> Change<'_> {
+        let mut change = held(node);
         let mut state = Machine::new(Toy::Begun, ());
         change.save(&state).unwrap();
         change.advance(&mut state, Toy::Done).unwrap();
         change.advance(&mut state, Toy::Committed).unwrap();
+        change
+    }
+
+    fn phase_after_recovery(home: &Home) -> Toy {
+        let mut node = home.open(false).unwrap();
+        let change = node.reopen_held("toy", Reopen::Resume).unwrap().unwrap();
+        let back: Machine<Toy, ()> = change.load().unwrap();
+        change.suspend();
+        back.phase()
+    }
+
+    #[test]
+    fn a_failed_irreversible_step_keeps_a_held_change_s_journal() {
+        let (_d, home) = home(Arc::default());
+        crate::node::tests_support::init(&home);
+        let mut node = home.open(false).unwrap();
+        let mut change = held_past_no_return(&mut node);
         let e = change
             .irreversible("toy step", Vec::new(), |_| -> Result<()> {
                 Err(Error::Refused("it failed".into()))
@@ -907,47 +922,53 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("it failed"), "{e}");
         change.suspend();
-        // The journal and its state wait for --resume, through a recovery.
         drop(node);
-        let mut node = home.open(false).unwrap();
-        let change = node.reopen_held("toy", Reopen::Resume).unwrap().unwrap();
-        let back: Machine<Toy, ()> = change.load().unwrap();
-        assert_eq!(back.phase(), Toy::Committed);
-        change.suspend();
+        // Its start and its failure are on record; the journal and its
+        // state wait for --resume, through a recovery.
+        let log = fs::read_to_string(home.audit_path()).unwrap();
+        assert!(
+            log.contains("\"started\"") && log.contains("\"failed\""),
+            "{log}"
+        );
+        assert_eq!(phase_after_recovery(&home), Toy::Committed);
     }
 
     #[test]
     fn a_mid_change_record_does_not_end_a_held_change_in_recovery() {
         let (_d, home) = home(Arc::default());
+        crate::node::tests_support::init(&home);
+        let journal_path = home.journal_path();
+        let mut during = None;
         {
             let mut node = home.open(false).unwrap();
-            let mut change = held(&mut node);
-            let mut state = Machine::new(Toy::Begun, ());
-            change.save(&state).unwrap();
-            change.advance(&mut state, Toy::Done).unwrap();
-            change.advance(&mut state, Toy::Committed).unwrap();
-            let mut journal = Journal::read(&home.journal_path()).unwrap().unwrap();
-            // As a kill right after an irreversible step's start was
-            // committed leaves it (no keystore here: not committed, so the
-            // record is cut; the journal must stay either way).
-            journal.phase = Phase::Committing {
-                log_len: 0,
-                log_existed: false,
-                record: String::new(),
-                head_seq: 1,
-                head_mac: String::new(),
-                on_commit: None,
-                on_rollback: None,
-                goes_on: true,
-            };
-            journal.write(&home.journal_path()).unwrap();
-            change.open = false;
+            let mut change = held_past_no_return(&mut node);
+            change
+                .irreversible("toy step", Vec::new(), |_| {
+                    during = Some(Journal::read(&journal_path).unwrap().unwrap());
+                    Ok(())
+                })
+                .unwrap();
+            change.suspend();
         }
-        let mut node = home.open(false).unwrap();
-        let change = node.reopen_held("toy", Reopen::Resume).unwrap().unwrap();
-        let back: Machine<Toy, ()> = change.load().unwrap();
-        assert_eq!(back.phase(), Toy::Committed);
-        change.suspend();
+        // As a kill right after the step's start was committed (the
+        // keystore at that record's head) and before the journal said
+        // so: recovery must keep the held change, not finish it.
+        let head = home.load_keystore().unwrap().node.audit_head;
+        let mut journal = during.unwrap();
+        journal.phase = Phase::Committing {
+            log_len: 0,
+            log_existed: true,
+            record: String::new(),
+            head_seq: head.seq,
+            head_mac: head.mac_hex(),
+            on_commit: None,
+            on_rollback: None,
+            goes_on: true,
+        };
+        journal.write(&journal_path).unwrap();
+        assert_eq!(phase_after_recovery(&home), Toy::Committed);
+        let kept = Journal::read(&journal_path).unwrap().unwrap();
+        assert_eq!(kept.phase, Phase::Steps);
     }
 
     #[test]
