@@ -927,6 +927,48 @@ fn rejoin_is_held_and_survives_a_kill_at_every_point() {
     eprintln!("FAULT {line}");
     table.push(line);
 
+    // An --abort killed after its first undo (the password file put back)
+    // can only be finished by --abort: --resume is refused (exit 16).
+    let case_began = Instant::now();
+    let old_a = settled(&pair);
+    crash_server(&mut pair, old_a);
+    let out = pair.ha(!old_a, &["failover"]);
+    assert!(out.status.success(), "failover: {}", text(&out));
+    let (_, home, old_socket, _) = pair.node(old_a);
+    let journal = home.join("journal.json");
+    let out = pair
+        .ha_cmd(
+            old_a,
+            &["rejoin", "--force", "--timeout", "60"],
+            "ha-rejoin:step-2=crash",
+        )
+        .output()
+        .unwrap();
+    assert!(killed(&out), "not killed: {}", text(&out));
+    let out = pair
+        .ha_cmd(old_a, &["rejoin", "--abort"], "ha-rejoin:undo-2=crash")
+        .output()
+        .unwrap();
+    assert!(killed(&out), "the abort was not killed: {}", text(&out));
+    let out = pair.ha(old_a, &["rejoin", "--resume"]);
+    assert_eq!(out.status.code(), Some(16), "{}", text(&out));
+    assert!(text(&out).contains("ha rejoin --abort"), "{}", text(&out));
+    let out = pair.ha(old_a, &["rejoin", "--abort"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!journal.exists(), "journal left");
+    assert!(common::switch::sql(old_socket).is_none(), "the node runs");
+    assert!(roles_of(home).2, "not demoted");
+    let out = pair.ha(old_a, &["rejoin", "--force", "--timeout", "60"]);
+    assert!(out.status.success(), "rejoin: {}", text(&out));
+    wait_until("the old primary streams", 60, || pair.streams(!old_a));
+    assert_eq!(prober.two_primaries(), 0);
+    let line = format!(
+        "rejoin: --abort killed after its first undo, then --resume, --abort: --resume refused (exit 16); --abort finishes the undo, node stopped and demoted; a new rejoin streams ({:.1} s)",
+        case_began.elapsed().as_secs_f64()
+    );
+    eprintln!("FAULT {line}");
+    table.push(line);
+
     let acked = load.finish();
     let probes = prober.probes.load(std::sync::atomic::Ordering::Relaxed);
     drop(prober);
