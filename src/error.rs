@@ -67,8 +67,9 @@ pub mod exit {
     /// The journal's record of a held change does not parse (damaged, or
     /// written by another version): nothing is done until it is looked at.
     pub const UNREADABLE_STATE: u8 = 17;
-    /// Past the point of no return (the promotion was sent) the outcome
-    /// could not be confirmed: the old primary is kept stopped and
+    /// Past the point of no return (the promotion was sent; in a rejoin,
+    /// `pg_rewind` ran or may have) the outcome could not be confirmed or
+    /// completed: the old primary is kept stopped (or a replica) and
     /// demoted, the journal kept; finish with `--resume`.
     pub const IN_DOUBT: u8 = 18;
 }

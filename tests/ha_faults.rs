@@ -1104,3 +1104,420 @@ fn bootstrap_survives_a_kill_at_every_point() {
     }
     eprintln!("FAULT bootstrap: {} cases", table.len());
 }
+
+// ---------------------------------------------------------------------
+// `ha rejoin`, a held change: the old primary of a failed-over pair
+// (crashed, so its rejoin runs crash recovery and pg_rewind) killed at
+// every point its journal names, then `--abort` or `--resume`.
+
+/// The kill points of a rejoin of a crashed old primary, in the order a
+/// run passes them, and whether each is past the point of no return. The
+/// steps journaled past it (the start, `ha.toml`) reuse the numbers 1 and
+/// 2 (the undos are forgotten at `rewound`), so their names reach the
+/// password file's step first; `started` and `streaming` cover them.
+const REJOIN_POINTS: [(&str, bool); 7] = [
+    ("ha-rejoin:stopped", false),
+    ("ha-rejoin:measured", false),
+    ("ha-rejoin:recovered", false), // crash recovery done
+    ("ha-rejoin:step-1", false),    // the password file journaled
+    ("ha-rejoin:rewound", true),    // before pg_rewind runs
+    ("ha-rejoin:started", true),
+    ("ha-rejoin:streaming", true),
+];
+
+/// A digest of every file under `dir` (names and contents), to tell a data
+/// directory left byte for byte as it was.
+fn tree_digest(dir: &std::path::Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    fn walk(dir: &std::path::Path, h: &mut std::collections::hash_map::DefaultHasher) {
+        let mut entries: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap()).collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let path = e.path();
+            e.file_name().hash(h);
+            let meta = fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                walk(&path, h);
+            } else if meta.is_file() {
+                fs::read(&path).unwrap().hash(h);
+            } else {
+                fs::read_link(&path).ok().hash(h);
+            }
+        }
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    walk(dir, &mut h);
+    h.finish()
+}
+
+/// The end of the server log keyferry's starts write beside `data`.
+fn log_tail(data: &std::path::Path) -> String {
+    let mut name = data.file_name().unwrap().to_os_string();
+    name.push(".pg_ctl.log");
+    let text = fs::read_to_string(data.with_file_name(name)).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// The rows acknowledged since `since`.
+fn acked_since(load: &common::switch::Load, since: Instant) -> Vec<i64> {
+    load.acked
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, t)| *t >= since)
+        .map(|(id, _)| *id)
+        .collect()
+}
+
+#[test]
+fn rejoin_is_held_and_survives_a_kill_at_every_point() {
+    common::pg::reap_orphans_here();
+    let Some(mut pair) = SwitchPair::with_conf("j", &["wal_log_hints = on"]) else {
+        return;
+    };
+    // So that keyferry can ask the new primary for the checkpoint that
+    // pg_rewind needs after a promotion (else, under this load, the spread
+    // one takes minutes).
+    pair.a
+        .connect()
+        .batch_execute("GRANT pg_checkpoint TO repuser")
+        .unwrap();
+    let began = Instant::now();
+    let prober = Prober::start(pair.a.socket_dir(), pair.b.socket_dir());
+    let load = common::switch::Load::start(vec![
+        pair.a.socket_dir().to_path_buf(),
+        pair.b.socket_dir().to_path_buf(),
+    ]);
+    wait_until("the load writes", 20, || load.count() > 20);
+    let mut table = Vec::new();
+    // (point, no return, then): each abort leaves the node needing a
+    // rejoin still, so the next case takes it from there; a case that
+    // needs crash recovery again follows a fresh failover.
+    let cases: Vec<(&str, bool, Then)> = vec![
+        (REJOIN_POINTS[0].0, false, Then::Abort),
+        (REJOIN_POINTS[0].0, false, Then::Resume),
+        (REJOIN_POINTS[1].0, false, Then::Abort),
+        (REJOIN_POINTS[1].0, false, Then::Resume),
+        (REJOIN_POINTS[2].0, false, Then::Resume),
+        (REJOIN_POINTS[2].0, false, Then::Abort),
+        (REJOIN_POINTS[3].0, false, Then::Abort),
+        (REJOIN_POINTS[4].0, false, Then::Abort),
+        (REJOIN_POINTS[3].0, false, Then::Resume),
+        (REJOIN_POINTS[4].0, false, Then::Resume),
+        (REJOIN_POINTS[5].0, true, Then::Resume),
+        (REJOIN_POINTS[6].0, true, Then::Resume),
+        (REJOIN_POINTS[7].0, true, Then::Resume),
+    ];
+    assert!(REJOIN_POINTS
+        .iter()
+        .all(|(p, n)| cases.iter().any(|(q, m, _)| p == q && n == m)));
+    // The old primary waiting for its rejoin, and when its failover ended.
+    let mut waiting: Option<(bool, Instant)> = None;
+    for (point, no_return, then) in cases {
+        let case_began = Instant::now();
+        let (old_a, failed_over) = match waiting {
+            Some(w) => w,
+            None => {
+                // Fail over: the primary crashes (immediate stop), the
+                // replica is promoted.
+                let old_a = settled(&pair);
+                crash_server(&mut pair, old_a);
+                let out = pair.ha(!old_a, &["failover"]);
+                assert!(out.status.success(), "failover: {}", text(&out));
+                (old_a, Instant::now())
+            }
+        };
+        let (_, home, old_socket, _) = pair.node(old_a);
+        let (_, _, new_socket, _) = pair.node(!old_a);
+        let (home, old_socket, new_socket) = (
+            home.to_path_buf(),
+            old_socket.to_path_buf(),
+            new_socket.to_path_buf(),
+        );
+        let data = if old_a {
+            pair.a.data_dir().to_path_buf()
+        } else {
+            pair.b.data_dir().to_path_buf()
+        };
+        let journal = home.join("journal.json");
+        let before = tree_digest(&data);
+        let out = pair
+            .ha_cmd(
+                old_a,
+                &["rejoin", "--force", "--timeout", "60"],
+                &format!("{point}=crash"),
+            )
+            .output()
+            .unwrap();
+        assert!(killed(&out), "{point}: not killed: {}", text(&out));
+        assert!(journal.exists(), "{point}: no journal");
+        assert_eq!(prober.two_primaries(), 0, "{point}: two primaries");
+        // Held: any other change on this node is refused (16).
+        let out = pair.ha(old_a, &["rejoin", "--force"]);
+        assert_eq!(out.status.code(), Some(16), "{point}: {}", text(&out));
+        assert!(text(&out).contains("ha rejoin --resume"), "{}", text(&out));
+        let outcome = if then == Then::Abort {
+            let out = pair.ha(old_a, &["rejoin", "--abort"]);
+            assert!(out.status.success(), "{point} --abort: {}", text(&out));
+            assert!(text(&out).contains("not undone"), "{}", text(&out));
+            assert!(!journal.exists(), "{point}: journal left");
+            assert!(
+                common::switch::sql(&old_socket).is_none(),
+                "{point}: the old primary runs after --abort"
+            );
+            assert!(roles_of(&home).2, "{point}: not demoted");
+            // Nothing but the stop (the server was already down) and
+            // read-only looks before `recovered`; the password file is
+            // outside the data directory.
+            let unchanged = tree_digest(&data) == before;
+            let recovered_now = point == REJOIN_POINTS[2].0
+                || (waiting.is_none() && [REJOIN_POINTS[3].0, REJOIN_POINTS[4].0].contains(&point));
+            if !recovered_now {
+                assert!(unchanged, "{point}: the data directory changed");
+            }
+            waiting = Some((old_a, failed_over));
+            if unchanged {
+                "ended: node stopped and demoted, data directory byte for byte as it was"
+            } else {
+                "ended: node stopped and demoted (crash recovery had run)"
+            }
+        } else {
+            if no_return {
+                let out = pair.ha(old_a, &["rejoin", "--abort"]);
+                assert_eq!(out.status.code(), Some(18), "{point}: {}", text(&out));
+                assert!(text(&out).contains("--resume"), "{}", text(&out));
+                assert!(journal.exists(), "{point}: the refused abort ended it");
+                assert!(
+                    !accepts_writes(&old_socket),
+                    "{point}: old primary writable"
+                );
+            }
+            let out = pair.ha(old_a, &["rejoin", "--resume", "--timeout", "60"]);
+            assert!(
+                out.status.success(),
+                "{point} --resume: {}\n--- the old primary's log ---\n{}",
+                text(&out),
+                log_tail(&data)
+            );
+            // A crash recovery writes past the fork: only a rewind (never
+            // a plain follow) makes this node a replica.
+            assert!(text(&out).contains("(rewind"), "{point}: {}", text(&out));
+            assert!(!journal.exists(), "{point}: journal left");
+            wait_until("the old primary streams", 60, || pair.streams(!old_a));
+            assert!(!roles_of(&home).2, "{point}: still demoted");
+            assert_eq!(roles_of(&home).0, pair.node(!old_a).3);
+            // What the new primary acknowledged since the failover is
+            // there, and reaches the rejoined replica.
+            let acked = acked_since(&load, failed_over);
+            let missing = common::switch::missing_rows(&new_socket, &acked);
+            assert!(missing.is_empty(), "{point}: rows lost: {missing:?}");
+            wait_until("the replica replays the acknowledged rows", 60, || {
+                common::switch::sql(&old_socket).is_some()
+                    && common::switch::missing_rows(&old_socket, &acked).is_empty()
+            });
+            waiting = None;
+            if no_return {
+                "--abort refused (exit 18); --resume: streams from the new primary"
+            } else {
+                "--resume: streams from the new primary"
+            }
+        };
+        assert_eq!(prober.two_primaries(), 0, "{point}: two primaries");
+        let line = format!(
+            "rejoin: kill at {point}, then {then:?}: {outcome} ({:.1} s)",
+            case_began.elapsed().as_secs_f64()
+        );
+        eprintln!("FAULT {line}");
+        table.push(line);
+    }
+    // Killed during pg_rewind, simulated: killed at `rewound`, then the
+    // journal made to say pg_rewind had started (the cluster is still shut
+    // down, as after a pg_rewind that died before its last write). The
+    // directory may be half rewritten: --resume bootstraps instead and
+    // keeps it aside.
+    let case_began = Instant::now();
+    let old_a = settled(&pair);
+    crash_server(&mut pair, old_a);
+    let out = pair.ha(!old_a, &["failover"]);
+    assert!(out.status.success(), "failover: {}", text(&out));
+    let failed_over = Instant::now();
+    let (_, home, _, _) = pair.node(old_a);
+    let (_, _, new_socket, _) = pair.node(!old_a);
+    let journal = home.join("journal.json");
+    let data = if old_a {
+        pair.a.data_dir().to_path_buf()
+    } else {
+        pair.b.data_dir().to_path_buf()
+    };
+    let kept_aside = || {
+        fs::read_dir(data.parent().unwrap())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains(".old-")
+            })
+            .count()
+    };
+    let aside_before = kept_aside();
+    let out = pair
+        .ha_cmd(
+            old_a,
+            &["rejoin", "--force", "--timeout", "60"],
+            "ha-rejoin:rewound=crash",
+        )
+        .output()
+        .unwrap();
+    assert!(killed(&out), "not killed: {}", text(&out));
+    let written = fs::read_to_string(&journal).unwrap();
+    assert!(written.contains("\"rewind_started\": false"), "{written}");
+    fs::write(
+        &journal,
+        written.replace("\"rewind_started\": false", "\"rewind_started\": true"),
+    )
+    .unwrap();
+    let out = pair.ha(old_a, &["rejoin", "--abort"]);
+    assert_eq!(out.status.code(), Some(18), "{}", text(&out));
+    let out = pair.ha(old_a, &["rejoin", "--resume", "--timeout", "60"]);
+    assert!(out.status.success(), "--resume: {}", text(&out));
+    assert!(
+        text(&out).contains("bootstrapping instead"),
+        "{}",
+        text(&out)
+    );
+    assert!(!journal.exists(), "journal left");
+    assert_eq!(kept_aside(), aside_before + 1, "the old data is not kept");
+    wait_until("the old primary streams", 60, || pair.streams(!old_a));
+    assert!(!roles_of(home).2, "still demoted");
+    let acked = acked_since(&load, failed_over);
+    assert!(common::switch::missing_rows(new_socket, &acked).is_empty());
+    assert_eq!(prober.two_primaries(), 0);
+    let line = format!(
+        "rejoin: killed during pg_rewind (simulated), then --abort, --resume: abort refused (exit 18); --resume bootstraps, the data directory kept aside ({:.1} s)",
+        case_began.elapsed().as_secs_f64()
+    );
+    eprintln!("FAULT {line}");
+    table.push(line);
+
+    // An --abort killed after its first undo (the password file put back)
+    // can only be finished by --abort: --resume is refused (exit 16).
+    let case_began = Instant::now();
+    let old_a = settled(&pair);
+    crash_server(&mut pair, old_a);
+    let out = pair.ha(!old_a, &["failover"]);
+    assert!(out.status.success(), "failover: {}", text(&out));
+    let (_, home, old_socket, _) = pair.node(old_a);
+    let journal = home.join("journal.json");
+    let out = pair
+        .ha_cmd(
+            old_a,
+            &["rejoin", "--force", "--timeout", "60"],
+            "ha-rejoin:step-1=crash",
+        )
+        .output()
+        .unwrap();
+    assert!(killed(&out), "not killed: {}", text(&out));
+    let out = pair
+        .ha_cmd(old_a, &["rejoin", "--abort"], "ha-rejoin:undo-1=crash")
+        .output()
+        .unwrap();
+    assert!(killed(&out), "the abort was not killed: {}", text(&out));
+    let out = pair.ha(old_a, &["rejoin", "--resume"]);
+    assert_eq!(out.status.code(), Some(16), "{}", text(&out));
+    assert!(text(&out).contains("ha rejoin --abort"), "{}", text(&out));
+    let out = pair.ha(old_a, &["rejoin", "--abort"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!journal.exists(), "journal left");
+    assert!(common::switch::sql(old_socket).is_none(), "the node runs");
+    assert!(roles_of(home).2, "not demoted");
+    let out = pair.ha(old_a, &["rejoin", "--force", "--timeout", "60"]);
+    assert!(out.status.success(), "rejoin: {}", text(&out));
+    wait_until("the old primary streams", 60, || pair.streams(!old_a));
+    assert_eq!(prober.two_primaries(), 0);
+    let line = format!(
+        "rejoin: --abort killed after its first undo, then --resume, --abort: --resume refused (exit 16); --abort finishes the undo, node stopped and demoted; a new rejoin streams ({:.1} s)",
+        case_began.elapsed().as_secs_f64()
+    );
+    eprintln!("FAULT {line}");
+    table.push(line);
+
+    let acked = load.finish();
+    let probes = prober.probes.load(std::sync::atomic::Ordering::Relaxed);
+    drop(prober);
+    for line in &table {
+        eprintln!("FAULT {line}");
+    }
+    eprintln!(
+        "FAULT rejoin: {} cases in {:.0} s, {} rows acknowledged, {probes} probes, moments with two writable primaries: 0",
+        table.len(),
+        began.elapsed().as_secs_f64(),
+        acked.len()
+    );
+}
+
+/// Without `wal_log_hints` the rejoin hands over to a bootstrap: killed
+/// at `bootstrapping` (past the point of no return: `--abort` refused,
+/// exit 18), and killed inside the bootstrap it handed over to, where
+/// `ha rejoin --resume` takes up the bootstrap's own journal.
+#[test]
+fn rejoin_hands_over_to_the_bootstrap_after_a_kill() {
+    common::pg::reap_orphans_here();
+    let Some(mut pair) = SwitchPair::new("jb") else {
+        return;
+    };
+    let prober = Prober::start(pair.a.socket_dir(), pair.b.socket_dir());
+    let mut table = Vec::new();
+    for point in ["ha-rejoin:bootstrapping", "ha-bootstrap:copied"] {
+        let case_began = Instant::now();
+        let old_a = settled(&pair);
+        crash_server(&mut pair, old_a);
+        let out = pair.ha(!old_a, &["failover"]);
+        assert!(out.status.success(), "failover: {}", text(&out));
+        let (_, home, old_socket, _) = pair.node(old_a);
+        let journal = home.join("journal.json");
+        let out = pair
+            .ha_cmd(
+                old_a,
+                &["rejoin", "--force", "--timeout", "60"],
+                &format!("{point}=crash"),
+            )
+            .output()
+            .unwrap();
+        assert!(killed(&out), "{point}: not killed: {}", text(&out));
+        assert!(journal.exists(), "{point}: no journal");
+        let out = pair.ha(old_a, &["rejoin", "--abort"]);
+        if point.starts_with("ha-rejoin") {
+            assert_eq!(out.status.code(), Some(18), "{point}: {}", text(&out));
+            assert!(text(&out).contains("--resume"), "{}", text(&out));
+        } else {
+            // The bootstrap's own journal: its own --abort, named.
+            assert!(!out.status.success(), "{point}: {}", text(&out));
+            assert!(
+                text(&out).contains("ha bootstrap --abort"),
+                "{point}: {}",
+                text(&out)
+            );
+            assert!(journal.exists(), "{point}: the journal went");
+        }
+        assert!(!accepts_writes(old_socket), "{point}: old primary writable");
+        let out = pair.ha(old_a, &["rejoin", "--resume", "--timeout", "60"]);
+        assert!(out.status.success(), "{point} --resume: {}", text(&out));
+        assert!(!journal.exists(), "{point}: journal left");
+        wait_until("the old primary streams", 60, || pair.streams(!old_a));
+        assert!(!roles_of(home).2, "{point}: still demoted");
+        assert_eq!(prober.two_primaries(), 0, "{point}: two primaries");
+        let line = format!(
+            "rejoin (bootstrap): kill at {point}, then --resume: a streaming replica, the old data kept aside ({:.1} s)",
+            case_began.elapsed().as_secs_f64()
+        );
+        eprintln!("FAULT {line}");
+        table.push(line);
+    }
+    drop(prober);
+    for line in &table {
+        eprintln!("FAULT {line}");
+    }
+}

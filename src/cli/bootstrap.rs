@@ -38,6 +38,14 @@ pub(crate) struct BootstrapArgs {
 
 #[derive(Args, Debug)]
 pub(crate) struct RejoinArgs {
+    /// Finish an interrupted rejoin from the phase it reached (or the
+    /// bootstrap it handed over to).
+    #[arg(long, conflicts_with_all = ["abort", "dry_run", "force", "slot"])]
+    resume: bool,
+    /// End an interrupted rejoin that had not run pg_rewind: its steps are
+    /// undone; the server stays stopped and the node demoted.
+    #[arg(long, conflicts_with_all = ["dry_run", "force", "slot"])]
+    abort: bool,
     /// Print what would be done; change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -70,9 +78,17 @@ fn print_bootstrap(report: &BootstrapReport) -> Result<()> {
 
 pub(crate) fn run_rejoin(home: &Home, a: RejoinArgs) -> Result<()> {
     let mut display = display(true);
+    let mode = if a.resume {
+        Mode::Resume
+    } else if a.abort {
+        Mode::Abort
+    } else {
+        Mode::Run
+    };
     let result = rejoin::rejoin(
         home,
         &RejoinOptions {
+            mode,
             password: a.peer.password.source(),
             force: a.force,
             dry_run: a.dry_run,
@@ -91,6 +107,16 @@ pub(crate) fn run_rejoin(home: &Home, a: RejoinArgs) -> Result<()> {
         println!("ha rejoin would:");
         for (i, step) in report.plan.iter().enumerate() {
             println!("  {}. {step}", i + 1);
+        }
+        return Ok(());
+    }
+    if report.mode == "aborted" {
+        println!(
+            "the interrupted rejoin was ended at phase `{}`",
+            rejoin::phase_name(report.phase)
+        );
+        for note in &report.notes {
+            println!("note: {note}");
         }
         return Ok(());
     }

@@ -481,6 +481,14 @@ impl Change<'_> {
             // The step's own error is what the operator must see, whether or
             // not its outcome could be recorded now.
             return Err(match self.commit("failed", failed, None) {
+                Ok(()) if self.journal.held.is_some() => {
+                    // A held change is not over: its journal (and state)
+                    // stays for the command that resumes it.
+                    match self.write_journal() {
+                        Ok(()) => e,
+                        Err(unwritten) => Error::Refused(format!("{e}; and {unwritten}")),
+                    }
+                }
                 Ok(()) => {
                     // Committed: a journal left behind is removed next run.
                     let _ = self.close_journal();
@@ -591,6 +599,7 @@ impl Change<'_> {
         let plans = Plans {
             on_commit,
             on_rollback: self.ran.take(),
+            goes_on: outcome != "done",
         };
         let after_irreversible = plans.on_rollback.is_some();
         let backup = commit_audited(
@@ -675,6 +684,8 @@ fn new_node_state() -> Result<NodeState> {
 pub(super) struct Plans {
     pub on_commit: Option<Irreversible>,
     pub on_rollback: Option<Irreversible>,
+    /// The change goes on after the record (see [`Phase::Committing`]).
+    pub goes_on: bool,
 }
 
 /// Appends the record for `store` (moving its head on) and replaces the
@@ -715,6 +726,7 @@ pub(super) fn commit_audited(
         head_mac: head.mac_hex(),
         on_commit: plans.on_commit,
         on_rollback: plans.on_rollback,
+        goes_on: plans.goes_on,
     };
     let journal_path = home.journal_path();
     journal.write(&journal_path).map_err(Error::io(format!(
@@ -896,6 +908,86 @@ mod tests {
         change.abort().unwrap();
         assert_eq!(effects.undone.load(Ordering::SeqCst), 0);
         assert!(home.journal_path().exists());
+    }
+
+    /// A held change past its point of no return, on an audited home.
+    fn held_past_no_return(node: &mut Node) -> Change<'_> {
+        let mut change = held(node);
+        let mut state = Machine::new(Toy::Begun, ());
+        change.save(&state).unwrap();
+        change.advance(&mut state, Toy::Done).unwrap();
+        change.advance(&mut state, Toy::Committed).unwrap();
+        change
+    }
+
+    fn phase_after_recovery(home: &Home) -> Toy {
+        let mut node = home.open(false).unwrap();
+        let change = node.reopen_held("toy", Reopen::Resume).unwrap().unwrap();
+        let back: Machine<Toy, ()> = change.load().unwrap();
+        change.suspend();
+        back.phase()
+    }
+
+    #[test]
+    fn a_failed_irreversible_step_keeps_a_held_change_s_journal() {
+        let (_d, home) = home(Arc::default());
+        crate::node::tests_support::init(&home);
+        let mut node = home.open(false).unwrap();
+        let mut change = held_past_no_return(&mut node);
+        let e = change
+            .irreversible("toy step", Vec::new(), |_| -> Result<()> {
+                Err(Error::Refused("it failed".into()))
+            })
+            .unwrap_err();
+        assert!(e.to_string().contains("it failed"), "{e}");
+        change.suspend();
+        drop(node);
+        // Its start and its failure are on record; the journal and its
+        // state wait for --resume, through a recovery.
+        let log = fs::read_to_string(home.audit_path()).unwrap();
+        assert!(
+            log.contains("\"started\"") && log.contains("\"failed\""),
+            "{log}"
+        );
+        assert_eq!(phase_after_recovery(&home), Toy::Committed);
+    }
+
+    #[test]
+    fn a_mid_change_record_does_not_end_a_held_change_in_recovery() {
+        let (_d, home) = home(Arc::default());
+        crate::node::tests_support::init(&home);
+        let journal_path = home.journal_path();
+        let mut during = None;
+        {
+            let mut node = home.open(false).unwrap();
+            let mut change = held_past_no_return(&mut node);
+            change
+                .irreversible("toy step", Vec::new(), |_| {
+                    during = Some(Journal::read(&journal_path).unwrap().unwrap());
+                    Ok(())
+                })
+                .unwrap();
+            change.suspend();
+        }
+        // As a kill right after the step's start was committed (the
+        // keystore at that record's head) and before the journal said
+        // so: recovery must keep the held change, not finish it.
+        let head = home.load_keystore().unwrap().node.audit_head;
+        let mut journal = during.unwrap();
+        journal.phase = Phase::Committing {
+            log_len: 0,
+            log_existed: true,
+            record: String::new(),
+            head_seq: head.seq,
+            head_mac: head.mac_hex(),
+            on_commit: None,
+            on_rollback: None,
+            goes_on: true,
+        };
+        journal.write(&journal_path).unwrap();
+        assert_eq!(phase_after_recovery(&home), Toy::Committed);
+        let kept = Journal::read(&journal_path).unwrap().unwrap();
+        assert_eq!(kept.phase, Phase::Steps);
     }
 
     #[test]

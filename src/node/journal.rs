@@ -58,6 +58,11 @@ pub(crate) enum Phase {
         /// records it as interrupted if the record did not commit.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         on_rollback: Option<Irreversible>,
+        /// The change goes on after this record (the record of an
+        /// irreversible step's start or failure, not the change's end): a
+        /// held change's journal outlives its commit.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        goes_on: bool,
     },
     /// An irreversible step is running: its start is committed and audited;
     /// what it did must be found out and audited by whoever recovers.
@@ -349,6 +354,7 @@ mod tests {
                 what: "removing".into(),
                 removes: vec![dir.path().join("b")],
             }),
+            goes_on: false,
         };
         j.write(&path).unwrap();
         assert_eq!(Journal::read(&path).unwrap(), Some(j));

@@ -9,6 +9,10 @@
 //!   left to `keyferry audit repair`.
 //! - Phase `irreversible`: its start is on record; recovery counts what the
 //!   step got done and records that it was interrupted.
+//! - A held change is left to its own command (`--resume`/`--abort`): only
+//!   a pending record is settled (cut off, or, when it was the change's
+//!   last, the journal removed); a record in the middle of the change (an
+//!   irreversible step's start or failure, `goes_on`) keeps the journal.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -99,10 +103,14 @@ pub(super) fn recover(home: &Home) -> Result<Option<Recovered>> {
             record,
             head_seq,
             head_mac,
+            goes_on,
             ..
         } = &journal.phase
         {
-            if committed(home, *head_seq, head_mac)? {
+            // A record in the middle of the change (an irreversible step's
+            // start or failure) ends nothing: the held change waits on.
+            let done = committed(home, *head_seq, head_mac)?;
+            if done && !goes_on {
                 Journal::remove(&path)
                     .map_err(Error::io(format!("cannot remove {}", path.display())))?;
                 return Ok(Some(Recovered {
@@ -111,9 +119,15 @@ pub(super) fn recover(home: &Home) -> Result<Option<Recovered>> {
                     outcome: RecoveryOutcome::Finished,
                 }));
             }
-            // Not committed: the steps stand, waiting for the operator.
-            cut_pending(home, *log_len, *log_existed, record)?;
+            // Not committed (or committed mid-change): the steps stand,
+            // waiting for the operator.
             let mut waiting = journal.clone();
+            if done {
+                // What the record committed is no longer to be undone.
+                waiting.undo.clear();
+            } else {
+                cut_pending(home, *log_len, *log_existed, record)?;
+            }
             waiting.phase = Phase::Steps;
             waiting
                 .write(&path)
@@ -144,6 +158,7 @@ pub(super) fn recover(home: &Home) -> Result<Option<Recovered>> {
             head_mac,
             on_commit,
             on_rollback,
+            ..
         } => {
             if committed(home, *head_seq, head_mac)? {
                 match on_commit {

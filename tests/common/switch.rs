@@ -108,9 +108,17 @@ pub fn roles_of(home: &Path) -> (String, u64, bool) {
 impl SwitchPair {
     /// Starts the pair, or says why it cannot and returns `None`.
     pub fn new(tag: &str) -> Option<SwitchPair> {
+        Self::with_conf(tag, &[])
+    }
+
+    /// As [`SwitchPair::new`], with `conf` lines in both servers'
+    /// `postgresql.conf` (`wal_log_hints = on` for `pg_rewind`).
+    pub fn with_conf(tag: &str, conf: &[&str]) -> Option<SwitchPair> {
         let ns = NetnsPair::create(tag)?;
+        let mut extra_a = vec![format!("listen_addresses = '{ADDR_A},127.0.0.1'")];
+        extra_a.extend(conf.iter().map(|l| l.to_string()));
         let mut a = PgServer::start_primary(PgOptions {
-            extra_conf: vec![format!("listen_addresses = '{ADDR_A},127.0.0.1'")],
+            extra_conf: extra_a,
             netns: Some(ns.a.clone()),
         })?;
         a.move_to_port(PG_PORT);
@@ -127,8 +135,10 @@ impl SwitchPair {
                 super::pg::HA_GRANTS
             ))
             .unwrap();
+        let mut extra_b = vec![format!("listen_addresses = '{ADDR_B},127.0.0.1'")];
+        extra_b.extend(conf.iter().map(|l| l.to_string()));
         let mut b = a.start_replica_with(PgOptions {
-            extra_conf: vec![format!("listen_addresses = '{ADDR_B},127.0.0.1'")],
+            extra_conf: extra_b,
             netns: Some(ns.b.clone()),
         });
         b.move_to_port(PG_PORT);

@@ -194,14 +194,14 @@ pub(crate) fn bootstrap(
 ) -> Result<BootstrapReport> {
     let config = require_config(home)?;
     let mut node = home.open(false)?;
-    let cx = &mut Pair::new(home, config, opts.timeout, opts, obs);
+    let cx = &Pair::new(home, config, opts.timeout, opts);
     match opts.mode {
         Mode::Abort => {
             let Some(change) = node.reopen_held(ACTION, Reopen::Abort)? else {
                 return Err(nothing_interrupted());
             };
             let state: State = change.load()?;
-            cx.obs.step("undoing the interrupted bootstrap");
+            obs.step("undoing the interrupted bootstrap");
             change.abort()?;
             Ok(BootstrapReport {
                 mode: "aborted",
@@ -219,22 +219,20 @@ pub(crate) fn bootstrap(
                 None => password(&cx.config, opts.password.as_ref())?,
             };
             if state.phase() == BootPhase::Swapped {
-                cx.obs
-                    .step("resuming after the swap: configuring and starting the replica");
-                return finish(cx, change, &state.data, &password);
+                obs.step("resuming after the swap: configuring and starting the replica");
+                return finish(cx, obs, change, &state.data, &password);
             }
-            cx.obs
-                .step("the copy had not been swapped in: undoing it and starting over");
+            obs.step("the copy had not been swapped in: undoing it and starting over");
             change.abort()?;
             let yes = opts.yes || state.data.confirmed;
-            fresh(cx, &mut node, &password, yes)
+            fresh(cx, obs, &mut node, &password, yes)
         }
         Mode::Run => {
             let password = match &opts.known_password {
                 Some(p) => p.clone(),
                 None => password(&cx.config, opts.password.as_ref())?,
             };
-            fresh(cx, &mut node, &password, opts.yes)
+            fresh(cx, obs, &mut node, &password, opts.yes)
         }
     }
 }
@@ -463,13 +461,13 @@ fn drop_slot_after_failure(
 }
 
 fn fresh(
-    cx: &mut Cx<'_>,
+    cx: &Cx<'_>,
+    obs: &mut dyn Observer,
     node: &mut crate::node::Node,
     password: &Zeroizing<String>,
     yes: bool,
 ) -> Result<BootstrapReport> {
     let (config, server, opts) = (&cx.config, &cx.server, cx.opts);
-    let obs = &mut *cx.obs;
     obs.step("preflight: checking the primary, the versions, the WAL settings and the disk");
     preflight(config, password, opts)?;
     let local = local_data(config)?;
@@ -536,7 +534,7 @@ fn fresh(
             return Err(e);
         }
     };
-    finish(cx, change, &state.data, password)
+    finish(cx, obs, change, &state.data, password)
 }
 
 /// The copy's and the old data's names, stamped with the time. A second
@@ -689,13 +687,13 @@ fn configure(config: &HaConfig, state: &Facts) -> Result<Vec<String>> {
 
 /// Steps 5 to 7.
 fn finish(
-    cx: &mut Cx<'_>,
+    cx: &Cx<'_>,
+    obs: &mut dyn Observer,
     mut change: Change<'_>,
     state: &Facts,
     password: &Zeroizing<String>,
 ) -> Result<BootstrapReport> {
     let (home, config, server, opts) = (cx.home, &cx.config, &cx.server, cx.opts);
-    let obs = &mut *cx.obs;
     obs.step("configuring the new data directory as a replica");
     let dropped = configure(config, state).map_err(|e| {
         step_error(

@@ -295,8 +295,14 @@ pub(crate) fn failover(
     );
     change.save(&state)?;
     change.advance(&mut state, FailPhase::Promoting)?;
-    let mut cx = Pair::new(home, config, opts.timeout, opts, obs);
-    complete(&mut cx, change, state, started, report)
+    complete(
+        &Pair::new(home, config, opts.timeout, opts),
+        obs,
+        change,
+        state,
+        started,
+        report,
+    )
 }
 
 /// `ha failover --resume`: finishes the promotion and what follows it.
@@ -334,8 +340,8 @@ fn resume(
         notes: Vec::new(),
         audited: false,
     };
-    let mut cx = Pair::new(home, config.clone(), opts.timeout, opts, obs);
-    complete(&mut cx, change, state, started, report)
+    let cx = Pair::new(home, config.clone(), opts.timeout, opts);
+    complete(&cx, obs, change, state, started, report)
 }
 
 /// From the point of no return on: the promotion (sent again when it is
@@ -343,14 +349,14 @@ fn resume(
 /// generation record, the slot, `ha.toml`, the audit record. Any failure
 /// keeps the journal for `--resume`.
 fn complete(
-    cx: &mut Pair<'_, FailoverOptions>,
+    cx: &Pair<'_, FailoverOptions>,
+    obs: &mut dyn Observer,
     mut change: crate::node::Change<'_>,
     mut state: State,
     started: Instant,
     mut report: FailoverReport,
 ) -> Result<FailoverReport> {
     let (home, config, opts) = (cx.home, &cx.config, cx.opts);
-    let obs = &mut *cx.obs;
     let this = state.data.this;
     let this_addr = this.address(config).to_string();
     let peer_addr = other(this).address(config).to_string();

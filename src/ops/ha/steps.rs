@@ -26,41 +26,32 @@ use crate::ha::service::Server;
 use crate::ha::PeerAddr;
 use crate::node::Change;
 use crate::node::Home;
-use crate::ops::progress::Observer;
 use crate::pg::basebackup;
 use crate::pg::standby::{self, Upstream};
 use crate::pg::{self, ConnSpec, Endpoint, PgError};
 
 /// One pair operation's context: the node's home, its pair configuration
-/// (as last synced from the pair's generation record), its local server,
-/// the operation's options and the observer it reports to. The steps that
-/// need most of these take this one value; the small helpers take the
-/// pieces they read.
+/// (as last synced from the pair's generation record), its local server
+/// and the operation's options. The steps that need most of these take
+/// this one value (read-only) beside the observer they report to; the
+/// small helpers take the pieces they read.
 pub(crate) struct Pair<'a, O> {
     pub home: &'a Home,
     pub config: HaConfig,
     pub server: Server,
     pub opts: &'a O,
-    pub obs: &'a mut dyn Observer,
 }
 
 impl<'a, O> Pair<'a, O> {
     /// The context of an operation on the node at `home` whose server is
     /// waited for up to `timeout`.
-    pub(crate) fn new(
-        home: &'a Home,
-        config: HaConfig,
-        timeout: Duration,
-        opts: &'a O,
-        obs: &'a mut dyn Observer,
-    ) -> Self {
+    pub(crate) fn new(home: &'a Home, config: HaConfig, timeout: Duration, opts: &'a O) -> Self {
         let server = Server::of(&config, timeout);
         Self {
             home,
             config,
             server,
             opts,
-            obs,
         }
     }
 }

@@ -180,8 +180,8 @@ pub(crate) fn switchover(
     match opts.mode {
         Mode::Run => {
             let (config, note) = roles::sync(home, config, &creds, opts.connect_timeout)?;
-            let mut cx = Pair::new(home, config, opts.timeout, opts, obs);
-            let mut report = fresh(&mut cx, &creds)?;
+            let cx = Pair::new(home, config, opts.timeout, opts);
+            let mut report = fresh(&cx, obs, &creds)?;
             report.notes.splice(0..0, note);
             Ok(report)
         }
@@ -225,10 +225,7 @@ pub(crate) fn switchover(
                 obs.step("waiting until the replica streams from this node again");
                 wait_replica_back(&config, state.data.peer, opts);
                 let (config, _) = roles::sync(home, config, &creds, opts.connect_timeout)?;
-                return fresh(
-                    &mut Pair::new(home, config, opts.timeout, opts, obs),
-                    &creds,
-                );
+                return fresh(&Pair::new(home, config, opts.timeout, opts), obs, &creds);
             }
             if state.phase() == SwitchPhase::Promoting {
                 obs.step(&format!(
@@ -245,8 +242,8 @@ pub(crate) fn switchover(
                 "resuming after the promotion: turning this node into a replica of the new primary",
             );
             let password = replication_password(&config, state.data.peer, &creds)?;
-            let mut cx = Pair::new(home, config, opts.timeout, opts, obs);
-            forward(&mut cx, change, &state, &password, &creds, "resumed")
+            let cx = Pair::new(home, config, opts.timeout, opts);
+            forward(&cx, obs, change, &state, &password, &creds, "resumed")
         }
     }
 }
@@ -457,9 +454,8 @@ fn check(
     })
 }
 
-fn fresh(cx: &mut Cx<'_>, creds: &Credentials) -> Result<SwitchoverReport> {
+fn fresh(cx: &Cx<'_>, obs: &mut dyn Observer, creds: &Credentials) -> Result<SwitchoverReport> {
     let (home, config, server, opts) = (cx.home, &cx.config, &cx.server, cx.opts);
-    let obs = &mut *cx.obs;
     let this = roles::this_side(config, "ha switchover")?;
     let peer = other(this);
     obs.step(
@@ -593,7 +589,7 @@ fn fresh(cx: &mut Cx<'_>, creds: &Credentials) -> Result<SwitchoverReport> {
     }
     let promote_seconds = promote_began.elapsed().as_secs_f64();
     change.advance(&mut state, SwitchPhase::Promoted)?;
-    forward(cx, change, &state, &password, creds, "switched").map(|mut r| {
+    forward(cx, obs, change, &state, &password, creds, "switched").map(|mut r| {
         r.lag_bytes = Some(checked.lag);
         r.plan = report.plan;
         r.stop_seconds = Some(stop_seconds);
@@ -690,7 +686,8 @@ fn promote(
 /// Step 6: from the promotion on, forward only. Any failure keeps the
 /// journal and says how to finish.
 fn forward(
-    cx: &mut Cx<'_>,
+    cx: &Cx<'_>,
+    obs: &mut dyn Observer,
     mut change: Change<'_>,
     state: &State,
     password: &Zeroizing<String>,
@@ -698,7 +695,6 @@ fn forward(
     mode: &'static str,
 ) -> Result<SwitchoverReport> {
     let (home, config, server, opts) = (cx.home, &cx.config, &cx.server, cx.opts);
-    let obs = &mut *cx.obs;
     let facts = &state.data;
     let peer = facts.peer;
     let this = other(peer);
