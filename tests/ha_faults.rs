@@ -1202,12 +1202,10 @@ fn rejoin_is_held_and_survives_a_kill_at_every_point() {
         (REJOIN_POINTS[2].0, false, Then::Resume),
         (REJOIN_POINTS[2].0, false, Then::Abort),
         (REJOIN_POINTS[3].0, false, Then::Abort),
-        (REJOIN_POINTS[4].0, false, Then::Abort),
         (REJOIN_POINTS[3].0, false, Then::Resume),
-        (REJOIN_POINTS[4].0, false, Then::Resume),
+        (REJOIN_POINTS[4].0, true, Then::Resume),
         (REJOIN_POINTS[5].0, true, Then::Resume),
         (REJOIN_POINTS[6].0, true, Then::Resume),
-        (REJOIN_POINTS[7].0, true, Then::Resume),
     ];
     assert!(REJOIN_POINTS
         .iter()
