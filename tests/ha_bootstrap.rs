@@ -688,3 +688,35 @@ fn a_copy_replaced_by_a_link_is_refused_and_nothing_is_written_through_it() {
     assert!(!pair.data().join("standby.signal").exists());
     assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
 }
+
+/// Issue 20 item 1: a secondary whose own configuration keeps a setting a
+/// hot standby needs at least equal to its primary's lower (here
+/// `max_wal_senders = 2` against the primary's 10) was copied for minutes
+/// and then failed to start. The preflight refuses it first (exit 8),
+/// naming the setting, and nothing is copied or changed.
+#[test]
+fn a_secondary_below_the_primarys_standby_settings_is_refused_before_the_copy() {
+    let Some(mut pair) = Pair::new("bm", 0) else {
+        return;
+    };
+    pair.replica_query("ALTER SYSTEM SET max_wal_senders = 2");
+    pair.secondary.stop_clean();
+    pair.secondary.start();
+    let auto = fs::read(pair.data().join("postgresql.auto.conf")).unwrap();
+    let beside = pair.beside();
+    let out = pair.bootstrap(&["--yes"]);
+    assert_eq!(out.status.code(), Some(8), "{}", text(&out));
+    assert!(
+        text(&out).contains("max_wal_senders = 2 (the primary's is 10)"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(pair.beside(), beside, "nothing beside the data directory");
+    assert!(staging_of(&pair).is_none());
+    assert_eq!(
+        fs::read(pair.data().join("postgresql.auto.conf")).unwrap(),
+        auto
+    );
+    let in_recovery: bool = pair.replica_query("SELECT pg_is_in_recovery()")[0].get(0);
+    assert!(!in_recovery, "the secondary's own server runs as it did");
+}

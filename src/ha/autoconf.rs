@@ -29,17 +29,10 @@ use crate::pg::conf::parse_line;
 /// The file's name in a data directory.
 pub(crate) const FILE: &str = "postgresql.auto.conf";
 
-/// What a hot standby cannot start without: PostgreSQL refuses to run
-/// recovery with any of these lower than the primary's (it checks them
-/// against the values the primary logs in its WAL), so a primary that
-/// raised one by `ALTER SYSTEM` must have it carried over.
-pub(crate) const STANDBY_NEEDS: [&str; 5] = [
-    "max_connections",
-    "max_prepared_transactions",
-    "max_locks_per_transaction",
-    "max_wal_senders",
-    "max_worker_processes",
-];
+/// What a hot standby cannot start without (see
+/// [`crate::pg::HOT_STANDBY_MINIMUMS`]): a primary that raised one by
+/// `ALTER SYSTEM` must have it carried over.
+pub(crate) const STANDBY_NEEDS: [&str; 5] = crate::pg::HOT_STANDBY_MINIMUMS;
 
 /// Written by keyferry's standby configuration, not taken from either file.
 const KEYFERRY_OWNS: [&str; 2] = ["primary_conninfo", "primary_slot_name"];

@@ -224,6 +224,25 @@ pub fn run(
     facts.push(roles(this_node, primary.as_ref(), secondary.as_ref()));
     facts.push(wal_level(primary.as_ref()));
     facts.push(max_wal_senders(primary.as_ref()));
+    // The secondary's own server is read as its administrator when the
+    // replication role cannot (a fresh secondary has no such role).
+    let own_minimums = match (&secondary, this_node) {
+        (Some(f), _) => Some(f.standby_minimums.clone()),
+        (None, Some(Side::Secondary)) => crate::ha::generation::local_admin(
+            &config.pg_data,
+            config.pg_socket_dir.as_deref(),
+            config.pg_port,
+            timeout,
+        )
+        .and_then(|(mut c, t)| pg::standby_minimums(&mut c, &t))
+        .ok(),
+        (None, _) => None,
+    };
+    facts.push(standby_settings(
+        this_node,
+        primary.as_ref(),
+        own_minimums.as_deref(),
+    ));
     facts.push(slots(primary.as_ref()));
     facts.extend(versions_match(config, primary.as_ref(), secondary.as_ref()));
     facts.push(data_dir_state(config, this_node));
@@ -680,6 +699,65 @@ pub(crate) fn sql_connection(
     }
 }
 
+/// `standby_settings`: run on the secondary, the settings a hot standby
+/// may not have lower than its primary's ([`pg::HOT_STANDBY_MINIMUMS`]),
+/// as the secondary's server runs now, against the primary's. After a
+/// copy the secondary keeps its own configuration; a setting it leaves at
+/// its default takes the primary's value when the primary set it by
+/// `ALTER SYSTEM` (carried over by [`crate::ha::autoconf`]). A lower one
+/// would make the copy's first start fail after minutes of copying.
+pub(crate) fn standby_settings(
+    this_node: Option<Side>,
+    primary: Option<&ServerFacts>,
+    secondary: Option<&[pg::StandbyMinimum]>,
+) -> Fact {
+    const NAME: &str = "standby_settings";
+    if this_node != Some(Side::Secondary) {
+        return Fact::ok(NAME, "compared on the secondary only");
+    }
+    let (Some(p), Some(s)) = (primary, secondary) else {
+        return Fact::warn(
+            NAME,
+            "the hot-standby settings were not compared: both servers must be read over SQL",
+            "fix sql.primary above, and start this node's server so that it can be read",
+        );
+    };
+    let low: Vec<(&str, String)> = p
+        .standby_minimums
+        .iter()
+        .filter_map(|pm| {
+            let sm = s.iter().find(|m| m.name == pm.name)?;
+            let carried = pm.by_alter_system && !sm.set;
+            (!carried && sm.value < pm.value).then(|| {
+                (
+                    pm.name.as_str(),
+                    format!("{} = {} (the primary's is {})", pm.name, sm.value, pm.value),
+                )
+            })
+        })
+        .collect();
+    if low.is_empty() {
+        Fact::ok(
+            NAME,
+            "this node's hot-standby settings are at least the primary's",
+        )
+    } else {
+        let said: Vec<&str> = low.iter().map(|(_, s)| s.as_str()).collect();
+        let names: Vec<&str> = low.iter().map(|(n, _)| *n).collect();
+        Fact::fail(
+            NAME,
+            format!(
+                "this node runs with {}: a hot standby refuses to start with less than its primary",
+                said.join(", ")
+            ),
+            format!(
+                "raise {} to at least the primary's in this node's postgresql.conf (or ALTER SYSTEM here) and restart its server, then run this again",
+                names.join(", ")
+            ),
+        )
+    }
+}
+
 /// `wal_level`: the primary's is `replica` or `logical`.
 pub(crate) fn wal_level(primary: Option<&ServerFacts>) -> Fact {
     match primary {
@@ -997,6 +1075,7 @@ pub(crate) fn connection_fix(
 mod tests {
     use super::*;
     use crate::pg::monitor::{RoleRights, Slot};
+    use crate::pg::StandbyMinimum;
 
     #[test]
     fn rights_name_the_missing_one() {
@@ -1109,7 +1188,82 @@ mod tests {
                 rewind: true,
             },
             slots: Vec::new(),
+            standby_minimums: Vec::new(),
         }
+    }
+
+    fn minimum(name: &str, value: i64, set: bool, by_alter_system: bool) -> StandbyMinimum {
+        StandbyMinimum {
+            name: name.into(),
+            value,
+            set,
+            by_alter_system,
+        }
+    }
+
+    /// Issue 20 item 1: a secondary that runs with less than the primary of
+    /// a setting a hot standby needs at least equal is refused before the
+    /// copy (it would be copied for minutes and then not start), naming the
+    /// setting; one the copy carries over (the primary's `ALTER SYSTEM`,
+    /// the secondary at its default) is not.
+    #[test]
+    fn standby_settings_below_the_primarys_are_refused_before_the_copy() {
+        let with = |m: Vec<StandbyMinimum>| ServerFacts {
+            standby_minimums: m,
+            ..server(150_000, "replica", 10, 0)
+        };
+        let primary = with(vec![
+            minimum("max_connections", 100, false, false),
+            minimum("max_wal_senders", 10, true, false),
+            minimum("max_worker_processes", 16, true, true),
+        ]);
+        let low = with(vec![
+            minimum("max_connections", 100, false, false),
+            minimum("max_wal_senders", 0, true, false),
+            minimum("max_worker_processes", 8, false, false),
+        ]);
+        let f = standby_settings(
+            Some(Side::Secondary),
+            Some(&primary),
+            Some(&low.standby_minimums),
+        );
+        assert_eq!(f.status, Status::Fail, "{f:?}");
+        assert!(
+            f.message.contains("max_wal_senders = 0") && f.message.contains("10"),
+            "{f:?}"
+        );
+        assert!(!f.message.contains("max_worker_processes"), "{f:?}");
+        assert!(f.fix.unwrap().contains("max_wal_senders"));
+        let even = with(vec![minimum("max_wal_senders", 10, true, false)]);
+        let ok = standby_settings(
+            Some(Side::Secondary),
+            Some(&primary),
+            Some(&even.standby_minimums),
+        );
+        assert_eq!(ok.status, Status::Ok, "{ok:?}");
+        // Set explicitly below an ALTER SYSTEM value: the secondary's own
+        // setting wins over the carried one, so it is refused.
+        let set_low = with(vec![minimum("max_worker_processes", 8, true, false)]);
+        let f = standby_settings(
+            Some(Side::Secondary),
+            Some(&primary),
+            Some(&set_low.standby_minimums),
+        );
+        assert_eq!(f.status, Status::Fail, "{f:?}");
+        // Nothing to compare: not the secondary, or a server not read.
+        assert_eq!(
+            standby_settings(
+                Some(Side::Primary),
+                Some(&primary),
+                Some(&low.standby_minimums)
+            )
+            .status,
+            Status::Ok
+        );
+        assert_eq!(
+            standby_settings(Some(Side::Secondary), Some(&primary), None).status,
+            Status::Warn
+        );
     }
 
     #[test]

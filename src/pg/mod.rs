@@ -394,6 +394,33 @@ pub struct ServerFacts {
     /// The server's replication slots (with the WAL each retains on a
     /// primary).
     pub slots: Vec<monitor::Slot>,
+    /// The settings a hot standby may not have lower than its primary's
+    /// ([`HOT_STANDBY_MINIMUMS`]), as this server runs with them.
+    pub standby_minimums: Vec<StandbyMinimum>,
+}
+
+/// What a hot standby cannot start without: PostgreSQL refuses to run
+/// recovery with any of these lower than its primary's (it checks them
+/// against the values the primary logs in its WAL).
+pub const HOT_STANDBY_MINIMUMS: [&str; 5] = [
+    "max_connections",
+    "max_prepared_transactions",
+    "max_locks_per_transaction",
+    "max_wal_senders",
+    "max_worker_processes",
+];
+
+/// One of [`HOT_STANDBY_MINIMUMS`] on one server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StandbyMinimum {
+    pub name: String,
+    pub value: i64,
+    /// Set explicitly (a configuration file, `ALTER SYSTEM`), not left at
+    /// its default.
+    pub set: bool,
+    /// Set by `ALTER SYSTEM` (read from `postgresql.auto.conf`; known only
+    /// to roles that may read every setting, such as `pg_monitor`).
+    pub by_alter_system: bool,
 }
 
 impl ServerFacts {
@@ -411,6 +438,26 @@ pub(crate) fn major_of_version_num(num: u32) -> u32 {
     } else {
         num / 100
     }
+}
+
+/// Reads the server's [`HOT_STANDBY_MINIMUMS`] (any role may).
+pub fn standby_minimums(client: &mut Client, target: &str) -> Result<Vec<StandbyMinimum>, PgError> {
+    Ok(client
+        .query(
+            "SELECT name, setting::bigint, source <> 'default', \
+                    coalesce(sourcefile LIKE '%postgresql.auto.conf', false) \
+             FROM pg_settings WHERE name = ANY($1) ORDER BY name",
+            &[&&HOT_STANDBY_MINIMUMS[..]],
+        )
+        .map_err(|e| from_postgres(target, e))?
+        .iter()
+        .map(|r| StandbyMinimum {
+            name: r.get(0),
+            value: r.get(1),
+            set: r.get(2),
+            by_alter_system: r.get(3),
+        })
+        .collect())
 }
 
 /// Reads [`ServerFacts`] over an open SQL connection.
@@ -432,6 +479,7 @@ pub fn server_facts(client: &mut Client, target: &str) -> Result<ServerFacts, Pg
             &[],
         )
         .map_err(|e| from_postgres(target, e))?;
+    let standby_minimums = standby_minimums(client, target)?;
     let non_negative = |v: i32| u32::try_from(v).unwrap_or(0);
     Ok(ServerFacts {
         version_num: non_negative(row.get(0)),
@@ -446,6 +494,7 @@ pub fn server_facts(client: &mut Client, target: &str) -> Result<ServerFacts, Pg
             .and_then(|wal| u32::from_str_radix(wal.get(..8)?, 16).ok()),
         rights,
         slots,
+        standby_minimums,
     })
 }
 

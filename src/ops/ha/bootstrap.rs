@@ -71,13 +71,14 @@ const RESUME: &str = "keyferry ha bootstrap --resume";
 const ABORT: &str = "keyferry ha bootstrap --abort";
 
 /// The checks of `ha check` that a base backup cannot do without.
-const REQUIRED_CHECKS: [&str; 9] = [
+const REQUIRED_CHECKS: [&str; 10] = [
     "port.primary.pg",
     "replication",
     "sql.primary",
     "rights",
     "wal_level",
     "wal_senders",
+    "standby_settings",
     "pg_bin",
     "version",
     "disk",
