@@ -867,7 +867,7 @@ fn follow(
     obs.step("starting the replica");
     steps::start_step(
         &mut change,
-        server,
+        &server.clone().syncing_by_file_system(),
         "read the server's log, fix the cause, then run `keyferry ha rejoin` again",
     )?;
     state.advance(Event::Start)?;
