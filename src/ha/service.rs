@@ -99,7 +99,9 @@ impl Server {
     /// rewound one is "in archive recovery"), whose start syncs the whole
     /// directory before recovery: one `syncfs` of the file systems of the
     /// data directory, `pg_wal` and the tablespaces instead of an `fsync`
-    /// per file, covering the same files.
+    /// per file, covering the same files. The setting lasts for this
+    /// server's run; `pg_ctl` keeps it in `postmaster.opts`, so an
+    /// operator's plain `pg_ctl restart` repeats it.
     pub(crate) fn syncing_by_file_system(mut self) -> Self {
         if matches!(self.control, ServiceControl::PgCtl) && pg::syncfs::usable(&self.pg_data) {
             self.start_settings = vec!["recovery_init_sync_method=syncfs".into()];
