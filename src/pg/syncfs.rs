@@ -50,6 +50,7 @@ fn parse_major(text: &str) -> Option<u32> {
 }
 
 /// Whether a `uname` release (`6.1.0-18-amd64`) is Linux 5.8 or later.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 fn release_at_least_5_8(release: &str) -> bool {
     let mut parts = release
         .split(|c: char| !c.is_ascii_digit())
