@@ -15,18 +15,30 @@
 #     kept aside as data.old-…).
 # Prints both, the ratio and the target: rewind <= 0.2 x bootstrap.
 #
+# The machine's load average is printed with each figure: on a shared
+# machine the syncs dominate and vary with other programs' writes, so
+# compare only within one run. The rejoin's step log includes the sync
+# after `pg_rewind --no-sync` (keyferry's own log, KEYFERRY_LOG below).
+#
 # Needs root, `ip netns`, PostgreSQL server binaries, ~4 GiB free under
 # TMPDIR. Usage: benches/rejoin_pg.sh [SCALE]
-# Environment: PROFILE (release|dev), WAL_KEEP (wal_keep_size, 256MB)
+# Environment: PROFILE (release|dev), WAL_KEEP (wal_keep_size, 256MB),
+# KEYFERRY_BIN (a keyferry binary to measure instead of building one, e.g.
+# an older build to compare with).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scale="${1:-70}"
 profile="${PROFILE:-release}"
 pgbin="${KEYFERRY_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)}"
-flag=(); dir=debug
-if [ "$profile" = release ]; then flag=(--release); dir=release; fi
-cargo build "${flag[@]}" --bin keyferry
-bin="$PWD/target/$dir/keyferry"
+if [ -n "${KEYFERRY_BIN:-}" ]; then
+  bin=$(realpath "$KEYFERRY_BIN"); profile="given ($bin)"
+else
+  flag=(); dir=debug
+  if [ "$profile" = release ]; then flag=(--release); dir=release; fi
+  cargo build "${flag[@]}" --bin keyferry
+  bin="$PWD/target/$dir/keyferry"
+fi
+load() { cut -d' ' -f1-3 /proc/loadavg; }
 
 a="kfrj$$a"; b="kfrj$$b"; va="krj$$a"; vb="krj$$b"
 A=10.215.0.1; B=10.215.0.2
@@ -102,16 +114,19 @@ psql_b -c CHECKPOINT
 sync
 
 now() { date +%s.%N; }
+load_rejoin=$(load)
 t0=$(now)
 # Each line keyferry prints, with the seconds since the start: where the
 # time goes.
 stamp() { while IFS= read -r l; do printf '  %7.3f s  %s\n' "$(echo "$(now) - $t0" | bc)" "$l"; done; }
-kf_a ha rejoin --password-file "$work/pw" --timeout 600 2>&1 | stamp >"$work/rejoin.out" \
+KEYFERRY_LOG="keyferry::pg::rewind=info,keyferry::pg::recovery=info" \
+  kf_a ha rejoin --password-file "$work/pw" --timeout 600 2>&1 | stamp >"$work/rejoin.out" \
   || { cat "$work/rejoin.out" "$work/a/data.pg_ctl.log"; exit 1; }
 t1=$(now); rewind=$(echo "$t1 - $t0" | bc)
 grep -q "rewind" "$work/rejoin.out" && grep -q "after crash recovery" "$work/rejoin.out" \
   || { echo "the rejoin did not rewind after crash recovery:"; cat "$work/rejoin.out"; exit 1; }
 sync
+load_boot=$(load)
 t0=$(now)
 kf_a ha bootstrap --yes --password-file "$work/pw" --timeout 600 2>&1 | stamp >"$work/bootstrap.out" \
   || { cat "$work/bootstrap.out"; exit 1; }
@@ -119,8 +134,8 @@ t1=$(now); boot=$(echo "$t1 - $t0" | bc)
 
 mib=$(echo "$size / 1048576" | bc)
 echo "$(nproc) CPUs, profile $profile, PostgreSQL $("$pgbin/postgres" --version | awk '{print $3}'), scale $scale, databases $mib MiB, $rows rows of pgbench_accounts changed after the failover"
-echo "rejoin of the crashed primary (crash recovery + pg_rewind + streaming): $rewind s"
-echo "fresh bootstrap of the same node:                                      $boot s"
+echo "rejoin of the crashed primary (crash recovery + pg_rewind + streaming): $rewind s (load average $load_rejoin)"
+echo "fresh bootstrap of the same node:                                      $boot s (load average $load_boot)"
 echo "ratio: $(echo "scale=3; $rewind / $boot" | bc) (target <= 0.2)"
 echo "rejoin's steps:"; cat "$work/rejoin.out"
 echo "bootstrap's steps:"; head -20 "$work/bootstrap.out"

@@ -305,7 +305,7 @@ fn preflight_and_pg_hba_between_two_hosts() {
             "hba",
             "ensure",
             "--peer",
-            "10.213.0.9",
+            "10.213.0.2",
             "--file",
             elsewhere.to_str().unwrap(),
             "--pg-socket-dir",
@@ -324,7 +324,28 @@ fn preflight_and_pg_hba_between_two_hosts() {
     broken.extend_from_slice(b"host all all 10.0.0.300/32 scram-sha-256\n");
     primary.write_hba(&broken);
     let log_before = fs::read(home_a.join("audit.log")).unwrap();
+    // A third address (neither node of the pair) needs --force.
     let out = hba(&home_a, &primary, "ensure", "10.213.0.9");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("neither node of the pair"));
+    assert_eq!(primary.read_hba(), broken);
+    let port = primary.port().to_string();
+    let out = keyferry(
+        &home_a,
+        &[
+            "hba",
+            "ensure",
+            "--peer",
+            "10.213.0.9",
+            "--force",
+            "--file",
+            primary.hba_path().to_str().unwrap(),
+            "--pg-socket-dir",
+            primary.socket_dir().to_str().unwrap(),
+            "--pg-port",
+            &port,
+        ],
+    );
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

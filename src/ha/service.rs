@@ -75,6 +75,11 @@ pub(crate) struct Server {
     pub pg_data: PathBuf,
     /// Bounds each start and stop.
     pub timeout_secs: u64,
+    /// Server settings for its start only (`name=value`, keyferry's own
+    /// constants, no quoting), given as `pg_ctl start -o "-c name=value"`;
+    /// a service manager starts the server its own way, without them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub start_settings: Vec<String>,
 }
 
 impl Server {
@@ -84,7 +89,24 @@ impl Server {
             pg_bin: config.pg_bin.clone(),
             pg_data: config.pg_data.clone(),
             timeout_secs: timeout.as_secs().max(1),
+            start_settings: Vec::new(),
         }
+    }
+
+    /// This server, started by `pg_ctl` with
+    /// `recovery_init_sync_method = syncfs` where [`pg::syncfs::usable`]
+    /// says so. For a data directory that was not shut down cleanly (a
+    /// rewound one is "in archive recovery"), whose start syncs the whole
+    /// directory before recovery: one `syncfs` of the file systems of the
+    /// data directory, `pg_wal` and the tablespaces instead of an `fsync`
+    /// per file, covering the same files. The setting lasts for this
+    /// server's run; `pg_ctl` keeps it in `postmaster.opts`, so an
+    /// operator's plain `pg_ctl restart` repeats it.
+    pub(crate) fn syncing_by_file_system(mut self) -> Self {
+        if matches!(self.control, ServiceControl::PgCtl) && pg::syncfs::usable(&self.pg_data) {
+            self.start_settings = vec!["recovery_init_sync_method=syncfs".into()];
+        }
+        self
     }
 
     /// Where `pg_ctl start` sends the server's output: beside the data
@@ -108,7 +130,17 @@ impl Server {
                     vec![op_word(op).into(), "-D".into(), self.pg_data.clone().into()];
                 args.extend(["-w".into(), "-t".into(), timeout.into()]);
                 match op {
-                    Op::Start => args.extend(["-l".into(), self.pg_ctl_log().into()]),
+                    Op::Start => {
+                        args.extend(["-l".into(), self.pg_ctl_log().into()]);
+                        if !self.start_settings.is_empty() {
+                            let options: Vec<String> = self
+                                .start_settings
+                                .iter()
+                                .map(|s| format!("-c {s}"))
+                                .collect();
+                            args.extend(["-o".into(), options.join(" ").into()]);
+                        }
+                    }
                     Op::Stop => args.extend(["-m".into(), "fast".into()]),
                 }
                 Plan::Program {
@@ -468,6 +500,7 @@ mod tests {
             pg_bin: PathBuf::from("/usr/lib/postgresql/15/bin"),
             pg_data: PathBuf::from("/var/lib/postgresql/15/main"),
             timeout_secs: 60,
+            start_settings: Vec::new(),
         }
     }
 
@@ -522,6 +555,24 @@ mod tests {
                 "fast"
             ]
         );
+        let with = Server {
+            start_settings: vec!["recovery_init_sync_method=syncfs".into()],
+            ..s.clone()
+        };
+        let start = args(&with.plan(Op::Start));
+        assert_eq!(
+            start[start.len() - 2..],
+            ["-o", "-c recovery_init_sync_method=syncfs"]
+        );
+        assert_eq!(args(&with.plan(Op::Stop)), args(&s.plan(Op::Stop)));
+        // A journal written before the field existed still reads.
+        let old = serde_json::json!({
+            "control": serde_json::to_value(&s.control).unwrap(),
+            "pg_bin": "/usr/lib/postgresql/15/bin",
+            "pg_data": "/var/lib/postgresql/15/main",
+            "timeout_secs": 60
+        });
+        assert_eq!(serde_json::from_value::<Server>(old).unwrap(), s);
     }
 
     #[test]
@@ -592,6 +643,7 @@ mod tests {
             pg_bin: bin,
             pg_data: data,
             timeout_secs: 60,
+            start_settings: Vec::new(),
         };
         (dir, server)
     }

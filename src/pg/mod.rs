@@ -43,6 +43,7 @@ pub(crate) mod recovery;
 pub mod replication;
 pub(crate) mod rewind;
 pub(crate) mod standby;
+pub(crate) mod syncfs;
 pub(crate) mod waldump;
 
 pub(crate) use platform::as_owner_of;

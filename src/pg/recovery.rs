@@ -12,6 +12,20 @@
 //! node's WAL from the last common checkpoint on, and nothing is archived
 //! from a node that no longer owns the pair's history). The outcome is
 //! judged by `pg_controldata`, never by the program's words.
+//!
+//! Where it goes: the server first syncs the whole data directory (it
+//! cannot know what the crash left unwritten), then replays the WAL from
+//! the last checkpoint, writes the end-of-recovery checkpoint and, as the
+//! single-user session ends, the shutdown checkpoint `pg_rewind` needs.
+//! The replay and the first checkpoint scale with what was written since
+//! the last checkpoint before the crash; the second has almost nothing to
+//! write. None of it can be left out: `pg_rewind` itself would run the
+//! same single-user recovery, and a cluster that is not shut down cleanly
+//! cannot be rewound. The initial sync is one `syncfs` per file system
+//! (`recovery_init_sync_method = syncfs`) where [`super::syncfs::usable`]
+//! says so, instead of an `fsync` per file: the same file systems (data
+//! directory, `pg_wal`, tablespaces) are made durable before the replay
+//! reads them.
 
 use std::path::Path;
 
@@ -53,11 +67,17 @@ pub(crate) fn recover(pg_bin: &Path, data: &Path) -> Result<(), RecoveryError> {
         .args(["-c", "archive_mode=on", "-c", "archive_command=false"])
         // A replica's settings must not turn the recovery into a standby
         // waiting for WAL that never comes.
-        .args(["-c", "hot_standby=off"])
-        .arg("template1");
+        .args(["-c", "hot_standby=off"]);
+    let syncfs = super::syncfs::usable(data);
+    if syncfs {
+        command.args(["-c", "recovery_init_sync_method=syncfs"]);
+    }
+    command.arg("template1");
+    tracing::info!(syncfs, "postgres --single: crash recovery starts");
     let said = run_tied(&program, &mut command)?;
     let text = format!("{}\n{}", said.out, said.err);
     tracing::debug!(said = %text, status = %said.status, "postgres --single");
+    tracing::info!(status = %said.status, "postgres --single ended");
     let control =
         controldata(pg_bin, data).map_err(|e| RecoveryError::Unreadable(e.to_string()))?;
     if control.state != SHUT_DOWN || !said.status.success() {

@@ -6,6 +6,23 @@
 //! password file named in the source's connection string (never its
 //! command line); the program is tied to keyferry ([`super::child`]) and
 //! runs as the data directory's owner.
+//!
+//! Durability: a rewind is on stable storage when [`run`] returns `Ok`,
+//! as when `pg_rewind` syncs the data directory itself. Where
+//! [`super::syncfs::usable`] says so, `pg_rewind` runs with `--no-sync`
+//! and keyferry then calls `syncfs` once on each file system of the data
+//! directory, `pg_wal` and the tablespaces (opened before `pg_rewind`
+//! starts) instead of `pg_rewind`'s `fsync` of every file: the same
+//! files are covered, and a write-back error fails the rewind as a failed
+//! `fsync` would. The sync is not left to the server's start, although
+//! that start syncs the data directory again (the rewound cluster's state
+//! is "in archive recovery", not a clean shutdown): between the two, a
+//! power loss could keep the rewound control file and lose rewound data
+//! blocks, and the next run would take the directory for a rewound one.
+//! So [`run`] returns only once the rewind is durable, before the caller
+//! records it done; the server's start with
+//! `recovery_init_sync_method = syncfs` then costs one `syncfs` of file
+//! systems with little left to write.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -118,7 +135,9 @@ pub(super) fn last_lines(text: &str) -> String {
 }
 
 /// Runs `pg_rewind` on the stopped data directory `target` from the server
-/// `source` (a libpq connection string naming a password file).
+/// `source` (a libpq connection string naming a password file). A rewind
+/// (not a dry run) is durable when this returns `Ok` (see the module's
+/// documentation).
 pub(crate) fn run(
     pg_bin: &Path,
     target: &Path,
@@ -139,6 +158,19 @@ pub(crate) fn run(
     if restore_target_wal {
         command.arg("--restore-target-wal");
     }
+    // Opened before pg_rewind writes (see the module's documentation);
+    // when they cannot be opened, pg_rewind syncs as it always did.
+    let file_systems = (!dry_run && super::syncfs::usable(target))
+        .then(|| super::syncfs::FileSystems::open(target).ok())
+        .flatten();
+    if file_systems.is_some() {
+        command.arg("--no-sync");
+    }
+    tracing::info!(
+        dry_run,
+        no_sync = file_systems.is_some(),
+        "pg_rewind starts"
+    );
     let said = run_tied(&program, &mut command)?;
     let text = format!("{}\n{}", said.out, said.err);
     tracing::debug!(said = %text, "pg_rewind");
@@ -149,10 +181,31 @@ pub(crate) fn run(
             said: format!("{} ({})", last_lines(&text), said.status),
         });
     }
+    if let Some(mut file_systems) = file_systems {
+        tracing::info!(target = %target.display(), "pg_rewind --no-sync ended; syncfs of the data directory's file systems");
+        sync_rewound(target, &mut file_systems).map_err(|e| RewindError::Failed {
+            program: program.clone(),
+            said: format!(
+                "it rewound {} with --no-sync, and syncing its file systems to disk failed: {e}",
+                target.display()
+            ),
+        })?;
+        tracing::info!("the rewound data directory is on stable storage");
+    }
     parse(&text).ok_or_else(|| RewindError::Unreadable {
         program,
         said: one_line(&text),
     })
+}
+
+/// The sync `pg_rewind --no-sync` left out: the file systems opened
+/// before it ran, and any it added (a tablespace copied from the source).
+fn sync_rewound(
+    target: &Path,
+    file_systems: &mut super::syncfs::FileSystems,
+) -> std::io::Result<()> {
+    file_systems.merge(super::syncfs::FileSystems::open(target)?);
+    file_systems.sync()
 }
 
 /// Where the old timeline `old` ends in the history file of the server's

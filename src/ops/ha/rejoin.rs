@@ -920,9 +920,11 @@ fn advance(
         let data = steps::open_data(&config.pg_data, None)?;
         write_standby(config, &data, config.primary, state.data.slot.as_deref())?;
         obs.step("starting the replica");
+        // A rewound cluster is "in archive recovery": its start syncs the
+        // whole data directory first, once per file system where it can.
         steps::start_step(
             change,
-            server,
+            &server.clone().syncing_by_file_system(),
             "read the server's log, fix the cause, then run `keyferry ha rejoin --resume`",
         )?;
         change.advance(state, Phase::Started)?;
