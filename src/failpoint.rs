@@ -4,7 +4,9 @@
 //!
 //! Every journal write of a change names a point (`ACTION:PHASE` when a
 //! held change enters a phase, `ACTION:step-N` after step N's undo is
-//! journaled and before its effect, `ACTION:undo-N` after undo N ran).
+//! journaled and before its effect, `ACTION:undo-N` after undo N ran);
+//! a few name a moment between two programs instead (`ha-rejoin:rewind-done`:
+//! `pg_rewind` finished, the put-back of the node's own files not begun).
 //! A test selects points through `KEYFERRY_FAILPOINTS`, a comma-separated
 //! list of `NAME=ACTION`, where ACTION is:
 //! - `crash`: the process ends at once, as under kill -9: no unwinding, no

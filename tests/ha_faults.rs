@@ -18,7 +18,7 @@
 mod common;
 
 use std::fs;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::fault::{password_file, postmaster_pid, take_all_slots, Netem, Stopped};
@@ -1518,4 +1518,81 @@ fn rejoin_hands_over_to_the_bootstrap_after_a_kill() {
     for line in &table {
         eprintln!("FAULT {line}");
     }
+}
+
+/// Issue 23 item 1, the rejoin variant of the trial's attack: `pg_rewind`
+/// runs as the server's account, which owns the data directory's parent;
+/// once it is done, that account renames the data directory and puts a
+/// link to a directory elsewhere in its place, hoping root puts the node's
+/// configuration files back through it. The put-back is refused in one
+/// line naming the data directory, nothing is written through the link,
+/// and once the directory is back `--resume` finishes the rejoin.
+#[test]
+fn a_data_directory_swapped_for_a_link_after_pg_rewind_is_refused() {
+    common::pg::reap_orphans_here();
+    let Some(mut pair) = SwitchPair::with_conf("x", &["wal_log_hints = on"]) else {
+        return;
+    };
+    pair.a
+        .connect()
+        .batch_execute("GRANT pg_checkpoint TO repuser")
+        .unwrap();
+    let prober = Prober::start(pair.a.socket_dir(), pair.b.socket_dir());
+    crash_server(&mut pair, true);
+    let out = pair.ha(false, &["failover"]);
+    assert!(out.status.success(), "failover: {}", text(&out));
+    let data = pair.a.data_dir().to_path_buf();
+    let outside = data.with_file_name("outside");
+    fs::create_dir(&outside).unwrap();
+    let moved = data.with_file_name("moved-by-postgres");
+    let mut child = pair
+        .ha_cmd(
+            true,
+            &["rejoin", "--force", "--timeout", "60"],
+            "ha-rejoin:rewind-done=sleep(4000)",
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // pg_rewind leaves the cluster "in archive recovery": the window.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let control = Command::new(pair.a.bin_dir().join("pg_controldata"))
+            .arg(&data)
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&control.stdout).contains("in archive recovery") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pg_rewind did not finish");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "keyferry ended before pg_rewind finished"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fs::rename(&data, &moved).unwrap();
+    std::os::unix::fs::symlink(&outside, &data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("was replaced by someone else") && said.contains(data.to_str().unwrap()),
+        "a one-line refusal naming the data directory: {said}"
+    );
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing written through the link"
+    );
+    // The directory back in its place: --resume puts the files back and
+    // the node streams.
+    fs::remove_file(&data).unwrap();
+    fs::rename(&moved, &data).unwrap();
+    let out = pair.ha(true, &["rejoin", "--resume", "--timeout", "60"]);
+    assert!(out.status.success(), "resume: {}", text(&out));
+    wait_until("the old primary streams", 60, || pair.streams(false));
+    assert_eq!(prober.two_primaries(), 0);
+    eprintln!("FAULT rejoin: data directory swapped for a link after pg_rewind: put-back refused, nothing written through the link; --resume streams");
 }

@@ -1085,6 +1085,9 @@ fn rewind_step(
         })?;
         Ok(())
     })?;
+    // pg_rewind (the server's account) is done; root writes next: the
+    // window in which that account could swap the directory.
+    crate::failpoint::failpoint!("{ACTION}:rewind-done");
     put_back(config, &data, &state.data.own)?;
     state.data.rewound = true;
     change.save(state)?;
