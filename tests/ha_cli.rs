@@ -472,7 +472,11 @@ fn hba_failures_leave_the_file_byte_identical() {
 fn hba_show_lists_blocks_and_warns_about_other_matching_lines() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
-    let mut text = b"host all all 10.0.0.0/8 reject\n".to_vec();
+    // Line 1 decides for every role; line 2 (an application's role and
+    // database: it cannot decide a connection of keyferry's) is not
+    // warned about (issue 20 item 6).
+    let mut text =
+        b"host all all 10.0.0.0/8 reject\nhost appdb appuser 10.0.0.0/8 scram-sha-256\n".to_vec();
     text.extend_from_slice(SAMPLE);
     let (file, _, _) = server_like_file(tmp.path(), "pg_hba.conf", &text);
     keyferry(&home)
@@ -482,7 +486,8 @@ fn hba_show_lists_blocks_and_warns_about_other_matching_lines() {
         .success()
         .stderr(
             predicates::str::contains("line 1 also matches 10.0.0.2")
-                .and(predicates::str::contains("first")),
+                .and(predicates::str::contains("first"))
+                .and(predicates::str::contains("line 2").not()),
         );
     let shown = json_of(
         keyferry(&home)

@@ -693,6 +693,32 @@ impl HbaRecord {
         self.word(0)
     }
 
+    /// Whether a `host*` record can decide a connection of the replication
+    /// role `user`: a replication connection, or an SQL one to the
+    /// maintenance database (the two keyferry's block lets in). A line
+    /// for other roles or other databases only (an application's) cannot
+    /// shadow keyferry's lines, so it is not warned about. A group
+    /// (`+role`), a file (`@file`) or `samerole`/`sameuser` cannot be
+    /// resolved here and counts as possibly matching.
+    pub(crate) fn may_decide_for(&self, user: &str) -> bool {
+        let unknown =
+            |t: &HbaToken| !t.quoted && (t.text.starts_with('@') || t.text.starts_with('+'));
+        let keyword = |t: &HbaToken, k: &str| !t.quoted && t.text == k;
+        let users = self.fields.get(2).map_or(&[][..], Vec::as_slice);
+        let databases = self.fields.get(1).map_or(&[][..], Vec::as_slice);
+        let user_matches = users
+            .iter()
+            .any(|t| keyword(t, "all") || unknown(t) || t.text == user);
+        let database_matches = databases.iter().any(|t| {
+            ["all", "replication", "sameuser", "samerole"]
+                .iter()
+                .any(|k| keyword(t, k))
+                || unknown(t)
+                || t.text == crate::pg::MAINTENANCE_DB
+        });
+        user_matches && database_matches
+    }
+
     /// The first token of field `index`, if any.
     pub(crate) fn word(&self, index: usize) -> Option<&str> {
         self.fields.get(index)?.first().map(|t| t.text.as_str())
@@ -1166,6 +1192,24 @@ mod tests {
             assert_eq!(record.address(), Some("2001:db8::2/128"));
             assert_eq!(record.method(), Some("md5"));
         }
+    }
+
+    /// Only a line that can decide a connection of the replication role
+    /// (replication, or SQL to the maintenance database) is worth a
+    /// warning; an application's line is not.
+    #[test]
+    fn a_line_for_other_roles_and_databases_cannot_decide_for_keyferry() {
+        let decides =
+            |line: &str| tokenize(format!("{line}\n").as_bytes())[0].may_decide_for("repuser");
+        assert!(decides("host all all 10.0.0.0/8 reject"));
+        assert!(decides("host replication repuser 10.0.0.2/32 md5"));
+        assert!(decides("host postgres +admins 10.0.0.0/8 md5"));
+        assert!(decides("host @dbs repuser 10.0.0.0/8 md5"));
+        assert!(decides("host app,replication all 10.0.0.0/8 md5"));
+        assert!(!decides("host appdb appuser 10.0.0.0/8 md5"));
+        assert!(!decides("host all appuser 10.0.0.0/8 md5"));
+        assert!(!decides("host appdb all 10.0.0.0/8 md5"));
+        assert!(!decides("host \"all\" repuser 10.0.0.0/8 md5"));
     }
 
     #[test]

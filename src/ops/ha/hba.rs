@@ -310,7 +310,7 @@ fn change(
         Change::Remove => (hba::remove(&original, &peer)?, "hba-remove", None),
     };
     let equivalent_lines = equivalent_views(&original, equivalents);
-    let mut other = other_rules(&edit.text, &peer)?;
+    let mut other = other_rules(&edit.text, &peer, &r.replication_user)?;
     if !edit.changed {
         other.retain(|o| !equivalent_lines.iter().any(|e| e.line == o.line));
     }
@@ -697,13 +697,17 @@ fn missing_block_rules(
         .collect())
 }
 
-fn other_rules(text: &[u8], peer: &PeerAddr) -> Result<Vec<OtherRule>> {
+/// The lines outside keyferry's blocks that match `peer` and could decide a
+/// connection of the replication role `user` (the others, an
+/// application's, cannot shadow keyferry's lines).
+fn other_rules(text: &[u8], peer: &PeerAddr, user: &str) -> Result<Vec<OtherRule>> {
     let block_start = hba::managed_blocks(text)?
         .iter()
         .find(|b| b.peer == peer.ip())
         .map(|b| b.begin_line);
     Ok(hba::rules_mentioning(text, peer)?
         .into_iter()
+        .filter(|m| m.record.may_decide_for(user))
         .map(|m| OtherRule {
             line: m.record.line,
             text: m.record.plain_words().join(" "),
@@ -766,7 +770,7 @@ pub(crate) fn show(
     peers.dedup();
     let mut other = Vec::new();
     for p in &peers {
-        let rules = other_rules(&text, p)?;
+        let rules = other_rules(&text, p, &r.replication_user)?;
         if !rules.is_empty() {
             other.push(PeerRules {
                 peer: p.to_string(),
