@@ -399,4 +399,22 @@ fn preflight_and_pg_hba_between_two_hosts() {
     assert_status(&checks, "wal_level", "fail", "wal_level = minimal");
     assert_status(&checks, "wal_level", "fail", "wal_level = replica");
     assert_status(&checks, "wal_senders", "fail", "max_wal_senders = 0");
+
+    // A primary that listens on its own address only, with no pg_hba.conf
+    // line for it: `ha check` on it reads its own server through its
+    // socket as its administrator, as the other commands do, not through
+    // a line for its own address (issue 20 item 6).
+    let Some(own_only) = PgServer::start_primary(PgOptions {
+        extra_conf: vec![format!("listen_addresses = '{ADDR_A}'")],
+        netns: Some(ns.a.clone()),
+    }) else {
+        return;
+    };
+    own_only.create_replication_user("repuser", PASSWORD);
+    let home_c = tmp.path().join("home-c");
+    ok(&keyferry(&home_c, &["init"]));
+    init_node(&home_c, "pam-a", &own_only, own_only.data_dir(), &archive);
+    let (_, checks) = check_in(&ns.a, &home_c, &pw_args);
+    assert_status(&checks, "sql.primary", "ok", "through its socket");
+    assert_status(&checks, "wal_level", "ok", "replica");
 }

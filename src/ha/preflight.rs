@@ -674,6 +674,19 @@ pub(crate) fn sql_connection(
             );
             return (fact, Some(f));
         }
+        // A server that listens on its own address only: read it the way
+        // the other commands do (its socket, as its administrator), not
+        // through a pg_hba.conf line for its own address.
+        if let Ok(f) = own_server_as_admin(config, timeout) {
+            let fact = Fact::ok(
+                name,
+                format!(
+                    "this node's own server read through its socket as its administrator (PostgreSQL {}); {user}'s rights read there",
+                    f.major()
+                ),
+            );
+            return (fact, Some(f));
+        }
     }
     match facts_at(&endpoint) {
         Ok(f) => {
@@ -756,6 +769,21 @@ pub(crate) fn standby_settings(
             ),
         )
     }
+}
+
+/// This node's server as its administrator (socket, data directory's
+/// owner), with the replication role's rights rather than the
+/// administrator's.
+fn own_server_as_admin(config: &HaConfig, timeout: Duration) -> Result<ServerFacts, PgError> {
+    let (mut client, target) = crate::ha::generation::local_admin(
+        &config.pg_data,
+        config.pg_socket_dir.as_deref(),
+        config.pg_port,
+        timeout,
+    )?;
+    let mut facts = pg::server_facts(&mut client, &target)?;
+    facts.rights = pg::monitor::rights_of(&mut client, &target, Some(&config.replication_user))?;
+    Ok(facts)
 }
 
 /// `wal_level`: the primary's is `replica` or `logical`.

@@ -230,17 +230,28 @@ pub struct RoleRights {
 
 /// The connected role's [`RoleRights`].
 pub(crate) fn rights(client: &mut Client, target: &str) -> Result<RoleRights, PgError> {
+    rights_of(client, target, None)
+}
+
+/// The rights of `role` (the connected role when `None`), as any role may
+/// read them: so that the server's administrator can tell what the
+/// replication role may do.
+pub(crate) fn rights_of(
+    client: &mut Client,
+    target: &str,
+    role: Option<&str>,
+) -> Result<RoleRights, PgError> {
     let row = client
         .query_one(
-            "SELECT rolreplication OR rolsuper, \
-                    rolsuper OR pg_has_role(current_user, 'pg_monitor', 'USAGE'), \
-                    rolsuper OR has_function_privilege('pg_promote(boolean, integer)', 'EXECUTE'), \
-                    rolsuper OR (has_function_privilege('pg_ls_dir(text, boolean, boolean)', 'EXECUTE') \
-                        AND has_function_privilege('pg_stat_file(text, boolean)', 'EXECUTE') \
-                        AND has_function_privilege('pg_read_binary_file(text)', 'EXECUTE') \
-                        AND has_function_privilege('pg_read_binary_file(text, bigint, bigint, boolean)', 'EXECUTE')) \
-             FROM pg_roles WHERE rolname = current_user",
-            &[],
+            "SELECT r.rolreplication OR r.rolsuper, \
+                    r.rolsuper OR pg_has_role(r.rolname, 'pg_monitor', 'USAGE'), \
+                    r.rolsuper OR has_function_privilege(r.rolname, 'pg_promote(boolean, integer)', 'EXECUTE'), \
+                    r.rolsuper OR (has_function_privilege(r.rolname, 'pg_ls_dir(text, boolean, boolean)', 'EXECUTE') \
+                        AND has_function_privilege(r.rolname, 'pg_stat_file(text, boolean)', 'EXECUTE') \
+                        AND has_function_privilege(r.rolname, 'pg_read_binary_file(text)', 'EXECUTE') \
+                        AND has_function_privilege(r.rolname, 'pg_read_binary_file(text, bigint, bigint, boolean)', 'EXECUTE')) \
+             FROM pg_roles r WHERE r.rolname = coalesce($1::text, current_user::text)",
+            &[&role],
         )
         .map_err(|e| from_postgres(target, e))?;
     Ok(RoleRights {
