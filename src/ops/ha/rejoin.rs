@@ -622,19 +622,7 @@ fn resume(home: &Home, opts: &RejoinOptions, obs: &mut dyn Observer) -> Result<R
         boot.suspend();
         drop(node);
         obs.step("the rejoin had handed over to a bootstrap, which was interrupted: resuming it");
-        let done = bootstrap::bootstrap(
-            home,
-            &BootstrapOptions {
-                mode: Mode::Resume,
-                password: opts.password.clone(),
-                known_password: Some(password.clone()),
-                yes: true,
-                slot: opts.slot.clone(),
-                connect_timeout: opts.connect_timeout,
-                timeout: opts.timeout,
-            },
-            obs,
-        )?;
+        let done = bootstrap::bootstrap(home, &handed_over(opts, &password, Mode::Resume), obs)?;
         let mut report = RejoinReport {
             set_aside: done.old_data.clone(),
             audited: done.audited,
@@ -1094,6 +1082,21 @@ fn rewind_step(
     Ok(())
 }
 
+/// The bootstrap a rejoin hands over to (or resumes). `yes`: the operator
+/// asked for this node's role to go, and what it wrote after the
+/// divergence was weighed before: its data is kept aside, never deleted.
+fn handed_over(opts: &RejoinOptions, password: &Zeroizing<String>, mode: Mode) -> BootstrapOptions {
+    BootstrapOptions {
+        mode,
+        password: opts.password.clone(),
+        known_password: Some(password.clone()),
+        yes: true,
+        slot: opts.slot.clone(),
+        connect_timeout: opts.connect_timeout,
+        timeout: opts.timeout,
+    }
+}
+
 /// `pg_rewind` reads the new primary's timeline from its control file,
 /// which shows the promotion only once the first checkpoint after it is
 /// done (a spread one: minutes, under load). Before that `pg_rewind`
@@ -1371,22 +1374,7 @@ fn bootstrap_instead(
         "handing over to a bootstrap (its own held change: if it is interrupted, `keyferry ha rejoin --resume` or `keyferry ha bootstrap --resume` finishes it)",
     );
     report.method = "bootstrap";
-    let done = bootstrap::bootstrap(
-        home,
-        &BootstrapOptions {
-            mode: Mode::Run,
-            password: opts.password.clone(),
-            known_password: Some(password.clone()),
-            // The operator asked for this node's role to go, and what it
-            // wrote after the divergence was weighed above: its data is
-            // kept aside, never deleted.
-            yes: true,
-            slot: opts.slot.clone(),
-            connect_timeout: opts.connect_timeout,
-            timeout: opts.timeout,
-        },
-        obs,
-    )?;
+    let done = bootstrap::bootstrap(home, &handed_over(opts, password, Mode::Run), obs)?;
     report.phase = Phase::Streaming;
     report.set_aside = done.old_data.clone();
     let mut node = home.open(false)?;
