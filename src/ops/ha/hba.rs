@@ -545,9 +545,24 @@ fn connect_admin(
     r: &Resolved,
     endpoints: &[Endpoint],
 ) -> Result<Option<(postgres::Client, Endpoint)>> {
-    let user = access.user.as_deref().unwrap_or(DEFAULT_ADMIN_USER);
+    // Through a socket, the data directory's owner unless --pg-user names
+    // another role: `peer` admits it, also from root (see `pg::peer`).
+    let owner = r
+        .data_dirs
+        .iter()
+        .find(|d| d.is_dir())
+        .and_then(|d| crate::actor::owner_name(d).zip(pg::peer::Owner::of(d)))
+        .filter(|(name, _)| access.user.as_deref().is_none_or(|u| u == name));
     let mut last_unreachable: Option<PgError> = None;
     for endpoint in endpoints {
+        let as_owner = match endpoint {
+            Endpoint::Socket { .. } => owner.as_ref(),
+            Endpoint::Tcp { .. } => None,
+        };
+        let user = match as_owner {
+            Some((name, _)) => name.as_str(),
+            None => access.user.as_deref().unwrap_or(DEFAULT_ADMIN_USER),
+        };
         let (host, port) = match endpoint {
             Endpoint::Tcp { host, port } => (host.clone(), *port),
             Endpoint::Socket { port, .. } => ("localhost".to_owned(), *port),
@@ -572,7 +587,11 @@ fn connect_admin(
             password: password.as_ref().map(|p| p.as_bytes()),
             timeout: access.timeout,
         };
-        match pg::connect(&spec) {
+        let connected = match as_owner {
+            Some((_, account)) => pg::connect_as_owner(&spec, *account),
+            None => pg::connect(&spec),
+        };
+        match connected {
             Ok(mut client) => {
                 same_hba_file(&mut client, endpoint, &r.file)?;
                 return Ok(Some((client, endpoint.clone())));
