@@ -69,6 +69,9 @@ pub struct HbaTarget {
     /// Edit a file that does not look like a `pg_hba.conf` (by its
     /// content, or, with no server to ask, by its name).
     pub force: bool,
+    /// Compute the change and report it (`added`); write nothing, contact
+    /// no server.
+    pub dry_run: bool,
 }
 
 /// How to reach the local server to check and reload.
@@ -113,7 +116,10 @@ pub struct HbaChangeReport {
     /// (which is kept).
     pub link: Option<PathBuf>,
     pub peer: String,
+    /// Whether the file changed (with `dry_run`: would change).
     pub changed: bool,
+    /// The lines of the new text that the old one did not have.
+    pub added: Vec<String>,
     pub backup: Option<PathBuf>,
     pub server: ServerOutcome,
     pub audited: bool,
@@ -308,6 +314,7 @@ fn change(
         link: r.link.clone(),
         peer: peer.to_string(),
         changed: edit.changed,
+        added: added_lines(&original, &edit.text),
         backup: None,
         server: ServerOutcome::Unchanged,
         audited: false,
@@ -316,7 +323,7 @@ fn change(
         equivalent_lines,
         warnings: Vec::new(),
     };
-    if !edit.changed {
+    if !edit.changed || target.dry_run {
         return Ok(report);
     }
 
@@ -392,6 +399,16 @@ fn change(
         })?;
     }
     Ok(report)
+}
+
+/// The lines of `new` that `old` does not have (as text, end of line
+/// left off): what a dry run shows.
+fn added_lines(old: &[u8], new: &[u8]) -> Vec<String> {
+    let before: std::collections::HashSet<&[u8]> = old.split(|b| *b == b'\n').collect();
+    new.split(|b| *b == b'\n')
+        .filter(|l| !before.contains(l))
+        .map(|l| String::from_utf8_lossy(l).trim_end_matches('\r').to_owned())
+        .collect()
 }
 
 /// Names of files that are something else than a `pg_hba.conf` (parts
