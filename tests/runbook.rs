@@ -1,15 +1,21 @@
 //! README's "Runbook: configure a new pair", command by command, on two
 //! hosts: the primary in network namespace `a` (10.213.0.1), the secondary
 //! in `b` (10.213.0.2), each with its own real PostgreSQL server on the
-//! pair's one port and a listener on the web-services port. The runbook's
-//! steps must give a passing `ha check` on both nodes, then a bootstrap of
-//! the secondary, and end in a `healthy` `ha status` on both.
+//! pair's one port, initialised with Debian's default authentication
+//! (`initdb --auth-local=peer --auth-host=scram-sha-256`), and a listener
+//! on the web-services port; keyferry runs as root, as README says. The
+//! runbook's steps must give a passing `ha check` on both nodes, then a
+//! bootstrap of the secondary, a healthy `ha status` on both, a switchover,
+//! and a healthy `ha status` on both again.
 //!
 //! What differs from the README, and why: the example paths and addresses
 //! are the test's own; passwords come from files where the runbook lets the
-//! operator type them; the replication role is created first (the
-//! product's database has it). Needs root, `ip netns` and PostgreSQL;
-//! skips otherwise (fails with `KEYFERRY_REQUIRE_PG=1`).
+//! operator type them. Nothing else touches the servers: no SQL and no
+//! `pg_hba.conf`/`pg_ident.conf` edit by the test (`ha prepare` does what
+//! the pair needs). The servers listen on their node's address, which an
+//! operator sets in `postgresql.conf` when installing. Needs root, `ip
+//! netns` and PostgreSQL; skips otherwise (fails with
+//! `KEYFERRY_REQUIRE_PG=1`).
 #![cfg(unix)]
 
 mod common;
@@ -21,7 +27,7 @@ use std::process::Output;
 
 use common::netns::{NetnsPair, WebService, ADDR_A, ADDR_B};
 use common::pair::Pair;
-use common::pg::PgServer;
+use common::pg::{Auth, PgServer};
 
 const WEB_PORT: u16 = 6500;
 const REPLICATION_PASSWORD: &str = "runbook replication password";
@@ -37,13 +43,30 @@ fn ok(out: &Output) -> String {
 }
 
 fn server(ns: &str, addr: &str) -> Option<PgServer> {
-    let server = common::pair::server(ns, addr, &[])?;
-    server.create_replication_user("repuser", REPLICATION_PASSWORD);
-    server
-        .connect()
-        .batch_execute("GRANT pg_monitor TO repuser")
-        .expect("grant pg_monitor");
-    Some(server)
+    common::pair::server_with_auth(ns, addr, &[], Auth::Debian)
+}
+
+/// `ha status` on one node: healthy, with `primary` running as the
+/// primary and the other as its streaming replica.
+fn healthy(ns: &str, home: &Path, pw: &str, primary: &str) {
+    let status = on(ns, home, &["ha", "status", "--password-file", pw]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(
+        status.status.code(),
+        Some(0),
+        "ha status:\n{text}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(
+        text.contains("Running Primary") && text.contains("Running Replica"),
+        "{text}"
+    );
+    assert!(text.contains("replication Active"), "{text}");
+    let primary_line = text
+        .lines()
+        .find(|l| l.contains("Running Primary"))
+        .unwrap_or_default();
+    assert!(primary_line.contains(primary), "{text}");
 }
 
 #[test]
@@ -63,8 +86,17 @@ fn the_runbook_leads_to_a_passing_check_and_a_healthy_pair() {
     let tmp = tempfile::tempdir().unwrap();
     let path = |name: &str| tmp.path().join(name);
     let (home_a, home_b) = (path("home-a"), path("home-b"));
-    for dir in ["archive-a", "archive-b", "app-a", "app-b"] {
+    for dir in ["app-a", "app-b"] {
         fs::create_dir(path(dir)).unwrap();
+    }
+    // README: the archive directory, the server's account's.
+    for dir in ["archive-a", "archive-b"] {
+        let made = std::process::Command::new("install")
+            .args(["-d", "-o", "postgres", "-g", "postgres", "-m", "0700"])
+            .arg(path(dir))
+            .output()
+            .unwrap();
+        ok(&made);
     }
     let app_a = path("app-a").join("appsettings.json");
     fs::write(&app_a, b"{ \"ConnectionStrings\": {} }\n").unwrap();
@@ -106,7 +138,12 @@ fn the_runbook_leads_to_a_passing_check_and_a_healthy_pair() {
             &s(&app_a),
         ],
     ));
-    ok(&on(&ns.a, &home_a, &["hba", "ensure", "--peer", ADDR_B]));
+    let prepare = ok(&on(
+        &ns.a,
+        &home_a,
+        &["ha", "prepare", "--restart", "--password-file", &repuser_pw],
+    ));
+    eprintln!("{prepare}");
     ok(&on(
         &ns.a,
         &home_a,
@@ -146,7 +183,11 @@ fn the_runbook_leads_to_a_passing_check_and_a_healthy_pair() {
     assert_eq!(fs::read(&app_b).unwrap(), fs::read(&app_a).unwrap());
     let secondary_fp = ok(&on(&ns.b, &home_b, &["keys", "fingerprint"]));
     assert_eq!(secondary_fp.trim(), primary_fp, "equal to the primary's");
-    ok(&on(&ns.b, &home_b, &["hba", "ensure", "--peer", ADDR_A]));
+    ok(&on(
+        &ns.b,
+        &home_b,
+        &["ha", "prepare", "--restart", "--password-file", &repuser_pw],
+    ));
     let check = on(
         &ns.b,
         &home_b,
@@ -197,19 +238,19 @@ fn the_runbook_leads_to_a_passing_check_and_a_healthy_pair() {
     eprintln!("{bootstrap}");
     assert!(bootstrap.contains("verdict: healthy"), "{bootstrap}");
     for (ns, home) in [(&ns.b, &home_b), (&ns.a, &home_a)] {
-        let status = on(ns, home, &["ha", "status", "--password-file", &repuser_pw]);
-        let text = String::from_utf8_lossy(&status.stdout);
-        assert_eq!(
-            status.status.code(),
-            Some(0),
-            "ha status:\n{text}{}",
-            String::from_utf8_lossy(&status.stderr)
-        );
-        assert!(
-            text.contains("Running Primary") && text.contains("Running Replica"),
-            "{text}"
-        );
-        assert!(text.contains("replication Active"), "{text}");
+        healthy(ns, home, &repuser_pw, ADDR_A);
+    }
+
+    // A planned switchover, on the primary: the secondary becomes the
+    // primary, the old primary its replica.
+    let switchover = ok(&on(
+        &ns.a,
+        &home_a,
+        &["ha", "switchover", "--password-file", &repuser_pw],
+    ));
+    eprintln!("{switchover}");
+    for (ns, home) in [(&ns.a, &home_a), (&ns.b, &home_b)] {
+        healthy(ns, home, &repuser_pw, ADDR_B);
     }
     for home in [&home_a, &home_b] {
         ok(&on(&ns.a, home, &["audit", "verify"]));
