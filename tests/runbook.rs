@@ -6,7 +6,9 @@
 //! on the web-services port; keyferry runs as root, as README says. The
 //! runbook's steps must give a passing `ha check` on both nodes, then a
 //! bootstrap of the secondary, a healthy `ha status` on both, a switchover,
-//! and a healthy `ha status` on both again.
+//! a healthy `ha status` on both again, then a key rotation through the
+//! node registry ending with `keyferry nodes` showing both nodes agreeing
+//! and `ha status` healthy on both.
 //!
 //! What differs from the README, and why: the example paths and addresses
 //! are the test's own; passwords come from files where the runbook lets the
@@ -46,10 +48,9 @@ fn server(ns: &str, addr: &str) -> Option<PgServer> {
     common::pair::server_with_auth(ns, addr, &[], Auth::Debian)
 }
 
-/// `ha status` on one node: healthy, with `primary` running as the
-/// primary and the other as its streaming replica.
-fn healthy(ns: &str, home: &Path, pw: &str, primary: &str) {
-    let status = on(ns, home, &["ha", "status", "--password-file", pw]);
+/// What `ha status` on one node said: healthy, with `primary` running as
+/// the primary and the other as its streaming replica.
+fn healthy(status: &Output, primary: &str) -> String {
     let text = String::from_utf8_lossy(&status.stdout);
     assert_eq!(
         status.status.code(),
@@ -67,6 +68,7 @@ fn healthy(ns: &str, home: &Path, pw: &str, primary: &str) {
         .find(|l| l.contains("Running Primary"))
         .unwrap_or_default();
     assert!(primary_line.contains(primary), "{text}");
+    text.into_owned()
 }
 
 #[test]
@@ -233,24 +235,113 @@ fn the_runbook_leads_to_a_passing_check_and_a_healthy_pair() {
     let bootstrap = ok(&on(
         &ns.b,
         &home_b,
-        &["ha", "bootstrap", "--password-file", &repuser_pw, "--yes"],
+        &[
+            "ha",
+            "bootstrap",
+            "--slot",
+            "pam_b",
+            "--password-file",
+            &repuser_pw,
+            "--yes",
+        ],
     ));
     eprintln!("{bootstrap}");
     assert!(bootstrap.contains("verdict: healthy"), "{bootstrap}");
     for (ns, home) in [(&ns.b, &home_b), (&ns.a, &home_a)] {
-        healthy(ns, home, &repuser_pw, ADDR_A);
+        healthy(
+            &on(ns, home, &["ha", "status", "--password-file", &repuser_pw]),
+            ADDR_A,
+        );
     }
 
     // A planned switchover, on the primary: the secondary becomes the
     // primary, the old primary its replica.
-    let switchover = ok(&on(
+    let switchover = on(
         &ns.a,
         &home_a,
         &["ha", "switchover", "--password-file", &repuser_pw],
-    ));
+    );
+    if !switchover.status.success() {
+        for server in [&primary, &secondary] {
+            let log = server.data_dir().with_extension("pg_ctl.log");
+            eprintln!(
+                "--- {} ---\n{}",
+                log.display(),
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+    }
+    let switchover = ok(&switchover);
     eprintln!("{switchover}");
     for (ns, home) in [(&ns.a, &home_a), (&ns.b, &home_b)] {
-        healthy(ns, home, &repuser_pw, ADDR_B);
+        healthy(
+            &on(ns, home, &["ha", "status", "--password-file", &repuser_pw]),
+            ADDR_B,
+        );
+    }
+
+    // The runbook's key rotation on the pair, pam-b the primary now: the
+    // registry (the replication role's, both nodes from ha.toml; its
+    // password in the libpq password file, PGPASSFILE here, ~/.pgpass in
+    // README), then stage, distribute, promote, distribute, retire. No
+    // rewrap: the pair has no application values here.
+    let pgpass = secret(
+        "pgpass",
+        &format!(
+            "{ADDR_A}:5432:postgres:repuser:{REPLICATION_PASSWORD}\n\
+             {ADDR_B}:5432:postgres:repuser:{REPLICATION_PASSWORD}"
+        ),
+    );
+    let pgpass_cmd = |ns: &str, home: &Path, args: &[&str]| {
+        Pair::keyferry_cmd(ns, home, args)
+            .env("PGPASSFILE", &pgpass)
+            .output()
+            .unwrap()
+    };
+    let with_pgpass = |ns: &str, home: &Path, args: &[&str]| ok(&pgpass_cmd(ns, home, args));
+    let b = |args: &[&str]| with_pgpass(&ns.b, &home_b, args);
+    let a = |args: &[&str]| with_pgpass(&ns.a, &home_a, args);
+    let agree = |nodes: &str| {
+        let rows: Vec<&str> = nodes.lines().filter(|l| l.starts_with("pam-")).collect();
+        let pairs = rows.len();
+        let agreeing = rows.iter().filter(|l| l.ends_with("agrees")).count();
+        assert!(pairs == 2 && agreeing == 2, "{nodes}");
+    };
+    let export = || b(&["export", "-n", keys, "--password-file", &bundle_pw]);
+    let import = || {
+        a(&[
+            "import",
+            "-n",
+            keys,
+            "--delete",
+            "--password-file",
+            &bundle_pw,
+        ])
+    };
+    b(&["nodes", "connect"]);
+    a(&["nodes", "connect"]);
+    agree(&b(&["nodes"]));
+    b(&["rotate", "--stage"]);
+    export();
+    import();
+    b(&["promote", "2"]);
+    export();
+    import();
+    agree(&b(&["nodes"]));
+    b(&["disable", "1"]);
+    b(&["destroy", "1", "--yes"]);
+    a(&["disable", "1"]);
+    a(&["destroy", "1", "--yes"]);
+    let nodes = b(&["nodes"]);
+    eprintln!("{nodes}");
+    agree(&nodes);
+    for (ns, home) in [(&ns.a, &home_a), (&ns.b, &home_b)] {
+        let args = ["ha", "status", "--password-file", &repuser_pw];
+        let status = healthy(&pgpass_cmd(ns, home, &args), ADDR_B);
+        assert!(
+            status.contains("keys: all 2 registered nodes agree"),
+            "{status}"
+        );
     }
     for home in [&home_a, &home_b] {
         ok(&on(&ns.a, home, &["audit", "verify"]));

@@ -39,7 +39,9 @@
 //!
 //! Invariants:
 //! - only the connecting thread ever holds the owner's identity, and only
-//!   inside [`as_owner`];
+//!   inside [`as_owner`] (a connect that misses its deadline and is left
+//!   behind by [`super::bounded`] keeps it on that thread, which runs
+//!   nothing else, until the connect ends);
 //! - the identity is given back by a guard's drop, also when the connect
 //!   panics; if giving it back fails the process aborts, since continuing
 //!   would leave a thread of keyferry acting under the wrong identity;
