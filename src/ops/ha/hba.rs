@@ -563,11 +563,13 @@ fn connect_admin(
     endpoints: &[Endpoint],
 ) -> Result<Option<(postgres::Client, Endpoint)>> {
     // Through a socket, the data directory's owner unless --pg-user names
-    // another role: `peer` admits it, also from root (see `pg::peer`).
+    // another role: `peer` admits it, also from root (see `pg::peer`). Only
+    // a real data directory's (PG_VERSION): the directory of a file given
+    // elsewhere says nothing about the server's account.
     let owner = r
         .data_dirs
         .iter()
-        .find(|d| d.is_dir())
+        .find(|d| d.join("PG_VERSION").is_file())
         .and_then(|d| crate::actor::owner_name(d).zip(pg::peer::Owner::of(d)))
         .filter(|(name, _)| access.user.as_deref().is_none_or(|u| u == name));
     let mut last_unreachable: Option<PgError> = None;
