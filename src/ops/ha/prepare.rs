@@ -163,10 +163,16 @@ pub fn prepare(
     report.hba = hba_blocks(home, &config, hba_file, opts)?;
     if restart {
         let server = Server::of(&config, RESTART_TIMEOUT);
-        server
-            .stop()
-            .and_then(|()| server.start())
-            .map_err(|e| Error::Refused(format!("ha prepare --restart: {e}")))?;
+        server.stop().map_err(|e| {
+            Error::Refused(format!(
+                "ha prepare --restart could not stop the server ({e}); the statements are in place: restart it with `keyferry ha stop` and `keyferry ha start`"
+            ))
+        })?;
+        server.start().map_err(|e| {
+            Error::Refused(format!(
+                "ha prepare --restart stopped the server and could not start it again ({e}): fix what the log says, then `keyferry ha start`"
+            ))
+        })?;
         report.restarted = true;
         let (mut client, target) = local_admin(&config, opts.timeout)?;
         let observed = prepare::observe(&mut client, &target, &wanted)?;
