@@ -4,12 +4,15 @@
 //! with the password), its rights (what `ha check`'s rights check asks
 //! for), its schema (where its tables land) and the replication settings;
 //! a second plan is empty but for the settings waiting for a restart, and
-//! after the restart nothing is left to do.
+//! after the restart nothing is left to do. The command itself, as root on
+//! Debian's default rules (`local … peer`): it lists, then writes, the
+//! statements and keyferry's `pg_hba.conf` blocks for both addresses,
+//! restarts the server with `--restart`, and then has nothing to do.
 #![cfg(unix)]
 
 mod common;
 
-use common::pg::{PgOptions, PgServer};
+use common::pg::{Auth, PgOptions, PgServer};
 use keyferry::ha::prepare::{apply, observe, plan, Wanted};
 
 const PASSWORD: &str = "prepare's replication password";
@@ -118,9 +121,10 @@ fn ok(out: &std::process::Output) -> String {
 
 #[test]
 fn ha_prepare_lists_runs_audits_and_then_has_nothing_to_do() {
-    let Some(server) = PgServer::start_primary(PgOptions::default()) else {
+    let Some(server) = PgServer::start_primary_with_auth(PgOptions::default(), Auth::Debian) else {
         return;
     };
+    let hba_before = server.read_hba();
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
     ok(&keyferry(&home, &["init"]));
@@ -174,6 +178,15 @@ fn ha_prepare_lists_runs_audits_and_then_has_nothing_to_do() {
         .unwrap()
         .get(0);
     assert!(!exists, "a dry run created the role");
+    for addr in ["192.0.2.1", "192.0.2.2"] {
+        let hba = server.hba_path();
+        let line = format!(
+            "would add to {}: # BEGIN keyferry peer {addr}",
+            hba.display()
+        );
+        assert!(out.contains(&line), "{out}");
+    }
+    assert_eq!(server.read_hba(), hba_before, "a dry run wrote pg_hba.conf");
     assert_eq!(audit(), before);
 
     let out = ok(&keyferry(&home, &["ha", "prepare", "--password-file", pw]));
@@ -186,9 +199,36 @@ fn ha_prepare_lists_runs_audits_and_then_has_nothing_to_do() {
         "{out}"
     );
     server.connect_as("repuser", PASSWORD);
+    let hba = String::from_utf8(server.read_hba()).unwrap();
+    for addr in ["192.0.2.1", "192.0.2.2"] {
+        assert!(
+            hba.contains(&format!(
+                "host    replication     repuser         {addr}/32"
+            )),
+            "{hba}"
+        );
+    }
+    assert!(server.hba_file_errors().is_empty());
     let log = audit();
     assert_eq!(log.matches("\"ha-prepare\"").count(), 1, "{log}");
+    assert_eq!(log.matches("\"hba-ensure\"").count(), 2, "{log}");
     assert!(!log.contains(PASSWORD) && !log.contains("SCRAM-SHA-256$"));
+
+    // --restart: the settings waiting for it take effect.
+    let out = ok(&keyferry(
+        &home,
+        &["ha", "prepare", "--restart", "--password-file", pw],
+    ));
+    assert!(out.contains("restarted the server"), "{out}");
+    assert!(!out.contains("restart the server for"), "{out}");
+    let hints: String = server
+        .connect()
+        .query_one("SHOW wal_log_hints", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(hints, "on");
+    let log = audit();
+    assert_eq!(log.matches("\"ha-prepare\"").count(), 2, "{log}");
 
     let out = ok(&keyferry(&home, &["ha", "prepare", "--password-file", pw]));
     assert!(out.contains("nothing to change"), "{out}");

@@ -1,15 +1,23 @@
 //! README's "Runbook: configure a new pair", command by command, on two
 //! hosts: the primary in network namespace `a` (10.213.0.1), the secondary
 //! in `b` (10.213.0.2), each with its own real PostgreSQL server on the
-//! pair's one port and a listener on the web-services port. The runbook's
-//! steps must give a passing `ha check` on both nodes, then a bootstrap of
-//! the secondary, and end in a `healthy` `ha status` on both.
+//! pair's one port, initialised with Debian's default authentication
+//! (`initdb --auth-local=peer --auth-host=scram-sha-256`), and a listener
+//! on the web-services port; keyferry runs as root, as README says. The
+//! runbook's steps must give a passing `ha check` on both nodes, then a
+//! bootstrap of the secondary, a healthy `ha status` on both, a switchover,
+//! a healthy `ha status` on both again, then a key rotation through the
+//! node registry ending with `keyferry nodes` showing both nodes agreeing
+//! and `ha status` healthy on both.
 //!
 //! What differs from the README, and why: the example paths and addresses
 //! are the test's own; passwords come from files where the runbook lets the
-//! operator type them; the replication role is created first (the
-//! product's database has it). Needs root, `ip netns` and PostgreSQL;
-//! skips otherwise (fails with `KEYFERRY_REQUIRE_PG=1`).
+//! operator type them. Nothing else touches the servers: no SQL and no
+//! `pg_hba.conf`/`pg_ident.conf` edit by the test (`ha prepare` does what
+//! the pair needs). The servers listen on their node's address, which an
+//! operator sets in `postgresql.conf` when installing. Needs root, `ip
+//! netns` and PostgreSQL; skips otherwise (fails with
+//! `KEYFERRY_REQUIRE_PG=1`).
 #![cfg(unix)]
 
 mod common;
@@ -21,7 +29,7 @@ use std::process::Output;
 
 use common::netns::{NetnsPair, WebService, ADDR_A, ADDR_B};
 use common::pair::Pair;
-use common::pg::PgServer;
+use common::pg::{Auth, PgServer};
 
 const WEB_PORT: u16 = 6500;
 const REPLICATION_PASSWORD: &str = "runbook replication password";
@@ -37,13 +45,30 @@ fn ok(out: &Output) -> String {
 }
 
 fn server(ns: &str, addr: &str) -> Option<PgServer> {
-    let server = common::pair::server(ns, addr, &[])?;
-    server.create_replication_user("repuser", REPLICATION_PASSWORD);
-    server
-        .connect()
-        .batch_execute("GRANT pg_monitor TO repuser")
-        .expect("grant pg_monitor");
-    Some(server)
+    common::pair::server_with_auth(ns, addr, &[], Auth::Debian)
+}
+
+/// What `ha status` on one node said: healthy, with `primary` running as
+/// the primary and the other as its streaming replica.
+fn healthy(status: &Output, primary: &str) -> String {
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(
+        status.status.code(),
+        Some(0),
+        "ha status:\n{text}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(
+        text.contains("Running Primary") && text.contains("Running Replica"),
+        "{text}"
+    );
+    assert!(text.contains("replication Active"), "{text}");
+    let primary_line = text
+        .lines()
+        .find(|l| l.contains("Running Primary"))
+        .unwrap_or_default();
+    assert!(primary_line.contains(primary), "{text}");
+    text.into_owned()
 }
 
 #[test]
@@ -63,8 +88,17 @@ fn the_runbook_leads_to_a_passing_check_and_a_healthy_pair() {
     let tmp = tempfile::tempdir().unwrap();
     let path = |name: &str| tmp.path().join(name);
     let (home_a, home_b) = (path("home-a"), path("home-b"));
-    for dir in ["archive-a", "archive-b", "app-a", "app-b"] {
+    for dir in ["app-a", "app-b"] {
         fs::create_dir(path(dir)).unwrap();
+    }
+    // README: the archive directory, the server's account's.
+    for dir in ["archive-a", "archive-b"] {
+        let made = std::process::Command::new("install")
+            .args(["-d", "-o", "postgres", "-g", "postgres", "-m", "0700"])
+            .arg(path(dir))
+            .output()
+            .unwrap();
+        ok(&made);
     }
     let app_a = path("app-a").join("appsettings.json");
     fs::write(&app_a, b"{ \"ConnectionStrings\": {} }\n").unwrap();
@@ -106,7 +140,12 @@ fn the_runbook_leads_to_a_passing_check_and_a_healthy_pair() {
             &s(&app_a),
         ],
     ));
-    ok(&on(&ns.a, &home_a, &["hba", "ensure", "--peer", ADDR_B]));
+    let prepare = ok(&on(
+        &ns.a,
+        &home_a,
+        &["ha", "prepare", "--restart", "--password-file", &repuser_pw],
+    ));
+    eprintln!("{prepare}");
     ok(&on(
         &ns.a,
         &home_a,
@@ -146,7 +185,11 @@ fn the_runbook_leads_to_a_passing_check_and_a_healthy_pair() {
     assert_eq!(fs::read(&app_b).unwrap(), fs::read(&app_a).unwrap());
     let secondary_fp = ok(&on(&ns.b, &home_b, &["keys", "fingerprint"]));
     assert_eq!(secondary_fp.trim(), primary_fp, "equal to the primary's");
-    ok(&on(&ns.b, &home_b, &["hba", "ensure", "--peer", ADDR_A]));
+    ok(&on(
+        &ns.b,
+        &home_b,
+        &["ha", "prepare", "--restart", "--password-file", &repuser_pw],
+    ));
     let check = on(
         &ns.b,
         &home_b,
@@ -192,24 +235,113 @@ fn the_runbook_leads_to_a_passing_check_and_a_healthy_pair() {
     let bootstrap = ok(&on(
         &ns.b,
         &home_b,
-        &["ha", "bootstrap", "--password-file", &repuser_pw, "--yes"],
+        &[
+            "ha",
+            "bootstrap",
+            "--slot",
+            "pam_b",
+            "--password-file",
+            &repuser_pw,
+            "--yes",
+        ],
     ));
     eprintln!("{bootstrap}");
     assert!(bootstrap.contains("verdict: healthy"), "{bootstrap}");
     for (ns, home) in [(&ns.b, &home_b), (&ns.a, &home_a)] {
-        let status = on(ns, home, &["ha", "status", "--password-file", &repuser_pw]);
-        let text = String::from_utf8_lossy(&status.stdout);
-        assert_eq!(
-            status.status.code(),
-            Some(0),
-            "ha status:\n{text}{}",
-            String::from_utf8_lossy(&status.stderr)
+        healthy(
+            &on(ns, home, &["ha", "status", "--password-file", &repuser_pw]),
+            ADDR_A,
         );
+    }
+
+    // A planned switchover, on the primary: the secondary becomes the
+    // primary, the old primary its replica.
+    let switchover = on(
+        &ns.a,
+        &home_a,
+        &["ha", "switchover", "--password-file", &repuser_pw],
+    );
+    if !switchover.status.success() {
+        for server in [&primary, &secondary] {
+            let log = server.data_dir().with_extension("pg_ctl.log");
+            eprintln!(
+                "--- {} ---\n{}",
+                log.display(),
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+    }
+    let switchover = ok(&switchover);
+    eprintln!("{switchover}");
+    for (ns, home) in [(&ns.a, &home_a), (&ns.b, &home_b)] {
+        healthy(
+            &on(ns, home, &["ha", "status", "--password-file", &repuser_pw]),
+            ADDR_B,
+        );
+    }
+
+    // The runbook's key rotation on the pair, pam-b the primary now: the
+    // registry (the replication role's, both nodes from ha.toml; its
+    // password in the libpq password file, PGPASSFILE here, ~/.pgpass in
+    // README), then stage, distribute, promote, distribute, retire. No
+    // rewrap: the pair has no application values here.
+    let pgpass = secret(
+        "pgpass",
+        &format!(
+            "{ADDR_A}:5432:postgres:repuser:{REPLICATION_PASSWORD}\n\
+             {ADDR_B}:5432:postgres:repuser:{REPLICATION_PASSWORD}"
+        ),
+    );
+    let pgpass_cmd = |ns: &str, home: &Path, args: &[&str]| {
+        Pair::keyferry_cmd(ns, home, args)
+            .env("PGPASSFILE", &pgpass)
+            .output()
+            .unwrap()
+    };
+    let with_pgpass = |ns: &str, home: &Path, args: &[&str]| ok(&pgpass_cmd(ns, home, args));
+    let b = |args: &[&str]| with_pgpass(&ns.b, &home_b, args);
+    let a = |args: &[&str]| with_pgpass(&ns.a, &home_a, args);
+    let agree = |nodes: &str| {
+        let rows: Vec<&str> = nodes.lines().filter(|l| l.starts_with("pam-")).collect();
+        let pairs = rows.len();
+        let agreeing = rows.iter().filter(|l| l.ends_with("agrees")).count();
+        assert!(pairs == 2 && agreeing == 2, "{nodes}");
+    };
+    let export = || b(&["export", "-n", keys, "--password-file", &bundle_pw]);
+    let import = || {
+        a(&[
+            "import",
+            "-n",
+            keys,
+            "--delete",
+            "--password-file",
+            &bundle_pw,
+        ])
+    };
+    b(&["nodes", "connect"]);
+    a(&["nodes", "connect"]);
+    agree(&b(&["nodes"]));
+    b(&["rotate", "--stage"]);
+    export();
+    import();
+    b(&["promote", "2"]);
+    export();
+    import();
+    agree(&b(&["nodes"]));
+    b(&["disable", "1"]);
+    b(&["destroy", "1", "--yes"]);
+    a(&["disable", "1"]);
+    a(&["destroy", "1", "--yes"]);
+    let nodes = b(&["nodes"]);
+    eprintln!("{nodes}");
+    agree(&nodes);
+    for (ns, home) in [(&ns.a, &home_a), (&ns.b, &home_b)] {
+        let args = ["ha", "status", "--password-file", &repuser_pw];
+        let status = healthy(&pgpass_cmd(ns, home, &args), ADDR_B);
         assert!(
-            text.contains("Running Primary") && text.contains("Running Replica"),
-            "{text}"
+            status.contains("keys: all 2 registered nodes agree"),
+            "{status}"
         );
-        assert!(text.contains("replication Active"), "{text}");
     }
     for home in [&home_a, &home_b] {
         ok(&on(&ns.a, home, &["audit", "verify"]));

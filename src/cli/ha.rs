@@ -91,9 +91,12 @@ pub(crate) enum HaCommand {
 
 #[derive(Args, Debug)]
 pub(crate) struct PrepareArgs {
-    /// List every statement; run nothing.
+    /// List every statement and pg_hba.conf line; change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Restart the server when a setting written waits for a restart.
+    #[arg(long)]
+    restart: bool,
     /// Timeout of the connection to the local server, in milliseconds.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_TIMEOUT_MS)]
     timeout_ms: u64,
@@ -311,6 +314,7 @@ impl TargetArgs {
                 timeout: Duration::from_millis(self.timeout_ms),
             },
             force: self.force,
+            dry_run: false,
         }
     }
 }
@@ -360,23 +364,42 @@ pub fn run(home: &Home, cmd: HaCommand) -> Result<()> {
             let r = crate::ops::ha::prepare::prepare(
                 home,
                 pw.as_deref().map(|p| &p[..]),
-                a.dry_run,
-                Duration::from_millis(a.timeout_ms),
+                crate::ops::ha::prepare::PrepareOptions {
+                    dry_run: a.dry_run,
+                    restart: a.restart,
+                    timeout: Duration::from_millis(a.timeout_ms),
+                },
             )?;
             let verb = if r.dry_run { "would run" } else { "ran" };
-            if r.statements.is_empty() {
+            if r.statements.is_empty() && r.hba.iter().all(|h| !h.changed) && !r.restarted {
                 println!("{}: nothing to change", r.server);
             }
             for s in &r.statements {
                 println!("{verb}: {};   -- {}", s.sql, s.why);
             }
+            let add = if r.dry_run {
+                "would add to"
+            } else {
+                "added to"
+            };
+            for h in &r.hba {
+                for line in &h.added {
+                    println!("{add} {}: {line}", h.file.display());
+                }
+                if let Some(b) = &h.backup {
+                    println!("previous version kept as {}", b.display());
+                }
+            }
+            if r.restarted {
+                println!("restarted the server");
+            }
             if !r.restart_for.is_empty() {
                 println!(
-                    "restart the server for {} to take effect (`keyferry ha stop` then `keyferry ha start`)",
+                    "restart the server for {} to take effect (`keyferry ha prepare --restart`)",
                     r.restart_for.join(", ")
                 );
             }
-            if !r.dry_run && !r.statements.is_empty() {
+            if !r.dry_run && (!r.statements.is_empty() || r.restarted) {
                 not_audited_note(r.audited);
             }
             Ok(())

@@ -218,8 +218,10 @@ pub(crate) fn quote_ident(name: &str) -> String {
 /// The local server, as its own administrator: through its Unix socket
 /// (directory and port from its `postmaster.pid`, else `socket_dir` and
 /// `port`) as the OS account that owns the data directory, with no
-/// password. This is how keyferry writes on its own server; it never needs
-/// a superuser password. Not available on Windows (no Unix socket there).
+/// password, which `peer` authentication admits also when keyferry runs as
+/// root ([`pg::peer`]). This is how keyferry writes on its own server; it
+/// never needs a superuser password. Not available on Windows (no Unix
+/// socket there).
 pub(crate) fn local_admin(
     pg_data: &Path,
     socket_dir: Option<&Path>,
@@ -247,17 +249,21 @@ pub(crate) fn local_admin(
             "the local server's socket directory is not known: set pg_socket_dir in ha.toml".into(),
         )
     })?;
-    let owner = crate::actor::owner_name(pg_data)
+    let (owner, account) = crate::actor::owner_name(pg_data)
+        .zip(pg::peer::Owner::of(pg_data))
         .ok_or_else(|| no_way("the data directory's owner is not known".into()))?;
     let endpoint = Endpoint::Socket { dir, port };
     let target = format!("{endpoint} as {owner}");
-    let mut client = pg::connect(&ConnSpec {
-        endpoint: &endpoint,
-        user: &owner,
-        dbname: pg::MAINTENANCE_DB,
-        password: None,
-        timeout,
-    })?;
+    let mut client = pg::connect_as_owner(
+        &ConnSpec {
+            endpoint: &endpoint,
+            user: &owner,
+            dbname: pg::MAINTENANCE_DB,
+            password: None,
+            timeout,
+        },
+        account,
+    )?;
     pg::monitor::bound_statements(&mut client, &target, timeout.max(Duration::from_secs(30)))?;
     Ok((client, target))
 }

@@ -34,7 +34,11 @@ use std::time::{Duration, Instant};
 use postgres::{Client, NoTls};
 use zeroize::Zeroizing;
 
-use super::{from_postgres, platform, ConnSpec, Endpoint, PgError, APPLICATION_NAME};
+use super::peer::{self, Identity, Owner};
+use super::{
+    from_postgres, platform, ConnSpec, Endpoint, PgError, APPLICATION_NAME,
+    SQLSTATE_INVALID_AUTHORIZATION, SQLSTATE_INVALID_PASSWORD,
+};
 
 /// How long after `timeout` the caller still waits: the thread's own TCP
 /// connect timeout (exactly `timeout`) must be able to report itself
@@ -48,11 +52,15 @@ struct Owned {
     dbname: String,
     password: Option<Zeroizing<Vec<u8>>>,
     timeout: Duration,
+    /// Connect as this account (the data directory's owner): see
+    /// [`peer`].
+    owner: Option<Owner>,
 }
 
 impl Owned {
-    fn of(spec: &ConnSpec<'_>) -> Self {
+    fn of(spec: &ConnSpec<'_>, owner: Option<Owner>) -> Self {
         Owned {
+            owner,
             endpoint: spec.endpoint.clone(),
             user: spec.user.to_owned(),
             dbname: spec.dbname.to_owned(),
@@ -84,18 +92,50 @@ impl Owned {
         if let Some(password) = &self.password {
             config.password(password.as_slice());
         }
-        config.connect(NoTls).map_err(|e| from_postgres(&target, e))
+        let Some(owner) = self.owner else {
+            return config.connect(NoTls).map_err(|e| from_postgres(&target, e));
+        };
+        let connected = peer::as_owner(owner, || config.connect(NoTls))
+            .map_err(|why| PgError::Protocol {
+                target: target.clone(),
+                message: format!(
+                    "cannot connect as {}, the data directory's owner: {why}",
+                    self.user
+                ),
+            })?
+            .map_err(|e| from_postgres(&target, e));
+        match connected {
+            Err(e)
+                if owner.identity() == Identity::Other
+                    && matches!(
+                        e.code(),
+                        Some(SQLSTATE_INVALID_AUTHORIZATION | SQLSTATE_INVALID_PASSWORD)
+                    ) =>
+            {
+                Err(PgError::NotOwner {
+                    target,
+                    owner: self.user.clone(),
+                    refusal: e.to_string(),
+                })
+            }
+            other => other,
+        }
     }
 }
 
 /// Runs `work` on a thread and waits for it until `spec.timeout` (plus
 /// [`CONNECT_GRACE`]) has passed since `started`.
-fn on_worker<T, F>(spec: &ConnSpec<'_>, started: Instant, work: F) -> Result<T, PgError>
+fn on_worker<T, F>(
+    spec: &ConnSpec<'_>,
+    owner: Option<Owner>,
+    started: Instant,
+    work: F,
+) -> Result<T, PgError>
 where
     T: Send + 'static,
     F: FnOnce(Owned) -> Result<T, PgError> + Send + 'static,
 {
-    let owned = Owned::of(spec);
+    let owned = Owned::of(spec, owner);
     let (tx, rx) = mpsc::sync_channel(1);
     let spawned = std::thread::Builder::new()
         .name("keyferry-pg".into())
@@ -124,7 +164,15 @@ where
 /// bounded only by what the caller sets (`statement_timeout`); a read that
 /// must not hang on a frozen server goes through [`exchange`].
 pub(crate) fn connect(spec: &ConnSpec<'_>) -> Result<Client, PgError> {
-    on_worker(spec, Instant::now(), |owned| owned.connect())
+    on_worker(spec, None, Instant::now(), |owned| owned.connect())
+}
+
+/// [`connect`] through a Unix socket as `owner`, the OS account of the
+/// role `spec.user`, as `peer` authentication wants it: when keyferry runs
+/// as root, the worker thread takes the owner's identity for the connect
+/// (see [`peer`]).
+pub(crate) fn connect_as_owner(spec: &ConnSpec<'_>, owner: Owner) -> Result<Client, PgError> {
+    on_worker(spec, Some(owner), Instant::now(), |owned| owned.connect())
 }
 
 /// Connects and runs `work` on the connection, the whole of it (connect,
@@ -136,7 +184,7 @@ where
     T: Send + 'static,
     F: FnOnce(&mut Client, &str) -> Result<T, PgError> + Send + 'static,
 {
-    on_worker(spec, Instant::now(), move |owned| {
+    on_worker(spec, None, Instant::now(), move |owned| {
         let target = owned.endpoint.to_string();
         let mut client = owned.connect()?;
         super::monitor::bound_statements(&mut client, &target, owned.timeout)?;

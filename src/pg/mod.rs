@@ -38,6 +38,7 @@ pub(crate) mod conf;
 pub mod dsn;
 pub mod monitor;
 pub mod passfile;
+pub mod peer;
 pub mod pidfile;
 pub(crate) mod recovery;
 pub mod replication;
@@ -130,6 +131,17 @@ pub enum PgError {
         target: String,
         /// What happened, on one line.
         message: String,
+    },
+    /// The local server's socket admits only the data directory's owner
+    /// (`peer` authentication) and keyferry runs neither as it nor as root.
+    #[error("{refusal}: the socket admits only {owner}, the data directory's owner, and keyferry runs as another account: run keyferry as root (it then connects as {owner})")]
+    NotOwner {
+        /// Where the server is.
+        target: String,
+        /// The owner's account (and role) name.
+        owner: String,
+        /// The server's refusal, on one line.
+        refusal: String,
     },
     /// One of PostgreSQL's programs could not be run or failed.
     #[error("{program} failed: {message}; check pg_bin in ha.toml and that the program runs")]
@@ -309,6 +321,14 @@ impl fmt::Debug for Credentials {
 /// are bounded by `spec.timeout` (see [`bounded`]).
 pub fn connect(spec: &ConnSpec<'_>) -> Result<Client, PgError> {
     bounded::connect(spec)
+}
+
+/// [`connect`] to the local server's Unix socket as `owner`, the OS
+/// account that owns its data directory (whose name is `spec.user`): what
+/// `peer` authentication admits, also when keyferry runs as root (see
+/// [`peer`]).
+pub fn connect_as_owner(spec: &ConnSpec<'_>, owner: peer::Owner) -> Result<Client, PgError> {
+    bounded::connect_as_owner(spec, owner)
 }
 
 /// Turns a `postgres` crate error into a [`PgError`] for `target`.

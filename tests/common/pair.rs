@@ -14,7 +14,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::netns::{NetnsPair, ADDR_A, ADDR_B};
-use super::pg::{PgOptions, PgServer};
+use super::pg::{Auth, PgOptions, PgServer};
 
 pub const PG_PORT: u16 = 5432;
 pub const PASSWORD: &str = "bootstrap replication password";
@@ -34,12 +34,20 @@ pub struct Pair {
 }
 
 pub fn server(ns: &str, addr: &str, extra: &[&str]) -> Option<PgServer> {
+    server_with_auth(ns, addr, extra, Auth::Trust)
+}
+
+/// [`server`] with the given `pg_hba.conf` defaults.
+pub fn server_with_auth(ns: &str, addr: &str, extra: &[&str], auth: Auth) -> Option<PgServer> {
     let mut extra_conf = vec![format!("listen_addresses = '{addr},127.0.0.1'")];
     extra_conf.extend(extra.iter().map(|l| (*l).to_owned()));
-    let mut server = PgServer::start_primary(PgOptions {
-        extra_conf,
-        netns: Some(ns.to_owned()),
-    })?;
+    let mut server = PgServer::start_primary_with_auth(
+        PgOptions {
+            extra_conf,
+            netns: Some(ns.to_owned()),
+        },
+        auth,
+    )?;
     server.move_to_port(PG_PORT);
     Some(server)
 }

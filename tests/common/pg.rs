@@ -71,6 +71,19 @@ pub struct PgOptions {
     pub netns: Option<String>,
 }
 
+/// The `pg_hba.conf` a new cluster starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// `local … trust`, `host … scram-sha-256`: what most tests use, so
+    /// their own SQL reaches a server in a namespace through its socket.
+    Trust,
+    /// Debian's default rules (`initdb --auth-local=peer
+    /// --auth-host=scram-sha-256`): the socket admits only the OS account
+    /// of the same name. The test's own SQL to a server in a namespace then
+    /// goes through keyferry's connection as the data directory's owner.
+    Debian,
+}
+
 /// How to run the server programs on this machine.
 #[derive(Debug, Clone)]
 struct PgInstall {
@@ -79,6 +92,7 @@ struct PgInstall {
     run_as: Option<(u32, u32)>,
     /// Network namespace the programs run in.
     netns: Option<String>,
+    auth: Auth,
 }
 
 /// A running test server.
@@ -97,6 +111,11 @@ impl PgServer {
     /// found panics with the server log: that is a broken test setup, not a
     /// missing optional dependency.
     pub fn start_primary(opts: PgOptions) -> Option<PgServer> {
+        Self::start_primary_with_auth(opts, Auth::Trust)
+    }
+
+    /// [`PgServer::start_primary`] with the given `pg_hba.conf` defaults.
+    pub fn start_primary_with_auth(opts: PgOptions, auth: Auth) -> Option<PgServer> {
         let mut install = match find_install() {
             Ok(install) => install,
             Err(Unusable::Broken(reason)) => panic!("PostgreSQL test setup is broken: {reason}"),
@@ -109,6 +128,7 @@ impl PgServer {
             }
         };
         install.netns = opts.netns.clone();
+        install.auth = auth;
         let (dir, data, socket_dir) = install.server_dirs("keyferry-pg-");
 
         let pwfile = dir.path().join("pwfile");
@@ -122,7 +142,11 @@ impl PgServer {
             .arg(&data)
             .args(["--no-sync", "-E", "UTF8", "-U", SUPERUSER])
             .arg(format!("--locale={LOCALE}"))
-            .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
+            .arg(match auth {
+                Auth::Trust => "--auth-local=trust",
+                Auth::Debian => "--auth-local=peer",
+            })
+            .arg("--auth-host=scram-sha-256")
             .arg(format!("--pwfile={}", pwfile.display()))
             .output()
             .expect("run initdb");
@@ -310,6 +334,13 @@ impl PgServer {
 
     /// A connection as `user` over TCP.
     pub fn connect_as(&self, user: &str, password: &str) -> Client {
+        if self.install.netns.is_some() && self.install.auth == Auth::Debian {
+            assert_eq!(
+                user, SUPERUSER,
+                "a Debian-auth server's socket admits only its owner"
+            );
+            return self.connect_as_owner();
+        }
         let mut config = postgres::Config::new();
         if self.install.netns.is_some() {
             config.host_path(&self.socket_dir);
@@ -328,6 +359,27 @@ impl PgServer {
                     self.port
                 )
             })
+    }
+
+    /// The superuser through the Unix socket as the data directory's owner
+    /// (keyferry's own way: the `peer` rule admits it, also from root).
+    pub fn connect_as_owner(&self) -> Client {
+        let endpoint = keyferry::pg::Endpoint::Socket {
+            dir: self.socket_dir.clone(),
+            port: self.port,
+        };
+        let owner = keyferry::pg::peer::Owner::of(&self.data).expect("data directory's owner");
+        keyferry::pg::connect_as_owner(
+            &keyferry::pg::ConnSpec {
+                endpoint: &endpoint,
+                user: SUPERUSER,
+                dbname: "postgres",
+                password: None,
+                timeout: std::time::Duration::from_secs(30),
+            },
+            owner,
+        )
+        .unwrap_or_else(|e| panic!("connect to test server as its owner: {e}"))
     }
 
     /// Creates a login role with the REPLICATION attribute. Name and
@@ -504,6 +556,7 @@ fn find_install() -> Result<PgInstall, Unusable> {
         bin,
         run_as,
         netns: None,
+        auth: Auth::Trust,
     })
 }
 

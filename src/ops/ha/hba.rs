@@ -69,6 +69,9 @@ pub struct HbaTarget {
     /// Edit a file that does not look like a `pg_hba.conf` (by its
     /// content, or, with no server to ask, by its name).
     pub force: bool,
+    /// Compute the change and report it (`added`); write nothing, contact
+    /// no server.
+    pub dry_run: bool,
 }
 
 /// How to reach the local server to check and reload.
@@ -113,7 +116,10 @@ pub struct HbaChangeReport {
     /// (which is kept).
     pub link: Option<PathBuf>,
     pub peer: String,
+    /// Whether the file changed (with `dry_run`: would change).
     pub changed: bool,
+    /// The lines of the new text that the old one did not have.
+    pub added: Vec<String>,
     pub backup: Option<PathBuf>,
     pub server: ServerOutcome,
     pub audited: bool,
@@ -319,6 +325,7 @@ fn change(
         link: r.link.clone(),
         peer: peer.to_string(),
         changed: edit.changed,
+        added: added_lines(&original, &edit.text),
         backup: None,
         server: ServerOutcome::Unchanged,
         audited: false,
@@ -327,7 +334,7 @@ fn change(
         equivalent_lines,
         warnings: Vec::new(),
     };
-    if !edit.changed {
+    if !edit.changed || target.dry_run {
         return Ok(report);
     }
 
@@ -403,6 +410,16 @@ fn change(
         })?;
     }
     Ok(report)
+}
+
+/// The lines of `new` that `old` does not have (as text, end of line
+/// left off): what a dry run shows.
+fn added_lines(old: &[u8], new: &[u8]) -> Vec<String> {
+    let before: std::collections::HashSet<&[u8]> = old.split(|b| *b == b'\n').collect();
+    new.split(|b| *b == b'\n')
+        .filter(|l| !before.contains(l))
+        .map(|l| String::from_utf8_lossy(l).trim_end_matches('\r').to_owned())
+        .collect()
 }
 
 /// Names of files that are something else than a `pg_hba.conf` (parts
@@ -556,9 +573,26 @@ fn connect_admin(
     r: &Resolved,
     endpoints: &[Endpoint],
 ) -> Result<Option<(postgres::Client, Endpoint)>> {
-    let user = access.user.as_deref().unwrap_or(DEFAULT_ADMIN_USER);
+    // Through a socket, the data directory's owner unless --pg-user names
+    // another role: `peer` admits it, also from root (see `pg::peer`). Only
+    // a real data directory's (PG_VERSION): the directory of a file given
+    // elsewhere says nothing about the server's account.
+    let owner = r
+        .data_dirs
+        .iter()
+        .find(|d| d.join("PG_VERSION").is_file())
+        .and_then(|d| crate::actor::owner_name(d).zip(pg::peer::Owner::of(d)))
+        .filter(|(name, _)| access.user.as_deref().is_none_or(|u| u == name));
     let mut last_unreachable: Option<PgError> = None;
     for endpoint in endpoints {
+        let as_owner = match endpoint {
+            Endpoint::Socket { .. } => owner.as_ref(),
+            Endpoint::Tcp { .. } => None,
+        };
+        let user = match as_owner {
+            Some((name, _)) => name.as_str(),
+            None => access.user.as_deref().unwrap_or(DEFAULT_ADMIN_USER),
+        };
         let (host, port) = match endpoint {
             Endpoint::Tcp { host, port } => (host.clone(), *port),
             Endpoint::Socket { port, .. } => ("localhost".to_owned(), *port),
@@ -583,7 +617,11 @@ fn connect_admin(
             password: password.as_ref().map(|p| p.as_bytes()),
             timeout: access.timeout,
         };
-        match pg::connect(&spec) {
+        let connected = match as_owner {
+            Some((_, account)) => pg::connect_as_owner(&spec, *account),
+            None => pg::connect(&spec),
+        };
+        match connected {
             Ok(mut client) => {
                 same_hba_file(&mut client, endpoint, &r.file)?;
                 return Ok(Some((client, endpoint.clone())));

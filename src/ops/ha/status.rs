@@ -593,6 +593,9 @@ struct Attempt {
     user: String,
     /// Send the replication user's password.
     password: bool,
+    /// Connect as the data directory's owner (the socket attempt): see
+    /// `pg::peer`.
+    owner: Option<pg::peer::Owner>,
 }
 
 impl Attempt {
@@ -627,11 +630,14 @@ fn local_attempts(config: &HaConfig, side: Side, notes: &mut Vec<String>) -> Vec
     let replication_user = config.replication_user.clone();
     let mut attempts = Vec::new();
     if cfg!(unix) {
-        if let (Some(dir), Some(owner)) = (socket_dir, crate::actor::owner_name(&config.pg_data)) {
+        let owner =
+            crate::actor::owner_name(&config.pg_data).zip(pg::peer::Owner::of(&config.pg_data));
+        if let (Some(dir), Some((user, account))) = (socket_dir, owner) {
             attempts.push(Attempt {
                 endpoint: Endpoint::Socket { dir, port },
-                user: owner,
+                user,
                 password: false,
+                owner: Some(account),
             });
         }
     }
@@ -646,6 +652,7 @@ fn local_attempts(config: &HaConfig, side: Side, notes: &mut Vec<String>) -> Vec
             endpoint: Endpoint::ip(host, port),
             user: replication_user.clone(),
             password: true,
+            owner: None,
         });
     }
     attempts
@@ -668,6 +675,7 @@ fn read_server(
             endpoint: Endpoint::ip(side.address(config).ip(), config.pg_port),
             user: config.replication_user.clone(),
             password: true,
+            owner: None,
         }]
     };
     let mut refused: Option<(String, PgError)> = None;
@@ -686,7 +694,11 @@ fn read_server(
             password: password.as_ref().map(|p| p.as_slice()),
             timeout,
         };
-        match pg::connect(&spec) {
+        let connect = match attempt.owner {
+            Some(owner) => pg::connect_as_owner(&spec, owner),
+            None => pg::connect(&spec),
+        };
+        match connect {
             Ok(client) => {
                 connected = Some((client, attempt));
                 break;
