@@ -234,3 +234,68 @@ fn nftables_rules_are_added_once_and_removed_by_handle() {
         ]
     );
 }
+
+/// `ha check`'s `firewall` fact: `warn` with the fix when it cannot tell,
+/// `ok` when the stub firewall holds keyferry's two rules.
+#[test]
+fn ha_check_tells_whether_the_rules_are_there() {
+    let Some(node) = pair_node(false) else { return };
+    let stubs = node.path("stubs");
+    fs::create_dir(&stubs).unwrap();
+    let fact = |path: &Path| -> serde_json::Value {
+        let out = node
+            .cmd()
+            .args(["ha", "check", "--json", "--timeout-ms", "200"])
+            .env("PATH", path)
+            .env("STUB_DIR", &stubs)
+            .env_remove("PGPASSFILE")
+            .output()
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "firewall")
+            .cloned()
+            .expect("a firewall check")
+    };
+    let f = fact(&stubs);
+    assert_eq!(f["status"], "warn", "{f}");
+    assert!(
+        f["message"].as_str().unwrap().contains("cannot tell"),
+        "{f}"
+    );
+    assert!(
+        f["fix"]
+            .as_str()
+            .unwrap()
+            .starts_with("keyferry ha firewall"),
+        "{f}"
+    );
+
+    let nft = stubs.join("nft");
+    fs::write(&nft, STUB).unwrap();
+    fs::set_permissions(&nft, fs::Permissions::from_mode(0o755)).unwrap();
+    let one = "table inet keyferry {\n\tchain input {\n\
+               \t\tip saddr 10.0.0.2 tcp dport 5432 accept comment \"keyferry 5432 from 10.0.0.2\"\n";
+    fs::write(stubs.join("ruleset"), format!("{one}\t}}\n}}\n")).unwrap();
+    let f = fact(&stubs);
+    assert_eq!(f["status"], "warn", "{f}");
+    assert!(
+        f["message"]
+            .as_str()
+            .unwrap()
+            .contains("keyferry 6500 from 10.0.0.2"),
+        "{f}"
+    );
+    assert_eq!(f["fix"], "keyferry ha firewall", "{f}");
+
+    let both = format!(
+        "{one}\t\tip saddr 10.0.0.2 tcp dport 6500 accept comment \"keyferry 6500 from 10.0.0.2\"\n\t}}\n}}\n"
+    );
+    fs::write(stubs.join("ruleset"), both).unwrap();
+    let f = fact(&stubs);
+    assert_eq!(f["status"], "ok", "{f}");
+}
