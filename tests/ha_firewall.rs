@@ -83,6 +83,7 @@ fn firewall(node: &Node, path: &Path, args: &[&str]) -> String {
         .args(["ha", "firewall"])
         .args(args)
         .env("PATH", path)
+        .env("STUB_DIR", path)
         .assert()
         .success()
         .get_output()
@@ -126,6 +127,9 @@ const STUB: &str = r#"#!/bin/sh
 PATH=/usr/bin:/bin
 printf '%s|' "$@" >> "$STUB_DIR/nft.log"
 echo >> "$STUB_DIR/nft.log"
+if [ -n "$STUB_FAIL" ] && [ "$1 $2" = "add rule" ]; then
+  case "$*" in *"$STUB_FAIL"*) echo "Error: Could not process rule: Operation not permitted" >&2; exit 1 ;; esac
+fi
 case "$1 $2" in
   "list ruleset") cat "$STUB_DIR/ruleset" ;;
   "-a list") cat "$STUB_DIR/handles" ;;
@@ -298,4 +302,42 @@ fn ha_check_tells_whether_the_rules_are_there() {
     fs::write(stubs.join("ruleset"), both).unwrap();
     let f = fact(&stubs);
     assert_eq!(f["status"], "ok", "{f}");
+}
+
+/// A firewall command that fails stops the run with exit 1, names the
+/// command and the way out, leaves a `failed` audit record, and the next
+/// run completes the rest.
+#[test]
+fn a_failing_firewall_command_is_reported_and_the_next_run_completes() {
+    let Some(node) = pair_node(true) else { return };
+    let stubs = node.path("stubs");
+    fs::create_dir(&stubs).unwrap();
+    let nft = stubs.join("nft");
+    fs::write(&nft, STUB).unwrap();
+    fs::set_permissions(&nft, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(stubs.join("ruleset"), OTHER_TABLE).unwrap();
+    let out = node
+        .cmd()
+        .args(["ha", "firewall"])
+        .env("PATH", &stubs)
+        .env("STUB_DIR", &stubs)
+        .env("STUB_FAIL", "dport 6500")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("dport 6500"), "{err}");
+    assert!(err.contains("Operation not permitted"), "{err}");
+    assert!(err.contains("run `keyferry ha firewall` again"), "{err}");
+    let audit = fs::read_to_string(node.home.join("audit.log")).unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"ha-firewall\"") && l.contains("failed")),
+        "{audit}"
+    );
+    let out = firewall(&node, &stubs, &[]);
+    // The stub's ruleset did not change, so both rules are added again;
+    // the point is that nothing from the failed run stops this one.
+    assert!(out.contains("keyferry 6500 from 10.0.0.2: added"), "{out}");
 }
