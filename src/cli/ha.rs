@@ -352,8 +352,8 @@ fn run_firewall(home: &Home, a: FirewallArgs) -> Result<()> {
     }
     let Some(backend) = report.backend else {
         println!(
-            "no active firewall found (firewalld, ufw, nftables): nothing was changed; \
-             to open the ports to {} only, run the commands for your firewall:",
+            "no active firewall found (firewalld, ufw, nftables; ufw and nft answer only root): \
+             nothing was changed; to open the ports to {} only, run the commands for your firewall:",
             report.peer
         );
         for m in &report.manual {
