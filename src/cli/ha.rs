@@ -13,6 +13,7 @@ use crate::ha::hba::HbaMethod;
 use crate::ha::PeerAddr;
 use crate::keyring::Fingerprint;
 use crate::ops::ha::check::{self, CheckOptions, Status};
+use crate::ops::ha::firewall;
 use crate::ops::ha::hba::{
     self, HbaChangeReport, HbaTarget, OtherRule, ServerAccess, ServerOutcome,
 };
@@ -84,9 +85,26 @@ pub(crate) enum HaCommand {
     /// Print the connection string an application uses to follow the primary
     /// after a switchover or failover (both nodes, writable one chosen; no password).
     Connstr(ConnstrArgs),
+    /// Open this node's PostgreSQL and web-services ports to the other node only
+    /// (Windows Firewall; firewalld, ufw or nftables, whichever is active).
+    Firewall(FirewallArgs),
     /// Make this node's server ready for the pair: the replication role with its
     /// rights and a `keyferry` schema, the replication settings (ALTER SYSTEM).
     Prepare(PrepareArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct FirewallArgs {
+    /// Print the commands that would run; change nothing (the firewall is
+    /// still probed and listed).
+    #[arg(long)]
+    dry_run: bool,
+    /// Remove keyferry's rules (and nothing else) instead of adding them.
+    #[arg(long)]
+    remove: bool,
+    /// Machine-readable report.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -325,6 +343,46 @@ pub(crate) fn not_audited_note(audited: bool) {
     }
 }
 
+fn run_firewall(home: &Home, a: FirewallArgs) -> Result<()> {
+    let report = firewall::firewall(
+        home,
+        firewall::FirewallOptions {
+            dry_run: a.dry_run,
+            remove: a.remove,
+        },
+    )?;
+    if a.json {
+        return print_json(&report);
+    }
+    let Some(backend) = report.backend else {
+        println!(
+            "no active firewall found (firewalld, ufw, nftables; ufw and nft answer only root): \
+             nothing was changed; to open the ports to {} only, run the commands for your firewall:",
+            report.peer
+        );
+        for m in &report.manual {
+            println!("{}:", m.backend.as_str());
+            for c in &m.commands {
+                println!("  {c}");
+            }
+        }
+        return Ok(());
+    };
+    for r in &report.rules {
+        println!("{}: {} ({} port {})", r.name, r.state, r.service, r.port);
+    }
+    let verb = if report.dry_run { "would run" } else { "ran" };
+    for c in &report.commands {
+        println!("{verb}: {c}");
+    }
+    if report.commands.is_empty() {
+        println!("{}: nothing to change", backend.as_str());
+    } else if !report.dry_run {
+        not_audited_note(report.audited);
+    }
+    Ok(())
+}
+
 pub fn run(home: &Home, cmd: HaCommand) -> Result<()> {
     match cmd {
         HaCommand::Init(a) => {
@@ -476,6 +534,7 @@ pub fn run(home: &Home, cmd: HaCommand) -> Result<()> {
             Ok(())
         }
         HaCommand::Status(a) => run_status(home, a),
+        HaCommand::Firewall(a) => run_firewall(home, a),
         HaCommand::Archive(ArchiveCommand::Clean {
             dry_run,
             dir,

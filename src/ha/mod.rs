@@ -17,6 +17,8 @@
 //!   the check that the replica listens where `ha.toml` says;
 //! - [`kept`]: the old data directories a bootstrap keeps beside
 //!   `pg_data`, found and measured, never touched;
+//! - [`firewall`]: the firewall rules opening this node's ports to the
+//!   peer, as commands and listings (nftables, firewalld, ufw, netsh);
 //! - [`net`]: TCP reachability and "is this address mine";
 //! - [`preflight`]: the named checks of the pair's preflight, each
 //!   returning a [`preflight::Fact`];
@@ -49,6 +51,7 @@ pub mod connstr;
 pub(crate) mod datafile;
 mod error;
 pub(crate) mod evidence;
+pub(crate) mod firewall;
 pub(crate) mod generation;
 pub mod hba;
 pub(crate) mod history;

@@ -6,7 +6,8 @@
 //! (see its table for names and order). This module adds what needs the
 //! node or the operator: where the replication password comes from
 //! (`password`, `passfile`: a given source, the libpq password file, or a
-//! prompt, never what it is), and, last, `keyring`: this node's keyring
+//! prompt, never what it is), `firewall`: whether keyferry's rules open
+//! this node's ports to the peer (see [`super::firewall`]), and, last, `keyring`: this node's keyring
 //! fingerprint against the other node's (`--peer-fingerprint`). Only `fail`
 //! makes the command exit non-zero.
 
@@ -64,6 +65,7 @@ pub(crate) fn check(home: &Home, opts: &CheckOptions) -> Result<CheckReport> {
     let credentials = credentials(&config, opts.password.as_ref(), &mut password_facts)?;
     let found = preflight::run(&config, opts.timeout, &credentials, password_facts);
     let mut checks = found.facts;
+    checks.push(super::firewall::fact(&config, found.this_node));
     checks.push(keyring_check(home, opts.peer_fingerprint.as_ref()));
     for fact in &checks {
         // The same words the report prints; no password reaches a fact.

@@ -1,6 +1,7 @@
 //! The HA pair's operations: `ha init` / `ha show` (the pair description
 //! `ha.toml`), `ha check` (preflight, in [`check`]), `hba ensure` /
-//! `hba remove` / `hba show` (in [`hba`]) and `ha archive clean`.
+//! `hba remove` / `hba show` (in [`hba`]), `ha firewall` (in [`firewall`])
+//! and `ha archive clean`.
 //!
 //! Every change goes through the node's change type
 //! ([`crate::node::Change`]): journaled, audited on a node with a keyring,
@@ -19,6 +20,7 @@ pub(crate) mod bootstrap;
 pub(crate) mod check;
 pub(crate) mod effects;
 pub(crate) mod failover;
+pub(crate) mod firewall;
 pub(crate) mod guard;
 pub mod hba;
 pub(crate) mod prepare;
