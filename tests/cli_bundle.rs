@@ -5,6 +5,7 @@
 
 mod common;
 
+#[cfg(unix)]
 use common::hazard::{assert_no_hazard, HAZARDS};
 
 use std::fs;
