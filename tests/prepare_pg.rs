@@ -191,7 +191,8 @@ fn ha_prepare_lists_runs_audits_and_then_has_nothing_to_do() {
 
     let out = ok(&keyferry(&home, &["ha", "prepare", "--password-file", pw]));
     assert!(
-        out.contains("ran: GRANT pg_monitor TO \"repuser\""),
+        out.contains("ran: GRANT pg_monitor TO \"repuser\"")
+            && out.contains("ran: GRANT pg_checkpoint TO \"repuser\""),
         "{out}"
     );
     assert!(

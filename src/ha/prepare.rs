@@ -14,8 +14,8 @@
 //!   a `--dry-run` listing holds it; a password already right (checked
 //!   against the stored verifier) is not set again;
 //! - rights are exactly the pair's: `LOGIN`, `REPLICATION`, `pg_monitor`,
-//!   EXECUTE on `pg_promote` and on pg_rewind's four functions; nothing is
-//!   revoked;
+//!   `pg_checkpoint` (PostgreSQL 15 and later), EXECUTE on `pg_promote` and
+//!   on pg_rewind's four functions; nothing is revoked;
 //! - server settings go through `ALTER SYSTEM` only; which of them need a
 //!   restart is PostgreSQL's own answer (`pg_settings.context`).
 
@@ -58,6 +58,9 @@ pub struct Observed {
     pub login: bool,
     pub replication: bool,
     pub monitor: bool,
+    /// The server has `pg_checkpoint` (PostgreSQL 15 and later) and the
+    /// role is not a member yet.
+    pub missing_checkpoint: bool,
     /// Function signatures the role may not execute yet.
     pub missing_execute: Vec<String>,
     /// The stored password verifier, if any.
@@ -201,6 +204,12 @@ pub fn plan(observed: &Observed, wanted: &Wanted, password: Option<&[u8]>, salt:
             "`ha status` on the other node reads the replication's state and lag",
         );
     }
+    if observed.missing_checkpoint {
+        push(
+            format!("GRANT pg_checkpoint TO {user}"),
+            "`ha rejoin` right after a failover asks the new primary for its first checkpoint instead of waiting minutes for it",
+        );
+    }
     let missing = if observed.role_exists {
         observed.missing_execute.clone()
     } else {
@@ -316,6 +325,18 @@ pub fn observe(client: &mut Client, target: &str, wanted: &Wanted) -> Result<Obs
             }
         }
     }
+    // Evaluated in this order: pg_has_role fails for a role that does not
+    // exist, as pg_checkpoint does not before PostgreSQL 15.
+    o.missing_checkpoint = client
+        .query_one(
+            "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pg_checkpoint') \
+                         THEN false \
+                         ELSE NOT EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = $1 \
+                                          AND pg_has_role(r.oid, 'pg_checkpoint', 'USAGE')) END",
+            &[&wanted.user],
+        )
+        .map_err(pg)?
+        .get(0);
     o.schema_owner = client
         .query_opt(
             "SELECT pg_get_userbyid(nspowner)::text FROM pg_namespace WHERE nspname = $1",
@@ -460,6 +481,7 @@ mod tests {
             login: true,
             replication: true,
             monitor: true,
+            missing_checkpoint: false,
             missing_execute: Vec::new(),
             verifier: Some(scram_verifier(b"pw", &[7; 16], 4096)),
             schema_owner: Some("repuser".into()),
@@ -499,9 +521,19 @@ mod tests {
         ));
         assert!(sql.iter().all(|s| !s.contains("secret pw")));
         assert!(sql.contains(&"GRANT pg_monitor TO \"repuser\""));
+        assert!(!sql.iter().any(|s| s.contains("pg_checkpoint")));
         assert!(sql.contains(
             &"GRANT EXECUTE ON FUNCTION pg_catalog.pg_promote(boolean, integer) TO \"repuser\""
         ));
+        let with_checkpoint = Observed {
+            missing_checkpoint: true,
+            ..o.clone()
+        };
+        let p2 = plan(&with_checkpoint, &W, Some(b"secret pw"), [1; 16]);
+        assert!(p2
+            .statements
+            .iter()
+            .any(|s| s.sql == "GRANT pg_checkpoint TO \"repuser\""));
         assert_eq!(
             sql.iter()
                 .filter(|s| s.contains("pg_read_binary_file"))
