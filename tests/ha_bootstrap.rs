@@ -524,24 +524,54 @@ fn a_disk_filled_during_the_copy_leaves_nothing_behind() {
         "--password-file",
         pair.pw_file.to_str().unwrap(),
     ]);
-    wait_during(&mut child, "the copy to start", || {
+    // The copy's directory exists once the preflight (which checks the
+    // free space) is past, and before pg_basebackup writes into it.
+    wait_during(&mut child, "the copy's directory", || {
         fs::read_dir(&disk).unwrap().any(|e| {
-            let p = e.unwrap().path();
-            p.file_name()
-                .unwrap()
+            e.unwrap()
+                .file_name()
                 .to_string_lossy()
                 .starts_with("main.keyferry-new-")
-                && p.join("base").exists()
         })
     });
-    let filler = disk.join("filler");
-    // Everything that is left, as another program writing there would.
+    // Everything that is left, as another program writing there would:
+    // nearly all of it at once (fallocate), so that a copy on a fast
+    // machine cannot finish first, then the last bytes block by block.
+    let avail = || -> u64 {
+        let df = Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(&disk)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&df.stdout)
+            .lines()
+            .last()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let fillers: Vec<PathBuf> = (0..3).map(|i| disk.join(format!("filler-{i}"))).collect();
+    for f in &fillers[..2] {
+        let margin = 8 << 20;
+        let _ = Command::new("fallocate")
+            .args(["-l", &avail().saturating_sub(margin).max(1).to_string()])
+            .arg(f)
+            .stderr(Stdio::null())
+            .status();
+    }
     let _ = Command::new("dd")
-        .args(["if=/dev/zero", &format!("of={}", filler.display()), "bs=1M"])
+        .args([
+            "if=/dev/zero",
+            &format!("of={}", fillers[2].display()),
+            "bs=64k",
+        ])
         .stderr(Stdio::null())
         .status();
     let out = child.wait_with_output().unwrap();
-    fs::remove_file(&filler).unwrap();
+    for f in &fillers {
+        let _ = fs::remove_file(f);
+    }
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("pg_basebackup"), "{}", text(&out));
     assert_same(&before, &snapshot(&disk));
