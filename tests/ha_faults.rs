@@ -1173,7 +1173,12 @@ fn acked_since(load: &common::switch::Load, since: Instant) -> Vec<i64> {
 #[test]
 fn rejoin_is_held_and_survives_a_kill_at_every_point() {
     common::pg::reap_orphans_here();
-    let Some(mut pair) = SwitchPair::with_conf("j", &["wal_log_hints = on"]) else {
+    // The rejoined node streams without a slot: under the writer's load
+    // the new primary would otherwise recycle the WAL it still needs
+    // before it connects (a fresh CI machine saw it wait for removed WAL).
+    let Some(mut pair) =
+        SwitchPair::with_conf("j", &["wal_log_hints = on", "wal_keep_size = 512MB"])
+    else {
         return;
     };
     // So that keyferry can ask the new primary for the checkpoint that
@@ -1530,7 +1535,9 @@ fn rejoin_hands_over_to_the_bootstrap_after_a_kill() {
 #[test]
 fn a_data_directory_swapped_for_a_link_after_pg_rewind_is_refused() {
     common::pg::reap_orphans_here();
-    let Some(mut pair) = SwitchPair::with_conf("x", &["wal_log_hints = on"]) else {
+    let Some(mut pair) =
+        SwitchPair::with_conf("x", &["wal_log_hints = on", "wal_keep_size = 512MB"])
+    else {
         return;
     };
     pair.a
