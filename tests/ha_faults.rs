@@ -1175,17 +1175,13 @@ fn acked_since(load: &common::switch::Load, since: Instant) -> Vec<i64> {
         .collect()
 }
 
-#[test]
-fn rejoin_is_held_and_survives_a_kill_at_every_point() {
+/// A pair whose old primary can be rejoined by `pg_rewind` under load.
+fn rejoin_pair(tag: &str) -> Option<SwitchPair> {
     common::pg::reap_orphans_here();
     // The rejoined node streams without a slot: under the writer's load
     // the new primary would otherwise recycle the WAL it still needs
     // before it connects (a fresh CI machine saw it wait for removed WAL).
-    let Some(mut pair) =
-        SwitchPair::with_conf("j", &["wal_log_hints = on", "wal_keep_size = 512MB"])
-    else {
-        return;
-    };
+    let pair = SwitchPair::with_conf(tag, &["wal_log_hints = on", "wal_keep_size = 512MB"])?;
     // So that keyferry can ask the new primary for the checkpoint that
     // pg_rewind needs after a promotion (else, under this load, the spread
     // one takes minutes).
@@ -1193,6 +1189,14 @@ fn rejoin_is_held_and_survives_a_kill_at_every_point() {
         .connect()
         .batch_execute("GRANT pg_checkpoint TO repuser")
         .unwrap();
+    Some(pair)
+}
+
+#[test]
+fn rejoin_is_held_and_survives_a_kill_at_every_point() {
+    let Some(mut pair) = rejoin_pair("j") else {
+        return;
+    };
     let began = Instant::now();
     let prober = Prober::start(pair.a.socket_dir(), pair.b.socket_dir());
     let load = common::switch::Load::start(vec![
@@ -1539,16 +1543,9 @@ fn rejoin_hands_over_to_the_bootstrap_after_a_kill() {
 /// and once the directory is back `--resume` finishes the rejoin.
 #[test]
 fn a_data_directory_swapped_for_a_link_after_pg_rewind_is_refused() {
-    common::pg::reap_orphans_here();
-    let Some(mut pair) =
-        SwitchPair::with_conf("x", &["wal_log_hints = on", "wal_keep_size = 512MB"])
-    else {
+    let Some(mut pair) = rejoin_pair("x") else {
         return;
     };
-    pair.a
-        .connect()
-        .batch_execute("GRANT pg_checkpoint TO repuser")
-        .unwrap();
     let prober = Prober::start(pair.a.socket_dir(), pair.b.socket_dir());
     crash_server(&mut pair, true);
     let out = pair.ha(false, &["failover"]);
