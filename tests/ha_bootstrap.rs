@@ -193,6 +193,26 @@ fn each_failure_leaves_the_node_as_it_was() {
     assert!(text(&out).contains("password"), "{}", text(&out));
     unchanged(&pair, "wrong password");
 
+    // A primary that keeps no WAL for its replica, and no --slot: refused
+    // before the copy (its start would need WAL the primary may remove).
+    let keep_wal = |setting: &str| {
+        pair.primary_sql(&format!("ALTER SYSTEM SET wal_keep_size = '{setting}'"));
+        pair.primary_sql("SELECT pg_reload_conf()");
+        wait_for("the reload", Duration::from_secs(10), || {
+            pair.primary_sql("SHOW wal_keep_size")[0].get::<_, String>(0) == setting
+        });
+    };
+    keep_wal("0");
+    let out = pair.bootstrap(&["--yes"]);
+    assert_eq!(out.status.code(), Some(8), "{}", text(&out));
+    assert!(
+        text(&out).contains("`wal_retention` failed") && text(&out).contains("--slot NAME"),
+        "{}",
+        text(&out)
+    );
+    unchanged(&pair, "no WAL kept");
+    keep_wal("128MB");
+
     // An active slot of that name: refused.
     let sock = pair.primary.socket_dir().to_str().unwrap().to_owned();
     pair.primary_sql("SELECT pg_create_physical_replication_slot('busy')");

@@ -19,6 +19,7 @@
 //! | `wal_level` | [`wal_level`] | the primary's `wal_level` is `replica` or `logical` |
 //! | `wal_senders` | [`max_wal_senders`] | the primary's `max_wal_senders` and how many are free |
 //! | `slots` | [`slots`] | the primary's replication slots: an inactive one is a leftover (warn) and the WAL it retains is named |
+//! | `wal_retention` | [`wal_retention`] | the primary keeps WAL for its replica: a slot in use or `wal_keep_size` above 0 (warn without: a replica that falls behind, or one starting from a copy, can need WAL the primary already removed) |
 //! | `pg_bin`, `version` | [`versions_match`] | the PostgreSQL major version of both servers and of this node's programs agree |
 //! | `data_dir` | [`data_dir_state`] | this node's data directory: missing, empty, or its `pg_controldata` state |
 //! | `old_data` | [`old_data_dirs`] | old data directories a bootstrap kept beside `pg_data`, with their sizes (information: `ok`) |
@@ -181,6 +182,8 @@ pub(crate) struct Preflight {
     pub this_node: Option<Side>,
     /// The facts, in the order of the module documentation.
     pub facts: Vec<Fact>,
+    /// The primary's `wal_keep_size` in bytes, when it could be read.
+    pub primary_wal_keep: Option<u64>,
 }
 
 /// Runs every check of the table in the module documentation, in order.
@@ -244,12 +247,17 @@ pub fn run(
         own_minimums.as_deref(),
     ));
     facts.push(slots(primary.as_ref()));
+    facts.push(wal_retention(primary.as_ref()));
     facts.extend(versions_match(config, primary.as_ref(), secondary.as_ref()));
     facts.push(data_dir_state(config, this_node));
     facts.push(old_data_dirs(config));
     facts.push(archive_contents(config));
     facts.push(free_disk(config, primary.as_ref()));
-    Preflight { this_node, facts }
+    Preflight {
+        this_node,
+        facts,
+        primary_wal_keep: primary.as_ref().map(|f| f.wal_keep_bytes),
+    }
 }
 
 /// `rights`: the replication user's rights, as the server it connected to
@@ -357,6 +365,63 @@ pub(crate) fn slots(primary: Option<&ServerFacts>) -> Fact {
         format!("inactive replication slots on the primary: {list}; the primary keeps that WAL until they are dropped"),
         format!("if no replica uses them any more, on the primary: {drops}"),
     )
+}
+
+/// `wal_retention`: whether the primary keeps WAL for its replica beyond
+/// what its own checkpoints need. Without a slot in use and with
+/// `wal_keep_size = 0`, the primary removes a WAL file at its next
+/// checkpoint once nothing of its own needs it, even when the replica has
+/// not received it: under load a replica that was stopped for a moment, or
+/// one starting from a fresh copy, asks for a file that is gone and never
+/// catches up ("requested WAL segment … has already been removed").
+pub(crate) fn wal_retention(primary: Option<&ServerFacts>) -> Fact {
+    const NAME: &str = "wal_retention";
+    let Some(f) = primary else {
+        return Fact::warn(
+            NAME,
+            "the primary's WAL retention not read: no SQL connection",
+            "fix sql.primary above",
+        );
+    };
+    let in_use: Vec<&str> = f
+        .slots
+        .iter()
+        .filter(|s| s.active && s.slot_type == "physical")
+        .map(|s| s.name.as_str())
+        .collect();
+    match (f.wal_keep_bytes, in_use.is_empty()) {
+        (0, true) => Fact::warn(NAME, NO_WAL_KEPT, RETENTION_FIX),
+        (0, false) => Fact::ok(
+            NAME,
+            format!("the replica streams through a slot ({})", in_use.join(", ")),
+        ),
+        (keep, _) => Fact::ok(
+            NAME,
+            format!(
+                "the primary keeps {} of WAL (wal_keep_size)",
+                human_bytes(keep)
+            ),
+        ),
+    }
+}
+
+const NO_WAL_KEPT: &str = "the primary keeps no WAL for a replica (no slot in use, wal_keep_size = 0): a replica that falls behind, or one starting from a copy, can need WAL it has already removed";
+
+const RETENTION_FIX: &str = "bootstrap or rejoin with --slot NAME (a slot keeps the WAL the replica has not received), or on the primary: ALTER SYSTEM SET wal_keep_size = '1GB'; SELECT pg_reload_conf();";
+
+/// The refusal of a bootstrap or rejoin that would stream without a slot
+/// from a primary that keeps no WAL: its copy's start needs WAL the primary
+/// may remove before the replica connects, under load the common case.
+/// `None` when a slot is asked for or the primary keeps WAL.
+pub(crate) fn unretained_wal(
+    slot: Option<&str>,
+    wal_keep_bytes: u64,
+) -> Option<crate::error::Error> {
+    (slot.is_none() && wal_keep_bytes == 0).then(|| crate::error::Error::CheckFailed {
+        name: "wal_retention".into(),
+        message: NO_WAL_KEPT.into(),
+        fix: RETENTION_FIX.into(),
+    })
 }
 
 /// `old_data`: old data directories a bootstrap kept beside `pg_data`
@@ -1217,7 +1282,49 @@ mod tests {
             },
             slots: Vec::new(),
             standby_minimums: Vec::new(),
+            wal_keep_bytes: 0,
         }
+    }
+
+    /// A replica streaming without a slot from a primary that keeps no WAL
+    /// loses WAL it needs under load: warned in `ha check`, refused for a
+    /// bootstrap or rejoin without `--slot`; a slot in use or
+    /// `wal_keep_size` is enough.
+    #[test]
+    fn wal_is_kept_for_the_replica_by_a_slot_or_wal_keep_size() {
+        let slot = |active, slot_type: &str| Slot {
+            name: "pam_b".into(),
+            slot_type: slot_type.into(),
+            active,
+            restart_lsn: None,
+            retained_bytes: None,
+        };
+        let with = |slots, wal_keep_bytes| ServerFacts {
+            slots,
+            wal_keep_bytes,
+            ..server(150_000, "replica", 10, 0)
+        };
+        let none = wal_retention(Some(&with(vec![], 0)));
+        assert_eq!(none.status, Status::Warn);
+        assert!(none.fix.unwrap().contains("--slot NAME"));
+        for leftover in [slot(false, "physical"), slot(true, "logical")] {
+            assert_eq!(
+                wal_retention(Some(&with(vec![leftover], 0))).status,
+                Status::Warn
+            );
+        }
+        let streaming = wal_retention(Some(&with(vec![slot(true, "physical")], 0)));
+        assert_eq!(streaming.status, Status::Ok);
+        assert!(streaming.message.contains("pam_b"));
+        let kept = wal_retention(Some(&with(vec![], 1 << 30)));
+        assert_eq!(kept.status, Status::Ok);
+        assert!(kept.message.contains("1.0 GiB"), "{kept:?}");
+        assert_eq!(wal_retention(None).status, Status::Warn);
+
+        let refused = unretained_wal(None, 0).expect("refused");
+        assert!(refused.to_string().contains("wal_retention"), "{refused}");
+        assert!(unretained_wal(Some("pam_b"), 0).is_none());
+        assert!(unretained_wal(None, 16 << 20).is_none());
     }
 
     fn minimum(name: &str, value: i64, set: bool, by_alter_system: bool) -> StandbyMinimum {

@@ -418,6 +418,9 @@ pub struct ServerFacts {
     /// The settings a hot standby may not have lower than its primary's
     /// ([`HOT_STANDBY_MINIMUMS`]), as this server runs with them.
     pub standby_minimums: Vec<StandbyMinimum>,
+    /// WAL the server keeps for replicas beyond what its checkpoints need
+    /// (`wal_keep_size`; `wal_keep_segments` before PostgreSQL 13), bytes.
+    pub wal_keep_bytes: u64,
 }
 
 /// What a hot standby cannot start without: PostgreSQL refuses to run
@@ -487,7 +490,8 @@ pub fn server_facts(client: &mut Client, target: &str) -> Result<ServerFacts, Pg
     let slots = monitor::slots(client, target)?;
     let row = client
         .query_one(
-            "SELECT current_setting('server_version_num')::int, \
+            &format!(
+                "SELECT current_setting('server_version_num')::int, \
                     current_setting('wal_level'), \
                     current_setting('max_wal_senders')::int, \
                     (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender')::int, \
@@ -496,7 +500,9 @@ pub fn server_facts(client: &mut Client, target: &str) -> Result<ServerFacts, Pg
                     pg_is_in_recovery(), \
                     (SELECT count(*) FROM pg_stat_replication)::int, \
                     CASE WHEN pg_is_in_recovery() THEN NULL \
-                         ELSE pg_walfile_name(pg_current_wal_lsn()) END",
+                         ELSE pg_walfile_name(pg_current_wal_lsn()) END, \
+                    {WAL_KEEP_BYTES}"
+            ),
             &[],
         )
         .map_err(|e| from_postgres(target, e))?;
@@ -516,7 +522,21 @@ pub fn server_facts(client: &mut Client, target: &str) -> Result<ServerFacts, Pg
         rights,
         slots,
         standby_minimums,
+        wal_keep_bytes: u64::try_from(row.get::<_, i64>(8)).unwrap_or(0),
     })
+}
+
+/// `wal_keep_size` in bytes (from PostgreSQL 13), else `wal_keep_segments`
+/// times the default segment size; any role may read either.
+const WAL_KEEP_BYTES: &str = "coalesce(pg_size_bytes(current_setting('wal_keep_size', true)), \
+     current_setting('wal_keep_segments', true)::bigint * 16777216, 0)::bigint";
+
+/// [`ServerFacts::wal_keep_bytes`] alone.
+pub fn wal_keep_bytes(client: &mut Client, target: &str) -> Result<u64, PgError> {
+    let row = client
+        .query_one(&format!("SELECT {WAL_KEEP_BYTES}"), &[])
+        .map_err(|e| from_postgres(target, e))?;
+    Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
 }
 
 /// The `pg_hba.conf` the server reads (`SHOW hba_file`; superuser or

@@ -158,6 +158,9 @@ impl PgServer {
             format!("unix_socket_directories = '{}'", socket_dir.display()),
             "fsync = off".to_owned(),
             "wal_level = replica".to_owned(),
+            // A replica made without a slot needs the primary to keep WAL
+            // (keyferry refuses to bootstrap one otherwise: `wal_retention`).
+            "wal_keep_size = '128MB'".to_owned(),
         ];
         conf.extend(opts.extra_conf);
         append_lines(&data.join("postgresql.conf"), &conf);

@@ -373,37 +373,40 @@ fn preflight(
                 .unwrap_or_else(|| "see `keyferry ha check`".into()),
         });
     }
+    if let Some(refusal) = found
+        .primary_wal_keep
+        .and_then(|keep| preflight::unretained_wal(opts.slot.as_deref(), keep))
+    {
+        return Err(refusal);
+    }
     Ok(())
 }
 
-/// Refuses an active slot of that name and drops a stale one.
-fn prepare_slot(
-    config: &HaConfig,
-    password: &Zeroizing<String>,
-    slot: &str,
-    timeout: Duration,
-) -> Result<()> {
+/// What the primary holds under a slot name the replica will stream through.
+enum SlotThere {
+    Missing,
+    /// Physical and unused: a stale one, or the one a switchover or
+    /// failover created for this node's return.
+    Inactive,
+}
+
+/// Reads the slot `slot` on the primary: refuses an invalid name, an active
+/// slot (another replica streams through it) and a logical one.
+fn slot_there(client: &mut postgres::Client, target: &str, slot: &str) -> Result<SlotThere> {
     if !standby::valid_slot_name(slot) {
         return Err(Error::Usage(format!(
             "{slot:?} is not a replication slot name: use 1 to 63 lower-case letters, digits and underscores"
         )));
     }
-    let target = config.primary.to_string();
-    let fail = |e: PgError| {
-        step_error(
-            "checking the slot",
-            e.to_string(),
-            "see `keyferry ha check`",
-        )
-    };
-    let mut client = primary_sql(config, password, timeout).map_err(fail)?;
     let row = client
         .query_opt(
             "SELECT active, slot_type FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
-        .map_err(|e| fail(pg::from_postgres(&target, e)))?;
-    let Some(row) = row else { return Ok(()) };
+        .map_err(|e| slot_error("checking the slot", pg::from_postgres(target, e)))?;
+    let Some(row) = row else {
+        return Ok(SlotThere::Missing);
+    };
     let (active, kind): (bool, String) = (row.get(0), row.get(1));
     if active || kind != "physical" {
         return Err(Error::Refused(format!(
@@ -411,37 +414,59 @@ fn prepare_slot(
             if active { "active" } else { "a logical slot" }
         )));
     }
-    client
-        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-        .map_err(|e| fail(pg::from_postgres(&target, e)))?;
-    tracing::info!(
-        slot,
-        "dropped a stale inactive replication slot on the primary"
-    );
+    Ok(SlotThere::Inactive)
+}
+
+fn slot_error(step: &str, e: PgError) -> Error {
+    step_error(step, e.to_string(), "see `keyferry ha check`")
+}
+
+/// Before a copy that creates the slot (`pg_basebackup -C`): refuses an
+/// active slot of that name and drops a stale one (it would keep the
+/// primary's WAL from wherever an earlier replica stopped).
+fn prepare_slot(
+    config: &HaConfig,
+    password: &Zeroizing<String>,
+    slot: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let target = config.primary.to_string();
+    let mut client =
+        primary_sql(config, password, timeout).map_err(|e| slot_error("checking the slot", e))?;
+    if let SlotThere::Inactive = slot_there(&mut client, &target, slot)? {
+        client
+            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+            .map_err(|e| slot_error("checking the slot", pg::from_postgres(&target, e)))?;
+        tracing::info!(
+            slot,
+            "dropped a stale inactive replication slot on the primary"
+        );
+    }
     Ok(())
 }
 
 /// The slot a replica (re)joining streams through: created on the primary
-/// when missing, kept when inactive, refused when another replica uses it.
+/// when missing (reserving WAL from now on, before the replica first
+/// connects), kept when inactive (after a failover or switchover it holds
+/// the WAL since the promotion for this node), refused when another
+/// replica uses it.
 pub(super) fn ensure_slot(
     config: &HaConfig,
     password: &Zeroizing<String>,
     slot: &str,
     timeout: Duration,
 ) -> Result<()> {
-    prepare_slot(config, password, slot, timeout)?;
     let target = config.primary.to_string();
-    let fail = |e: PgError| {
-        step_error(
-            "creating the slot",
-            e.to_string(),
-            "see `keyferry ha check`",
-        )
-    };
-    let mut client = primary_sql(config, password, timeout).map_err(fail)?;
-    client
-        .execute("SELECT pg_create_physical_replication_slot($1)", &[&slot])
-        .map_err(|e| fail(pg::from_postgres(&target, e)))?;
+    let mut client =
+        primary_sql(config, password, timeout).map_err(|e| slot_error("checking the slot", e))?;
+    if let SlotThere::Missing = slot_there(&mut client, &target, slot)? {
+        client
+            .execute(
+                "SELECT pg_create_physical_replication_slot($1, true)",
+                &[&slot],
+            )
+            .map_err(|e| slot_error("creating the slot", pg::from_postgres(&target, e)))?;
+    }
     Ok(())
 }
 
