@@ -21,7 +21,7 @@ use std::fs;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::fault::{password_file, postmaster_pid, take_all_slots, Netem, Stopped};
+use common::fault::{password_file, postmaster_pid, take_all_slots, LossyLink, Stopped};
 use common::switch::{accepts_writes, roles_of, text, wait_until, Prober, SwitchPair};
 
 /// What a case does after the kill.
@@ -396,8 +396,8 @@ enum Fault {
     /// then, after a failover, every slot of the new primary taken: the old
     /// primary's guard and `ha start` refuse.
     FullSlots,
-    /// Delay and loss on the link (netem) during a switchover; not run
-    /// where the kernel has no `sch_netem`.
+    /// Delay and loss on the link during a switchover (netem, else
+    /// nftables and tbf: [`LossyLink`]); not run where neither is here.
     LossyLink,
 }
 
@@ -468,8 +468,8 @@ struct Runs<'a> {
     load: &'a common::switch::Load,
     /// A password file with a password repuser no longer has.
     stale: std::path::PathBuf,
-    /// Why a lossy link cannot be made here (no netem), if it cannot.
-    no_netem: Option<String>,
+    /// Why a lossy link cannot be made here, if it cannot.
+    no_lossy: Option<String>,
     /// Acknowledged rows a failover lost, each within what keyferry
     /// reported before it promoted.
     lost: std::collections::HashSet<i64>,
@@ -550,8 +550,8 @@ fn switchover_run(runs: &Runs, run: u64, fault: Fault, delay: Duration, hold: Du
         first = failover_against_a_silent_primary(pair, from_a);
     }
     if fault == Fault::LossyLink {
-        if let Some(why) = &runs.no_netem {
-            return format!("LossyLink: not run: no netem ({why})");
+        if let Some(why) = &runs.no_lossy {
+            return format!("LossyLink: not run: {why}");
         }
     }
     let began = Instant::now();
@@ -620,15 +620,11 @@ fn switchover_run(runs: &Runs, run: u64, fault: Fault, delay: Duration, hold: Du
             }
         }
         Fault::LossyLink => {
-            let netem = Netem::add(
-                &pair.ns.b,
-                &pair.ns.veth_b(),
-                &["delay", "200ms", "50ms", "loss", "10%"],
-            )
-            .expect("netem was found at the start");
+            let lossy = LossyLink::add(&pair.ns.b, &pair.ns.veth_b())
+                .expect("a lossy link was made at the start");
             std::thread::sleep(hold);
-            drop(netem);
-            also = "; netem delay 200±50 ms, loss 10%".into();
+            also = format!("; {}", lossy.how);
+            drop(lossy);
         }
         Fault::StalePassword | Fault::FullSlots => unreachable!("failover runs"),
     }
@@ -975,9 +971,7 @@ fn randomized_switchovers_under_faults_lose_nothing_and_never_make_two_primaries
         .unwrap()
         .batch_execute("CREATE ROLE hog LOGIN PASSWORD 'hog'")
         .unwrap();
-    let no_netem = Netem::add(&pair.ns.b, &pair.ns.veth_b(), &["delay", "1ms"])
-        .err()
-        .map(|why| why.lines().next().unwrap_or_default().to_owned());
+    let no_lossy = LossyLink::add(&pair.ns.b, &pair.ns.veth_b()).err();
     let prober = Prober::start(pair.a.socket_dir(), pair.b.socket_dir());
     let load = common::switch::Load::start(vec![
         pair.a.socket_dir().to_path_buf(),
@@ -988,7 +982,7 @@ fn randomized_switchovers_under_faults_lose_nothing_and_never_make_two_primaries
         pair: &pair,
         load: &load,
         stale: password_file(tmp.path(), "stale.pw", "last year's password"),
-        no_netem,
+        no_lossy,
         lost: Default::default(),
     };
     wait_until("the load writes", 20, || load.count() > 20);
@@ -1564,27 +1558,36 @@ fn a_data_directory_swapped_for_a_link_after_pg_rewind_is_refused() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // pg_rewind leaves the cluster "in archive recovery": the window.
+    // The window: keyferry says it reached the failpoint (pg_rewind and
+    // keyferry's sync of the rewound files are done), then sleeps.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line.contains("failpoint ha-rejoin:rewind-done"));
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let control = Command::new(pair.a.bin_dir().join("pg_controldata"))
-            .arg(&data)
-            .output()
-            .unwrap();
-        if String::from_utf8_lossy(&control.stdout).contains("in archive recovery") {
-            break;
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(_) => panic!("keyferry never reached the point after pg_rewind"),
         }
-        assert!(Instant::now() < deadline, "pg_rewind did not finish");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "keyferry ended before pg_rewind finished"
-        );
-        std::thread::sleep(Duration::from_millis(20));
     }
     fs::rename(&data, &moved).unwrap();
     std::os::unix::fs::symlink(&outside, &data).unwrap();
     let out = child.wait_with_output().unwrap();
-    let said = text(&out);
+    let said = format!("{}{}", text(&out), reader.join().unwrap());
     assert!(!out.status.success(), "{said}");
     assert!(
         said.contains("was replaced by someone else") && said.contains(data.to_str().unwrap()),
@@ -1604,4 +1607,62 @@ fn a_data_directory_swapped_for_a_link_after_pg_rewind_is_refused() {
     wait_until("the old primary streams", 60, || pair.streams(false));
     assert_eq!(prober.two_primaries(), 0);
     eprintln!("FAULT rejoin: data directory swapped for a link after pg_rewind: put-back refused, nothing written through the link; --resume streams");
+}
+
+/// The real `pg_rewind` runs without a dry run first when the divergence
+/// is known from the new primary's timeline history; when it then fails
+/// (here: the new primary stops letting the replication user read its
+/// files, between the point of no return and `pg_rewind`'s start), the
+/// rejoin hands over to a bootstrap at once, which keeps the data
+/// directory aside, and the node streams.
+#[test]
+fn a_failed_pg_rewind_hands_over_to_the_bootstrap() {
+    const READ: &str = "pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean)";
+    let Some(mut pair) = rejoin_pair("r") else {
+        return;
+    };
+    let prober = Prober::start(pair.a.socket_dir(), pair.b.socket_dir());
+    crash_server(&mut pair, true);
+    let out = pair.ha(false, &["failover"]);
+    assert!(out.status.success(), "failover: {}", text(&out));
+    let data = pair.a.data_dir().to_path_buf();
+    let child = pair
+        .ha_cmd(
+            true,
+            &["rejoin", "--force", "--timeout", "60"],
+            "ha-rejoin:rewound=sleep(3000)",
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    pair.b
+        .connect()
+        .batch_execute(&format!("REVOKE EXECUTE ON FUNCTION {READ} FROM repuser"))
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    pair.b
+        .connect()
+        .batch_execute(&format!("GRANT EXECUTE ON FUNCTION {READ} TO repuser"))
+        .unwrap();
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("pg_rewind failed") && said.contains("permission denied"),
+        "{said}"
+    );
+    assert!(!said.contains("--dry-run"), "no dry run: {said}");
+    let kept = fs::read_dir(data.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().starts_with("data.old-"));
+    assert!(kept, "the data directory is kept aside: {said}");
+    wait_until("the old primary streams", 60, || pair.streams(false));
+    assert!(
+        !pair.node(true).1.join("journal.json").exists(),
+        "the journal ended"
+    );
+    assert_eq!(prober.two_primaries(), 0);
+    eprintln!("FAULT rejoin: pg_rewind failed after the point of no return: handed over to the bootstrap, data kept aside, streams");
 }

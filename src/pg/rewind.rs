@@ -76,6 +76,22 @@ pub(crate) enum RewindError {
     Failed { program: String, said: String },
     #[error("{program} said something keyferry cannot read: {said}")]
     Unreadable { program: String, said: String },
+    /// `pg_rewind --no-sync` ended well; the sync keyferry does instead
+    /// failed, so the rewound files may not be on disk.
+    #[error("{program} rewound {target} with --no-sync, and syncing its file systems to disk failed: {error}")]
+    Unsynced {
+        program: String,
+        target: String,
+        error: std::io::Error,
+    },
+}
+
+impl RewindError {
+    /// The program ran and refused or failed (exit status not 0): what it
+    /// wrote may be anything from nothing to all but its last step.
+    pub(crate) fn program_failed(&self) -> bool {
+        matches!(self, RewindError::Failed { .. })
+    }
 }
 
 /// What a tied program said: exit status, standard output and error.
@@ -183,12 +199,10 @@ pub(crate) fn run(
     }
     if let Some(mut file_systems) = file_systems {
         tracing::info!(target = %target.display(), "pg_rewind --no-sync ended; syncfs of the data directory's file systems");
-        sync_rewound(target, &mut file_systems).map_err(|e| RewindError::Failed {
+        sync_rewound(target, &mut file_systems).map_err(|error| RewindError::Unsynced {
             program: program.clone(),
-            said: format!(
-                "it rewound {} with --no-sync, and syncing its file systems to disk failed: {e}",
-                target.display()
-            ),
+            target: target.display().to_string(),
+            error,
         })?;
         tracing::info!("the rewound data directory is on stable storage");
     }

@@ -3,7 +3,7 @@
 //! (`ha_faults.rs`): a postmaster frozen with SIGSTOP (it accepts
 //! connections and says nothing), a password file with a password the peer
 //! no longer accepts, every connection slot taken, delay and loss on a link
-//! (netem, where the kernel has it).
+//! (netem, else nftables and tbf).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -86,41 +86,85 @@ pub fn take_all_slots(
     taken
 }
 
-/// Delay and loss on the second host's end of a link (netem), removed on
-/// drop. `None` when this kernel has no `sch_netem` (or no `tc`): the
-/// reason, for the table.
-pub struct Netem {
+/// Loss and delay on one host's end of a link, removed on drop: netem
+/// (`delay 200ms 50ms loss 10%`) where the kernel has `sch_netem`; else
+/// nftables dropping 10% of the packets at random both ways
+/// (`numgen random`) and a token bucket (`tbf`, 1 Mbit/s, up to 200 ms
+/// queued) that delays what exceeds its rate. `Err`: neither is here (no
+/// `tc`, no `nft`, or the kernel lacks both), the reason for the table.
+pub struct LossyLink {
     ns: String,
     dev: String,
+    /// What was put on the link, for the table.
+    pub how: &'static str,
+    nft: bool,
 }
 
-impl Netem {
-    /// `tc qdisc add dev DEV root netem SPEC…` inside namespace `ns`.
-    pub fn add(ns: &str, dev: &str, spec: &[&str]) -> Result<Netem, String> {
-        let out = Command::new("ip")
-            .args([
-                "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "netem",
+const NFT_TABLE: &str = "kf_lossy";
+
+impl LossyLink {
+    pub fn add(ns: &str, dev: &str) -> Result<LossyLink, String> {
+        let mut link = LossyLink {
+            ns: ns.to_owned(),
+            dev: dev.to_owned(),
+            how: "netem delay 200±50 ms, loss 10%",
+            nft: false,
+        };
+        let netem = link.tc(&[
+            "add", "root", "netem", "delay", "200ms", "50ms", "loss", "10%",
+        ]);
+        let Err(no_netem) = netem else {
+            return Ok(link);
+        };
+        link.how = "nftables: 10% of packets dropped at random; tbf: 1 Mbit/s, 200 ms queue";
+        link.nft = true;
+        let table = format!(
+            "table inet {NFT_TABLE} {{ \
+               chain in {{ type filter hook input priority 0; iifname \"{dev}\" numgen random mod 10 0 drop; }}; \
+               chain out {{ type filter hook output priority 0; oifname \"{dev}\" numgen random mod 10 0 drop; }}; }}"
+        );
+        let nft = ip_netns(ns, &["nft", &table]);
+        nft.and_then(|()| {
+            link.tc(&[
+                "add", "root", "tbf", "rate", "1mbit", "burst", "32kbit", "latency", "200ms",
             ])
-            .args(spec)
-            .output()
-            .map_err(|e| format!("cannot run tc: {e}"))?;
-        if out.status.success() {
-            Ok(Netem {
-                ns: ns.to_owned(),
-                dev: dev.to_owned(),
-            })
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-        }
+        })
+        .map(|()| link)
+        .map_err(|no_nft| format!("no netem ({no_netem}), and {no_nft}"))
+    }
+
+    fn tc(&self, args: &[&str]) -> Result<(), String> {
+        let mut all = vec!["tc", "qdisc", args[0], "dev", &self.dev];
+        all.extend(&args[1..]);
+        ip_netns(&self.ns, &all)
     }
 }
 
-impl Drop for Netem {
+fn ip_netns(ns: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", args[0]))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: {}",
+            args[0],
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .next()
+                .unwrap_or_default()
+        ))
+    }
+}
+
+impl Drop for LossyLink {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args([
-                "netns", "exec", &self.ns, "tc", "qdisc", "del", "dev", &self.dev, "root",
-            ])
-            .status();
+        let _ = self.tc(&["del", "root"]);
+        if self.nft {
+            let _ = ip_netns(&self.ns, &["nft", "delete", "table", "inet", NFT_TABLE]);
+        }
     }
 }

@@ -27,7 +27,9 @@
 //!    shutdown, and a normal start would make the demoted node a writable
 //!    primary;
 //! 5. the replication password file (a step, undone by `--abort`);
-//!    `pg_rewind --dry-run`; this node's `postgresql.conf`, `pg_hba.conf`,
+//!    `pg_rewind --dry-run` only when step 3 could not tell where the
+//!    histories diverged (it tells, and its failure still leaves the
+//!    choice to the operator); this node's `postgresql.conf`, `pg_hba.conf`,
 //!    `pg_ident.conf` and `postgresql.auto.conf` copied into the home's
 //!    backups; the journal enters `rewound` — the point of no return —
 //!    *before* `pg_rewind` runs (audited before and after, with
@@ -57,7 +59,7 @@
 //! 18): the data directory cannot be put back, only `--resume` goes on.
 //!
 //! The fallback to a bootstrap (a prerequisite missing, the dry run failed,
-//! or a `pg_rewind` that did not finish): the journal enters
+//! `pg_rewind` failed, or a `pg_rewind` that did not finish): the journal enters
 //! `bootstrapping`, then the rejoin's change is finished (its audit record
 //! says it handed over) and [`super::bootstrap`] runs as its own held
 //! change — one journal per home, so the bootstrap cannot run inside the
@@ -476,7 +478,12 @@ fn fresh(home: &Home, opts: &RejoinOptions, obs: &mut dyn Observer) -> Result<Re
             )))
         }
     }
-    let full_page_writes = new_primary(&config, &password, opts.connect_timeout)?;
+    let full_page_writes = new_primary(
+        &config,
+        &password,
+        opts.slot.as_deref(),
+        opts.connect_timeout,
+    )?;
     let server = Server::of(&config, opts.timeout);
     let has_cluster = config.pg_data.join("PG_VERSION").exists();
     let control = if has_cluster {
@@ -979,11 +986,21 @@ fn weigh(
     Ok(())
 }
 
-/// Step 5: the dry run, the weighing it allows, the point of no return,
-/// `pg_rewind`, the put-back. Sets the method to `bootstrap` when the dry
-/// run fails and to `follow` when it finds no divergence. Run in
-/// `measured`/`recovered`, or resumed in `rewound` before `pg_rewind`
-/// started (then nothing is refused: it was weighed before).
+/// Step 5: the dry run where it is needed, the weighing it allows, the
+/// point of no return, `pg_rewind`, the put-back. Sets the method to
+/// `bootstrap` when `pg_rewind` cannot be used and to `follow` when it
+/// finds no divergence. Run in `measured`/`recovered`, or resumed in
+/// `rewound` before `pg_rewind` started (then nothing is refused: it was
+/// weighed before).
+///
+/// The dry run (a whole extra pass of `pg_rewind` over both servers' files)
+/// runs only when the weighing could not tell where the histories forked:
+/// then it gives the fork, and a failure there still leaves the choice to
+/// the operator. When the fork is known from the new primary's timeline
+/// history, the real run goes first; if it fails, whether before writing
+/// or half way, the data directory is only worth what was weighed before
+/// the point of no return, and the bootstrap sets it aside (never deletes
+/// it) as a failed dry run's would.
 fn rewind_step(
     cx: &Cx<'_>,
     obs: &mut dyn Observer,
@@ -997,47 +1014,12 @@ fn rewind_step(
     let source = source_conninfo(config);
     let restore = has_restore_command(&config.pg_data);
     wait_source_checkpoint(config, password, opts, obs)?;
-    obs.step("pg_rewind --dry-run: where did the two histories diverge?");
-    let dry = match rewind::run(&config.pg_bin, &config.pg_data, &source, true, restore) {
-        Ok(d) => d,
-        Err(e) => {
-            if !past && state.data.weighed.is_none() && !state.data.force {
-                return Err(Stop::Refused(Error::Refused(format!(
-                    "pg_rewind cannot be used ({e}), and whether this node committed transactions after the histories diverged cannot be told: a bootstrap would set them aside. The server stays stopped. `keyferry ha rejoin --force` bootstraps anyway and keeps this data directory aside as a .old- directory (recorded in the audit log)"
-                ))));
-            }
-            state.data.method = Method::Bootstrap;
-            state.data.why_bootstrap = Some(format!("its dry run failed: {e}"));
-            return Ok(());
-        }
-    };
-    let Rewind::Diverged { at, timeline } = dry else {
-        state.data.method = Method::Follow;
-        return Ok(());
-    };
-    let control = pg::controldata(&config.pg_bin, &config.pg_data).ok();
     let d = match state.data.weighed.as_ref().map(Weighed::divergence) {
         Some(d) => d,
-        None => {
-            let ours = control
-                .as_ref()
-                .and_then(|c| c.timeline)
-                .unwrap_or(timeline);
-            measure_from(config, ours, at).unwrap_or_else(|why| {
-                obs.step(&format!("note: {why}"));
-                // A clean shutdown's checkpoint is the end of what it wrote.
-                Divergence {
-                    at,
-                    timeline,
-                    end: control
-                        .as_ref()
-                        .and_then(|c| c.checkpoint_lsn)
-                        .unwrap_or(at)
-                        .max(at),
-                    summary: None,
-                }
-            })
-        }
+        None => match dry_run(config, &source, restore, past, state, obs)? {
+            Some(d) => d,
+            None => return Ok(()),
+        },
     };
     d.record(report);
     if !past && d.loses_commits() && !state.data.force {
@@ -1050,8 +1032,8 @@ fn rewind_step(
     let data = steps::open_data(&config.pg_data, None)?;
     state.data.own = keep_own(home, &data)?;
     obs.step(&format!(
-        "pg_rewind from {} (diverged at {at})",
-        config.primary
+        "pg_rewind from {} (diverged at {})",
+        config.primary, d.at
     ));
     if !past {
         change.advance(state, Phase::Rewound)?;
@@ -1061,25 +1043,92 @@ fn rewind_step(
     for (k, v) in details(config, &state.data, state.phase(), report) {
         change.set_detail(&k, v);
     }
-    change.irreversible("pg_rewind", Vec::new(), |progress| {
-        progress.set("diverged_at", at.to_string());
+    let mut refused_by_pg_rewind = None;
+    let rewound = change.irreversible("pg_rewind", Vec::new(), |progress| {
+        progress.set("diverged_at", d.at.to_string());
         progress.set("lost_wal_bytes", d.bytes());
         rewind::run(&config.pg_bin, &config.pg_data, &source, false, restore).map_err(|e| {
+            if e.program_failed() {
+                refused_by_pg_rewind = Some(e.to_string());
+            }
             step_error(
                 "pg_rewind",
                 e.to_string(),
                 "read the message; `keyferry ha rejoin --resume` then bootstraps instead (this data directory may be half rewritten; it is kept aside, never deleted)",
             )
-        })?;
-        Ok(())
-    })?;
+        })
+    });
+    let rewound = match (rewound, refused_by_pg_rewind) {
+        (Ok(r), _) => r,
+        (Err(_), Some(why)) => {
+            // What it left is for the caller to read from the control
+            // file, as after a kill: rewound to the end, or a bootstrap.
+            obs.step(&format!("pg_rewind failed: {why}"));
+            return Ok(());
+        }
+        (Err(e), None) => return Err(e.into()),
+    };
     // pg_rewind (the server's account) is done; root writes next: the
     // window in which that account could swap the directory.
     crate::failpoint::failpoint!("{ACTION}:rewind-done");
     put_back(config, &data, &state.data.own)?;
+    if rewound == Rewind::NotNeeded {
+        state.data.method = Method::Follow;
+    }
     state.data.rewound = true;
     change.save(state)?;
     Ok(())
+}
+
+/// `pg_rewind --dry-run`, for a rejoin whose weighing could not tell where
+/// the histories diverged: that point, and what this node wrote after it.
+/// `None`: the method was changed instead (no divergence: follow; the dry
+/// run failed and the data was weighed or `--force` given: bootstrap).
+fn dry_run(
+    config: &HaConfig,
+    source: &str,
+    restore: bool,
+    past: bool,
+    state: &mut State,
+    obs: &mut dyn Observer,
+) -> std::result::Result<Option<Divergence>, Stop> {
+    obs.step("pg_rewind --dry-run: where did the two histories diverge?");
+    let dry = match rewind::run(&config.pg_bin, &config.pg_data, source, true, restore) {
+        Ok(d) => d,
+        Err(e) => {
+            if !past && !state.data.force {
+                return Err(Stop::Refused(Error::Refused(format!(
+                    "pg_rewind cannot be used ({e}), and whether this node committed transactions after the histories diverged cannot be told: a bootstrap would set them aside. The server stays stopped. `keyferry ha rejoin --force` bootstraps anyway and keeps this data directory aside as a .old- directory (recorded in the audit log)"
+                ))));
+            }
+            state.data.method = Method::Bootstrap;
+            state.data.why_bootstrap = Some(format!("its dry run failed: {e}"));
+            return Ok(None);
+        }
+    };
+    let Rewind::Diverged { at, timeline } = dry else {
+        state.data.method = Method::Follow;
+        return Ok(None);
+    };
+    let control = pg::controldata(&config.pg_bin, &config.pg_data).ok();
+    let ours = control
+        .as_ref()
+        .and_then(|c| c.timeline)
+        .unwrap_or(timeline);
+    Ok(Some(measure_from(config, ours, at).unwrap_or_else(|why| {
+        obs.step(&format!("note: {why}"));
+        // A clean shutdown's checkpoint is the end of what it wrote.
+        Divergence {
+            at,
+            timeline,
+            end: control
+                .as_ref()
+                .and_then(|c| c.checkpoint_lsn)
+                .unwrap_or(at)
+                .max(at),
+            summary: None,
+        }
+    })))
 }
 
 /// The bootstrap a rejoin hands over to (or resumes). `yes`: the operator
@@ -1158,9 +1207,10 @@ fn wait_source_checkpoint(
     }
 }
 
-/// Resumed in `rewound` after `pg_rewind` was started: finished (its last
-/// write is the control file's state), the files are put back; else the
-/// directory may be half rewritten and the rejoin becomes a bootstrap.
+/// In `rewound` after `pg_rewind` was started (resumed after a kill, or
+/// right after it failed): finished (its last write is the control file's
+/// state), the files are put back; else the directory may be half
+/// rewritten and the rejoin becomes a bootstrap (the files put back too).
 fn finish_interrupted_rewind(
     config: &HaConfig,
     state: &mut State,
@@ -1179,6 +1229,11 @@ fn finish_interrupted_rewind(
         put_back(config, &data, &state.data.own)?;
         state.data.rewound = true;
     } else {
+        // pg_rewind may have replaced or emptied this node's own
+        // configuration files before it stopped; the bootstrap takes them
+        // from the directory it sets aside, so they go back first.
+        let data = steps::open_data(&config.pg_data, None)?;
+        put_back(config, &data, &state.data.own)?;
         state.data.method = Method::Bootstrap;
         state.data.why_bootstrap = Some(format!(
             "it was interrupted or failed (the cluster's state is \"{}\"), and the data directory may be half rewritten",
@@ -1338,7 +1393,12 @@ fn standby_plan(config: &HaConfig) -> String {
 }
 
 /// The new primary runs as one; returns its `full_page_writes`.
-fn new_primary(config: &HaConfig, password: &Zeroizing<String>, timeout: Duration) -> Result<bool> {
+fn new_primary(
+    config: &HaConfig,
+    password: &Zeroizing<String>,
+    slot: Option<&str>,
+    timeout: Duration,
+) -> Result<bool> {
     let target = config.primary.to_string();
     let fail = |e: PgError| {
         step_error(
@@ -1352,6 +1412,10 @@ fn new_primary(config: &HaConfig, password: &Zeroizing<String>, timeout: Duratio
         return Err(Error::Refused(format!(
             "{target} (the primary in ha.toml) runs as a replica: there is no primary to rejoin; fail over first (`keyferry ha failover` on that node)"
         )));
+    }
+    let keep = pg::wal_keep_bytes(&mut client, &target).map_err(fail)?;
+    if let Some(refusal) = preflight::unretained_wal(slot, keep) {
+        return Err(refusal);
     }
     let row = client
         .query_one("SELECT current_setting('full_page_writes')", &[])
