@@ -1357,7 +1357,13 @@ fn divergence(
     )
     .map_err(|e| format!("the new primary's timeline history: {e}"))?;
     if theirs == ours {
-        return Ok(None);
+        // One timeline: no fork, unless this node wrote past what the new
+        // primary has (it would be overwritten all the same).
+        let theirs_end = primary_flush_lsn(config, password, opts.connect_timeout)?;
+        let d = measure_from(config, ours, theirs_end)?;
+        return Ok(
+            (d.bytes() > 0 && d.summary.as_ref().is_some_and(|s| s.records > 0)).then_some(d),
+        );
     }
     let at = history
         .as_deref()
@@ -1366,6 +1372,21 @@ fn divergence(
             "the new primary's timeline {theirs} does not descend from this node's timeline {ours}"
         ))?;
     measure_from(config, ours, at).map(Some)
+}
+
+/// The new primary's WAL flush position.
+fn primary_flush_lsn(
+    config: &HaConfig,
+    password: &Zeroizing<String>,
+    timeout: Duration,
+) -> std::result::Result<Lsn, String> {
+    let why = |e: String| format!("the new primary's WAL position: {e}");
+    let target = config.primary.to_string();
+    let mut client = primary_sql(config, password, timeout).map_err(|e| why(e.to_string()))?;
+    let row = client
+        .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
+        .map_err(|e| why(pg::from_postgres(&target, e).to_string()))?;
+    Lsn::parse(row.get(0)).ok_or_else(|| why("unreadable".into()))
 }
 
 /// What this node's WAL on `timeline` holds from `at` on.
