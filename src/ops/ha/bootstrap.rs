@@ -383,6 +383,7 @@ fn preflight(
 }
 
 /// What the primary holds under a slot name the replica will stream through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SlotThere {
     Missing,
     /// Physical and unused: a stale one, or the one a switchover or
@@ -430,13 +431,8 @@ fn prepare_slot(
     slot: &str,
     timeout: Duration,
 ) -> Result<()> {
-    let target = config.primary.to_string();
-    let mut client =
-        primary_sql(config, password, timeout).map_err(|e| slot_error("checking the slot", e))?;
-    if let SlotThere::Inactive = slot_there(&mut client, &target, slot)? {
-        client
-            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-            .map_err(|e| slot_error("checking the slot", pg::from_postgres(&target, e)))?;
+    let drop = "SELECT pg_drop_replication_slot($1)";
+    if when_slot(config, password, slot, timeout, SlotThere::Inactive, drop)? {
         tracing::info!(
             slot,
             "dropped a stale inactive replication slot on the primary"
@@ -456,18 +452,30 @@ pub(super) fn ensure_slot(
     slot: &str,
     timeout: Duration,
 ) -> Result<()> {
+    let create = "SELECT pg_create_physical_replication_slot($1, true)";
+    when_slot(config, password, slot, timeout, SlotThere::Missing, create).map(drop)
+}
+
+/// Runs `sql` (with the slot's name as `$1`) on the primary when the slot
+/// is `there`; whether it ran. Refuses what [`slot_there`] refuses.
+fn when_slot(
+    config: &HaConfig,
+    password: &Zeroizing<String>,
+    slot: &str,
+    timeout: Duration,
+    there: SlotThere,
+    sql: &str,
+) -> Result<bool> {
     let target = config.primary.to_string();
     let mut client =
         primary_sql(config, password, timeout).map_err(|e| slot_error("checking the slot", e))?;
-    if let SlotThere::Missing = slot_there(&mut client, &target, slot)? {
-        client
-            .execute(
-                "SELECT pg_create_physical_replication_slot($1, true)",
-                &[&slot],
-            )
-            .map_err(|e| slot_error("creating the slot", pg::from_postgres(&target, e)))?;
+    if slot_there(&mut client, &target, slot)? != there {
+        return Ok(false);
     }
-    Ok(())
+    client
+        .execute(sql, &[&slot])
+        .map_err(|e| slot_error("changing the slot", pg::from_postgres(&target, e)))?;
+    Ok(true)
 }
 
 /// Drops the slot a failed copy may have created (best effort: `ha status`
