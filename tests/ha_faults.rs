@@ -1175,15 +1175,7 @@ fn rejoin_pair(tag: &str) -> Option<SwitchPair> {
     // The rejoined node streams without a slot: under the writer's load
     // the new primary would otherwise recycle the WAL it still needs
     // before it connects (a fresh CI machine saw it wait for removed WAL).
-    let pair = SwitchPair::with_conf(tag, &["wal_log_hints = on", "wal_keep_size = 512MB"])?;
-    // So that keyferry can ask the new primary for the checkpoint that
-    // pg_rewind needs after a promotion (else, under this load, the spread
-    // one takes minutes).
-    pair.a
-        .connect()
-        .batch_execute("GRANT pg_checkpoint TO repuser")
-        .unwrap();
-    Some(pair)
+    SwitchPair::with_conf(tag, &["wal_log_hints = on", "wal_keep_size = 512MB"])
 }
 
 #[test]

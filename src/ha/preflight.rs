@@ -304,10 +304,14 @@ pub(crate) fn rights(config: &HaConfig, server: Option<&ServerFacts>) -> Fact {
                 .map(|f| format!("GRANT EXECUTE ON FUNCTION pg_catalog.{f} TO {user};")),
         );
     }
+    if !r.checkpoint {
+        missing.push("membership in pg_checkpoint (`ha rejoin` right after a failover waits for the new primary's scheduled checkpoint, minutes under load)");
+        fixes.push(format!("GRANT pg_checkpoint TO {user};"));
+    }
     if missing.is_empty() {
         return Fact::ok(
             NAME,
-            format!("{user} has REPLICATION, pg_monitor, and EXECUTE on pg_promote and pg_rewind's functions"),
+            format!("{user} has REPLICATION, pg_monitor, pg_checkpoint, and EXECUTE on pg_promote and pg_rewind's functions"),
         );
     }
     Fact::warn(
@@ -1179,6 +1183,7 @@ mod tests {
                 monitor,
                 promote: true,
                 rewind: true,
+                checkpoint: true,
             },
             ..server(150_000, "replica", 10, 0)
         };
@@ -1197,6 +1202,7 @@ mod tests {
                     monitor: true,
                     promote: false,
                     rewind: true,
+                    checkpoint: true,
                 },
                 ..server(150_000, "replica", 10, 0)
             }),
@@ -1214,6 +1220,7 @@ mod tests {
                     monitor: true,
                     promote: true,
                     rewind: false,
+                    checkpoint: true,
                 },
                 ..server(150_000, "replica", 10, 0)
             }),
@@ -1224,6 +1231,21 @@ mod tests {
         for f in REWIND_FUNCTIONS {
             assert!(fix.contains(f), "{fix}");
         }
+        let no_checkpoint = rights(
+            &config,
+            Some(&ServerFacts {
+                rights: RoleRights {
+                    checkpoint: false,
+                    ..with(true, true).rights
+                },
+                ..server(150_000, "replica", 10, 0)
+            }),
+        );
+        assert_eq!(no_checkpoint.status, Status::Warn);
+        assert!(no_checkpoint
+            .fix
+            .unwrap()
+            .contains("GRANT pg_checkpoint TO repuser"));
         let none = rights(&config, Some(&with(false, false)));
         assert_eq!(none.status, Status::Fail);
         assert!(none.message.contains("lacks REPLICATION"), "{none:?}");
@@ -1279,6 +1301,7 @@ mod tests {
                 monitor: true,
                 promote: true,
                 rewind: true,
+                checkpoint: true,
             },
             slots: Vec::new(),
             standby_minimums: Vec::new(),

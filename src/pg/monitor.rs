@@ -226,6 +226,11 @@ pub struct RoleRights {
     /// May execute the functions `pg_rewind` reads its source through
     /// (superuser, or granted EXECUTE on each).
     pub rewind: bool,
+    /// May run `CHECKPOINT` (superuser, or `pg_checkpoint` from PostgreSQL
+    /// 15; true before 15, where no such role exists and nobody else may):
+    /// `ha rejoin` right after a failover asks the new primary for the
+    /// checkpoint `pg_rewind` needs instead of waiting for its scheduled one.
+    pub checkpoint: bool,
 }
 
 /// The connected role's [`RoleRights`].
@@ -249,7 +254,9 @@ pub(crate) fn rights_of(
                     r.rolsuper OR (has_function_privilege(r.rolname, 'pg_ls_dir(text, boolean, boolean)', 'EXECUTE') \
                         AND has_function_privilege(r.rolname, 'pg_stat_file(text, boolean)', 'EXECUTE') \
                         AND has_function_privilege(r.rolname, 'pg_read_binary_file(text)', 'EXECUTE') \
-                        AND has_function_privilege(r.rolname, 'pg_read_binary_file(text, bigint, bigint, boolean)', 'EXECUTE')) \
+                        AND has_function_privilege(r.rolname, 'pg_read_binary_file(text, bigint, bigint, boolean)', 'EXECUTE')), \
+                    r.rolsuper OR CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pg_checkpoint') \
+                        THEN pg_has_role(r.rolname, 'pg_checkpoint', 'USAGE') ELSE true END \
              FROM pg_roles r WHERE r.rolname = coalesce($1::text, current_user::text)",
             &[&role],
         )
@@ -259,5 +266,6 @@ pub(crate) fn rights_of(
         monitor: row.get(1),
         promote: row.get(2),
         rewind: row.get(3),
+        checkpoint: row.get(4),
     })
 }

@@ -60,7 +60,8 @@ pub const HA_GRANTS: &str = "\
     GRANT EXECUTE ON FUNCTION pg_catalog.pg_ls_dir(text, boolean, boolean) TO repuser;\
     GRANT EXECUTE ON FUNCTION pg_catalog.pg_stat_file(text, boolean) TO repuser;\
     GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text) TO repuser;\
-    GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO repuser";
+    GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO repuser;\
+    GRANT pg_checkpoint TO repuser";
 
 /// Options for a test server.
 #[derive(Debug, Clone, Default)]
