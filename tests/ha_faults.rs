@@ -1527,29 +1527,33 @@ fn rejoin_hands_over_to_the_bootstrap_after_a_kill() {
 /// configuration files back through it. The put-back is refused in one
 /// line naming the data directory, nothing is written through the link,
 /// and once the directory is back `--resume` finishes the rejoin.
+/// Node a crashed, b failed over to, and a's `ha rejoin --force` started
+/// with the failpoint `held` (a sleep, for the test to act in), its output
+/// piped; the prober watches both nodes from before the crash.
+fn held_rejoin(pair: &mut SwitchPair, held: &str) -> (Prober, std::process::Child) {
+    let prober = Prober::start(pair.a.socket_dir(), pair.b.socket_dir());
+    crash_server(pair, true);
+    let out = pair.ha(false, &["failover"]);
+    assert!(out.status.success(), "failover: {}", text(&out));
+    let child = pair
+        .ha_cmd(true, &["rejoin", "--force", "--timeout", "60"], held)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    (prober, child)
+}
+
 #[test]
 fn a_data_directory_swapped_for_a_link_after_pg_rewind_is_refused() {
     let Some(mut pair) = rejoin_pair("x") else {
         return;
     };
-    let prober = Prober::start(pair.a.socket_dir(), pair.b.socket_dir());
-    crash_server(&mut pair, true);
-    let out = pair.ha(false, &["failover"]);
-    assert!(out.status.success(), "failover: {}", text(&out));
+    let (prober, mut child) = held_rejoin(&mut pair, "ha-rejoin:rewind-done=sleep(4000)");
     let data = pair.a.data_dir().to_path_buf();
     let outside = data.with_file_name("outside");
     fs::create_dir(&outside).unwrap();
     let moved = data.with_file_name("moved-by-postgres");
-    let mut child = pair
-        .ha_cmd(
-            true,
-            &["rejoin", "--force", "--timeout", "60"],
-            "ha-rejoin:rewind-done=sleep(4000)",
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     // The window: keyferry says it reached the failpoint (pg_rewind and
     // keyferry's sync of the rewound files are done), then sleeps.
     let stderr = child.stderr.take().unwrap();
@@ -1613,21 +1617,8 @@ fn a_failed_pg_rewind_hands_over_to_the_bootstrap() {
     let Some(mut pair) = rejoin_pair("r") else {
         return;
     };
-    let prober = Prober::start(pair.a.socket_dir(), pair.b.socket_dir());
-    crash_server(&mut pair, true);
-    let out = pair.ha(false, &["failover"]);
-    assert!(out.status.success(), "failover: {}", text(&out));
+    let (prober, child) = held_rejoin(&mut pair, "ha-rejoin:rewound=sleep(3000)");
     let data = pair.a.data_dir().to_path_buf();
-    let child = pair
-        .ha_cmd(
-            true,
-            &["rejoin", "--force", "--timeout", "60"],
-            "ha-rejoin:rewound=sleep(3000)",
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     std::thread::sleep(Duration::from_millis(1000));
     pair.b
         .connect()
