@@ -14,7 +14,11 @@
 //! - only an enabled key can be promoted or disabled, only a disabled key
 //!   can be enabled or destroyed (disable first, so a key still in use is
 //!   not destroyed by mistake), and a destroyed key stays destroyed;
-//! - key material lives in zeroizing buffers and never appears in `Debug`.
+//! - key material lives in zeroizing buffers and never appears in `Debug`;
+//! - the pair's signing key ([`PairSigning`], format 2 distributions) rides
+//!   along in the document as `signing`, outside the fingerprint (which
+//!   names the data keys); its secret half is there only on pair nodes,
+//!   and [`Keyring::keys_only_view`] is the document without it.
 //!
 //! The operations change the keyring in memory only: writing it, backing it
 //! up and auditing the change belong to the layers above.
@@ -32,6 +36,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 use zeroize::Zeroizing;
+
+use crate::bundle::keys::{SigningPublic, SigningSecret};
 
 pub const KEYRING_FORMAT: &str = "keyferry-keyring";
 pub const KEYRING_VERSION: u32 = 1;
@@ -89,6 +95,70 @@ pub enum KeyringError {
     IdsExhausted,
     #[error("the operating system's random generator failed: {0}")]
     Random(String),
+    #[error("the pair signing key is not valid: {0}")]
+    Signing(&'static str),
+}
+
+/// The pair's Ed25519 signing key as a keyring holds it: the public half
+/// (which a remote host pins) and, on a pair node, the secret half.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PairSigning {
+    pub public: SigningPublic,
+    pub secret: Option<SigningSecret>,
+}
+
+impl PairSigning {
+    pub fn generate() -> Result<Self, KeyringError> {
+        let secret = SigningSecret::generate().map_err(KeyringError::Random)?;
+        Ok(Self {
+            public: secret.public(),
+            secret: Some(secret),
+        })
+    }
+}
+
+const SIGNING_ALGORITHM: &str = "ed25519";
+
+#[derive(Serialize)]
+struct SigningOut<'a> {
+    algorithm: &'static str,
+    public: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct SigningWire {
+    algorithm: String,
+    public: String,
+    #[serde(default)]
+    secret: Option<SecretText>,
+}
+
+impl SigningWire {
+    fn validate(self) -> Result<PairSigning, KeyringError> {
+        if self.algorithm != SIGNING_ALGORITHM {
+            return Err(KeyringError::Signing("its algorithm is not ed25519"));
+        }
+        let public = SigningPublic::from_base64(&self.public).ok_or(KeyringError::Signing(
+            "its public half is not an Ed25519 key",
+        ))?;
+        let secret = match self.secret {
+            None => None,
+            Some(t) => {
+                let s = SigningSecret::from_base64(&t.0).ok_or(KeyringError::Signing(
+                    "its secret half is not base64 of 32 bytes",
+                ))?;
+                if s.public() != public {
+                    return Err(KeyringError::Signing(
+                        "its secret half does not belong to its public half",
+                    ));
+                }
+                Some(s)
+            }
+        };
+        Ok(PairSigning { public, secret })
+    }
 }
 
 /// 32 bytes of AES-256 key material. Zeroized on drop, never printed.
@@ -199,6 +269,8 @@ struct KeyringWire {
     version: u32,
     primary: u32,
     keys: Vec<KeyWire>,
+    #[serde(default)]
+    signing: Option<SigningWire>,
 }
 
 /// A validated keyring.
@@ -206,14 +278,17 @@ struct KeyringWire {
 pub struct Keyring {
     primary: u32,
     keys: Vec<Key>,
+    signing: Option<PairSigning>,
 }
 
 #[derive(Serialize)]
-struct KeyringOut<'a> {
+pub(crate) struct KeyringOut<'a> {
     format: &'static str,
     version: u32,
     primary: u32,
     keys: &'a [Key],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signing: Option<SigningOut<'a>>,
 }
 
 impl Keyring {
@@ -234,7 +309,11 @@ impl Keyring {
     /// Builds a keyring, checking every invariant.
     pub fn new(primary: u32, keys: Vec<Key>) -> Result<Self, KeyringError> {
         check_invariants(primary, &keys)?;
-        Ok(Self { primary, keys })
+        Ok(Self {
+            primary,
+            keys,
+            signing: None,
+        })
     }
 
     /// Parses and validates a `keyring.json` document.
@@ -267,19 +346,76 @@ impl Keyring {
                 material,
             });
         }
-        Self::new(wire.primary, keys)
+        let mut keyring = Self::new(wire.primary, keys)?;
+        keyring.signing = wire.signing.map(SigningWire::validate).transpose()?;
+        Ok(keyring)
     }
 
-    /// The document as exported in a bundle: the keys only, pretty-printed,
-    /// in a zeroizing buffer.
+    /// The document as exported in a bundle: the keys (and the pair's
+    /// signing key, as this keyring holds it), pretty-printed, in a
+    /// zeroizing buffer.
     pub fn to_json(&self) -> Zeroizing<Vec<u8>> {
-        let out = KeyringOut {
+        let secret = self
+            .signing
+            .as_ref()
+            .and_then(|s| s.secret.as_ref())
+            .map(SigningSecret::to_base64);
+        to_json_zeroizing(
+            &self.wire_out(secret.as_ref().map(|s| s.as_str())),
+            self.keys.len(),
+        )
+    }
+
+    /// The document's members, for this module and the keystore's.
+    pub(crate) fn wire_out<'a>(&'a self, signing_secret: Option<&'a str>) -> KeyringOut<'a> {
+        KeyringOut {
             format: KEYRING_FORMAT,
             version: KEYRING_VERSION,
             primary: self.primary,
             keys: &self.keys,
-        };
-        to_json_zeroizing(&out, self.keys.len())
+            signing: self.signing.as_ref().map(|s| SigningOut {
+                algorithm: SIGNING_ALGORITHM,
+                public: s.public.to_base64(),
+                secret: signing_secret,
+            }),
+        }
+    }
+
+    /// The pair's signing key, when this keyring has one.
+    pub fn signing(&self) -> Option<&PairSigning> {
+        self.signing.as_ref()
+    }
+
+    /// Sets (or, with `None`, drops) the pair's signing key.
+    pub fn set_signing(&mut self, signing: Option<PairSigning>) {
+        self.signing = signing;
+    }
+
+    /// The keyring as a remote Action or Scheduler host gets it: the same
+    /// keys, and of the signing key only its public half (to pin).
+    pub fn keys_only_view(&self) -> Keyring {
+        let mut view = self.clone();
+        if let Some(s) = &mut view.signing {
+            s.secret = None;
+        }
+        view
+    }
+
+    /// This keyring's signing key after taking `incoming`'s: the incoming
+    /// one, except that a secret half this node holds for the same public
+    /// key is kept when the incoming view lacks it (a pair node that
+    /// imports a keys-only bundle stays able to sign), and that a keyring
+    /// without one leaves the current one in place.
+    pub fn merged_signing(&self, incoming: &Keyring) -> Option<PairSigning> {
+        match (&self.signing, &incoming.signing) {
+            (Some(mine), Some(theirs))
+                if mine.public == theirs.public && theirs.secret.is_none() =>
+            {
+                Some(mine.clone())
+            }
+            (_, Some(theirs)) => Some(theirs.clone()),
+            (mine, None) => mine.clone(),
+        }
     }
 
     pub fn primary(&self) -> u32 {

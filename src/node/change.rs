@@ -585,7 +585,7 @@ impl Change<'_> {
         let new_store = match (self.node.store.clone(), self.keyring.take()) {
             (Some(old), keyring) => Keystore {
                 keyring: keyring.unwrap_or(old.keyring),
-                node: old.node,
+                node: with_host_key(old.node).map_err(|e| self.fail(e))?,
             },
             (None, Some(keyring)) => Keystore {
                 keyring,
@@ -670,13 +670,27 @@ pub(super) fn undo_journaled(
 
 /// Fresh node-local state for a node that has none yet.
 fn new_node_state() -> Result<NodeState> {
-    Ok(NodeState {
+    with_host_key(NodeState {
         audit_key: KeyMaterial::generate().map_err(|source| Error::Keyring {
             context: "cannot create the audit key".into(),
             source,
         })?,
         audit_head: AuditHead::genesis(),
+        host_key: None,
+        distribution_serial: 0,
     })
+}
+
+/// The node's state with a host key: a keystore written before host keys
+/// existed gets one with its next change.
+fn with_host_key(mut state: NodeState) -> Result<NodeState> {
+    if state.host_key.is_none() {
+        state.host_key = Some(
+            crate::bundle::keys::HostSecret::generate()
+                .map_err(|e| Error::Refused(format!("cannot create the host key: {e}")))?,
+        );
+    }
+    Ok(state)
 }
 
 /// The irreversible steps around a commit (see [`Phase::Committing`]).
