@@ -18,7 +18,12 @@
 //! - the pair's signing key ([`PairSigning`], format 2 distributions) rides
 //!   along in the document as `signing`, outside the fingerprint (which
 //!   names the data keys); its secret half is there only on pair nodes,
-//!   and [`Keyring::keys_only_view`] is the document without it.
+//!   and [`Keyring::keys_only_view`] is the document without it;
+//! - so do the hosts the pair approved as recipients of distributions
+//!   ([`ApprovedHost`], member `approved_hosts`): kept in the keyring so
+//!   that only what a pair node holds, never a database row, makes a
+//!   recipient, and the secondary gets them with the keys; a keys-only
+//!   view has none.
 //!
 //! The operations change the keyring in memory only: writing it, backing it
 //! up and auditing the change belong to the layers above.
@@ -37,7 +42,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
-use crate::bundle::keys::{SigningPublic, SigningSecret};
+use crate::bundle::keys::{HostPublic, SigningPublic, SigningSecret};
 
 pub const KEYRING_FORMAT: &str = "keyferry-keyring";
 pub const KEYRING_VERSION: u32 = 1;
@@ -118,6 +123,28 @@ impl PairSigning {
 }
 
 const SIGNING_ALGORITHM: &str = "ed25519";
+
+/// A host the pair approved (`keyferry nodes approve`): distributions are
+/// sealed to its host key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovedHost {
+    pub name: String,
+    /// `pair`, `action` or `scheduler`: a pair node gets the whole keyring,
+    /// the others the keys-only view.
+    pub role: String,
+    #[serde(serialize_with = "ser_host_key", deserialize_with = "de_host_key")]
+    pub host_key: HostPublic,
+}
+
+fn ser_host_key<S: Serializer>(k: &HostPublic, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&k.to_base64())
+}
+
+fn de_host_key<'de, D: Deserializer<'de>>(d: D) -> Result<HostPublic, D::Error> {
+    let text = String::deserialize(d)?;
+    HostPublic::from_base64(&text)
+        .ok_or_else(|| serde::de::Error::custom("host_key is not base64 of 32 bytes"))
+}
 
 #[derive(Serialize)]
 struct SigningOut<'a> {
@@ -271,6 +298,8 @@ struct KeyringWire {
     keys: Vec<KeyWire>,
     #[serde(default)]
     signing: Option<SigningWire>,
+    #[serde(default)]
+    approved_hosts: Vec<ApprovedHost>,
 }
 
 /// A validated keyring.
@@ -279,6 +308,7 @@ pub struct Keyring {
     primary: u32,
     keys: Vec<Key>,
     signing: Option<PairSigning>,
+    approved: Vec<ApprovedHost>,
 }
 
 #[derive(Serialize)]
@@ -289,6 +319,8 @@ pub(crate) struct KeyringOut<'a> {
     keys: &'a [Key],
     #[serde(skip_serializing_if = "Option::is_none")]
     signing: Option<SigningOut<'a>>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    approved_hosts: &'a [ApprovedHost],
 }
 
 impl Keyring {
@@ -313,6 +345,7 @@ impl Keyring {
             primary,
             keys,
             signing: None,
+            approved: Vec::new(),
         })
     }
 
@@ -348,6 +381,7 @@ impl Keyring {
         }
         let mut keyring = Self::new(wire.primary, keys)?;
         keyring.signing = wire.signing.map(SigningWire::validate).transpose()?;
+        keyring.approved = wire.approved_hosts;
         Ok(keyring)
     }
 
@@ -378,12 +412,19 @@ impl Keyring {
                 public: s.public.to_base64(),
                 secret: signing_secret,
             }),
+            approved_hosts: &self.approved,
         }
     }
 
     /// The pair's signing key, when this keyring has one.
     pub fn signing(&self) -> Option<&PairSigning> {
         self.signing.as_ref()
+    }
+
+    /// Whether this keyring holds the signing key's secret half (a pair
+    /// node's), so that it can approve hosts and distribute.
+    pub fn can_sign(&self) -> bool {
+        self.signing.as_ref().is_some_and(|s| s.secret.is_some())
     }
 
     /// Sets (or, with `None`, drops) the pair's signing key.
@@ -398,7 +439,46 @@ impl Keyring {
         if let Some(s) = &mut view.signing {
             s.secret = None;
         }
+        view.approved.clear();
         view
+    }
+
+    /// The hosts distributions are sealed to.
+    pub fn approved_hosts(&self) -> &[ApprovedHost] {
+        &self.approved
+    }
+
+    /// Approves `host` (replacing an earlier approval of the same name).
+    pub fn approve_host(&mut self, host: ApprovedHost) {
+        self.approved.retain(|h| h.name != host.name);
+        self.approved.push(host);
+        self.approved.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+
+    /// Withdraws the approval of `name`; whether there was one.
+    pub fn withdraw_host(&mut self, name: &str) -> bool {
+        let before = self.approved.len();
+        self.approved.retain(|h| h.name != name);
+        self.approved.len() != before
+    }
+
+    /// Takes the approvals of `incoming` when it has the signing key's
+    /// secret half (a pair keyring), else keeps this keyring's.
+    pub fn merged_approvals(&self, incoming: &Keyring) -> Vec<ApprovedHost> {
+        if incoming
+            .signing
+            .as_ref()
+            .is_some_and(|s| s.secret.is_some())
+        {
+            incoming.approved.clone()
+        } else {
+            self.approved.clone()
+        }
+    }
+
+    /// Sets the approvals (an import's merge).
+    pub fn set_approved_hosts(&mut self, hosts: Vec<ApprovedHost>) {
+        self.approved = hosts;
     }
 
     /// This keyring's signing key after taking `incoming`'s: the incoming

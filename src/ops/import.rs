@@ -287,6 +287,7 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
         payload.keyring
     };
     if let Some(current) = node.keystore().map(|s| &s.keyring) {
+        keyring.set_approved_hosts(current.merged_approvals(&keyring));
         keyring.set_signing(current.merged_signing(&keyring));
     }
     let mut change = node.begin("import", record_details)?;
@@ -329,7 +330,7 @@ fn delete_bundle(file: &std::path::Path) -> std::result::Result<Vec<PathBuf>, St
 }
 
 /// Refuses an import that would lose key material the node holds.
-fn refuse_lost_keys(home: &Home, diff: &KeyDiff) -> Result<()> {
+pub(super) fn refuse_lost_keys(home: &Home, diff: &KeyDiff) -> Result<()> {
     let lost = diff.lost();
     if lost.is_empty() {
         return Ok(());

@@ -73,7 +73,7 @@ pub fn identity(home: &Home) -> Result<Identity> {
         host_key: host.code().to_string(),
         host_key_public: host.to_base64(),
         signing_key: keyring.signing().map(|s| s.public.code().to_string()),
-        can_sign: keyring.signing().is_some_and(|s| s.secret.is_some()),
+        can_sign: keyring.can_sign(),
     })
 }
 
