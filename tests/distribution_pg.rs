@@ -434,3 +434,83 @@ fn remove_stops_distributing_to_a_host() {
         "holds no distribution",
     );
 }
+
+fn copy_tree(from: &Path, to: &Path) {
+    if to.exists() {
+        fs::remove_dir_all(to).unwrap();
+    }
+    fs::create_dir_all(to).unwrap();
+    fs::set_permissions(to, fs::Permissions::from_mode(0o700)).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// A sync killed (SIGKILL) at a random moment leaves, once the next
+/// command recovered, the old keyring or the new one, and an audit log
+/// that verifies; a sync after it completes.
+#[test]
+fn a_sync_killed_midway_leaves_the_old_or_the_new_keyring() {
+    let Some(f) = fleet() else {
+        return;
+    };
+    ok(&kf(&f.primary, &f.reg, &["distribute"]));
+    f.sync_all();
+    ok(&kf(&f.primary, &f.reg, &["rotate", "--stage"]));
+    let old = f.action.fingerprint();
+    let new = f.primary.fingerprint();
+    assert_ne!(old, new);
+    let pristine = f.action.path("pristine");
+    copy_tree(&f.action.home, &pristine);
+    // How long a whole sync takes here.
+    let started = std::time::Instant::now();
+    sync(&f.action, &f.reg);
+    let took = started.elapsed().as_micros() as u64;
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("kill seed {seed}");
+    let (mut saw_old, mut saw_new) = (0, 0);
+    for _ in 0..16 {
+        copy_tree(&pristine, &f.action.home);
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = seed % took.max(1);
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("keyferry"))
+            .env_remove("KEYFERRY_HOME")
+            .env("PGPASSFILE", &f.reg.passfile)
+            .arg("--home")
+            .arg(&f.action.home)
+            .args(["nodes", "sync"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_micros(delay));
+        let _ = child.kill();
+        let _ = child.wait();
+        // The next command recovers; the log verifies.
+        ok(&f.action.cmd().args(["audit", "verify"]).output().unwrap());
+        let now = f.action.fingerprint();
+        if now == old {
+            saw_old += 1;
+        } else {
+            assert_eq!(now, new, "neither the old nor the new keyring");
+            saw_new += 1;
+        }
+        // Whatever was left, a sync completes it.
+        sync(&f.action, &f.reg);
+        assert_eq!(f.action.fingerprint(), new);
+        ok(&f.action.cmd().args(["audit", "verify"]).output().unwrap());
+    }
+    eprintln!("killed syncs: {saw_old} left the old keyring, {saw_new} the new one");
+}
