@@ -278,6 +278,28 @@ fn a_full_rotation_driven_from_the_primary() {
         .unwrap()))
     .unwrap();
     assert_eq!(keys["keys"][0]["has_material"], false);
+    // ...and from every host's keystore backups.
+    for h in f.hosts() {
+        for entry in fs::read_dir(h.home.join("backups")).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if !name.starts_with("keyring.json.") {
+                continue;
+            }
+            let doc: Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+            let key1 = doc["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|k| k["id"] == 1)
+                .unwrap();
+            assert!(
+                key1.get("material").is_none(),
+                "{} holds key 1",
+                path.display()
+            );
+        }
+    }
 }
 
 #[test]

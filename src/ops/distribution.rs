@@ -17,6 +17,8 @@
 //! - a sync installs through the node's journaled, audited change with the
 //!   serial in the same keystore replacement, so a crash leaves the old or
 //!   the new keyring, never a mix;
+//! - a key the pair destroyed is scrubbed from this host's keystore
+//!   backups in the same change, as `destroy` does on the pair node;
 //! - a pair node gets the whole keyring (with the signing key), an Action
 //!   or Scheduler host the keys-only view.
 
@@ -438,6 +440,17 @@ pub fn sync(home: &Home, access: Access, replace_keys: bool) -> Result<Synced> {
     )?;
     change.set_keyring(keyring);
     change.set_distribution_serial(serial);
+    // A key the pair destroyed leaves this host's backups too, as on the
+    // pair node that destroyed it.
+    let destroyed_now: Vec<u32> = keys
+        .keys
+        .iter()
+        .filter(|(id, c)| **c == KeyChange::Removed && destroyed_there.contains(id))
+        .map(|(id, _)| *id)
+        .collect();
+    for id in destroyed_now {
+        super::lifecycle::scrub_in_change(&mut change, home, id)?;
+    }
     crate::failpoint::failpoint!("nodes-sync:before-commit");
     change.finish()?;
     drop(node);

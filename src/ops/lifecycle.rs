@@ -402,7 +402,7 @@ fn finish_scrub(home: &Home, id: u32) -> Result<LifecycleReport> {
 /// The irreversible step of `destroy`: after the keystore without the
 /// material is committed (which also backs up the keystore with it), every
 /// backup holding the material is rewritten or removed.
-fn scrub_in_change(
+pub(super) fn scrub_in_change(
     change: &mut crate::node::Change<'_>,
     home: &Home,
     id: u32,
