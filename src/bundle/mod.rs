@@ -118,6 +118,8 @@ pub enum BundleError {
     },
     #[error("this host's stanza in the distribution does not open with its host key although the pair signed it: the pair node that sealed it is faulty; distribute again")]
     StanzaFailed,
+    #[error("this is a format 2 distribution, sealed to a host's key and not to a password: a host takes its own with `keyferry nodes sync`, not with import")]
+    IsDistribution,
     #[error("host key {0} is not a usable X25519 key (low order): it cannot be a recipient")]
     LowOrderRecipient(String),
 }
