@@ -805,6 +805,51 @@ mod tests {
     }
 
     #[test]
+    fn the_signing_key_and_approvals_ride_along_outside_the_fingerprint() {
+        let mut pair = Keyring::from_json(VECTOR).unwrap();
+        let fp = pair.fingerprint();
+        pair.set_signing(Some(PairSigning::generate().unwrap()));
+        pair.approve_host(ApprovedHost {
+            name: "act-1".into(),
+            role: "action".into(),
+            host_key: crate::bundle::keys::HostSecret::from_bytes(&[2; 32]).public(),
+        });
+        assert_eq!(pair.fingerprint(), fp);
+        assert!(pair.can_sign());
+        let back = Keyring::from_json(&pair.to_json()).unwrap();
+        assert_eq!(back, pair);
+        // The keys-only view: the public half only, no approvals.
+        let view = pair.keys_only_view();
+        let json = String::from_utf8(view.to_json().to_vec()).unwrap();
+        assert!(
+            !json.contains("secret") && !json.contains("approved_hosts"),
+            "{json}"
+        );
+        assert!(!view.can_sign());
+        assert_eq!(
+            view.signing().unwrap().public,
+            pair.signing().unwrap().public
+        );
+        // A pair node taking the view keeps its secret half and approvals;
+        // a host with another pinned key takes the new one (a password
+        // bundle re-pins); a keyring without one leaves the pin.
+        assert_eq!(pair.merged_signing(&view), pair.signing().cloned());
+        assert_eq!(pair.merged_approvals(&view), pair.approved_hosts());
+        let mut other = view.clone();
+        other.set_signing(Some(PairSigning::generate().unwrap()));
+        assert_eq!(view.merged_signing(&other), other.signing().cloned());
+        let bare = Keyring::from_json(VECTOR).unwrap();
+        assert_eq!(view.merged_signing(&bare), view.signing().cloned());
+        // A secret half that does not belong to its public half is refused.
+        let mut doc: serde_json::Value = serde_json::from_slice(&pair.to_json()).unwrap();
+        doc["signing"]["public"] = other.signing().unwrap().public.to_base64().into();
+        assert!(matches!(
+            Keyring::from_json(doc.to_string().as_bytes()),
+            Err(KeyringError::Signing(_))
+        ));
+    }
+
+    #[test]
     fn invariants_are_enforced() {
         let good = Keyring::generate("2026-11-25T00:00:00Z").unwrap();
         let key = good.keys()[0].clone();
