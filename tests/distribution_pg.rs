@@ -237,6 +237,16 @@ fn a_full_rotation_driven_from_the_primary() {
     assert_eq!(id(&f.action)["can_sign"], false);
     assert_eq!(id(&f.action)["signing_key"], id(&f.primary)["signing_key"]);
     f.all_agree();
+    let listing: Value =
+        serde_json::from_str(&ok(&kf(&f.primary, &f.reg, &["nodes", "--json"]))).unwrap();
+    for n in listing["nodes"].as_array().unwrap() {
+        let expected = if n["name"] == "pam-a" {
+            "-"
+        } else {
+            "approved"
+        };
+        assert_eq!(n["distribution"], expected, "{n}");
+    }
 
     // Stage: distributed at once; promote waits for every node.
     let out = ok(&kf(&f.primary, &f.reg, &["rotate", "--stage"]));

@@ -348,13 +348,13 @@ fn list(home: &Home, conn: &Conn, json: bool) -> Result<()> {
         l.fingerprint
     );
     println!(
-        "{:<20} {:<10} {:<45} {:<10} {:<8} {:<9} {:<20} state",
-        "name", "role", "fingerprint", "keys", "primary", "version", "last seen"
+        "{:<20} {:<10} {:<45} {:<10} {:<8} {:<9} {:<20} {:<12} state",
+        "name", "role", "fingerprint", "keys", "primary", "version", "last seen", "distribution"
     );
     for n in &l.nodes {
         let r = &n.record;
         println!(
-            "{:<20} {:<10} {:<45} {:<10} {:<8} {:<9} {:<20} {}",
+            "{:<20} {:<10} {:<45} {:<10} {:<8} {:<9} {:<20} {:<12} {}",
             printable(&r.name),
             r.role.label(),
             printable(&r.fingerprint),
@@ -362,6 +362,7 @@ fn list(home: &Home, conn: &Conn, json: bool) -> Result<()> {
             r.primary_id.map_or("?".into(), |p| p.to_string()),
             r.version.as_deref().map_or("?".into(), printable),
             fmt_time(r.last_seen),
+            n.distribution,
             printable(&n.state.to_string())
         );
     }

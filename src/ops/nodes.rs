@@ -717,6 +717,10 @@ pub struct NodeView {
     /// registry holds NULL for them).
     pub key_ids_derived: bool,
     pub this_node: bool,
+    /// This node's keyring approves the node's host key as a recipient of
+    /// distributions (`approved`), approves another key than the row holds
+    /// (`key changed`: the host was set up again), or not at all.
+    pub distribution: &'static str,
 }
 
 /// `keyferry nodes`: every node, compared with this node's keyring.
@@ -847,7 +851,19 @@ pub fn list(home: &Home, access: Access) -> Result<Listing> {
             }
         }
         let (state, lacks) = state_of(&keyring, &record);
+        let approval = keyring
+            .approved_hosts()
+            .iter()
+            .find(|h| h.name == record.name);
+        let distribution = match approval {
+            None => "-",
+            Some(h) if record.host_key.as_deref() == Some(h.host_key.to_base64().as_str()) => {
+                "approved"
+            }
+            Some(_) => "key changed",
+        };
         nodes.push(NodeView {
+            distribution,
             this_node: record.name == me,
             record,
             state,
