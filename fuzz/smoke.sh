@@ -43,6 +43,7 @@ runs_for() {
         hba) echo 60000 ;;
         stream_damage) echo 2000 ;;
         envelope) echo 300000 ;;
+        distribution) echo 20000 ;;
     esac
 }
 

@@ -2,7 +2,7 @@
 # fuzz/plateau.sh so that CI and long runs feed the same corpora.
 # shellcheck shell=bash
 
-targets=(bundle_open armor payload_zip documents hba stream_damage envelope)
+targets=(bundle_open armor payload_zip documents hba stream_damage envelope distribution)
 
 # Read-only extra corpora: the independent test vectors and pg_hba samples.
 extra_dirs() {
@@ -10,6 +10,7 @@ extra_dirs() {
         bundle_open | payload_zip) echo tests/vectors/independent ;;
         documents) echo tests/vectors/independent tests/vectors/documents ;;
         hba) echo tests/vectors/hba tests/vectors/hba/regressions ;;
+        distribution) echo tests/vectors/v2 ;;
         *) ;;
     esac
 }

@@ -1367,3 +1367,22 @@ fn an_empty_node_name_is_a_usage_error_even_in_a_dry_run() {
     }
     assert!(!node.home.exists(), "nothing was created");
 }
+
+/// A format 2 distribution given to `import` is refused as what it is,
+/// exit 4, the keys unchanged (the refusal is on record, as for any
+/// refused bundle).
+#[test]
+fn a_distribution_is_not_imported_with_a_password() {
+    let node = Node::initialised();
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/v2/v2-one.kfd");
+    let before = node.fingerprint();
+    let out = node.import_cmd(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("format 2 distribution") && err.contains("nodes sync"),
+        "{err}"
+    );
+    assert_eq!(node.fingerprint(), before);
+    node.cmd().args(["audit", "verify"]).assert().success();
+}

@@ -80,6 +80,9 @@ impl Header {
         if bytes.len() < HEADER_LEN {
             return Err(BundleError::TruncatedHeader(bytes.len()));
         }
+        if bytes[OFF_VERSION] == super::v2::FORMAT_VERSION {
+            return Err(BundleError::IsDistribution);
+        }
         if bytes[OFF_VERSION] != FORMAT_VERSION {
             return Err(BundleError::UnsupportedVersion(bytes[OFF_VERSION]));
         }

@@ -23,7 +23,9 @@
 
 pub mod armor;
 pub mod header;
+pub mod keys;
 pub mod stream;
+pub mod v2;
 
 use std::io::{self, BufRead, Read, Write};
 
@@ -93,6 +95,33 @@ pub enum BundleError {
     StreamAlreadyFailed,
     #[error("cannot read or write the bundle: {0}")]
     Io(#[source] io::Error),
+    #[error("the distribution ends inside its header or before its signature: it was cut off; run `keyferry distribute` on a pair node again")]
+    TruncatedDistribution,
+    #[error("the distribution uses recipient type {0}, which this keyferry does not know: upgrade keyferry on this host")]
+    UnsupportedRecipientType(u8),
+    #[error(
+        "the distribution names {0} recipients (1 to 1024 allowed): it was not made by keyferry"
+    )]
+    RecipientCount(u16),
+    #[error(
+        "the distribution is {0} bytes, more than any keyferry makes: it was not made by keyferry"
+    )]
+    DistributionTooLarge(usize),
+    #[error("the distribution is signed by key {found}, but this host accepts only the pair's signing key {pinned}: it was not made by this pair; if the pair's signing key was replaced on purpose, import a password bundle from the pair once (`keyferry export` there, `keyferry import --keys-only` here)")]
+    WrongSigner { found: String, pinned: String },
+    #[error("the distribution's signature does not verify under the pair's signing key: it was modified, cut short or forged; nothing was taken from it (run `keyferry distribute` on a pair node to store a fresh one)")]
+    BadSignature,
+    #[error("the distribution is not sealed to this host's key {this} (it is sealed to {}): it belongs to another host; approve this host on a pair node (`keyferry nodes approve NAME --fingerprint {this}`) and distribute again", recipients.join(", "))]
+    NotForThisHost {
+        this: String,
+        recipients: Vec<String>,
+    },
+    #[error("this host's stanza in the distribution does not open with its host key although the pair signed it: the pair node that sealed it is faulty; distribute again")]
+    StanzaFailed,
+    #[error("this is a format 2 distribution, sealed to a host's key and not to a password: a host takes its own with `keyferry nodes sync`, not with import")]
+    IsDistribution,
+    #[error("host key {0} is not a usable X25519 key (low order): it cannot be a recipient")]
+    LowOrderRecipient(String),
 }
 
 fn random<const N: usize>() -> io::Result<[u8; N]> {

@@ -12,8 +12,17 @@ pub(crate) enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Print the keyring fingerprint (kf1: + 40 hex digits).
-    Fingerprint,
+    /// Print the keyring fingerprint (kf1: + 40 hex digits); with --host,
+    /// this node's host key (the code to read out for `nodes approve`)
+    /// and the pair signing key it holds or pins.
+    Fingerprint {
+        /// This node's host key and the pair signing key instead.
+        #[arg(long)]
+        host: bool,
+        /// Machine-readable output (with --host).
+        #[arg(long, requires = "host")]
+        json: bool,
+    },
 }
 
 pub fn run(home: &Home, cmd: KeysCommand) -> Result<()> {
@@ -40,8 +49,28 @@ pub fn run(home: &Home, cmd: KeysCommand) -> Result<()> {
             }
             Ok(())
         }
-        KeysCommand::Fingerprint => {
+        KeysCommand::Fingerprint { host: false, .. } => {
             println!("{}", keys::fingerprint(home)?);
+            Ok(())
+        }
+        KeysCommand::Fingerprint { host: true, json } => {
+            let id = keys::identity(home)?;
+            if json {
+                return print_json(&id);
+            }
+            println!("host key {}", id.host_key);
+            println!("host key public {}", id.host_key_public);
+            match &id.signing_key {
+                Some(code) if id.can_sign => {
+                    println!("pair signing key {code} (held: this node signs distributions)")
+                }
+                Some(code) => {
+                    println!("pair signing key {code} (pinned: distributions must be signed by it)")
+                }
+                None => {
+                    println!("pair signing key none (a password bundle from the pair brings it)")
+                }
+            }
             Ok(())
         }
     }

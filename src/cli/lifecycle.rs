@@ -77,6 +77,7 @@ fn print_common(r: &LifecycleReport) {
         println!("note: {n}");
     }
     print_published(&r.published);
+    super::nodes::print_distributed_after(&r.distributed);
 }
 
 pub(crate) fn rotate(home: &Home, args: RotateArgs) -> Result<()> {

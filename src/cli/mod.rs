@@ -75,6 +75,8 @@ enum Command {
     Decrypt(seal::SealArgs),
     /// The node registry: which keys every node holds (list; connect, publish, add, remove).
     Nodes(nodes::NodesArgs),
+    /// Seal the keyring to every approved host and store it in the node registry (on a pair node).
+    Distribute(nodes::Conn),
     /// Re-encrypt values stored in PostgreSQL under the primary key; --check counts them per key.
     Rewrap(rewrap::RewrapArgs),
     /// Seal the keyring into a password-protected bundle file.
@@ -230,6 +232,7 @@ pub fn run() -> Result<()> {
         Command::Enable(args) => lifecycle::enable(&home, args),
         Command::Destroy(args) => lifecycle::destroy(&home, args),
         Command::Nodes(args) => nodes::run(&home, args),
+        Command::Distribute(conn) => nodes::distribute(&home, conn),
         Command::Rewrap(args) => rewrap::run(&home, args),
         Command::Encrypt(args) => seal::encrypt(&home, args),
         Command::Decrypt(args) => seal::decrypt(&home, args),

@@ -9,6 +9,7 @@ use super::printable;
 use super::rewrap::DbPassword;
 use crate::error::Result;
 use crate::fmt::fmt_time;
+use crate::ops::distribution;
 use crate::ops::nodes::{self, Access, AutoPublish, PairDsn, Role};
 use crate::ops::Home;
 
@@ -79,13 +80,86 @@ enum NodesCommand {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Remove a node that is gone from the registry.
+    /// Approve a host's key for distributions, by the code `keyferry keys fingerprint --host` shows there.
+    Approve {
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// The host key's code, read off that host's screen (kfh1:xxxx-xxxx-xxxx-xxxx-xxxx).
+        #[arg(long, value_name = "CODE")]
+        fingerprint: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Take this host's distribution from the registry (signed by the pinned pair key, newer than the last).
+    Sync {
+        /// Take it even if it drops key material this host holds (other than keys the pair destroyed).
+        #[arg(long)]
+        replace_keys: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Remove a node that is gone from the registry (on a pair node: and stop distributing to it).
     Remove {
         #[arg(value_name = "NAME")]
         name: String,
         #[command(flatten)]
         conn: Conn,
     },
+}
+
+impl Conn {
+    fn access<'a>(&'a self, pw: &'a Option<zeroize::Zeroizing<Vec<u8>>>) -> Access<'a> {
+        Access {
+            dsn: self.dsn.as_deref(),
+            password: pw.as_deref().map(|p| &p[..]),
+        }
+    }
+}
+
+/// `keyferry distribute`.
+pub(crate) fn distribute(home: &Home, conn: Conn) -> Result<()> {
+    let pw = conn.password.read()?;
+    let d = distribution::distribute(home, conn.access(&pw))?;
+    print_distributed(&d);
+    Ok(())
+}
+
+fn print_distributed(d: &distribution::Distributed) {
+    println!(
+        "distribution {} ({}) stored in the node registry at {} for {} host(s)",
+        d.serial,
+        d.fingerprint,
+        printable(&d.registry),
+        d.sent.len()
+    );
+    for s in &d.sent {
+        println!(
+            "  {} ({}, {}, host key {})",
+            printable(&s.name),
+            s.role,
+            s.view,
+            s.host_key
+        );
+        if s.key_changed {
+            eprintln!(
+                "warning: {} now publishes another host key than the one approved: it cannot open this distribution until it is approved again (`keyferry nodes approve {} --fingerprint CODE`)",
+                printable(&s.name),
+                printable(&s.name)
+            );
+        }
+    }
+    if d.sent.is_empty() {
+        println!("(no approved hosts yet: `keyferry nodes approve NAME --fingerprint CODE`)");
+    }
+}
+
+/// Prints how the distribution after a key change went.
+pub(crate) fn print_distributed_after(d: &Option<distribution::AutoDistribute>) {
+    match d {
+        None => {}
+        Some(distribution::AutoDistribute::Done(d)) => print_distributed(d),
+        Some(distribution::AutoDistribute::Failed(why)) => eprintln!("warning: {why}"),
+    }
 }
 
 /// Prints how the automatic publish after a key change went.
@@ -200,16 +274,56 @@ pub(crate) fn run(home: &Home, args: NodesArgs) -> Result<()> {
         }
         Some(NodesCommand::Remove { name, conn }) => {
             let pw = conn.password.read()?;
-            let access = Access {
-                dsn: conn.dsn.as_deref(),
-                password: pw.as_deref().map(|p| &p[..]),
-            };
-            let registry = nodes::remove(home, access, &name)?;
+            let r = distribution::remove(home, conn.access(&pw), &name)?;
             println!(
                 "removed {} from the node registry at {}",
                 printable(&name),
-                printable(&registry.to_string())
+                printable(&r.registry)
             );
+            if r.withdrawn {
+                println!(
+                    "no distribution will be sealed to {} again; the keys it already holds stay with it until the next rotation (for a lost or compromised host: rotate, promote, rewrap, then disable and destroy the old key)",
+                    printable(&name)
+                );
+            }
+            Ok(())
+        }
+        Some(NodesCommand::Approve {
+            name,
+            fingerprint,
+            conn,
+        }) => {
+            let pw = conn.password.read()?;
+            let a = distribution::approve(home, conn.access(&pw), &name, &fingerprint)?;
+            println!(
+                "approved {} ({}, host key {}): `keyferry distribute` seals the keys to it",
+                printable(&a.name),
+                a.role.label(),
+                a.host_key
+            );
+            Ok(())
+        }
+        Some(NodesCommand::Sync { replace_keys, conn }) => {
+            let pw = conn.password.read()?;
+            let s = distribution::sync(home, conn.access(&pw), replace_keys)?;
+            if s.up_to_date {
+                println!(
+                    "up to date: this host already took distribution {} from {} ({})",
+                    s.serial,
+                    printable(&s.by_node),
+                    s.fingerprint_after
+                );
+            } else {
+                println!(
+                    "took distribution {} from {} at {}",
+                    s.serial,
+                    printable(&s.by_node),
+                    printable(&s.registry)
+                );
+                println!("fingerprint before {}", s.fingerprint_before);
+                println!("fingerprint after  {}", s.fingerprint_after);
+            }
+            print_published(&s.published);
             Ok(())
         }
     }
@@ -234,13 +348,13 @@ fn list(home: &Home, conn: &Conn, json: bool) -> Result<()> {
         l.fingerprint
     );
     println!(
-        "{:<20} {:<10} {:<45} {:<10} {:<8} {:<9} {:<20} state",
-        "name", "role", "fingerprint", "keys", "primary", "version", "last seen"
+        "{:<20} {:<10} {:<45} {:<10} {:<8} {:<9} {:<20} {:<12} state",
+        "name", "role", "fingerprint", "keys", "primary", "version", "last seen", "distribution"
     );
     for n in &l.nodes {
         let r = &n.record;
         println!(
-            "{:<20} {:<10} {:<45} {:<10} {:<8} {:<9} {:<20} {}",
+            "{:<20} {:<10} {:<45} {:<10} {:<8} {:<9} {:<20} {:<12} {}",
             printable(&r.name),
             r.role.label(),
             printable(&r.fingerprint),
@@ -248,6 +362,7 @@ fn list(home: &Home, conn: &Conn, json: bool) -> Result<()> {
             r.primary_id.map_or("?".into(), |p| p.to_string()),
             r.version.as_deref().map_or("?".into(), printable),
             fmt_time(r.last_seen),
+            n.distribution,
             printable(&n.state.to_string())
         );
     }

@@ -14,7 +14,16 @@
 //! - only an enabled key can be promoted or disabled, only a disabled key
 //!   can be enabled or destroyed (disable first, so a key still in use is
 //!   not destroyed by mistake), and a destroyed key stays destroyed;
-//! - key material lives in zeroizing buffers and never appears in `Debug`.
+//! - key material lives in zeroizing buffers and never appears in `Debug`;
+//! - the pair's signing key ([`PairSigning`], format 2 distributions) rides
+//!   along in the document as `signing`, outside the fingerprint (which
+//!   names the data keys); its secret half is there only on pair nodes,
+//!   and [`Keyring::keys_only_view`] is the document without it;
+//! - so do the hosts the pair approved as recipients of distributions
+//!   ([`ApprovedHost`], member `approved_hosts`): kept in the keyring so
+//!   that only what a pair node holds, never a database row, makes a
+//!   recipient, and the secondary gets them with the keys; a keys-only
+//!   view has none.
 //!
 //! The operations change the keyring in memory only: writing it, backing it
 //! up and auditing the change belong to the layers above.
@@ -32,6 +41,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 use zeroize::Zeroizing;
+
+use crate::bundle::keys::{HostPublic, SigningPublic, SigningSecret};
 
 pub const KEYRING_FORMAT: &str = "keyferry-keyring";
 pub const KEYRING_VERSION: u32 = 1;
@@ -89,6 +100,92 @@ pub enum KeyringError {
     IdsExhausted,
     #[error("the operating system's random generator failed: {0}")]
     Random(String),
+    #[error("the pair signing key is not valid: {0}")]
+    Signing(&'static str),
+}
+
+/// The pair's Ed25519 signing key as a keyring holds it: the public half
+/// (which a remote host pins) and, on a pair node, the secret half.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PairSigning {
+    pub public: SigningPublic,
+    pub secret: Option<SigningSecret>,
+}
+
+impl PairSigning {
+    pub fn generate() -> Result<Self, KeyringError> {
+        let secret = SigningSecret::generate().map_err(KeyringError::Random)?;
+        Ok(Self {
+            public: secret.public(),
+            secret: Some(secret),
+        })
+    }
+}
+
+const SIGNING_ALGORITHM: &str = "ed25519";
+
+/// A host the pair approved (`keyferry nodes approve`): distributions are
+/// sealed to its host key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovedHost {
+    pub name: String,
+    /// `pair`, `action` or `scheduler`: a pair node gets the whole keyring,
+    /// the others the keys-only view.
+    pub role: String,
+    #[serde(serialize_with = "ser_host_key", deserialize_with = "de_host_key")]
+    pub host_key: HostPublic,
+}
+
+fn ser_host_key<S: Serializer>(k: &HostPublic, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&k.to_base64())
+}
+
+fn de_host_key<'de, D: Deserializer<'de>>(d: D) -> Result<HostPublic, D::Error> {
+    let text = String::deserialize(d)?;
+    HostPublic::from_base64(&text)
+        .ok_or_else(|| serde::de::Error::custom("host_key is not base64 of 32 bytes"))
+}
+
+#[derive(Serialize)]
+struct SigningOut<'a> {
+    algorithm: &'static str,
+    public: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct SigningWire {
+    algorithm: String,
+    public: String,
+    #[serde(default)]
+    secret: Option<SecretText>,
+}
+
+impl SigningWire {
+    fn validate(self) -> Result<PairSigning, KeyringError> {
+        if self.algorithm != SIGNING_ALGORITHM {
+            return Err(KeyringError::Signing("its algorithm is not ed25519"));
+        }
+        let public = SigningPublic::from_base64(&self.public).ok_or(KeyringError::Signing(
+            "its public half is not an Ed25519 key",
+        ))?;
+        let secret = match self.secret {
+            None => None,
+            Some(t) => {
+                let s = SigningSecret::from_base64(&t.0).ok_or(KeyringError::Signing(
+                    "its secret half is not base64 of 32 bytes",
+                ))?;
+                if s.public() != public {
+                    return Err(KeyringError::Signing(
+                        "its secret half does not belong to its public half",
+                    ));
+                }
+                Some(s)
+            }
+        };
+        Ok(PairSigning { public, secret })
+    }
 }
 
 /// 32 bytes of AES-256 key material. Zeroized on drop, never printed.
@@ -199,6 +296,10 @@ struct KeyringWire {
     version: u32,
     primary: u32,
     keys: Vec<KeyWire>,
+    #[serde(default)]
+    signing: Option<SigningWire>,
+    #[serde(default)]
+    approved_hosts: Vec<ApprovedHost>,
 }
 
 /// A validated keyring.
@@ -206,14 +307,20 @@ struct KeyringWire {
 pub struct Keyring {
     primary: u32,
     keys: Vec<Key>,
+    signing: Option<PairSigning>,
+    approved: Vec<ApprovedHost>,
 }
 
 #[derive(Serialize)]
-struct KeyringOut<'a> {
+pub(crate) struct KeyringOut<'a> {
     format: &'static str,
     version: u32,
     primary: u32,
     keys: &'a [Key],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signing: Option<SigningOut<'a>>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    approved_hosts: &'a [ApprovedHost],
 }
 
 impl Keyring {
@@ -234,7 +341,12 @@ impl Keyring {
     /// Builds a keyring, checking every invariant.
     pub fn new(primary: u32, keys: Vec<Key>) -> Result<Self, KeyringError> {
         check_invariants(primary, &keys)?;
-        Ok(Self { primary, keys })
+        Ok(Self {
+            primary,
+            keys,
+            signing: None,
+            approved: Vec::new(),
+        })
     }
 
     /// Parses and validates a `keyring.json` document.
@@ -267,19 +379,123 @@ impl Keyring {
                 material,
             });
         }
-        Self::new(wire.primary, keys)
+        let mut keyring = Self::new(wire.primary, keys)?;
+        keyring.signing = wire.signing.map(SigningWire::validate).transpose()?;
+        keyring.approved = wire.approved_hosts;
+        Ok(keyring)
     }
 
-    /// The document as exported in a bundle: the keys only, pretty-printed,
-    /// in a zeroizing buffer.
+    /// The document as exported in a bundle: the keys (and the pair's
+    /// signing key, as this keyring holds it), pretty-printed, in a
+    /// zeroizing buffer.
     pub fn to_json(&self) -> Zeroizing<Vec<u8>> {
-        let out = KeyringOut {
+        let secret = self
+            .signing
+            .as_ref()
+            .and_then(|s| s.secret.as_ref())
+            .map(SigningSecret::to_base64);
+        to_json_zeroizing(
+            &self.wire_out(secret.as_ref().map(|s| s.as_str())),
+            self.keys.len(),
+        )
+    }
+
+    /// The document's members, for this module and the keystore's.
+    pub(crate) fn wire_out<'a>(&'a self, signing_secret: Option<&'a str>) -> KeyringOut<'a> {
+        KeyringOut {
             format: KEYRING_FORMAT,
             version: KEYRING_VERSION,
             primary: self.primary,
             keys: &self.keys,
-        };
-        to_json_zeroizing(&out, self.keys.len())
+            signing: self.signing.as_ref().map(|s| SigningOut {
+                algorithm: SIGNING_ALGORITHM,
+                public: s.public.to_base64(),
+                secret: signing_secret,
+            }),
+            approved_hosts: &self.approved,
+        }
+    }
+
+    /// The pair's signing key, when this keyring has one.
+    pub fn signing(&self) -> Option<&PairSigning> {
+        self.signing.as_ref()
+    }
+
+    /// Whether this keyring holds the signing key's secret half (a pair
+    /// node's), so that it can approve hosts and distribute.
+    pub fn can_sign(&self) -> bool {
+        self.signing.as_ref().is_some_and(|s| s.secret.is_some())
+    }
+
+    /// Sets (or, with `None`, drops) the pair's signing key.
+    pub fn set_signing(&mut self, signing: Option<PairSigning>) {
+        self.signing = signing;
+    }
+
+    /// The keyring as a remote Action or Scheduler host gets it: the same
+    /// keys, and of the signing key only its public half (to pin).
+    pub fn keys_only_view(&self) -> Keyring {
+        let mut view = self.clone();
+        if let Some(s) = &mut view.signing {
+            s.secret = None;
+        }
+        view.approved.clear();
+        view
+    }
+
+    /// The hosts distributions are sealed to.
+    pub fn approved_hosts(&self) -> &[ApprovedHost] {
+        &self.approved
+    }
+
+    /// Approves `host` (replacing an earlier approval of the same name).
+    pub fn approve_host(&mut self, host: ApprovedHost) {
+        self.approved.retain(|h| h.name != host.name);
+        self.approved.push(host);
+        self.approved.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+
+    /// Withdraws the approval of `name`; whether there was one.
+    pub fn withdraw_host(&mut self, name: &str) -> bool {
+        let before = self.approved.len();
+        self.approved.retain(|h| h.name != name);
+        self.approved.len() != before
+    }
+
+    /// Takes the approvals of `incoming` when it has the signing key's
+    /// secret half (a pair keyring), else keeps this keyring's.
+    pub fn merged_approvals(&self, incoming: &Keyring) -> Vec<ApprovedHost> {
+        if incoming
+            .signing
+            .as_ref()
+            .is_some_and(|s| s.secret.is_some())
+        {
+            incoming.approved.clone()
+        } else {
+            self.approved.clone()
+        }
+    }
+
+    /// Sets the approvals (an import's merge).
+    pub fn set_approved_hosts(&mut self, hosts: Vec<ApprovedHost>) {
+        self.approved = hosts;
+    }
+
+    /// This keyring's signing key after taking `incoming`'s: the incoming
+    /// one, except that a secret half this node holds for the same public
+    /// key is kept when the incoming view lacks it (a pair node that
+    /// imports a keys-only bundle stays able to sign), and that a keyring
+    /// without one leaves the current one in place.
+    pub fn merged_signing(&self, incoming: &Keyring) -> Option<PairSigning> {
+        match (&self.signing, &incoming.signing) {
+            (Some(mine), Some(theirs))
+                if mine.public == theirs.public && theirs.secret.is_none() =>
+            {
+                Some(mine.clone())
+            }
+            (_, Some(theirs)) => Some(theirs.clone()),
+            (mine, None) => mine.clone(),
+        }
     }
 
     pub fn primary(&self) -> u32 {
@@ -586,6 +802,51 @@ mod tests {
         k.keys[0].status = KeyStatus::Destroyed;
         k.keys[0].material = None;
         assert_ne!(k.fingerprint(), before);
+    }
+
+    #[test]
+    fn the_signing_key_and_approvals_ride_along_outside_the_fingerprint() {
+        let mut pair = Keyring::from_json(VECTOR).unwrap();
+        let fp = pair.fingerprint();
+        pair.set_signing(Some(PairSigning::generate().unwrap()));
+        pair.approve_host(ApprovedHost {
+            name: "act-1".into(),
+            role: "action".into(),
+            host_key: crate::bundle::keys::HostSecret::from_bytes(&[2; 32]).public(),
+        });
+        assert_eq!(pair.fingerprint(), fp);
+        assert!(pair.can_sign());
+        let back = Keyring::from_json(&pair.to_json()).unwrap();
+        assert_eq!(back, pair);
+        // The keys-only view: the public half only, no approvals.
+        let view = pair.keys_only_view();
+        let json = String::from_utf8(view.to_json().to_vec()).unwrap();
+        assert!(
+            !json.contains("secret") && !json.contains("approved_hosts"),
+            "{json}"
+        );
+        assert!(!view.can_sign());
+        assert_eq!(
+            view.signing().unwrap().public,
+            pair.signing().unwrap().public
+        );
+        // A pair node taking the view keeps its secret half and approvals;
+        // a host with another pinned key takes the new one (a password
+        // bundle re-pins); a keyring without one leaves the pin.
+        assert_eq!(pair.merged_signing(&view), pair.signing().cloned());
+        assert_eq!(pair.merged_approvals(&view), pair.approved_hosts());
+        let mut other = view.clone();
+        other.set_signing(Some(PairSigning::generate().unwrap()));
+        assert_eq!(view.merged_signing(&other), other.signing().cloned());
+        let bare = Keyring::from_json(VECTOR).unwrap();
+        assert_eq!(view.merged_signing(&bare), view.signing().cloned());
+        // A secret half that does not belong to its public half is refused.
+        let mut doc: serde_json::Value = serde_json::from_slice(&pair.to_json()).unwrap();
+        doc["signing"]["public"] = other.signing().unwrap().public.to_base64().into();
+        assert!(matches!(
+            Keyring::from_json(doc.to_string().as_bytes()),
+            Err(KeyringError::Signing(_))
+        ));
     }
 
     #[test]

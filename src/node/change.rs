@@ -89,6 +89,8 @@ pub(crate) struct Change<'n> {
     details: BTreeMap<String, Value>,
     /// Replaces the keystore's keyring when the change commits.
     keyring: Option<Keyring>,
+    /// Raises the serial of the last distribution taken, with the keyring.
+    distribution_serial: Option<u64>,
     receipt: Receipt,
     /// The irreversible step that ran, whose outcome is not yet on record.
     ran: Option<Irreversible>,
@@ -205,6 +207,7 @@ impl Node {
             action,
             details,
             keyring: None,
+            distribution_serial: None,
             receipt: Receipt::default(),
             ran: None,
             keep,
@@ -298,6 +301,15 @@ impl Change<'_> {
         self.set_detail("key_ids_after", keyring.held_ids());
         self.set_detail("primary_after", keyring.primary());
         self.keyring = Some(keyring);
+    }
+
+    /// Records, when the change commits, that the distribution with this
+    /// serial was taken (`nodes sync`): an older one is refused from then
+    /// on. The serial is kept in the keystore with the keys, so both change
+    /// in one atomic replacement.
+    pub(crate) fn set_distribution_serial(&mut self, serial: u64) {
+        self.set_detail("distribution_serial", serial);
+        self.distribution_serial = Some(serial);
     }
 
     /// Journals `undo`, then runs `apply`. On failure every step so far is
@@ -582,10 +594,11 @@ impl Change<'_> {
         on_commit: Option<Irreversible>,
     ) -> Result<()> {
         details.insert("outcome".into(), Value::from(outcome));
+        let serial = self.distribution_serial.take();
         let new_store = match (self.node.store.clone(), self.keyring.take()) {
             (Some(old), keyring) => Keystore {
                 keyring: keyring.unwrap_or(old.keyring),
-                node: old.node,
+                node: with_host_key(old.node).map_err(|e| self.fail(e))?,
             },
             (None, Some(keyring)) => Keystore {
                 keyring,
@@ -596,6 +609,10 @@ impl Change<'_> {
                 return Ok(());
             }
         };
+        let mut new_store = new_store;
+        if let Some(serial) = serial {
+            new_store.node.distribution_serial = new_store.node.distribution_serial.max(serial);
+        }
         let plans = Plans {
             on_commit,
             on_rollback: self.ran.take(),
@@ -670,13 +687,27 @@ pub(super) fn undo_journaled(
 
 /// Fresh node-local state for a node that has none yet.
 fn new_node_state() -> Result<NodeState> {
-    Ok(NodeState {
+    with_host_key(NodeState {
         audit_key: KeyMaterial::generate().map_err(|source| Error::Keyring {
             context: "cannot create the audit key".into(),
             source,
         })?,
         audit_head: AuditHead::genesis(),
+        host_key: None,
+        distribution_serial: 0,
     })
+}
+
+/// The node's state with a host key: a keystore written before host keys
+/// existed gets one with its next change.
+fn with_host_key(mut state: NodeState) -> Result<NodeState> {
+    if state.host_key.is_none() {
+        state.host_key = Some(
+            crate::bundle::keys::HostSecret::generate()
+                .map_err(|e| Error::Refused(format!("cannot create the host key: {e}")))?,
+        );
+    }
+    Ok(state)
 }
 
 /// The irreversible steps around a commit (see [`Phase::Committing`]).

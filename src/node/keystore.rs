@@ -7,14 +7,20 @@
 //! document with one more member, `node`, which a keyring reader ignores; the
 //! fingerprint covers the keys only, so a node and the bundle it exported
 //! agree although the node's file holds more.
+//!
+//! The node-local part also holds the node's X25519 host key (the key
+//! format 2 distributions are sealed to; never in any bundle) and the
+//! serial of the last distribution this node took (so that an older one
+//! is refused). Keystores written before host keys existed have neither;
+//! the next change of the home makes the host key.
 
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::audit::AuditHead;
+use crate::bundle::keys::HostSecret;
 use crate::keyring::{
-    to_json_zeroizing, Key, KeyMaterial, Keyring, KeyringError, SecretText, KEYRING_FORMAT,
-    KEYRING_VERSION,
+    to_json_zeroizing, KeyMaterial, Keyring, KeyringError, KeyringOut, SecretText,
 };
 
 /// Node-local state kept next to the keys.
@@ -24,6 +30,12 @@ pub struct NodeState {
     pub audit_key: KeyMaterial,
     /// The last record the audit log must end with.
     pub audit_head: AuditHead,
+    /// The node's host key; `None` in a keystore written before host keys
+    /// existed, until its next change.
+    pub host_key: Option<HostSecret>,
+    /// The serial of the last distribution taken (`nodes sync`); 0 for
+    /// none.
+    pub distribution_serial: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,14 +49,20 @@ struct NodeOut<'a> {
     audit_key: &'a KeyMaterial,
     audit_seq: u64,
     audit_mac: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host_key: Option<&'a str>,
+    #[serde(skip_serializing_if = "is_zero")]
+    distribution_serial: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize)]
 struct KeystoreOut<'a> {
-    format: &'static str,
-    version: u32,
-    primary: u32,
-    keys: &'a [Key],
+    #[serde(flatten)]
+    keyring: KeyringOut<'a>,
     node: NodeOut<'a>,
 }
 
@@ -53,6 +71,10 @@ struct NodeWire {
     audit_key: SecretText,
     audit_seq: u64,
     audit_mac: String,
+    #[serde(default)]
+    host_key: Option<SecretText>,
+    #[serde(default)]
+    distribution_serial: u64,
 }
 
 #[derive(Deserialize)]
@@ -69,25 +91,38 @@ impl Keystore {
             .ok_or_else(|| KeyringError::Json("node.audit_key is not base64 of 32 bytes".into()))?;
         let audit_head = AuditHead::from_parts(wire.node.audit_seq, &wire.node.audit_mac)
             .ok_or_else(|| KeyringError::Json("node.audit_mac is not 64 hex digits".into()))?;
+        let host_key = match &wire.node.host_key {
+            None => None,
+            Some(t) => Some(HostSecret::from_base64(&t.0).ok_or_else(|| {
+                KeyringError::Json("node.host_key is not base64 of 32 bytes".into())
+            })?),
+        };
         Ok(Self {
             keyring,
             node: NodeState {
                 audit_key,
                 audit_head,
+                host_key,
+                distribution_serial: wire.node.distribution_serial,
             },
         })
     }
 
     pub fn to_json(&self) -> Zeroizing<Vec<u8>> {
+        let secret = self
+            .keyring
+            .signing()
+            .and_then(|s| s.secret.as_ref())
+            .map(|s| s.to_base64());
+        let host_key = self.node.host_key.as_ref().map(HostSecret::to_base64);
         let out = KeystoreOut {
-            format: KEYRING_FORMAT,
-            version: KEYRING_VERSION,
-            primary: self.keyring.primary(),
-            keys: self.keyring.keys(),
+            keyring: self.keyring.wire_out(secret.as_ref().map(|s| s.as_str())),
             node: NodeOut {
                 audit_key: &self.node.audit_key,
                 audit_seq: self.node.audit_head.seq,
                 audit_mac: self.node.audit_head.mac_hex(),
+                host_key: host_key.as_ref().map(|s| s.as_str()),
+                distribution_serial: self.node.distribution_serial,
             },
         };
         to_json_zeroizing(&out, self.keyring.keys().len() + 1)
@@ -105,6 +140,8 @@ mod tests {
             node: NodeState {
                 audit_key: KeyMaterial::generate().unwrap(),
                 audit_head: AuditHead::genesis(),
+                host_key: Some(HostSecret::generate().unwrap()),
+                distribution_serial: 3,
             },
         };
         let json = store.to_json();

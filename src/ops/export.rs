@@ -110,7 +110,14 @@ pub fn export(home: &Home, opts: &ExportOptions) -> Result<ExportReport> {
         expires: opts.expiry.at(now),
         armor: opts.armor,
     };
-    let keyring = store.keyring.clone();
+    // Only a full pair bundle (with the pair's configuration, for the
+    // secondary) carries the signing key's secret half; a keys-only bundle
+    // carries its public half, which a remote host pins.
+    let keyring = if opts.with_config {
+        store.keyring.clone()
+    } else {
+        store.keyring.keys_only_view()
+    };
     let fingerprint = keyring.fingerprint();
     let mut contents = vec![payload::Content::Keyring];
     contents.extend(config.files.iter().map(|(f, _)| f.content()));

@@ -279,9 +279,20 @@ pub fn import(home: &Home, opts: &ImportOptions) -> Result<ImportReport> {
     if let Some(diff) = report.keys.as_ref().filter(|_| !opts.replace_keys) {
         refuse_lost_keys(home, diff)?;
     }
+    // A keys-only import (a remote host) never keeps the signing key's
+    // secret half, even from a full pair bundle: it pins the public half.
+    let mut keyring = if opts.keys_only {
+        payload.keyring.keys_only_view()
+    } else {
+        payload.keyring
+    };
+    if let Some(current) = node.keystore().map(|s| &s.keyring) {
+        keyring.set_approved_hosts(current.merged_approvals(&keyring));
+        keyring.set_signing(current.merged_signing(&keyring));
+    }
     let mut change = node.begin("import", record_details)?;
     config::install(&mut change, plans)?;
-    change.set_keyring(payload.keyring);
+    change.set_keyring(keyring);
     report.keystore_backup = change.finish()?.keystore_backup;
     tracing::info!("import committed with its audit record");
 
@@ -319,7 +330,7 @@ fn delete_bundle(file: &std::path::Path) -> std::result::Result<Vec<PathBuf>, St
 }
 
 /// Refuses an import that would lose key material the node holds.
-fn refuse_lost_keys(home: &Home, diff: &KeyDiff) -> Result<()> {
+pub(super) fn refuse_lost_keys(home: &Home, diff: &KeyDiff) -> Result<()> {
     let lost = diff.lost();
     if lost.is_empty() {
         return Ok(());

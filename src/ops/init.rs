@@ -5,7 +5,7 @@ use serde_json::Value;
 use super::{details, now_unix, Home};
 use crate::error::{Error, Result};
 use crate::fmt::fmt_time;
-use crate::keyring::{Fingerprint, Keyring};
+use crate::keyring::{Fingerprint, Keyring, PairSigning};
 
 pub struct InitReport {
     pub fingerprint: Fingerprint,
@@ -26,10 +26,18 @@ pub fn init(home: &Home) -> Result<InitReport> {
             home.audit_path().display()
         )));
     }
-    let keyring = Keyring::generate(&fmt_time(now_unix())).map_err(|source| Error::Keyring {
-        context: "cannot create the keyring".into(),
-        source,
-    })?;
+    let keyring = Keyring::generate(&fmt_time(now_unix()))
+        .and_then(|mut k| {
+            // The pair's signing key is born with the pair's keyring: the
+            // secondary gets it in the full bundle, remote hosts pin its
+            // public half from their first password bundle.
+            k.set_signing(Some(PairSigning::generate()?));
+            Ok(k)
+        })
+        .map_err(|source| Error::Keyring {
+            context: "cannot create the keyring".into(),
+            source,
+        })?;
     let fingerprint = keyring.fingerprint();
     let mut change = node.begin(
         "init",

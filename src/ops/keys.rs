@@ -48,3 +48,50 @@ pub(crate) fn list(home: &Home) -> Result<KeyList> {
 pub fn fingerprint(home: &Home) -> Result<Fingerprint> {
     Ok(home.load_keystore()?.keyring.fingerprint())
 }
+
+/// This node's host key and the pair signing key its keyring holds, as
+/// `keyferry keys fingerprint --host` shows them (public halves only).
+#[derive(Debug, Serialize)]
+pub struct Identity {
+    /// The short code an operator reads out for `nodes approve`.
+    pub host_key: String,
+    /// The host key's public half, base64.
+    pub host_key_public: String,
+    /// The pair signing key's code, when the keyring has one.
+    pub signing_key: Option<String>,
+    /// Whether this node holds the signing key's secret half (a pair
+    /// node) or only pins its public half (a remote host).
+    pub can_sign: bool,
+}
+
+/// This node's identity; a keystore written before host keys existed
+/// gets its host key now (an audited change, `host-key`).
+pub fn identity(home: &Home) -> Result<Identity> {
+    let host = ensure_host_key(home)?;
+    let keyring = home.load_keystore()?.keyring;
+    Ok(Identity {
+        host_key: host.code().to_string(),
+        host_key_public: host.to_base64(),
+        signing_key: keyring.signing().map(|s| s.public.code().to_string()),
+        can_sign: keyring.can_sign(),
+    })
+}
+
+/// The node's host key's public half, made first if the keystore has
+/// none yet.
+pub fn ensure_host_key(home: &Home) -> Result<crate::bundle::keys::HostPublic> {
+    if let Some(k) = home.load_keystore()?.node.host_key {
+        return Ok(k.public());
+    }
+    let mut node = home.open(false)?;
+    node.require_keystore()?;
+    let change = node.begin("host-key", Default::default())?;
+    change.finish()?;
+    let store = home.load_keystore()?;
+    Ok(store
+        .node
+        .host_key
+        .as_ref()
+        .expect("every change leaves a host key")
+        .public())
+}

@@ -56,6 +56,9 @@ pub struct LifecycleReport {
     /// The publish to the node registry that followed `rotate` and
     /// `promote` (when the home has a registry connection).
     pub published: Option<super::nodes::AutoPublish>,
+    /// The distribution to the approved hosts that followed (on a pair
+    /// node with a registry connection and approved hosts).
+    pub distributed: Option<super::distribution::AutoDistribute>,
 }
 
 /// Options of the guarded changes.
@@ -160,6 +163,7 @@ fn commit(
         forced,
         notes: Vec::new(),
         published: None,
+        distributed: None,
     };
     let mut change = node.begin(action, record)?;
     change.set_keyring(keyring);
@@ -192,6 +196,7 @@ pub fn rotate(home: &Home, stage: bool) -> Result<LifecycleReport> {
         vec![("staged", Value::from(stage))],
     )?;
     report.published = super::nodes::publish_after_change(home, None);
+    report.distributed = super::distribution::distribute_after_change(home, None);
     Ok(report)
 }
 
@@ -217,6 +222,7 @@ pub fn promote(
         Vec::new(),
     )?;
     report.published = super::nodes::publish_after_change(home, registry_password);
+    report.distributed = super::distribution::distribute_after_change(home, registry_password);
     if report.published.is_none() {
         report.notes.push(format!(
             "this node has no node registry (`keyferry nodes connect --dsn DSN`): it was not checked that every node holds key {id}"
@@ -239,6 +245,7 @@ pub fn disable(home: &Home, id: u32, guard: &dyn Guard, opts: Guarded) -> Result
         Vec::new(),
     )?;
     report.published = super::nodes::publish_after_change(home, None);
+    report.distributed = super::distribution::distribute_after_change(home, None);
     Ok(report)
 }
 
@@ -255,6 +262,7 @@ pub fn enable(home: &Home, id: u32) -> Result<LifecycleReport> {
         Vec::new(),
     )?;
     report.published = super::nodes::publish_after_change(home, None);
+    report.distributed = super::distribution::distribute_after_change(home, None);
     Ok(report)
 }
 
@@ -335,6 +343,7 @@ pub fn destroy(
     // The fingerprint changed (the material is gone): until the registry
     // hears of it, this node would show as disagreeing.
     report.published = super::nodes::publish_after_change(home, None);
+    report.distributed = super::distribution::distribute_after_change(home, None);
     Ok(report)
 }
 
@@ -386,13 +395,14 @@ fn finish_scrub(home: &Home, id: u32) -> Result<LifecycleReport> {
             "the key was destroyed already; its material is now gone from the backups too".into(),
         ],
         published: None,
+        distributed: None,
     })
 }
 
 /// The irreversible step of `destroy`: after the keystore without the
 /// material is committed (which also backs up the keystore with it), every
 /// backup holding the material is rewritten or removed.
-fn scrub_in_change(
+pub(super) fn scrub_in_change(
     change: &mut crate::node::Change<'_>,
     home: &Home,
     id: u32,

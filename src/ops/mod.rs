@@ -7,6 +7,7 @@
 
 pub mod audit_log;
 pub mod config;
+pub mod distribution;
 pub mod export;
 pub mod ha;
 pub mod import;

@@ -58,6 +58,10 @@ use crate::pg::dsn::{ConnectError, Connected, Dsn};
 
 /// The registry's table, in the database the registry DSN names.
 pub const TABLE: &str = "keyferry_nodes";
+/// The distributions (format 2 bundles) waiting for each node, one row per
+/// node: what `keyferry distribute` stores and `keyferry nodes sync` takes.
+/// Nothing in it is trusted: every bundle is signed and sealed.
+pub const DISTRIBUTIONS: &str = "keyferry_distributions";
 /// How recently a node must have been seen for the `promote` guard to
 /// wait for it (`--since`).
 pub const DEFAULT_SINCE_SECS: u64 = 7 * 24 * 3600;
@@ -159,6 +163,9 @@ pub struct NodeRecord {
     pub last_seen: u64,
     /// `published` (by the node itself) or `added` (by fingerprint).
     pub source: String,
+    /// The node's host key (public half, base64) as published; a pair
+    /// node seals distributions to it only once an operator approved it.
+    pub host_key: Option<String>,
 }
 
 /// The home's registry connection, if any.
@@ -189,7 +196,7 @@ fn parse_dsn(text: &str) -> Result<Dsn> {
     Dsn::parse(text).map_err(|e| Error::Usage(format!("--dsn: {e}")))
 }
 
-fn no_registry() -> Error {
+pub(super) fn no_registry() -> Error {
     Error::Usage(
         "this node has no node registry: run `keyferry nodes connect --dsn DSN` once, or give --dsn"
             .into(),
@@ -197,7 +204,7 @@ fn no_registry() -> Error {
 }
 
 /// The DSN to use: `--dsn`, else the home's; `None` when neither.
-fn dsn_for(home: &Home, access: Access) -> Result<Option<Dsn>> {
+pub(super) fn dsn_for(home: &Home, access: Access) -> Result<Option<Dsn>> {
     match access.dsn {
         Some(d) => parse_dsn(d).map(Some),
         None => match settings(home)? {
@@ -207,21 +214,21 @@ fn dsn_for(home: &Home, access: Access) -> Result<Option<Dsn>> {
     }
 }
 
-fn pg(target: &str) -> impl Fn(postgres::Error) -> Error + '_ {
+pub(super) fn pg(target: &str) -> impl Fn(postgres::Error) -> Error + '_ {
     move |e| Error::Pg(crate::pg::from_postgres(target, e))
 }
 
 /// A connection to the registry and the host that answered it.
-struct Reg {
-    client: Client,
+pub(super) struct Reg {
+    pub(super) client: Client,
     /// `host:port/dbname` of the server actually used (of a multi-host
     /// DSN, the writable one).
-    target: String,
+    pub(super) target: String,
 }
 
 /// Connects to a server that accepts writes (of a multi-host DSN, the
 /// current primary) and creates the table when it is not there yet.
-fn open(dsn: &Dsn, password: Option<&[u8]>) -> Result<Reg> {
+pub(super) fn open(dsn: &Dsn, password: Option<&[u8]>) -> Result<Reg> {
     let Connected { mut client, target } = dsn.connect_writable(password).map_err(|e| match e {
         ConnectError::Pg(e) => Error::Pg(e),
         // Says which password and where it is read from: the fix is
@@ -238,13 +245,20 @@ fn open(dsn: &Dsn, password: Option<&[u8]>) -> Result<Reg> {
                primary_id int, \
                version text, \
                last_seen timestamptz NOT NULL DEFAULT now(), \
-               source text NOT NULL DEFAULT 'published')"
+               source text NOT NULL DEFAULT 'published'); \
+             ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS host_key text; \
+             CREATE TABLE IF NOT EXISTS {DISTRIBUTIONS} (\
+               name text PRIMARY KEY, \
+               serial bigint NOT NULL, \
+               stored timestamptz NOT NULL DEFAULT now(), \
+               by_node text NOT NULL, \
+               bundle bytea NOT NULL)"
         ))
         .map_err(pg(&target))?;
     Ok(Reg { client, target })
 }
 
-fn upsert(reg: &mut Reg, r: &NodeRecord) -> Result<()> {
+pub(super) fn upsert(reg: &mut Reg, r: &NodeRecord) -> Result<()> {
     let ids: Option<Vec<i32>> = r
         .key_ids
         .as_ref()
@@ -253,11 +267,12 @@ fn upsert(reg: &mut Reg, r: &NodeRecord) -> Result<()> {
     reg.client
         .execute(
             &format!(
-                "INSERT INTO {TABLE} (name, role, fingerprint, key_ids, primary_id, version, last_seen, source) \
-                 VALUES ($1, $2, $3, $4, $5, $6, now(), $7) ON CONFLICT (name) DO UPDATE SET \
+                "INSERT INTO {TABLE} (name, role, fingerprint, key_ids, primary_id, version, last_seen, source, host_key) \
+                 VALUES ($1, $2, $3, $4, $5, $6, now(), $7, $8) ON CONFLICT (name) DO UPDATE SET \
                  role = EXCLUDED.role, fingerprint = EXCLUDED.fingerprint, key_ids = EXCLUDED.key_ids, \
                  primary_id = EXCLUDED.primary_id, version = EXCLUDED.version, \
-                 last_seen = now(), source = EXCLUDED.source"
+                 last_seen = now(), source = EXCLUDED.source, \
+                 host_key = COALESCE(EXCLUDED.host_key, {TABLE}.host_key)"
             ),
             &[
                 &r.name,
@@ -267,19 +282,20 @@ fn upsert(reg: &mut Reg, r: &NodeRecord) -> Result<()> {
                 &primary,
                 &r.version,
                 &r.source,
+                &r.host_key,
             ],
         )
         .map_err(pg(&reg.target))?;
     Ok(())
 }
 
-fn read_all(reg: &mut Reg) -> Result<Vec<NodeRecord>> {
+pub(super) fn read_all(reg: &mut Reg) -> Result<Vec<NodeRecord>> {
     let rows = reg
         .client
         .query(
             &format!(
                 "SELECT name, role, fingerprint, key_ids, primary_id, version, \
-                 extract(epoch FROM last_seen)::bigint, source FROM {TABLE} ORDER BY name"
+                 extract(epoch FROM last_seen)::bigint, source, host_key FROM {TABLE} ORDER BY name"
             ),
             &[],
         )
@@ -300,6 +316,7 @@ fn read_all(reg: &mut Reg) -> Result<Vec<NodeRecord>> {
                 version: r.get(5),
                 last_seen: seen.max(0) as u64,
                 source: r.get(7),
+                host_key: r.get(8),
             }
         })
         .collect())
@@ -307,7 +324,7 @@ fn read_all(reg: &mut Reg) -> Result<Vec<NodeRecord>> {
 
 /// This node's name in the registry: the connection's, else `ha.toml`'s
 /// `node`, else the host name.
-fn this_name(home: &Home, settings: Option<&Settings>) -> String {
+pub(super) fn this_name(home: &Home, settings: Option<&Settings>) -> String {
     if let Some(n) = settings.and_then(|s| s.name.clone()) {
         return n;
     }
@@ -317,7 +334,7 @@ fn this_name(home: &Home, settings: Option<&Settings>) -> String {
     gethostname::gethostname().to_string_lossy().into_owned()
 }
 
-fn check_name(name: &str) -> Result<()> {
+pub(super) fn check_name(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
         return Err(Error::Usage(format!(
             "node name {name:?} is not valid: give 1 to 200 printable characters"
@@ -334,8 +351,13 @@ pub struct Published {
     pub node: NodeRecord,
 }
 
-/// This node's record as it stands now.
-fn own_record(name: String, role: Role, keyring: &Keyring) -> NodeRecord {
+/// This node's record as it stands now, with its host key.
+fn own_record(
+    name: String,
+    role: Role,
+    keyring: &Keyring,
+    host_key: Option<crate::bundle::keys::HostPublic>,
+) -> NodeRecord {
     NodeRecord {
         name,
         role,
@@ -345,6 +367,7 @@ fn own_record(name: String, role: Role, keyring: &Keyring) -> NodeRecord {
         version: Some(env!("CARGO_PKG_VERSION").to_owned()),
         last_seen: now_unix(),
         source: "published".into(),
+        host_key: host_key.map(|k| k.to_base64()),
     }
 }
 
@@ -407,7 +430,7 @@ pub fn connect(
     let mut text = serde_json::to_vec_pretty(&settings)
         .map_err(|e| Error::Refused(format!("cannot render the registry connection: {e}")))?;
     text.push(b'\n');
-    let record = own_record(this_name(home, Some(&settings)), role, &keyring);
+    let mut record = own_record(this_name(home, Some(&settings)), role, &keyring, None);
     let mut change = node.begin(
         "nodes-connect",
         details([
@@ -422,6 +445,11 @@ pub fn connect(
         Ownership::OwnerOnly,
     )?;
     change.finish()?;
+    // The change gave a keystore from before host keys one.
+    record.host_key = node
+        .keystore()
+        .and_then(|s| s.node.host_key.as_ref())
+        .map(|k| k.public().to_base64());
     upsert(&mut reg, &record)?;
     Ok(Published {
         registry: reg.target,
@@ -447,7 +475,8 @@ pub fn publish(
     let role = role
         .or(settings.as_ref().map(|s| s.role))
         .unwrap_or_default();
-    let record = own_record(name, role, &keyring);
+    let host_key = super::keys::ensure_host_key(home)?;
+    let record = own_record(name, role, &keyring, Some(host_key));
     let mut reg = open(&dsn, access.password)?;
     upsert(&mut reg, &record)?;
     Ok(Published {
@@ -647,6 +676,7 @@ pub fn add(
         version: None,
         last_seen: now_unix(),
         source: "added".into(),
+        host_key: None,
     };
     let mut reg = open(&dsn, access.password)?;
     upsert(&mut reg, &record)?;
@@ -687,6 +717,10 @@ pub struct NodeView {
     /// registry holds NULL for them).
     pub key_ids_derived: bool,
     pub this_node: bool,
+    /// This node's keyring approves the node's host key as a recipient of
+    /// distributions (`approved`), approves another key than the row holds
+    /// (`key changed`: the host was set up again), or not at all.
+    pub distribution: &'static str,
 }
 
 /// `keyferry nodes`: every node, compared with this node's keyring.
@@ -817,7 +851,19 @@ pub fn list(home: &Home, access: Access) -> Result<Listing> {
             }
         }
         let (state, lacks) = state_of(&keyring, &record);
+        let approval = keyring
+            .approved_hosts()
+            .iter()
+            .find(|h| h.name == record.name);
+        let distribution = match approval {
+            None => "-",
+            Some(h) if record.host_key.as_deref() == Some(h.host_key.to_base64().as_str()) => {
+                "approved"
+            }
+            Some(_) => "key changed",
+        };
         nodes.push(NodeView {
+            distribution,
             this_node: record.name == me,
             record,
             state,
@@ -910,6 +956,7 @@ mod tests {
             version: None,
             last_seen: 0,
             source: "added".into(),
+            host_key: None,
         }
     }
 
