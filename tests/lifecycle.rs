@@ -340,3 +340,103 @@ fn decrypt_opens_the_published_vectors() {
         assert_eq!(out.stdout, b64(&v["plaintext"]), "{}", v["name"]);
     }
 }
+
+/// Issue 22: `keys signing-key` gives a keyring made before format 2 its
+/// pair signing key (one audited change); over an existing key it needs
+/// `--replace`, and a remote host's keyring, which only pins the key, is
+/// refused; each refusal leaves the home byte for byte as it was.
+#[test]
+fn a_pair_signing_key_is_made_once_and_replaced_only_when_asked() {
+    let code = |node: &Node| -> Option<String> {
+        let out = node
+            .cmd()
+            .args(["keys", "fingerprint", "--host", "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["signing_key"].as_str().map(str::to_owned)
+    };
+    let primary = Node::initialised();
+    let first = code(&primary).expect("init makes one");
+
+    let before = snapshot(&primary.home);
+    let out = primary
+        .cmd()
+        .args(["keys", "signing-key"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(&first) && said.contains("--replace"),
+        "{said}"
+    );
+    assert_same(&before, &snapshot(&primary.home));
+
+    let out = primary
+        .cmd()
+        .args(["keys", "signing-key", "--replace"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let second = code(&primary).unwrap();
+    assert_ne!(first, second);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("replaced {first}")));
+    primary.cmd().args(["audit", "verify"]).assert().success();
+
+    // A keyring from before format 2: no signing key at all.
+    let keyring = primary.home.join("keyring.json");
+    let mut doc: Value = serde_json::from_slice(&fs::read(&keyring).unwrap()).unwrap();
+    let found = ["keyring", ""].iter().find_map(|k| {
+        let obj = if k.is_empty() {
+            &mut doc
+        } else {
+            doc.get_mut(*k)?
+        };
+        obj.as_object_mut()?.remove("signing")
+    });
+    assert!(
+        found.is_some(),
+        "the keystore names the signing key: {doc:#}"
+    );
+    fs::write(&keyring, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    assert_eq!(code(&primary), None);
+    let out = primary
+        .cmd()
+        .args(["keys", "signing-key"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(code(&primary).is_some_and(|c| c != second));
+
+    // A remote host pins the key and cannot make one.
+    let host = Node::empty();
+    let bundle = primary.path("keys.exp");
+    primary.export(&bundle, &[]);
+    host.import_cmd(&bundle)
+        .arg("--keys-only")
+        .assert()
+        .success();
+    let before = snapshot(&host.home);
+    let out = host
+        .cmd()
+        .args(["keys", "signing-key", "--replace"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pins the pair signing key"));
+    assert_same(&before, &snapshot(&host.home));
+}

@@ -23,6 +23,15 @@ pub(crate) enum KeysCommand {
         #[arg(long, requires = "host")]
         json: bool,
     },
+    /// On the pair's primary: make the pair signing key that format 2
+    /// distributions are signed with (a keyring made before it has none),
+    /// or with --replace a new one. Then export a bundle to the secondary
+    /// and a --keys-only bundle to each host once, so they take it.
+    SigningKey {
+        /// Replace the signing key this keyring has.
+        #[arg(long)]
+        replace: bool,
+    },
 }
 
 pub fn run(home: &Home, cmd: KeysCommand) -> Result<()> {
@@ -51,6 +60,15 @@ pub fn run(home: &Home, cmd: KeysCommand) -> Result<()> {
         }
         KeysCommand::Fingerprint { host: false, .. } => {
             println!("{}", keys::fingerprint(home)?);
+            Ok(())
+        }
+        KeysCommand::SigningKey { replace } => {
+            let r = keys::new_signing_key(home, replace)?;
+            match &r.replaced {
+                Some(old) => println!("pair signing key {} (replaced {old})", r.signing_key),
+                None => println!("pair signing key {}", r.signing_key),
+            }
+            println!("next: `keyferry export -n pair.exp --with-config` for the secondary, `keyferry export -n keys.exp` for the hosts (imported there with --keys-only), once: they take distributions signed by this key only after that import");
             Ok(())
         }
         KeysCommand::Fingerprint { host: true, json } => {

@@ -95,3 +95,58 @@ pub fn ensure_host_key(home: &Home) -> Result<crate::bundle::keys::HostPublic> {
         .expect("every change leaves a host key")
         .public())
 }
+
+/// What `keyferry keys signing-key` did.
+#[derive(Debug, Serialize)]
+pub struct SigningReport {
+    /// The code of the signing key replaced, if there was one.
+    pub replaced: Option<String>,
+    /// The new signing key's code.
+    pub signing_key: String,
+}
+
+/// `keyferry keys signing-key [--replace]` on a pair node: gives a pair
+/// whose keyring was made before format 2 its signing key, or replaces it
+/// (a key that may have leaked). One audited change (`signing-key`, the
+/// codes before and after). Refused on a remote host (its keyring pins the
+/// pair's key and holds no secret half), and over an existing key without
+/// `replace`: every host pins the key it first met, so a new one reaches
+/// them only through a password bundle again.
+pub fn new_signing_key(home: &Home, replace: bool) -> Result<SigningReport> {
+    use crate::error::Error;
+    use crate::keyring::PairSigning;
+    let mut node = home.open(false)?;
+    let store = node.require_keystore()?;
+    let mut keyring = store.keyring.clone();
+    let replaced = keyring.signing().map(|s| s.public.code().to_string());
+    match (&replaced, keyring.can_sign(), replace) {
+        (Some(code), false, _) => {
+            return Err(Error::Refused(format!(
+                "this keyring pins the pair signing key {code} and cannot sign: run `keyferry keys signing-key` on the pair's primary; nothing changed"
+            )))
+        }
+        (Some(code), true, false) => {
+            return Err(Error::Refused(format!(
+                "this keyring has the pair signing key {code} already; `--replace` makes a new one, after which every host takes distributions again only once it imported a password bundle from the pair; nothing changed"
+            )))
+        }
+        _ => {}
+    }
+    let signing = PairSigning::generate().map_err(|source| Error::Keyring {
+        context: "cannot make the pair signing key".into(),
+        source,
+    })?;
+    let signing_key = signing.public.code().to_string();
+    keyring.set_signing(Some(signing));
+    let record = super::details([
+        ("replaced", serde_json::Value::from(replaced.clone())),
+        ("signing_key", serde_json::Value::from(signing_key.clone())),
+    ]);
+    let mut change = node.begin("signing-key", record)?;
+    change.set_keyring(keyring);
+    change.finish()?;
+    Ok(SigningReport {
+        replaced,
+        signing_key,
+    })
+}
