@@ -226,6 +226,7 @@ fn default_replication_user() -> String {
 /// node that has no `ha.toml` yet.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LocalPaths {
+    pub pg_bin: Option<PathBuf>,
     pub pg_data: Option<PathBuf>,
     pub archive_dir: Option<PathBuf>,
     pub appsettings: Option<PathBuf>,
@@ -465,6 +466,9 @@ impl HaConfig {
             Some(l) => l,
             None => {
                 let mut c = HaConfig::new(node, self.primary, self.secondary)?;
+                if let Some(b) = &given.pg_bin {
+                    c.pg_bin = b.clone();
+                }
                 if let Some(d) = &given.pg_data {
                     c.pg_data = d.clone();
                 }
@@ -770,12 +774,15 @@ mod tests {
             "the sender's paths are never taken"
         );
         assert_eq!(received.pg_data, PathBuf::from(DEFAULT_PG_DATA));
+        assert_eq!(received.pg_bin, PathBuf::from(DEFAULT_PG_BIN));
         let given = LocalPaths {
+            pg_bin: Some(abs("mine/bin")),
             pg_data: Some(abs("mine/data")),
             archive_dir: Some(abs("mine/archive")),
             appsettings: Some(abs("mine/appsettings.json")),
         };
         let received = primary.for_receiving_node("pam-b", None, &given).unwrap();
+        assert_eq!(received.pg_bin, abs("mine/bin"));
         assert_eq!(received.pg_data, abs("mine/data"));
         assert_eq!(received.archive_dir, Some(abs("mine/archive")));
         assert_eq!(received.appsettings, Some(abs("mine/appsettings.json")));

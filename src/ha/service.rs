@@ -23,7 +23,9 @@
 //!   pipe would not reach end-of-file while the server runs.
 //!
 //! That file is `<data>.pg_ctl.log` beside the data directory, the one
-//! `pg_ctl start -l` already writes the server's log to: one file to name in
+//! `pg_ctl start -l` already writes the server's log to (on Windows the
+//! server writes it through the output it inherits, see
+//! [`server_log_args`]): one file to name in
 //! messages, outside the data directory so a base backup does not copy it,
 //! and in a directory the data directory's owner can write. keyferry
 //! appends to it, creates it owner-only and (as root) gives it to the data
@@ -131,7 +133,7 @@ impl Server {
                 args.extend(["-w".into(), "-t".into(), timeout.into()]);
                 match op {
                     Op::Start => {
-                        args.extend(["-l".into(), self.pg_ctl_log().into()]);
+                        args.extend(server_log_args(self.pg_ctl_log()));
                         if !self.start_settings.is_empty() {
                             let options: Vec<String> = self
                                 .start_settings
@@ -293,6 +295,23 @@ impl Server {
             log: matches!(self.control, ServiceControl::PgCtl).then(|| self.pg_ctl_log()),
         }
     }
+}
+
+/// `pg_ctl start`'s arguments that send the server's log to `log`, the
+/// file keyferry already gives `pg_ctl` as its output.
+#[cfg(unix)]
+fn server_log_args(log: PathBuf) -> Vec<OsString> {
+    vec!["-l".into(), log.into()]
+}
+
+/// None on Windows: there `pg_ctl -l` has the server started through
+/// `cmd /C "… >> log"`, and cmd's opening of the file conflicts with the
+/// handle keyferry holds on that same file for `pg_ctl`'s output (a sharing
+/// violation, and the server does not start). Without `-l` the server
+/// writes to the output it inherits from `pg_ctl`, which is that file.
+#[cfg(windows)]
+fn server_log_args(_log: PathBuf) -> Vec<OsString> {
+    Vec::new()
 }
 
 /// As root, gives `file` to the owner (and group) of `data`, the account
@@ -529,19 +548,17 @@ mod tests {
         assert_eq!(program, &pg::program(&s.pg_bin, "pg_ctl"));
         assert!(as_data_owner);
         let log = Path::new("/var/lib/postgresql/15").join("main.pg_ctl.log");
-        assert_eq!(
-            args(&start),
-            [
-                "start",
-                "-D",
-                "/var/lib/postgresql/15/main",
-                "-w",
-                "-t",
-                "60",
-                "-l",
-                &log.display().to_string()
-            ]
-        );
+        let mut expected: Vec<String> = ["start", "-D", "/var/lib/postgresql/15/main", "-w"]
+            .into_iter()
+            .chain(["-t", "60"])
+            .map(String::from)
+            .collect();
+        if cfg!(unix) {
+            // On Windows the server writes the same file through the
+            // output it inherits (see `server_log_args`).
+            expected.extend(["-l".to_owned(), log.display().to_string()]);
+        }
+        assert_eq!(args(&start), expected);
         assert_eq!(
             args(&s.plan(Op::Stop)),
             [
