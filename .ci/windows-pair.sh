@@ -25,7 +25,11 @@
 #      status on both; the primary's server stopped, ha failover on the
 #      replica; ha guard and ha start refused on the old primary (exit 13),
 #      ha rejoin there, ha status on both, the rows compared; ha stop and
-#      ha start of the replica; ha archive clean.
+#      ha start of the replica; ha archive clean;
+#   5. the same servers as Windows services (pg_ctl register), ha.toml's
+#      [service] method = "windows_service" (on b with no pg_bin/pg_data:
+#      read from the service's command line): ha start through the service
+#      manager, ha status, ha switchover with the writer, ha stop/ha start.
 #
 # keyferry reaches its own server on Windows over loopback TCP as
 # postgres, with the password in %APPDATA%\postgresql\pgpass.conf (see
@@ -177,7 +181,9 @@ for host in a b; do
     # that host opens is in that namespace.
     mkdir -p "$(prefix_of "$host")"
     ip netns exec "$(ns_of "$host")" env WINEPREFIX="$(prefix_of "$host")" "$WINESERVER" -p
-    wine_on "$host" wineboot -i >/dev/null 2>&1 &
+    # -u, not -i: on a new prefix -i leaves a second services.exe, and
+    # the service manager's clients then reach either one at random.
+    wine_on "$host" wineboot -u >/dev/null 2>&1 &
 done
 wait
 echo "prefixes: $((SECONDS - t))s"
@@ -507,5 +513,80 @@ must "b: ha stop" kf b ha stop
 must "b: ha start (guard lets a replica start)" kf b ha start "${TMO[@]}" --password-file "$REP_PW_FILE"
 status_ok b "$ADDR_A"
 must "a: ha archive clean" kf a ha archive clean
+
+# ------------------------------------------ the Windows service manager
+# Each server becomes a Windows service (`pg_ctl register`, as the
+# PostgreSQL installer registers one), and ha.toml says
+# `[service] method = "windows_service"`: keyferry starts and stops it
+# through the Service Control Manager from then on.
+log "service method windows_service (a service registered with pg_ctl register)"
+t=$SECONDS
+SERVICE=kfpg
+must "b: ha stop (pg_ctl)" kf b ha stop
+must "a: ha stop (pg_ctl)" kf a ha stop
+for host in a b; do
+    if wine_on "$host" "$PG_BIN/pg_ctl.exe" register -N "$SERVICE" -D "$(winpath "$(data_of "$host")")" \
+        -S demand -w >"$WORK/$host/register.out" 2>&1 </dev/null; then
+        pass "$host: service $SERVICE registered"
+    else
+        cat "$WORK/$host/register.out"
+        fail "$host: pg_ctl register"
+        summary
+    fi
+    sed -i "s/^method = \"pg_ctl\"\r\?\$/method = \"windows_service\"\nname = \"$SERVICE\"/" \
+        "$WORK/$host/home/ha.toml"
+done
+# On b, ha.toml names only the service: keyferry reads the data directory
+# and pg_ctl's directory from the service's command line.
+sed -i '/^pg_bin = /d; /^pg_data = /d' "$WORK/b/home/ha.toml"
+cp "$WORK/b/home/ha.toml" "$WORK/b/ha.toml.service-only"
+# `service_state HOST`: RUNNING or STOPPED, as the service manager says.
+service_state() {
+    wine_on "$1" sc query "$SERVICE" </dev/null 2>/dev/null | tr -d '\r' |
+        awk '/STATE/ { print $NF; exit }'
+}
+must "a: ha start (guard, then the service)" kf a ha start "${TMO[@]}" --password-file "$REP_PW_FILE"
+must "b: ha start (guard, then the service)" kf b ha start "${TMO[@]}" --password-file "$REP_PW_FILE"
+for host in a b; do
+    state=$(service_state "$host")
+    if [[ "$state" == RUNNING ]]; then
+        pass "$host: the service manager says $SERVICE is RUNNING"
+    else
+        fail "$host: service $SERVICE is '$state', not RUNNING"
+    fi
+done
+status_ok a "$ADDR_A"
+status_ok b "$ADDR_A"
+: >"$WORK/acked"
+rm -f "$WORK/stop-writer"
+ip netns exec "$NS_A" bash -c writer &
+WRITER=$!
+BG_PIDS+=("$WRITER")
+sleep 2
+must "a: ha switchover through the service manager (writer running)" \
+    kf a ha switchover "${TMO[@]}" --password-file "$REP_PW_FILE"
+sleep 2
+touch "$WORK/stop-writer"
+wait "$WRITER" || true
+no_acked_row_lost b
+status_ok a "$ADDR_B"
+status_ok b "$ADDR_B"
+must "a: ha stop (service)" kf a ha stop
+state=$(service_state a)
+if [[ "$state" == STOPPED ]]; then
+    pass "a: ha stop stopped the service ($state)"
+else
+    fail "a: after ha stop the service is '$state'"
+fi
+must "a: ha start (service)" kf a ha start "${TMO[@]}" --password-file "$REP_PW_FILE"
+status_ok a "$ADDR_B"
+if grep -q '^pg_bin\|^pg_data' "$WORK/b/home/ha.toml"; then
+    fail "b: keyferry wrote pg_bin/pg_data into an ha.toml that named only the service"
+elif grep -q '^name = "kfpg"' "$WORK/b/home/ha.toml"; then
+    pass "b: ran on the service's paths, ha.toml still names only the service"
+else
+    fail "b: ha.toml lost its [service]"
+fi
+echo "service method: $((SECONDS - t))s"
 
 summary

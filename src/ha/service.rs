@@ -377,6 +377,24 @@ fn op_word(op: Op) -> &'static str {
     }
 }
 
+/// The data directory and the programs' directory of the Windows service
+/// `name`, from its command line in the service manager (what `sc qc`
+/// shows as BINARY_PATH_NAME; see [`super::winsvc`]).
+#[cfg(windows)]
+pub(crate) fn service_paths(name: &str) -> Result<super::winsvc::ServicePaths, String> {
+    let line = scm::command_line(name)
+        .map_err(|e| format!("the service manager cannot show service {name}: {e}"))?;
+    super::winsvc::parse_command_line(&line).map_err(|e| format!("service {name}: {e}"))
+}
+
+/// Only Windows has a service manager to ask.
+#[cfg(unix)]
+pub(crate) fn service_paths(name: &str) -> Result<super::winsvc::ServicePaths, String> {
+    Err(format!(
+        "service {name}: the Windows service manager exists only on Windows"
+    ))
+}
+
 /// Why the server could not be started or stopped.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ServiceError {
@@ -414,9 +432,10 @@ mod scm {
         GetLastError, ERROR_SERVICE_ALREADY_RUNNING, ERROR_SERVICE_NOT_ACTIVE,
     };
     use windows_sys::Win32::System::Services::{
-        CloseServiceHandle, ControlService, OpenSCManagerW, OpenServiceW, QueryServiceStatus,
-        StartServiceW, SC_HANDLE, SC_MANAGER_CONNECT, SERVICE_CONTROL_STOP, SERVICE_QUERY_STATUS,
-        SERVICE_RUNNING, SERVICE_START, SERVICE_STATUS, SERVICE_STOP, SERVICE_STOPPED,
+        CloseServiceHandle, ControlService, OpenSCManagerW, OpenServiceW, QueryServiceConfigW,
+        QueryServiceStatus, StartServiceW, QUERY_SERVICE_CONFIGW, SC_HANDLE, SC_MANAGER_CONNECT,
+        SERVICE_CONTROL_STOP, SERVICE_QUERY_CONFIG, SERVICE_QUERY_STATUS, SERVICE_RUNNING,
+        SERVICE_START, SERVICE_STATUS, SERVICE_STOP, SERVICE_STOPPED,
     };
 
     use super::Op;
@@ -433,6 +452,46 @@ mod scm {
 
     fn wide(s: &str) -> Vec<u16> {
         s.encode_utf16().chain(std::iter::once(0)).collect()
+    }
+
+    /// The command line the service `name` runs (`BINARY_PATH_NAME`).
+    pub(crate) fn command_line(name: &str) -> io::Result<String> {
+        // SAFETY: null machine and database names select the local SCM.
+        let manager =
+            unsafe { OpenSCManagerW(std::ptr::null(), std::ptr::null(), SC_MANAGER_CONNECT) };
+        if manager.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        let manager = Handle(manager);
+        let wname = wide(name);
+        // SAFETY: `wname` is NUL-terminated and outlives the call.
+        let service = unsafe { OpenServiceW(manager.0, wname.as_ptr(), SERVICE_QUERY_CONFIG) };
+        if service.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        let service = Handle(service);
+        let mut needed: u32 = 0;
+        // SAFETY: a null buffer of size 0 asks for the size needed.
+        unsafe { QueryServiceConfigW(service.0, std::ptr::null_mut(), 0, &mut needed) };
+        // u64 elements keep the buffer aligned for QUERY_SERVICE_CONFIGW.
+        let mut buffer = vec![0u64; (needed as usize).div_ceil(8).max(1)];
+        let size = u32::try_from(buffer.len() * 8).unwrap_or(u32::MAX);
+        let config = buffer.as_mut_ptr().cast::<QUERY_SERVICE_CONFIGW>();
+        // SAFETY: `buffer` holds `size` writable, aligned bytes.
+        if unsafe { QueryServiceConfigW(service.0, config, size, &mut needed) } == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: on success the structure is filled and its string
+        // pointers point into `buffer`, NUL-terminated.
+        let path = unsafe { (*config).lpBinaryPathName };
+        if path.is_null() {
+            return Ok(String::new());
+        }
+        // SAFETY: `path` is a NUL-terminated UTF-16 string inside `buffer`.
+        let len = (0..).take_while(|&i| unsafe { *path.add(i) } != 0).count();
+        // SAFETY: the `len` elements before the NUL are initialised.
+        let wide = unsafe { std::slice::from_raw_parts(path, len) };
+        Ok(String::from_utf16_lossy(wide))
     }
 
     /// Asks the SCM to start or stop `name` and waits (bounded by
