@@ -18,13 +18,15 @@
 #   3. the runbook with keyferry.exe on both hosts, in pg_ctl mode: init,
 #      ha init, hba ensure, ha prepare --restart, export/import, ha check on
 #      both, ha archive clean, ha bootstrap, ha status --json on both
-#      (replica streaming, the rows written on the primary read on the
-#      replica);
+#      (the bootstrap killed while copying, --abort, killed again,
+#      --resume; replica streaming, the rows written on the primary read
+#      on the replica);
 #   4. the pair's life: ha switchover on the primary while a writer commits
 #      a row at a time (every acknowledged row on the new primary), ha
 #      status on both; the primary's server stopped, ha failover on the
-#      replica; ha guard and ha start refused on the old primary (exit 13),
-#      ha rejoin there, ha status on both, the rows compared; ha stop and
+#      replica; ha guard and ha start refused on the old primary (exit 13);
+#      started by hand and written on, ha rejoin refused, then --force
+#      (pg_rewind), ha status on both, the rows compared; ha stop and
 #      ha start of the replica; ha archive clean;
 #   5. the same servers as Windows services (pg_ctl register), ha.toml's
 #      [service] method = "windows_service" (on b with no pg_bin/pg_data:
@@ -338,14 +340,81 @@ must "b: ha archive clean" kf b ha archive clean
 must "a: ha check (exit 0)" kf a ha check "${TMO[@]}" --password-file "$REP_PW_FILE"
 echo "runbook before the bootstrap: $((SECONDS - t))s"
 
-log "ha bootstrap"
+log "ha bootstrap, killed during the copy: --abort, then --resume"
 t=$SECONDS
-must "b: ha bootstrap --slot pam_b" kf b ha bootstrap "${TMO[@]}" --slot pam_b --password-file "$REP_PW_FILE" --yes
+# `killed_bootstrap`: starts b's bootstrap and kills keyferry.exe (its Unix
+# process, as a crash would) once pg_basebackup.exe runs; says whether it
+# got that far.
+killed_bootstrap() {
+    local i pids tag
+    tag=$(basename "$WORK")
+    kf b ha bootstrap "${TMO[@]}" --slot pam_b --password-file "$REP_PW_FILE" --yes \
+        >"$WORK/b/bootstrap-killed.out" 2>&1 &
+    local job=$!
+    for ((i = 0; i < 600; i++)); do
+        if pgrep -f "pg_basebackup.*$tag" >/dev/null; then
+            # keyferry.exe and the shells around it: this run's only.
+            pids=$(pgrep -f "$tag.*keyferry.*ha bootstrap" || true)
+            if [[ -n "$pids" ]]; then
+                # shellcheck disable=SC2086
+                kill -9 $pids 2>/dev/null || true
+                wait "$job" || true
+                return 0
+            fi
+        fi
+        sleep 0.1
+    done
+    wait "$job" || true
+    return 1
+}
+b_system() { psql_on b "select system_identifier from pg_control_system()" 2>/dev/null || true; }
+b_own_system=$(b_system)
+if killed_bootstrap; then
+    pass "b: keyferry.exe killed while pg_basebackup.exe copied"
+else
+    cat "$WORK/b/bootstrap-killed.out" | tail -n 20
+    fail "b: the bootstrap was not caught copying"
+fi
+sleep 1
+if pgrep -f "pg_basebackup.*$(basename "$WORK")" >/dev/null; then
+    fail "b: pg_basebackup.exe outlived the killed keyferry.exe (job object)"
+else
+    pass "b: pg_basebackup.exe died with keyferry.exe (job object)"
+fi
+rc=0
+capture kf b ha status "${TMO[@]}" --password-file "$REP_PW_FILE" || rc=$?
+if grep -qi 'bootstrap' <<<"$LAST" && grep -q -- '--resume\|--abort' <<<"$LAST"; then
+    pass "b: ha status names the interrupted bootstrap"
+else
+    printf '%s\n' "$LAST" | tail -n 8
+    fail "b: ha status does not name the interrupted bootstrap"
+fi
+must "b: ha bootstrap --abort" kf b ha bootstrap --abort "${TMO[@]}"
+echo "$LAST" | sed 's/^/    /' | tail -n 4
+# The abort puts b's own cluster back as it was (the same system).
+b_now=""
+if [[ -f "$(data_of b)/PG_VERSION" ]]; then
+    wine_on b "$PG_BIN/pg_ctl.exe" status -D "$(data_of b)" >/dev/null 2>&1 </dev/null ||
+        setsid -w bash -c 'wine_on "$@"' _ b "$PG_BIN/pg_ctl.exe" start -w -D "$(data_of b)" \
+            -l "$WORK/b/pg_ctl.log" >"$WORK/b/start2.out" 2>&1 </dev/null || true
+    b_now=$(b_system)
+fi
+if [[ -n "$b_own_system" && "$b_now" == "$b_own_system" ]]; then
+    pass "b: after --abort its own cluster is back (system $b_now)"
+else
+    fail "b: after --abort the cluster is '$b_now', was '$b_own_system'"
+fi
+if killed_bootstrap; then
+    pass "b: killed again while copying"
+else
+    fail "b: the second bootstrap was not caught copying"
+fi
+must "b: ha bootstrap --resume" kf b ha bootstrap --resume "${TMO[@]}" --password-file "$REP_PW_FILE" --yes
 echo "$LAST" | sed 's/^/    /' | tail -n 15
 if grep -q 'verdict: healthy' <<<"$LAST"; then
-    pass "b: the bootstrap ends healthy"
+    pass "b: the resumed bootstrap ends healthy"
 else
-    fail "b: the bootstrap does not say healthy"
+    fail "b: the resumed bootstrap does not say healthy"
 fi
 echo "bootstrap: $((SECONDS - t))s"
 
@@ -494,14 +563,26 @@ else
     printf '%s\n' "$LAST" | tail -n 5
     fail "b: ha start exit $rc, expected 13 and no server"
 fi
-must "b: ha rejoin" kf b ha rejoin "${TMO[@]}" --password-file "$REP_PW_FILE"
-echo "$LAST" | sed 's/^/    /' | tail -n 8
-# Stopped cleanly before the promotion, b wrote nothing after the fork:
-# pg_rewind --dry-run finds nothing to rewind and b follows.
-if grep -q 'is a replica of the new primary again (follow' <<<"$LAST"; then
-    pass "b: replica of a again (pg_rewind --dry-run: follow)"
+# Someone starts b by hand, bypassing the guard, and writes on it: b's
+# history leaves a's. Stopped cleanly again, b must be rewound.
+wine_on b "$PG_BIN/pg_ctl.exe" start -w -D "$(data_of b)" -l "$WORK/b/pg_ctl.log" \
+    >"$WORK/b/start3.out" 2>&1 </dev/null
+psql_on b "insert into kf_check values (-1, 'written on the old primary after the failover')" >/dev/null
+wine_on b "$PG_BIN/pg_ctl.exe" stop -w -D "$(data_of b)" -m fast >"$WORK/b/stop3.out" 2>&1 </dev/null
+rc=0
+capture kf b ha rejoin "${TMO[@]}" --password-file "$REP_PW_FILE" || rc=$?
+if ((rc != 0)) && grep -q 'committed transaction' <<<"$LAST"; then
+    pass "b: ha rejoin refuses to set aside a committed transaction without --force (exit $rc)"
 else
-    fail "b: the rejoin did not end as a follower"
+    printf '%s\n' "$LAST" | tail -n 6
+    fail "b: ha rejoin over a committed transaction: exit $rc"
+fi
+must "b: ha rejoin --force" kf b ha rejoin --force "${TMO[@]}" --password-file "$REP_PW_FILE"
+echo "$LAST" | sed 's/^/    /' | tail -n 8
+if grep -q 'is a replica of the new primary again (rewind' <<<"$LAST"; then
+    pass "b: replica of a again through pg_rewind"
+else
+    fail "b: the rejoin did not rewind"
 fi
 echo "failover, guard, rejoin: $((SECONDS - t))s"
 status_ok a "$ADDR_A"
