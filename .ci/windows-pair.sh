@@ -25,8 +25,8 @@
 #      a row at a time (every acknowledged row on the new primary), ha
 #      status on both; the primary's server stopped, ha failover on the
 #      replica; ha guard and ha start refused on the old primary (exit 13);
-#      started by hand and written on, ha rejoin refused, then --force
-#      (pg_rewind), ha status on both, the rows compared; ha stop and
+#      started by hand, written on and crashed, ha rejoin refused, then
+#      --force (crash recovery, pg_rewind), ha status on both, the rows compared; ha stop and
 #      ha start of the replica; ha archive clean;
 #   5. the same servers as Windows services (pg_ctl register), ha.toml's
 #      [service] method = "windows_service" (on b with no pg_bin/pg_data:
@@ -416,6 +416,13 @@ if grep -q 'verdict: healthy' <<<"$LAST"; then
 else
     fail "b: the resumed bootstrap does not say healthy"
 fi
+# The resumed run keeps the interrupted one's --slot.
+slot=$(psql_on a "select active from pg_replication_slots where slot_name = 'pam_b'")
+if [[ "$slot" == t ]]; then
+    pass "b: streams through the slot pam_b the interrupted bootstrap asked for"
+else
+    fail "b: slot pam_b on a is '${slot:-missing}' after the resume, not active"
+fi
 echo "bootstrap: $((SECONDS - t))s"
 
 # `status_ok HOST PRIMARY_ADDR`: `ha status --json` on HOST says healthy,
@@ -535,9 +542,6 @@ same_rows b a
 log "ha failover (the primary's server stopped), guard, rejoin"
 t=$SECONDS
 # The primary b goes away: its server stopped behind keyferry's back.
-# A fast (clean) stop: after an immediate one (a crash) the rejoin's crash
-# recovery runs postgres.exe --single, which Windows PostgreSQL refuses to
-# an administrator (see docs/windows.md, known limits).
 wine_on b "$PG_BIN/pg_ctl.exe" stop -D "$(data_of b)" -m fast -w >"$WORK/b/kill.out" 2>&1 </dev/null
 must "a: ha failover (b's server stopped)" kf a ha failover "${TMO[@]}" --password-file "$REP_PW_FILE"
 echo "$LAST" | sed 's/^/    /' | tail -n 6
@@ -568,7 +572,9 @@ fi
 wine_on b "$PG_BIN/pg_ctl.exe" start -w -D "$(data_of b)" -l "$WORK/b/pg_ctl.log" \
     >"$WORK/b/start3.out" 2>&1 </dev/null
 psql_on b "insert into kf_check values (-1, 'written on the old primary after the failover')" >/dev/null
-wine_on b "$PG_BIN/pg_ctl.exe" stop -w -D "$(data_of b)" -m fast >"$WORK/b/stop3.out" 2>&1 </dev/null
+# And b crashes (immediate: no shutdown checkpoint): the rejoin needs
+# crash recovery before pg_rewind.
+wine_on b "$PG_BIN/pg_ctl.exe" stop -w -D "$(data_of b)" -m immediate >"$WORK/b/stop3.out" 2>&1 </dev/null
 rc=0
 capture kf b ha rejoin "${TMO[@]}" --password-file "$REP_PW_FILE" || rc=$?
 if ((rc != 0)) && grep -q 'committed transaction' <<<"$LAST"; then
@@ -579,8 +585,8 @@ else
 fi
 must "b: ha rejoin --force" kf b ha rejoin --force "${TMO[@]}" --password-file "$REP_PW_FILE"
 echo "$LAST" | sed 's/^/    /' | tail -n 8
-if grep -q 'is a replica of the new primary again (rewind' <<<"$LAST"; then
-    pass "b: replica of a again through pg_rewind"
+if grep -q 'is a replica of the new primary again (rewind, after crash recovery' <<<"$LAST"; then
+    pass "b: replica of a again: crash recovery, then pg_rewind"
 else
     fail "b: the rejoin did not rewind"
 fi
