@@ -61,6 +61,10 @@ pub(crate) struct ImportArgs {
     /// This node's name in an ha.toml created with --accept-config (default: the host name).
     #[arg(long, value_name = "NAME", requires = "accept_config", value_parser = node_name)]
     node: Option<String>,
+    /// This node's directory of pg_ctl, pg_basebackup, pg_controldata, for
+    /// an ha.toml created with --accept-config (default: the platform's).
+    #[arg(value_parser = crate::cli::PathArg, long, value_name = "DIR", requires = "accept_config")]
+    pg_bin: Option<PathBuf>,
     /// This node's PostgreSQL data directory, for an ha.toml created with
     /// --accept-config (a bundle never chooses this node's paths).
     #[arg(value_parser = crate::cli::PathArg, long, value_name = "DIR", requires = "accept_config")]
@@ -152,6 +156,7 @@ pub fn import(home: &Home, args: ImportArgs) -> Result<()> {
             accept_config: args.accept_config,
             node_name: args.node,
             paths: crate::ha::config::LocalPaths {
+                pg_bin: args.pg_bin,
                 pg_data: args.pg_data,
                 archive_dir: args.archive_dir,
                 appsettings: args.appsettings,

@@ -151,6 +151,18 @@ pub struct HaConfig {
     pub demoted: bool,
     /// What `ha guard` does when the peer cannot be reached (node-local).
     pub guard: GuardConfig,
+    /// Which of `pg_bin` and `pg_data` the file leaves out and the Windows
+    /// service's configuration gave (node-local): they stay out of the
+    /// file when keyferry writes it again.
+    pub from_service: FromService,
+}
+
+/// `pg_bin` and `pg_data` read from the Windows service's command line
+/// rather than from `ha.toml` (see [`super::winsvc`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FromService {
+    pub pg_bin: bool,
+    pub pg_data: bool,
 }
 
 /// `[guard]` in `ha.toml`.
@@ -192,8 +204,12 @@ struct RawConfig {
     web_port: u16,
     #[serde(default = "default_replication_user")]
     replication_user: String,
-    pg_bin: PathBuf,
-    pg_data: PathBuf,
+    // Both may be left out when `[service]` names a Windows service: they
+    // are then read from the service's configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pg_bin: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pg_data: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pg_socket_dir: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -226,6 +242,7 @@ fn default_replication_user() -> String {
 /// node that has no `ha.toml` yet.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LocalPaths {
+    pub pg_bin: Option<PathBuf>,
     pub pg_data: Option<PathBuf>,
     pub archive_dir: Option<PathBuf>,
     pub appsettings: Option<PathBuf>,
@@ -294,6 +311,7 @@ impl HaConfig {
             generation: 0,
             demoted: false,
             guard: GuardConfig::default(),
+            from_service: FromService::default(),
         };
         config.validate()?;
         Ok(config)
@@ -334,6 +352,28 @@ impl HaConfig {
                 reason: e.to_string(),
             })
         };
+        let from_service = FromService {
+            pg_bin: raw.pg_bin.is_none(),
+            pg_data: raw.pg_data.is_none(),
+        };
+        let (pg_bin, pg_data) = match (raw.pg_bin, raw.pg_data) {
+            (Some(bin), Some(data)) => (bin, data),
+            (bin, data) => {
+                let ServiceControl::WindowsService { name } = &raw.service else {
+                    let field = if bin.is_none() { "pg_bin" } else { "pg_data" };
+                    return Err(Error::ConfigValue {
+                        field,
+                        reason: "is missing; give it (only a Windows service named in [service] can say it instead)".into(),
+                    });
+                };
+                let found =
+                    super::service::service_paths(name).map_err(|e| Error::ConfigValue {
+                        field: "service",
+                        reason: format!("{e}; give pg_bin and pg_data in ha.toml"),
+                    })?;
+                (bin.unwrap_or(found.pg_bin), data.unwrap_or(found.pg_data))
+            }
+        };
         let config = Self {
             node: raw.node,
             primary: parse_addr("primary", &raw.primary)?,
@@ -341,8 +381,8 @@ impl HaConfig {
             pg_port: raw.pg_port,
             web_port: raw.web_port,
             replication_user: raw.replication_user,
-            pg_bin: raw.pg_bin,
-            pg_data: raw.pg_data,
+            pg_bin,
+            pg_data,
             pg_socket_dir: raw.pg_socket_dir,
             archive_dir: raw.archive_dir,
             service: raw.service,
@@ -350,6 +390,7 @@ impl HaConfig {
             generation: raw.generation,
             demoted: raw.demoted,
             guard: raw.guard,
+            from_service,
         };
         config.validate()?;
         Ok(config)
@@ -366,8 +407,8 @@ impl HaConfig {
             pg_port: self.pg_port,
             web_port: self.web_port,
             replication_user: self.replication_user.clone(),
-            pg_bin: self.pg_bin.clone(),
-            pg_data: self.pg_data.clone(),
+            pg_bin: (!self.from_service.pg_bin).then(|| self.pg_bin.clone()),
+            pg_data: (!self.from_service.pg_data).then(|| self.pg_data.clone()),
             pg_socket_dir: self.pg_socket_dir.clone(),
             archive_dir: self.archive_dir.clone(),
             appsettings: self.appsettings.clone(),
@@ -465,6 +506,9 @@ impl HaConfig {
             Some(l) => l,
             None => {
                 let mut c = HaConfig::new(node, self.primary, self.secondary)?;
+                if let Some(b) = &given.pg_bin {
+                    c.pg_bin = b.clone();
+                }
                 if let Some(d) = &given.pg_data {
                     c.pg_data = d.clone();
                 }
@@ -491,6 +535,7 @@ impl HaConfig {
             generation: self.generation,
             demoted: base.demoted,
             guard: base.guard,
+            from_service: base.from_service,
         };
         adjusted.validate()?;
         Ok(adjusted)
@@ -595,12 +640,51 @@ mod tests {
             generation: 3,
             demoted: true,
             guard: GuardConfig { require_peer: true },
+            from_service: FromService::default(),
         }
     }
 
     fn toml_str(s: &Path) -> String {
         // TOML basic strings escape backslashes (Windows paths).
         s.display().to_string().replace('\\', "\\\\")
+    }
+
+    /// `pg_bin` and `pg_data` may be left out only for a Windows service,
+    /// whose configuration says them; written back, they stay out.
+    #[test]
+    fn paths_left_out_come_from_the_windows_service_only() {
+        let head =
+            "version = 1\nnode = \"pam-a\"\nprimary = \"10.0.0.1\"\nsecondary = \"10.0.0.2\"\n";
+        let e = HaConfig::from_toml(head).unwrap_err().to_string();
+        assert!(e.contains("pg_bin") && e.contains("Windows service"), "{e}");
+        let with_bin = format!("{head}pg_bin = \"{}\"\n", toml_str(&abs("bin")));
+        let e = HaConfig::from_toml(&with_bin).unwrap_err().to_string();
+        assert!(e.contains("pg_data"), "{e}");
+        let service = format!(
+            "{head}[service]\nmethod = \"windows_service\"\nname = \"kf-no-such-service\"\n"
+        );
+        let e = HaConfig::from_toml(&service).unwrap_err().to_string();
+        assert!(
+            e.contains("kf-no-such-service") && e.contains("give pg_bin and pg_data"),
+            "{e}"
+        );
+        let mut config = HaConfig::example();
+        config.service = ServiceControl::WindowsService { name: "pg".into() };
+        config.from_service = FromService {
+            pg_bin: true,
+            pg_data: true,
+        };
+        let text = config.to_toml().unwrap();
+        assert!(
+            !text.contains("pg_bin") && !text.contains("pg_data"),
+            "{text}"
+        );
+        config.from_service.pg_data = false;
+        let text = config.to_toml().unwrap();
+        assert!(
+            !text.contains("pg_bin") && text.contains("pg_data"),
+            "{text}"
+        );
     }
 
     fn minimal_toml() -> String {
@@ -770,12 +854,15 @@ mod tests {
             "the sender's paths are never taken"
         );
         assert_eq!(received.pg_data, PathBuf::from(DEFAULT_PG_DATA));
+        assert_eq!(received.pg_bin, PathBuf::from(DEFAULT_PG_BIN));
         let given = LocalPaths {
+            pg_bin: Some(abs("mine/bin")),
             pg_data: Some(abs("mine/data")),
             archive_dir: Some(abs("mine/archive")),
             appsettings: Some(abs("mine/appsettings.json")),
         };
         let received = primary.for_receiving_node("pam-b", None, &given).unwrap();
+        assert_eq!(received.pg_bin, abs("mine/bin"));
         assert_eq!(received.pg_data, abs("mine/data"));
         assert_eq!(received.archive_dir, Some(abs("mine/archive")));
         assert_eq!(received.appsettings, Some(abs("mine/appsettings.json")));

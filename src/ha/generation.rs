@@ -9,9 +9,10 @@
 //!   primary (replicated to the replica like any table): one row per
 //!   generation, the current one being `max(generation)`, with the address
 //!   of the node that became primary, when, on which node and by which
-//!   action. Written only through the local server's Unix socket as the
-//!   data directory's owner (never over the network, never with a
-//!   superuser password); the replication user may only read it;
+//!   action. Written only through the local administrative connection
+//!   ([`local_admin`]: the Unix socket as the data directory's owner, or
+//!   loopback TCP on Windows; never over the network); the replication
+//!   user may only read it;
 //! - per node in `ha status --json`.
 //!
 //! This module owns the table (its SQL and its reading) and the local
@@ -31,7 +32,7 @@ use std::time::Duration;
 use postgres::Client;
 use serde::{Deserialize, Serialize};
 
-use crate::pg::{self, from_postgres, ConnSpec, Endpoint, PgError};
+use crate::pg::{self, from_postgres, PgError};
 
 /// The table, schema-qualified.
 pub(crate) const TABLE: &str = "public.keyferry_pair";
@@ -215,13 +216,15 @@ pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// The local server, as its own administrator: through its Unix socket
-/// (directory and port from its `postmaster.pid`, else `socket_dir` and
-/// `port`) as the OS account that owns the data directory, with no
-/// password, which `peer` authentication admits also when keyferry runs as
-/// root ([`pg::peer`]). This is how keyferry writes on its own server; it
-/// never needs a superuser password. Not available on Windows (no Unix
-/// socket there).
+/// The local server, as its own administrator, with the port from its
+/// `postmaster.pid` (else `port`). On Unix through its Unix socket (its
+/// directory from `postmaster.pid`, else `socket_dir`) as the OS account
+/// that owns the data directory, with no password, which `peer`
+/// authentication admits also when keyferry runs as root ([`pg::peer`]):
+/// there keyferry never needs a superuser password. On Windows, which has
+/// no Unix socket, over loopback TCP as the administrative role, with the
+/// password the operator keeps for it in the libpq password file (see
+/// [`admin`]). This is how keyferry writes on its own server.
 pub(crate) fn local_admin(
     pg_data: &Path,
     socket_dir: Option<&Path>,
@@ -235,37 +238,123 @@ pub(crate) fn local_admin(
     let dir = pid
         .and_then(|p| p.socket_dir)
         .or_else(|| socket_dir.map(Path::to_path_buf));
-    let no_way = |message: String| PgError::Protocol {
-        target: pg_data.display().to_string(),
-        message,
-    };
-    if cfg!(windows) {
-        return Err(no_way(
-            "writing on the local server needs its Unix socket, which Windows does not have".into(),
-        ));
-    }
-    let dir = dir.ok_or_else(|| {
-        no_way(
-            "the local server's socket directory is not known: set pg_socket_dir in ha.toml".into(),
-        )
-    })?;
-    let (owner, account) = crate::actor::owner_name(pg_data)
-        .zip(pg::peer::Owner::of(pg_data))
-        .ok_or_else(|| no_way("the data directory's owner is not known".into()))?;
-    let endpoint = Endpoint::Socket { dir, port };
-    let target = format!("{endpoint} as {owner}");
-    let mut client = pg::connect_as_owner(
-        &ConnSpec {
-            endpoint: &endpoint,
-            user: &owner,
-            dbname: pg::MAINTENANCE_DB,
-            password: None,
-            timeout,
-        },
-        account,
-    )?;
+    let (mut client, target) = admin::connect(pg_data, dir, port, timeout)?;
     pg::monitor::bound_statements(&mut client, &target, timeout.max(Duration::from_secs(30)))?;
     Ok((client, target))
+}
+
+/// The administrative connection's platform part: how keyferry proves to
+/// its own server that it is its administrator.
+#[cfg(unix)]
+mod admin {
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    use postgres::Client;
+
+    use crate::pg::{self, ConnSpec, Endpoint, PgError};
+
+    /// The Unix socket in `dir` as the data directory's owner (`peer`).
+    pub(super) fn connect(
+        pg_data: &Path,
+        dir: Option<PathBuf>,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<(Client, String), PgError> {
+        let no_way = |message: String| PgError::Protocol {
+            target: pg_data.display().to_string(),
+            message,
+        };
+        let dir = dir.ok_or_else(|| {
+            no_way(
+                "the local server's socket directory is not known: set pg_socket_dir in ha.toml"
+                    .into(),
+            )
+        })?;
+        let (owner, account) = crate::actor::owner_name(pg_data)
+            .zip(pg::peer::Owner::of(pg_data))
+            .ok_or_else(|| no_way("the data directory's owner is not known".into()))?;
+        let endpoint = Endpoint::Socket { dir, port };
+        let target = format!("{endpoint} as {owner}");
+        let client = pg::connect_as_owner(
+            &ConnSpec {
+                endpoint: &endpoint,
+                user: &owner,
+                dbname: pg::MAINTENANCE_DB,
+                password: None,
+                timeout,
+            },
+            account,
+        )?;
+        Ok((client, target))
+    }
+}
+
+/// Windows has no Unix socket and no `peer` authentication: the local
+/// server is reached over loopback TCP (`127.0.0.1`, which initdb's
+/// `pg_hba.conf` admits with a password) as the role [`ADMIN_USER`], with
+/// the password the operator already keeps for it in the libpq password
+/// file (`PGPASSFILE`, else `%APPDATA%\postgresql\pgpass.conf`, a line
+/// `127.0.0.1:PORT:*:postgres:PASSWORD` or `localhost:…`). No line: the
+/// connection is tried without a password (a `trust` rule admits it), and
+/// a refusal says where the password goes.
+#[cfg(windows)]
+mod admin {
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    use postgres::Client;
+
+    use crate::pg::{self, passfile, ConnSpec, Endpoint, PgError};
+
+    /// The administrative role on Windows: the superuser the PostgreSQL
+    /// installer creates.
+    pub(crate) const ADMIN_USER: &str = "postgres";
+    const LOOPBACK: &str = "127.0.0.1";
+
+    pub(super) fn connect(
+        _pg_data: &Path,
+        _dir: Option<PathBuf>,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<(Client, String), PgError> {
+        let password = [LOOPBACK, "localhost"].into_iter().find_map(|host| {
+            passfile::find(passfile::Key {
+                host,
+                port,
+                database: pg::MAINTENANCE_DB,
+                user: ADMIN_USER,
+            })
+        });
+        let endpoint = Endpoint::Tcp {
+            host: LOOPBACK.into(),
+            port,
+        };
+        let target = format!("{endpoint} as {ADMIN_USER}");
+        let spec = ConnSpec {
+            endpoint: &endpoint,
+            user: ADMIN_USER,
+            dbname: pg::MAINTENANCE_DB,
+            password: password.as_ref().map(|p| p.as_bytes()),
+            timeout,
+        };
+        match pg::connect(&spec) {
+            Ok(client) => Ok((client, target)),
+            Err(PgError::Server { code, message, .. }) if code == "28P01" || code == "28000" => {
+                let file = passfile::expected_path().map_or_else(
+                    || "%APPDATA%\\postgresql\\pgpass.conf".to_owned(),
+                    |(p, _)| p.display().to_string(),
+                );
+                Err(PgError::Protocol {
+                    target,
+                    message: format!(
+                        "{message}; keyferry reaches its own server on Windows as {ADMIN_USER} over loopback: put that role's password in {file} as the line {LOOPBACK}:{port}:*:{ADMIN_USER}:PASSWORD (readable by this account only)"
+                    ),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
 }
 
 #[cfg(test)]

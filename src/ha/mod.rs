@@ -61,6 +61,7 @@ pub(crate) mod preflight;
 pub mod prepare;
 pub mod role;
 pub(crate) mod service;
+pub(crate) mod winsvc;
 
 pub use addr::PeerAddr;
 pub use error::{AddrRejection, Error, MarkerProblem};

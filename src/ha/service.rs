@@ -23,7 +23,9 @@
 //!   pipe would not reach end-of-file while the server runs.
 //!
 //! That file is `<data>.pg_ctl.log` beside the data directory, the one
-//! `pg_ctl start -l` already writes the server's log to: one file to name in
+//! `pg_ctl start -l` already writes the server's log to (on Windows the
+//! server writes it through the output it inherits, see
+//! [`server_log_args`]): one file to name in
 //! messages, outside the data directory so a base backup does not copy it,
 //! and in a directory the data directory's owner can write. keyferry
 //! appends to it, creates it owner-only and (as root) gives it to the data
@@ -131,7 +133,7 @@ impl Server {
                 args.extend(["-w".into(), "-t".into(), timeout.into()]);
                 match op {
                     Op::Start => {
-                        args.extend(["-l".into(), self.pg_ctl_log().into()]);
+                        args.extend(server_log_args(self.pg_ctl_log()));
                         if !self.start_settings.is_empty() {
                             let options: Vec<String> = self
                                 .start_settings
@@ -295,6 +297,23 @@ impl Server {
     }
 }
 
+/// `pg_ctl start`'s arguments that send the server's log to `log`, the
+/// file keyferry already gives `pg_ctl` as its output.
+#[cfg(unix)]
+fn server_log_args(log: PathBuf) -> Vec<OsString> {
+    vec!["-l".into(), log.into()]
+}
+
+/// None on Windows: there `pg_ctl -l` has the server started through
+/// `cmd /C "… >> log"`, and cmd's opening of the file conflicts with the
+/// handle keyferry holds on that same file for `pg_ctl`'s output (a sharing
+/// violation, and the server does not start). Without `-l` the server
+/// writes to the output it inherits from `pg_ctl`, which is that file.
+#[cfg(windows)]
+fn server_log_args(_log: PathBuf) -> Vec<OsString> {
+    Vec::new()
+}
+
 /// As root, gives `file` to the owner (and group) of `data`, the account
 /// `pg_ctl` and the server run as (see [`pg::as_owner_of`]); otherwise the
 /// caller, who runs them, owns it already.
@@ -358,6 +377,24 @@ fn op_word(op: Op) -> &'static str {
     }
 }
 
+/// The data directory and the programs' directory of the Windows service
+/// `name`, from its command line in the service manager (what `sc qc`
+/// shows as BINARY_PATH_NAME; see [`super::winsvc`]).
+#[cfg(windows)]
+pub(crate) fn service_paths(name: &str) -> Result<super::winsvc::ServicePaths, String> {
+    let line = scm::command_line(name)
+        .map_err(|e| format!("the service manager cannot show service {name}: {e}"))?;
+    super::winsvc::parse_command_line(&line).map_err(|e| format!("service {name}: {e}"))
+}
+
+/// Only Windows has a service manager to ask.
+#[cfg(unix)]
+pub(crate) fn service_paths(name: &str) -> Result<super::winsvc::ServicePaths, String> {
+    Err(format!(
+        "service {name}: the Windows service manager exists only on Windows"
+    ))
+}
+
 /// Why the server could not be started or stopped.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ServiceError {
@@ -395,9 +432,10 @@ mod scm {
         GetLastError, ERROR_SERVICE_ALREADY_RUNNING, ERROR_SERVICE_NOT_ACTIVE,
     };
     use windows_sys::Win32::System::Services::{
-        CloseServiceHandle, ControlService, OpenSCManagerW, OpenServiceW, QueryServiceStatus,
-        StartServiceW, SC_HANDLE, SC_MANAGER_CONNECT, SERVICE_CONTROL_STOP, SERVICE_QUERY_STATUS,
-        SERVICE_RUNNING, SERVICE_START, SERVICE_STATUS, SERVICE_STOP, SERVICE_STOPPED,
+        CloseServiceHandle, ControlService, OpenSCManagerW, OpenServiceW, QueryServiceConfigW,
+        QueryServiceStatus, StartServiceW, QUERY_SERVICE_CONFIGW, SC_HANDLE, SC_MANAGER_CONNECT,
+        SERVICE_CONTROL_STOP, SERVICE_QUERY_CONFIG, SERVICE_QUERY_STATUS, SERVICE_RUNNING,
+        SERVICE_START, SERVICE_STATUS, SERVICE_STOP, SERVICE_STOPPED,
     };
 
     use super::Op;
@@ -414,6 +452,46 @@ mod scm {
 
     fn wide(s: &str) -> Vec<u16> {
         s.encode_utf16().chain(std::iter::once(0)).collect()
+    }
+
+    /// The command line the service `name` runs (`BINARY_PATH_NAME`).
+    pub(crate) fn command_line(name: &str) -> io::Result<String> {
+        // SAFETY: null machine and database names select the local SCM.
+        let manager =
+            unsafe { OpenSCManagerW(std::ptr::null(), std::ptr::null(), SC_MANAGER_CONNECT) };
+        if manager.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        let manager = Handle(manager);
+        let wname = wide(name);
+        // SAFETY: `wname` is NUL-terminated and outlives the call.
+        let service = unsafe { OpenServiceW(manager.0, wname.as_ptr(), SERVICE_QUERY_CONFIG) };
+        if service.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        let service = Handle(service);
+        let mut needed: u32 = 0;
+        // SAFETY: a null buffer of size 0 asks for the size needed.
+        unsafe { QueryServiceConfigW(service.0, std::ptr::null_mut(), 0, &mut needed) };
+        // u64 elements keep the buffer aligned for QUERY_SERVICE_CONFIGW.
+        let mut buffer = vec![0u64; (needed as usize).div_ceil(8).max(1)];
+        let size = u32::try_from(buffer.len() * 8).unwrap_or(u32::MAX);
+        let config = buffer.as_mut_ptr().cast::<QUERY_SERVICE_CONFIGW>();
+        // SAFETY: `buffer` holds `size` writable, aligned bytes.
+        if unsafe { QueryServiceConfigW(service.0, config, size, &mut needed) } == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: on success the structure is filled and its string
+        // pointers point into `buffer`, NUL-terminated.
+        let path = unsafe { (*config).lpBinaryPathName };
+        if path.is_null() {
+            return Ok(String::new());
+        }
+        // SAFETY: `path` is a NUL-terminated UTF-16 string inside `buffer`.
+        let len = (0..).take_while(|&i| unsafe { *path.add(i) } != 0).count();
+        // SAFETY: the `len` elements before the NUL are initialised.
+        let wide = unsafe { std::slice::from_raw_parts(path, len) };
+        Ok(String::from_utf16_lossy(wide))
     }
 
     /// Asks the SCM to start or stop `name` and waits (bounded by
@@ -529,19 +607,17 @@ mod tests {
         assert_eq!(program, &pg::program(&s.pg_bin, "pg_ctl"));
         assert!(as_data_owner);
         let log = Path::new("/var/lib/postgresql/15").join("main.pg_ctl.log");
-        assert_eq!(
-            args(&start),
-            [
-                "start",
-                "-D",
-                "/var/lib/postgresql/15/main",
-                "-w",
-                "-t",
-                "60",
-                "-l",
-                &log.display().to_string()
-            ]
-        );
+        let mut expected: Vec<String> = ["start", "-D", "/var/lib/postgresql/15/main", "-w"]
+            .into_iter()
+            .chain(["-t", "60"])
+            .map(String::from)
+            .collect();
+        if cfg!(unix) {
+            // On Windows the server writes the same file through the
+            // output it inherits (see `server_log_args`).
+            expected.extend(["-l".to_owned(), log.display().to_string()]);
+        }
+        assert_eq!(args(&start), expected);
         assert_eq!(
             args(&s.plan(Op::Stop)),
             [

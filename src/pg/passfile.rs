@@ -43,6 +43,12 @@ pub(crate) fn default_path() -> Option<PathBuf> {
     path.is_file().then_some(path)
 }
 
+/// The password for `key` in the password file libpq would use, if there
+/// is one and a line matches; an unreadable or too open file gives none.
+pub(crate) fn find(key: Key<'_>) -> Option<Zeroizing<String>> {
+    lookup(&default_path()?, key).ok().flatten()
+}
+
 /// The password file libpq would look at, whether or not it exists, and
 /// whether `PGPASSFILE` named it: for messages that say where a missing
 /// password is read from.

@@ -98,7 +98,11 @@ impl PostmasterPid {
     /// Where the server answers on this machine, best first, on `port`
     /// (the file's own unless the caller overrides it): its Unix socket
     /// (Unix only), then its listen address over TCP (a wildcard address
-    /// becomes loopback). Empty for a single-user backend.
+    /// becomes loopback). On Windows, where there is no socket, loopback
+    /// comes before a listen address of another kind: the file names only
+    /// the first of `listen_addresses`, and initdb's `pg_hba.conf` admits
+    /// the local administrator on loopback alone. Empty for a single-user
+    /// backend.
     pub fn endpoints(&self, port: u16) -> Vec<Endpoint> {
         if self.pid < 0 {
             return Vec::new();
@@ -118,6 +122,12 @@ impl PostmasterPid {
                 "::" => "::1",
                 other => other,
             };
+            if cfg!(windows) && !matches!(host, "127.0.0.1" | "::1" | "localhost") {
+                endpoints.push(Endpoint::Tcp {
+                    host: "127.0.0.1".to_owned(),
+                    port,
+                });
+            }
             endpoints.push(Endpoint::Tcp {
                 host: host.to_owned(),
                 port,
@@ -186,6 +196,20 @@ mod tests {
                 port: 5432
             }]
         );
+        let node = parse("17\nC:\\pg\\data\n1764586000\n5432\n\n10.0.0.1\n").unwrap();
+        let on = |host: &str| Endpoint::Tcp {
+            host: host.into(),
+            port: 5432,
+        };
+        if cfg!(windows) {
+            assert_eq!(
+                node.endpoints(5432),
+                [on("127.0.0.1"), on("10.0.0.1")],
+                "no socket: loopback, where initdb admits the administrator, first"
+            );
+        } else {
+            assert_eq!(node.endpoints(5432), [on("10.0.0.1")]);
+        }
         let single_user = parse("-17\n/d\n1\n5432\n/run/pg\n*\n").unwrap();
         assert!(single_user.endpoints(5432).is_empty());
     }

@@ -4,10 +4,13 @@
 //! shut down cleanly, and starting the server normally to get there would
 //! make the demoted node a writable primary for a moment.
 //!
-//! Invariants: the server never listens (single-user mode opens no socket
-//! and reads its one session from the null device, so it ends as soon as
-//! recovery does); it runs as the data directory's owner, tied to
-//! keyferry; archiving is on with a command that always fails, so the
+//! Invariants: no one can use the server meanwhile: on Unix it never
+//! listens (single-user mode opens no socket and reads its one session
+//! from the null device, so it ends as soon as recovery does) and runs as
+//! the data directory's owner, tied to keyferry; on Windows, where
+//! single-user mode is refused to an administrator, `pg_ctl` starts it on
+//! loopback behind a `pg_hba.conf` that rejects everyone and stops it at
+//! once (see `platform`), its output in `<data>.keyferry-recovery.log`; archiving is on with a command that always fails, so the
 //! checkpoints it writes keep every WAL segment (`pg_rewind` reads this
 //! node's WAL from the last common checkpoint on, and nothing is archived
 //! from a node that no longer owns the pair's history). The outcome is
@@ -29,9 +32,8 @@
 
 use std::path::Path;
 
-use super::child::tied_command;
-use super::rewind::{last_lines, run_tied, RewindError};
-use super::{controldata, prepare_program};
+use super::controldata;
+use super::rewind::{last_lines, RewindError};
 
 /// The cluster state `pg_controldata` shows after a clean shutdown.
 pub(crate) const SHUT_DOWN: &str = "shut down";
@@ -57,27 +59,10 @@ pub(crate) enum RecoveryError {
 /// Runs crash recovery on the stopped data directory `data` (whose server
 /// is not running) and checks that it ends shut down cleanly.
 pub(crate) fn recover(pg_bin: &Path, data: &Path) -> Result<(), RecoveryError> {
-    let program = super::program(pg_bin, "postgres");
-    let mut command = tied_command(&program);
-    prepare_program(&mut command, Some(data));
-    command
-        .arg("--single")
-        .arg("-D")
-        .arg(data)
-        .args(["-c", "archive_mode=on", "-c", "archive_command=false"])
-        // A replica's settings must not turn the recovery into a standby
-        // waiting for WAL that never comes.
-        .args(["-c", "hot_standby=off"]);
-    let syncfs = super::syncfs::usable(data);
-    if syncfs {
-        command.args(["-c", "recovery_init_sync_method=syncfs"]);
-    }
-    command.arg("template1");
-    tracing::info!(syncfs, "postgres --single: crash recovery starts");
-    let said = run_tied(&program, &mut command)?;
+    let said = platform::run(pg_bin, data)?;
     let text = format!("{}\n{}", said.out, said.err);
-    tracing::debug!(said = %text, status = %said.status, "postgres --single");
-    tracing::info!(status = %said.status, "postgres --single ended");
+    tracing::debug!(said = %text, status = %said.status, "crash recovery");
+    tracing::info!(status = %said.status, "crash recovery ended");
     let control =
         controldata(pg_bin, data).map_err(|e| RecoveryError::Unreadable(e.to_string()))?;
     if control.state != SHUT_DOWN || !said.status.success() {
@@ -87,6 +72,140 @@ pub(crate) fn recover(pg_bin: &Path, data: &Path) -> Result<(), RecoveryError> {
         });
     }
     Ok(())
+}
+
+#[cfg(unix)]
+mod platform {
+    use std::path::Path;
+
+    use super::super::child::tied_command;
+    use super::super::prepare_program;
+    use super::super::rewind::{run_tied, RewindError, Said};
+
+    /// `postgres --single`: no socket at all.
+    pub(super) fn run(pg_bin: &Path, data: &Path) -> Result<Said, RewindError> {
+        let program = super::super::program(pg_bin, "postgres");
+        let mut command = tied_command(&program);
+        prepare_program(&mut command, Some(data));
+        command
+            .arg("--single")
+            .arg("-D")
+            .arg(data)
+            .args(["-c", "archive_mode=on", "-c", "archive_command=false"])
+            // A replica's settings must not turn the recovery into a standby
+            // waiting for WAL that never comes.
+            .args(["-c", "hot_standby=off"]);
+        let syncfs = super::super::syncfs::usable(data);
+        if syncfs {
+            command.args(["-c", "recovery_init_sync_method=syncfs"]);
+        }
+        command.arg("template1");
+        tracing::info!(syncfs, "postgres --single: crash recovery starts");
+        run_tied(&program, &mut command)
+    }
+}
+
+/// Windows: `postgres.exe` refuses to run under a token with
+/// administrative rights, which keyferry has (it runs elevated), and only
+/// PostgreSQL's own programs drop them (a restricted token) before they
+/// start it: single-user mode is out of reach. So `pg_ctl` starts the
+/// server for its recovery and stops it at once (fast: the shutdown
+/// checkpoint `pg_rewind` needs), and no one can use it meanwhile: it
+/// listens on loopback alone, on a port just found free, with a
+/// `pg_hba.conf` of its own that rejects every connection; archiving is
+/// on with a command that always fails and autovacuum off, as above.
+#[cfg(windows)]
+mod platform {
+    use std::fs::File;
+    use std::path::Path;
+    use std::process::{Command, Stdio};
+
+    use super::super::prepare_program;
+    use super::super::rewind::{RewindError, Said};
+
+    const REJECT_ALL: &str = "host all all 0.0.0.0/0 reject\r\nhost all all ::/0 reject\r\n";
+
+    pub(super) fn run(pg_bin: &Path, data: &Path) -> Result<Said, RewindError> {
+        let program = super::super::program(pg_bin, "pg_ctl");
+        let name = program.display().to_string();
+        let failed = |said: String| RewindError::Failed {
+            program: name.clone(),
+            said,
+        };
+        let beside = |suffix: &str| {
+            let mut p = data.as_os_str().to_owned();
+            p.push(suffix);
+            std::path::PathBuf::from(p)
+        };
+        let hba = beside(".keyferry-recovery-hba.conf");
+        let log = beside(".keyferry-recovery.log");
+        std::fs::write(&hba, REJECT_ALL)
+            .map_err(|e| failed(format!("cannot write {}: {e}", hba.display())))?;
+        let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .and_then(|l| l.local_addr())
+            .map_err(|e| failed(format!("no free loopback port: {e}")))?
+            .port();
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -c port={port} -c \"hba_file={}\" -c archive_mode=on -c archive_command=false -c hot_standby=off -c autovacuum=off",
+            hba.display()
+        );
+        // Never a pipe: the server inherits pg_ctl's output and keeps it.
+        let pg_ctl = |args: &[&std::ffi::OsStr]| -> Result<std::process::ExitStatus, RewindError> {
+            let out = File::options()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .map_err(|e| failed(format!("cannot open {}: {e}", log.display())))?;
+            let err = out.try_clone().map_err(|e| failed(e.to_string()))?;
+            let mut command = Command::new(&program);
+            prepare_program(&mut command, Some(data));
+            command
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .status()
+                .map_err(|e| RewindError::CannotRun {
+                    program: name.clone(),
+                    message: e.to_string(),
+                })
+        };
+        tracing::info!(
+            port,
+            "pg_ctl: crash recovery starts (loopback only, every connection rejected)"
+        );
+        let started = pg_ctl(&[
+            "start".as_ref(),
+            "-w".as_ref(),
+            "-t".as_ref(),
+            "3600".as_ref(),
+            "-D".as_ref(),
+            data.as_os_str(),
+            "-o".as_ref(),
+            options.as_ref(),
+        ]);
+        let stopped = pg_ctl(&[
+            "stop".as_ref(),
+            "-w".as_ref(),
+            "-t".as_ref(),
+            "3600".as_ref(),
+            "-D".as_ref(),
+            data.as_os_str(),
+            "-m".as_ref(),
+            "fast".as_ref(),
+        ]);
+        let _ = std::fs::remove_file(&hba);
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let status = match (started?, stopped?) {
+            (s, _) if !s.success() => s,
+            (_, s) => s,
+        };
+        Ok(Said {
+            status,
+            out: text,
+            err: String::new(),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -226,6 +226,14 @@ pub(crate) fn bootstrap(
             obs.step("the copy had not been swapped in: undoing it and starting over");
             change.abort()?;
             let yes = opts.yes || state.data.confirmed;
+            // Over again with the interrupted run's slot, unless the
+            // operator names one now: without it the replica would stream
+            // with no slot, and the primary could remove WAL it still needs.
+            let again = BootstrapOptions {
+                slot: opts.slot.clone().or(state.data.slot),
+                ..opts.clone()
+            };
+            let cx = &Pair::new(home, cx.config.clone(), opts.timeout, &again);
             fresh(cx, obs, &mut node, &password, yes)
         }
         Mode::Run => {

@@ -597,18 +597,11 @@ fn connect_admin(
             Endpoint::Tcp { host, port } => (host.clone(), *port),
             Endpoint::Socket { port, .. } => ("localhost".to_owned(), *port),
         };
-        let password = passfile::default_path().and_then(|path| {
-            passfile::lookup(
-                &path,
-                passfile::Key {
-                    host: &host,
-                    port,
-                    database: pg::MAINTENANCE_DB,
-                    user,
-                },
-            )
-            .ok()
-            .flatten()
+        let password = passfile::find(passfile::Key {
+            host: &host,
+            port,
+            database: pg::MAINTENANCE_DB,
+            user,
         });
         let spec = ConnSpec {
             endpoint,
