@@ -5,7 +5,8 @@
 //! Scheduler), each a separate keyferry home, share one registry. After one
 //! password bundle each (which pins the pair's signing key), the primary
 //! approves every host by the code read off it, and a full rotation (stage,
-//! promote, disable, destroy) is driven from the primary alone: every change
+//! promote, rewrap of the stored secrets, disable, destroy) is driven from
+//! the primary alone: every change
 //! distributes, every host syncs on its own, and `keyferry nodes` ends with
 //! all agreeing. Then each attack a registry (database) compromise can
 //! make is refused with a clear message and changes nothing on the host,
@@ -248,6 +249,36 @@ fn a_full_rotation_driven_from_the_primary() {
         assert_eq!(n["distribution"], expected, "{n}");
     }
 
+    // The application's stored secrets, under key 1, rewrapped below.
+    let keyring = |n: &Node| {
+        keyferry::keyring::Keyring::from_json(&fs::read(n.home.join("keyring.json")).unwrap())
+            .unwrap()
+    };
+    let mut app = f.reg.server.connect_as("kf", REG_PASSWORD);
+    app.batch_execute("CREATE TABLE app_creds (id bigint PRIMARY KEY, secret text NOT NULL)")
+        .unwrap();
+    let k1 = keyring(&f.primary);
+    for id in 1..=20i64 {
+        let sealed = k1
+            .encrypt_text(format!("secret {id}").as_bytes(), id.to_string().as_bytes())
+            .unwrap();
+        app.execute("INSERT INTO app_creds VALUES ($1, $2)", &[&id, &sealed])
+            .unwrap();
+    }
+    let target = [
+        "--dsn",
+        f.reg.dsn.as_str(),
+        "--table",
+        "app_creds",
+        "--column",
+        "secret",
+        "--aad",
+        "{id}",
+    ];
+    let mut add = vec!["rewrap", "add-target"];
+    add.extend(target);
+    ok(&kf(&f.primary, &f.reg, &add));
+
     // Stage: distributed at once; promote waits for every node.
     let out = ok(&kf(&f.primary, &f.reg, &["rotate", "--stage"]));
     assert!(out.contains("for 3 host(s)"), "{out}");
@@ -262,7 +293,13 @@ fn a_full_rotation_driven_from_the_primary() {
     ok(&kf(&f.primary, &f.reg, &["promote", "2"]));
     f.sync_all();
     f.all_agree();
-    // (rewrap: no stored values in this test; the census has no targets)
+    // disable waits for the stored values: rewrap them under key 2.
+    refused(
+        &kf(&f.primary, &f.reg, &["disable", "1"]),
+        12,
+        "20 stored value(s)",
+    );
+    ok(&kf(&f.primary, &f.reg, &["rewrap"]));
     ok(&kf(&f.primary, &f.reg, &["disable", "1"]));
     f.sync_all();
     f.all_agree();
@@ -278,6 +315,13 @@ fn a_full_rotation_driven_from_the_primary() {
     assert_same(&before, &snapshot(&f.action.home));
     for n in [&f.primary, &f.secondary, &f.action, &f.scheduler] {
         ok(&n.cmd().args(["audit", "verify"]).output().unwrap());
+    }
+    // Every stored secret opens under the keyring the hosts now hold.
+    let k2 = keyring(&f.action);
+    for row in app.query("SELECT id, secret FROM app_creds", &[]).unwrap() {
+        let (id, sealed): (i64, String) = (row.get(0), row.get(1));
+        let plain = k2.decrypt_text(&sealed, id.to_string().as_bytes()).unwrap();
+        assert_eq!(plain.as_slice(), format!("secret {id}").as_bytes());
     }
     // Key 1 is gone everywhere.
     let keys: Value = serde_json::from_str(&ok(&f
