@@ -790,10 +790,13 @@ fn finish(
     ] {
         change.set_detail(k, v);
     }
-    if config.demoted {
-        // A node that lost the primary role is a replica again.
-        super::roles::clear_demoted(&mut change, home, config)?;
-    }
+    // A node that lost the primary role is a replica again; the status
+    // below is read with the ha.toml just written, not the demoted one.
+    let config = &if config.demoted {
+        super::roles::clear_demoted(&mut change, home, config)?
+    } else {
+        config.clone()
+    };
     let receipt = change.finish()?;
     report.audited = receipt.audited;
     let creds = Credentials::Given(Zeroizing::new(password.as_bytes().to_vec()));

@@ -291,10 +291,16 @@ pub(crate) fn sync(
 
 /// Clears `demoted` in this node's `ha.toml` once it runs as a replica
 /// again (`ha rejoin`, `ha bootstrap`), inside the caller's change.
-pub(crate) fn clear_demoted(change: &mut Change<'_>, home: &Home, config: &HaConfig) -> Result<()> {
+/// Returns the configuration it wrote.
+pub(crate) fn clear_demoted(
+    change: &mut Change<'_>,
+    home: &Home,
+    config: &HaConfig,
+) -> Result<HaConfig> {
     let mut next = config.clone();
     next.demoted = false;
-    save_config(change, home, &next)
+    save_config(change, home, &next)?;
+    Ok(next)
 }
 
 #[cfg(test)]
