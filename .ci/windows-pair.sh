@@ -31,7 +31,14 @@
 #   5. the same servers as Windows services (pg_ctl register), ha.toml's
 #      [service] method = "windows_service" (on b with no pg_bin/pg_data:
 #      read from the service's command line): ha start through the service
-#      manager, ha status, ha switchover with the writer, ha stop/ha start.
+#      manager, ha status, ha switchover with the writer, ha stop/ha start
+#      of the replica, then of the primary (wal_log_hints turned off on it);
+#      the primary's service stopped (sc stop), ha failover; ha guard and
+#      ha start refused on the old primary (exit 13), its service staying
+#      STOPPED; ha rejoin, which cannot use pg_rewind there (neither
+#      wal_log_hints nor data checksums) and bootstraps through the service
+#      manager instead, the old data directory kept as <data>.old-<time>;
+#      ha status on both, the rows compared.
 #
 # keyferry reaches its own server on Windows over loopback TCP as
 # postgres, with the password in %APPDATA%\postgresql\pgpass.conf (see
@@ -539,34 +546,49 @@ status_ok b "$ADDR_B"
 psql_on b "insert into kf_check select g, md5(g::text) from generate_series(1001, 1500) g" >/dev/null
 same_rows b a
 
+# `fail_away OLD NEW STOPPED`: OLD's server is already down; ha failover
+# on NEW, then ha guard and ha start on OLD refused (exit 13) with OLD's
+# server still down, as the command STOPPED OLD says.
+fail_away() {
+    local old=$1 new=$2 stopped=$3 rc=0
+    must "$new: ha failover ($old's server stopped)" kf "$new" ha failover "${TMO[@]}" --password-file "$REP_PW_FILE"
+    echo "$LAST" | sed 's/^/    /' | tail -n 6
+    if [[ "$(psql_on "$new" 'select pg_is_in_recovery()')" == f ]]; then
+        pass "$new: runs as primary after the failover"
+    else
+        fail "$new: not a primary after the failover"
+    fi
+    capture kf "$old" ha guard "${TMO[@]}" --password-file "$REP_PW_FILE" || rc=$?
+    if ((rc == 13)); then
+        pass "$old: ha guard refuses the old primary (exit 13): $(tail -n1 <<<"$LAST")"
+    else
+        printf '%s\n' "$LAST" | tail -n 5
+        fail "$old: ha guard exit $rc, expected 13"
+    fi
+    rc=0
+    capture kf "$old" ha start "${TMO[@]}" --password-file "$REP_PW_FILE" || rc=$?
+    local why
+    if ((rc == 13)) && why=$("$stopped" "$old"); then
+        pass "$old: ha start refuses too (exit 13), $why"
+    else
+        printf '%s\n' "$LAST" | tail -n 5
+        fail "$old: ha start exit $rc, expected 13 and no server ($why)"
+    fi
+}
+# `server_down HOST`: no postmaster.pid in HOST's data directory.
+server_down() {
+    if [[ -f "$(data_of "$1")/postmaster.pid" ]]; then
+        echo "postmaster.pid is there"
+        return 1
+    fi
+    echo "the server stays stopped"
+}
 log "ha failover (the primary's server stopped), guard, rejoin"
 t=$SECONDS
 # The primary b goes away: its server stopped behind keyferry's back.
 wine_on b "$PG_BIN/pg_ctl.exe" stop -D "$(data_of b)" -m fast -w >"$WORK/b/kill.out" 2>&1 </dev/null
-must "a: ha failover (b's server stopped)" kf a ha failover "${TMO[@]}" --password-file "$REP_PW_FILE"
-echo "$LAST" | sed 's/^/    /' | tail -n 6
-if [[ "$(psql_on a 'select pg_is_in_recovery()')" == f ]]; then
-    pass "a: runs as primary after the failover"
-else
-    fail "a: not a primary after the failover"
-fi
+fail_away b a server_down
 psql_on a "insert into kf_check select g, md5(g::text) from generate_series(1501, 2000) g" >/dev/null
-rc=0
-capture kf b ha guard "${TMO[@]}" --password-file "$REP_PW_FILE" || rc=$?
-if ((rc == 13)); then
-    pass "b: ha guard refuses the old primary (exit 13): $(tail -n1 <<<"$LAST")"
-else
-    printf '%s\n' "$LAST" | tail -n 5
-    fail "b: ha guard exit $rc, expected 13"
-fi
-rc=0
-capture kf b ha start "${TMO[@]}" --password-file "$REP_PW_FILE" || rc=$?
-if ((rc == 13)) && [[ ! -f "$(data_of b)/postmaster.pid" ]]; then
-    pass "b: ha start refuses too (exit 13), the server stays stopped"
-else
-    printf '%s\n' "$LAST" | tail -n 5
-    fail "b: ha start exit $rc, expected 13 and no server"
-fi
 # Someone starts b by hand, bypassing the guard, and writes on it: b's
 # history leaves a's. Stopped cleanly again, b must be rewound.
 wine_on b "$PG_BIN/pg_ctl.exe" start -w -D "$(data_of b)" -l "$WORK/b/pg_ctl.log" \
@@ -575,15 +597,18 @@ psql_on b "insert into kf_check values (-1, 'written on the old primary after th
 # And b crashes (immediate: no shutdown checkpoint): the rejoin needs
 # crash recovery before pg_rewind.
 wine_on b "$PG_BIN/pg_ctl.exe" stop -w -D "$(data_of b)" -m immediate >"$WORK/b/stop3.out" 2>&1 </dev/null
+# The new primary a keeps no WAL for b but through a slot (its own was
+# dropped when it became a replica): the rejoin names one, as its
+# wal_retention preflight asks.
 rc=0
-capture kf b ha rejoin "${TMO[@]}" --password-file "$REP_PW_FILE" || rc=$?
+capture kf b ha rejoin --slot pam_b "${TMO[@]}" --password-file "$REP_PW_FILE" || rc=$?
 if ((rc != 0)) && grep -q 'committed transaction' <<<"$LAST"; then
     pass "b: ha rejoin refuses to set aside a committed transaction without --force (exit $rc)"
 else
     printf '%s\n' "$LAST" | tail -n 6
     fail "b: ha rejoin over a committed transaction: exit $rc"
 fi
-must "b: ha rejoin --force" kf b ha rejoin --force "${TMO[@]}" --password-file "$REP_PW_FILE"
+must "b: ha rejoin --force" kf b ha rejoin --force --slot pam_b "${TMO[@]}" --password-file "$REP_PW_FILE"
 echo "$LAST" | sed 's/^/    /' | tail -n 8
 if grep -q 'is a replica of the new primary again (rewind, after crash recovery' <<<"$LAST"; then
     pass "b: replica of a again: crash recovery, then pg_rewind"
@@ -674,6 +699,81 @@ elif grep -q '^name = "kfpg"' "$WORK/b/home/ha.toml"; then
 else
     fail "b: ha.toml lost its [service]"
 fi
+
+# The primary b loses wal_log_hints (its cluster has no data checksums,
+# initdb's default), so that pg_rewind cannot be used on it after the
+# failover: its rejoin must fall back to a bootstrap that keeps the old
+# data directory aside.
+psql_on b "alter system set wal_log_hints = off" >/dev/null
+must "b: ha stop (primary, service)" kf b ha stop
+must "b: ha start (primary, service)" kf b ha start "${TMO[@]}" --password-file "$REP_PW_FILE"
+hints=$(psql_on b "show wal_log_hints")
+if [[ "$hints" == off && "$(service_state b)" == RUNNING ]]; then
+    pass "b: runs as primary through its service with wal_log_hints = off"
+else
+    fail "b: wal_log_hints is '$hints' after the restart, service '$(service_state b)'"
+fi
+psql_on b "insert into kf_check select g, md5(g::text) from generate_series(2001, 2500) g" >/dev/null
+same_rows b a
+
+log "windows_service: ha failover (the primary's service stopped), guard, rejoin"
+# `service_down HOST`: the service manager says STOPPED, and no server runs.
+service_down() {
+    local state
+    state=$(service_state "$1")
+    if [[ "$state" != STOPPED ]] || ! server_down "$1" >/dev/null; then
+        echo "service $state, postmaster.pid $([[ -f "$(data_of "$1")/postmaster.pid" ]] && echo present || echo absent)"
+        return 1
+    fi
+    echo "its service stays STOPPED"
+}
+# b's host goes away: an operator stops its service (`sc stop`, the
+# server's fast shutdown), behind keyferry's back.
+wine_on b sc stop "$SERVICE" >"$WORK/b/sc-stop.out" 2>&1 </dev/null || true
+for ((i = 0; i < 60; i++)); do
+    service_down b >/dev/null && break
+    sleep 0.5
+done
+if why=$(service_down b); then
+    pass "b: sc stop $SERVICE: $why"
+else
+    cat "$WORK/b/sc-stop.out"
+    fail "b: after sc stop, $why"
+    summary
+fi
+fail_away b a service_down
+psql_on a "insert into kf_check select g, md5(g::text) from generate_series(2501, 3000) g" >/dev/null
+# The bootstrap's kept directories so far: the rejoin adds one.
+kept_dirs() { compgen -G "$(data_of b).old-*" | sort || true; }
+kept_before=$(kept_dirs)
+must "b: ha rejoin through the service manager" kf b ha rejoin --slot pam_b "${TMO[@]}" --password-file "$REP_PW_FILE"
+echo "$LAST" | sed 's/^/    /' | tail -n 10
+if grep -q 'pg_rewind cannot be used' <<<"$LAST" && grep -q 'wal_log_hints' <<<"$LAST"; then
+    pass "b: the rejoin says pg_rewind cannot be used (no wal_log_hints) and bootstraps"
+else
+    fail "b: the rejoin did not fall back to a bootstrap"
+fi
+kept=$(comm -13 <(echo "$kept_before") <(kept_dirs))
+if [[ $(wc -l <<<"$kept") == 1 && -f "$kept/PG_VERSION" && -f "$kept/postgresql.auto.conf" ]] &&
+    grep -q "wal_log_hints = 'off'" "$kept/postgresql.auto.conf"; then
+    pass "b: its old data directory is kept aside as $(basename "$kept")"
+else
+    fail "b: no single kept $(basename "$(data_of b)").old-* with b's old cluster in it ('$kept')"
+fi
+if grep -q '^demoted = true' "$WORK/b/home/ha.toml" || grep -q 'marked demoted' <<<"$LAST"; then
+    fail "b: still marked demoted after the rejoin (ha.toml or the rejoin's status)"
+else
+    pass "b: no longer demoted, in ha.toml and in the rejoin's status"
+fi
+state=$(service_state b)
+if [[ "$state" == RUNNING ]]; then
+    pass "b: the rejoin started the replica through the service ($state)"
+else
+    fail "b: after the rejoin the service is '$state'"
+fi
+status_ok a "$ADDR_A"
+status_ok b "$ADDR_A"
+same_rows a b
 echo "service method: $((SECONDS - t))s"
 
 summary
