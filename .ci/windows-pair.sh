@@ -38,7 +38,9 @@
 #      STOPPED; ha rejoin, which cannot use pg_rewind there (neither
 #      wal_log_hints nor data checksums) and bootstraps through the service
 #      manager instead, the old data directory kept as <data>.old-<time>;
-#      ha status on both, the rows compared.
+#      ha status on both, the rows compared; then ha stop and ha bootstrap
+#      --yes of the replica through the service (one more kept directory),
+#      the same.
 #
 # keyferry reaches its own server on Windows over loopback TCP as
 # postgres, with the password in %APPDATA%\postgresql\pgpass.conf (see
@@ -743,8 +745,29 @@ else
 fi
 fail_away b a service_down
 psql_on a "insert into kf_check select g, md5(g::text) from generate_series(2501, 3000) g" >/dev/null
-# The bootstrap's kept directories so far: the rejoin adds one.
+# `kept_dirs`: the <data>.old-* directories beside b's data directory.
 kept_dirs() { compgen -G "$(data_of b).old-*" | sort || true; }
+# `replaced_through_service WHAT BEFORE`: WHAT bootstrapped b through its
+# service: exactly one kept directory more than BEFORE, holding a cluster
+# (its path in KEPT), the service RUNNING, healthy on both, rows compared.
+replaced_through_service() {
+    local what=$1 before=$2 state
+    KEPT=$(comm -13 <(echo "$before") <(kept_dirs))
+    if [[ -n "$KEPT" && $(wc -l <<<"$KEPT") == 1 && -f "$KEPT/PG_VERSION" ]]; then
+        pass "b: $what kept the old data directory aside as $(basename "$KEPT")"
+    else
+        fail "b: $what left no single new $(basename "$(data_of b)").old-* with a cluster in it ('$KEPT')"
+    fi
+    state=$(service_state b)
+    if [[ "$state" == RUNNING ]]; then
+        pass "b: $what started the replica through the service ($state)"
+    else
+        fail "b: after $what the service is '$state'"
+    fi
+    status_ok a "$ADDR_A"
+    status_ok b "$ADDR_A"
+    same_rows a b
+}
 kept_before=$(kept_dirs)
 must "b: ha rejoin through the service manager" kf b ha rejoin --slot pam_b "${TMO[@]}" --password-file "$REP_PW_FILE"
 echo "$LAST" | sed 's/^/    /' | tail -n 10
@@ -753,27 +776,28 @@ if grep -q 'pg_rewind cannot be used' <<<"$LAST" && grep -q 'wal_log_hints' <<<"
 else
     fail "b: the rejoin did not fall back to a bootstrap"
 fi
-kept=$(comm -13 <(echo "$kept_before") <(kept_dirs))
-if [[ $(wc -l <<<"$kept") == 1 && -f "$kept/PG_VERSION" && -f "$kept/postgresql.auto.conf" ]] &&
-    grep -q "wal_log_hints = 'off'" "$kept/postgresql.auto.conf"; then
-    pass "b: its old data directory is kept aside as $(basename "$kept")"
-else
-    fail "b: no single kept $(basename "$(data_of b)").old-* with b's old cluster in it ('$kept')"
-fi
 if grep -q '^demoted = true' "$WORK/b/home/ha.toml" || grep -q 'marked demoted' <<<"$LAST"; then
     fail "b: still marked demoted after the rejoin (ha.toml or the rejoin's status)"
 else
     pass "b: no longer demoted, in ha.toml and in the rejoin's status"
 fi
-state=$(service_state b)
-if [[ "$state" == RUNNING ]]; then
-    pass "b: the rejoin started the replica through the service ($state)"
+replaced_through_service "the rejoin" "$kept_before"
+if [[ -f "$KEPT/postgresql.auto.conf" ]] && grep -q "wal_log_hints = 'off'" "$KEPT/postgresql.auto.conf"; then
+    pass "b: $(basename "$KEPT") is b's own old cluster (wal_log_hints = 'off' in it)"
 else
-    fail "b: after the rejoin the service is '$state'"
+    fail "b: $(basename "$KEPT") is not b's old cluster"
 fi
-status_ok a "$ADDR_A"
-status_ok b "$ADDR_A"
-same_rows a b
+
+log "windows_service: ha bootstrap of the replica"
+kept_before=$(kept_dirs)
+psql_on a "insert into kf_check select g, md5(g::text) from generate_series(3001, 3500) g" >/dev/null
+# The replica stopped first: its slot pam_b on a is active while it streams,
+# and the bootstrap refuses an active slot.
+must "b: ha stop (replica, service)" kf b ha stop
+must "b: ha bootstrap --yes through the service manager" \
+    kf b ha bootstrap --slot pam_b --yes "${TMO[@]}" --password-file "$REP_PW_FILE"
+echo "$LAST" | sed 's/^/    /' | tail -n 4
+replaced_through_service "the bootstrap" "$kept_before"
 echo "service method: $((SECONDS - t))s"
 
 summary
