@@ -20,46 +20,19 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
 use common::node::{assert_same, snapshot, Node};
-use common::pg::{PgOptions, PgServer};
+use common::registry::{Registry, REG_PASSWORD};
 use serde_json::Value;
 
-const REG_PASSWORD: &str = "registry-pw";
-
-struct Registry {
-    server: PgServer,
-    passfile: PathBuf,
-    dsn: String,
-}
-
 fn start(dir: &Path) -> Option<Registry> {
-    let server = PgServer::start_primary(PgOptions::default())?;
-    server
-        .connect()
-        .batch_execute(&format!(
-            "CREATE ROLE kf LOGIN PASSWORD '{REG_PASSWORD}'; GRANT CREATE ON SCHEMA public TO kf;"
-        ))
-        .unwrap();
-    let passfile = dir.join("pgpass");
-    fs::write(&passfile, format!("127.0.0.1:*:*:kf:{REG_PASSWORD}\n")).unwrap();
-    fs::set_permissions(&passfile, fs::Permissions::from_mode(0o600)).unwrap();
-    let port = server.port();
-    Some(Registry {
-        dsn: format!("host=127.0.0.1 port={port} user=kf dbname=postgres"),
-        server,
-        passfile,
-    })
+    Registry::start(dir)
 }
 
 fn kf(node: &Node, reg: &Registry, args: &[&str]) -> Output {
-    node.cmd()
-        .env("PGPASSFILE", &reg.passfile)
-        .args(args)
-        .output()
-        .unwrap()
+    reg.kf(node, args)
 }
 
 fn ok(out: &Output) -> String {

@@ -14,6 +14,8 @@ pub mod pair;
 #[cfg(unix)]
 pub mod pg;
 #[cfg(unix)]
+pub mod registry;
+#[cfg(unix)]
 pub mod switch;
 
 /// `keyferry --home HOME ARGS…` in this namespace, with no home or libpq
