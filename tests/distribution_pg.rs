@@ -24,26 +24,9 @@ use std::path::Path;
 use std::process::Output;
 
 use common::node::{assert_same, snapshot, Node};
-use common::registry::{Registry, REG_PASSWORD};
+use common::registry::{kf, start, Registry, REG_PASSWORD};
+use common::succeeded as ok;
 use serde_json::Value;
-
-fn start(dir: &Path) -> Option<Registry> {
-    Registry::start(dir)
-}
-
-fn kf(node: &Node, reg: &Registry, args: &[&str]) -> Output {
-    reg.kf(node, args)
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Fails with `code`, and says `says` on stderr.
 fn refused(out: &Output, code: i32, says: &str) {

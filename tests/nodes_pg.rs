@@ -18,31 +18,13 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
 use std::process::Output;
 
 use common::node::{assert_same, snapshot, Node};
 use common::pg::PgServer;
-use common::registry::{Registry, REG_PASSWORD};
+use common::registry::{kf, start, Registry, REG_PASSWORD};
+use common::succeeded as ok;
 use serde_json::Value;
-
-fn start(dir: &Path) -> Option<Registry> {
-    Registry::start(dir)
-}
-
-fn kf(node: &Node, reg: &Registry, args: &[&str]) -> Output {
-    reg.kf(node, args)
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// `nodes --json` on `node`: name -> (state, key ids).
 fn states(node: &Node, reg: &Registry) -> Vec<(String, String, Value)> {

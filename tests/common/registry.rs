@@ -52,3 +52,13 @@ impl Registry {
             .unwrap()
     }
 }
+
+/// [`Registry::start`], as the registry tests call it.
+pub fn start(dir: &Path) -> Option<Registry> {
+    Registry::start(dir)
+}
+
+/// [`Registry::kf`], as the registry tests call it.
+pub fn kf(node: &Node, reg: &Registry, args: &[&str]) -> Output {
+    reg.kf(node, args)
+}
