@@ -454,8 +454,10 @@ mod scm {
         s.encode_utf16().chain(std::iter::once(0)).collect()
     }
 
-    /// The command line the service `name` runs (`BINARY_PATH_NAME`).
-    pub(crate) fn command_line(name: &str) -> io::Result<String> {
+    /// The local service manager and the service `name` opened with
+    /// `access` (the manager's handle is returned so that it outlives the
+    /// service's).
+    fn open_service(name: &str, access: u32) -> io::Result<(Handle, Handle)> {
         // SAFETY: null machine and database names select the local SCM.
         let manager =
             unsafe { OpenSCManagerW(std::ptr::null(), std::ptr::null(), SC_MANAGER_CONNECT) };
@@ -465,11 +467,16 @@ mod scm {
         let manager = Handle(manager);
         let wname = wide(name);
         // SAFETY: `wname` is NUL-terminated and outlives the call.
-        let service = unsafe { OpenServiceW(manager.0, wname.as_ptr(), SERVICE_QUERY_CONFIG) };
+        let service = unsafe { OpenServiceW(manager.0, wname.as_ptr(), access) };
         if service.is_null() {
             return Err(io::Error::last_os_error());
         }
-        let service = Handle(service);
+        Ok((manager, Handle(service)))
+    }
+
+    /// The command line the service `name` runs (`BINARY_PATH_NAME`).
+    pub(crate) fn command_line(name: &str) -> io::Result<String> {
+        let (_manager, service) = open_service(name, SERVICE_QUERY_CONFIG)?;
         let mut needed: u32 = 0;
         // SAFETY: a null buffer of size 0 asks for the size needed.
         unsafe { QueryServiceConfigW(service.0, std::ptr::null_mut(), 0, &mut needed) };
@@ -497,21 +504,8 @@ mod scm {
     /// Asks the SCM to start or stop `name` and waits (bounded by
     /// `timeout`) until it reports running or stopped.
     pub(super) fn control(name: &str, op: Op, timeout: Duration) -> io::Result<()> {
-        // SAFETY: null machine and database names select the local SCM.
-        let manager =
-            unsafe { OpenSCManagerW(std::ptr::null(), std::ptr::null(), SC_MANAGER_CONNECT) };
-        if manager.is_null() {
-            return Err(io::Error::last_os_error());
-        }
-        let manager = Handle(manager);
-        let wname = wide(name);
         let access = SERVICE_START | SERVICE_STOP | SERVICE_QUERY_STATUS;
-        // SAFETY: `wname` is NUL-terminated and outlives the call.
-        let service = unsafe { OpenServiceW(manager.0, wname.as_ptr(), access) };
-        if service.is_null() {
-            return Err(io::Error::last_os_error());
-        }
-        let service = Handle(service);
+        let (_manager, service) = open_service(name, access)?;
         // SAFETY: SERVICE_STATUS is plain data; all zeroes is valid.
         let mut status: SERVICE_STATUS = unsafe { std::mem::zeroed() };
         let (ok, benign, want) = match op {
