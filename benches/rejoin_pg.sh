@@ -15,6 +15,12 @@
 #     kept aside as data.old-…).
 # Prints both, the ratio and the target: rewind <= 0.2 x bootstrap.
 #
+# The link between the hosts is shaped like the network between a pair's
+# two machines (LINK, default 1gbit: a token bucket, tc tbf, at that rate
+# on each end; this machine's kernel has no netem for a delay); LINK=none leaves the veth pair as it is, a memory copy on one
+# machine, on which a base backup of 1 GiB takes about a second and no
+# network a pair runs on is that fast. Both are reported in BENCHMARKS.md.
+#
 # The machine's load average is printed with each figure: on a shared
 # machine the syncs dominate and vary with other programs' writes, so
 # compare only within one run. The rejoin's step log includes the sync
@@ -23,6 +29,7 @@
 # Needs root, `ip netns`, PostgreSQL server binaries, ~4 GiB free under
 # TMPDIR. Usage: benches/rejoin_pg.sh [SCALE]
 # Environment: PROFILE (release|dev), WAL_KEEP (wal_keep_size, 256MB),
+# LINK (the link's rate for tc tbf, e.g. 1gbit or 10gbit; none),
 # KEYFERRY_BIN (a keyferry binary to measure instead of building one, e.g.
 # an older build to compare with).
 set -euo pipefail
@@ -58,6 +65,13 @@ ip link set "$va" netns "$a"; ip link set "$vb" netns "$b"
 ip -n "$a" addr add $A/24 dev "$va"; ip -n "$b" addr add $B/24 dev "$vb"
 for ns in "$a" "$b"; do ip -n "$ns" link set lo up; done
 ip -n "$a" link set "$va" up; ip -n "$b" link set "$vb" up
+link="${LINK:-1gbit}"
+if [ "$link" != none ]; then
+  for ns in "$a" "$b"; do
+    dev=$va; [ "$ns" = "$b" ] && dev=$vb
+    ip netns exec "$ns" tc qdisc add dev "$dev" root tbf rate "$link" burst 1mb latency 50ms
+  done
+fi
 
 mkdir -p "$work/a/sock" "$work/b/sock"
 chown -R postgres "$work/a" "$work/b"
@@ -133,6 +147,7 @@ kf_a ha bootstrap --yes --password-file "$work/pw" --timeout 600 2>&1 | stamp >"
 t1=$(now); boot=$(echo "$t1 - $t0" | bc)
 
 mib=$(echo "$size / 1048576" | bc)
+echo "link between the hosts: $link"
 echo "$(nproc) CPUs, profile $profile, PostgreSQL $("$pgbin/postgres" --version | awk '{print $3}'), scale $scale, databases $mib MiB, $rows rows of pgbench_accounts changed after the failover"
 echo "rejoin of the crashed primary (crash recovery + pg_rewind + streaming): $rewind s (load average $load_rejoin)"
 echo "fresh bootstrap of the same node:                                      $boot s (load average $load_boot)"
