@@ -10,7 +10,8 @@
 //! the data directory's owner, tied to keyferry; on Windows, where
 //! single-user mode is refused to an administrator, `pg_ctl` starts it on
 //! loopback behind a `pg_hba.conf` that rejects everyone and stops it at
-//! once (see `platform`), its output in `<data>.keyferry-recovery.log`; archiving is on with a command that always fails, so the
+//! once (see `platform`), its output in `<data>.keyferry-recovery.log`,
+//! the server in a job object that dies with keyferry; archiving is on with a command that always fails, so the
 //! checkpoints it writes keep every WAL segment (`pg_rewind` reads this
 //! node's WAL from the last common checkpoint on, and nothing is archived
 //! from a node that no longer owns the pair's history). The outcome is
@@ -118,8 +119,9 @@ mod platform {
 mod platform {
     use std::fs::File;
     use std::path::Path;
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
 
+    use super::super::child::{spawn_tied, tied_command, TiedChild};
     use super::super::prepare_program;
     use super::super::rewind::{RewindError, Said};
 
@@ -150,25 +152,33 @@ mod platform {
             hba.display()
         );
         // Never a pipe: the server inherits pg_ctl's output and keeps it.
-        let pg_ctl = |args: &[&std::ffi::OsStr]| -> Result<std::process::ExitStatus, RewindError> {
+        // Each pg_ctl runs in a job object that kills what is left in it
+        // when keyferry lets go of it, or dies: the server `pg_ctl start`
+        // leaves running is in the start's job, which is held until the
+        // stop has ended, so a keyferry killed meanwhile takes the
+        // recovery server with it (a crash the next run recovers from
+        // again) instead of leaving it running behind the reject-all file.
+        let pg_ctl = |args: &[&std::ffi::OsStr]| -> Result<(std::process::ExitStatus, TiedChild), RewindError> {
             let out = File::options()
                 .create(true)
                 .append(true)
                 .open(&log)
                 .map_err(|e| failed(format!("cannot open {}: {e}", log.display())))?;
             let err = out.try_clone().map_err(|e| failed(e.to_string()))?;
-            let mut command = Command::new(&program);
+            let cannot = |e: std::io::Error| RewindError::CannotRun {
+                program: name.clone(),
+                message: e.to_string(),
+            };
+            let mut command = tied_command(&program);
             prepare_program(&mut command, Some(data));
             command
                 .args(args)
                 .stdin(Stdio::null())
                 .stdout(out)
-                .stderr(err)
-                .status()
-                .map_err(|e| RewindError::CannotRun {
-                    program: name.clone(),
-                    message: e.to_string(),
-                })
+                .stderr(err);
+            let mut child = spawn_tied(&mut command).map_err(cannot)?;
+            let status = child.child_mut().wait().map_err(cannot)?;
+            Ok((status, child))
         };
         tracing::info!(
             port,
@@ -194,6 +204,8 @@ mod platform {
             "-m".as_ref(),
             "fast".as_ref(),
         ]);
+        // Only now may the start's job close: the server has stopped.
+        let (started, stopped) = (started.map(|(s, _job)| s), stopped.map(|(s, _job)| s));
         let _ = std::fs::remove_file(&hba);
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         let status = match (started?, stopped?) {
