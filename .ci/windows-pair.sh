@@ -351,14 +351,14 @@ echo "runbook before the bootstrap: $((SECONDS - t))s"
 
 log "ha bootstrap, killed during the copy: --abort, then --resume"
 t=$SECONDS
-# `killed_bootstrap`: starts b's bootstrap and kills keyferry.exe (its Unix
-# process, as a crash would) once pg_basebackup.exe runs; says whether it
-# got that far.
+# `killed_bootstrap OUT`: starts b's bootstrap (output in OUT) and kills
+# keyferry.exe (its Unix process, as a crash would) once pg_basebackup.exe
+# runs; says whether it got that far.
 killed_bootstrap() {
-    local i pids tag
+    local out=$1 i pids tag
     tag=$(basename "$WORK")
     kf b ha bootstrap "${TMO[@]}" --slot pam_b --password-file "$REP_PW_FILE" --yes \
-        >"$WORK/b/bootstrap-killed.out" 2>&1 &
+        >"$out" 2>&1 &
     local job=$!
     for ((i = 0; i < 600; i++)); do
         if pgrep -f "pg_basebackup.*$tag" >/dev/null; then
@@ -376,62 +376,84 @@ killed_bootstrap() {
     wait "$job" || true
     return 1
 }
-b_system() { psql_on b "select system_identifier from pg_control_system()" 2>/dev/null || true; }
-b_own_system=$(b_system)
-if killed_bootstrap; then
-    pass "b: keyferry.exe killed while pg_basebackup.exe copied"
-else
-    cat "$WORK/b/bootstrap-killed.out" | tail -n 20
-    fail "b: the bootstrap was not caught copying"
-fi
-sleep 1
-if pgrep -f "pg_basebackup.*$(basename "$WORK")" >/dev/null; then
-    fail "b: pg_basebackup.exe outlived the killed keyferry.exe (job object)"
-else
-    pass "b: pg_basebackup.exe died with keyferry.exe (job object)"
-fi
-rc=0
-capture kf b ha status "${TMO[@]}" --password-file "$REP_PW_FILE" || rc=$?
-if grep -qi 'bootstrap' <<<"$LAST" && grep -q -- '--resume\|--abort' <<<"$LAST"; then
-    pass "b: ha status names the interrupted bootstrap"
-else
-    printf '%s\n' "$LAST" | tail -n 8
-    fail "b: ha status does not name the interrupted bootstrap"
-fi
-must "b: ha bootstrap --abort" kf b ha bootstrap --abort "${TMO[@]}"
-echo "$LAST" | sed 's/^/    /' | tail -n 4
-# The abort puts b's own cluster back as it was (the same system).
-b_now=""
-if [[ -f "$(data_of b)/PG_VERSION" ]]; then
+# `control_of HOST FIELD`: FIELD of pg_controldata on HOST's data
+# directory (read whether the server runs or not).
+control_of() {
+    wine_on "$1" "$PG_BIN/pg_controldata.exe" -D "$(data_of "$1")" </dev/null 2>/dev/null |
+        tr -d '\r' | awk -v f="$2" -F': *' '$1 == f { print $2 }' || true
+}
+# `sql_system HOST`: the system identifier of the server answering on HOST.
+sql_system() { psql_on "$1" "select system_identifier from pg_control_system()" 2>/dev/null || true; }
+# `interrupted_bootstrap MODE UP AGAIN`: b's bootstrap (--slot pam_b)
+# killed while pg_basebackup.exe copies, pg_basebackup.exe gone with it,
+# ha status naming the interrupted bootstrap, then --abort: b's own cluster
+# is back (the server UP brings up answers with the system identifier the
+# data directory had before). AGAIN readies b for another bootstrap; killed
+# again; --resume ends healthy, streaming through pam_b. UP and AGAIN are
+# functions of the service method MODE, which every check names.
+interrupted_bootstrap() {
+    local mode=$1 up=$2 again=$3 own now slot rc=0
+    own=$(control_of b "Database system identifier")
+    if killed_bootstrap "$WORK/b/bootstrap-killed-$mode.out"; then
+        pass "b: keyferry.exe killed while pg_basebackup.exe copied ($mode)"
+    else
+        tail -n 20 "$WORK/b/bootstrap-killed-$mode.out"
+        fail "b: the bootstrap was not caught copying ($mode)"
+    fi
+    sleep 1
+    if pgrep -f "pg_basebackup.*$(basename "$WORK")" >/dev/null; then
+        fail "b: pg_basebackup.exe outlived the killed keyferry.exe (job object, $mode)"
+    else
+        pass "b: pg_basebackup.exe died with keyferry.exe (job object, $mode)"
+    fi
+    capture kf b ha status "${TMO[@]}" --password-file "$REP_PW_FILE" || rc=$?
+    if grep -qi 'bootstrap' <<<"$LAST" && grep -q -- '--resume\|--abort' <<<"$LAST"; then
+        pass "b: ha status names the interrupted bootstrap ($mode)"
+    else
+        printf '%s\n' "$LAST" | tail -n 8
+        fail "b: ha status does not name the interrupted bootstrap ($mode, exit $rc)"
+    fi
+    must "b: ha bootstrap --abort ($mode)" kf b ha bootstrap --abort "${TMO[@]}"
+    echo "$LAST" | sed 's/^/    /' | tail -n 4
+    "$up"
+    now=$(sql_system b)
+    if [[ -n "$own" && "$now" == "$own" ]]; then
+        pass "b: after --abort its own cluster is back (system $now, $mode)"
+    else
+        fail "b: after --abort the cluster is '$now', was '$own' ($mode)"
+    fi
+    "$again"
+    if killed_bootstrap "$WORK/b/bootstrap-killed-$mode.out"; then
+        pass "b: killed again while copying ($mode)"
+    else
+        tail -n 20 "$WORK/b/bootstrap-killed-$mode.out"
+        fail "b: the second bootstrap was not caught copying ($mode)"
+    fi
+    must "b: ha bootstrap --resume ($mode)" \
+        kf b ha bootstrap --resume "${TMO[@]}" --password-file "$REP_PW_FILE" --yes
+    echo "$LAST" | sed 's/^/    /' | tail -n 15
+    if grep -q 'verdict: healthy' <<<"$LAST"; then
+        pass "b: the resumed bootstrap ends healthy ($mode)"
+    else
+        fail "b: the resumed bootstrap does not say healthy ($mode)"
+    fi
+    # The resumed run keeps the interrupted one's --slot.
+    slot=$(psql_on a "select active from pg_replication_slots where slot_name = 'pam_b'")
+    if [[ "$slot" == t ]]; then
+        pass "b: streams through the slot pam_b the interrupted bootstrap asked for ($mode)"
+    else
+        fail "b: slot pam_b on a is '${slot:-missing}' after the resume, not active ($mode)"
+    fi
+}
+# pg_ctl: b's server ran all along (a bootstrap stops it only after the
+# copy), or is started by hand.
+pg_ctl_up_b() {
+    [[ -f "$(data_of b)/PG_VERSION" ]] || return 0
     wine_on b "$PG_BIN/pg_ctl.exe" status -D "$(data_of b)" >/dev/null 2>&1 </dev/null ||
         setsid -w bash -c 'wine_on "$@"' _ b "$PG_BIN/pg_ctl.exe" start -w -D "$(data_of b)" \
             -l "$WORK/b/pg_ctl.log" >"$WORK/b/start2.out" 2>&1 </dev/null || true
-    b_now=$(b_system)
-fi
-if [[ -n "$b_own_system" && "$b_now" == "$b_own_system" ]]; then
-    pass "b: after --abort its own cluster is back (system $b_now)"
-else
-    fail "b: after --abort the cluster is '$b_now', was '$b_own_system'"
-fi
-if killed_bootstrap; then
-    pass "b: killed again while copying"
-else
-    fail "b: the second bootstrap was not caught copying"
-fi
-must "b: ha bootstrap --resume" kf b ha bootstrap --resume "${TMO[@]}" --password-file "$REP_PW_FILE" --yes
-echo "$LAST" | sed 's/^/    /' | tail -n 15
-if grep -q 'verdict: healthy' <<<"$LAST"; then
-    pass "b: the resumed bootstrap ends healthy"
-else
-    fail "b: the resumed bootstrap does not say healthy"
-fi
-# The resumed run keeps the interrupted one's --slot.
-slot=$(psql_on a "select active from pg_replication_slots where slot_name = 'pam_b'")
-if [[ "$slot" == t ]]; then
-    pass "b: streams through the slot pam_b the interrupted bootstrap asked for"
-else
-    fail "b: slot pam_b on a is '${slot:-missing}' after the resume, not active"
-fi
+}
+interrupted_bootstrap pg_ctl pg_ctl_up_b :
 echo "bootstrap: $((SECONDS - t))s"
 
 # `status_ok HOST PRIMARY_ADDR`: `ha status --json` on HOST says healthy,
