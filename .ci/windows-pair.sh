@@ -767,14 +767,14 @@ else
 fi
 fail_away b a service_down
 psql_on a "insert into kf_check select g, md5(g::text) from generate_series(2501, 3000) g" >/dev/null
-# `kept_dirs`: the <data>.old-* directories beside b's data directory.
-kept_dirs() { compgen -G "$(data_of b).old-*" | sort || true; }
+# `kept_dirs HOST`: the <data>.old-* directories beside HOST's data directory.
+kept_dirs() { compgen -G "$(data_of "$1").old-*" | sort || true; }
 # `replaced_through_service WHAT BEFORE`: WHAT bootstrapped b through its
 # service: exactly one kept directory more than BEFORE, holding a cluster
 # (its path in KEPT), the service RUNNING, healthy on both, rows compared.
 replaced_through_service() {
     local what=$1 before=$2 state
-    KEPT=$(comm -13 <(echo "$before") <(kept_dirs))
+    KEPT=$(comm -13 <(echo "$before") <(kept_dirs b))
     if [[ -n "$KEPT" && $(wc -l <<<"$KEPT") == 1 && -f "$KEPT/PG_VERSION" ]]; then
         pass "b: $what kept the old data directory aside as $(basename "$KEPT")"
     else
@@ -790,7 +790,7 @@ replaced_through_service() {
     status_ok b "$ADDR_A"
     same_rows a b
 }
-kept_before=$(kept_dirs)
+kept_before=$(kept_dirs b)
 must "b: ha rejoin through the service manager" kf b ha rejoin --slot pam_b "${TMO[@]}" --password-file "$REP_PW_FILE"
 echo "$LAST" | sed 's/^/    /' | tail -n 10
 if grep -q 'pg_rewind cannot be used' <<<"$LAST" && grep -q 'wal_log_hints' <<<"$LAST"; then
@@ -810,16 +810,35 @@ else
     fail "b: $(basename "$KEPT") is not b's old cluster"
 fi
 
-log "windows_service: ha bootstrap of the replica"
-kept_before=$(kept_dirs)
+log "windows_service: ha bootstrap of the replica, killed during the copy: --abort, then --resume"
+kept_before=$(kept_dirs b)
 psql_on a "insert into kf_check select g, md5(g::text) from generate_series(3001, 3500) g" >/dev/null
 # The replica stopped first: its slot pam_b on a is active while it streams,
 # and the bootstrap refuses an active slot.
 must "b: ha stop (replica, service)" kf b ha stop
-must "b: ha bootstrap --yes through the service manager" \
-    kf b ha bootstrap --slot pam_b --yes "${TMO[@]}" --password-file "$REP_PW_FILE"
-echo "$LAST" | sed 's/^/    /' | tail -n 4
-replaced_through_service "the bootstrap" "$kept_before"
+# The aborted bootstrap leaves b's service as it found it, STOPPED; ha
+# start brings b's own cluster up through the service manager (the guard
+# lets a replica start).
+service_up_b() {
+    local state
+    state=$(service_state b)
+    if [[ "$state" == STOPPED ]]; then
+        pass "b: after --abort its service is STOPPED, as the bootstrap found it"
+    else
+        fail "b: after --abort its service is '$state', not STOPPED"
+    fi
+    must "b: ha start after --abort (service)" kf b ha start "${TMO[@]}" --password-file "$REP_PW_FILE"
+    state=$(service_state b)
+    if [[ "$state" == RUNNING ]]; then
+        pass "b: ha start started the service ($state)"
+    else
+        fail "b: after ha start the service is '$state'"
+    fi
+}
+# Stopped again before the next bootstrap (the slot again).
+service_stop_b() { must "b: ha stop (replica, service) before the bootstrap again" kf b ha stop; }
+interrupted_bootstrap windows_service service_up_b service_stop_b
+replaced_through_service "the resumed bootstrap" "$kept_before"
 echo "service method: $((SECONDS - t))s"
 
 summary
