@@ -839,6 +839,68 @@ service_up_b() {
 service_stop_b() { must "b: ha stop (replica, service) before the bootstrap again" kf b ha stop; }
 interrupted_bootstrap windows_service service_up_b service_stop_b
 replaced_through_service "the resumed bootstrap" "$kept_before"
+
+log "windows_service: the primary crashes, ha failover, ha rejoin by pg_rewind"
+t2=$SECONDS
+# pg_rewind's prerequisite is on the node it rewinds, a: wal_log_hints
+# (ha prepare set it, nothing turned it off there). b kept its own
+# postgresql.auto.conf through the bootstraps, wal_log_hints = 'off' in it.
+hints_a=$(control_of a "wal_log_hints setting")
+hints_b=$(psql_on b "show wal_log_hints")
+if [[ "$hints_a" == on ]]; then
+    pass "a: its cluster runs with wal_log_hints = on (pg_controldata; b: $hints_b)"
+else
+    fail "a: pg_controldata says wal_log_hints '$hints_a'"
+fi
+psql_on a "insert into kf_check select g, md5(g::text) from generate_series(3501, 4000) g" >/dev/null
+same_rows a b
+# The primary a crashes (immediate: no shutdown checkpoint) behind its
+# service's back; pg_ctl runservice sees its postmaster gone, and the
+# service stops.
+wine_on a "$PG_BIN/pg_ctl.exe" stop -w -D "$(data_of a)" -m immediate >"$WORK/a/crash.out" 2>&1 </dev/null
+for ((i = 0; i < 60; i++)); do
+    service_down a >/dev/null && break
+    sleep 0.5
+done
+state=$(control_of a "Database cluster state")
+if why=$(service_down a) && [[ "$state" == "in production" ]]; then
+    pass "a: crashed (cluster state '$state'): $why"
+else
+    cat "$WORK/a/crash.out"
+    fail "a: after the crash, $why, cluster state '$state'"
+    summary
+fi
+fail_away a b service_down
+psql_on b "insert into kf_check select g, md5(g::text) from generate_series(4001, 4500) g" >/dev/null
+kept_before=$(kept_dirs a)
+must "a: ha rejoin through the service manager (after a crash)" \
+    kf a ha rejoin --slot pam_a "${TMO[@]}" --password-file "$REP_PW_FILE"
+echo "$LAST" | sed 's/^/    /' | tail -n 10
+if grep -q 'is a replica of the new primary again (rewind, after crash recovery' <<<"$LAST"; then
+    pass "a: replica of b again: crash recovery, then pg_rewind"
+else
+    fail "a: the rejoin did not rewind after crash recovery"
+fi
+state=$(service_state a)
+if [[ "$state" == RUNNING ]]; then
+    pass "a: the rejoin started the replica through the service ($state)"
+else
+    fail "a: after the rejoin the service is '$state'"
+fi
+if grep -q '^demoted = true' "$WORK/a/home/ha.toml"; then
+    fail "a: still marked demoted in ha.toml after the rejoin"
+else
+    pass "a: no longer demoted in ha.toml"
+fi
+if [[ "$(kept_dirs a)" == "$kept_before" ]]; then
+    pass "a: no $(basename "$(data_of a)").old-* directory: the rewind kept the data directory"
+else
+    fail "a: the rejoin left a new kept directory: $(comm -13 <(echo "$kept_before") <(kept_dirs a))"
+fi
+status_ok a "$ADDR_B"
+status_ok b "$ADDR_B"
+same_rows b a
+echo "crash, failover, rejoin: $((SECONDS - t2))s"
 echo "service method: $((SECONDS - t))s"
 
 summary
