@@ -18,16 +18,17 @@
 #   3. the runbook with keyferry.exe on both hosts, in pg_ctl mode: init,
 #      ha init, hba ensure, ha prepare --restart, export/import, ha check on
 #      both, ha archive clean, ha bootstrap, ha status --json on both
-#      (the bootstrap killed while copying, --abort, killed again,
-#      --resume; replica streaming, the rows written on the primary read
-#      on the replica);
+#      (the bootstrap killed while pg_basebackup.exe copies, which dies
+#      with it, ha status naming it, --abort putting b's own cluster back,
+#      killed again, --resume through the slot pam_b; replica streaming,
+#      the rows written on the primary read on the replica);
 #   4. the pair's life: ha switchover on the primary while a writer commits
 #      a row at a time (every acknowledged row on the new primary), ha
 #      status on both; the primary's server stopped, ha failover on the
 #      replica; ha guard and ha start refused on the old primary (exit 13);
 #      started by hand, written on and crashed, ha rejoin refused, then
-#      --force (crash recovery, pg_rewind), ha status on both, the rows compared; ha stop and
-#      ha start of the replica; ha archive clean;
+#      --force (crash recovery, pg_rewind), ha status on both, the rows
+#      compared; ha stop and ha start of the replica; ha archive clean;
 #   5. the same servers as Windows services (pg_ctl register), ha.toml's
 #      [service] method = "windows_service" (on b with no pg_bin/pg_data:
 #      read from the service's command line): ha start through the service
@@ -38,9 +39,17 @@
 #      STOPPED; ha rejoin, which cannot use pg_rewind there (neither
 #      wal_log_hints nor data checksums) and bootstraps through the service
 #      manager instead, the old data directory kept as <data>.old-<time>;
-#      ha status on both, the rows compared; then ha stop and ha bootstrap
-#      --yes of the replica through the service (one more kept directory),
-#      the same.
+#      ha status on both, the rows compared; then ha stop of the replica
+#      and its ha bootstrap through the service as in 3 (killed while
+#      copying, --abort: its own cluster back, its service STOPPED as the
+#      bootstrap found it, ha start through the service; killed again,
+#      --resume: started through the service, one more kept directory,
+#      ha status on both, the rows compared); then the primary a crashed
+#      (pg_ctl stop -m immediate; its service stops), ha failover on b, ha
+#      guard and ha start refused on a with its service staying STOPPED, ha
+#      rejoin of a by crash recovery then pg_rewind (a kept wal_log_hints),
+#      started through its service, no kept directory; ha status on both,
+#      the rows compared.
 #
 # keyferry reaches its own server on Windows over loopback TCP as
 # postgres, with the password in %APPDATA%\postgresql\pgpass.conf (see
