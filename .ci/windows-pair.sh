@@ -352,7 +352,7 @@ fi
 must "b: ha prepare --restart" kf b ha prepare "${TMO[@]}" --restart --password-file "$REP_PW_FILE"
 must "b: ha check --peer-fingerprint (exit 0)" kf b ha check "${TMO[@]}" --password-file "$REP_PW_FILE" \
     --peer-fingerprint "$FP_A"
-echo "$LAST" | sed 's/^/    /'
+awk '{ print "    " $0 }' <<<"$LAST"
 must "b: ha archive clean --dry-run" kf b ha archive clean --dry-run
 must "b: ha archive clean" kf b ha archive clean
 must "a: ha check (exit 0)" kf a ha check "${TMO[@]}" --password-file "$REP_PW_FILE"
@@ -572,7 +572,6 @@ sleep 2
 touch "$WORK/stop-writer"
 wait "$WRITER" || true
 echo "switchover: $((SECONDS - t))s"
-after=$(awk 'END { print NR }' "$WORK/acked")
 no_acked_row_lost b
 status_ok a "$ADDR_B"
 status_ok b "$ADDR_B"
