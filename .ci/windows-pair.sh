@@ -18,16 +18,17 @@
 #   3. the runbook with keyferry.exe on both hosts, in pg_ctl mode: init,
 #      ha init, hba ensure, ha prepare --restart, export/import, ha check on
 #      both, ha archive clean, ha bootstrap, ha status --json on both
-#      (the bootstrap killed while copying, --abort, killed again,
-#      --resume; replica streaming, the rows written on the primary read
-#      on the replica);
+#      (the bootstrap killed while pg_basebackup.exe copies, which dies
+#      with it, ha status naming it, --abort putting b's own cluster back,
+#      killed again, --resume through the slot pam_b; replica streaming,
+#      the rows written on the primary read on the replica);
 #   4. the pair's life: ha switchover on the primary while a writer commits
 #      a row at a time (every acknowledged row on the new primary), ha
 #      status on both; the primary's server stopped, ha failover on the
 #      replica; ha guard and ha start refused on the old primary (exit 13);
 #      started by hand, written on and crashed, ha rejoin refused, then
-#      --force (crash recovery, pg_rewind), ha status on both, the rows compared; ha stop and
-#      ha start of the replica; ha archive clean;
+#      --force (crash recovery, pg_rewind), ha status on both, the rows
+#      compared; ha stop and ha start of the replica; ha archive clean;
 #   5. the same servers as Windows services (pg_ctl register), ha.toml's
 #      [service] method = "windows_service" (on b with no pg_bin/pg_data:
 #      read from the service's command line): ha start through the service
@@ -38,9 +39,17 @@
 #      STOPPED; ha rejoin, which cannot use pg_rewind there (neither
 #      wal_log_hints nor data checksums) and bootstraps through the service
 #      manager instead, the old data directory kept as <data>.old-<time>;
-#      ha status on both, the rows compared; then ha stop and ha bootstrap
-#      --yes of the replica through the service (one more kept directory),
-#      the same.
+#      ha status on both, the rows compared; then ha stop of the replica
+#      and its ha bootstrap through the service as in 3 (killed while
+#      copying, --abort: its own cluster back, its service STOPPED as the
+#      bootstrap found it, ha start through the service; killed again,
+#      --resume: started through the service, one more kept directory,
+#      ha status on both, the rows compared); then the primary a crashed
+#      (pg_ctl stop -m immediate; its service stops), ha failover on b, ha
+#      guard and ha start refused on a with its service staying STOPPED, ha
+#      rejoin of a by crash recovery then pg_rewind (a kept wal_log_hints),
+#      started through its service, no kept directory; ha status on both,
+#      the rows compared.
 #
 # keyferry reaches its own server on Windows over loopback TCP as
 # postgres, with the password in %APPDATA%\postgresql\pgpass.conf (see
@@ -343,7 +352,7 @@ fi
 must "b: ha prepare --restart" kf b ha prepare "${TMO[@]}" --restart --password-file "$REP_PW_FILE"
 must "b: ha check --peer-fingerprint (exit 0)" kf b ha check "${TMO[@]}" --password-file "$REP_PW_FILE" \
     --peer-fingerprint "$FP_A"
-echo "$LAST" | sed 's/^/    /'
+awk '{ print "    " $0 }' <<<"$LAST"
 must "b: ha archive clean --dry-run" kf b ha archive clean --dry-run
 must "b: ha archive clean" kf b ha archive clean
 must "a: ha check (exit 0)" kf a ha check "${TMO[@]}" --password-file "$REP_PW_FILE"
@@ -351,14 +360,14 @@ echo "runbook before the bootstrap: $((SECONDS - t))s"
 
 log "ha bootstrap, killed during the copy: --abort, then --resume"
 t=$SECONDS
-# `killed_bootstrap`: starts b's bootstrap and kills keyferry.exe (its Unix
-# process, as a crash would) once pg_basebackup.exe runs; says whether it
-# got that far.
+# `killed_bootstrap OUT`: starts b's bootstrap (output in OUT) and kills
+# keyferry.exe (its Unix process, as a crash would) once pg_basebackup.exe
+# runs; says whether it got that far.
 killed_bootstrap() {
-    local i pids tag
+    local out=$1 i pids tag
     tag=$(basename "$WORK")
     kf b ha bootstrap "${TMO[@]}" --slot pam_b --password-file "$REP_PW_FILE" --yes \
-        >"$WORK/b/bootstrap-killed.out" 2>&1 &
+        >"$out" 2>&1 &
     local job=$!
     for ((i = 0; i < 600; i++)); do
         if pgrep -f "pg_basebackup.*$tag" >/dev/null; then
@@ -376,62 +385,84 @@ killed_bootstrap() {
     wait "$job" || true
     return 1
 }
-b_system() { psql_on b "select system_identifier from pg_control_system()" 2>/dev/null || true; }
-b_own_system=$(b_system)
-if killed_bootstrap; then
-    pass "b: keyferry.exe killed while pg_basebackup.exe copied"
-else
-    cat "$WORK/b/bootstrap-killed.out" | tail -n 20
-    fail "b: the bootstrap was not caught copying"
-fi
-sleep 1
-if pgrep -f "pg_basebackup.*$(basename "$WORK")" >/dev/null; then
-    fail "b: pg_basebackup.exe outlived the killed keyferry.exe (job object)"
-else
-    pass "b: pg_basebackup.exe died with keyferry.exe (job object)"
-fi
-rc=0
-capture kf b ha status "${TMO[@]}" --password-file "$REP_PW_FILE" || rc=$?
-if grep -qi 'bootstrap' <<<"$LAST" && grep -q -- '--resume\|--abort' <<<"$LAST"; then
-    pass "b: ha status names the interrupted bootstrap"
-else
-    printf '%s\n' "$LAST" | tail -n 8
-    fail "b: ha status does not name the interrupted bootstrap"
-fi
-must "b: ha bootstrap --abort" kf b ha bootstrap --abort "${TMO[@]}"
-echo "$LAST" | sed 's/^/    /' | tail -n 4
-# The abort puts b's own cluster back as it was (the same system).
-b_now=""
-if [[ -f "$(data_of b)/PG_VERSION" ]]; then
+# `control_of HOST FIELD`: FIELD of pg_controldata on HOST's data
+# directory (read whether the server runs or not).
+control_of() {
+    wine_on "$1" "$PG_BIN/pg_controldata.exe" -D "$(data_of "$1")" </dev/null 2>/dev/null |
+        tr -d '\r' | awk -v f="$2" -F': *' '$1 == f { print $2 }' || true
+}
+# `sql_system HOST`: the system identifier of the server answering on HOST.
+sql_system() { psql_on "$1" "select system_identifier from pg_control_system()" 2>/dev/null || true; }
+# `interrupted_bootstrap MODE UP AGAIN`: b's bootstrap (--slot pam_b)
+# killed while pg_basebackup.exe copies, pg_basebackup.exe gone with it,
+# ha status naming the interrupted bootstrap, then --abort: b's own cluster
+# is back (the server UP brings up answers with the system identifier the
+# data directory had before). AGAIN readies b for another bootstrap; killed
+# again; --resume ends healthy, streaming through pam_b. UP and AGAIN are
+# functions of the service method MODE, which every check names.
+interrupted_bootstrap() {
+    local mode=$1 up=$2 again=$3 own now slot rc=0
+    own=$(control_of b "Database system identifier")
+    if killed_bootstrap "$WORK/b/bootstrap-killed-$mode.out"; then
+        pass "b: keyferry.exe killed while pg_basebackup.exe copied ($mode)"
+    else
+        tail -n 20 "$WORK/b/bootstrap-killed-$mode.out"
+        fail "b: the bootstrap was not caught copying ($mode)"
+    fi
+    sleep 1
+    if pgrep -f "pg_basebackup.*$(basename "$WORK")" >/dev/null; then
+        fail "b: pg_basebackup.exe outlived the killed keyferry.exe (job object, $mode)"
+    else
+        pass "b: pg_basebackup.exe died with keyferry.exe (job object, $mode)"
+    fi
+    capture kf b ha status "${TMO[@]}" --password-file "$REP_PW_FILE" || rc=$?
+    if grep -qi 'bootstrap' <<<"$LAST" && grep -q -- '--resume\|--abort' <<<"$LAST"; then
+        pass "b: ha status names the interrupted bootstrap ($mode)"
+    else
+        printf '%s\n' "$LAST" | tail -n 8
+        fail "b: ha status does not name the interrupted bootstrap ($mode, exit $rc)"
+    fi
+    must "b: ha bootstrap --abort ($mode)" kf b ha bootstrap --abort "${TMO[@]}"
+    echo "$LAST" | sed 's/^/    /' | tail -n 4
+    "$up"
+    now=$(sql_system b)
+    if [[ -n "$own" && "$now" == "$own" ]]; then
+        pass "b: after --abort its own cluster is back (system $now, $mode)"
+    else
+        fail "b: after --abort the cluster is '$now', was '$own' ($mode)"
+    fi
+    "$again"
+    if killed_bootstrap "$WORK/b/bootstrap-killed-$mode.out"; then
+        pass "b: killed again while copying ($mode)"
+    else
+        tail -n 20 "$WORK/b/bootstrap-killed-$mode.out"
+        fail "b: the second bootstrap was not caught copying ($mode)"
+    fi
+    must "b: ha bootstrap --resume ($mode)" \
+        kf b ha bootstrap --resume "${TMO[@]}" --password-file "$REP_PW_FILE" --yes
+    echo "$LAST" | sed 's/^/    /' | tail -n 15
+    if grep -q 'verdict: healthy' <<<"$LAST"; then
+        pass "b: the resumed bootstrap ends healthy ($mode)"
+    else
+        fail "b: the resumed bootstrap does not say healthy ($mode)"
+    fi
+    # The resumed run keeps the interrupted one's --slot.
+    slot=$(psql_on a "select active from pg_replication_slots where slot_name = 'pam_b'")
+    if [[ "$slot" == t ]]; then
+        pass "b: streams through the slot pam_b the interrupted bootstrap asked for ($mode)"
+    else
+        fail "b: slot pam_b on a is '${slot:-missing}' after the resume, not active ($mode)"
+    fi
+}
+# pg_ctl: b's server ran all along (a bootstrap stops it only after the
+# copy), or is started by hand.
+pg_ctl_up_b() {
+    [[ -f "$(data_of b)/PG_VERSION" ]] || return 0
     wine_on b "$PG_BIN/pg_ctl.exe" status -D "$(data_of b)" >/dev/null 2>&1 </dev/null ||
         setsid -w bash -c 'wine_on "$@"' _ b "$PG_BIN/pg_ctl.exe" start -w -D "$(data_of b)" \
             -l "$WORK/b/pg_ctl.log" >"$WORK/b/start2.out" 2>&1 </dev/null || true
-    b_now=$(b_system)
-fi
-if [[ -n "$b_own_system" && "$b_now" == "$b_own_system" ]]; then
-    pass "b: after --abort its own cluster is back (system $b_now)"
-else
-    fail "b: after --abort the cluster is '$b_now', was '$b_own_system'"
-fi
-if killed_bootstrap; then
-    pass "b: killed again while copying"
-else
-    fail "b: the second bootstrap was not caught copying"
-fi
-must "b: ha bootstrap --resume" kf b ha bootstrap --resume "${TMO[@]}" --password-file "$REP_PW_FILE" --yes
-echo "$LAST" | sed 's/^/    /' | tail -n 15
-if grep -q 'verdict: healthy' <<<"$LAST"; then
-    pass "b: the resumed bootstrap ends healthy"
-else
-    fail "b: the resumed bootstrap does not say healthy"
-fi
-# The resumed run keeps the interrupted one's --slot.
-slot=$(psql_on a "select active from pg_replication_slots where slot_name = 'pam_b'")
-if [[ "$slot" == t ]]; then
-    pass "b: streams through the slot pam_b the interrupted bootstrap asked for"
-else
-    fail "b: slot pam_b on a is '${slot:-missing}' after the resume, not active"
-fi
+}
+interrupted_bootstrap pg_ctl pg_ctl_up_b :
 echo "bootstrap: $((SECONDS - t))s"
 
 # `status_ok HOST PRIMARY_ADDR`: `ha status --json` on HOST says healthy,
@@ -541,7 +572,6 @@ sleep 2
 touch "$WORK/stop-writer"
 wait "$WRITER" || true
 echo "switchover: $((SECONDS - t))s"
-after=$(awk 'END { print NR }' "$WORK/acked")
 no_acked_row_lost b
 status_ok a "$ADDR_B"
 status_ok b "$ADDR_B"
@@ -745,14 +775,14 @@ else
 fi
 fail_away b a service_down
 psql_on a "insert into kf_check select g, md5(g::text) from generate_series(2501, 3000) g" >/dev/null
-# `kept_dirs`: the <data>.old-* directories beside b's data directory.
-kept_dirs() { compgen -G "$(data_of b).old-*" | sort || true; }
+# `kept_dirs HOST`: the <data>.old-* directories beside HOST's data directory.
+kept_dirs() { compgen -G "$(data_of "$1").old-*" | sort || true; }
 # `replaced_through_service WHAT BEFORE`: WHAT bootstrapped b through its
 # service: exactly one kept directory more than BEFORE, holding a cluster
 # (its path in KEPT), the service RUNNING, healthy on both, rows compared.
 replaced_through_service() {
     local what=$1 before=$2 state
-    KEPT=$(comm -13 <(echo "$before") <(kept_dirs))
+    KEPT=$(comm -13 <(echo "$before") <(kept_dirs b))
     if [[ -n "$KEPT" && $(wc -l <<<"$KEPT") == 1 && -f "$KEPT/PG_VERSION" ]]; then
         pass "b: $what kept the old data directory aside as $(basename "$KEPT")"
     else
@@ -768,7 +798,7 @@ replaced_through_service() {
     status_ok b "$ADDR_A"
     same_rows a b
 }
-kept_before=$(kept_dirs)
+kept_before=$(kept_dirs b)
 must "b: ha rejoin through the service manager" kf b ha rejoin --slot pam_b "${TMO[@]}" --password-file "$REP_PW_FILE"
 echo "$LAST" | sed 's/^/    /' | tail -n 10
 if grep -q 'pg_rewind cannot be used' <<<"$LAST" && grep -q 'wal_log_hints' <<<"$LAST"; then
@@ -788,16 +818,97 @@ else
     fail "b: $(basename "$KEPT") is not b's old cluster"
 fi
 
-log "windows_service: ha bootstrap of the replica"
-kept_before=$(kept_dirs)
+log "windows_service: ha bootstrap of the replica, killed during the copy: --abort, then --resume"
+kept_before=$(kept_dirs b)
 psql_on a "insert into kf_check select g, md5(g::text) from generate_series(3001, 3500) g" >/dev/null
 # The replica stopped first: its slot pam_b on a is active while it streams,
 # and the bootstrap refuses an active slot.
 must "b: ha stop (replica, service)" kf b ha stop
-must "b: ha bootstrap --yes through the service manager" \
-    kf b ha bootstrap --slot pam_b --yes "${TMO[@]}" --password-file "$REP_PW_FILE"
-echo "$LAST" | sed 's/^/    /' | tail -n 4
-replaced_through_service "the bootstrap" "$kept_before"
+# The aborted bootstrap leaves b's service as it found it, STOPPED; ha
+# start brings b's own cluster up through the service manager (the guard
+# lets a replica start).
+service_up_b() {
+    local state
+    state=$(service_state b)
+    if [[ "$state" == STOPPED ]]; then
+        pass "b: after --abort its service is STOPPED, as the bootstrap found it"
+    else
+        fail "b: after --abort its service is '$state', not STOPPED"
+    fi
+    must "b: ha start after --abort (service)" kf b ha start "${TMO[@]}" --password-file "$REP_PW_FILE"
+    state=$(service_state b)
+    if [[ "$state" == RUNNING ]]; then
+        pass "b: ha start started the service ($state)"
+    else
+        fail "b: after ha start the service is '$state'"
+    fi
+}
+# Stopped again before the next bootstrap (the slot again).
+service_stop_b() { must "b: ha stop (replica, service) before the bootstrap again" kf b ha stop; }
+interrupted_bootstrap windows_service service_up_b service_stop_b
+replaced_through_service "the resumed bootstrap" "$kept_before"
+
+log "windows_service: the primary crashes, ha failover, ha rejoin by pg_rewind"
+t2=$SECONDS
+# pg_rewind's prerequisite is on the node it rewinds, a: wal_log_hints
+# (ha prepare set it, nothing turned it off there). b kept its own
+# postgresql.auto.conf through the bootstraps, wal_log_hints = 'off' in it.
+hints_a=$(control_of a "wal_log_hints setting")
+hints_b=$(psql_on b "show wal_log_hints")
+if [[ "$hints_a" == on ]]; then
+    pass "a: its cluster runs with wal_log_hints = on (pg_controldata; b: $hints_b)"
+else
+    fail "a: pg_controldata says wal_log_hints '$hints_a'"
+fi
+psql_on a "insert into kf_check select g, md5(g::text) from generate_series(3501, 4000) g" >/dev/null
+same_rows a b
+# The primary a crashes (immediate: no shutdown checkpoint) behind its
+# service's back; pg_ctl runservice sees its postmaster gone, and the
+# service stops.
+wine_on a "$PG_BIN/pg_ctl.exe" stop -w -D "$(data_of a)" -m immediate >"$WORK/a/crash.out" 2>&1 </dev/null
+for ((i = 0; i < 60; i++)); do
+    service_down a >/dev/null && break
+    sleep 0.5
+done
+state=$(control_of a "Database cluster state")
+if why=$(service_down a) && [[ "$state" == "in production" ]]; then
+    pass "a: crashed (cluster state '$state'): $why"
+else
+    cat "$WORK/a/crash.out"
+    fail "a: after the crash, $why, cluster state '$state'"
+    summary
+fi
+fail_away a b service_down
+psql_on b "insert into kf_check select g, md5(g::text) from generate_series(4001, 4500) g" >/dev/null
+kept_before=$(kept_dirs a)
+must "a: ha rejoin through the service manager (after a crash)" \
+    kf a ha rejoin --slot pam_a "${TMO[@]}" --password-file "$REP_PW_FILE"
+echo "$LAST" | sed 's/^/    /' | tail -n 10
+if grep -q 'is a replica of the new primary again (rewind, after crash recovery' <<<"$LAST"; then
+    pass "a: replica of b again: crash recovery, then pg_rewind"
+else
+    fail "a: the rejoin did not rewind after crash recovery"
+fi
+state=$(service_state a)
+if [[ "$state" == RUNNING ]]; then
+    pass "a: the rejoin started the replica through the service ($state)"
+else
+    fail "a: after the rejoin the service is '$state'"
+fi
+if grep -q '^demoted = true' "$WORK/a/home/ha.toml"; then
+    fail "a: still marked demoted in ha.toml after the rejoin"
+else
+    pass "a: no longer demoted in ha.toml"
+fi
+if [[ "$(kept_dirs a)" == "$kept_before" ]]; then
+    pass "a: no $(basename "$(data_of a)").old-* directory: the rewind kept the data directory"
+else
+    fail "a: the rejoin left a new kept directory: $(comm -13 <(echo "$kept_before") <(kept_dirs a))"
+fi
+status_ok a "$ADDR_B"
+status_ok b "$ADDR_B"
+same_rows b a
+echo "crash, failover, rejoin: $((SECONDS - t2))s"
 echo "service method: $((SECONDS - t))s"
 
 summary
