@@ -640,7 +640,59 @@ else
     printf '%s\n' "$LAST" | tail -n 6
     fail "b: ha rejoin over a committed transaction: exit $rc"
 fi
-must "b: ha rejoin --force" kf b ha rejoin --force --slot pam_b "${TMO[@]}" --password-file "$REP_PW_FILE"
+# keyferry.exe killed while the crash recovery's server runs (pg_ctl on
+# loopback behind <data>.keyferry-recovery-hba.conf): the server is in
+# keyferry's job object and dies with it; --resume runs the recovery again.
+# `killed_in_recovery`: says whether the kill came while that server ran.
+killed_in_recovery() {
+    local i pids tag hba pid
+    tag=$(basename "$WORK")
+    hba="$(data_of b).keyferry-recovery-hba.conf"
+    pid="$(data_of b)/postmaster.pid"
+    rm -f "$pid"
+    kf b ha rejoin --force --slot pam_b "${TMO[@]}" --password-file "$REP_PW_FILE" \
+        >"$WORK/b/rejoin-killed.out" 2>&1 &
+    local job=$!
+    for ((i = 0; i < 1200; i++)); do
+        if [[ -f "$hba" && -f "$pid" ]]; then
+            pids=$(pgrep -f "$tag.*keyferry.*ha rejoin" || true)
+            if [[ -n "$pids" ]]; then
+                # shellcheck disable=SC2086
+                kill -9 $pids 2>/dev/null || true
+                wait "$job" || true
+                return 0
+            fi
+        fi
+        sleep 0.05
+    done
+    wait "$job" || true
+    return 1
+}
+# `recovery_server_gone`: no server answers for b's data directory
+# (pg_ctl status: the postmaster.pid left behind names a dead process).
+recovery_server_gone() {
+    local i
+    for ((i = 0; i < 40; i++)); do
+        wine_on b "$PG_BIN/pg_ctl.exe" status -D "$(data_of b)" >/dev/null 2>&1 </dev/null || return 0
+        sleep 0.5
+    done
+    return 1
+}
+if killed_in_recovery; then
+    pass "b: keyferry.exe killed while its crash recovery's server ran"
+    if recovery_server_gone; then
+        pass "b: the crash recovery's server died with keyferry.exe (job object)"
+    else
+        fail "b: the crash recovery's server outlived the killed keyferry.exe"
+        wine_on b "$PG_BIN/pg_ctl.exe" stop -D "$(data_of b)" -m immediate -w >/dev/null 2>&1 </dev/null || true
+    fi
+    must "b: ha rejoin --resume (the crash recovery again, then pg_rewind)" \
+        kf b ha rejoin --resume "${TMO[@]}" --password-file "$REP_PW_FILE"
+else
+    tail -n 20 "$WORK/b/rejoin-killed.out"
+    fail "b: the rejoin was not caught in its crash recovery"
+    must "b: ha rejoin --force" kf b ha rejoin --force --slot pam_b "${TMO[@]}" --password-file "$REP_PW_FILE"
+fi
 echo "$LAST" | sed 's/^/    /' | tail -n 8
 if grep -q 'is a replica of the new primary again (rewind, after crash recovery' <<<"$LAST"; then
     pass "b: replica of a again: crash recovery, then pg_rewind"

@@ -39,6 +39,12 @@ use super::rewind::{last_lines, RewindError};
 /// The cluster state `pg_controldata` shows after a clean shutdown.
 pub(crate) const SHUT_DOWN: &str = "shut down";
 
+/// How the recovery runs here, for the operator's messages.
+#[cfg(unix)]
+pub(crate) const HOW: &str = "in single-user mode (no connections)";
+#[cfg(windows)]
+pub(crate) const HOW: &str = "on loopback, every connection rejected";
+
 /// Whether a stopped cluster in `state` needs crash recovery before
 /// `pg_rewind` may touch it: anything but a clean shutdown (as primary or
 /// as a replica).
@@ -53,7 +59,7 @@ pub(crate) enum RecoveryError {
     Program(#[from] RewindError),
     #[error("pg_controldata cannot read the data directory after crash recovery: {0}")]
     Unreadable(String),
-    #[error("after crash recovery in single-user mode the cluster's state is \"{state}\", not \"shut down\"; the server said: {said}")]
+    #[error("after crash recovery {HOW} the cluster's state is \"{state}\", not \"shut down\"; the server said: {said}")]
     NotClean { state: String, said: String },
 }
 
@@ -148,7 +154,7 @@ mod platform {
             .map_err(|e| failed(format!("no free loopback port: {e}")))?
             .port();
         let options = format!(
-            "-c listen_addresses=127.0.0.1 -c port={port} -c \"hba_file={}\" -c archive_mode=on -c archive_command=false -c hot_standby=off -c autovacuum=off",
+            "-c listen_addresses=127.0.0.1 -c port={port} -c \"hba_file={}\" -c archive_mode=on -c \"archive_command=exit 1\" -c hot_standby=off -c autovacuum=off",
             hba.display()
         );
         // Never a pipe: the server inherits pg_ctl's output and keeps it.

@@ -561,8 +561,9 @@ fn fresh(home: &Home, opts: &RejoinOptions, obs: &mut dyn Observer) -> Result<Re
         None => {
             if crashed {
                 report.plan.push(format!(
-                    "the server was not shut down cleanly (cluster state: {}): its crash recovery in single-user mode (no connections), which must end \"shut down\"",
-                    control.as_ref().map_or("", |c| c.state.as_str())
+                    "the server was not shut down cleanly (cluster state: {}): its crash recovery {}, which must end \"shut down\"",
+                    control.as_ref().map_or("", |c| c.state.as_str()),
+                    recovery::HOW
                 ));
             }
             report.plan.push(format!(
@@ -857,10 +858,13 @@ fn advance(
             .map(|c| recovery::needs_recovery(&c.state))
             .unwrap_or(true);
         if unclean {
-            obs.step("crash recovery in single-user mode (the server was not shut down cleanly)");
+            obs.step(&format!(
+                "crash recovery {} (the server was not shut down cleanly)",
+                recovery::HOW
+            ));
             recovery::recover(&config.pg_bin, &config.pg_data).map_err(|e| {
                 step_error(
-                    "crash recovery in single-user mode",
+                    &format!("crash recovery {}", recovery::HOW),
                     e.to_string(),
                     "read the message (the server's log says more), fix the cause, then run `keyferry ha rejoin --resume`",
                 )
