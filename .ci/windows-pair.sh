@@ -27,12 +27,17 @@
 #      status on both; the primary's server stopped, ha failover on the
 #      replica; ha guard and ha start refused on the old primary (exit 13);
 #      started by hand, written on and crashed, ha rejoin refused, then
-#      --force (crash recovery, pg_rewind), ha status on both, the rows
+#      --force, keyferry.exe killed while the crash recovery's server runs
+#      (the server dies with it), --resume (crash recovery, pg_rewind),
+#      ha status on both, the rows
 #      compared; ha stop and ha start of the replica; ha archive clean;
 #   5. the same servers as Windows services (pg_ctl register), ha.toml's
 #      [service] method = "windows_service" (on b with no pg_bin/pg_data:
 #      read from the service's command line): ha start through the service
-#      manager, ha status, ha switchover with the writer, ha stop/ha start
+#      manager, ha status, ha check's boot_start (ok on demand; warn for a
+#      second service of b's registered to start automatically; fail for
+#      it once b is demoted after the failover below; ok on demand), ha
+#      switchover with the writer, ha stop/ha start
 #      of the replica, then of the primary (wal_log_hints turned off on it);
 #      the primary's service stopped (sc stop), ha failover; ha guard and
 #      ha start refused on the old primary (exit 13), its service staying
@@ -753,6 +758,49 @@ for host in a b; do
 done
 status_ok a "$ADDR_A"
 status_ok b "$ADDR_A"
+# `ha check`'s boot_start fact: a service that Windows starts at boot
+# skips the start guard (the service manager has no pre-start hook).
+BOOT_FACT='
+import json, sys
+s = json.JSONDecoder().raw_decode(sys.stdin.read())[0]  # the report; stderr follows
+print(*[(c["status"], c["message"]) for c in s["checks"] if c["name"] == "boot_start"][0])
+'
+# `boot_fact HOST`: "STATUS MESSAGE" of HOST's boot_start fact.
+boot_fact() {
+    capture kf "$1" ha check --json "${TMO[@]}" --password-file "$REP_PW_FILE" || true
+    python3 -c "$BOOT_FACT" <<<"$LAST" 2>&1 || true
+}
+# `boot_says HOST WANT`: HOST's boot_start fact starts with WANT.
+boot_says() {
+    local said
+    said=$(boot_fact "$1")
+    if [[ "$said" == "$2"* ]]; then
+        pass "$1: ha check: boot_start $said"
+    else
+        fail "$1: ha check: boot_start '$said', expected '$2…'"
+    fi
+}
+boot_says a "ok service $SERVICE starts on demand only"
+# Wine's sc has no `config`: a second service for b's data directory,
+# registered to start automatically (the installer's default), stands for
+# $SERVICE so set; b's ha.toml names it for the check alone.
+AUTO_SERVICE=kfpg_auto
+if wine_on b "$PG_BIN/pg_ctl.exe" register -N "$AUTO_SERVICE" -D "$(winpath "$(data_of b)")" \
+    -S auto -w >"$WORK/b/register-auto.out" 2>&1 </dev/null; then
+    pass "b: service $AUTO_SERVICE registered (start auto)"
+else
+    cat "$WORK/b/register-auto.out"
+    fail "b: pg_ctl register -S auto"
+fi
+# `boot_says_as SERVICE HOST WANT`: boot_says with HOST's ha.toml naming
+# SERVICE for that one check.
+boot_says_as() {
+    local toml="$WORK/$2/home/ha.toml"
+    sed -i "s/^name = \"$SERVICE\"/name = \"$1\"/" "$toml"
+    boot_says "$2" "$3"
+    sed -i "s/^name = \"$1\"/name = \"$SERVICE\"/" "$toml"
+}
+boot_says_as "$AUTO_SERVICE" b "warn service $AUTO_SERVICE starts automatically when Windows boots, without the start guard"
 : >"$WORK/acked"
 rm -f "$WORK/stop-writer"
 ip netns exec "$NS_A" bash -c writer &
@@ -826,6 +874,12 @@ else
     summary
 fi
 fail_away b a service_down
+# Demoted now, b must not come back by itself at boot: fail, until its
+# service starts on demand again.
+boot_says_as "$AUTO_SERVICE" b "fail service $AUTO_SERVICE starts automatically when Windows boots, without the start guard; this node is marked demoted"
+boot_says b "ok service $SERVICE starts on demand only"
+wine_on b "$PG_BIN/pg_ctl.exe" unregister -N "$AUTO_SERVICE" >"$WORK/b/unregister-auto.out" 2>&1 </dev/null ||
+    cat "$WORK/b/unregister-auto.out"
 psql_on a "insert into kf_check select g, md5(g::text) from generate_series(2501, 3000) g" >/dev/null
 # `kept_dirs HOST`: the <data>.old-* directories beside HOST's data directory.
 kept_dirs() { compgen -G "$(data_of "$1").old-*" | sort || true; }

@@ -1011,3 +1011,150 @@ fn hba_ensure_for_an_address_outside_the_pair_needs_force() {
         .success();
     assert!(String::from_utf8_lossy(&fs::read(&file).unwrap()).contains("10.0.0.3/32"));
 }
+
+/// `ha check`'s `boot_start` fact for the three service methods: what
+/// starts the server at boot, and whether the start guard runs first. The
+/// systemd answers come from a `systemctl` on PATH that prints what
+/// `systemctl show` prints (no systemd runs here); the Debian layout is
+/// this machine's own `/etc/postgresql`, read only, where it has one.
+#[test]
+fn ha_check_says_whether_the_boot_start_runs_the_guard() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let data = dir.path().join("data");
+    fs::create_dir(&data).unwrap();
+    let stubs = dir.path().join("stubs");
+    fs::create_dir(&stubs).unwrap();
+    let mut init = init_args("10.0.0.1", "10.0.0.2");
+    let data_arg = data.display().to_string();
+    init.extend(["--pg-data", &data_arg]);
+    keyferry(&home).args(&init).assert().success();
+    let toml = home.join("ha.toml");
+    let original = fs::read_to_string(&toml).unwrap();
+    let fact = |toml_text: &str, systemctl: Option<&str>| -> serde_json::Value {
+        fs::write(&toml, toml_text).unwrap();
+        let stub = stubs.join("systemctl");
+        match systemctl {
+            Some(script) => {
+                fs::write(&stub, script).unwrap();
+                fs::set_permissions(&stub, fs::Permissions::from_mode(0o755)).unwrap();
+            }
+            None => {
+                let _ = fs::remove_file(&stub);
+            }
+        }
+        let path = format!("{}:/usr/bin:/bin", stubs.display());
+        let out = keyferry(&home)
+            .args(["ha", "check", "--json", "--timeout-ms", "200"])
+            .env("PATH", path)
+            .env_remove("PGPASSFILE")
+            .output()
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "boot_start")
+            .cloned()
+            .expect("a boot_start check")
+    };
+    let says = |f: &serde_json::Value, status: &str, words: &str| {
+        assert_eq!(f["status"], status, "{f}");
+        assert!(f["message"].as_str().unwrap().contains(words), "{f}");
+    };
+
+    // pg_ctl on a data directory no Debian cluster names.
+    let f = fact(&original, None);
+    says(
+        &f,
+        "ok",
+        "nothing keyferry knows of starts this server at boot",
+    );
+
+    let systemd = original.replace(
+        "method = \"pg_ctl\"",
+        "method = \"systemd\"\nunit = \"postgresql@15-main\"",
+    );
+    assert_ne!(systemd, original, "[service] in {original}");
+    let demoted = format!("demoted = true\n{systemd}");
+    let show =
+        |pre: &str| format!("#!/bin/sh\n[ \"$1\" = show ] || exit 2\necho 'ExecStartPre={pre}'\n");
+    let unguarded = show("{ path=/usr/bin/pg_ctlcluster ; argv[]=/usr/bin/pg_ctlcluster 15-main start ; ignore_errors=no }");
+    let guarded = show("{ path=/usr/local/bin/keyferry ; argv[]=/usr/local/bin/keyferry --home /var/lib/keyferry ha guard --password-file /etc/keyferry/repuser.pw ; ignore_errors=no }");
+    let f = fact(&systemd, Some(&unguarded));
+    says(&f, "warn", "`systemctl start postgresql@15-main` (at boot, or by anyone) starts the server, without the start guard");
+    assert!(
+        f["fix"].as_str().unwrap().contains("keyferry-guard.conf"),
+        "{f}"
+    );
+    let f = fact(&demoted, Some(&unguarded));
+    says(&f, "fail", "marked demoted");
+    let f = fact(&demoted, Some(&guarded));
+    says(
+        &f,
+        "ok",
+        "runs `keyferry ha guard` before it starts the server",
+    );
+    let f = fact(
+        &systemd,
+        Some("#!/bin/sh\necho 'System has not been booted with systemd as init system (PID 1). Can'\\''t operate.' >&2\nexit 1\n"),
+    );
+    says(&f, "warn", "cannot tell what starts the server at boot: systemctl show postgresql@15-main: System has not been booted with systemd");
+    let f = fact(&demoted, None);
+    assert_eq!(f["status"], "warn", "{f}");
+    // The check changed nothing.
+    fs::write(&toml, &original).unwrap();
+
+    // Debian's own cluster, where this machine has one that starts at boot.
+    let Some((cluster, debian_data)) = debian_auto_cluster() else {
+        eprintln!("skipped the Debian part: no /etc/postgresql/*/* cluster with start.conf auto");
+        return;
+    };
+    let debian = original.replace(
+        &format!("pg_data = \"{data_arg}\""),
+        &format!("pg_data = \"{debian_data}\""),
+    );
+    assert_ne!(debian, original, "pg_data in {original}");
+    let f = fact(&debian, Some(&unguarded));
+    says(
+        &f,
+        "warn",
+        &format!("Debian's postgresql service starts cluster {cluster} at boot"),
+    );
+    assert!(f["fix"].as_str().unwrap().contains("start.conf"), "{f}");
+    let f = fact(&format!("demoted = true\n{debian}"), Some(&guarded));
+    says(&f, "ok", "which runs `keyferry ha guard` first");
+}
+
+/// A Debian cluster (`VERSION/NAME`) that starts at boot, and its data
+/// directory.
+fn debian_auto_cluster() -> Option<(String, String)> {
+    for version in fs::read_dir("/etc/postgresql").ok()?.flatten() {
+        for cluster in fs::read_dir(version.path()).ok()?.flatten() {
+            let dir = cluster.path();
+            let start =
+                fs::read_to_string(dir.join("start.conf")).unwrap_or_else(|_| "auto".into());
+            let auto = start
+                .lines()
+                .map(|l| l.split('#').next().unwrap_or("").trim())
+                .find(|l| !l.is_empty())
+                .is_none_or(|w| w == "auto");
+            let conf = fs::read_to_string(dir.join("postgresql.conf")).unwrap_or_default();
+            let data = conf.lines().find_map(|l| {
+                let v = l.trim().strip_prefix("data_directory")?;
+                Some(v.split('\'').nth(1)?.to_owned())
+            });
+            if let (true, Some(data)) = (auto, data) {
+                let name = format!(
+                    "{}/{}",
+                    version.file_name().to_string_lossy(),
+                    cluster.file_name().to_string_lossy()
+                );
+                return Some((name, data));
+            }
+        }
+    }
+    None
+}

@@ -46,6 +46,7 @@
 pub(crate) mod addr;
 pub mod archive;
 pub(crate) mod autoconf;
+pub(crate) mod boot;
 pub mod config;
 pub mod connstr;
 pub(crate) mod datafile;

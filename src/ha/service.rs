@@ -387,6 +387,14 @@ pub(crate) fn service_paths(name: &str) -> Result<super::winsvc::ServicePaths, S
     super::winsvc::parse_command_line(&line).map_err(|e| format!("service {name}: {e}"))
 }
 
+/// The start type of the Windows service `name` (`SERVICE_AUTO_START`,
+/// `SERVICE_DEMAND_START`, …), as the service manager has it.
+#[cfg(windows)]
+pub(crate) fn service_start_type(name: &str) -> Result<u32, String> {
+    scm::start_type(name)
+        .map_err(|e| format!("the service manager cannot show service {name}: {e}"))
+}
+
 /// Only Windows has a service manager to ask.
 #[cfg(unix)]
 pub(crate) fn service_paths(name: &str) -> Result<super::winsvc::ServicePaths, String> {
@@ -474,8 +482,9 @@ mod scm {
         Ok((manager, Handle(service)))
     }
 
-    /// The command line the service `name` runs (`BINARY_PATH_NAME`).
-    pub(crate) fn command_line(name: &str) -> io::Result<String> {
+    /// The service `name`'s configuration, as `read` takes it from the
+    /// structure the service manager fills (valid only during the call).
+    fn with_config<T>(name: &str, read: impl FnOnce(&QUERY_SERVICE_CONFIGW) -> T) -> io::Result<T> {
         let (_manager, service) = open_service(name, SERVICE_QUERY_CONFIG)?;
         let mut needed: u32 = 0;
         // SAFETY: a null buffer of size 0 asks for the size needed.
@@ -488,17 +497,30 @@ mod scm {
         if unsafe { QueryServiceConfigW(service.0, config, size, &mut needed) } == 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: on success the structure is filled and its string
-        // pointers point into `buffer`, NUL-terminated.
-        let path = unsafe { (*config).lpBinaryPathName };
-        if path.is_null() {
-            return Ok(String::new());
-        }
-        // SAFETY: `path` is a NUL-terminated UTF-16 string inside `buffer`.
-        let len = (0..).take_while(|&i| unsafe { *path.add(i) } != 0).count();
-        // SAFETY: the `len` elements before the NUL are initialised.
-        let wide = unsafe { std::slice::from_raw_parts(path, len) };
-        Ok(String::from_utf16_lossy(wide))
+        // SAFETY: on success the structure is filled, its string pointers
+        // into `buffer`, which outlives the call.
+        Ok(read(unsafe { &*config }))
+    }
+
+    /// The command line the service `name` runs (`BINARY_PATH_NAME`).
+    pub(crate) fn command_line(name: &str) -> io::Result<String> {
+        with_config(name, |config| {
+            let path = config.lpBinaryPathName;
+            if path.is_null() {
+                return String::new();
+            }
+            // SAFETY: `path` is a NUL-terminated UTF-16 string inside the
+            // buffer `with_config` filled.
+            let len = (0..).take_while(|&i| unsafe { *path.add(i) } != 0).count();
+            // SAFETY: the `len` elements before the NUL are initialised.
+            let wide = unsafe { std::slice::from_raw_parts(path, len) };
+            String::from_utf16_lossy(wide)
+        })
+    }
+
+    /// The service `name`'s start type (`START_TYPE` in `sc qc`).
+    pub(crate) fn start_type(name: &str) -> io::Result<u32> {
+        with_config(name, |config| config.dwStartType)
     }
 
     /// Asks the SCM to start or stop `name` and waits (bounded by

@@ -7,7 +7,9 @@
 //! node or the operator: where the replication password comes from
 //! (`password`, `passfile`: a given source, the libpq password file, or a
 //! prompt, never what it is), `firewall`: whether keyferry's rules open
-//! this node's ports to the peer (see [`super::firewall`]), and, last, `keyring`: this node's keyring
+//! this node's ports to the peer (see [`super::firewall`]), `boot_start`:
+//! whether what starts the server at boot runs the start guard first (see
+//! [`crate::ha::boot`]), and, last, `keyring`: this node's keyring
 //! fingerprint against the other node's (`--peer-fingerprint`). Only `fail`
 //! makes the command exit non-zero.
 
@@ -66,6 +68,7 @@ pub(crate) fn check(home: &Home, opts: &CheckOptions) -> Result<CheckReport> {
     let found = preflight::run(&config, opts.timeout, &credentials, password_facts);
     let mut checks = found.facts;
     checks.push(super::firewall::fact(&config, found.this_node));
+    checks.push(crate::ha::boot::fact(&config));
     checks.push(keyring_check(home, opts.peer_fingerprint.as_ref()));
     for fact in &checks {
         // The same words the report prints; no password reaches a fact.
