@@ -32,7 +32,8 @@
 #      ha status on both, the rows
 #      compared; ha stop and ha start of the replica; ha archive clean;
 #   5. the same servers as Windows services (pg_ctl register), ha.toml's
-#      [service] method = "windows_service" (on b with no pg_bin/pg_data:
+#      [service] method = "windows_service" (on b by ha init --force
+#      --service, with no pg_bin/pg_data, the generation kept:
 #      read from the service's command line): ha start through the service
 #      manager, ha status, ha check's boot_start (ok on demand; warn for a
 #      second service of b's registered to start automatically; fail for
@@ -734,13 +735,25 @@ for host in a b; do
         fail "$host: pg_ctl register"
         summary
     fi
-    sed -i "s/^method = \"pg_ctl\"\r\?\$/method = \"windows_service\"\nname = \"$SERVICE\"/" \
-        "$WORK/$host/home/ha.toml"
 done
-# On b, ha.toml names only the service: keyferry reads the data directory
-# and pg_ctl's directory from the service's command line.
-sed -i '/^pg_bin = /d; /^pg_data = /d' "$WORK/b/home/ha.toml"
-cp "$WORK/b/home/ha.toml" "$WORK/b/ha.toml.service-only"
+# a's ha.toml switched by hand, as an operator edits it; b's by ha init
+# --force --service with no paths: keyferry reads the data directory and
+# pg_ctl's directory from the service's command line and leaves them out
+# of the file, which keeps the pair's generation.
+sed -i "s/^method = \"pg_ctl\"\r\?\$/method = \"windows_service\"\nname = \"$SERVICE\"/" \
+    "$WORK/a/home/ha.toml"
+generation_of() { sed -n 's/^generation = \([0-9]*\).*/\1/p' "$WORK/$1/home/ha.toml"; }
+gen_b=$(generation_of b)
+must "b: ha init --force --service windows_service:$SERVICE (no --pg-bin, --pg-data)" \
+    kf b ha init --force --node pam-b --primary "$ADDR_A" --secondary "$ADDR_B" \
+    --service "windows_service:$SERVICE" "${PATHS_B[@]:2}"
+if grep -q '^pg_bin\|^pg_data' "$WORK/b/home/ha.toml" ||
+    ! grep -q "^name = \"$SERVICE\"" "$WORK/b/home/ha.toml" || [[ "$(generation_of b)" != "$gen_b" ]]; then
+    cat "$WORK/b/home/ha.toml"
+    fail "b: ha.toml after ha init --service: paths written, no service, or generation ${gen_b:-0} lost"
+else
+    pass "b: ha.toml names only the service, generation ${gen_b:-0} kept"
+fi
 # `service_state HOST`: RUNNING or STOPPED, as the service manager says.
 service_state() {
     wine_on "$1" sc query "$SERVICE" </dev/null 2>/dev/null | tr -d '\r' |

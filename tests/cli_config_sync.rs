@@ -173,6 +173,8 @@ fn accept_config_takes_paths_from_the_command_line_only() {
             "db2",
             "--pg-data",
             "/srv/pg/mine",
+            "--service",
+            "systemd:postgresql@15-mine",
         ])
         .arg("--appsettings")
         .arg(&app)
@@ -180,6 +182,12 @@ fn accept_config_takes_paths_from_the_command_line_only() {
         .success();
     let c = read_config(&fresh);
     assert_eq!(c.pg_data, PathBuf::from("/srv/pg/mine"));
+    assert_eq!(
+        c.service,
+        keyferry::ha::config::ServiceControl::Systemd {
+            unit: "postgresql@15-mine".into()
+        }
+    );
     assert_eq!(c.appsettings.as_deref(), Some(app.as_path()));
     assert_eq!(fs::read(&app).unwrap(), APPSETTINGS);
 
@@ -191,6 +199,12 @@ fn accept_config_takes_paths_from_the_command_line_only() {
         .assert()
         .code(2)
         .stderr(predicates::str::contains("keeps its own paths"));
+    fresh
+        .import_cmd(&file)
+        .args(["--accept-config", "--service", "pg_ctl"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("--service"));
 }
 
 /// A sender who sets appsettings to the receiver's own audit log gets

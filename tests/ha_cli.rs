@@ -1158,3 +1158,77 @@ fn debian_auto_cluster() -> Option<(String, String)> {
     }
     None
 }
+
+/// `ha init --service`: how the server is started, in ha.toml; a Windows
+/// service without paths needs its service manager (not here: a usage
+/// error naming the way out). `--force` never lowers the pair's
+/// generation nor clears this node's demoted mark.
+#[test]
+fn ha_init_takes_the_service_and_force_keeps_the_pairs_history() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    keyferry(&home)
+        .args(init_args("10.0.0.1", "10.0.0.2"))
+        .args(["--service", "systemd:postgresql@15-main"])
+        .assert()
+        .success();
+    let text = stdout_of(keyferry(&home).args(["ha", "show"]));
+    assert!(
+        text.contains("[service]\nmethod = \"systemd\"\nunit = \"postgresql@15-main\""),
+        "{text}"
+    );
+    let path = home.join("ha.toml");
+    let before = fs::read(&path).unwrap();
+    for (bad, says) in [
+        ("sysv:postgresql", "is not a way to start the server"),
+        ("systemd:", "names no systemd unit"),
+        ("windows_service:a\\b", "cannot be a Windows service name"),
+    ] {
+        keyferry(&home)
+            .args(init_args("10.0.0.1", "10.0.0.2"))
+            .args(["--force", "--service", bad])
+            .assert()
+            .code(2)
+            .stderr(predicates::str::contains(says));
+    }
+    keyferry(&home)
+        .args(init_args("10.0.0.1", "10.0.0.2"))
+        .args(["--force", "--service", "windows_service:postgresql-x64-15"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains(
+            "exists only on Windows; give --pg-bin and --pg-data",
+        ));
+    assert_eq!(fs::read(&path).unwrap(), before, "refusals change nothing");
+
+    // The pair moved on (a failover elsewhere, this node demoted); an
+    // operator re-runs ha init --force with a typo fixed.
+    let moved = String::from_utf8(before).unwrap().replacen(
+        "version = 1\n",
+        "version = 1\ngeneration = 7\ndemoted = true\n",
+        1,
+    );
+    fs::write(&path, moved).unwrap();
+    keyferry(&home)
+        .args(init_args("10.0.0.1", "10.0.0.2"))
+        .args([
+            "--force",
+            "--service",
+            "windows_service:postgresql-x64-15",
+            "--pg-bin",
+            "/opt/pg/bin",
+            "--pg-data",
+            "/srv/pg/data",
+        ])
+        .assert()
+        .success();
+    let text = stdout_of(keyferry(&home).args(["ha", "show"]));
+    for expected in [
+        "generation = 7",
+        "demoted = true",
+        "method = \"windows_service\"\nname = \"postgresql-x64-15\"",
+        "pg_data = \"/srv/pg/data\"",
+    ] {
+        assert!(text.contains(expected), "{expected} in {text}");
+    }
+}

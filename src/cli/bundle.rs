@@ -75,6 +75,11 @@ pub(crate) struct ImportArgs {
     /// Where this node's appsettings.json is, for an ha.toml created with --accept-config.
     #[arg(value_parser = crate::cli::PathArg, long, value_name = "PATH", requires = "accept_config")]
     appsettings: Option<PathBuf>,
+    /// How this node starts its server, for an ha.toml created with
+    /// --accept-config: pg_ctl, systemd:UNIT or windows_service:NAME
+    /// [default: pg_ctl].
+    #[arg(long, value_name = "METHOD", requires = "accept_config", value_parser = crate::ha::config::ServiceControl::parse)]
+    service: Option<crate::ha::config::ServiceControl>,
     /// Verify the bundle and show what would change, without changing anything.
     #[arg(long)]
     dry_run: bool,
@@ -160,6 +165,7 @@ pub fn import(home: &Home, args: ImportArgs) -> Result<()> {
                 pg_data: args.pg_data,
                 archive_dir: args.archive_dir,
                 appsettings: args.appsettings,
+                service: args.service,
             },
             dry_run: args.dry_run,
             replace_keys: args.replace_keys,

@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 use super::{print_json, printable, PasswordArgs};
 use crate::error::{Error, Result};
 use crate::fmt::human_bytes;
+use crate::ha::config::ServiceControl;
 use crate::ha::hba::HbaMethod;
 use crate::ha::PeerAddr;
 use crate::keyring::Fingerprint;
@@ -172,7 +173,13 @@ pub(crate) struct InitArgs {
     /// Role the replica streams as [default: repuser].
     #[arg(long, value_name = "ROLE")]
     replication_user: Option<String>,
-    /// Replace an existing ha.toml (the old one is kept in backups/).
+    /// How this node starts and stops its server: pg_ctl, systemd:UNIT or
+    /// windows_service:NAME (then --pg-bin and --pg-data may be left out:
+    /// read from the service) [default: pg_ctl].
+    #[arg(long, value_name = "METHOD", value_parser = ServiceControl::parse)]
+    service: Option<ServiceControl>,
+    /// Replace an existing ha.toml (the old one is kept in backups/; its
+    /// generation and this node's demoted mark carry over).
     #[arg(long)]
     force: bool,
 }
@@ -400,6 +407,7 @@ pub fn run(home: &Home, cmd: HaCommand) -> Result<()> {
                     pg_socket_dir: a.pg_socket_dir,
                     appsettings: a.appsettings,
                     replication_user: a.replication_user,
+                    service: a.service,
                     force: a.force,
                 },
             )?;

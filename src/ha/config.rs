@@ -113,6 +113,50 @@ pub enum ServiceControl {
     },
 }
 
+impl ServiceControl {
+    /// Reads the command line's `--service`: `pg_ctl`, `systemd:UNIT` or
+    /// `windows_service:NAME` (what [`Self::spec`] writes).
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let named = |name: &str, what: &str| -> Result<String, String> {
+            if name.trim().is_empty() || name.chars().any(char::is_control) {
+                return Err(format!("{spec:?} names no {what}; e.g. {}", Self::EXAMPLES));
+            }
+            Ok(name.to_owned())
+        };
+        match spec.split_once(':') {
+            None if spec == "pg_ctl" => Ok(Self::PgCtl),
+            Some(("systemd", unit)) => Ok(Self::Systemd {
+                unit: named(unit, "systemd unit")?,
+            }),
+            Some(("windows_service", name)) => {
+                let name = named(name, "Windows service")?;
+                if name.contains(['/', '\\']) {
+                    return Err(format!(
+                        "{name:?} cannot be a Windows service name (no / or \\)"
+                    ));
+                }
+                Ok(Self::WindowsService { name })
+            }
+            _ => Err(format!(
+                "{spec:?} is not a way to start the server: use {}",
+                Self::EXAMPLES
+            )),
+        }
+    }
+
+    /// The `--service` value that gives `self`.
+    pub fn spec(&self) -> String {
+        match self {
+            Self::PgCtl => "pg_ctl".into(),
+            Self::Systemd { unit } => format!("systemd:{unit}"),
+            Self::WindowsService { name } => format!("windows_service:{name}"),
+        }
+    }
+
+    const EXAMPLES: &'static str =
+        "pg_ctl, systemd:postgresql@15-main or windows_service:postgresql-x64-15";
+}
+
 /// A validated `ha.toml`. See the module docs for the invariants.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HaConfig {
@@ -246,6 +290,8 @@ pub struct LocalPaths {
     pub pg_data: Option<PathBuf>,
     pub archive_dir: Option<PathBuf>,
     pub appsettings: Option<PathBuf>,
+    /// How this node starts its server (`--service`).
+    pub service: Option<ServiceControl>,
 }
 
 impl LocalPaths {
@@ -486,6 +532,37 @@ impl HaConfig {
         Ok(())
     }
 
+    /// Starts the server through `service` from now on. With a Windows
+    /// service, `pg_bin` and `pg_data` that the operator did not give
+    /// (`given_bin`, `given_data`) are read from the service's configuration
+    /// and stay out of the file, as when `ha.toml` leaves them out.
+    pub(crate) fn use_service(
+        &mut self,
+        service: ServiceControl,
+        given_bin: bool,
+        given_data: bool,
+    ) -> Result<(), Error> {
+        if let ServiceControl::WindowsService { name } = &service {
+            if !(given_bin && given_data) {
+                let found =
+                    super::service::service_paths(name).map_err(|e| Error::ConfigValue {
+                        field: "service",
+                        reason: format!("{e}; give --pg-bin and --pg-data"),
+                    })?;
+                if !given_bin {
+                    self.pg_bin = found.pg_bin;
+                    self.from_service.pg_bin = true;
+                }
+                if !given_data {
+                    self.pg_data = found.pg_data;
+                    self.from_service.pg_data = true;
+                }
+            }
+        }
+        self.service = service;
+        Ok(())
+    }
+
     /// The configuration a node named `node` should install when it takes
     /// `self` (the sender's `ha.toml`) from a bundle.
     ///
@@ -514,6 +591,13 @@ impl HaConfig {
                 }
                 c.archive_dir = given.archive_dir.clone();
                 c.appsettings = given.appsettings.clone();
+                if let Some(service) = &given.service {
+                    c.use_service(
+                        service.clone(),
+                        given.pg_bin.is_some(),
+                        given.pg_data.is_some(),
+                    )?;
+                }
                 fresh = c;
                 &fresh
             }
@@ -860,12 +944,45 @@ mod tests {
             pg_data: Some(abs("mine/data")),
             archive_dir: Some(abs("mine/archive")),
             appsettings: Some(abs("mine/appsettings.json")),
+            service: Some(ServiceControl::Systemd {
+                unit: "postgresql@15-main".into(),
+            }),
         };
         let received = primary.for_receiving_node("pam-b", None, &given).unwrap();
         assert_eq!(received.pg_bin, abs("mine/bin"));
         assert_eq!(received.pg_data, abs("mine/data"));
         assert_eq!(received.archive_dir, Some(abs("mine/archive")));
         assert_eq!(received.appsettings, Some(abs("mine/appsettings.json")));
+        assert_eq!(
+            received.service,
+            ServiceControl::Systemd {
+                unit: "postgresql@15-main".into()
+            }
+        );
+    }
+
+    #[test]
+    fn reads_and_writes_the_service_option() {
+        for spec in [
+            "pg_ctl",
+            "systemd:postgresql@15-main",
+            "windows_service:postgresql-x64-15",
+        ] {
+            assert_eq!(ServiceControl::parse(spec).unwrap().spec(), spec);
+        }
+        for (bad, says) in [
+            ("", "is not a way to start the server"),
+            ("pgctl", "is not a way to start the server"),
+            ("systemd", "is not a way to start the server"),
+            ("pg_ctl:x", "is not a way to start the server"),
+            ("sysv:postgresql", "is not a way to start the server"),
+            ("systemd:", "names no systemd unit"),
+            ("windows_service: ", "names no Windows service"),
+            ("windows_service:a\\b", "cannot be a Windows service name"),
+        ] {
+            let e = ServiceControl::parse(bad).unwrap_err();
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
     }
 
     #[test]

@@ -265,8 +265,8 @@ pub(crate) fn plan_install(
         let received = HaConfig::from_toml(&text).map_err(invalid_ha)?;
         if local.is_some() && !policy.paths.is_empty() {
             return Err(Error::Usage(format!(
-                "this node already has {}, which keeps its own paths: drop --pg-data, \
-                 --archive-dir and --appsettings, or change them with `keyferry ha init … --force`",
+                "this node already has {}, which keeps its own paths: drop --pg-bin, --pg-data, \
+                 --archive-dir, --appsettings and --service, or change them with `keyferry ha init … --force`",
                 home.ha_config_path().display()
             )));
         }

@@ -39,7 +39,7 @@ use super::{details, Home};
 use crate::error::{Error, Result};
 use crate::fsutil::Ownership;
 use crate::ha::archive::{self, WalFileKind};
-use crate::ha::config::HaConfig;
+use crate::ha::config::{HaConfig, ServiceControl};
 use crate::ha::PeerAddr;
 
 /// Reads `ha.toml`; `Ok(None)` when the node has none.
@@ -69,6 +69,8 @@ pub struct InitOptions {
     pub pg_socket_dir: Option<PathBuf>,
     pub appsettings: Option<PathBuf>,
     pub replication_user: Option<String>,
+    /// How the server is started (default `pg_ctl`).
+    pub service: Option<ServiceControl>,
     /// Replace an existing `ha.toml` (its previous version goes to
     /// `backups/`).
     pub force: bool,
@@ -94,6 +96,13 @@ fn config_from_options(opts: &InitOptions) -> std::result::Result<HaConfig, crat
     config.appsettings = opts.appsettings.clone();
     if let Some(user) = &opts.replication_user {
         config.replication_user = user.clone();
+    }
+    if let Some(service) = &opts.service {
+        config.use_service(
+            service.clone(),
+            opts.pg_bin.is_some(),
+            opts.pg_data.is_some(),
+        )?;
     }
     config.validate()?;
     Ok(config)
@@ -140,8 +149,7 @@ impl HaConfigView {
 /// `keyferry ha init`: validates and writes `ha.toml` (owner-only,
 /// atomically). Refuses to replace an existing one unless `force`.
 pub fn init(home: &Home, opts: &InitOptions) -> Result<InitReport> {
-    let config = config_from_options(opts).map_err(as_usage)?;
-    let text = config.to_toml()?;
+    let mut config = config_from_options(opts).map_err(as_usage)?;
     let mut node = home.open(true)?;
     let path = home.ha_config_path();
     let exists = path.exists();
@@ -152,6 +160,14 @@ pub fn init(home: &Home, opts: &InitOptions) -> Result<InitReport> {
             home.backup_dir().display()
         )));
     }
+    // What the file it replaces knows of the pair's history stays: the
+    // generation never goes back, and a demoted node stays demoted until
+    // `ha rejoin` (a file that cannot be read has nothing to keep).
+    if let Ok(Some(old)) = load_config(home) {
+        config.generation = config.generation.max(old.generation);
+        config.demoted |= old.demoted;
+    }
+    let text = config.to_toml()?;
     let record_details = details([
         ("node", Value::from(config.node.clone())),
         ("primary", Value::from(config.primary.to_string())),
