@@ -366,19 +366,20 @@ echo "runbook before the bootstrap: $((SECONDS - t))s"
 
 log "ha bootstrap, killed during the copy: --abort, then --resume"
 t=$SECONDS
-# `killed_bootstrap OUT`: starts b's bootstrap (output in OUT) and kills
-# keyferry.exe (its Unix process, as a crash would) once pg_basebackup.exe
-# runs; says whether it got that far.
-killed_bootstrap() {
-    local out=$1 i pids tag
+# `kill_kf_when READY WHAT OUT HOST ARGS…`: runs `kf HOST ARGS…` in the
+# background (its output in OUT) and kills keyferry.exe (its Unix process,
+# as a crash would; this run's only, by WHAT on its command line) once the
+# command READY succeeds; says whether it got that far.
+kill_kf_when() {
+    local ready=$1 what=$2 out=$3 i pids tag
+    shift 3
     tag=$(basename "$WORK")
-    kf b ha bootstrap "${TMO[@]}" --slot pam_b --password-file "$REP_PW_FILE" --yes \
-        >"$out" 2>&1 &
+    kf "$@" >"$out" 2>&1 &
     local job=$!
-    for ((i = 0; i < 600; i++)); do
-        if pgrep -f "pg_basebackup.*$tag" >/dev/null; then
-            # keyferry.exe and the shells around it: this run's only.
-            pids=$(pgrep -f "$tag.*keyferry.*ha bootstrap" || true)
+    for ((i = 0; i < 1200; i++)); do
+        if "$ready"; then
+            # keyferry.exe and the shells around it.
+            pids=$(pgrep -f "$tag.*keyferry.*$what" || true)
             if [[ -n "$pids" ]]; then
                 # shellcheck disable=SC2086
                 kill -9 $pids 2>/dev/null || true
@@ -386,10 +387,16 @@ killed_bootstrap() {
                 return 0
             fi
         fi
-        sleep 0.1
+        sleep 0.05
     done
     wait "$job" || true
     return 1
+}
+copying() { pgrep -f "pg_basebackup.*$(basename "$WORK")" >/dev/null; }
+# `killed_bootstrap OUT`: b's bootstrap killed once pg_basebackup.exe runs.
+killed_bootstrap() {
+    kill_kf_when copying "ha bootstrap" "$1" b ha bootstrap "${TMO[@]}" --slot pam_b \
+        --password-file "$REP_PW_FILE" --yes
 }
 # `control_of HOST FIELD`: FIELD of pg_controldata on HOST's data
 # directory (read whether the server runs or not).
@@ -650,29 +657,11 @@ fi
 # loopback behind <data>.keyferry-recovery-hba.conf): the server is in
 # keyferry's job object and dies with it; --resume runs the recovery again.
 # `killed_in_recovery`: says whether the kill came while that server ran.
+recovering() { [[ -f "$(data_of b).keyferry-recovery-hba.conf" && -f "$(data_of b)/postmaster.pid" ]]; }
 killed_in_recovery() {
-    local i pids tag hba pid
-    tag=$(basename "$WORK")
-    hba="$(data_of b).keyferry-recovery-hba.conf"
-    pid="$(data_of b)/postmaster.pid"
-    rm -f "$pid"
-    kf b ha rejoin --force --slot pam_b "${TMO[@]}" --password-file "$REP_PW_FILE" \
-        >"$WORK/b/rejoin-killed.out" 2>&1 &
-    local job=$!
-    for ((i = 0; i < 1200; i++)); do
-        if [[ -f "$hba" && -f "$pid" ]]; then
-            pids=$(pgrep -f "$tag.*keyferry.*ha rejoin" || true)
-            if [[ -n "$pids" ]]; then
-                # shellcheck disable=SC2086
-                kill -9 $pids 2>/dev/null || true
-                wait "$job" || true
-                return 0
-            fi
-        fi
-        sleep 0.05
-    done
-    wait "$job" || true
-    return 1
+    rm -f "$(data_of b)/postmaster.pid"
+    kill_kf_when recovering "ha rejoin" "$WORK/b/rejoin-killed.out" b ha rejoin --force --slot pam_b \
+        "${TMO[@]}" --password-file "$REP_PW_FILE"
 }
 # `recovery_server_gone`: no server answers for b's data directory
 # (pg_ctl status: the postmaster.pid left behind names a dead process).

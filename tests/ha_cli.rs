@@ -1050,15 +1050,7 @@ fn ha_check_says_whether_the_boot_start_runs_the_guard() {
             .env_remove("PGPASSFILE")
             .output()
             .unwrap();
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
-        report["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == "boot_start")
-            .cloned()
-            .expect("a boot_start check")
+        common::check_fact(&out.stdout, "boot_start")
     };
     let says = |f: &serde_json::Value, status: &str, words: &str| {
         assert_eq!(f["status"], status, "{f}");

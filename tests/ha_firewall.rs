@@ -255,15 +255,7 @@ fn ha_check_tells_whether_the_rules_are_there() {
             .env_remove("PGPASSFILE")
             .output()
             .unwrap();
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
-        report["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == "firewall")
-            .cloned()
-            .expect("a firewall check")
+        common::check_fact(&out.stdout, "firewall")
     };
     let f = fact(&stubs);
     assert_eq!(f["status"], "warn", "{f}");

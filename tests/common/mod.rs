@@ -43,3 +43,17 @@ pub fn succeeded(out: &std::process::Output) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// The check named `name` in the report `ha check --json` printed on
+/// `stdout`; panics, showing the output, when there is none.
+pub fn check_fact(stdout: &[u8], name: &str) -> serde_json::Value {
+    let report: serde_json::Value = serde_json::from_slice(stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(stdout)));
+    report["checks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no checks in {report}"))
+        .iter()
+        .find(|c| c["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {name} check in {report}"))
+}
