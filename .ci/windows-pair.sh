@@ -37,8 +37,8 @@
 #      read from the service's command line): ha start through the service
 #      manager, ha status, ha check's boot_start (ok on demand; warn for a
 #      second service of b's registered to start automatically; fail for
-#      it once b is demoted after the failover below; ok on demand), ha
-#      switchover with the writer, ha stop/ha start
+#      it once b is demoted after the failover below; ok on demand), hba
+#      ensure, ha archive clean, ha switchover with the writer, ha stop/ha start
 #      of the replica, then of the primary (wal_log_hints turned off on it);
 #      the primary's service stopped (sc stop), ha failover; ha guard and
 #      ha start refused on the old primary (exit 13), its service staying
@@ -803,6 +803,8 @@ boot_says_as() {
     sed -i "s/^name = \"$1\"/name = \"$SERVICE\"/" "$toml"
 }
 boot_says_as "$AUTO_SERVICE" b "warn service $AUTO_SERVICE starts automatically when Windows boots, without the start guard"
+must "a: hba ensure (windows_service)" kf a hba ensure "${TMO[@]}" --peer "$ADDR_B"
+must "b: ha archive clean (windows_service)" kf b ha archive clean
 : >"$WORK/acked"
 rm -f "$WORK/stop-writer"
 ip netns exec "$NS_A" bash -c writer &

@@ -177,11 +177,17 @@ fn runs_guard(show: &str) -> bool {
 /// Where Debian and Ubuntu keep their clusters' configuration.
 const DEBIAN_CLUSTERS: &str = "/etc/postgresql";
 
+/// Where keyferry looked, for the `pg_ctl` method's `ok`.
+#[cfg(unix)]
+const LOOKED: &str = "no Debian cluster in /etc/postgresql has this data directory";
+#[cfg(windows)]
+const LOOKED: &str = "a Windows service of this data directory would be one: name it with `ha init --service windows_service:NAME`";
+
 fn pg_ctl(pg_data: &Path) -> BootStart {
     let Some(cluster) = debian_cluster(Path::new(DEBIAN_CLUSTERS), pg_data) else {
-        return BootStart::NotAtBoot(
-            "[service] method = \"pg_ctl\": nothing keyferry knows of starts this server at boot (no Debian cluster in /etc/postgresql has this data directory)".into(),
-        );
+        return BootStart::NotAtBoot(format!(
+            "[service] method = \"pg_ctl\": nothing keyferry knows of starts this server at boot ({LOOKED})"
+        ));
     };
     let unit = format!("postgresql@{}-{}", cluster.version, cluster.name);
     let start_conf = cluster.dir.join("start.conf");
