@@ -156,21 +156,27 @@ fn systemd_guard(unit: &str) -> Result<bool, String> {
     Ok(runs_guard(&String::from_utf8_lossy(&out.stdout)))
 }
 
-/// Reads `systemctl show --property=ExecStartPre`: one `{ path=… ; argv[]=… }`
-/// group per command.
+/// Reads `systemctl show --property=ExecStartPre`: one `{ path=… ; argv[]=…
+/// ; ignore_errors=… }` group per command. A guard whose refusal the unit
+/// ignores (`ExecStartPre=-…`) guards nothing.
 fn runs_guard(show: &str) -> bool {
     show.lines()
         .filter_map(|l| l.strip_prefix("ExecStartPre="))
         .flat_map(|l| l.split('{'))
-        .filter_map(|group| {
-            group
+        .any(|group| {
+            let fields: Vec<&str> = group
                 .split(';')
-                .find_map(|f| f.trim().strip_prefix("argv[]="))
-        })
-        .any(|argv| {
-            let words: Vec<&str> = argv.split_whitespace().collect();
-            words.first().is_some_and(|p| p.ends_with("keyferry"))
-                && words.windows(2).any(|w| w == ["ha", "guard"])
+                .map(|f| f.trim().trim_end_matches('}').trim_end())
+                .collect();
+            let guard = fields
+                .iter()
+                .find_map(|f| f.strip_prefix("argv[]="))
+                .is_some_and(|argv| {
+                    let words: Vec<&str> = argv.split_whitespace().collect();
+                    words.first().is_some_and(|p| p.ends_with("keyferry"))
+                        && words.windows(2).any(|w| w == ["ha", "guard"])
+                });
+            guard && !fields.contains(&"ignore_errors=yes")
         })
 }
 
@@ -374,6 +380,8 @@ mod tests {
             // Another program's words, or keyferry doing something else.
             "ExecStartPre={ path=/bin/echo ; argv[]=/bin/echo keyferry ha guard ; ignore_errors=no }\n",
             "ExecStartPre={ path=/usr/bin/keyferry ; argv[]=/usr/bin/keyferry ha status ; ignore_errors=no }\n",
+            // `ExecStartPre=-…`: the unit starts whatever the guard says.
+            "ExecStartPre={ path=/usr/bin/keyferry ; argv[]=/usr/bin/keyferry ha guard ; ignore_errors=yes }\n",
         ] {
             assert!(!runs_guard(not), "{not}");
         }
