@@ -306,6 +306,25 @@ fn status_of_a_pair_from_both_nodes_as_it_loses_its_parts() {
     };
     assert_eq!(find("rights")["status"], "ok", "{:#}", find("rights"));
     assert_eq!(find("slots")["status"], "ok");
+    // initdb's defaults: no data checksums, wal_log_hints off on both.
+    let rewind = find("rewind");
+    assert_eq!(rewind["status"], "warn", "{rewind:#}");
+    for side in ["the primary", "the secondary"] {
+        assert!(
+            rewind["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("{side} (")),
+            "{rewind:#}"
+        );
+    }
+    assert!(
+        rewind["message"]
+            .as_str()
+            .unwrap()
+            .contains("runs with neither wal_log_hints nor data checksums"),
+        "{rewind:#}"
+    );
     let kept = find("old_data");
     assert!(
         kept["message"]

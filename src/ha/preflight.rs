@@ -20,6 +20,7 @@
 //! | `wal_senders` | [`max_wal_senders`] | the primary's `max_wal_senders` and how many are free |
 //! | `slots` | [`slots`] | the primary's replication slots: an inactive one is a leftover (warn) and the WAL it retains is named |
 //! | `wal_retention` | [`wal_retention`] | the primary keeps WAL for its replica: a slot in use or `wal_keep_size` above 0 (warn without: a replica that falls behind, or one starting from a copy, can need WAL the primary already removed) |
+//! | `rewind` | [`rewind`] | each node could be rewound by `pg_rewind` after a failover: `wal_log_hints` or data checksums, and `full_page_writes` (warn without: its rejoin would copy the whole cluster) |
 //! | `pg_bin`, `version` | [`versions_match`] | the PostgreSQL major version of both servers and of this node's programs agree |
 //! | `data_dir` | [`data_dir_state`] | this node's data directory: missing, empty, or its `pg_controldata` state |
 //! | `old_data` | [`old_data_dirs`] | old data directories a bootstrap kept beside `pg_data`, with their sizes (information: `ok`) |
@@ -248,6 +249,7 @@ pub fn run(
     ));
     facts.push(slots(primary.as_ref()));
     facts.push(wal_retention(primary.as_ref()));
+    facts.push(rewind(config, primary.as_ref(), secondary.as_ref()));
     facts.extend(versions_match(config, primary.as_ref(), secondary.as_ref()));
     facts.push(data_dir_state(config, this_node));
     facts.push(old_data_dirs(config));
@@ -407,6 +409,56 @@ pub(crate) fn wal_retention(primary: Option<&ServerFacts>) -> Fact {
             ),
         ),
     }
+}
+
+/// `rewind`: whether each node could be rewound by `pg_rewind` after a
+/// failover, as its server runs now. One that cannot comes back by a full
+/// copy of the cluster (`ha rejoin` falls back to a bootstrap), which over
+/// a slow link takes hours where a rewind takes seconds.
+pub(crate) fn rewind(
+    config: &HaConfig,
+    primary: Option<&ServerFacts>,
+    secondary: Option<&ServerFacts>,
+) -> Fact {
+    const NAME: &str = "rewind";
+    let (mut cannot, mut unread) = (Vec::new(), Vec::new());
+    for (side, addr, facts) in [
+        ("primary", config.primary, primary),
+        ("secondary", config.secondary, secondary),
+    ] {
+        match facts {
+            None => unread.push(format!("the {side} ({addr})")),
+            Some(f) => {
+                if let Some(why) = &f.not_rewindable {
+                    cannot.push(format!("the {side} ({addr}) runs with {why}"));
+                }
+            }
+        }
+    }
+    if !cannot.is_empty() {
+        return Fact::warn(
+            NAME,
+            format!(
+                "{}: after a failover its rejoin cannot use pg_rewind and copies the whole cluster",
+                cannot.join("; ")
+            ),
+            "on that node: keyferry ha prepare --restart (it sets wal_log_hints = on); full_page_writes = on in postgresql.conf if it is off",
+        );
+    }
+    if !unread.is_empty() {
+        return Fact::warn(
+            NAME,
+            format!(
+                "whether {} could be rewound after a failover was not read: no SQL connection",
+                unread.join(" and ")
+            ),
+            "fix the sql lines above",
+        );
+    }
+    Fact::ok(
+        NAME,
+        "both nodes can be rewound after a failover (wal_log_hints or data checksums, full_page_writes)",
+    )
 }
 
 const NO_WAL_KEPT: &str = "the primary keeps no WAL for a replica (no slot in use, wal_keep_size = 0): a replica that falls behind, or one starting from a copy, can need WAL it has already removed";
@@ -1306,7 +1358,43 @@ mod tests {
             slots: Vec::new(),
             standby_minimums: Vec::new(),
             wal_keep_bytes: 0,
+            not_rewindable: None,
         }
+    }
+
+    #[test]
+    fn rewind_needs_both_nodes_rewindable_and_read() {
+        let config = HaConfig::new(
+            "n",
+            PeerAddr::parse("10.0.0.1").unwrap(),
+            PeerAddr::parse("10.0.0.2").unwrap(),
+        )
+        .unwrap();
+        let good = server(150000, "replica", 10, 1);
+        let hintless = ServerFacts {
+            not_rewindable: crate::pg::not_rewindable(false, false, true),
+            ..server(150000, "replica", 10, 1)
+        };
+        assert_eq!(rewind(&config, Some(&good), Some(&good)).status, Status::Ok);
+        let f = rewind(&config, Some(&good), Some(&hintless));
+        assert_eq!(f.status, Status::Warn);
+        assert!(
+            f.message.contains(
+                "the secondary (10.0.0.2) runs with neither wal_log_hints nor data checksums"
+            ),
+            "{}",
+            f.message
+        );
+        assert!(f.fix.unwrap().contains("ha prepare --restart"));
+        let f = rewind(&config, None, Some(&good));
+        assert_eq!(f.status, Status::Warn);
+        assert!(f.message.contains("the primary (10.0.0.1)") && f.message.contains("not read"));
+        assert_eq!(crate::pg::not_rewindable(true, false, true), None);
+        assert_eq!(crate::pg::not_rewindable(false, true, true), None);
+        assert_eq!(
+            crate::pg::not_rewindable(true, true, false).as_deref(),
+            Some("full_page_writes = off")
+        );
     }
 
     /// A replica streaming without a slot from a primary that keeps no WAL

@@ -421,6 +421,10 @@ pub struct ServerFacts {
     /// WAL the server keeps for replicas beyond what its checkpoints need
     /// (`wal_keep_size`; `wal_keep_segments` before PostgreSQL 13), bytes.
     pub wal_keep_bytes: u64,
+    /// Why `pg_rewind` could not rewind this server's data directory after
+    /// a failover (neither `wal_log_hints` nor data checksums, or
+    /// `full_page_writes` off), as it runs now; `None` when it could.
+    pub not_rewindable: Option<String>,
 }
 
 /// What a hot standby cannot start without: PostgreSQL refuses to run
@@ -501,7 +505,10 @@ pub fn server_facts(client: &mut Client, target: &str) -> Result<ServerFacts, Pg
                     (SELECT count(*) FROM pg_stat_replication)::int, \
                     CASE WHEN pg_is_in_recovery() THEN NULL \
                          ELSE pg_walfile_name(pg_current_wal_lsn()) END, \
-                    {WAL_KEEP_BYTES}"
+                    {WAL_KEEP_BYTES}, \
+                    current_setting('wal_log_hints') = 'on', \
+                    current_setting('data_checksums') = 'on', \
+                    current_setting('full_page_writes') = 'on'"
             ),
             &[],
         )
@@ -523,7 +530,26 @@ pub fn server_facts(client: &mut Client, target: &str) -> Result<ServerFacts, Pg
         slots,
         standby_minimums,
         wal_keep_bytes: u64::try_from(row.get::<_, i64>(8)).unwrap_or(0),
+        not_rewindable: not_rewindable(row.get(9), row.get(10), row.get(11)),
     })
+}
+
+/// What keeps `pg_rewind` from a cluster with these settings: it needs
+/// every change of a data page after a checkpoint in the WAL (hint bits
+/// too: `wal_log_hints` or data checksums), and full-page images.
+pub(crate) fn not_rewindable(
+    wal_log_hints: bool,
+    data_checksums: bool,
+    full_page_writes: bool,
+) -> Option<String> {
+    match (wal_log_hints || data_checksums, full_page_writes) {
+        (true, true) => None,
+        (false, true) => Some("neither wal_log_hints nor data checksums".into()),
+        (true, false) => Some("full_page_writes = off".into()),
+        (false, false) => {
+            Some("neither wal_log_hints nor data checksums, and full_page_writes = off".into())
+        }
+    }
 }
 
 /// `wal_keep_size` in bytes (from PostgreSQL 13), else `wal_keep_segments`
