@@ -748,15 +748,21 @@ service_state() {
     wine_on "$1" sc query "$SERVICE" </dev/null 2>/dev/null | tr -d '\r' |
         awk '/STATE/ { print $NF; exit }'
 }
+# `service_is HOST WANT WHAT`: passes when the service manager says HOST's
+# service is WANT (RUNNING, STOPPED) after WHAT.
+service_is() {
+    local state
+    state=$(service_state "$1")
+    if [[ "$state" == "$2" ]]; then
+        pass "$1: after $3 the service manager says $SERVICE is $state"
+    else
+        fail "$1: after $3 service $SERVICE is '$state', not $2"
+    fi
+}
 must "a: ha start (guard, then the service)" kf a ha start "${TMO[@]}" --password-file "$REP_PW_FILE"
 must "b: ha start (guard, then the service)" kf b ha start "${TMO[@]}" --password-file "$REP_PW_FILE"
 for host in a b; do
-    state=$(service_state "$host")
-    if [[ "$state" == RUNNING ]]; then
-        pass "$host: the service manager says $SERVICE is RUNNING"
-    else
-        fail "$host: service $SERVICE is '$state', not RUNNING"
-    fi
+    service_is "$host" RUNNING "ha start"
 done
 status_ok a "$ADDR_A"
 status_ok b "$ADDR_A"
@@ -820,12 +826,7 @@ no_acked_row_lost b
 status_ok a "$ADDR_B"
 status_ok b "$ADDR_B"
 must "a: ha stop (service)" kf a ha stop
-state=$(service_state a)
-if [[ "$state" == STOPPED ]]; then
-    pass "a: ha stop stopped the service ($state)"
-else
-    fail "a: after ha stop the service is '$state'"
-fi
+service_is a STOPPED "ha stop"
 must "a: ha start (service)" kf a ha start "${TMO[@]}" --password-file "$REP_PW_FILE"
 status_ok a "$ADDR_B"
 if grep -q '^pg_bin\|^pg_data' "$WORK/b/home/ha.toml"; then
@@ -891,19 +892,14 @@ kept_dirs() { compgen -G "$(data_of "$1").old-*" | sort || true; }
 # service: exactly one kept directory more than BEFORE, holding a cluster
 # (its path in KEPT), the service RUNNING, healthy on both, rows compared.
 replaced_through_service() {
-    local what=$1 before=$2 state
+    local what=$1 before=$2
     KEPT=$(comm -13 <(echo "$before") <(kept_dirs b))
     if [[ -n "$KEPT" && $(wc -l <<<"$KEPT") == 1 && -f "$KEPT/PG_VERSION" ]]; then
         pass "b: $what kept the old data directory aside as $(basename "$KEPT")"
     else
         fail "b: $what left no single new $(basename "$(data_of b)").old-* with a cluster in it ('$KEPT')"
     fi
-    state=$(service_state b)
-    if [[ "$state" == RUNNING ]]; then
-        pass "b: $what started the replica through the service ($state)"
-    else
-        fail "b: after $what the service is '$state'"
-    fi
+    service_is b RUNNING "$what"
     status_ok a "$ADDR_A"
     status_ok b "$ADDR_A"
     same_rows a b
@@ -938,20 +934,9 @@ must "b: ha stop (replica, service)" kf b ha stop
 # start brings b's own cluster up through the service manager (the guard
 # lets a replica start).
 service_up_b() {
-    local state
-    state=$(service_state b)
-    if [[ "$state" == STOPPED ]]; then
-        pass "b: after --abort its service is STOPPED, as the bootstrap found it"
-    else
-        fail "b: after --abort its service is '$state', not STOPPED"
-    fi
+    service_is b STOPPED "--abort (as the bootstrap found it)"
     must "b: ha start after --abort (service)" kf b ha start "${TMO[@]}" --password-file "$REP_PW_FILE"
-    state=$(service_state b)
-    if [[ "$state" == RUNNING ]]; then
-        pass "b: ha start started the service ($state)"
-    else
-        fail "b: after ha start the service is '$state'"
-    fi
+    service_is b RUNNING "ha start"
 }
 # Stopped again before the next bootstrap (the slot again).
 service_stop_b() { must "b: ha stop (replica, service) before the bootstrap again" kf b ha stop; }
@@ -999,12 +984,7 @@ if grep -q 'is a replica of the new primary again (rewind, after crash recovery'
 else
     fail "a: the rejoin did not rewind after crash recovery"
 fi
-state=$(service_state a)
-if [[ "$state" == RUNNING ]]; then
-    pass "a: the rejoin started the replica through the service ($state)"
-else
-    fail "a: after the rejoin the service is '$state'"
-fi
+service_is a RUNNING "the rejoin"
 if grep -q '^demoted = true' "$WORK/a/home/ha.toml"; then
     fail "a: still marked demoted in ha.toml after the rejoin"
 else
