@@ -625,7 +625,12 @@ fn check(output: &Output, what: &str) {
 
 /// SIGKILL to the server of `data` and to every process it started, as a
 /// power loss leaves them: no shutdown checkpoint, a stale
-/// `postmaster.pid`.
+/// `postmaster.pid`. "Every process it started" is every `postgres`
+/// process whose working directory is the data directory (each server
+/// process runs there), found again after each round of kills until none
+/// is left: a
+/// backend the postmaster forked between the listing and its own death is
+/// no child of it any more, and would hold the listening socket open.
 pub fn kill9_server(data: &std::path::Path) {
     // A server that stopped meanwhile has no postmaster.pid: nothing to kill.
     let Some(pid) = std::fs::read_to_string(data.join("postmaster.pid"))
@@ -634,41 +639,61 @@ pub fn kill9_server(data: &std::path::Path) {
     else {
         return;
     };
-    let parent_of = |p: u32| -> Option<u32> {
-        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-        stat.rsplit_once(')')?
-            .1
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    };
-    let children: Vec<u32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|p| parent_of(*p) == Some(pid))
-        .collect();
-    let all: Vec<u32> = std::iter::once(pid).chain(children).collect();
-    for p in &all {
-        let _ = std::process::Command::new("kill")
-            .args(["-9", &p.to_string()])
-            .status();
-    }
-    // Reaped here (see `reap_orphans_here`): a zombie's pid still answers
-    // `kill -0`, so `pg_ctl status` would call the server running.
-    super::pair::wait_for(
-        "the killed server's processes to end",
-        std::time::Duration::from_secs(20),
-        || {
-            all.iter().all(|p| {
-                let pid = *p as libc::pid_t;
-                let mut status = 0;
-                // SAFETY: waits only for the given pid, without blocking.
-                let reaped = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-                reaped == pid || !std::path::Path::new(&format!("/proc/{p}")).exists()
+    let home = std::fs::canonicalize(data).unwrap_or_else(|_| data.to_path_buf());
+    let in_data = || -> Vec<u32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|p| {
+                let postgres = std::fs::read_link(format!("/proc/{p}/exe"))
+                    .is_ok_and(|exe| exe.file_name().is_some_and(|n| n == "postgres"));
+                postgres
+                    && std::fs::read_link(format!("/proc/{p}/cwd")).is_ok_and(|cwd| cwd == home)
             })
-        },
-    );
+            .collect()
+    };
+    let mut all: Vec<u32> = Vec::new();
+    // The postmaster by its pid in the first round only: later, that pid
+    // may be another program's.
+    let mut first = Some(pid);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let round: Vec<u32> = first
+            .take()
+            .into_iter()
+            .chain(in_data())
+            .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+            .collect();
+        for p in &round {
+            // SAFETY: kill(2) with a pid read from /proc and SIGKILL.
+            unsafe { libc::kill(*p as libc::pid_t, libc::SIGKILL) };
+        }
+        all.extend(&round);
+        // Reaped here (see `reap_orphans_here`): a zombie's pid still
+        // answers `kill -0`, so `pg_ctl status` would call the server
+        // running.
+        super::pair::wait_for(
+            "the killed server's processes to end",
+            std::time::Duration::from_secs(20),
+            || {
+                all.iter().all(|p| {
+                    let pid = *p as libc::pid_t;
+                    let mut status = 0;
+                    // SAFETY: waits only for the given pid, without blocking.
+                    let reaped = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+                    reaped == pid || !std::path::Path::new(&format!("/proc/{p}")).exists()
+                })
+            },
+        );
+        if in_data().is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "processes of {} outlived SIGKILL",
+            data.display()
+        );
+    }
 }
 
 /// Makes this test process the reaper of orphans started below it: the
