@@ -698,6 +698,34 @@ fn failover_against_a_silent_primary(pair: &SwitchPair, primary_a: bool) -> Stri
     )
 }
 
+/// What listens on `a`'s host (or b's) and which `postgres` processes run
+/// anywhere, with their working directories: for a failure that finds a
+/// server where one was killed.
+fn who_listens(pair: &SwitchPair, a: bool) -> String {
+    let (ns, _, _, _) = pair.node(a);
+    let ss = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "ss", "-ltnp"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_else(|e| format!("ss: {e}"));
+    let procs: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|p| {
+            let exe = std::fs::read_link(format!("/proc/{p}/exe")).ok()?;
+            (exe.file_name()? == "postgres").then_some(())?;
+            let cwd = std::fs::read_link(format!("/proc/{p}/cwd")).ok()?;
+            let cmd = std::fs::read_to_string(format!("/proc/{p}/cmdline")).ok()?;
+            Some(format!("{p} {} {}", cwd.display(), cmd.replace('\0', " ")))
+        })
+        .collect();
+    format!(
+        "data dir {}\n{ss}\npostgres processes:\n{}",
+        pair.server(a).data_dir().display(),
+        procs.join("\n")
+    )
+}
+
 /// A failover under a write load: `ha status` on the replica (it records
 /// the primary's position), kill -9 of the primary after `delay`, `ha
 /// failover` — first, for [`Fault::FullSlots`], refused while the live
@@ -750,7 +778,12 @@ fn failover_run(runs: &mut Runs, run: u64, fault: Fault, delay: Duration) -> Str
     common::pg::kill9_server(pair.server(old_a).data_dir());
     let killed_at = Instant::now();
     let (out, took) = pair.ha_timed(new_a, &failover, &pair.pw);
-    assert!(out.status.success(), "ha failover: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "ha failover: {}\nafter the kill, on the old primary's host: {}",
+        text(&out),
+        who_listens(pair, old_a)
+    );
     assert!(took < change_bound(), "ha failover took {took:?}");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let may_lose = report["may_lose_bytes"].as_u64();
@@ -1614,7 +1647,7 @@ fn a_data_directory_swapped_for_a_link_after_pg_rewind_is_refused() {
 #[test]
 fn a_failed_pg_rewind_hands_over_to_the_bootstrap() {
     const READ: &str = "pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean)";
-    let Some(mut pair) = rejoin_pair("r") else {
+    let Some(mut pair) = rejoin_pair("fr") else {
         return;
     };
     let (prober, child) = held_rejoin(&mut pair, "ha-rejoin:rewound=sleep(3000)");

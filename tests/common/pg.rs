@@ -632,13 +632,11 @@ fn check(output: &Output, what: &str) {
 /// backend the postmaster forked between the listing and its own death is
 /// no child of it any more, and would hold the listening socket open.
 pub fn kill9_server(data: &std::path::Path) {
-    // A server that stopped meanwhile has no postmaster.pid: nothing to kill.
-    let Some(pid) = std::fs::read_to_string(data.join("postmaster.pid"))
+    // A server that stopped meanwhile has no postmaster.pid; its processes
+    // are looked for all the same.
+    let pid = std::fs::read_to_string(data.join("postmaster.pid"))
         .ok()
-        .and_then(|t| t.lines().next()?.trim().parse::<u32>().ok())
-    else {
-        return;
-    };
+        .and_then(|t| t.lines().next()?.trim().parse::<u32>().ok());
     let home = std::fs::canonicalize(data).unwrap_or_else(|_| data.to_path_buf());
     let in_data = || -> Vec<u32> {
         std::fs::read_dir("/proc")
@@ -655,7 +653,7 @@ pub fn kill9_server(data: &std::path::Path) {
     let mut all: Vec<u32> = Vec::new();
     // The postmaster by its pid in the first round only: later, that pid
     // may be another program's.
-    let mut first = Some(pid);
+    let mut first = pid;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let round: Vec<u32> = first
