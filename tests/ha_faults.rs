@@ -21,7 +21,7 @@ use std::fs;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::fault::{password_file, postmaster_pid, take_all_slots, LossyLink, Stopped};
+use common::fault::{password_file, postmaster_pid, take_every_slot, LossyLink, Stopped};
 use common::switch::{accepts_writes, roles_of, text, wait_until, Prober, SwitchPair};
 
 /// What a case does after the kill.
@@ -698,6 +698,21 @@ fn failover_against_a_silent_primary(pair: &SwitchPair, primary_a: bool) -> Stri
     )
 }
 
+/// Waits until the backends of dropped [`take_every_slot`] connections
+/// have ended on the server behind `socket`: until then the next
+/// connection may find no slot.
+fn hogs_gone(socket: &std::path::Path) {
+    wait_until("the hogs' backends to end", 20, || {
+        common::switch::sql(socket).is_some_and(|mut c| {
+            c.query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'hog'",
+                &[],
+            )
+            .is_ok_and(|r| r.get::<_, i64>(0) == 0)
+        })
+    });
+}
+
 /// What listens on `a`'s host (or b's) and which `postgres` processes run
 /// anywhere, with their working directories: for a failure that finds a
 /// server where one was killed.
@@ -755,10 +770,11 @@ fn failover_run(runs: &mut Runs, run: u64, fault: Fault, delay: Duration) -> Str
     let mut said = Vec::new();
 
     if fault == Fault::FullSlots {
-        let hogs = take_all_slots(old_socket, common::switch::PG_PORT, "hog", "hog", 400);
+        let hogs = take_every_slot(old_socket, common::switch::PG_PORT, "hog", "hog", 400);
         let (out, took) = pair.ha_timed(new_a, &failover, &pair.pw);
         let taken = hogs.len();
         drop(hogs);
+        hogs_gone(old_socket);
         assert_eq!(out.status.code(), Some(13), "{}", text(&out));
         assert!(text(&out).contains("too many clients"), "{}", text(&out));
         assert!(
@@ -831,7 +847,7 @@ fn failover_run(runs: &mut Runs, run: u64, fault: Fault, delay: Duration) -> Str
     // The old primary comes back: its guard and `ha start` cannot read the
     // new primary and refuse.
     let hogs = (fault == Fault::FullSlots)
-        .then(|| take_all_slots(new_socket, common::switch::PG_PORT, "hog", "hog", 400));
+        .then(|| take_every_slot(new_socket, common::switch::PG_PORT, "hog", "hog", 400));
     let (pw, expect) = if fault == Fault::StalePassword {
         (
             runs.stale.as_path(),
@@ -868,15 +884,7 @@ fn failover_run(runs: &mut Runs, run: u64, fault: Fault, delay: Duration) -> Str
             hogs.len()
         ));
         drop(hogs);
-        wait_until("the hogs' backends to end", 20, || {
-            common::switch::sql(new_socket).is_some_and(|mut c| {
-                c.query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE usename = 'hog'",
-                    &[],
-                )
-                .is_ok_and(|r| r.get::<_, i64>(0) == 0)
-            })
-        });
+        hogs_gone(new_socket);
     } else {
         said.push("stale password: guard and start exit 13".into());
     }

@@ -54,8 +54,8 @@ pub fn password_file(dir: &Path, name: &str, password: &str) -> PathBuf {
 
 /// Connections as `user` through the server's Unix socket until the
 /// server refuses one for want of a slot (SQLSTATE 53300), at most
-/// `limit`: every slot a role without superuser rights may take. Dropping
-/// them frees the slots.
+/// `limit`: every slot a role without superuser rights may take. Each is
+/// named `hog` (`application_name`). Dropping them frees the slots.
 pub fn take_all_slots(
     socket: &Path,
     port: u16,
@@ -64,26 +64,57 @@ pub fn take_all_slots(
     limit: usize,
 ) -> Vec<postgres::Client> {
     let mut taken = Vec::new();
+    fill(socket, port, user, Some(password), limit, &mut taken);
+    taken
+}
+
+/// [`take_all_slots`], then the slots reserved for superusers too (as
+/// `postgres`, whom the harness's socket trusts), so that none is left at
+/// all: where a prober connects as the superuser now and then, a slot its
+/// connection held while `user` filled the rest, freed a moment later,
+/// would let the next role in.
+pub fn take_every_slot(
+    socket: &Path,
+    port: u16,
+    user: &str,
+    password: &str,
+    limit: usize,
+) -> Vec<postgres::Client> {
+    let mut taken = take_all_slots(socket, port, user, password, limit);
+    fill(socket, port, "postgres", None, limit, &mut taken);
+    taken
+}
+
+fn fill(
+    socket: &Path,
+    port: u16,
+    role: &str,
+    password: Option<&str>,
+    limit: usize,
+    taken: &mut Vec<postgres::Client>,
+) {
     while taken.len() < limit {
         let mut c = postgres::Config::new();
         c.host_path(socket)
             .port(port)
-            .user(user)
-            .password(password)
+            .user(role)
             .dbname("postgres")
+            .application_name("hog")
             .connect_timeout(std::time::Duration::from_secs(5));
+        if let Some(password) = password {
+            c.password(password);
+        }
         match c.connect(postgres::NoTls) {
             Ok(client) => taken.push(client),
             // 53300: "sorry, too many clients already", or "remaining
             // connection slots are reserved for … superuser connections".
-            Err(e) if e.code() == Some(&postgres::error::SqlState::TOO_MANY_CONNECTIONS) => break,
+            Err(e) if e.code() == Some(&postgres::error::SqlState::TOO_MANY_CONNECTIONS) => return,
             Err(e) => panic!(
-                "{user} refused for another reason: {e}: {:?}",
+                "{role} refused for another reason: {e}: {:?}",
                 e.as_db_error().map(|d| d.message())
             ),
         }
     }
-    taken
 }
 
 /// Loss and delay on one host's end of a link, removed on drop: netem
