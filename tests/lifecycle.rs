@@ -353,12 +353,7 @@ fn a_pair_signing_key_is_made_once_and_replaced_only_when_asked() {
             .args(["keys", "fingerprint", "--host", "--json"])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v: Value = serde_json::from_str(&common::succeeded(&out)).unwrap();
         v["signing_key"].as_str().map(str::to_owned)
     };
     let primary = Node::initialised();
@@ -383,14 +378,10 @@ fn a_pair_signing_key_is_made_once_and_replaced_only_when_asked() {
         .args(["keys", "signing-key", "--replace"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = common::succeeded(&out);
     let second = code(&primary).unwrap();
     assert_ne!(first, second);
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("replaced {first}")));
+    assert!(said.contains(&format!("replaced {first}")), "{said}");
     primary.cmd().args(["audit", "verify"]).assert().success();
 
     // A keyring from before format 2: no signing key at all.

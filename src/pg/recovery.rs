@@ -11,8 +11,9 @@
 //! single-user mode is refused to an administrator, `pg_ctl` starts it on
 //! loopback behind a `pg_hba.conf` that rejects everyone and stops it at
 //! once (see `platform`), its output in `<data>.keyferry-recovery.log`,
-//! the server in a job object that dies with keyferry; archiving is on with a command that always fails, so the
-//! checkpoints it writes keep every WAL segment (`pg_rewind` reads this
+//! the server in a job object that dies with keyferry. Archiving is on
+//! with a command that always fails, so the checkpoints it writes keep
+//! every WAL segment (`pg_rewind` reads this
 //! node's WAL from the last common checkpoint on, and nothing is archived
 //! from a node that no longer owns the pair's history). The outcome is
 //! judged by `pg_controldata`, never by the program's words.
